@@ -1,0 +1,161 @@
+"""``plait bench engine``: prefill and decode throughput of the embedded engine, next to HF transformers.
+
+Both engines get the same prompts (equal lengths, so HF needs no padding) in the same process. Each measures
+``t1`` (prefill + 1 token) and ``tN`` (prefill + N tokens); prefill tokens/s = B*prompt_len / t1 and
+decode tokens/s = B*(N-1) / (tN - t1), the same formulas for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from plait.bench.report import default_output, print_table, write_json
+from plait.cli.engine_args import add_engine_arguments, engine_config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "engine",
+        help="prefill/decode throughput of the engine (vs HF transformers)",
+        description="Measure the engine's prefill and decode tokens/s at given batch sizes, "
+        "next to HF transformers' generate() on the same prompts.",
+    )
+    parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default 1,16)")
+    parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per request")
+    parser.add_argument("--gen-len", type=int, default=64, help="generated tokens per request")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repetitions; the best is kept")
+    parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/...)")
+    add_engine_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def _prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    # Stay clear of the first ids (specials in most vocabularies).
+    return torch.randint(100, vocab, (batch, length), generator=generator).tolist()
+
+
+def _time_plait(core, prompts: list[list[int]], max_tokens: int) -> float:
+    from plait.engine import GenerateRequest, SamplingParams
+
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    for ids in prompts:
+        core.add_request(GenerateRequest(prompt_token_ids=ids, sampling=sampling))
+    while core.has_work():
+        core.step()
+    if core.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _time_hf(model, prompts: list[list[int]], max_tokens: int) -> float:
+    input_ids = torch.tensor(prompts, device=model.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    if input_ids.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _load_hf(core) -> Any:
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    source_path = core.config.model
+    mc = core.model_config
+    if core.config.weights == "dummy" or core.config.model in ("llama-3.2-1b", "llama-3.1-8b", "qwen2.5-7b", "tiny"):
+        cls = Qwen2Config if mc.architecture == "qwen2" else LlamaConfig
+        config = cls(
+            hidden_size=mc.hidden_size,
+            intermediate_size=mc.intermediate_size,
+            num_hidden_layers=mc.num_layers,
+            num_attention_heads=mc.num_heads,
+            num_key_value_heads=mc.num_kv_heads,
+            vocab_size=mc.vocab_size,
+            tie_word_embeddings=mc.tie_word_embeddings,
+            head_dim=mc.head_dim,
+        )
+        model = AutoModelForCausalLM.from_config(config, dtype=core.dtype)
+    else:
+        from plait.engine import default_model_path
+
+        path = default_model_path() if source_path == "default" else Path(source_path)
+        if path.is_dir():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=core.dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=core.dtype)
+    return model.to(core.device).eval()
+
+
+def _measure(label: str, timer, prompts: list[list[int]], gen_len: int, repeats: int) -> dict[str, float]:
+    timer(prompts[:1], 2)  # warm-up
+    t1 = min(timer(prompts, 1) for _ in range(repeats))
+    tn = min(timer(prompts, gen_len) for _ in range(repeats))
+    batch, prompt_len = len(prompts), len(prompts[0])
+    return {
+        "engine": label,
+        "batch": batch,
+        "prefill_tok_s": batch * prompt_len / t1,
+        "decode_tok_s": batch * (gen_len - 1) / max(tn - t1, 1e-9),
+        "t_prefill_s": t1,
+        "t_total_s": tn,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from plait.engine import EngineCore
+
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if not batch_sizes or min(batch_sizes) < 1 or args.gen_len < 2 or args.prompt_len < 1:
+        raise SystemExit("--batch-sizes must be positive integers, --gen-len >= 2, --prompt-len >= 1")
+    config = engine_config_from_args(args)
+    config.max_running = max(config.max_running, max(batch_sizes))
+    core = EngineCore(config)
+    hf_model = None if args.no_hf else _load_hf(core)
+    results: list[dict[str, float]] = []
+    engines = [("plait", lambda p, n: _time_plait(core, p, n))]
+    if hf_model is not None:
+        engines.append(("hf-transformers", lambda p, n: _time_hf(hf_model, p, n)))
+    with Progress() as progress:
+        task = progress.add_task("benchmarking", total=len(batch_sizes) * len(engines))
+        for batch in batch_sizes:
+            prompts = _prompts(batch, args.prompt_len, core.model_config.vocab_size)
+            for label, timer in engines:
+                progress.update(task, description=f"{label} batch {batch}")
+                results.append(_measure(label, timer, prompts, args.gen_len, args.repeats))
+                progress.advance(task)
+    rows = []
+    for r in results:
+        peer = next((p for p in results if p["engine"] == "hf-transformers" and p["batch"] == r["batch"]), None)
+        ratio = f"{r['decode_tok_s'] / peer['decode_tok_s']:.2f}x" if peer and r["engine"] == "plait" else ""
+        rows.append([r["engine"], r["batch"], r["prefill_tok_s"], r["decode_tok_s"], ratio])
+    title = f"engine: {core.model_config.name}, prompt {args.prompt_len}, gen {args.gen_len}, {core.device}"
+    print_table(title, ["engine", "batch", "prefill tok/s", "decode tok/s", "decode vs HF"], rows)
+    path = write_json(
+        args.output or default_output("engine"),
+        {
+            "bench": "engine",
+            "model": core.model_config.name,
+            "dtype": str(core.dtype),
+            "prompt_len": args.prompt_len,
+            "gen_len": args.gen_len,
+            "results": results,
+        },
+    )
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,41 @@
+"""Shared output of every benchmark: a rich table on the terminal and a JSON file with the device and date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def default_output(bench: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name().lower()).strip("-")
+    return Path("bench/results") / f"{bench}_{slug}_{dt.date.today().isoformat()}.json"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column != columns[0] else "left")
+    for row in rows:
+        table.add_row(*[f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(table)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    payload = {"device": device_name(), "date": dt.datetime.now().isoformat(timespec="seconds"), **payload}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

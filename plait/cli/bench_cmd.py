@@ -1,0 +1,14 @@
+"""``plait bench ...``: benchmarks that print a table and write JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
+    benches = parser.add_subparsers(dest="bench", metavar="BENCH")
+    from plait.bench import engine_bench
+
+    engine_bench.register(benches)
+    parser.set_defaults(handler=lambda args: parser.print_help() or 2)

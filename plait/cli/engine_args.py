@@ -1,0 +1,42 @@
+"""Command-line flags shared by every subcommand that starts an engine."""
+
+from __future__ import annotations
+
+import argparse
+
+from plait.engine.engine_config import EngineConfig
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--model",
+        default="default",
+        help="'default' (SmolLM2-135M-Instruct), a .gguf file, an HF model directory, or a dummy shape name",
+    )
+    group.add_argument("--weights", default="auto", choices=["auto", "gguf", "safetensors", "dummy"])
+    group.add_argument(
+        "--tokenizer", default=None, help="tokenizer override: a GGUF (vocab-only works) or tokenizer.json"
+    )
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument("--kv-slots", type=int, default=0, help="KV pool size in tokens (0: automatic)")
+    group.add_argument("--max-context", type=int, default=0, help="context window cap in tokens (0: the model's)")
+    group.add_argument("--max-batch-tokens", type=int, default=2048, help="tokens per forward pass")
+    group.add_argument("--chunk-size", type=int, default=512, help="longest prefill chunk per sequence per step")
+    group.add_argument("--attention-backend", default="torch", choices=["torch"])
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=args.model,
+        weights=args.weights,
+        tokenizer=args.tokenizer,
+        device=args.device,
+        dtype=args.dtype,
+        kv_slots=args.kv_slots,
+        max_context=args.max_context,
+        max_batch_tokens=args.max_batch_tokens,
+        chunk_size=args.chunk_size,
+        attention_backend=args.attention_backend,
+    )

@@ -1,0 +1,44 @@
+"""The embedded engine: Llama-family models, paged KV, continuous batching, sampling, streaming.
+
+Owns: turning ``GenerateRequest``s into tokens as fast as the hardware allows. Knows nothing of programs or
+workflows; the runtime passes plain-data hints (``program_id``, ``hints``, ``priority``).
+May import: ``plait.cache``.
+"""
+
+from __future__ import annotations
+
+from plait.engine.default_model import default_model_path
+from plait.engine.engine import Engine
+from plait.engine.engine_config import EngineConfig
+from plait.engine.engine_core import EngineCore, EngineStats
+from plait.engine.errors import (
+    EngineError,
+    EngineStoppedError,
+    InvalidRequestError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
+from plait.engine.model_config import DUMMY_SHAPES, ModelConfig
+from plait.engine.request import Completion, GenerateDelta, GenerateRequest, GenerateResult, TokenLogprob
+from plait.engine.sampling_params import SamplingParams
+
+__all__ = [
+    "DUMMY_SHAPES",
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "EngineCore",
+    "EngineError",
+    "EngineStats",
+    "EngineStoppedError",
+    "GenerateDelta",
+    "GenerateRequest",
+    "GenerateResult",
+    "InvalidRequestError",
+    "ModelConfig",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "SamplingParams",
+    "TokenLogprob",
+    "default_model_path",
+]

@@ -1,0 +1,36 @@
+"""The attention backend protocol and the registry that picks one by name."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from plait.cache import KVPool, ReqToTokenPool
+from plait.engine.forward_batch import ForwardBatch
+
+
+class AttentionBackend(Protocol):
+    """Paged attention over the KV pool.
+
+    ``prepare`` runs once per step, outside model code, and returns metadata shared by every layer;
+    ``forward`` stores the layer's new K/V at ``batch.out_cache_loc`` and returns the attention output
+    ``[tokens, heads, head_dim]``.
+    """
+
+    name: str
+
+    def prepare(self, batch: ForwardBatch) -> Any: ...
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, batch: ForwardBatch
+    ) -> torch.Tensor: ...
+
+
+def create_backend(name: str, kv_pool: KVPool, req_to_token: ReqToTokenPool, scale: float) -> AttentionBackend:
+    """Build the backend called ``name`` (``torch``; ``triton`` arrives with the GPU fast path)."""
+    if name == "torch":
+        from plait.engine.attention.torch_backend import TorchAttentionBackend
+
+        return TorchAttentionBackend(kv_pool, req_to_token, scale)
+    raise ValueError(f"unknown attention backend '{name}'; available: torch")

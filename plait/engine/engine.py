@@ -1,0 +1,183 @@
+"""The async engine facade: ``generate`` streams deltas, ``abort`` cancels, ``stats`` reports.
+
+The step loop runs in its own thread (``EngineCore`` is single-threaded); callers talk to it through a command
+queue, and deltas come back to each caller's event loop with ``call_soon_threadsafe``. Validation and tokenization
+run in the caller's thread, so a bad request raises at once and never reaches the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from plait.engine.engine_config import EngineConfig
+from plait.engine.engine_core import EngineCore, EngineStats
+from plait.engine.errors import EngineStoppedError, InvalidRequestError
+from plait.engine.request import Completion, GenerateDelta, GenerateRequest, GenerateResult
+from plait.engine.sequence import RequestState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Sink:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[GenerateDelta | None]
+    open_samples: int
+
+    def put(self, item: GenerateDelta | None) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class Engine:
+    """Thread-backed async engine. Use as an async context manager, or call ``close()`` when done."""
+
+    def __init__(self, config: EngineConfig | None = None, *, core: EngineCore | None = None) -> None:
+        self.core = core or EngineCore(config)
+        self.tokenizer = self.core.tokenizer
+        self._commands: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._sinks: dict[str, _Sink] = {}
+        self._lock = threading.Lock()  # guards _sinks and _stats between the loop thread and callers
+        self._stats = self.core.stats()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="plait-engine", daemon=True)
+        self._thread.start()
+
+    # ---- public API ------------------------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
+        """Stream the deltas of ``request`` (all samples interleaved; each ends with a ``finish_reason``).
+
+        Raises ``InvalidRequestError`` before streaming if the request is malformed. Leaving the iteration early
+        (``break``, cancellation, a dropped client) aborts the request and frees its KV.
+        """
+        if self._stopped.is_set():
+            raise EngineStoppedError("the engine is closed")
+        state = self.core.prepare(request)
+        sink = _Sink(asyncio.get_running_loop(), asyncio.Queue(), state.sampling.n)
+        request_id = request.request_id
+        with self._lock:
+            if request_id in self._sinks:
+                raise InvalidRequestError("request_id", f"'{request_id}' is already running")
+            self._sinks[request_id] = sink
+        self._commands.put(("add", state))
+        finished = False
+        open_samples = state.sampling.n
+        try:
+            while True:
+                delta = await sink.queue.get()
+                if delta is None:
+                    raise EngineStoppedError("the engine stopped before the request finished")
+                yield delta
+                if delta.finish_reason is not None:
+                    open_samples -= 1
+                    if open_samples == 0:
+                        finished = True
+                        return
+        finally:
+            if not finished:
+                self._commands.put(("abort", request_id))
+
+    async def complete(self, request: GenerateRequest) -> GenerateResult:
+        """Run ``request`` to the end and assemble its samples."""
+        texts: dict[int, list[str]] = {}
+        tokens: dict[int, list[int]] = {}
+        logprobs: dict[int, list] = {}
+        reasons: dict[int, str | None] = {}
+        prompt_tokens = 0
+        async for delta in self.generate(request):
+            texts.setdefault(delta.index, []).append(delta.text)
+            tokens.setdefault(delta.index, []).extend(delta.token_ids)
+            if delta.logprobs:
+                logprobs.setdefault(delta.index, []).extend(delta.logprobs)
+            if delta.finish_reason is not None:
+                reasons[delta.index] = delta.finish_reason
+            prompt_tokens = delta.prompt_tokens
+        completions = [
+            Completion(i, "".join(texts[i]), tokens[i], reasons.get(i), logprobs.get(i) if logprobs else None)
+            for i in sorted(texts)
+        ]
+        return GenerateResult(request.request_id, prompt_tokens, completions)
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request (its stream ends with ``finish_reason == 'abort'``); unknown ids are ignored."""
+        self._commands.put(("abort", request_id))
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return self._stats
+
+    def close(self) -> None:
+        """Stop the loop; requests still in flight end with ``EngineStoppedError``."""
+        if not self._stopped.is_set():
+            self._commands.put(("stop", None))
+            self._thread.join(timeout=30)
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- the loop thread -------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                block = not self.core.has_work()
+                if not self._drain_commands(block):
+                    return
+                if self.core.has_work():
+                    try:
+                        deltas = self.core.step()
+                    except Exception as error:  # a bug must not take every other request down silently
+                        logger.exception("engine step failed")
+                        self._fail_all(f"engine step failed: {error!r}")
+                        continue
+                    self._deliver(deltas)
+                with self._lock:
+                    self._stats = self.core.stats()
+        finally:
+            self._stopped.set()
+            with self._lock:
+                sinks, self._sinks = list(self._sinks.values()), {}
+            for sink in sinks:
+                sink.put(None)
+
+    def _drain_commands(self, block: bool) -> bool:
+        """Apply queued commands; with ``block``, wait for the first one. Returns False on ``stop``."""
+        while True:
+            try:
+                kind, payload = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if kind == "stop":
+                return False
+            if kind == "add":
+                assert isinstance(payload, RequestState)
+                self.core.add(payload)
+            elif kind == "abort":
+                self._deliver(self.core.abort(str(payload)))
+
+    def _deliver(self, deltas: list[GenerateDelta]) -> None:
+        with self._lock:
+            for delta in deltas:
+                sink = self._sinks.get(delta.request_id)
+                if sink is None:
+                    continue
+                sink.put(delta)
+                if delta.finish_reason is not None:
+                    sink.open_samples -= 1  # the loop thread's count; generate() keeps its own
+                    if sink.open_samples == 0:
+                        del self._sinks[delta.request_id]
+
+    def _fail_all(self, message: str) -> None:
+        for request_id in list(self.core.requests):
+            for delta in self.core.abort(request_id):
+                delta.finish_reason, delta.error = "error", message
+                self._deliver([delta])

@@ -1,0 +1,73 @@
+"""Engine settings: which model, on which device, with how much KV memory and what batch limits."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from plait.engine.errors import InvalidRequestError
+
+DEFAULT_CPU_KV_SLOTS = 16384
+DEFAULT_MAX_CONTEXT = 32768
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): bf16 weights then halve the memory
+    traffic of decode, which is what bounds it, at the precision most checkpoints are published in."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+@dataclass
+class EngineConfig:
+    """``model``: ``default``, a GGUF file, an HF directory, or a dummy shape name (with ``weights='dummy'``).
+
+    ``dtype == 'auto'``: bfloat16 on CUDA and on CPUs with native bf16 arithmetic, float32 otherwise.
+    ``kv_slots == 0`` sizes the KV pool automatically (a fixed count on CPU; ``kv_memory_fraction`` of the free GPU
+    memory after the weights on CUDA). ``max_context == 0`` takes the model's window, capped at 32k tokens.
+    """
+
+    model: str = "default"
+    weights: str = "auto"
+    tokenizer: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_context: int = 0
+    kv_slots: int = 0
+    kv_memory_fraction: float = 0.85
+    max_running: int = 256
+    max_batch_tokens: int = 2048
+    chunk_size: int = 512
+    attention_backend: str = "torch"
+    seed: int = 0
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        names = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if self.dtype not in names:
+            raise InvalidRequestError("dtype", f"unknown dtype '{self.dtype}'; choose one of {', '.join(names)}")
+        if names[self.dtype] is not None:
+            return names[self.dtype]
+        if device.type == "cuda" or cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+
+    def validate(self) -> None:
+        for name in ("max_running", "max_batch_tokens", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise InvalidRequestError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.kv_slots < 0 or self.max_context < 0:
+            raise InvalidRequestError("kv_slots", "kv_slots and max_context must be >= 0 (0 = automatic)")
+        if not 0.0 < self.kv_memory_fraction < 1.0:
+            raise InvalidRequestError("kv_memory_fraction", f"must be in (0, 1), got {self.kv_memory_fraction}")

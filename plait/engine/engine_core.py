@@ -1,0 +1,298 @@
+"""The synchronous engine: requests in, one batched step at a time, deltas out. Single-threaded by design.
+
+``Engine`` (engine.py) runs this in its own thread and gives callers an async API; tests and benchmarks may drive
+it directly, step by step, which makes scheduling deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from plait.cache import KVPool, NoPrefixCache, ReqToTokenPool, SlotAllocator
+from plait.engine.attention import create_backend
+from plait.engine.detokenizer import IncrementalDetokenizer
+from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, DEFAULT_MAX_CONTEXT, EngineConfig
+from plait.engine.errors import InvalidRequestError
+from plait.engine.model_loader import build_model, resolve_model
+from plait.engine.model_runner import ModelRunner
+from plait.engine.request import GenerateDelta, GenerateRequest
+from plait.engine.sampler import SampleRow, sample, token_logprobs
+from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from plait.engine.sequence import RequestState, SeqStatus, Sequence
+from plait.engine.text_output import TextOutput
+from plait.engine.tokenizer_loader import load_tokenizer
+
+
+@dataclass
+class EngineStats:
+    waiting: int
+    running: int
+    kv_slots_used: int
+    kv_slots_total: int
+    decode_tokens_per_s: float  # generated tokens per second over the last few seconds
+    prefill_tokens_per_s: float
+    generated_tokens: int  # since start
+    prefill_tokens: int  # prompt tokens computed since start
+    retractions: int
+    steps: int
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_slots_used / self.kv_slots_total
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        config.validate()
+        self.device = config.resolve_device()
+        self.dtype = config.resolve_dtype(self.device)
+        source = resolve_model(config.model, config.weights)
+        self.model_config = source.config
+        self.tokenizer = load_tokenizer(source, config.tokenizer)
+        self.max_context = min(config.max_context or DEFAULT_MAX_CONTEXT, source.config.max_position)
+        self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed)
+        self.kv_slots = config.kv_slots or self._auto_kv_slots()
+        mc = source.config
+        self.kv_pool = KVPool(mc.num_layers, self.kv_slots, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
+        self.allocator = SlotAllocator(self.kv_slots)
+        self.req_to_token = ReqToTokenPool(config.max_running, self.max_context + 1, self.device)
+        self.prefix_cache = NoPrefixCache(self.allocator)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_running, config.max_batch_tokens, config.chunk_size),
+            self.allocator,
+            self.req_to_token,
+            self.prefix_cache,
+        )
+        attention = create_backend(config.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
+        self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device)
+        self.requests: dict[str, list[Sequence]] = {}
+        self._arrivals = itertools.count()
+        self._seed_source = torch.Generator().manual_seed(config.seed)
+        self._generated = self._prefilled = self._steps = 0
+        self._recent: deque[tuple[float, int, int]] = deque()  # (time, generated, prefilled) per step
+
+    def _auto_kv_slots(self) -> int:
+        mc = self.model_config
+        if self.device.type != "cuda":
+            return DEFAULT_CPU_KV_SLOTS
+        per_slot = KVPool.bytes_per_slot(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1024, int(free * self.config.kv_memory_fraction) // per_slot)
+
+    # ---- requests --------------------------------------------------------------------------------------------------
+
+    def prepare(self, request: GenerateRequest) -> RequestState:
+        """Validate and tokenize ``request`` (no engine state is touched, so any thread may call this)."""
+        given = [name for name in ("prompt", "prompt_token_ids", "messages") if getattr(request, name) is not None]
+        if len(given) != 1:
+            raise InvalidRequestError("prompt", f"give exactly one of prompt, prompt_token_ids, messages (got {given})")
+        sampling = request.sampling
+        sampling.validate(self.tokenizer.vocab_size)
+        if request.messages is not None:
+            text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True)
+            prompt_ids = self.tokenizer.encode(text)
+        elif request.prompt is not None:
+            if not isinstance(request.prompt, str) or not request.prompt:
+                raise InvalidRequestError("prompt", "must be a non-empty string")
+            prompt_ids = self.tokenizer.encode(request.prompt)
+        else:
+            prompt_ids = list(request.prompt_token_ids or [])
+            vocab = self.model_config.vocab_size
+            bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequestError("prompt_token_ids", f"ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        if not prompt_ids:
+            raise InvalidRequestError("prompt", "the prompt is empty")
+        if len(prompt_ids) >= self.max_context:
+            raise InvalidRequestError(
+                "prompt", f"{len(prompt_ids)} tokens do not fit the context window of {self.max_context} tokens"
+            )
+        max_new = min(sampling.max_tokens, self.max_context - len(prompt_ids))
+        kv_needed = len(prompt_ids) + sampling.n * max_new
+        if kv_needed > self.kv_slots:
+            raise InvalidRequestError(
+                "max_tokens",
+                f"the request may need {kv_needed} KV slots (prompt {len(prompt_ids)} + n {sampling.n} x "
+                f"max_tokens {max_new}) but the pool has {self.kv_slots}; lower max_tokens or n",
+            )
+        return RequestState(request, prompt_ids, arrival=-1, max_new_tokens=max_new)
+
+    def add(self, state: RequestState) -> None:
+        """Queue a prepared request (engine thread only)."""
+        request_id = state.request.request_id
+        if request_id in self.requests:
+            raise InvalidRequestError("request_id", f"'{request_id}' is already running")
+        state.arrival = next(self._arrivals)
+        first = self._new_sequence(state, 0)
+        self.requests[request_id] = [first]
+        self.scheduler.add(first)
+
+    def add_request(self, request: GenerateRequest) -> None:
+        """``prepare`` + ``add``."""
+        self.add(self.prepare(request))
+
+    def _new_sequence(self, state: RequestState, index: int) -> Sequence:
+        sampling = state.sampling
+        seed = (
+            sampling.seed + index
+            if sampling.seed is not None
+            else int(torch.randint(0, 2**62, (1,), generator=self._seed_source))
+        )
+        detokenizer = IncrementalDetokenizer(self.tokenizer, state.prompt_ids, sampling.skip_special_tokens)
+        return Sequence(
+            state=state,
+            index=index,
+            token_ids=list(state.prompt_ids),
+            generator=torch.Generator().manual_seed(seed),
+            output=TextOutput(detokenizer, sampling.stop),
+        )
+
+    def abort(self, request_id: str) -> list[GenerateDelta]:
+        """Cancel a request; returns an ``abort`` delta for each of its unfinished samples (none if unknown)."""
+        seqs = self.requests.pop(request_id, [])
+        deltas = []
+        for seq in seqs:
+            if seq.status is not SeqStatus.FINISHED:
+                self.scheduler.release(seq)
+                seq.status = SeqStatus.FINISHED
+                seq.finish_reason = "abort"
+                deltas.append(self._delta(seq, "", [], None))
+        return deltas
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- one step --------------------------------------------------------------------------------------------------
+
+    def step(self) -> list[GenerateDelta]:
+        """Run one batched forward pass; returns the deltas it produced."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        logits = self.runner.run(batch)
+        self.scheduler.commit(batch)
+        deltas = self._sample_and_emit(batch, logits)
+        self._account(batch)
+        return deltas
+
+    def _sample_and_emit(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[GenerateDelta]:
+        targets: list[Sequence] = []
+        rows: list[int] = []
+        sampling_items = [item for item in batch.seqs if item.samples]
+        for row, item in enumerate(sampling_items):
+            seq = item.seq
+            group = [seq]
+            if seq.needs_spawn:
+                group += self._spawn_siblings(seq)
+            targets += group
+            rows += [row] * len(group)
+        if not targets:
+            return []
+        if len(rows) != logits.shape[0]:  # siblings share their parent's row
+            logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
+        tokens = sample(logits, [SampleRow(s.state.sampling, s.generator) for s in targets])
+        logprobs = None
+        if any(s.state.sampling.logprobs for s in targets):
+            logprobs = token_logprobs(logits, tokens, [s.state.sampling.top_logprobs for s in targets])
+        deltas = []
+        for i, (seq, token) in enumerate(zip(targets, tokens.tolist(), strict=True)):
+            lp = [logprobs[i]] if logprobs is not None and seq.state.sampling.logprobs else None
+            deltas.append(self._append_token(seq, token, lp))
+        return deltas
+
+    def _spawn_siblings(self, parent: Sequence) -> list[Sequence]:
+        parent.siblings_spawned = True
+        children = [self._new_sequence(parent.state, i) for i in range(1, parent.state.sampling.n)]
+        for child in children:
+            child.siblings_spawned = True
+            self.scheduler.spawn_sibling(parent, child)
+        self.requests[parent.request_id] += children
+        return children
+
+    def _append_token(self, seq: Sequence, token: int, logprobs) -> GenerateDelta:
+        sampling = seq.state.sampling
+        seq.token_ids.append(token)
+        finish = None
+        is_stop_token = token in sampling.stop_token_ids or (
+            not sampling.ignore_eos and token in self.tokenizer.stop_token_ids
+        )
+        if is_stop_token:
+            text, finish = seq.output.finish(), "stop"
+        else:
+            text, hit_stop = seq.output.add(token)
+            if hit_stop:
+                finish = "stop"
+            elif seq.num_generated >= seq.state.max_new_tokens or len(seq.token_ids) >= self.max_context:
+                text += seq.output.finish()
+                finish = "length"
+        if finish is not None:
+            self._finish(seq, finish)
+        return self._delta(seq, text, [token], logprobs)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.release(seq)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+        seq.state.num_finished += 1
+        if seq.state.num_finished == seq.state.sampling.n:
+            del self.requests[seq.request_id]
+
+    def _delta(self, seq: Sequence, text: str, tokens: list[int], logprobs) -> GenerateDelta:
+        return GenerateDelta(
+            request_id=seq.request_id,
+            index=seq.index,
+            text=text,
+            token_ids=tokens,
+            logprobs=logprobs,
+            finish_reason=seq.finish_reason,
+            prompt_tokens=seq.num_prompt,
+            completion_tokens=seq.num_generated,
+        )
+
+    # ---- accounting ------------------------------------------------------------------------------------------------
+
+    def _account(self, batch: ScheduledBatch) -> None:
+        generated = sum(1 for item in batch.seqs if item.samples)
+        prefilled = sum(item.new_len for item in batch.extends)
+        self._generated += generated
+        self._prefilled += prefilled
+        self._steps += 1
+        now = time.perf_counter()
+        self._recent.append((now, generated, prefilled))
+        while self._recent and now - self._recent[0][0] > 5.0:
+            self._recent.popleft()
+
+    def stats(self) -> EngineStats:
+        window = self._recent
+        span = (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
+        rate = (lambda k: sum(entry[k] for entry in list(window)[1:]) / span) if span > 0 else (lambda k: 0.0)
+        return EngineStats(
+            waiting=len(self.scheduler.waiting),
+            running=len(self.scheduler.running),
+            kv_slots_used=self.allocator.num_used,
+            kv_slots_total=self.kv_slots,
+            decode_tokens_per_s=rate(1),
+            prefill_tokens_per_s=rate(2),
+            generated_tokens=self._generated,
+            prefill_tokens=self._prefilled,
+            retractions=self.scheduler.num_retractions,
+            steps=self._steps,
+        )
+
+    def check_invariants(self) -> None:
+        """Assert that the KV bookkeeping is consistent (tests call this after every step)."""
+        self.allocator.check()
+        held = sum(int(s.slots.numel()) for seqs in self.requests.values() for s in seqs)
+        assert held >= self.allocator.num_used or self.config.max_running == 0, "a used slot has no holder"
+        for seqs in self.requests.values():
+            for seq in seqs:
+                assert seq.slots.numel() == seq.num_computed, "slots and num_computed disagree"
+                if seq.status is SeqStatus.RUNNING:
+                    row = self.req_to_token.read(seq.req_row, seq.num_computed).cpu()
+                    assert torch.equal(row, seq.slots), "req_to_token row differs from the sequence's slots"

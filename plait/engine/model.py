@@ -1,0 +1,177 @@
+"""The Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2/2.5), written once.
+
+Q/K/V are one fused projection and gate/up another, so a layer is four matmuls. Attention is delegated to the
+backend carried by the ``ForwardBatch``: the model code never sees how KV is stored or how requests are batched.
+Weights arrive in HF naming through ``load_weights`` (GGUF and safetensors loaders translate to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plait.engine.errors import ModelLoadError
+from plait.engine.forward_batch import ForwardBatch
+from plait.engine.model_config import ModelConfig
+from plait.engine.rope import RotaryEmbedding
+
+
+def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, device=device, dtype=dtype), requires_grad=False)
+
+
+class Linear(nn.Module):
+    """A linear layer whose weight is left uninitialised (weights are always loaded or filled afterwards)."""
+
+    def __init__(self, out_features: int, in_features: int, bias: bool, device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        self.weight = _empty(out_features, in_features, device=device, dtype=dtype)
+        self.bias = _empty(out_features, device=device, dtype=dtype) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = _empty(size, device=device, dtype=dtype)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, rope: RotaryEmbedding, device, dtype) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.config = config
+        self.rope = rope
+        c = config
+        self.qkv_proj = Linear(c.q_size + 2 * c.kv_size, c.hidden_size, c.attention_bias, device, dtype)
+        self.o_proj = Linear(c.hidden_size, c.q_size, False, device, dtype)
+
+    def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        c = self.config
+        q, k, v = self.qkv_proj(hidden).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        q = q.view(-1, c.num_heads, c.head_dim)
+        k = k.view(-1, c.num_kv_heads, c.head_dim)
+        v = v.view(-1, c.num_kv_heads, c.head_dim)
+        q, k = self.rope(batch.positions, q, k)
+        out = batch.attention.forward(q, k, v, self.layer_id, batch)
+        return self.o_proj(out.reshape(-1, c.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig, device, dtype) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = Linear(2 * config.intermediate_size, config.hidden_size, False, device, dtype)
+        self.down_proj = Linear(config.hidden_size, config.intermediate_size, False, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, rope: RotaryEmbedding, device, dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
+        self.self_attn = Attention(config, layer_id, rope, device, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
+        self.mlp = MLP(config, device, dtype)
+
+    def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), batch)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaForCausalLM(nn.Module):
+    """Token ids in, logits of the rows the batch asks to sample out."""
+
+    def __init__(self, config: ModelConfig, max_position: int, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.config = config
+        self.rope = RotaryEmbedding(config, max_position, device, dtype)
+        self.embed_tokens = _empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, self.rope, device, dtype) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
+        self.lm_head = (
+            self.embed_tokens
+            if config.tie_word_embeddings
+            else _empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
+        )
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        hidden = F.embedding(batch.input_ids, self.embed_tokens)
+        for layer in self.layers:
+            hidden = layer(hidden, batch)
+        # Only the rows that are sampled need the (vocabulary-sized) head.
+        hidden = self.norm(hidden[batch.sample_indices])
+        return F.linear(hidden, self.lm_head).float()
+
+    # ---- weights -------------------------------------------------------------------------------------------------
+
+    def parameter_table(self) -> dict[str, torch.Tensor]:
+        """Every weight by its HF name, pointing into the fused tensors (views, so copying into them loads)."""
+        c = self.config
+        table: dict[str, torch.Tensor] = {
+            "model.embed_tokens.weight": self.embed_tokens,
+            "model.norm.weight": self.norm.weight,
+        }
+        if not c.tie_word_embeddings:
+            table["lm_head.weight"] = self.lm_head
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            qkv = layer.self_attn.qkv_proj
+            q, k, v = qkv.weight.split([c.q_size, c.kv_size, c.kv_size], dim=0)
+            table |= {
+                p + "self_attn.q_proj.weight": q,
+                p + "self_attn.k_proj.weight": k,
+                p + "self_attn.v_proj.weight": v,
+            }
+            if qkv.bias is not None:
+                qb, kb, vb = qkv.bias.split([c.q_size, c.kv_size, c.kv_size], dim=0)
+                table |= {
+                    p + "self_attn.q_proj.bias": qb,
+                    p + "self_attn.k_proj.bias": kb,
+                    p + "self_attn.v_proj.bias": vb,
+                }
+            gate, up = layer.mlp.gate_up_proj.weight.split(c.intermediate_size, dim=0)
+            table |= {
+                p + "self_attn.o_proj.weight": layer.self_attn.o_proj.weight,
+                p + "mlp.gate_proj.weight": gate,
+                p + "mlp.up_proj.weight": up,
+                p + "mlp.down_proj.weight": layer.mlp.down_proj.weight,
+                p + "input_layernorm.weight": layer.input_layernorm.weight,
+                p + "post_attention_layernorm.weight": layer.post_attention_layernorm.weight,
+            }
+        return table
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy ``(hf_name, tensor)`` pairs into the model; every parameter must be given exactly once."""
+        table = self.parameter_table()
+        missing = set(table)
+        for name, tensor in weights:
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue  # some tied checkpoints still ship the head; the embedding is authoritative
+            target = table.get(name)
+            if target is None:
+                continue  # e.g. rotary inv_freq buffers in old checkpoints
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise ModelLoadError(
+                    f"tensor {name} has shape {tuple(tensor.shape)}, the config implies {tuple(target.shape)}"
+                )
+            target.copy_(tensor)
+            missing.discard(name)
+        if missing:
+            raise ModelLoadError(f"the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")

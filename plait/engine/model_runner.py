@@ -1,0 +1,59 @@
+"""Turns a scheduled batch into model inputs, runs the forward pass, and returns the logits to sample from."""
+
+from __future__ import annotations
+
+import torch
+
+from plait.cache import KVPool, ReqToTokenPool
+from plait.engine.attention import AttentionBackend
+from plait.engine.forward_batch import ForwardBatch, SequenceLayout
+from plait.engine.model import LlamaForCausalLM
+from plait.engine.scheduler import ScheduledBatch
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_pool: KVPool,
+        req_to_token: ReqToTokenPool,
+        attention: AttentionBackend,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.kv_pool = kv_pool
+        self.req_to_token = req_to_token
+        self.attention = attention
+        self.device = device
+
+    def prepare(self, batch: ScheduledBatch) -> ForwardBatch:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        sample_rows: list[int] = []
+        layouts: list[SequenceLayout] = []
+        for item in batch.seqs:
+            seq = item.seq
+            start = seq.num_computed
+            input_ids.extend(seq.token_ids[start : start + item.new_len])
+            positions.extend(range(start, start + item.new_len))
+            if item.samples:
+                sample_rows.append(len(input_ids) - 1)
+            layouts.append(SequenceLayout(seq.req_row, start, item.new_len))
+            # The new tokens' slots must be in req_to_token before attention reads the row.
+            self.req_to_token.write(seq.req_row, start, item.slots)
+        device = self.device
+        forward = ForwardBatch(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64).to(device, non_blocking=True),
+            positions=torch.tensor(positions, dtype=torch.int64).to(device, non_blocking=True),
+            out_cache_loc=torch.cat([item.slots for item in batch.seqs]).to(device, non_blocking=True),
+            sample_indices=torch.tensor(sample_rows, dtype=torch.int64).to(device, non_blocking=True),
+            num_decode=len(batch.decodes),
+            layouts=layouts,
+            attention=self.attention,
+        )
+        forward.attn_meta = self.attention.prepare(forward)
+        return forward
+
+    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Logits ``[sampling sequences, vocab]`` (float32), in the order of ``batch.seqs`` that sample."""
+        return self.model(self.prepare(batch))

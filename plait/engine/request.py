@@ -1,0 +1,81 @@
+"""What callers submit to the engine and what they get back, as plain data."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.engine.sampling_params import SamplingParams
+
+_request_counter = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"req-{next(_request_counter)}"
+
+
+@dataclass
+class GenerateRequest:
+    """One generation. Give exactly one of ``prompt`` (text), ``prompt_token_ids`` or ``messages`` (chat).
+
+    ``priority``: lower values are served first; equal priorities are first-come first-served.
+    ``program_id`` and ``hints`` are plain data from the runtime (the engine never sees workflow objects).
+    """
+
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    messages: list[dict[str, Any]] | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    priority: int = 0
+    request_id: str = field(default_factory=new_request_id)
+    program_id: str | None = None
+    hints: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, logprob), best first
+
+
+@dataclass
+class GenerateDelta:
+    """What one engine step produced for one sample of a request (streamed in order).
+
+    ``finish_reason`` is set on a sample's last delta: ``stop`` (stop string, stop token or end of sequence),
+    ``length`` (max_tokens or the context window), ``abort`` (cancelled) or ``error``.
+    """
+
+    request_id: str
+    index: int  # which of the n samples
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # so far, for this sample
+
+
+@dataclass
+class Completion:
+    """One finished sample, assembled from its deltas."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class GenerateResult:
+    request_id: str
+    prompt_tokens: int
+    completions: list[Completion]
+
+    @property
+    def text(self) -> str:
+        return self.completions[0].text

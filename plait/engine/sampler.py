@@ -1,0 +1,78 @@
+"""Token selection for a batch of rows, each with its own parameters and random generator.
+
+Random draws use the "exponential race": ``argmax(p / q)`` with ``q ~ Exp(1)`` picks token i with probability
+``p_i``. Each row draws ``q`` from its request's own generator, so a seeded request samples the same tokens
+whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from plait.engine.request import TokenLogprob
+from plait.engine.sampling_params import SamplingParams
+
+
+@dataclass
+class SampleRow:
+    params: SamplingParams
+    generator: torch.Generator
+
+
+def sample(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """Pick one token per row of ``logits`` (``[rows, vocab]``, float32). Returns int64 ``[rows]`` on the CPU."""
+    tokens = torch.empty(len(rows), dtype=torch.int64, device=logits.device)
+    greedy = [i for i, r in enumerate(rows) if r.params.greedy]
+    if greedy:
+        index = torch.tensor(greedy, device=logits.device)
+        tokens[index] = logits[index].argmax(dim=-1)
+    random_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
+    if random_rows:
+        index = torch.tensor(random_rows, device=logits.device)
+        params = [rows[i].params for i in random_rows]
+        probs = _filtered_probs(logits[index], params)
+        noise = torch.stack(
+            [torch.empty(probs.shape[1], device="cpu").exponential_(generator=rows[i].generator) for i in random_rows]
+        ).to(probs.device)
+        tokens[index] = (probs / noise).argmax(dim=-1)
+    return tokens.cpu()
+
+
+def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Softmax at each row's temperature, with its top-k / top-p / min-p filters applied."""
+    device = logits.device
+    temperature = torch.tensor([p.temperature for p in params], device=device)
+    probs = torch.softmax(logits / temperature[:, None], dim=-1)
+    if any(p.min_p > 0 for p in params):
+        min_p = torch.tensor([p.min_p for p in params], device=device)
+        probs = probs.masked_fill(probs < min_p[:, None] * probs.max(dim=-1, keepdim=True).values, 0.0)
+    if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        ranks = torch.arange(probs.shape[1], device=device)[None, :]
+        top_k = torch.tensor([p.top_k if p.top_k > 0 else probs.shape[1] for p in params], device=device)
+        drop = ranks >= top_k[:, None]
+        top_p = torch.tensor([p.top_p for p in params], device=device)
+        # Keep the smallest set whose mass reaches top_p: drop a token when the mass before it already does.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop |= mass_before >= top_p[:, None]
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs)
+    return probs
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: list[int]) -> list[TokenLogprob]:
+    """Log-probabilities (raw model distribution) of the chosen tokens, with ``top_n[i]`` alternatives per row."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    chosen = logprobs.gather(1, tokens.to(logits.device)[:, None]).squeeze(1).tolist()
+    k = max(top_n, default=0)
+    top_values = top_ids = None
+    if k:
+        top_values, top_ids = logprobs.topk(k, dim=-1)
+        top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    result = []
+    for i, token in enumerate(tokens.tolist()):
+        top = list(zip(top_ids[i][: top_n[i]], top_values[i][: top_n[i]], strict=True)) if top_values else []
+        result.append(TokenLogprob(token, chosen[i], top))
+    return result

@@ -1,0 +1,188 @@
+"""Continuous batching: which sequences run in the next step, and how many of their tokens.
+
+Each step: every running decode gets one token; prefill chunks (continuing partial prefills first, then waiting
+sequences by ``(priority, arrival)``) fill the rest of the token budget, each at most ``chunk_size`` tokens.
+Memory: a chunk is admitted only if its slots fit after reserving one slot per running decode. When decodes cannot
+get their slot, the lowest-priority running sequence is retracted: its KV is released and it waits again with
+its prompt plus what it generated so far, so it resumes exactly where it stopped.
+
+Ownership: the scheduler owns ``waiting`` and ``running``, every sequence's slots and req_to_token row. A sequence
+is in exactly one of ``waiting`` / ``running`` until it finishes; ``release`` is the only way out.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import torch
+
+from plait.cache import PrefixCache, ReqToTokenPool, SlotAllocator
+from plait.engine.sequence import SeqStatus, Sequence
+
+
+@dataclass
+class SchedulerConfig:
+    max_running: int = 256  # sequences in a batch (bounded by req_to_token rows)
+    max_batch_tokens: int = 2048  # tokens per forward: decodes + prefill chunks
+    chunk_size: int = 512  # longest prefill chunk of one sequence per step
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    new_len: int  # tokens computed this step: token_ids[num_computed : num_computed + new_len]
+    slots: torch.Tensor  # their freshly allocated KV slots
+    samples: bool = field(init=False)  # the chunk reaches the last known token: its last row yields the next one
+
+    def __post_init__(self) -> None:
+        # Fixed at scheduling time: commit() advances num_computed before sampling reads this.
+        self.samples = self.seq.num_computed + self.new_len == len(self.seq.token_ids)
+
+
+@dataclass
+class ScheduledBatch:
+    decodes: list[ScheduledSeq] = field(default_factory=list)
+    extends: list[ScheduledSeq] = field(default_factory=list)
+    retracted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def seqs(self) -> list[ScheduledSeq]:
+        return self.decodes + self.extends
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.new_len for s in self.seqs)
+
+    def __bool__(self) -> bool:
+        return bool(self.decodes or self.extends)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        allocator: SlotAllocator,
+        req_to_token: ReqToTokenPool,
+        prefix_cache: PrefixCache,
+    ) -> None:
+        self.config = config
+        self.allocator = allocator
+        self.req_to_token = req_to_token
+        self.prefix_cache = prefix_cache
+        self.waiting: list[Sequence] = []  # sorted by sort_key
+        self.running: list[Sequence] = []
+        self.num_retractions = 0
+
+    # ---- queues ----------------------------------------------------------------------------------------------------
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SeqStatus.WAITING
+        bisect.insort(self.waiting, seq, key=lambda s: s.sort_key)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def free_slots(self) -> int:
+        return self.allocator.num_free + self.prefix_cache.evictable_slots()
+
+    # ---- one step --------------------------------------------------------------------------------------------------
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        while True:
+            decodes = [s for s in self.running if s.is_decode]
+            if self._ensure_free(len(decodes)):
+                break
+            batch.retracted.append(self._retract_lowest())
+        budget = self.config.max_batch_tokens
+        for seq in decodes:
+            batch.decodes.append(ScheduledSeq(seq, 1, self._alloc(1)))
+            budget -= 1
+        partial = [s for s in self.running if not s.is_decode]
+        for seq in partial + list(self.waiting):
+            if budget <= 0 or self.free_slots() <= 0:
+                break
+            if seq.status is SeqStatus.WAITING and not self._admit(seq):
+                break  # strict priority order: later sequences wait behind this one
+            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size)
+            chunk = min(chunk, self.free_slots())
+            batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk)))
+            budget -= chunk
+        if not batch and self.running:
+            # Everyone holds memory and nobody can move (partial prefills filling the pool): free the least urgent.
+            batch.retracted.append(self._retract_lowest())
+            retry = self.schedule()
+            retry.retracted = batch.retracted + retry.retracted
+            return retry
+        return batch
+
+    def _admit(self, seq: Sequence) -> bool:
+        """Move a waiting sequence to running if a row (``n`` rows for a group about to fan out) is free."""
+        rows_needed = seq.state.sampling.n if seq.needs_spawn else 1
+        if len(self.running) + rows_needed > self.config.max_running:
+            return False
+        if self.req_to_token.num_free_rows < rows_needed:
+            return False
+        match = self.prefix_cache.match_prefix(seq.token_ids[:-1])  # the last token is always computed
+        seq.req_row = self.req_to_token.alloc_row()
+        seq.slots = match.slots
+        seq.num_computed = match.length
+        if match.length:
+            self.req_to_token.write(seq.req_row, 0, match.slots)
+        self.waiting.remove(seq)
+        seq.status = SeqStatus.RUNNING
+        self.running.append(seq)
+        return True
+
+    def _ensure_free(self, n: int) -> bool:
+        if self.allocator.num_free < n:
+            self.prefix_cache.evict(n - self.allocator.num_free)
+        return self.allocator.num_free >= n
+
+    def _alloc(self, n: int) -> torch.Tensor:
+        self._ensure_free(n)
+        return self.allocator.alloc(n)
+
+    def _retract_lowest(self) -> Sequence:
+        victim = max(self.running, key=lambda s: s.sort_key)
+        self.release(victim)
+        victim.num_retractions += 1
+        self.num_retractions += 1
+        self.add(victim)
+        return victim
+
+    # ---- after the forward -----------------------------------------------------------------------------------------
+
+    def commit(self, batch: ScheduledBatch) -> None:
+        """Record that the scheduled tokens' KV is now in the pool (the runner wrote their req_to_token entries)."""
+        for item in batch.seqs:
+            seq = item.seq
+            seq.slots = torch.cat([seq.slots, item.slots]) if seq.slots.numel() else item.slots
+            seq.num_computed += item.new_len
+
+    def spawn_sibling(self, parent: Sequence, child: Sequence) -> None:
+        """Start ``child`` running on ``parent``'s prompt KV (shared slots, one more holder each)."""
+        child.req_row = self.req_to_token.alloc_row()
+        assert child.req_row is not None, "rows for the group are checked at admission"
+        shared = parent.slots[: parent.num_prompt]
+        self.allocator.retain(shared)
+        child.slots = shared.clone()
+        child.num_computed = parent.num_prompt
+        self.req_to_token.write(child.req_row, 0, shared)
+        child.status = SeqStatus.RUNNING
+        self.running.append(child)
+
+    def release(self, seq: Sequence) -> None:
+        """Take ``seq`` out of the queues and hand its KV to the prefix cache (which may keep or free it)."""
+        if seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+        elif seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+        if seq.slots.numel():
+            self.prefix_cache.cache_finished(seq.token_ids[: seq.num_computed], seq.slots)
+        if seq.req_row is not None:
+            self.req_to_token.free_row(seq.req_row)
+        seq.slots = torch.empty(0, dtype=torch.int64)
+        seq.req_row = None
+        seq.num_computed = 0

@@ -1,0 +1,82 @@
+"""The scheduler's view of one sample of one request: its tokens, its KV, and its place in line."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from plait.engine.request import GenerateRequest
+from plait.engine.sampling_params import SamplingParams
+from plait.engine.text_output import TextOutput
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class RequestState:
+    """Shared by the ``n`` sequences of one request."""
+
+    request: GenerateRequest
+    prompt_ids: list[int]
+    arrival: int  # monotonically increasing submission number: the FCFS tie-break
+    max_new_tokens: int  # max_tokens, clipped to the context window
+    num_finished: int = 0
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return self.request.sampling
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Invariant: ``slots`` holds the KV slots of ``token_ids[:num_computed]``, in order; the same indices are in
+    ``req_to_token[req_row, :num_computed]`` while the sequence is running."""
+
+    state: RequestState
+    index: int  # sample index within the request
+    token_ids: list[int]
+    generator: torch.Generator
+    output: TextOutput
+    status: SeqStatus = SeqStatus.WAITING
+    num_computed: int = 0
+    slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    req_row: int | None = None
+    siblings_spawned: bool = False  # n > 1: sample 0 spawns the others once the prompt is prefilled
+    finish_reason: str | None = None
+    num_retractions: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.state.request.request_id
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        """Lower runs first: priority, then arrival, then sample index."""
+        return (self.state.request.priority, self.state.arrival, self.index)
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.state.prompt_ids)
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.token_ids) - self.num_prompt
+
+    @property
+    def num_uncomputed(self) -> int:
+        """Tokens whose KV is not in the pool yet (1 for a sequence in decode)."""
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def is_decode(self) -> bool:
+        return self.num_uncomputed == 1 and self.num_computed > 0
+
+    @property
+    def needs_spawn(self) -> bool:
+        return self.state.sampling.n > 1 and self.index == 0 and not self.siblings_spawned

@@ -1,0 +1,142 @@
+"""GGUF checkpoints: the model config from metadata and weights dequantised with the ``gguf`` package.
+
+llama.cpp's converter permutes the rows of Q and K for ``llama``-architecture files (its RoPE rotates adjacent
+pairs, HF's rotates halves); we undo that permutation so the model code is the same for every source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plait.engine.errors import ModelLoadError, ModelNotFoundError
+from plait.engine.model_config import ModelConfig, RopeScaling
+
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+def _field_value(field: Any) -> Any:
+    """A metadata value as a Python object (string, number or list)."""
+    if hasattr(field, "contents"):
+        return field.contents()
+    values = [field.parts[i] for i in field.data]  # older gguf: decode the raw parts
+    decoded = [bytes(v).decode("utf-8") if v.dtype == np.uint8 else v.tolist()[0] for v in values]
+    return decoded if len(decoded) != 1 else decoded[0]
+
+
+def unpermute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Invert llama.cpp's Q/K row permutation (adjacent-pair RoPE layout -> rotate-half layout)."""
+    rows = weight.shape[0]
+    half = rows // num_heads // 2
+    return weight.reshape(num_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+class GGUFCheckpoint:
+    """An opened GGUF file: ``config``, ``metadata`` and the weights as HF-named tensors."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelNotFoundError(f"model file not found: {self.path}")
+        try:
+            import gguf
+
+            self.reader = gguf.GGUFReader(str(self.path))
+        except Exception as error:  # gguf raises ValueError/struct.error/... on bad files
+            raise ModelLoadError(f"{self.path} is not a readable GGUF file: {error}") from None
+        self.metadata = {name: field for name, field in self.reader.fields.items()}
+        self.config = self._read_config()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        field = self.metadata.get(key)
+        return default if field is None else _field_value(field)
+
+    def _read_config(self) -> ModelConfig:
+        arch = self.get("general.architecture")
+        if arch not in ("llama", "qwen2", "mistral"):
+            raise ModelLoadError(f"{self.path.name}: unsupported GGUF architecture '{arch}'; supported: llama, qwen2")
+        tensor_names = {t.name for t in self.reader.tensors}
+        if "token_embd.weight" not in tensor_names:
+            raise ModelLoadError(f"{self.path.name} holds no token embedding (is it a vocabulary-only file?)")
+
+        def need(key: str) -> Any:
+            value = self.get(f"{arch}.{key}")
+            if value is None:
+                raise ModelLoadError(f"{self.path.name}: metadata key '{arch}.{key}' is missing")
+            return value
+
+        num_heads = int(need("attention.head_count"))
+        hidden = int(need("embedding_length"))
+        vocab = self.get(f"{arch}.vocab_size") or len(self.get("tokenizer.ggml.tokens") or [])
+        if not vocab:
+            vocab = next(t for t in self.reader.tensors if t.name == "token_embd.weight").shape[-1]
+        scaling = None
+        if self.get(f"{arch}.rope.scaling.type") == "linear":
+            scaling = RopeScaling("linear", float(self.get(f"{arch}.rope.scaling.factor")))
+        return ModelConfig(
+            architecture="llama" if arch == "mistral" else arch,
+            hidden_size=hidden,
+            intermediate_size=int(need("feed_forward_length")),
+            num_layers=int(need("block_count")),
+            num_heads=num_heads,
+            num_kv_heads=int(self.get(f"{arch}.attention.head_count_kv", num_heads)),
+            vocab_size=int(vocab),
+            max_position=int(need("context_length")),
+            head_dim=int(self.get(f"{arch}.attention.key_length", hidden // num_heads)),
+            rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+            rope_theta=float(self.get(f"{arch}.rope.freq_base", 10000.0)),
+            rope_scaling=scaling,
+            tie_word_embeddings="output.weight" not in tensor_names,
+            attention_bias="blk.0.attn_q.bias" in tensor_names,
+            name=str(self.get("general.name", self.path.stem)),
+        )
+
+    def weights(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+        """Dequantised weights in HF naming (float32 on the CPU, then cast to ``dtype``)."""
+        import gguf
+
+        permute_qk = self.get("general.architecture") in ("llama", "mistral")
+        for tensor in self.reader.tensors:
+            name = _hf_name(tensor.name)
+            if name is None:
+                continue
+            try:
+                array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+            except NotImplementedError:
+                raise ModelLoadError(
+                    f"{self.path.name}: tensor {tensor.name} uses quantisation {tensor.tensor_type.name}, "
+                    "which the gguf package cannot dequantise"
+                ) from None
+            except Exception as error:
+                raise ModelLoadError(f"{self.path.name}: tensor {tensor.name} is corrupt: {error}") from None
+            weight = torch.from_numpy(np.require(array, dtype=np.float32, requirements=["C", "W"]))
+            if permute_qk and name.endswith(("q_proj.weight", "q_proj.bias")):
+                weight = unpermute_rotary(weight, self.config.num_heads)
+            elif permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
+                weight = unpermute_rotary(weight, self.config.num_kv_heads)
+            yield name, weight.to(dtype)
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``; None for tensors we do not use."""
+    parts = gguf_name.split(".")
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 2 and parts[0] in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[parts[0]]}.{parts[1]}"
+    return None
