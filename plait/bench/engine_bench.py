@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from rich.progress import Progress
-
-from plait.bench.report import default_output, print_table, write_json
 from plait.cli.engine_args import add_engine_arguments, engine_config_from_args
+
+if TYPE_CHECKING:
+    from plait.engine import EngineCore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,12 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     # Stay clear of the first ids (specials in most vocabularies).
     return torch.randint(100, vocab, (batch, length), generator=generator).tolist()
 
 
-def _time_plait(core, prompts: list[list[int]], max_tokens: int) -> float:
+def _time_plait(core: EngineCore, prompts: list[list[int]], max_tokens: int) -> float:
+    import torch
+
     from plait.engine import GenerateRequest, SamplingParams
 
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
@@ -56,7 +59,9 @@ def _time_plait(core, prompts: list[list[int]], max_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def _time_hf(model, prompts: list[list[int]], max_tokens: int) -> float:
+def _time_hf(model: Any, prompts: list[list[int]], max_tokens: int) -> float:
+    import torch
+
     input_ids = torch.tensor(prompts, device=model.device)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -73,7 +78,7 @@ def _time_hf(model, prompts: list[list[int]], max_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def _load_hf(core) -> Any:
+def _load_hf(core: EngineCore) -> Any:
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     source_path = core.config.model
@@ -118,6 +123,9 @@ def _measure(label: str, timer, prompts: list[list[int]], gen_len: int, repeats:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from plait.bench.report import default_output, print_table, write_json
     from plait.engine import EngineCore
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]

@@ -27,6 +27,8 @@ class ReqToTokenPool:
         return self._free_rows.pop() if self._free_rows else None
 
     def free_row(self, row: int) -> None:
+        if row in self._free_rows:
+            raise RuntimeError(f"req_to_token row {row} freed twice")
         self._free_rows.append(row)
 
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:

@@ -42,6 +42,8 @@ class SlotAllocator:
 
     def alloc(self, n: int) -> torch.Tensor:
         """Take ``n`` free slots (reference count 1 each); returns an int64 CPU tensor of slot indices."""
+        if n < 0:
+            raise ValueError(f"cannot allocate a negative number of slots ({n})")
         if n > self.num_free:
             raise OutOfSlotsError(f"asked for {n} KV slots, {self.num_free} free")
         slots, self._free = self._free[:n], self._free[n:]
@@ -52,6 +54,7 @@ class SlotAllocator:
         """Add one holder to each of ``slots`` (which must be in use)."""
         if slots.numel() == 0:
             return
+        slots = slots.to(torch.int64).cpu()
         if bool((self._refcount[slots] <= 0).any()):
             raise RuntimeError("retain() on a free KV slot")
         self._refcount.index_add_(0, slots, torch.ones_like(slots, dtype=torch.int32))
@@ -61,14 +64,14 @@ class SlotAllocator:
         if slots.numel() == 0:
             return
         slots = slots.to(torch.int64).cpu()
-        self._refcount.index_add_(0, slots, torch.full_like(slots, -1, dtype=torch.int32))
-        counts = self._refcount[slots]
-        if bool((counts < 0).any()):
+        unique, times = torch.unique(slots, return_counts=True)
+        # Check before changing anything, so a rejected release leaves the allocator as it was.
+        if bool((self._refcount[unique] < times).any()):
             raise RuntimeError("release() of a KV slot that was already free (double free)")
-        freed = slots[counts == 0]
+        self._refcount[unique] -= times.to(torch.int32)
+        freed = unique[self._refcount[unique] == 0]
         if freed.numel():
-            # A slot listed twice in one release reaches 0 once; unique() keeps the free list duplicate-free.
-            self._free = torch.cat([self._free, torch.unique(freed)])
+            self._free = torch.cat([self._free, freed])
 
     def refcount(self, slots: torch.Tensor) -> torch.Tensor:
         return self._refcount[slots]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from plait.engine.engine_config import EngineConfig
+if TYPE_CHECKING:
+    from plait.engine.engine_config import EngineConfig
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    from plait.engine.engine_config import EngineConfig
+
     return EngineConfig(
         model=args.model,
         weights=args.weights,

@@ -26,5 +26,6 @@ def default_model_path() -> Path:
         if path.is_file():
             return path
     raise ModelNotFoundError(
-        f"the '{DEFAULT_MODEL_PACKAGE}' package is installed but holds no {DEFAULT_MODEL_FILE}; reinstall it: {INSTALL_HINT}"
+        f"the '{DEFAULT_MODEL_PACKAGE}' package is installed but holds no {DEFAULT_MODEL_FILE}; "
+        f"reinstall it: {INSTALL_HINT}"
     )

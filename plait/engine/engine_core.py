@@ -18,6 +18,7 @@ from plait.engine.attention import create_backend
 from plait.engine.detokenizer import IncrementalDetokenizer
 from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, DEFAULT_MAX_CONTEXT, EngineConfig
 from plait.engine.errors import InvalidRequestError
+from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_runner import ModelRunner
 from plait.engine.request import GenerateDelta, GenerateRequest
@@ -164,6 +165,32 @@ class EngineCore:
                 seq.finish_reason = "abort"
                 deltas.append(self._delta(seq, "", [], None))
         return deltas
+
+    def prompt_logits(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits (float32, ``[len(token_ids), vocab]``) at every position of ``token_ids``, computed in one
+        forward pass outside the batch (engine thread only; used for scoring and tests)."""
+        if not token_ids or len(token_ids) >= self.max_context:
+            raise InvalidRequestError("prompt_token_ids", f"need 1 to {self.max_context - 1} tokens")
+        row = self.req_to_token.alloc_row()
+        if row is None or not self.scheduler._ensure_free(len(token_ids)):
+            raise InvalidRequestError("prompt_token_ids", "the engine is full; try again when it is idle")
+        slots = self.allocator.alloc(len(token_ids))
+        try:
+            self.req_to_token.write(row, 0, slots)
+            batch = ForwardBatch(
+                input_ids=torch.tensor(token_ids, device=self.device),
+                positions=torch.arange(len(token_ids), device=self.device),
+                out_cache_loc=slots.to(self.device),
+                sample_indices=torch.arange(len(token_ids), device=self.device),
+                num_decode=0,
+                layouts=[SequenceLayout(row, 0, len(token_ids))],
+                attention=self.runner.attention,
+            )
+            batch.attn_meta = self.runner.attention.prepare(batch)
+            return self.model(batch)
+        finally:
+            self.allocator.release(slots)
+            self.req_to_token.free_row(row)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()

@@ -66,7 +66,8 @@ class ModelConfig:
         """Parameter count (embeddings counted once when tied)."""
         attn = self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
         mlp = 3 * self.hidden_size * self.intermediate_size
-        per_layer = attn + mlp + 2 * self.hidden_size
+        bias = (self.q_size + 2 * self.kv_size) if self.attention_bias else 0
+        per_layer = attn + bias + mlp + 2 * self.hidden_size
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * per_layer + embed + self.hidden_size
 

@@ -1,4 +1,4 @@
-"""Open a model by name or path and build it on a device: ``default``, a GGUF file, an HF directory, or a dummy shape."""
+"""Open a model (``default``, a GGUF file, an HF directory or a dummy shape) and build it on a device."""
 
 from __future__ import annotations
 

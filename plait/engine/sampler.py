@@ -53,6 +53,9 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
         ranks = torch.arange(probs.shape[1], device=device)[None, :]
         top_k = torch.tensor([p.top_k if p.top_k > 0 else probs.shape[1] for p in params], device=device)
         drop = ranks >= top_k[:, None]
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        # top-p applies to what min-p and top-k kept, renormalised (so filters compose as in other engines).
+        sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
         top_p = torch.tensor([p.top_p for p in params], device=device)
         # Keep the smallest set whose mass reaches top_p: drop a token when the mass before it already does.
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs

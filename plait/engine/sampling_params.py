@@ -39,14 +39,14 @@ class SamplingParams:
 
     def validate(self, vocab_size: int) -> None:
         """Raise ``InvalidRequestError`` naming the first bad field."""
-        _check(isinstance(self.max_tokens, int) and self.max_tokens > 0, "max_tokens", "must be a positive integer")
+        _check(_is_int(self.max_tokens) and self.max_tokens > 0, "max_tokens", "must be a positive integer")
         _check(self.temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
         _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", f"must be an integer >= 0, got {self.top_k}")
         _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
         _check(isinstance(self.n, int) and 1 <= self.n <= 128, "n", f"must be an integer in [1, 128], got {self.n}")
         _check(
-            0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+            _is_int(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
             "top_logprobs",
             f"must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}",
         )
@@ -56,6 +56,10 @@ class SamplingParams:
         _check(not bad, "stop_token_ids", f"ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
         if self.seed is not None:
             _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "must be an integer in [0, 2**63)")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:

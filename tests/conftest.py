@@ -1,0 +1,58 @@
+"""Shared fixtures: the default model (skipped with a reason when its wheel is missing) and HF's reference model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    from plait.engine import ModelNotFoundError, default_model_path
+
+    try:
+        return default_model_path()
+    except ModelNotFoundError as error:
+        pytest.skip(f"default model not installed: {error}")
+
+
+@pytest.fixture(scope="session")
+def fp32_core(default_gguf):
+    """One float32 EngineCore on the default model, shared by the tests that drive it step by step."""
+    from plait.engine import EngineConfig, EngineCore
+
+    return EngineCore(EngineConfig(model=str(default_gguf), dtype="float32", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def hf_model(default_gguf):
+    """HF transformers' own Llama implementation loading the same GGUF: the independent reference."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        default_gguf.parent, gguf_file=default_gguf.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent (it holds the real traces, schemas and tokenizers)")
+    return SHARED_DATA
+
+
+def run_to_completion(core, requests) -> dict[str, dict[int, list[int]]]:
+    """Submit ``requests`` to an EngineCore, step until idle, return generated token ids by request and sample."""
+    for request in requests:
+        core.add_request(request)
+    tokens: dict[str, dict[int, list[int]]] = {}
+    while core.has_work():
+        for delta in core.step():
+            tokens.setdefault(delta.request_id, {}).setdefault(delta.index, []).extend(delta.token_ids)
+    return tokens
