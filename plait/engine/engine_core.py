@@ -315,8 +315,12 @@ class EngineCore:
     def check_invariants(self) -> None:
         """Assert that the KV bookkeeping is consistent (tests call this after every step)."""
         self.allocator.check()
-        held = sum(int(s.slots.numel()) for seqs in self.requests.values() for s in seqs)
-        assert held >= self.allocator.num_used or self.config.max_running == 0, "a used slot has no holder"
+        held = [s.slots for seqs in self.requests.values() for s in seqs if s.slots.numel()]
+        holders = torch.zeros(self.kv_slots + 1, dtype=torch.int32)
+        if held:
+            holders.index_add_(0, torch.cat(held), torch.ones(sum(h.numel() for h in held), dtype=torch.int32))
+        # Every holder is a sequence (no prefix cache keeps slots yet): reference counts must match exactly.
+        assert torch.equal(holders, self.allocator.refcount(torch.arange(self.kv_slots + 1))), "refcounts != holders"
         for seqs in self.requests.values():
             for seq in seqs:
                 assert seq.slots.numel() == seq.num_computed, "slots and num_computed disagree"

@@ -126,6 +126,8 @@ class Scheduler:
             return False
         match = self.prefix_cache.match_prefix(seq.token_ids[:-1])  # the last token is always computed
         seq.req_row = self.req_to_token.alloc_row()
+        # Rows for the siblings are taken now, so later admissions cannot leave the fan-out without any.
+        seq.sibling_rows = [self.req_to_token.alloc_row() for _ in range(rows_needed - 1)]
         seq.slots = match.slots
         seq.num_computed = match.length
         if match.length:
@@ -163,8 +165,7 @@ class Scheduler:
 
     def spawn_sibling(self, parent: Sequence, child: Sequence) -> None:
         """Start ``child`` running on ``parent``'s prompt KV (shared slots, one more holder each)."""
-        child.req_row = self.req_to_token.alloc_row()
-        assert child.req_row is not None, "rows for the group are checked at admission"
+        child.req_row = parent.sibling_rows.pop()
         shared = parent.slots[: parent.num_prompt]
         self.allocator.retain(shared)
         child.slots = shared.clone()
@@ -183,6 +184,9 @@ class Scheduler:
             self.prefix_cache.cache_finished(seq.token_ids[: seq.num_computed], seq.slots)
         if seq.req_row is not None:
             self.req_to_token.free_row(seq.req_row)
+        for row in seq.sibling_rows:
+            self.req_to_token.free_row(row)
+        seq.sibling_rows = []
         seq.slots = torch.empty(0, dtype=torch.int64)
         seq.req_row = None
         seq.num_computed = 0

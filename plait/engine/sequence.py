@@ -48,6 +48,7 @@ class Sequence:
     slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
     req_row: int | None = None
     siblings_spawned: bool = False  # n > 1: sample 0 spawns the others once the prompt is prefilled
+    sibling_rows: list[int] = field(default_factory=list)  # req_to_token rows held for them until then
     finish_reason: str | None = None
     num_retractions: int = 0
 
