@@ -30,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gen-len", type=int, default=64, help="generated tokens per request")
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions; the best is kept")
     parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
+    parser.add_argument(
+        "--hf-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="HF's dtype; auto: float32 for GGUF files (transformers keeps GGUF weights packed and computes "
+        "in float32, its fastest mode), otherwise plait's dtype",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/...)")
     add_engine_arguments(parser)
     parser.set_defaults(handler=run)
@@ -78,8 +85,13 @@ def _time_hf(model: Any, prompts: list[list[int]], max_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def _load_hf(core: EngineCore) -> Any:
+def _load_hf(core: EngineCore, dtype_name: str) -> Any:
+    import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    is_gguf = core.config.weights != "dummy" and str(core.config.model).endswith((".gguf", "default"))
+    auto = torch.float32 if is_gguf else core.dtype
+    dtype = auto if dtype_name == "auto" else getattr(torch, dtype_name)
 
     source_path = core.config.model
     mc = core.model_config
@@ -95,15 +107,15 @@ def _load_hf(core: EngineCore) -> Any:
             tie_word_embeddings=mc.tie_word_embeddings,
             head_dim=mc.head_dim,
         )
-        model = AutoModelForCausalLM.from_config(config, dtype=core.dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         from plait.engine import default_model_path
 
         path = default_model_path() if source_path == "default" else Path(source_path)
         if path.is_dir():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=core.dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=core.dtype)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     return model.to(core.device).eval()
 
 
@@ -134,11 +146,12 @@ def run(args: argparse.Namespace) -> int:
     config = engine_config_from_args(args)
     config.max_running = max(config.max_running, max(batch_sizes))
     core = EngineCore(config)
-    hf_model = None if args.no_hf else _load_hf(core)
+    hf_model = None if args.no_hf else _load_hf(core, args.hf_dtype)
     results: list[dict[str, float]] = []
-    engines = [("plait", lambda p, n: _time_plait(core, p, n))]
+    engines = [(f"plait {str(core.dtype).removeprefix('torch.')}", lambda p, n: _time_plait(core, p, n))]
     if hf_model is not None:
-        engines.append(("hf-transformers", lambda p, n: _time_hf(hf_model, p, n)))
+        hf_label = f"hf-transformers {str(hf_model.dtype).removeprefix('torch.')}"
+        engines.append((hf_label, lambda p, n: _time_hf(hf_model, p, n)))
     with Progress() as progress:
         task = progress.add_task("benchmarking", total=len(batch_sizes) * len(engines))
         for batch in batch_sizes:
@@ -149,11 +162,21 @@ def run(args: argparse.Namespace) -> int:
                 progress.advance(task)
     rows = []
     for r in results:
-        peer = next((p for p in results if p["engine"] == "hf-transformers" and p["batch"] == r["batch"]), None)
-        ratio = f"{r['decode_tok_s'] / peer['decode_tok_s']:.2f}x" if peer and r["engine"] == "plait" else ""
+        peer = next((p for p in results if p["engine"].startswith("hf") and p["batch"] == r["batch"]), None)
+        is_plait = r["engine"].startswith("plait")
+        ratio = f"{r['decode_tok_s'] / peer['decode_tok_s']:.2f}x" if peer and is_plait else ""
         rows.append([r["engine"], r["batch"], r["prefill_tok_s"], r["decode_tok_s"], ratio])
     title = f"engine: {core.model_config.name}, prompt {args.prompt_len}, gen {args.gen_len}, {core.device}"
     print_table(title, ["engine", "batch", "prefill tok/s", "decode tok/s", "decode vs HF"], rows)
+    for r in results:
+        r["decode_vs_hf"] = next(
+            (
+                r["decode_tok_s"] / p["decode_tok_s"]
+                for p in results
+                if p["engine"].startswith("hf") and p["batch"] == r["batch"]
+            ),
+            None,
+        )
     path = write_json(
         args.output or default_output("engine"),
         {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from plait.engine.engine_config import EngineConfig
 from plait.engine.engine_core import EngineCore, EngineStats
-from plait.engine.errors import EngineStoppedError, InvalidRequestError
+from plait.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
 from plait.engine.request import Completion, GenerateDelta, GenerateRequest, GenerateResult
 from plait.engine.sequence import RequestState
 
@@ -29,8 +29,13 @@ class _Sink:
     queue: asyncio.Queue[GenerateDelta | None]
     open_samples: int
 
-    def put(self, item: GenerateDelta | None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def put(self, item: GenerateDelta | None) -> bool:
+        """Hand ``item`` to the caller's loop; False when that loop is gone (the caller cannot be reached)."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is closed
+            return False
+        return True
 
 
 class Engine:
@@ -61,6 +66,9 @@ class Engine:
         sink = _Sink(asyncio.get_running_loop(), asyncio.Queue(), state.sampling.n)
         request_id = request.request_id
         with self._lock:
+            # Checked under the lock: the loop thread sets _stopped and empties _sinks under it too.
+            if self._stopped.is_set():
+                raise EngineStoppedError("the engine is closed")
             if request_id in self._sinks:
                 raise InvalidRequestError("request_id", f"'{request_id}' is already running")
             self._sinks[request_id] = sink
@@ -138,13 +146,16 @@ class Engine:
                         logger.exception("engine step failed")
                         self._fail_all(f"engine step failed: {error!r}")
                         continue
+                    with self._lock:
+                        self._stats = self.core.stats()
                     self._deliver(deltas)
-                with self._lock:
-                    self._stats = self.core.stats()
         finally:
-            self._stopped.set()
             with self._lock:
+                self._stopped.set()
                 sinks, self._sinks = list(self._sinks.values()), {}
+            for request_id in list(self.core.requests):  # leave the core idle, its KV free
+                self.core.abort(request_id)
+            self._stats = self.core.stats()
             for sink in sinks:
                 sink.put(None)
 
@@ -160,21 +171,37 @@ class Engine:
                 return False
             if kind == "add":
                 assert isinstance(payload, RequestState)
-                self.core.add(payload)
+                try:
+                    self.core.add(payload)
+                except EngineError as error:  # e.g. a duplicate id that slipped past generate()'s check
+                    self._fail_request(payload, str(error))
             elif kind == "abort":
                 self._deliver(self.core.abort(str(payload)))
 
     def _deliver(self, deltas: list[GenerateDelta]) -> None:
+        unreachable = []
         with self._lock:
             for delta in deltas:
                 sink = self._sinks.get(delta.request_id)
                 if sink is None:
                     continue
-                sink.put(delta)
+                if not sink.put(delta):
+                    del self._sinks[delta.request_id]
+                    unreachable.append(delta.request_id)
+                    continue
                 if delta.finish_reason is not None:
                     sink.open_samples -= 1  # the loop thread's count; generate() keeps its own
                     if sink.open_samples == 0:
                         del self._sinks[delta.request_id]
+
+        for request_id in unreachable:  # nobody is listening: stop spending compute and KV on it
+            self.core.abort(request_id)
+
+    def _fail_request(self, state: RequestState, message: str) -> None:
+        n = state.sampling.n
+        request_id = state.request.request_id
+        deltas = [GenerateDelta(request_id, i, "", [], finish_reason="error", error=message) for i in range(n)]
+        self._deliver(deltas)
 
     def _fail_all(self, message: str) -> None:
         for request_id in list(self.core.requests):

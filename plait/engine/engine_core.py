@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -104,6 +104,8 @@ class EngineCore:
             prompt_ids = self.tokenizer.encode(request.prompt)
         else:
             prompt_ids = list(request.prompt_token_ids or [])
+            if not prompt_ids:
+                raise InvalidRequestError("prompt_token_ids", "must be a non-empty list of token ids")
             vocab = self.model_config.vocab_size
             bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab]
             if bad:
@@ -164,6 +166,10 @@ class EngineCore:
                 seq.status = SeqStatus.FINISHED
                 seq.finish_reason = "abort"
                 deltas.append(self._delta(seq, "", [], None))
+        if seqs and seqs[0].needs_spawn:
+            # Samples 1..n-1 did not exist yet; their streams still expect an end.
+            first = deltas[0]
+            deltas += [replace(first, index=i, completion_tokens=0) for i in range(1, seqs[0].state.sampling.n)]
         return deltas
 
     def prompt_logits(self, token_ids: list[int]) -> torch.Tensor:

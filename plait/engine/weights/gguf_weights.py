@@ -69,7 +69,9 @@ class GGUFCheckpoint:
     def _read_config(self) -> ModelConfig:
         arch = self.get("general.architecture")
         if arch not in ("llama", "qwen2", "mistral"):
-            raise ModelLoadError(f"{self.path.name}: unsupported GGUF architecture '{arch}'; supported: llama, qwen2")
+            raise ModelLoadError(
+                f"{self.path.name}: unsupported GGUF architecture '{arch}'; supported: llama, mistral, qwen2"
+            )
         tensor_names = {t.name for t in self.reader.tensors}
         if "token_embd.weight" not in tensor_names:
             raise ModelLoadError(f"{self.path.name} holds no token embedding (is it a vocabulary-only file?)")
