@@ -7,17 +7,30 @@ May import: nothing else in plait (it knows no requests, programs or workflows; 
 
 from __future__ import annotations
 
+from plait.cache.eviction_policy import EvictionPolicy, LRUPolicy, NextUse, NextUsePolicy
+from plait.cache.hints import CacheHints
+from plait.cache.host_tier import HostTier
 from plait.cache.kv_pool import KVPool
 from plait.cache.prefix_cache import NoPrefixCache, PrefixCache, PrefixMatch
+from plait.cache.radix import CacheCounters, RadixCache, RadixNode
 from plait.cache.req_to_token import ReqToTokenPool
 from plait.cache.slot_allocator import OutOfSlotsError, SlotAllocator
 
 __all__ = [
+    "CacheCounters",
+    "CacheHints",
+    "EvictionPolicy",
+    "HostTier",
     "KVPool",
+    "LRUPolicy",
+    "NextUse",
+    "NextUsePolicy",
     "NoPrefixCache",
     "OutOfSlotsError",
     "PrefixCache",
     "PrefixMatch",
+    "RadixCache",
+    "RadixNode",
     "ReqToTokenPool",
     "SlotAllocator",
 ]

@@ -20,6 +20,7 @@ class KVPool:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        pin_memory: bool = False,
     ) -> None:
         self.num_layers = num_layers
         self.num_slots = num_slots
@@ -28,8 +29,9 @@ class KVPool:
         self.dtype = dtype
         self.device = torch.device(device)
         shape = (num_slots + 1, num_kv_heads, head_dim)  # +1: the padding slot 0
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # pin_memory: page-locked host buffers (the host tier on GPU machines) so copies can run asynchronously.
+        self.k = [torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin_memory) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin_memory) for _ in range(num_layers)]
 
     @staticmethod
     def bytes_per_slot(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -40,6 +42,10 @@ class KVPool:
         """Store new tokens' K/V (``[tokens, kv_heads, head_dim]``) at ``slots``."""
         self.k[layer].index_copy_(0, slots, k.to(self.dtype))
         self.v[layer].index_copy_(0, slots, v.to(self.dtype))
+
+    @property
+    def bytes_per_token(self) -> int:
+        return KVPool.bytes_per_slot(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype)
 
     def read_rows(self, slots: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Copies of the K and V rows at ``slots`` in every layer (for tests and the host tier)."""

@@ -1,14 +1,20 @@
 """The seam where a prefix cache plugs into the scheduler.
 
-The scheduler asks ``match_prefix`` before prefilling a request and calls ``cache_finished`` when it is done with
-a request's slots. ``NoPrefixCache`` shares nothing and frees slots at once; the radix tree implements the same
-protocol and keeps finished prefixes for later hits.
+Protocol (ownership rules):
+- ``match_prefix`` returns the cached prefix's slots, already retained for the caller (one reference each), and a
+  ``handle`` the cache locked so it will not evict that path while the caller runs.
+- ``cache_unfinished`` (after a prefill chunk) and ``cache_finished`` (at the end) take over the caller's references
+  to the slots it passes: the cache keeps the KV worth keeping and releases the rest. ``cache_unfinished`` returns
+  the slots the caller should use from now on (retained) and a new handle; the old handle is unlocked.
+- ``evictable_slots`` counts what ``evict`` could free right now for a new admission.
+
+``NoPrefixCache`` shares nothing and frees slots at once; ``RadixCache`` keeps prefixes for later hits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -17,9 +23,15 @@ from plait.cache.slot_allocator import SlotAllocator
 
 @dataclass
 class PrefixMatch:
-    """The cached part of a prompt: KV slots for its first ``len(slots)`` tokens (already retained for the caller)."""
+    """The cached part of a prompt: KV slots for its first ``len(slots)`` tokens (already retained for the caller).
+
+    ``loading``: part of the prefix is on its way back from host memory; the caller should try again later.
+    """
 
     slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    handle: Any = None
+    loading: bool = False
+    host_hit_tokens: int = 0  # of ``length``, how many came back from the host tier
 
     @property
     def length(self) -> int:
@@ -29,20 +41,34 @@ class PrefixMatch:
 class PrefixCache(Protocol):
     """What the scheduler needs from a prefix cache."""
 
-    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
-        """The longest cached prefix of ``token_ids``; its slots are retained on behalf of the caller."""
+    def match_prefix(self, token_ids: list[int], program_id: str | None = None) -> PrefixMatch: ...
+
+    def cache_unfinished(
+        self, token_ids: list[int], slots: torch.Tensor, handle: Any, program_id: str | None = None
+    ) -> tuple[torch.Tensor, Any]: ...
+
+    def cache_finished(
+        self, token_ids: list[int], slots: torch.Tensor, handle: Any, program_id: str | None = None
+    ) -> None: ...
+
+    def lock(self, handle: Any) -> None:
+        """One more user of ``handle``'s path (a sibling sample sharing its parent's prompt)."""
         ...
 
-    def cache_finished(self, token_ids: list[int], slots: torch.Tensor) -> None:
-        """The caller is done with ``slots`` (the KV of ``token_ids``): keep what is worth keeping, release the rest."""
+    def unlock(self, handle: Any) -> None:
+        """Undo a ``lock`` without inserting anything."""
         ...
 
-    def evictable_slots(self) -> int:
-        """Slots the cache could free right now if asked."""
+    def unmatch(self, match: PrefixMatch) -> None:
+        """Give back a match that will not be used (unlock, release its slots, uncount its hit)."""
         ...
 
-    def evict(self, num_slots: int) -> int:
-        """Free at least ``num_slots`` slots if possible; returns how many were freed."""
+    def evictable_slots(self) -> int: ...
+
+    def evict(self, num_slots: int, allow_pinned: bool = False) -> int: ...
+
+    def poll(self) -> None:
+        """Finish background work (host-to-device loads) that has completed."""
         ...
 
 
@@ -52,14 +78,33 @@ class NoPrefixCache:
     def __init__(self, allocator: SlotAllocator) -> None:
         self.allocator = allocator
 
-    def match_prefix(self, token_ids: list[int]) -> PrefixMatch:
+    def match_prefix(self, token_ids: list[int], program_id: str | None = None) -> PrefixMatch:
         return PrefixMatch()
 
-    def cache_finished(self, token_ids: list[int], slots: torch.Tensor) -> None:
+    def cache_unfinished(
+        self, token_ids: list[int], slots: torch.Tensor, handle: Any, program_id: str | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        return slots, handle
+
+    def cache_finished(
+        self, token_ids: list[int], slots: torch.Tensor, handle: Any, program_id: str | None = None
+    ) -> None:
         self.allocator.release(slots)
+
+    def lock(self, handle: Any) -> None:
+        return None
+
+    def unlock(self, handle: Any) -> None:
+        return None
+
+    def unmatch(self, match: PrefixMatch) -> None:
+        self.allocator.release(match.slots)
 
     def evictable_slots(self) -> int:
         return 0
 
-    def evict(self, num_slots: int) -> int:
+    def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
         return 0
+
+    def poll(self) -> None:
+        return None

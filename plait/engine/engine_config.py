@@ -47,6 +47,10 @@ class EngineConfig:
     chunk_size: int = 512
     attention_backend: str = "torch"
     seed: int = 0
+    prefix_cache: str = "radix"  # radix | none
+    eviction_policy: str = "lru"  # lru | next-use (acts on the runtime's next-use hints)
+    host_kv_slots: int = 0  # host (CPU) tier size in tokens; 0 = no host tier
+    pin_budget_fraction: float = 0.25  # at most this fraction of the KV pool may be pinned
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -69,5 +73,13 @@ class EngineConfig:
                 raise InvalidRequestError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.kv_slots < 0 or self.max_context < 0:
             raise InvalidRequestError("kv_slots", "kv_slots and max_context must be >= 0 (0 = automatic)")
+        if self.prefix_cache not in ("radix", "none"):
+            raise InvalidRequestError("prefix_cache", f"'{self.prefix_cache}': choose radix or none")
+        if self.eviction_policy not in ("lru", "next-use"):
+            raise InvalidRequestError("eviction_policy", f"'{self.eviction_policy}': choose lru or next-use")
+        if self.host_kv_slots < 0:
+            raise InvalidRequestError("host_kv_slots", "must be >= 0 (0 = no host tier)")
+        if not 0.0 <= self.pin_budget_fraction <= 1.0:
+            raise InvalidRequestError("pin_budget_fraction", f"must be in [0, 1], got {self.pin_budget_fraction}")
         if not 0.0 < self.kv_memory_fraction < 1.0:
             raise InvalidRequestError("kv_memory_fraction", f"must be in (0, 1), got {self.kv_memory_fraction}")

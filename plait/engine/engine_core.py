@@ -13,7 +13,17 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from plait.cache import KVPool, NoPrefixCache, ReqToTokenPool, SlotAllocator
+from plait.cache import (
+    CacheHints,
+    HostTier,
+    KVPool,
+    LRUPolicy,
+    NextUsePolicy,
+    NoPrefixCache,
+    RadixCache,
+    ReqToTokenPool,
+    SlotAllocator,
+)
 from plait.engine.attention import create_backend
 from plait.engine.detokenizer import IncrementalDetokenizer
 from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, DEFAULT_MAX_CONTEXT, EngineConfig
@@ -33,7 +43,7 @@ from plait.engine.tokenizer_loader import load_tokenizer
 class EngineStats:
     waiting: int
     running: int
-    kv_slots_used: int
+    kv_slots_used: int  # held for requests
     kv_slots_total: int
     decode_tokens_per_s: float  # generated tokens per second over the last few seconds
     prefill_tokens_per_s: float
@@ -41,6 +51,15 @@ class EngineStats:
     prefill_tokens: int  # prompt tokens computed since start
     retractions: int
     steps: int
+    kv_slots_cached: int = 0  # kept by the prefix cache for later hits (free to evict)
+    cached_prefix_tokens: int = 0  # prompt tokens served from the GPU prefix cache
+    host_hit_tokens: int = 0  # ... from the host tier (loaded back)
+    evictions: int = 0
+    write_backs: int = 0
+    loads: int = 0
+    bytes_moved: int = 0  # between the device and the host tier
+    pinned_slots: int = 0
+    hints_ignored: int = 0
 
     @property
     def kv_usage(self) -> float:
@@ -63,7 +82,7 @@ class EngineCore:
         self.kv_pool = KVPool(mc.num_layers, self.kv_slots, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
         self.allocator = SlotAllocator(self.kv_slots)
         self.req_to_token = ReqToTokenPool(config.max_running, self.max_context + 1, self.device)
-        self.prefix_cache = NoPrefixCache(self.allocator)
+        self.prefix_cache = self._build_prefix_cache()
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_running, config.max_batch_tokens, config.chunk_size),
             self.allocator,
@@ -77,6 +96,19 @@ class EngineCore:
         self._seed_source = torch.Generator().manual_seed(config.seed)
         self._generated = self._prefilled = self._steps = 0
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, generated, prefilled) per step
+        self._hints_ignored = 0  # hints given while no prefix cache is on
+
+    def _build_prefix_cache(self) -> RadixCache | NoPrefixCache:
+        config = self.config
+        if config.prefix_cache == "none":
+            self.cache_hints = None
+            return NoPrefixCache(self.allocator)
+        hints: dict = {}
+        policy = NextUsePolicy(hints) if config.eviction_policy == "next-use" else LRUPolicy()
+        host = HostTier(self.kv_pool, config.host_kv_slots) if config.host_kv_slots else None
+        cache = RadixCache(self.allocator, policy, host, config.pin_budget_fraction, hints)
+        self.cache_hints = CacheHints(cache)
+        return cache
 
     def _auto_kv_slots(self) -> int:
         mc = self.model_config
@@ -198,6 +230,52 @@ class EngineCore:
             self.allocator.release(slots)
             self.req_to_token.free_row(row)
 
+    # ---- hints from the runtime (plain data; unknown targets are ignored and counted) ---------------------------
+
+    def _hint(self, method: str, **kwargs: object) -> bool:
+        if self.cache_hints is None:
+            self._hints_ignored += 1
+            return False
+        return bool(getattr(self.cache_hints, method)(**kwargs))
+
+    def hint_next_use(
+        self,
+        program_id: str | None = None,
+        prefix_token_ids: list[int] | None = None,
+        steps: float | None = None,
+        seconds: float | None = None,
+    ) -> bool:
+        """The program's (or prefix's) KV is needed again in ``steps`` steps and/or ``seconds``."""
+        return self._hint("next_use", program_id=program_id, prefix=prefix_token_ids, steps=steps, seconds=seconds)
+
+    def pin(self, ttl_s: float, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
+        """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget."""
+        return self._hint("pin", ttl_s=ttl_s, program_id=program_id, prefix=prefix_token_ids)
+
+    def unpin(self, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
+        return self._hint("unpin", program_id=program_id, prefix=prefix_token_ids)
+
+    def prefetch(self, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
+        """Start loading the program's (or prefix's) KV back from the host tier before it is needed."""
+        return self._hint("prefetch", program_id=program_id, prefix=prefix_token_ids)
+
+    def forget_program(self, program_id: str) -> None:
+        if self.cache_hints is not None:
+            self.cache_hints.forget_program(program_id)
+
+    def kv_in_use(self) -> int:
+        """KV slots held for requests: used slots minus those only the prefix cache keeps (0 when idle)."""
+        cached = self.prefix_cache.evictable_size if isinstance(self.prefix_cache, RadixCache) else 0
+        return self.allocator.num_used - cached
+
+    def flush_prefix_cache(self) -> int:
+        """Drop every unlocked cached prefix (pinned ones too); returns the device slots freed."""
+        freed = self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
+        if isinstance(self.prefix_cache, RadixCache) and self.prefix_cache.host is not None:
+            self.prefix_cache.wait_for_loads()
+            freed += self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
+        return freed
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
@@ -301,6 +379,22 @@ class EngineCore:
         while self._recent and now - self._recent[0][0] > 5.0:
             self._recent.popleft()
 
+    def _cache_stats(self) -> dict[str, int]:
+        cache = self.prefix_cache
+        if not isinstance(cache, RadixCache):
+            return {"hints_ignored": self._hints_ignored}
+        c = cache.counters
+        return {
+            "cached_prefix_tokens": c.gpu_hit_tokens,
+            "host_hit_tokens": c.host_hit_tokens,
+            "evictions": c.evictions,
+            "write_backs": c.write_backs,
+            "loads": c.loads,
+            "bytes_moved": cache.host.bytes_moved if cache.host is not None else 0,
+            "pinned_slots": cache.pinned_slots(),
+            "hints_ignored": c.hints_ignored + self._hints_ignored,
+        }
+
     def stats(self) -> EngineStats:
         window = self._recent
         span = (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
@@ -308,7 +402,8 @@ class EngineCore:
         return EngineStats(
             waiting=len(self.scheduler.waiting),
             running=len(self.scheduler.running),
-            kv_slots_used=self.allocator.num_used,
+            kv_slots_used=self.kv_in_use(),
+            kv_slots_cached=self.allocator.num_used - self.kv_in_use(),
             kv_slots_total=self.kv_slots,
             decode_tokens_per_s=rate(1),
             prefill_tokens_per_s=rate(2),
@@ -316,16 +411,20 @@ class EngineCore:
             prefill_tokens=self._prefilled,
             retractions=self.scheduler.num_retractions,
             steps=self._steps,
+            **self._cache_stats(),
         )
 
     def check_invariants(self) -> None:
         """Assert that the KV bookkeeping is consistent (tests call this after every step)."""
         self.allocator.check()
         held = [s.slots for seqs in self.requests.values() for s in seqs if s.slots.numel()]
+        if isinstance(self.prefix_cache, RadixCache):
+            self.prefix_cache.check()
+            held += [n.device_slots for n in self.prefix_cache._all_nodes() if n.device_slots is not None]
         holders = torch.zeros(self.kv_slots + 1, dtype=torch.int32)
         if held:
             holders.index_add_(0, torch.cat(held), torch.ones(sum(h.numel() for h in held), dtype=torch.int32))
-        # Every holder is a sequence (no prefix cache keeps slots yet): reference counts must match exactly.
+        # Every holder is a sequence or a tree node: reference counts must match exactly.
         assert torch.equal(holders, self.allocator.refcount(torch.arange(self.kv_slots + 1))), "refcounts != holders"
         for seqs in self.requests.values():
             for seq in seqs:

@@ -86,13 +86,27 @@ class Scheduler:
     def free_slots(self) -> int:
         return self.allocator.num_free + self.prefix_cache.evictable_slots()
 
+    def _shares_inflight_prefix(self, seq: Sequence, cached: int) -> bool:
+        """True if a running prefill is computing more of ``seq``'s prompt than the cache holds: waiting for its
+        next chunk to be cached computes the shared prefix once instead of twice."""
+        prompt = seq.token_ids
+        for other in self.running:
+            if other.is_decode or other.num_computed >= other.num_prompt:
+                continue
+            limit = min(other.num_prompt, len(prompt) - 1)
+            if limit > cached and other.token_ids[cached] == prompt[cached]:
+                return True
+        return False
+
     # ---- one step --------------------------------------------------------------------------------------------------
 
     def schedule(self) -> ScheduledBatch:
+        self.prefix_cache.poll()
         batch = ScheduledBatch()
         while True:
             decodes = [s for s in self.running if s.is_decode]
-            if self._ensure_free(len(decodes)):
+            # Pins yield before a running request is retracted: memory held for the future never stalls the present.
+            if self._ensure_free(len(decodes), allow_pinned=True):
                 break
             batch.retracted.append(self._retract_lowest())
         budget = self.config.max_batch_tokens
@@ -103,8 +117,12 @@ class Scheduler:
         for seq in partial + list(self.waiting):
             if budget <= 0 or self.free_slots() <= 0:
                 break
-            if seq.status is SeqStatus.WAITING and not self._admit(seq):
-                break  # strict priority order: later sequences wait behind this one
+            if seq.status is SeqStatus.WAITING:
+                admitted = self._admit(seq)
+                if admitted is None:
+                    continue  # its prefix is loading from host memory or being computed: let others go first
+                if not admitted:
+                    break  # strict priority order: later sequences wait behind this one
             chunk = min(seq.num_uncomputed, budget, self.config.chunk_size)
             chunk = min(chunk, self.free_slots())
             batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk)))
@@ -117,14 +135,21 @@ class Scheduler:
             return retry
         return batch
 
-    def _admit(self, seq: Sequence) -> bool:
-        """Move a waiting sequence to running if a row (``n`` rows for a group about to fan out) is free."""
+    def _admit(self, seq: Sequence) -> bool | None:
+        """Move a waiting sequence to running if a row (``n`` rows for a group about to fan out) is free.
+        ``None``: not now, but others may go ahead (its prefix is loading or being computed by another)."""
         rows_needed = seq.state.sampling.n if seq.needs_spawn else 1
         if len(self.running) + rows_needed > self.config.max_running:
             return False
         if self.req_to_token.num_free_rows < rows_needed:
             return False
-        match = self.prefix_cache.match_prefix(seq.token_ids[:-1])  # the last token is always computed
+        match = self.prefix_cache.match_prefix(seq.token_ids[:-1], seq.program_id)  # the last token is computed
+        if match.loading:
+            return None
+        if self._shares_inflight_prefix(seq, match.length):
+            self.prefix_cache.unmatch(match)
+            return None
+        seq.cache_handle = match.handle
         seq.req_row = self.req_to_token.alloc_row()
         # Rows for the siblings are taken now, so later admissions cannot leave the fan-out without any.
         seq.sibling_rows = [self.req_to_token.alloc_row() for _ in range(rows_needed - 1)]
@@ -137,9 +162,9 @@ class Scheduler:
         self.running.append(seq)
         return True
 
-    def _ensure_free(self, n: int) -> bool:
+    def _ensure_free(self, n: int, allow_pinned: bool = False) -> bool:
         if self.allocator.num_free < n:
-            self.prefix_cache.evict(n - self.allocator.num_free)
+            self.prefix_cache.evict(n - self.allocator.num_free, allow_pinned)
         return self.allocator.num_free >= n
 
     def _alloc(self, n: int) -> torch.Tensor:
@@ -157,17 +182,28 @@ class Scheduler:
     # ---- after the forward -----------------------------------------------------------------------------------------
 
     def commit(self, batch: ScheduledBatch) -> None:
-        """Record that the scheduled tokens' KV is now in the pool (the runner wrote their req_to_token entries)."""
+        """Record that the scheduled tokens' KV is now in the pool (the runner wrote their req_to_token entries),
+        and offer each prefill chunk to the prefix cache so later requests can share it at once."""
         for item in batch.seqs:
             seq = item.seq
             seq.slots = torch.cat([seq.slots, item.slots]) if seq.slots.numel() else item.slots
             seq.num_computed += item.new_len
+        for item in batch.extends:
+            seq = item.seq
+            slots, seq.cache_handle = self.prefix_cache.cache_unfinished(
+                seq.token_ids[: seq.num_computed], seq.slots, seq.cache_handle, seq.program_id
+            )
+            if slots is not seq.slots:
+                self.req_to_token.write(seq.req_row, 0, slots)  # duplicates were dropped for the cached copy
+                seq.slots = slots
 
     def spawn_sibling(self, parent: Sequence, child: Sequence) -> None:
         """Start ``child`` running on ``parent``'s prompt KV (shared slots, one more holder each)."""
         child.req_row = parent.sibling_rows.pop()
         shared = parent.slots[: parent.num_prompt]
         self.allocator.retain(shared)
+        child.cache_handle = parent.cache_handle
+        self.prefix_cache.lock(parent.cache_handle)
         child.slots = shared.clone()
         child.num_computed = parent.num_prompt
         self.req_to_token.write(child.req_row, 0, shared)
@@ -180,8 +216,11 @@ class Scheduler:
             self.waiting.remove(seq)
         elif seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
-        if seq.slots.numel():
-            self.prefix_cache.cache_finished(seq.token_ids[: seq.num_computed], seq.slots)
+        if seq.slots.numel() or seq.cache_handle is not None:
+            self.prefix_cache.cache_finished(
+                seq.token_ids[: seq.num_computed], seq.slots, seq.cache_handle, seq.program_id
+            )
+        seq.cache_handle = None
         if seq.req_row is not None:
             self.req_to_token.free_row(seq.req_row)
         for row in seq.sibling_rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -49,12 +50,17 @@ class Sequence:
     req_row: int | None = None
     siblings_spawned: bool = False  # n > 1: sample 0 spawns the others once the prompt is prefilled
     sibling_rows: list[int] = field(default_factory=list)  # req_to_token rows held for them until then
+    cache_handle: Any = None  # the prefix cache's lock on the cached path this sequence reads
     finish_reason: str | None = None
     num_retractions: int = 0
 
     @property
     def request_id(self) -> str:
         return self.state.request.request_id
+
+    @property
+    def program_id(self) -> str | None:
+        return self.state.request.program_id
 
     @property
     def sort_key(self) -> tuple[int, int, int]:

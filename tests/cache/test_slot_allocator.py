@@ -396,7 +396,7 @@ def test_no_prefix_cache_releases_slots_on_cache_finished() -> None:
     allocator = SlotAllocator(6)
     cache = NoPrefixCache(allocator)
     slots = allocator.alloc(4)
-    cache.cache_finished([10, 11, 12, 13], slots)
+    cache.cache_finished([10, 11, 12, 13], slots, None)
     assert allocator.num_free == 6
     allocator.check()
 
@@ -406,6 +406,6 @@ def test_no_prefix_cache_drops_only_one_holder() -> None:
     cache = NoPrefixCache(allocator)
     slots = allocator.alloc(2)
     allocator.retain(slots)  # a second sample still reads them
-    cache.cache_finished([1, 2], slots)
+    cache.cache_finished([1, 2], slots, None)
     assert allocator.num_free == 4
     assert allocator.refcount(slots).tolist() == [1, 1]

@@ -37,7 +37,7 @@ def tiny_core(**overrides: object) -> EngineCore:
 
 def assert_idle(core: EngineCore) -> None:
     assert not core.has_work(), "a rejected request left work in the engine"
-    assert core.allocator.num_used == 0, "a rejected request left KV slots allocated"
+    assert core.kv_in_use() == 0, "a rejected request left KV slots allocated"
 
 
 @contextlib.contextmanager

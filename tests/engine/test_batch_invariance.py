@@ -49,4 +49,4 @@ def test_alone_batched_and_chunked_agree(fp32_core, chunked_core):
         assert len(tokens) == 32
         assert batched[f"batch{i}"][0] == tokens, f"request {i}: batch of 16 differs from alone"
         assert chunked[f"chunk{i}"][0] == tokens, f"request {i}: chunked prefill (7) differs from alone"
-    assert fp32_core.allocator.num_used == 0 and chunked_core.allocator.num_used == 0
+    assert fp32_core.kv_in_use() == 0 and chunked_core.kv_in_use() == 0

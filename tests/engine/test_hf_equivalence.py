@@ -60,4 +60,4 @@ def test_prompt_logits_match_transformers(fp32_core, hf_model, prompt_ids):
         relative = (logits - reference).abs().max() / reference.abs().max()
         assert relative < 1e-3, f"relative error {relative:.2e}"
     fp32_core.check_invariants()
-    assert fp32_core.allocator.num_used == 0
+    assert fp32_core.kv_in_use() == 0

@@ -66,6 +66,9 @@ def test_randomized_requests_leak_nothing():
         core.check_invariants()
         steps += 1
         assert steps < 20_000, "the engine stopped making progress"
+    assert core.kv_in_use() == 0, "requests still hold KV"
+    core.flush_prefix_cache()
+    core.check_invariants()
     assert core.allocator.num_free == core.kv_slots, "KV slots leaked"
     assert core.req_to_token.num_free_rows == core.req_to_token.max_requests, "req_to_token rows leaked"
     assert not core.requests and not core.scheduler.waiting and not core.scheduler.running

@@ -1,0 +1,433 @@
+"""A token-level radix tree whose nodes own KV slots: compute each shared prefix once, keep what is needed next.
+
+Ownership rules:
+- the tree holds one allocator reference on every device slot of every node; a request that matched a path holds
+  its own references (retained at match) and a lock on the path's last node, so locked paths are never evicted;
+- a device-resident node's ancestors are device-resident (KV is only usable from the root down), so eviction takes
+  device leaves: nodes none of whose children hold device KV;
+- ``evictable_size`` = tokens of unlocked device-resident nodes, kept incrementally; with the free list it gives
+  ``available = free + evictable`` in O(1).
+
+With a host tier, an evicted node keeps a copy in host memory (write-back) and stays in the tree; a later match
+starts loading it back asynchronously and reports ``loading`` so the scheduler can run other work meanwhile.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from plait.cache.eviction_policy import EvictionPolicy, LRUPolicy, NextUse
+from plait.cache.host_tier import HostTier, LoadJob
+from plait.cache.prefix_cache import PrefixMatch
+from plait.cache.slot_allocator import SlotAllocator
+
+_EMPTY = torch.empty(0, dtype=torch.int64)
+
+
+@dataclass(eq=False)
+class RadixNode:
+    key: list[int]
+    parent: RadixNode | None
+    children: dict[int, RadixNode] = field(default_factory=dict)
+    device_slots: torch.Tensor | None = None
+    host_slots: torch.Tensor | None = None
+    load: LoadJob | None = None  # host -> device copy in flight (device_slots allocated, not readable yet)
+    lock_ref: int = 0
+    last_access: float = 0.0
+    programs: set[str] = field(default_factory=set)
+    next_use: NextUse | None = None
+    pin_until: float = 0.0
+    from_host: bool = False  # loaded back and not matched since: the next match counts as a host hit
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    @property
+    def on_device(self) -> bool:
+        return self.device_slots is not None and self.load is None
+
+    def is_device_leaf(self) -> bool:
+        return not any(c.device_slots is not None for c in self.children.values())
+
+
+@dataclass
+class CacheCounters:
+    gpu_hit_tokens: int = 0
+    host_hit_tokens: int = 0
+    inserted_tokens: int = 0
+    evictions: int = 0
+    evicted_tokens: int = 0
+    write_backs: int = 0
+    loads: int = 0
+    pins_refused: int = 0
+    hints_ignored: int = 0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class RadixCache:
+    def __init__(
+        self,
+        allocator: SlotAllocator,
+        policy: EvictionPolicy | None = None,
+        host: HostTier | None = None,
+        pin_budget_fraction: float = 0.25,
+        program_hints: dict[str, NextUse] | None = None,
+    ) -> None:
+        self.allocator = allocator
+        self.policy = policy or LRUPolicy()
+        self.host = host
+        self.pin_budget = int(pin_budget_fraction * allocator.num_slots)
+        self.program_hints: dict[str, NextUse] = program_hints if program_hints is not None else {}
+        self.root = RadixNode(key=[], parent=None, device_slots=_EMPTY)
+        self.root.lock_ref = 1  # never evicted
+        self.evictable_size = 0
+        self.counters = CacheCounters()
+        self._clock = itertools.count(1)
+        self._loading: list[RadixNode] = []
+        self._pinned: set[RadixNode] = set()
+        self._program_nodes: dict[str, set[RadixNode]] = {}
+        self._protected: set[RadixNode] = set()  # nodes about to be loaded: host-room eviction must keep them
+
+    # ---- matching ------------------------------------------------------------------------------------------------
+
+    def match_prefix(self, token_ids: list[int], program_id: str | None = None) -> PrefixMatch:
+        path = self._walk(token_ids)
+        resident = list(itertools.takewhile(lambda n: n.on_device, path))
+        pending = path[len(resident) :]
+        if pending and self._start_loads(pending, resident[-1] if resident else self.root):
+            return PrefixMatch(loading=True)
+        if any(n.load is not None for n in pending[:1]):
+            return PrefixMatch(loading=True)
+        last = resident[-1] if resident else self.root
+        self.lock(last)
+        slots = torch.cat([n.device_slots for n in resident]) if resident else _EMPTY
+        self.allocator.retain(slots)
+        host_hit = sum(len(n) for n in resident if n.from_host)
+        for node in resident:
+            node.from_host = False
+            self._touch(node, program_id)
+        self.counters.gpu_hit_tokens += len(slots) - host_hit
+        self.counters.host_hit_tokens += host_hit
+        return PrefixMatch(slots=slots, handle=last, host_hit_tokens=host_hit)
+
+    def unmatch(self, match: PrefixMatch) -> None:
+        self.unlock(match.handle)
+        self.allocator.release(match.slots)
+        self.counters.gpu_hit_tokens -= match.length - match.host_hit_tokens
+        self.counters.host_hit_tokens -= match.host_hit_tokens
+
+    def _walk(self, token_ids: list[int]) -> list[RadixNode]:
+        """The nodes along ``token_ids`` (splitting the last one at the match boundary)."""
+        node, i, path = self.root, 0, []
+        while i < len(token_ids):
+            child = node.children.get(token_ids[i])
+            if child is None:
+                break
+            n = _common_prefix(child.key, token_ids[i:])
+            if n < len(child):
+                child = self._split(child, n)
+            path.append(child)
+            node, i = child, i + n
+        return path
+
+    def _split(self, node: RadixNode, n: int) -> RadixNode:
+        """Cut ``node`` after ``n`` tokens; returns the new upper part (same locks, hints and programs)."""
+        parent = node.parent
+        assert parent is not None
+        upper = RadixNode(
+            key=node.key[:n],
+            parent=parent,
+            device_slots=None if node.device_slots is None else node.device_slots[:n],
+            host_slots=None if node.host_slots is None else node.host_slots[:n],
+            load=node.load,
+            lock_ref=node.lock_ref,
+            last_access=node.last_access,
+            programs=set(node.programs),
+            next_use=node.next_use,
+            pin_until=node.pin_until,
+            from_host=node.from_host,
+        )
+        node.key = node.key[n:]
+        node.device_slots = None if node.device_slots is None else node.device_slots[n:]
+        node.host_slots = None if node.host_slots is None else node.host_slots[n:]
+        node.parent = upper
+        upper.children[node.key[0]] = node
+        parent.children[upper.key[0]] = upper
+        for program in upper.programs:
+            self._program_nodes[program].add(upper)
+        if node in self._pinned:
+            self._pinned.add(upper)
+        if node.load is not None:
+            self._loading.append(upper)
+        return upper
+
+    def _touch(self, node: RadixNode, program_id: str | None) -> None:
+        node.last_access = next(self._clock)
+        if program_id is not None and program_id not in node.programs:
+            node.programs.add(program_id)
+            self._program_nodes.setdefault(program_id, set()).add(node)
+
+    # ---- locks ---------------------------------------------------------------------------------------------------
+
+    def lock(self, handle: Any) -> None:
+        node: RadixNode | None = handle
+        while node is not None and node is not self.root:
+            if node.lock_ref == 0 and node.on_device:
+                self.evictable_size -= len(node)
+            node.lock_ref += 1
+            node = node.parent
+
+    def unlock(self, handle: Any) -> None:
+        node: RadixNode | None = handle
+        while node is not None and node is not self.root:
+            node.lock_ref -= 1
+            assert node.lock_ref >= 0, "unlock without lock"
+            if node.lock_ref == 0 and node.on_device:
+                self.evictable_size += len(node)
+            node = node.parent
+
+    # ---- insertion -----------------------------------------------------------------------------------------------
+
+    def insert(self, token_ids: list[int], slots: torch.Tensor, program_id: str | None = None) -> None:
+        """Add ``token_ids`` with their KV; takes over the caller's references on ``slots`` (one per token)."""
+        assert len(token_ids) == slots.numel()
+        node, i = self.root, 0
+        while i < len(token_ids):
+            child = node.children.get(token_ids[i])
+            if child is None:
+                new = RadixNode(key=list(token_ids[i:]), parent=node, device_slots=slots[i:])
+                node.children[token_ids[i]] = new
+                self.evictable_size += len(new)
+                self.counters.inserted_tokens += len(new)
+                self._touch(new, program_id)
+                return
+            n = _common_prefix(child.key, token_ids[i:])
+            if n < len(child):
+                child = self._split(child, n)
+            segment = slots[i : i + n]
+            if child.load is not None:
+                child.load.wait()  # rare: the caller recomputed a prefix that is being loaded
+                self.poll()
+            if child.device_slots is None:  # host-only: adopt the caller's freshly computed KV
+                child.device_slots = segment
+                if child.lock_ref == 0:
+                    self.evictable_size += n
+            else:
+                self.allocator.release(segment)  # the tree already has this KV (the same slots or a duplicate)
+            self._touch(child, program_id)
+            node, i = child, i + n
+
+    def cache_unfinished(
+        self, token_ids: list[int], slots: torch.Tensor, handle: Any, program_id: str | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        self.insert(token_ids, slots, program_id)
+        path = self._walk(token_ids)
+        last = path[-1] if path else self.root
+        self.lock(last)
+        self.unlock(handle)
+        tree_slots = torch.cat([n.device_slots for n in path]) if path else _EMPTY
+        self.allocator.retain(tree_slots)
+        return tree_slots, last
+
+    def cache_finished(
+        self, token_ids: list[int], slots: torch.Tensor, handle: Any, program_id: str | None = None
+    ) -> None:
+        self.insert(token_ids, slots, program_id)
+        self.unlock(handle)
+
+    # ---- eviction ------------------------------------------------------------------------------------------------
+
+    def _pin_active(self, node: RadixNode, now: float) -> bool:
+        return node.pin_until > now
+
+    def pinned_slots(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        expired = [n for n in self._pinned if not self._pin_active(n, now)]
+        self._pinned.difference_update(expired)
+        return sum(len(n) for n in self._pinned if n.on_device)
+
+    def evictable_slots(self) -> int:
+        """What ``evict`` may free for a new admission (pinned prefixes excluded)."""
+        now = time.monotonic()
+        self.pinned_slots(now)
+        pinned_unlocked = sum(len(n) for n in self._pinned if n.on_device and n.lock_ref == 0)
+        return self.evictable_size - pinned_unlocked
+
+    def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
+        """Free at least ``num_slots`` device slots if possible, in policy order; pinned nodes go last and only
+        with ``allow_pinned`` (when a running request would otherwise be retracted)."""
+        now = time.monotonic()
+        order = itertools.count()
+        heap: list[tuple[Any, int, RadixNode]] = []
+
+        def push(node: RadixNode) -> None:
+            if node is not self.root and node.on_device and node.lock_ref == 0 and node.is_device_leaf():
+                heapq.heappush(heap, ((self._pin_active(node, now), self.policy.key(node, now)), next(order), node))
+
+        for node in self._all_nodes():
+            push(node)
+        freed = 0
+        while freed < num_slots and heap:
+            (pinned, _), _, node = heapq.heappop(heap)
+            if pinned and not allow_pinned:
+                break
+            parent = node.parent
+            freed += self._evict_device(node)
+            if parent is not None:
+                push(parent)
+        return freed
+
+    def _evict_device(self, node: RadixNode) -> int:
+        n = len(node)
+        if self.host is not None and node.host_slots is None and self._make_host_room(n, keep=node):
+            node.host_slots = self.host.write_back(node.device_slots)
+            self.counters.write_backs += 1
+        self.allocator.release(node.device_slots)
+        node.device_slots = None
+        self.evictable_size -= n
+        self.counters.evictions += 1
+        self.counters.evicted_tokens += n
+        if node.host_slots is None:
+            self._delete_subtree(node)
+        return n
+
+    def _make_host_room(self, n: int, keep: RadixNode) -> bool:
+        """Free host slots (drop copies of device-resident nodes, then host-only leaves) until ``n`` fit."""
+        assert self.host is not None
+        if self.host.num_free >= n:
+            return True
+        now = time.monotonic()
+        candidates = [
+            node
+            for node in self._all_nodes()
+            if node.host_slots is not None
+            and node is not keep
+            and node not in self._protected
+            and node.load is None
+            and (node.device_slots is not None or not node.children)
+        ]
+        candidates.sort(key=lambda node: (node.device_slots is None, self.policy.key(node, now)))
+        for node in candidates:
+            if self.host.num_free >= n:
+                break
+            if node.device_slots is not None:
+                self.host.free(node.host_slots)
+                node.host_slots = None
+            else:
+                self._delete_subtree(node)
+        return self.host.num_free >= n
+
+    def _delete_subtree(self, node: RadixNode) -> None:
+        assert node.lock_ref == 0 and node.load is None
+        for child in list(node.children.values()):
+            self._delete_subtree(child)
+        if node.device_slots is not None:  # only descendants of a fully evicted node get here with device KV
+            self.allocator.release(node.device_slots)
+            self.evictable_size -= len(node)
+        if node.host_slots is not None and self.host is not None:
+            self.host.free(node.host_slots)
+        if node.parent is not None and node.parent.children.get(node.key[0]) is node:
+            del node.parent.children[node.key[0]]
+        for program in node.programs:
+            self._program_nodes.get(program, set()).discard(node)
+        self._pinned.discard(node)
+
+    def _all_nodes(self) -> list[RadixNode]:
+        nodes, stack = [], list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            nodes.append(node)
+            stack.extend(node.children.values())
+        return nodes
+
+    # ---- host tier: loads ----------------------------------------------------------------------------------------
+
+    def _start_loads(self, pending: list[RadixNode], anchor: RadixNode) -> bool:
+        """Start loading the host-only nodes at the head of ``pending`` back to the device. True if any started."""
+        if self.host is None:
+            return False
+        todo = list(itertools.takewhile(lambda n: n.device_slots is None and n.host_slots is not None, pending))
+        needed = sum(len(n) for n in todo)
+        if not todo:
+            return False
+        self.lock(anchor)  # the resident part of the path must survive the eviction below
+        self._protected.update(todo)
+        try:
+            if self.allocator.num_free < needed:
+                self.evict(needed - self.allocator.num_free)
+            if self.allocator.num_free < needed:
+                return False
+        finally:
+            self.unlock(anchor)
+            self._protected.difference_update(todo)
+        for node in todo:
+            node.device_slots = self.allocator.alloc(len(node))
+            node.load = self.host.load(node.host_slots, node.device_slots)
+            self._loading.append(node)
+            self.counters.loads += 1
+        return True
+
+    def poll(self) -> None:
+        """Make nodes whose host-to-device load finished usable again."""
+        still = []
+        for node in self._loading:
+            if node.load is not None and not node.load.done():
+                still.append(node)
+                continue
+            if node.load is not None:
+                node.load = None
+                node.from_host = True
+                if node.lock_ref == 0 and node.device_slots is not None:
+                    self.evictable_size += len(node)
+        self._loading = still
+
+    def wait_for_loads(self) -> None:
+        for node in self._loading:
+            if node.load is not None:
+                node.load.wait()
+        self.poll()
+
+    # ---- consistency ---------------------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Assert the tree's invariants (tests call this after every operation)."""
+        nodes = self._all_nodes()
+        evictable = 0
+        device: list[torch.Tensor] = []
+        host: list[torch.Tensor] = []
+        for node in nodes:
+            assert node.key and node.parent is not None and node.parent.children[node.key[0]] is node
+            assert node.lock_ref >= 0
+            if node.device_slots is not None:
+                assert node.device_slots.numel() == len(node)
+                assert node.parent.device_slots is not None, "device KV below a node without device KV"
+                device.append(node.device_slots)
+                if node.on_device and node.lock_ref == 0:
+                    evictable += len(node)
+            if node.host_slots is not None:
+                assert node.host_slots.numel() == len(node)
+                host.append(node.host_slots)
+            assert node.device_slots is not None or node.host_slots is not None, "a node with no KV anywhere"
+        assert evictable == self.evictable_size, f"evictable_size {self.evictable_size} != {evictable}"
+        if device:
+            all_device = torch.cat(device)
+            assert all_device.numel() == torch.unique(all_device).numel(), "a device slot owned by two nodes"
+            assert bool((self.allocator.refcount(all_device) >= 1).all()), "a tree slot is free"
+        if host:
+            all_host = torch.cat(host)
+            assert all_host.numel() == torch.unique(all_host).numel(), "a host slot owned by two nodes"
+        if self.host is not None:
+            assert self.host.allocator.num_used == sum(h.numel() for h in host), "host slots leaked"
