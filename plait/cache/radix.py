@@ -71,6 +71,8 @@ class CacheCounters:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the common case (a whole edge matches) at C speed
+        return n
     for i in range(n):
         if a[i] != b[i]:
             return i
@@ -204,6 +206,7 @@ class RadixCache:
     def insert(self, token_ids: list[int], slots: torch.Tensor, program_id: str | None = None) -> None:
         """Add ``token_ids`` with their KV; takes over the caller's references on ``slots`` (one per token)."""
         assert len(token_ids) == slots.numel()
+        duplicates: list[torch.Tensor] = []  # released together at the end: one allocator call per insert
         node, i = self.root, 0
         while i < len(token_ids):
             child = node.children.get(token_ids[i])
@@ -213,7 +216,7 @@ class RadixCache:
                 self.evictable_size += len(new)
                 self.counters.inserted_tokens += len(new)
                 self._touch(new, program_id)
-                return
+                break
             n = _common_prefix(child.key, token_ids[i:])
             if n < len(child):
                 child = self._split(child, n)
@@ -226,9 +229,11 @@ class RadixCache:
                 if child.lock_ref == 0:
                     self.evictable_size += n
             else:
-                self.allocator.release(segment)  # the tree already has this KV (the same slots or a duplicate)
+                duplicates.append(segment)  # the tree already has this KV (the same slots or a duplicate)
             self._touch(child, program_id)
             node, i = child, i + n
+        if duplicates:
+            self.allocator.release(torch.cat(duplicates) if len(duplicates) > 1 else duplicates[0])
 
     def cache_unfinished(
         self, token_ids: list[int], slots: torch.Tensor, handle: Any, program_id: str | None = None

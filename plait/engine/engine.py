@@ -22,6 +22,14 @@ from plait.engine.sequence import RequestState
 
 logger = logging.getLogger(__name__)
 
+_HINT_METHODS = {
+    "next_use": "hint_next_use",
+    "pin": "pin",
+    "unpin": "unpin",
+    "prefetch": "prefetch",
+    "forget_program": "forget_program",
+}
+
 
 @dataclass
 class _Sink:
@@ -115,6 +123,14 @@ class Engine:
         """Cancel a request (its stream ends with ``finish_reason == 'abort'``); unknown ids are ignored."""
         self._commands.put(("abort", request_id))
 
+    def hint(self, method: str, **kwargs: object) -> None:
+        """Pass a KV hint to the cache on the engine thread: ``next_use``, ``pin``, ``unpin``, ``prefetch`` or
+        ``forget_program``, with the keyword arguments of the ``EngineCore`` method of that name (``hint_next_use``
+        for ``next_use``). Hints are advice: unknown targets are ignored and counted in ``stats().hints_ignored``."""
+        if method not in _HINT_METHODS:
+            raise InvalidRequestError("hint", f"unknown hint '{method}'; choose one of {', '.join(_HINT_METHODS)}")
+        self._commands.put(("hint", (_HINT_METHODS[method], kwargs)))
+
     def stats(self) -> EngineStats:
         with self._lock:
             return self._stats
@@ -177,6 +193,12 @@ class Engine:
                     self._fail_request(payload, str(error))
             elif kind == "abort":
                 self._deliver(self.core.abort(str(payload)))
+            elif kind == "hint":
+                method, kwargs = payload  # type: ignore[misc]
+                try:
+                    getattr(self.core, method)(**kwargs)
+                except (TypeError, ValueError) as error:  # a malformed hint must not stop the loop
+                    logger.warning("ignored hint %s(%s): %s", method, kwargs, error)
 
     def _deliver(self, deltas: list[GenerateDelta]) -> None:
         unreachable = []

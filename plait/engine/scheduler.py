@@ -20,6 +20,8 @@ import torch
 from plait.cache import PrefixCache, ReqToTokenPool, SlotAllocator
 from plait.engine.sequence import SeqStatus, Sequence
 
+_SHARE_KEY = 32  # prompts sharing fewer leading tokens than this are not worth holding back for each other
+
 
 @dataclass
 class SchedulerConfig:
@@ -86,15 +88,25 @@ class Scheduler:
     def free_slots(self) -> int:
         return self.allocator.num_free + self.prefix_cache.evictable_slots()
 
-    def _shares_inflight_prefix(self, seq: Sequence, cached: int) -> bool:
-        """True if a running prefill is computing more of ``seq``'s prompt than the cache holds: waiting for its
-        next chunk to be cached computes the shared prefix once instead of twice."""
-        prompt = seq.token_ids
+    def _inflight_prefills(self) -> dict[tuple[int, ...], list[Sequence]]:
+        """Running sequences still prefilling their prompt, by their first ``_SHARE_KEY`` tokens."""
+        inflight: dict[tuple[int, ...], list[Sequence]] = {}
         for other in self.running:
-            if other.is_decode or other.num_computed >= other.num_prompt:
-                continue
-            limit = min(other.num_prompt, len(prompt) - 1)
-            if limit > cached and other.token_ids[cached] == prompt[cached]:
+            if other.num_computed < other.num_prompt and other.num_prompt > _SHARE_KEY:
+                inflight.setdefault(tuple(other.token_ids[:_SHARE_KEY]), []).append(other)
+        return inflight
+
+    @staticmethod
+    def _shares_inflight_prefix(seq: Sequence, inflight: dict[tuple[int, ...], list[Sequence]]) -> bool:
+        """True if a running prefill will still compute part of ``seq``'s prompt: waiting for its chunks to be
+        cached computes the shared prefix once instead of twice."""
+        for other in inflight.get(tuple(seq.token_ids[:_SHARE_KEY]), ()):
+            done = other.num_computed
+            if (
+                done < min(other.num_prompt, len(seq.token_ids) - 1)
+                and other.token_ids[done] == seq.token_ids[done]
+                and other.token_ids[:done] == seq.token_ids[:done]
+            ):
                 return True
         return False
 
@@ -114,11 +126,12 @@ class Scheduler:
             batch.decodes.append(ScheduledSeq(seq, 1, self._alloc(1)))
             budget -= 1
         partial = [s for s in self.running if not s.is_decode]
+        inflight = self._inflight_prefills()
         for seq in partial + list(self.waiting):
             if budget <= 0 or self.free_slots() <= 0:
                 break
             if seq.status is SeqStatus.WAITING:
-                admitted = self._admit(seq)
+                admitted = None if self._shares_inflight_prefix(seq, inflight) else self._admit(seq)
                 if admitted is None:
                     continue  # its prefix is loading from host memory or being computed: let others go first
                 if not admitted:
@@ -145,9 +158,6 @@ class Scheduler:
             return False
         match = self.prefix_cache.match_prefix(seq.token_ids[:-1], seq.program_id)  # the last token is computed
         if match.loading:
-            return None
-        if self._shares_inflight_prefix(seq, match.length):
-            self.prefix_cache.unmatch(match)
             return None
         seq.cache_handle = match.handle
         seq.req_row = self.req_to_token.alloc_row()
