@@ -1,0 +1,99 @@
+"""Acceptance: TTL pins through the engine. A pinned prefix survives memory pressure until its TTL, then becomes
+evictable; active pins never exceed the budget; no request fails because memory is pinned."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import plait.cache.hints
+import plait.cache.radix
+from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
+from tests.conftest import run_to_completion
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(plait.cache.radix.time, "monotonic", fake)
+    monkeypatch.setattr(plait.cache.hints.time, "monotonic", fake)
+    return fake
+
+
+def _core() -> EngineCore:
+    return EngineCore(
+        EngineConfig(
+            model="tiny", weights="dummy", device="cpu", dtype="float32", kv_slots=512, max_context=512,
+            pin_budget_fraction=0.25,
+        )
+    )  # fmt: skip
+
+
+def _request(prompt: list[int], request_id: str, max_tokens: int = 4, program: str | None = None) -> GenerateRequest:
+    sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    return GenerateRequest(prompt_token_ids=prompt, sampling=sampling, request_id=request_id, program_id=program)
+
+
+def _pressure(core: EngineCore, rng: random.Random, tag: str, count: int = 12) -> None:
+    """Unrelated 150-token prompts, one at a time: each needs the cache to give up older prefixes."""
+    for i in range(count):
+        run_to_completion(core, [_request([rng.randrange(256) for _ in range(150)], f"{tag}{i}")])
+        assert core.stats().pinned_slots <= core.prefix_cache.pin_budget
+
+
+def test_pinned_prefix_survives_until_ttl_then_is_evictable(clock):
+    core = _core()
+    rng = random.Random(3)
+    agent = [rng.randrange(256) for _ in range(100)]
+    run_to_completion(core, [_request(agent, "first", program="agent")])
+    assert core.pin(ttl_s=30.0, program_id="agent")
+    assert 0 < core.stats().pinned_slots <= core.prefix_cache.pin_budget
+
+    _pressure(core, rng, "before")
+    hits = core.stats().cached_prefix_tokens
+    run_to_completion(core, [_request(agent, "again")])
+    assert core.stats().cached_prefix_tokens - hits == len(agent) - 1, "the pinned prefix was evicted early"
+
+    clock.now += 31.0  # the TTL passes: the prefix is an ordinary cached prefix again
+    assert core.stats().pinned_slots == 0
+    _pressure(core, rng, "after")
+    hits = core.stats().cached_prefix_tokens
+    run_to_completion(core, [_request(agent, "late")])
+    assert core.stats().cached_prefix_tokens - hits < len(agent) - 1, "the expired pin still protected it"
+    core.check_invariants()
+
+
+def test_pins_beyond_the_budget_are_refused(clock):
+    core = _core()
+    rng = random.Random(4)
+    for name in ("a", "b", "c"):
+        run_to_completion(core, [_request([rng.randrange(256) for _ in range(60)], name, program=name)])
+    assert core.pin(ttl_s=10.0, program_id="a")
+    assert core.pin(ttl_s=10.0, program_id="b")
+    assert not core.pin(ttl_s=10.0, program_id="c"), "a third 64-token pin exceeds the 128-slot budget"
+    assert core.stats().pinned_slots <= core.prefix_cache.pin_budget
+    assert not core.pin(ttl_s=10.0, program_id="unknown")
+    assert core.stats().hints_ignored >= 1
+
+
+def test_a_request_never_fails_because_memory_is_pinned(clock):
+    core = _core()
+    rng = random.Random(5)
+    agent = [rng.randrange(256) for _ in range(120)]
+    run_to_completion(core, [_request(agent, "agent", program="agent")])
+    assert core.pin(ttl_s=600.0, program_id="agent")
+    # Needs 300 + 200 = 500 of the 512 slots: only possible if the pinned prefix gives way.
+    big = _request([rng.randrange(256) for _ in range(300)], "big", max_tokens=200)
+    tokens = run_to_completion(core, [big])
+    assert len(tokens["big"][0]) == 200
+    core.check_invariants()
+    assert core.kv_in_use() == 0
