@@ -41,6 +41,18 @@ def hf_model(default_gguf):
 
 
 @pytest.fixture
+def one_thread():
+    """For the ``tiny`` dummy shape: its matrices are too small for intra-op threads, which only add overhead (a
+    lot of it when the cores are busy)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (it holds the real traces, schemas and tokenizers)")

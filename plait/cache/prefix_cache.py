@@ -41,6 +41,8 @@ class PrefixMatch:
 class PrefixCache(Protocol):
     """What the scheduler needs from a prefix cache."""
 
+    shares_prefixes: bool  # False: holding a request back for another's prefix would gain nothing
+
     def match_prefix(self, token_ids: list[int], program_id: str | None = None) -> PrefixMatch: ...
 
     def cache_unfinished(
@@ -74,6 +76,8 @@ class PrefixCache(Protocol):
 
 class NoPrefixCache:
     """Caches nothing: every match is empty and finished slots go straight back to the allocator."""
+
+    shares_prefixes = False
 
     def __init__(self, allocator: SlotAllocator) -> None:
         self.allocator = allocator

@@ -80,6 +80,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class RadixCache:
+    shares_prefixes = True
+
     def __init__(
         self,
         allocator: SlotAllocator,
@@ -274,6 +276,15 @@ class RadixCache:
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
         """Free at least ``num_slots`` device slots if possible, in policy order; pinned nodes go last and only
         with ``allow_pinned`` (when a running request would otherwise be retracted)."""
+        freed = self._evict_once(num_slots, allow_pinned)
+        if freed < num_slots and self._loading:
+            # Loads in flight sit below evictable nodes and keep them from being leaves: let them land, retry.
+            self.wait_for_loads()
+            freed += self._evict_once(num_slots - freed, allow_pinned)
+        return freed
+
+    def _evict_once(self, num_slots: int, allow_pinned: bool) -> int:
+        self.poll()
         now = time.monotonic()
         order = itertools.count()
         heap: list[tuple[Any, int, RadixNode]] = []

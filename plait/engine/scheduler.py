@@ -126,7 +126,7 @@ class Scheduler:
             batch.decodes.append(ScheduledSeq(seq, 1, self._alloc(1)))
             budget -= 1
         partial = [s for s in self.running if not s.is_decode]
-        inflight = self._inflight_prefills()
+        inflight = self._inflight_prefills() if self.prefix_cache.shares_prefixes else {}
         for seq in partial + list(self.waiting):
             if budget <= 0 or self.free_slots() <= 0:
                 break
@@ -136,8 +136,13 @@ class Scheduler:
                     continue  # its prefix is loading from host memory or being computed: let others go first
                 if not admitted:
                     break  # strict priority order: later sequences wait behind this one
-            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size)
-            chunk = min(chunk, self.free_slots())
+                if self.prefix_cache.shares_prefixes and seq.num_prompt > _SHARE_KEY:
+                    inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
+            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, self.free_slots())
+            self._ensure_free(chunk)
+            chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
+            if chunk <= 0:
+                break
             batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk)))
             budget -= chunk
         if not batch and self.running:

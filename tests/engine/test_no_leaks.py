@@ -9,12 +9,16 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 
 NUM_REQUESTS = 500
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-def _random_request(rng: random.Random, i: int) -> GenerateRequest:
+
+def _random_request(rng: random.Random, i: int, shared: list[list[int]]) -> GenerateRequest:
     sampling = SamplingParams(
         max_tokens=rng.randint(1, 40),
         temperature=rng.choice([0.0, 0.7, 1.0]),
@@ -28,20 +32,30 @@ def _random_request(rng: random.Random, i: int) -> GenerateRequest:
         logprobs=rng.random() < 0.2,
         top_logprobs=rng.choice([0, 2]),
     )
-    prompt = [rng.randrange(256) for _ in range(rng.randint(1, 90))]
-    return GenerateRequest(prompt_token_ids=prompt, sampling=sampling, priority=rng.randint(0, 3), request_id=f"r{i}")
+    head = rng.choice(shared) if rng.random() < 0.6 else []  # shared prefixes exercise the radix cache
+    prompt = head + [rng.randrange(256) for _ in range(rng.randint(1, 90 - len(head)))]
+    return GenerateRequest(
+        prompt_token_ids=prompt,
+        sampling=sampling,
+        priority=rng.randint(0, 3),
+        request_id=f"r{i}",
+        program_id=f"p{i % 7}",
+    )
 
 
-def test_randomized_requests_leak_nothing():
+@pytest.mark.parametrize("prefix_cache, host_kv_slots", [("none", 0), ("radix", 0), ("radix", 96)])
+def test_randomized_requests_leak_nothing(prefix_cache: str, host_kv_slots: int):
     rng = random.Random(1234)
+    shared = [[rng.randrange(256) for _ in range(rng.randint(10, 40))] for _ in range(3)]
     # 260 slots: one request (<= 90 + 3 x 40 tokens) always fits; a dozen running at once do not.
     core = EngineCore(
         EngineConfig(
             model="tiny", weights="dummy", device="cpu", dtype="float32", kv_slots=260, max_context=256,
-            max_running=12, max_batch_tokens=96, chunk_size=32,
+            max_running=12, max_batch_tokens=96, chunk_size=32, prefix_cache=prefix_cache,
+            host_kv_slots=host_kv_slots, eviction_policy="next-use" if host_kv_slots else "lru",
         )
     )  # fmt: skip
-    pending = [_random_request(rng, i) for i in range(NUM_REQUESTS)]
+    pending = [_random_request(rng, i, shared) for i in range(NUM_REQUESTS)]
     expected_samples = {r.request_id: r.sampling.n for r in pending}
     finishes: Counter[tuple[str, int]] = Counter()
     reasons: Counter[str] = Counter()
@@ -59,6 +73,16 @@ def test_randomized_requests_leak_nothing():
                 finishes[(delta.request_id, delta.index)] += 1
                 reasons[delta.finish_reason] += 1
             live.discard(victim)
+        if rng.random() < 0.1:  # hints, some about programs the cache has never seen
+            program = f"p{rng.randrange(9)}"
+            rng.choice(
+                [
+                    lambda program=program: core.hint_next_use(program_id=program, steps=rng.randint(1, 9)),
+                    lambda program=program: core.pin(ttl_s=rng.choice([0.01, 5.0]), program_id=program),
+                    lambda program=program: core.unpin(program_id=program),
+                    lambda: core.prefetch(prefix_token_ids=rng.choice(shared)),
+                ]
+            )()
         for delta in core.step():
             if delta.finish_reason is not None:
                 finishes[(delta.request_id, delta.index)] += 1

@@ -12,6 +12,8 @@ import plait.cache.radix
 from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 from tests.conftest import run_to_completion
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class FakeClock:
     def __init__(self) -> None:

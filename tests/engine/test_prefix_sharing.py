@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 from tests.conftest import run_to_completion
 
 PREFIX_LEN = 2048
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _core(prefix_cache: str) -> EngineCore:
