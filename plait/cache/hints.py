@@ -44,7 +44,7 @@ class CacheHints:
             for node in nodes:
                 node.next_use = hint
             return True
-        if program_id is None or program_id not in self.cache._program_nodes:
+        if program_id is None or not self.cache._program_nodes.get(program_id):
             return self._ignored()
         self.cache.program_hints[program_id] = hint
         return True
@@ -77,6 +77,16 @@ class CacheHints:
         for node in nodes:
             node.pin_until = 0.0
             self.cache._pinned.discard(node)
+        # Ancestors of pins that remain stay pinned: a pinned node is useless without its path to the root.
+        now = time.monotonic()
+        for node in list(self.cache._pinned):
+            ancestor = node.parent
+            while ancestor is not None and ancestor is not self.cache.root:
+                if ancestor not in self.cache._pinned or ancestor.pin_until < node.pin_until:
+                    ancestor.pin_until = max(ancestor.pin_until, node.pin_until)
+                    if ancestor.pin_until > now:
+                        self.cache._pinned.add(ancestor)
+                ancestor = ancestor.parent
         return True
 
     def prefetch(self, program_id: str | None = None, prefix: list[int] | None = None) -> bool:
@@ -88,6 +98,8 @@ class CacheHints:
             return self._ignored()
         started = False
         for node in sorted(nodes, key=_depth):
+            if not node.attached():  # an earlier load's eviction may have deleted it
+                continue
             if node.device_slots is None and node.host_slots is not None and node.parent is not None:
                 parent = node.parent
                 if parent is self.cache.root or parent.device_slots is not None:

@@ -52,6 +52,12 @@ class RadixNode:
     def on_device(self) -> bool:
         return self.device_slots is not None and self.load is None
 
+    def attached(self) -> bool:
+        """Still in the tree (not deleted by an eviction since someone took a reference to it)."""
+        if not self.key or self.parent is None:
+            return False
+        return self.parent.children.get(self.key[0]) is self
+
     def is_device_leaf(self) -> bool:
         return not any(c.device_slots is not None for c in self.children.values())
 
@@ -308,6 +314,9 @@ class RadixCache:
 
     def _evict_device(self, node: RadixNode) -> int:
         n = len(node)
+        if node in self._pinned:  # only a forced eviction reaches a pinned node: the pin gives way for good
+            node.pin_until = 0.0
+            self._pinned.discard(node)
         if self.host is not None and node.host_slots is None and self._make_host_room(n, keep=node):
             node.host_slots = self.host.write_back(node.device_slots)
             self.counters.write_backs += 1
@@ -355,10 +364,15 @@ class RadixCache:
             self.evictable_size -= len(node)
         if node.host_slots is not None and self.host is not None:
             self.host.free(node.host_slots)
+        node.device_slots = node.host_slots = None  # stale references to a deleted node fail fast
         if node.parent is not None and node.parent.children.get(node.key[0]) is node:
             del node.parent.children[node.key[0]]
         for program in node.programs:
-            self._program_nodes.get(program, set()).discard(node)
+            nodes = self._program_nodes.get(program)
+            if nodes is not None:
+                nodes.discard(node)
+                if not nodes:
+                    del self._program_nodes[program]
         self._pinned.discard(node)
 
     def _all_nodes(self) -> list[RadixNode]:
