@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,28 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (it holds the real traces, schemas and tokenizers)")
     return SHARED_DATA
+
+
+TINY = {"model": "tiny", "weights": "dummy", "device": "cpu", "dtype": "float32"}
+
+
+def tiny_core(**overrides: object):
+    """An EngineCore on the few-MB ``tiny`` dummy shape (random weights, byte-level tokenizer), for mechanics tests."""
+    from plait.engine import EngineConfig, EngineCore
+
+    return EngineCore(EngineConfig(**TINY, **overrides))
+
+
+@contextlib.contextmanager
+def serving(core) -> Iterator:
+    """An ``Engine`` on ``core``; closed afterwards (closing aborts whatever is still in flight)."""
+    from plait.engine import Engine
+
+    engine = Engine(core=core)
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def run_to_completion(core, requests) -> dict[str, dict[int, list[int]]]:

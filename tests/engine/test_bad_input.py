@@ -8,9 +8,8 @@ idle with no KV held, and the same ``Engine`` must then complete a valid request
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,30 +25,14 @@ from plait.engine import (
     ModelNotFoundError,
     SamplingParams,
 )
+from tests.conftest import serving, tiny_core
 
-TINY = {"model": "tiny", "weights": "dummy", "device": "cpu", "dtype": "float32"}
 VALID_SAMPLING = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
-
-
-def tiny_core(**overrides: object) -> EngineCore:
-    return EngineCore(EngineConfig(**TINY, **overrides))
 
 
 def assert_idle(core: EngineCore) -> None:
     assert not core.has_work(), "a rejected request left work in the engine"
     assert core.kv_in_use() == 0, "a rejected request left KV slots allocated"
-
-
-@contextlib.contextmanager
-def serving(core: EngineCore) -> Iterator[Engine]:
-    """An ``Engine`` on ``core``; closed afterwards, and the (possibly shared) core left idle even on failure."""
-    engine = Engine(core=core)
-    try:
-        yield engine
-    finally:
-        engine.close()
-        for request_id in list(core.requests):
-            core.abort(request_id)
 
 
 async def first_error(engine: Engine, request: GenerateRequest) -> BaseException:

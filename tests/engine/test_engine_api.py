@@ -8,7 +8,6 @@ leave it idle; tests that need a particular configuration use the instant ``tiny
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,34 +16,16 @@ import torch
 
 from plait.engine import (
     Engine,
-    EngineConfig,
     EngineCore,
     EngineStoppedError,
     GenerateDelta,
     GenerateRequest,
     SamplingParams,
 )
-from tests.conftest import run_to_completion
+from tests.conftest import run_to_completion, serving, tiny_core
 
-TINY = {"model": "tiny", "weights": "dummy", "device": "cpu", "dtype": "float32"}
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16)
 PROMPT = "The quick brown fox"
-
-
-def tiny_core(**overrides: object) -> EngineCore:
-    return EngineCore(EngineConfig(**TINY, **overrides))
-
-
-@contextlib.contextmanager
-def serving(core: EngineCore) -> Iterator[Engine]:
-    """An ``Engine`` on ``core``; closed afterwards, and the (possibly shared) core left idle even on failure."""
-    engine = Engine(core=core)
-    try:
-        yield engine
-    finally:
-        engine.close()
-        for request_id in list(core.requests):
-            core.abort(request_id)
 
 
 @pytest.fixture
