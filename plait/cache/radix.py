@@ -17,72 +17,18 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from plait.cache.eviction_policy import EvictionPolicy, LRUPolicy, NextUse
-from plait.cache.host_tier import HostTier, LoadJob
+from plait.cache.host_tier import HostTier
 from plait.cache.prefix_cache import PrefixMatch
+from plait.cache.radix_invariants import check_radix
+from plait.cache.radix_node import CacheCounters, RadixNode, common_prefix_length
 from plait.cache.slot_allocator import SlotAllocator
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
-
-
-@dataclass(eq=False)
-class RadixNode:
-    key: list[int]
-    parent: RadixNode | None
-    children: dict[int, RadixNode] = field(default_factory=dict)
-    device_slots: torch.Tensor | None = None
-    host_slots: torch.Tensor | None = None
-    load: LoadJob | None = None  # host -> device copy in flight (device_slots allocated, not readable yet)
-    lock_ref: int = 0
-    last_access: float = 0.0
-    programs: set[str] = field(default_factory=set)
-    next_use: NextUse | None = None
-    pin_until: float = 0.0
-    from_host: bool = False  # loaded back and not matched since: the next match counts as a host hit
-
-    def __len__(self) -> int:
-        return len(self.key)
-
-    @property
-    def on_device(self) -> bool:
-        return self.device_slots is not None and self.load is None
-
-    def attached(self) -> bool:
-        """Still in the tree (not deleted by an eviction since someone took a reference to it)."""
-        if not self.key or self.parent is None:
-            return False
-        return self.parent.children.get(self.key[0]) is self
-
-    def is_device_leaf(self) -> bool:
-        return not any(c.device_slots is not None for c in self.children.values())
-
-
-@dataclass
-class CacheCounters:
-    gpu_hit_tokens: int = 0
-    host_hit_tokens: int = 0
-    inserted_tokens: int = 0
-    evictions: int = 0
-    evicted_tokens: int = 0
-    write_backs: int = 0
-    loads: int = 0
-    pins_refused: int = 0
-    hints_ignored: int = 0
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # the common case (a whole edge matches) at C speed
-        return n
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class RadixCache:
@@ -146,7 +92,7 @@ class RadixCache:
             child = node.children.get(token_ids[i])
             if child is None:
                 break
-            n = _common_prefix(child.key, token_ids[i:])
+            n = common_prefix_length(child.key, token_ids[i:])
             if n < len(child):
                 child = self._split(child, n)
             path.append(child)
@@ -225,7 +171,7 @@ class RadixCache:
                 self.counters.inserted_tokens += len(new)
                 self._touch(new, program_id)
                 break
-            n = _common_prefix(child.key, token_ids[i:])
+            n = common_prefix_length(child.key, token_ids[i:])
             if n < len(child):
                 child = self._split(child, n)
             segment = slots[i : i + n]
@@ -430,34 +376,6 @@ class RadixCache:
                 node.load.wait()
         self.poll()
 
-    # ---- consistency ---------------------------------------------------------------------------------------------
-
     def check(self) -> None:
         """Assert the tree's invariants (tests call this after every operation)."""
-        nodes = self._all_nodes()
-        evictable = 0
-        device: list[torch.Tensor] = []
-        host: list[torch.Tensor] = []
-        for node in nodes:
-            assert node.key and node.parent is not None and node.parent.children[node.key[0]] is node
-            assert node.lock_ref >= 0
-            if node.device_slots is not None:
-                assert node.device_slots.numel() == len(node)
-                assert node.parent.device_slots is not None, "device KV below a node without device KV"
-                device.append(node.device_slots)
-                if node.on_device and node.lock_ref == 0:
-                    evictable += len(node)
-            if node.host_slots is not None:
-                assert node.host_slots.numel() == len(node)
-                host.append(node.host_slots)
-            assert node.device_slots is not None or node.host_slots is not None, "a node with no KV anywhere"
-        assert evictable == self.evictable_size, f"evictable_size {self.evictable_size} != {evictable}"
-        if device:
-            all_device = torch.cat(device)
-            assert all_device.numel() == torch.unique(all_device).numel(), "a device slot owned by two nodes"
-            assert bool((self.allocator.refcount(all_device) >= 1).all()), "a tree slot is free"
-        if host:
-            all_host = torch.cat(host)
-            assert all_host.numel() == torch.unique(all_host).numel(), "a host slot owned by two nodes"
-        if self.host is not None:
-            assert self.host.allocator.num_used == sum(h.numel() for h in host), "host slots leaked"
+        check_radix(self)

@@ -1,0 +1,65 @@
+"""A node of the radix tree (``radix.py``) and the cache's counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from plait.cache.eviction_policy import NextUse
+from plait.cache.host_tier import LoadJob
+
+
+@dataclass(eq=False)
+class RadixNode:
+    key: list[int]
+    parent: RadixNode | None
+    children: dict[int, RadixNode] = field(default_factory=dict)
+    device_slots: torch.Tensor | None = None
+    host_slots: torch.Tensor | None = None
+    load: LoadJob | None = None  # host -> device copy in flight (device_slots allocated, not readable yet)
+    lock_ref: int = 0
+    last_access: float = 0.0
+    programs: set[str] = field(default_factory=set)
+    next_use: NextUse | None = None
+    pin_until: float = 0.0
+    from_host: bool = False  # loaded back and not matched since: the next match counts as a host hit
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    @property
+    def on_device(self) -> bool:
+        return self.device_slots is not None and self.load is None
+
+    def attached(self) -> bool:
+        """Still in the tree (not deleted by an eviction since someone took a reference to it)."""
+        if not self.key or self.parent is None:
+            return False
+        return self.parent.children.get(self.key[0]) is self
+
+    def is_device_leaf(self) -> bool:
+        return not any(c.device_slots is not None for c in self.children.values())
+
+
+@dataclass
+class CacheCounters:
+    gpu_hit_tokens: int = 0
+    host_hit_tokens: int = 0
+    inserted_tokens: int = 0
+    evictions: int = 0
+    evicted_tokens: int = 0
+    write_backs: int = 0
+    loads: int = 0
+    pins_refused: int = 0
+    hints_ignored: int = 0
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the common case (a whole edge matches) at C speed
+        return n
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
