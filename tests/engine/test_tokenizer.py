@@ -52,24 +52,15 @@ SAMPLES = [
 ]
 
 
-def _default_gguf() -> Path:
-    from plait.engine.default_model import default_model_path
-
-    try:
-        return default_model_path()
-    except Exception as exc:
-        pytest.skip(f"the default model is not installed: {exc}")
+@pytest.fixture(scope="module")
+def smol(default_gguf: Path) -> Tokenizer:
+    return Tokenizer.from_gguf(default_gguf)
 
 
 @pytest.fixture(scope="module")
-def smol() -> Tokenizer:
-    return Tokenizer.from_gguf(_default_gguf())
-
-
-@pytest.fixture(scope="module")
-def hf_smol() -> Any:
+def hf_smol(default_gguf: Path) -> Any:
     transformers = pytest.importorskip("transformers")
-    path = _default_gguf()
+    path = default_gguf
     return transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
