@@ -61,6 +61,32 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+class FakeClock:
+    """Stands in for the ``time`` module of the cache (only ``monotonic`` is used). Starts at the real monotonic
+    time because ``NextUse.given_at`` reads the real clock."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def patch_cache_clock(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> FakeClock:
+    """Make the radix cache and its hints read ``clock`` instead of the real monotonic time."""
+    import plait.cache.hints
+    import plait.cache.radix
+
+    monkeypatch.setattr(plait.cache.radix, "time", clock)
+    monkeypatch.setattr(plait.cache.hints, "time", clock)
+    return clock
+
+
 TINY = {"model": "tiny", "weights": "dummy", "device": "cpu", "dtype": "float32"}
 
 

@@ -8,7 +8,6 @@ bit for bit. Time is a fake clock standing in for ``time`` in plait.cache.radix 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -28,32 +27,14 @@ from plait.cache import (
     RadixNode,
     SlotAllocator,
 )
-from plait.cache import hints as hints_module
-from plait.cache import radix as radix_module
+from tests.conftest import FakeClock, patch_cache_clock
 
 NUM_LAYERS, NUM_KV_HEADS, HEAD_DIM = 2, 1, 4
 
 
-class FakeClock:
-    """Stands in for the ``time`` module (only ``monotonic`` is used). Starts at the real monotonic time because
-    ``NextUse.given_at`` reads the real clock."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture(autouse=True)
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(radix_module, "time", fake)
-    monkeypatch.setattr(hints_module, "time", fake)
-    return fake
+    return patch_cache_clock(monkeypatch, FakeClock())
 
 
 # --- the true KV of a token prefix ---------------------------------------------------------------------------------

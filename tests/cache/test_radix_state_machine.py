@@ -42,8 +42,7 @@ from plait.cache import (
     RadixNode,
     SlotAllocator,
 )
-from plait.cache import hints as hints_module
-from plait.cache import radix as radix_module
+from tests.conftest import FakeClock, patch_cache_clock
 
 # Known plait bugs, each reproduced by a strict xfail test in test_radix_pins_and_hints.py. While a flag is True the
 # machine steers around (or tolerates exactly) that bug so it keeps checking everything else; flip it once fixed.
@@ -62,24 +61,12 @@ PROGRAMS = ("p0", "p1", "p2")
 TOKENS = st.integers(0, ALPHABET - 1)
 
 
-class FakeClock:
-    """Stands in for the ``time`` module in plait.cache.radix and plait.cache.hints (only ``monotonic`` is used)."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 CLOCK = FakeClock()
 
 
 @pytest.fixture
 def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    monkeypatch.setattr(radix_module, "time", CLOCK)
-    monkeypatch.setattr(hints_module, "time", CLOCK)
-    return CLOCK
+    return patch_cache_clock(monkeypatch, CLOCK)
 
 
 # --- the true KV of a token prefix ---------------------------------------------------------------------------------

@@ -7,28 +7,15 @@ import random
 
 import pytest
 
-import plait.cache.hints
-import plait.cache.radix
 from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
-from tests.conftest import run_to_completion
+from tests.conftest import FakeClock, patch_cache_clock, run_to_completion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(plait.cache.radix.time, "monotonic", fake)
-    monkeypatch.setattr(plait.cache.hints.time, "monotonic", fake)
-    return fake
+    return patch_cache_clock(monkeypatch, FakeClock())
 
 
 def _core() -> EngineCore:
@@ -65,7 +52,7 @@ def test_pinned_prefix_survives_until_ttl_then_is_evictable(clock):
     run_to_completion(core, [_request(agent, "again")])
     assert core.stats().cached_prefix_tokens - hits == len(agent) - 1, "the pinned prefix was evicted early"
 
-    clock.now += 31.0  # the TTL passes: the prefix is an ordinary cached prefix again
+    clock.advance(31.0)  # the TTL passes: the prefix is an ordinary cached prefix again
     assert core.stats().pinned_slots == 0
     _pressure(core, rng, "after")
     hits = core.stats().cached_prefix_tokens
