@@ -29,9 +29,12 @@ from plait.engine.detokenizer import IncrementalDetokenizer
 from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, DEFAULT_MAX_CONTEXT, EngineConfig
 from plait.engine.errors import InvalidRequestError
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
+from plait.engine.grammar import choice_score, scoring_requests
+from plait.engine.grammar.manager import GrammarManager
+from plait.engine.grammar.prompt_logprobs import PromptLogprobs
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_runner import ModelRunner
-from plait.engine.request import GenerateDelta, GenerateRequest
+from plait.engine.request import ChoiceScore, GenerateDelta, GenerateRequest, TokenLogprob
 from plait.engine.sampler import SampleRow, sample, token_logprobs
 from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
@@ -88,6 +91,7 @@ class EngineCore:
             self.allocator,
             self.req_to_token,
             self.prefix_cache,
+            ready=self._grammar_ready,
         )
         attention = create_backend(config.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
         self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device)
@@ -97,6 +101,9 @@ class EngineCore:
         self._generated = self._prefilled = self._steps = 0
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, generated, prefilled) per step
         self._hints_ignored = 0  # hints given while no prefix cache is on
+        self.grammars = GrammarManager(self.tokenizer, mc.vocab_size, self.device)
+        self._prompt_logprobs = PromptLogprobs()
+        self._pending_deltas: list[GenerateDelta] = []  # other requests' deltas produced inside score_choices
 
     def _build_prefix_cache(self) -> RadixCache | NoPrefixCache:
         config = self.config
@@ -122,11 +129,35 @@ class EngineCore:
 
     def prepare(self, request: GenerateRequest) -> RequestState:
         """Validate and tokenize ``request`` (no engine state is touched, so any thread may call this)."""
+        prompt_ids = self.prompt_ids(request)
+        sampling = request.sampling
+        sampling.validate(self.tokenizer.vocab_size)
+        if len(prompt_ids) >= self.max_context:
+            raise InvalidRequestError(
+                "prompt", f"{len(prompt_ids)} tokens do not fit the context window of {self.max_context} tokens"
+            )
+        max_new = min(sampling.max_tokens, self.max_context - len(prompt_ids))
+        kv_needed = len(prompt_ids) + sampling.n * max_new
+        if kv_needed > self.kv_slots:
+            raise InvalidRequestError(
+                "max_tokens",
+                f"the request may need {kv_needed} KV slots (prompt {len(prompt_ids)} + n {sampling.n} x "
+                f"max_tokens {max_new}) but the pool has {self.kv_slots}; lower max_tokens or n",
+            )
+        start = sampling.prompt_logprobs_start
+        if start is not None and start >= len(prompt_ids):
+            raise InvalidRequestError(
+                "prompt_logprobs_start", f"{start} is past the prompt's last position ({len(prompt_ids) - 1})"
+            )
+        state = RequestState(request, prompt_ids, arrival=-1, max_new_tokens=max_new)
+        self.grammars.prepare(state)  # parses the constraint (may raise) and starts compiling it off this thread
+        return state
+
+    def prompt_ids(self, request: GenerateRequest) -> list[int]:
+        """The prompt's token ids (``prompt`` tokenized, ``messages`` rendered and tokenized, or the ids given)."""
         given = [name for name in ("prompt", "prompt_token_ids", "messages") if getattr(request, name) is not None]
         if len(given) != 1:
             raise InvalidRequestError("prompt", f"give exactly one of prompt, prompt_token_ids, messages (got {given})")
-        sampling = request.sampling
-        sampling.validate(self.tokenizer.vocab_size)
         if request.messages is not None:
             text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True)
             prompt_ids = self.tokenizer.encode(text)
@@ -144,19 +175,7 @@ class EngineCore:
                 raise InvalidRequestError("prompt_token_ids", f"ids outside the vocabulary [0, {vocab}): {bad[:5]}")
         if not prompt_ids:
             raise InvalidRequestError("prompt", "the prompt is empty")
-        if len(prompt_ids) >= self.max_context:
-            raise InvalidRequestError(
-                "prompt", f"{len(prompt_ids)} tokens do not fit the context window of {self.max_context} tokens"
-            )
-        max_new = min(sampling.max_tokens, self.max_context - len(prompt_ids))
-        kv_needed = len(prompt_ids) + sampling.n * max_new
-        if kv_needed > self.kv_slots:
-            raise InvalidRequestError(
-                "max_tokens",
-                f"the request may need {kv_needed} KV slots (prompt {len(prompt_ids)} + n {sampling.n} x "
-                f"max_tokens {max_new}) but the pool has {self.kv_slots}; lower max_tokens or n",
-            )
-        return RequestState(request, prompt_ids, arrival=-1, max_new_tokens=max_new)
+        return prompt_ids
 
     def add(self, state: RequestState) -> None:
         """Queue a prepared request (engine thread only)."""
@@ -166,6 +185,7 @@ class EngineCore:
         state.arrival = next(self._arrivals)
         first = self._new_sequence(state, 0)
         self.requests[request_id] = [first]
+        self.grammars.add(state)
         self.scheduler.add(first)
 
     def add_request(self, request: GenerateRequest) -> None:
@@ -191,6 +211,8 @@ class EngineCore:
     def abort(self, request_id: str) -> list[GenerateDelta]:
         """Cancel a request; returns an ``abort`` delta for each of its unfinished samples (none if unknown)."""
         seqs = self.requests.pop(request_id, [])
+        self.grammars.release_request(request_id)
+        self._prompt_logprobs.drop(request_id)
         deltas = []
         for seq in seqs:
             if seq.status is not SeqStatus.FINISHED:
@@ -229,6 +251,27 @@ class EngineCore:
         finally:
             self.allocator.release(slots)
             self.req_to_token.free_row(row)
+
+    def score_choices(self, request: GenerateRequest, choices: list[str]) -> list[ChoiceScore]:
+        """Log-probability of each choice after ``request``'s prompt (see ``plait.engine.grammar.choice_scoring``),
+        computed through the normal batch. Engine thread only: steps the core until the scores are in; deltas of
+        other requests produced meanwhile are returned by the next ``step()``."""
+        prompt_ids = self.prompt_ids(request)
+        scoring = scoring_requests(request, prompt_ids, choices, self.tokenizer)
+        states = [self.prepare(r) for r in scoring]  # all validated before any is queued
+        for state in states:
+            self.add(state)
+        found: dict[str, list[TokenLogprob] | None] = {}
+        wanted = {r.request_id for r in scoring}
+        while len(found) < len(wanted):
+            for delta in self.step():
+                if delta.request_id not in wanted:
+                    self._pending_deltas.append(delta)
+                elif delta.prompt_logprobs is not None:
+                    found[delta.request_id] = delta.prompt_logprobs
+                elif delta.finish_reason in ("error", "abort"):
+                    raise RuntimeError(f"scoring request {delta.request_id} ended: {delta.error or 'aborted'}")
+        return [choice_score(c, found[r.request_id]) for c, r in zip(choices, scoring, strict=True)]
 
     # ---- hints from the runtime (plain data; unknown targets are ignored and counted) ---------------------------
 
@@ -283,13 +326,31 @@ class EngineCore:
 
     def step(self) -> list[GenerateDelta]:
         """Run one batched forward pass; returns the deltas it produced."""
+        deltas, self._pending_deltas = self._pending_deltas, []
+        for request_id, error in self.grammars.failed():
+            deltas += self._fail_request(request_id, error)
         batch = self.scheduler.schedule()
         if not batch:
-            return []
-        logits = self.runner.run(batch)
+            self.grammars.wait_for_compiles(timeout=0.005)  # nothing can run until a grammar is compiled
+            return deltas
+        forward = self.runner.prepare(batch)
+        num_sampling = self._prompt_logprobs.add_rows(batch, forward)
+        logits = self.model(forward)  # asynchronous on CUDA: the CPU goes on to fill grammar masks meanwhile
         self.scheduler.commit(batch)
-        deltas = self._sample_and_emit(batch, logits)
+        if logits.shape[0] > num_sampling:
+            self._prompt_logprobs.collect(logits[num_sampling:])
+            logits = logits[:num_sampling]
+        deltas += self._sample_and_emit(batch, logits)
         self._account(batch)
+        return deltas
+
+    def _grammar_ready(self, seq: Sequence) -> bool:
+        return self.grammars.ready(seq)
+
+    def _fail_request(self, request_id: str, error: str) -> list[GenerateDelta]:
+        deltas = self.abort(request_id)
+        for delta in deltas:
+            delta.finish_reason, delta.error = "error", error
         return deltas
 
     def _sample_and_emit(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[GenerateDelta]:
@@ -307,14 +368,23 @@ class EngineCore:
             return []
         if len(rows) != logits.shape[0]:  # siblings share their parent's row
             logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
+        matchers = self.grammars.matchers(targets)
+        masks = self.grammars.fill(matchers)  # CPU work while the GPU still runs the forward pass
+        want_logprobs = any(s.state.sampling.logprobs for s in targets)
+        raw = logits.clone() if masks is not None and want_logprobs else logits  # logprobs: the model's own
+        if masks is not None:
+            self.grammars.apply(logits, masks)
         tokens = sample(logits, [SampleRow(s.state.sampling, s.generator) for s in targets])
         logprobs = None
-        if any(s.state.sampling.logprobs for s in targets):
-            logprobs = token_logprobs(logits, tokens, [s.state.sampling.top_logprobs for s in targets])
+        if want_logprobs:
+            logprobs = token_logprobs(raw, tokens, [s.state.sampling.top_logprobs for s in targets])
         deltas = []
         for i, (seq, token) in enumerate(zip(targets, tokens.tolist(), strict=True)):
             lp = [logprobs[i]] if logprobs is not None and seq.state.sampling.logprobs else None
-            deltas.append(self._append_token(seq, token, lp))
+            prompt_lp = self._prompt_logprobs.take(seq)
+            delta = self._append_token(seq, token, lp, matchers[i])
+            delta.prompt_logprobs = prompt_lp
+            deltas.append(delta)
         return deltas
 
     def _spawn_siblings(self, parent: Sequence) -> list[Sequence]:
@@ -326,9 +396,18 @@ class EngineCore:
         self.requests[parent.request_id] += children
         return children
 
-    def _append_token(self, seq: Sequence, token: int, logprobs) -> GenerateDelta:
+    def _append_token(self, seq: Sequence, token: int, logprobs, matcher=None) -> GenerateDelta:
         sampling = seq.state.sampling
         seq.token_ids.append(token)
+        if matcher is not None and not matcher.accept_token(token):
+            # Cannot happen with the mask applied; kept loud rather than emitting text that breaks the grammar.
+            self._finish(seq, "error")
+            delta = self._delta(seq, seq.output.finish(), [token], logprobs)
+            delta.error = f"token {token} was sampled outside the grammar"
+            return delta
+        if matcher is not None and matcher.is_terminated():  # the grammar is complete and the model ended it
+            self._finish(seq, "stop")
+            return self._delta(seq, seq.output.finish(), [token], logprobs)
         finish = None
         is_stop_token = token in sampling.stop_token_ids or (
             not sampling.ignore_eos and token in self.tokenizer.stop_token_ids
@@ -347,12 +426,15 @@ class EngineCore:
         return self._delta(seq, text, [token], logprobs)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
+        self.grammars.release_sample(seq.request_id, seq.index)
         self.scheduler.release(seq)
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
         seq.state.num_finished += 1
         if seq.state.num_finished == seq.state.sampling.n:
             del self.requests[seq.request_id]
+            self.grammars.release_request(seq.request_id)
+            self._prompt_logprobs.drop(seq.request_id)
 
     def _delta(self, seq: Sequence, text: str, tokens: list[int], logprobs) -> GenerateDelta:
         return GenerateDelta(
@@ -426,6 +508,7 @@ class EngineCore:
             holders.index_add_(0, torch.cat(held), torch.ones(sum(h.numel() for h in held), dtype=torch.int32))
         # Every holder is a sequence or a tree node: reference counts must match exactly.
         assert torch.equal(holders, self.allocator.refcount(torch.arange(self.kv_slots + 1))), "refcounts != holders"
+        assert set(self.grammars.requests) <= set(self.requests), "a grammar outlived its request"
         for seqs in self.requests.values():
             for seq in seqs:
                 assert seq.slots.numel() == seq.num_computed, "slots and num_computed disagree"

@@ -57,6 +57,8 @@ class GenerateDelta:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # so far, for this sample
+    # With SamplingParams.prompt_logprobs_start: the prompt tokens' log-probabilities, on the sample's first delta.
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Completion:
     token_ids: list[int]
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -79,3 +82,22 @@ class GenerateResult:
     @property
     def text(self) -> str:
         return self.completions[0].text
+
+
+@dataclass
+class ChoiceScore:
+    """How likely the model finds one choice after the prompt (``Engine.score_choices``).
+
+    ``logprob`` sums the log-probabilities of the choice's tokens, each given the prompt and the choice tokens before
+    it; ``mean_logprob`` divides by ``num_tokens`` (a length-normalised score for choices of different lengths).
+    """
+
+    text: str
+    logprob: float
+    num_tokens: int
+    mean_logprob: float
+
+    @classmethod
+    def from_logprobs(cls, text: str, logprobs: list[float]) -> ChoiceScore:
+        total = float(sum(logprobs))
+        return cls(text, total, len(logprobs), total / max(len(logprobs), 1))

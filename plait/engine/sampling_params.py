@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from plait.engine.errors import InvalidRequestError
 
@@ -17,6 +18,16 @@ class SamplingParams:
     ``seed`` makes sampling reproducible for this request whatever else is in the batch. ``logprobs`` returns the
     chosen token's log-probability (under the model's raw distribution) and ``top_logprobs`` alternatives.
     ``n`` samples share one prefill of the prompt.
+
+    Constraints (at most one; see ``plait.engine.grammar``): ``json_schema`` (a dict or its JSON text),
+    ``json_object`` (any JSON object), ``regex``, ``ebnf`` (xgrammar EBNF with a ``root`` rule), ``choices`` (the output
+    is exactly one of the strings) and ``tools`` (OpenAI-style function specs; ``tool_choice`` is ``auto``,
+    ``required``, ``none`` or ``{"type": "function", "function": {"name": ...}}``; the output format is documented in
+    ``plait.engine.grammar.tools``). A constrained sample finishes with ``stop`` when its grammar is complete and the
+    model ends it, ``length`` when ``max_tokens`` cuts it off.
+
+    ``prompt_logprobs_start``: also return the log-probability of each prompt token at positions ``>=`` it (each
+    given the tokens before it), on the sample's first delta (``GenerateDelta.prompt_logprobs``).
     """
 
     max_tokens: int = 256
@@ -32,6 +43,14 @@ class SamplingParams:
     top_logprobs: int = 0
     n: int = 1
     skip_special_tokens: bool = True
+    json_schema: dict[str, Any] | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    ebnf: str | None = None
+    choices: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] = "auto"
+    prompt_logprobs_start: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -54,8 +73,30 @@ class SamplingParams:
         _check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
         bad = [t for t in self.stop_token_ids if not (isinstance(t, int) and 0 <= t < vocab_size)]
         _check(not bad, "stop_token_ids", f"ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+        _check(isinstance(self.json_object, bool), "json_object", "must be true or false")
+        constraints = self.constraint_fields()
+        _check(
+            len(constraints) <= 1,
+            constraints[0] if constraints else "json_schema",
+            f"set at most one of json_schema, json_object, regex, ebnf, choices, tools (got {', '.join(constraints)})",
+        )
+        if self.prompt_logprobs_start is not None:
+            _check(
+                _is_int(self.prompt_logprobs_start) and self.prompt_logprobs_start >= 1,
+                "prompt_logprobs_start",
+                "must be an integer >= 1 (the first prompt position whose log-probability is returned)",
+            )
         if self.seed is not None:
             _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "must be an integer in [0, 2**63)")
+
+    def constraint_fields(self) -> list[str]:
+        """Names of the constraint fields that are set."""
+        names = ("json_schema", "json_object", "regex", "ebnf", "choices", "tools")
+        return [n for n in names if (getattr(self, n) is True if n == "json_object" else getattr(self, n) is not None)]
+
+    @property
+    def constrained(self) -> bool:
+        return bool(self.constraint_fields())
 
 
 def _is_int(value: object) -> bool:

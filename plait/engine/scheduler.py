@@ -13,6 +13,7 @@ is in exactly one of ``waiting`` / ``running`` until it finishes; ``release`` is
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -67,8 +68,12 @@ class Scheduler:
         allocator: SlotAllocator,
         req_to_token: ReqToTokenPool,
         prefix_cache: PrefixCache,
+        ready: Callable[[Sequence], bool] | None = None,
     ) -> None:
+        """``ready``: False for a waiting sequence that cannot start yet (its grammar is still compiling); batch
+        formation skips it and lets later sequences go ahead, as for a prefix still loading from host memory."""
         self.config = config
+        self.ready = ready
         self.allocator = allocator
         self.req_to_token = req_to_token
         self.prefix_cache = prefix_cache
@@ -131,9 +136,10 @@ class Scheduler:
             if budget <= 0 or self.free_slots() <= 0:
                 break
             if seq.status is SeqStatus.WAITING:
-                admitted = None if self._shares_inflight_prefix(seq, inflight) else self._admit(seq)
+                held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
+                admitted = None if held else self._admit(seq)
                 if admitted is None:
-                    continue  # its prefix is loading from host memory or being computed: let others go first
+                    continue  # its prefix is loading or being computed, or its grammar compiling: others go first
                 if not admitted:
                     break  # strict priority order: later sequences wait behind this one
                 if self.prefix_cache.shares_prefixes and seq.num_prompt > _SHARE_KEY:
@@ -161,7 +167,12 @@ class Scheduler:
             return False
         if self.req_to_token.num_free_rows < rows_needed:
             return False
-        match = self.prefix_cache.match_prefix(seq.token_ids[:-1], seq.program_id)  # the last token is computed
+        # The last token is always computed (its logits give the next one); with prompt log-probabilities, every
+        # position from prompt_logprobs_start - 1 on is computed too, since a cached prefix has no logits.
+        limit = len(seq.token_ids) - 1
+        if seq.state.sampling.prompt_logprobs_start is not None and seq.num_generated == 0:
+            limit = min(limit, seq.state.sampling.prompt_logprobs_start - 1)
+        match = self.prefix_cache.match_prefix(seq.token_ids[:limit], seq.program_id)
         if match.loading:
             return None
         seq.cache_handle = match.handle

@@ -1,0 +1,153 @@
+"""Tool calls: the output format the grammar enforces for declared functions, and the parser that reads it back.
+
+Format (documented for the REST layer and prompts):
+
+- ``tool_choice="required"`` or ``{"type": "function", "function": {"name": N}}``: the whole output is one JSON object
+  ``{"name": <a declared function name>, "arguments": <an object valid for that function's parameters>}`` (with a
+  named choice, the name is N).
+- ``tool_choice="auto"``: free text, in which the model may write any number of tool calls as
+  ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Hermes / Qwen2.5 convention). Text outside the tags
+  is unconstrained; once the model writes ``<tool_call>``, the call up to ``</tool_call>`` is constrained to the
+  declared functions and their argument schemas.
+- ``tool_choice="none"``: tools impose nothing; the output is free text.
+
+``parse_tool_calls(text, tool_choice)`` returns the content and the calls, ready to become OpenAI ``tool_calls``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.engine.errors import InvalidRequestError
+
+TOOL_CALL_BEGIN = "<tool_call>"
+TOOL_CALL_END = "</tool_call>"
+_OPEN_OBJECT = {"type": "object"}  # a function without a parameters schema takes any JSON object
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class ParsedToolOutput:
+    content: str  # the text outside tool calls ("" when the whole output was a call)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+def validate_tools(tools: Any, tool_choice: Any) -> dict[str, dict[str, Any]]:
+    """Check OpenAI-style function specs and the tool choice; returns ``{name: parameters schema}`` of the functions
+    the output may call (the named one only, for a named choice)."""
+    if not isinstance(tools, list) or not tools:
+        raise InvalidRequestError("tools", "must be a non-empty list of {'type': 'function', 'function': {...}}")
+    functions: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+            raise InvalidRequestError("tools", f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError("tools", f"tools[{i}].function.name must be a non-empty string")
+        if name in functions:
+            raise InvalidRequestError("tools", f"function name {name!r} is declared twice")
+        parameters = function.get("parameters")
+        if parameters is None:
+            parameters = _OPEN_OBJECT
+        if not isinstance(parameters, dict):
+            raise InvalidRequestError("tools", f"tools[{i}].function.parameters must be a JSON schema object")
+        functions[name] = parameters
+    mode = tool_choice_mode(tool_choice)
+    if mode == "named":
+        name = tool_choice["function"]["name"]
+        if name not in functions:
+            raise InvalidRequestError("tool_choice", f"function {name!r} is not among the declared tools")
+        return {name: functions[name]}
+    return functions
+
+
+def tool_choice_mode(tool_choice: Any) -> str:
+    """``auto``, ``required``, ``none`` or ``named``."""
+    if tool_choice in ("auto", "required", "none"):
+        return str(tool_choice)
+    if (
+        isinstance(tool_choice, dict)
+        and tool_choice.get("type") == "function"
+        and isinstance(tool_choice.get("function"), dict)
+        and isinstance(tool_choice["function"].get("name"), str)
+    ):
+        return "named"
+    raise InvalidRequestError(
+        "tool_choice",
+        "must be 'auto', 'required', 'none' or {'type': 'function', 'function': {'name': ...}}, "
+        f"got {tool_choice!r}",
+    )
+
+
+def call_schema(functions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """JSON schema of one call object ``{"name", "arguments"}`` to any of ``functions``."""
+    branches = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for name, parameters in functions.items()
+    ]
+    return branches[0] if len(branches) == 1 else {"oneOf": branches}
+
+
+def auto_structural_tag(functions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """xgrammar structural tag for ``tool_choice="auto"``: free text with triggered ``<tool_call>`` sections."""
+    tags = [
+        {
+            "type": "tag",
+            "begin": f'{TOOL_CALL_BEGIN}{{"name": {json.dumps(name)}, "arguments": ',
+            "content": {"type": "json_schema", "json_schema": parameters},
+            "end": f"}}{TOOL_CALL_END}",
+        }
+        for name, parameters in functions.items()
+    ]
+    return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [TOOL_CALL_BEGIN], "tags": tags}}
+
+
+def parse_tool_calls(text: str, tool_choice: str | dict[str, Any] = "auto") -> ParsedToolOutput:
+    """Read the tool calls out of an output written in the format above.
+
+    Raises ``ValueError`` when a call is not valid JSON of the expected shape (an output cut off by ``max_tokens``).
+    """
+    mode = tool_choice_mode(tool_choice)
+    if mode == "none":
+        return ParsedToolOutput(text)
+    if mode in ("required", "named"):
+        return ParsedToolOutput("", [_call_from_json(text)])
+    content: list[str] = []
+    calls: list[ToolCall] = []
+    rest = text
+    while (start := rest.find(TOOL_CALL_BEGIN)) >= 0:
+        content.append(rest[:start])
+        end = rest.find(TOOL_CALL_END, start)
+        if end < 0:
+            raise ValueError(f"unterminated {TOOL_CALL_BEGIN} in the output")
+        calls.append(_call_from_json(rest[start + len(TOOL_CALL_BEGIN) : end]))
+        rest = rest[end + len(TOOL_CALL_END) :]
+    content.append(rest)
+    return ParsedToolOutput("".join(content).strip(), calls)
+
+
+def _call_from_json(text: str) -> ToolCall:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"tool call is not valid JSON: {error}") from error
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("name"), str)
+        or not isinstance(value.get("arguments"), dict)
+    ):
+        raise ValueError('a tool call must be {"name": str, "arguments": object}')
+    return ToolCall(value["name"], value["arguments"])
