@@ -6,4 +6,35 @@ May import: ``plait.dag``, ``plait.semantic_vars``, ``plait.engine`` (through it
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from plait.engine import EngineConfig
+from plait.runtime.engine_source import open_engine
+from plait.runtime.errors import NodeError, ProgramCancelledError, ProgramFailedError, ToolDefinitionError
+from plait.runtime.executor import Executor, new_program_id
+from plait.runtime.llm_runner import RequestOptions, sampling_params
+from plait.runtime.program_execution import ExecutionServices, ProgramEvent, ProgramExecution
+from plait.runtime.states import NodeRecord, NodeState, ProgramRecord, ProgramState
+from plait.runtime.tool_executor import ToolExecutor
+from plait.runtime.tools import Tool, ToolRegistry
+
+__all__ = [
+    "EngineConfig",
+    "ExecutionServices",
+    "Executor",
+    "NodeError",
+    "NodeRecord",
+    "NodeState",
+    "ProgramCancelledError",
+    "ProgramEvent",
+    "ProgramExecution",
+    "ProgramFailedError",
+    "ProgramRecord",
+    "ProgramState",
+    "RequestOptions",
+    "Tool",
+    "ToolDefinitionError",
+    "ToolExecutor",
+    "ToolRegistry",
+    "new_program_id",
+    "open_engine",
+    "sampling_params",
+]

@@ -6,4 +6,8 @@ Owns: the authoring surface for agent programs. May import: ``plait.runtime``, `
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from plait.sdk.program import Program, ProgramDef, program, resolve
+from plait.sdk.runtime import Runtime
+from plait.sdk.tool_decorator import tool
+
+__all__ = ["Program", "ProgramDef", "Runtime", "program", "resolve", "tool"]

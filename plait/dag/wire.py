@@ -1,0 +1,186 @@
+"""The JSON wire format of workflows (msgspec), versioned, with a JSON Schema export for REST users.
+
+```json
+{"version": 1, "name": "qa",
+ "inputs": {"question": "What is 2+2?"},
+ "nodes": [
+   {"kind": "llm", "id": "answer", "prompt": "Q: {{question}}\\nA:", "output": "reply", "max_tokens": 16},
+   {"kind": "tool", "id": "log", "tool": "save", "args": {"text": {"$var": "reply"}}, "output": "saved"}],
+ "outputs": ["reply"]}
+```
+An LLM node takes ``prompt`` (a template) or ``messages`` (chat, each content a template), plus the decoding
+fields of ``GenConstraints`` at the top level. A tool node's ``args`` use ``{"$var": name}`` for variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+from plait.dag.errors import Problem, WorkflowError
+from plait.dag.nodes import ChoiceMode, LLMCall, Node, OnError, ToolCall
+from plait.dag.tool_spec import ToolSpec
+from plait.dag.workflow import Workflow
+from plait.semantic_vars import ChatPrompt, GenConstraints, Message, SemanticVarError, Template
+
+WIRE_VERSION = 1
+
+
+class MessageSpec(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    content: str
+
+
+class LLMCallSpec(GenConstraints, tag="llm", tag_field="kind"):
+    """An LLM call: exactly one of ``prompt`` or ``messages``; decoding fields as in ``GenConstraints``."""
+
+    id: str
+    output: str
+    prompt: str | None = None
+    messages: list[MessageSpec] | None = None
+    bindings: dict[str, str | list[str]] = msgspec.field(default_factory=dict)
+    n: int = 1
+    map_over: str | None = None
+    choice_mode: Literal["constrained", "score"] = "constrained"
+    on_error: Literal["fail", "fallback"] = "fail"
+    fallback: Any = None
+
+
+class ToolCallSpec(
+    msgspec.Struct, tag="tool", tag_field="kind", kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
+    """A tool call; ``args`` values may contain ``{"$var": name}`` references."""
+
+    id: str
+    tool: str
+    output: str
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+    on_error: Literal["fail", "fallback"] = "fail"
+    fallback: Any = None
+
+
+class WorkflowSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A whole workflow. ``outputs`` defaults to the variables no node consumes."""
+
+    nodes: list[LLMCallSpec | ToolCallSpec]
+    version: int = WIRE_VERSION
+    name: str = "workflow"
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    outputs: list[str] = msgspec.field(default_factory=list)
+
+
+def decode_workflow(data: bytes | str | Mapping[str, Any]) -> WorkflowSpec:
+    """Parse JSON text (or an already-decoded object) into a ``WorkflowSpec``; errors name the JSON path."""
+    try:
+        if isinstance(data, Mapping):
+            spec = msgspec.convert(data, WorkflowSpec)
+        else:
+            spec = msgspec.json.decode(data, type=WorkflowSpec)
+    except msgspec.ValidationError as error:
+        raise WorkflowError([Problem(None, _json_path(str(error)), str(error))]) from None
+    except msgspec.DecodeError as error:
+        raise WorkflowError([Problem(None, "body", f"not valid JSON: {error}")]) from None
+    if spec.version != WIRE_VERSION:
+        raise WorkflowError(
+            [Problem(None, "version", f"unsupported version {spec.version}; this plait reads {WIRE_VERSION}")]
+        )
+    return spec
+
+
+def _json_path(message: str) -> str:
+    marker = "at `$"
+    if marker in message:
+        return message.split(marker, 1)[1].split("`", 1)[0].lstrip(".") or "body"
+    return "body"
+
+
+def to_workflow(spec: WorkflowSpec, tools: Mapping[str, ToolSpec] | None = None) -> Workflow:
+    """Build and validate the workflow a spec describes (raises ``WorkflowError`` listing every problem)."""
+    nodes: list[Node] = []
+    problems: list[Problem] = []
+    for index, node_spec in enumerate(spec.nodes):
+        try:
+            nodes.append(_node_from_spec(node_spec))
+        except SemanticVarError as error:
+            problems.append(Problem(node_spec.id or f"nodes[{index}]", error.field, error.message))
+    if problems:
+        raise WorkflowError(problems)
+    return Workflow.build(nodes, inputs=spec.inputs, outputs=spec.outputs, name=spec.name, tools=tools)
+
+
+def _node_from_spec(spec: LLMCallSpec | ToolCallSpec) -> Node:
+    if isinstance(spec, ToolCallSpec):
+        return ToolCall(spec.id, spec.tool, spec.output, dict(spec.args), OnError(spec.on_error), spec.fallback)
+    if (spec.prompt is None) == (spec.messages is None):
+        raise SemanticVarError("prompt", "give exactly one of 'prompt' (text) or 'messages' (chat)")
+    prompt = (
+        Template(spec.prompt)
+        if spec.prompt is not None
+        else ChatPrompt(tuple(Message(m.role, Template(m.content)) for m in spec.messages or []))
+    )
+    constraints = msgspec.convert(
+        {name: getattr(spec, name) for name in GenConstraints.__struct_fields__}, GenConstraints
+    )
+    return LLMCall(
+        spec.id,
+        prompt,
+        spec.output,
+        bindings=dict(spec.bindings),
+        constraints=constraints,
+        n=spec.n,
+        map_over=spec.map_over,
+        choice_mode=ChoiceMode(spec.choice_mode),
+        on_error=OnError(spec.on_error),
+        fallback=spec.fallback,
+    )
+
+
+def from_workflow(workflow: Workflow) -> WorkflowSpec:
+    """The wire form of a workflow (for example one a Python program built), inputs included."""
+    inputs = {name: var.value for name, var in workflow.variables.items() if var.producer is None and var.is_settled}
+    nodes: list[LLMCallSpec | ToolCallSpec] = []
+    for node in workflow.nodes.values():
+        if isinstance(node, ToolCall):
+            nodes.append(
+                ToolCallSpec(
+                    id=node.id,
+                    tool=node.tool,
+                    output=node.output,
+                    args=node.args,
+                    on_error=node.on_error.value,
+                    fallback=node.fallback,
+                )
+            )
+            continue
+        prompt_fields: dict[str, Any] = (
+            {"prompt": node.prompt.text}
+            if isinstance(node.prompt, Template)
+            else {"messages": [MessageSpec(m.role, m.content.text) for m in node.prompt.messages]}
+        )
+        nodes.append(
+            LLMCallSpec(
+                id=node.id,
+                output=node.output,
+                bindings=node.bindings,
+                n=node.n,
+                map_over=node.map_over,
+                choice_mode=node.choice_mode.value,
+                on_error=node.on_error.value,
+                fallback=node.fallback,
+                **prompt_fields,
+                **msgspec.structs.asdict(node.constraints),
+            )
+        )
+    return WorkflowSpec(nodes=nodes, name=workflow.name, inputs=inputs, outputs=list(workflow.outputs))
+
+
+def encode_workflow(workflow: Workflow | WorkflowSpec) -> bytes:
+    spec = from_workflow(workflow) if isinstance(workflow, Workflow) else workflow
+    return msgspec.json.encode(spec)
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """JSON Schema of the wire format (for REST clients and the OpenAPI spec)."""
+    return msgspec.json.schema(WorkflowSpec)

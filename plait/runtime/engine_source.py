@@ -1,0 +1,24 @@
+"""Where a runtime's engine comes from: an ``Engine`` the caller owns, or one built from a config or model path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from plait.engine import Engine, EngineConfig
+
+
+def open_engine(source: Any = None) -> tuple[Engine, bool]:
+    """``(engine, owned)``: ``owned`` is True when the engine was created here (the caller must close it).
+
+    ``source``: an ``Engine`` (used as is), an ``EngineConfig``, a model path, or None for the default model.
+    """
+    if isinstance(source, Engine):
+        return source, False
+    if source is None:
+        return Engine(EngineConfig()), True
+    if isinstance(source, EngineConfig):
+        return Engine(source), True
+    if isinstance(source, str | Path):
+        return Engine(EngineConfig(model=str(source))), True
+    raise TypeError(f"engine must be an Engine, EngineConfig, model path or None, got {type(source).__name__}")

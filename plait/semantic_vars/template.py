@@ -1,0 +1,140 @@
+"""Prompt templates with ``{{name}}`` slots, and chat prompts made of templated messages.
+
+Syntax: ``{{ name }}`` (spaces optional) is a slot; ``name`` is a Python identifier. A backslash before the braces,
+``\\{{``, is a literal ``{{`` (the backslash is dropped). Nothing else is special, so prompts can contain JSON and
+code freely.
+
+Rendering a value: a string goes in as is; a list (a fan-in of many variables, or a variable holding a list) puts
+each item on its own line; anything else is encoded as compact JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from plait.semantic_vars.errors import SemanticVarError
+
+_TOKEN = re.compile(r"\\\{\{|\{\{\s*([^{}]*?)\s*\}\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def render_value(value: Any) -> str:
+    """The text a bound value contributes to a prompt."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return "\n".join(render_value(item) for item in value)
+    return msgspec.json.encode(value).decode()
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt with ``{{name}}`` slots. Parsing happens once, at construction; bad slot names raise."""
+
+    text: str
+    # The text split at slots: literal, slot, literal, slot, ..., literal (literals already unescaped).
+    _parts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise SemanticVarError("template", f"must be a string, got {type(self.text).__name__}")
+        parts: list[str] = []
+        literal: list[str] = []
+        position = 0
+        for match in _TOKEN.finditer(self.text):
+            literal.append(self.text[position : match.start()])
+            position = match.end()
+            if match.group(0) == "\\{{":
+                literal.append("{{")
+                continue
+            name = match.group(1)
+            if not _IDENTIFIER.match(name):
+                line = self.text.count("\n", 0, match.start()) + 1
+                raise SemanticVarError(
+                    "template", f"slot {match.group(0)!r} on line {line} is not a valid name (use letters, digits, _)"
+                )
+            parts.extend(("".join(literal), name))
+            literal = []
+        literal.append(self.text[position:])
+        parts.append("".join(literal))
+        object.__setattr__(self, "_parts", tuple(parts))
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        """Slot names in order of appearance, each once."""
+        return tuple(dict.fromkeys(self._parts[1::2]))
+
+    @property
+    def static_prefix(self) -> str:
+        """The text before the first slot: the part every rendering shares (a prefix-cache key)."""
+        return self._parts[0]
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        """Fill every slot from ``values``; a missing slot raises ``SemanticVarError`` naming it."""
+        out = [self._parts[0]]
+        for index in range(1, len(self._parts), 2):
+            name = self._parts[index]
+            if name not in values:
+                raise SemanticVarError(name, "the template names this variable but no value is bound to it")
+            out.append(render_value(values[name]))
+            out.append(self._parts[index + 1])
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message whose content is a template."""
+
+    role: str
+    content: Template
+
+    def __post_init__(self) -> None:
+        if self.role not in CHAT_ROLES:
+            raise SemanticVarError("role", f"must be one of {', '.join(CHAT_ROLES)}, got {self.role!r}")
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A list of templated chat messages, rendered later with the model's chat template."""
+
+    messages: tuple[Message, ...]
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise SemanticVarError("messages", "a chat prompt needs at least one message")
+
+    @classmethod
+    def from_dicts(cls, messages: Sequence[Mapping[str, str]]) -> ChatPrompt:
+        """Build from ``[{"role": ..., "content": ...}, ...]``; contents are templates."""
+        built = []
+        for index, message in enumerate(messages):
+            if not isinstance(message, Mapping) or set(message) != {"role", "content"}:
+                raise SemanticVarError(f"messages[{index}]", "must be an object with exactly 'role' and 'content'")
+            built.append(Message(str(message["role"]), Template(message["content"])))
+        return cls(tuple(built))
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(slot for message in self.messages for slot in message.content.slots))
+
+    @property
+    def static_prefix(self) -> str:
+        """Messages before the first slot, then that message's static text, as a stable key."""
+        pieces = []
+        for message in self.messages:
+            pieces.append(f"<{message.role}>{message.content.static_prefix}")
+            if message.content.slots:
+                break
+        return "".join(pieces)
+
+    def render(self, values: Mapping[str, Any]) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content.render(values)} for m in self.messages]
+
+
+Prompt = Template | ChatPrompt
