@@ -18,12 +18,21 @@ from plait.engine.errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
+from plait.engine.grammar import ParsedToolOutput, ToolCall, parse_tool_calls
 from plait.engine.model_config import DUMMY_SHAPES, ModelConfig
-from plait.engine.request import Completion, GenerateDelta, GenerateRequest, GenerateResult, TokenLogprob
+from plait.engine.request import (
+    ChoiceScore,
+    Completion,
+    GenerateDelta,
+    GenerateRequest,
+    GenerateResult,
+    TokenLogprob,
+)
 from plait.engine.sampling_params import SamplingParams
 
 __all__ = [
     "DUMMY_SHAPES",
+    "ChoiceScore",
     "Completion",
     "Engine",
     "EngineConfig",
@@ -38,7 +47,10 @@ __all__ = [
     "ModelConfig",
     "ModelLoadError",
     "ModelNotFoundError",
+    "ParsedToolOutput",
     "SamplingParams",
     "TokenLogprob",
+    "ToolCall",
     "default_model_path",
+    "parse_tool_calls",
 ]

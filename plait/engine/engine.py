@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from plait.engine.engine_config import EngineConfig
 from plait.engine.engine_core import EngineCore, EngineStats
 from plait.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
-from plait.engine.request import Completion, GenerateDelta, GenerateRequest, GenerateResult
+from plait.engine.grammar import choice_score, scoring_requests
+from plait.engine.request import ChoiceScore, Completion, GenerateDelta, GenerateRequest, GenerateResult
 from plait.engine.sequence import RequestState
 
 logger = logging.getLogger(__name__)
@@ -103,9 +104,12 @@ class Engine:
         texts: dict[int, list[str]] = {}
         tokens: dict[int, list[int]] = {}
         logprobs: dict[int, list] = {}
+        prompt_logprobs: dict[int, list] = {}
         reasons: dict[int, str | None] = {}
         prompt_tokens = 0
         async for delta in self.generate(request):
+            if delta.prompt_logprobs is not None:
+                prompt_logprobs[delta.index] = delta.prompt_logprobs
             texts.setdefault(delta.index, []).append(delta.text)
             tokens.setdefault(delta.index, []).extend(delta.token_ids)
             if delta.logprobs:
@@ -114,10 +118,37 @@ class Engine:
                 reasons[delta.index] = delta.finish_reason
             prompt_tokens = delta.prompt_tokens
         completions = [
-            Completion(i, "".join(texts[i]), tokens[i], reasons.get(i), logprobs.get(i) if logprobs else None)
+            Completion(
+                i,
+                "".join(texts[i]),
+                tokens[i],
+                reasons.get(i),
+                logprobs.get(i) if logprobs else None,
+                prompt_logprobs.get(i),
+            )
             for i in sorted(texts)
         ]
         return GenerateResult(request.request_id, prompt_tokens, completions)
+
+    async def score_choices(self, request: GenerateRequest, choices: list[str]) -> list[ChoiceScore]:
+        """Score each choice by its log-probability after ``request``'s prompt (SGLang's ``select``), in the order
+        given; the best is ``max(scores, key=lambda s: s.logprob)`` (or ``mean_logprob`` to normalise by length).
+
+        Each choice runs as an ordinary request (prompt + choice tokens, see ``plait.engine.grammar.choice_scoring``)
+        in the shared batch; the prompt is computed once and shared through the prefix cache. Raises
+        ``InvalidRequestError`` before anything runs if the prompt or a choice is malformed.
+        """
+        prompt_ids = self.core.prompt_ids(request)
+        scoring = scoring_requests(request, prompt_ids, choices, self.tokenizer)
+        for r in scoring:  # validate every one before any starts
+            self.core.prepare(r)
+        results = await asyncio.gather(*(self.complete(r) for r in scoring))
+        for result in results:
+            if result.completions[0].finish_reason in ("error", "abort"):
+                raise EngineError(
+                    f"scoring request {result.request_id} ended with {result.completions[0].finish_reason}"
+                )
+        return [choice_score(c, r.completions[0].prompt_logprobs) for c, r in zip(choices, results, strict=True)]
 
     def abort(self, request_id: str) -> None:
         """Cancel a request (its stream ends with ``finish_reason == 'abort'``); unknown ids are ignored."""
