@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/plait info
-	$(VENV)/bin/plait generate --chat "Name three primary colours, in one short sentence." --max-tokens 48
+	$(PY) -m examples.text_to_sql
 
 # pytest exits 5 when no test ran; make passes that failure on, so "no tests" never counts as success.
 test: $(STAMP)

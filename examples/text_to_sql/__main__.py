@@ -13,8 +13,8 @@ from plait.cli.program_view import watch
 from .program import text_to_sql
 
 QUESTIONS = [
-    "How many customers live in Paris?",
-    "What is the name of the most expensive product?",
+    "Which customers live in Paris?",
+    "Which products cost more than 20?",
 ]
 
 
