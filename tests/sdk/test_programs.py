@@ -50,7 +50,7 @@ def test_python_program_and_json_workflow_agree(engine, tmp_path: Path) -> None:
     # The graph the program built, as JSON, through the real CLI.
     spec = decode_workflow(encode_workflow(workflow))
     llm_outputs = [node.output for node in workflow.nodes.values() if isinstance(node, LLMCall)]
-    spec.outputs = llm_outputs + ["count"]
+    spec.outputs = [*llm_outputs, "count"]
     path = tmp_path / "research.json"
     path.write_bytes(encode_workflow(spec))
     completed = subprocess.run(
@@ -73,7 +73,7 @@ def test_python_program_and_json_workflow_agree(engine, tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     from_cli = json.loads(completed.stdout)
-    for name in llm_outputs + ["count"]:
+    for name in [*llm_outputs, "count"]:
         assert from_cli[name] == workflow.variables[name].value, name
 
 
@@ -128,3 +128,26 @@ def test_dependent_calls_run_server_side_and_independent_calls_share_batches(eng
 def test_word_count_tool_is_typed() -> None:
     assert word_count.spec.parameters["properties"]["text"]["type"] == "string"
     assert word_count.spec.returns == {"type": "integer"}
+
+
+def test_streaming_and_run_batch(engine) -> None:
+    pieces: list[str] = []
+
+    @plait.program
+    async def story(p: plait.Program, topic: str, stream: bool = False) -> str:
+        text = p.gen("A story about {{topic}}:", topic=topic, max_tokens=12, name="story")
+        if stream:
+            async for piece in text.stream():
+                pieces.append(piece)
+        return text
+
+    async def scenario():
+        runtime = plait.Runtime(engine)
+        value = await runtime.run(story, "owls", stream=True)
+        batch = await runtime.run_batch(story, [{"topic": "owls"}, ("cats",)])
+        return value, batch
+
+    value, batch = asyncio.run(scenario())
+    assert len(pieces) > 1 and "".join(pieces) == value
+    assert batch[0] == value  # temperature 0, float32: the same text alone and in a batch
+    assert isinstance(batch[1], str)

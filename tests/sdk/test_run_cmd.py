@@ -1,0 +1,94 @@
+"""``plait run``: outputs, exit codes and errors that say what to fix (tiny dummy model: fast, outputs meaningless)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from plait.cli import main
+
+TINY_FLAGS = ["--model", "tiny", "--weights", "dummy", "--device", "cpu", "--dtype", "float32"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "workflows"
+
+
+def _write(tmp_path: Path, document: dict) -> Path:
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+def test_runs_a_workflow_and_prints_outputs_as_json(tmp_path, capsys, one_thread) -> None:
+    path = _write(
+        tmp_path,
+        {
+            "inputs": {"topic": "tea"},
+            "nodes": [
+                {"kind": "llm", "id": "a", "prompt": "About {{topic}}:", "output": "x", "max_tokens": 3},
+                {"kind": "llm", "id": "b", "prompt": "More: {{x}}", "output": "y", "max_tokens": 2, "n": 2},
+            ],
+        },
+    )
+    assert main(["run", str(path), "--json", "--input", "topic=coffee", *TINY_FLAGS]) == 0
+    outputs = json.loads(capsys.readouterr().out)
+    assert list(outputs) == ["y"] and isinstance(outputs["y"], list) and len(outputs["y"]) == 2
+
+
+def test_example_workflow_runs_with_its_tools(capsys, one_thread) -> None:
+    code = main(
+        ["run", str(EXAMPLES / "qa_check.json"), "--json", "--tools", f"{EXAMPLES / 'tools.py'}:TOOLS", *TINY_FLAGS]
+    )
+    assert code == 0, capsys.readouterr().err
+    outputs = json.loads(capsys.readouterr().out)
+    assert outputs["words"] == len(outputs["reply"].split())
+    assert outputs["verdict"] in ("yes", "no")
+
+
+def test_invalid_workflow_exits_2_naming_node_and_field(tmp_path, capsys) -> None:
+    path = _write(
+        tmp_path,
+        {
+            "nodes": [
+                {"kind": "llm", "id": "a", "prompt": "{{missing}}", "output": "x"},
+                {"kind": "tool", "id": "t", "tool": "nope", "output": "y"},
+            ]
+        },
+    )
+    assert main(["run", str(path), "--json", *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert "node 'a'" in err and "'missing'" in err
+    assert "node 't'" in err and "unknown tool 'nope'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "/nonexistent/wf.json"], "cannot read"),
+        (["run", "WF", "--input", "novalue"], "NAME=VALUE"),
+        (["run", "WF", "--tools", "no_such_module_xyz:tools"], "cannot import"),
+        (["run", "WF", "--tools", "json"], "MODULE:ATTR"),
+    ],
+)
+def test_bad_arguments_say_what_to_fix(tmp_path, capsys, argv, message) -> None:
+    path = _write(tmp_path, {"nodes": []})
+    argv = [str(path) if item == "WF" else item for item in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code, err = 2, str(exit_.code)
+    else:
+        err = capsys.readouterr().err
+    assert code == 2 and message in err
+
+
+def test_schema_flag_prints_the_wire_format(capsys) -> None:
+    assert main(["run", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "WorkflowSpec" in schema["$defs"]
+
+
+def test_unknown_json_field_is_reported_with_its_path(tmp_path, capsys) -> None:
+    path = _write(tmp_path, {"nodes": [{"kind": "llm", "id": "a", "prompt": "x", "output": "y", "max_tokenz": 3}]})
+    assert main(["run", str(path), *TINY_FLAGS]) == 2
+    assert "max_tokenz" in capsys.readouterr().err
