@@ -37,7 +37,7 @@ async def text_to_sql(p: plait.Program, question: str) -> dict:
         "Database schema:\n{{schema}}\n\nQuestion: {{question}}\nWhich tables answer the question?\nTables:",
         schema=schema,
         question=question,
-        json_schema={"type": "array", "items": {"enum": table_names()}, "minItems": 1, "uniqueItems": False},
+        json_schema={"type": "array", "items": {"enum": table_names()}, "minItems": 1},
         max_tokens=32,
         name="link_tables",
     )
