@@ -1,0 +1,103 @@
+"""Tool calls: the declared functions' schemas constrain the call; ``parse_tool_calls`` reads it back."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+import xgrammar as xgr
+
+from plait.engine import GenerateRequest, InvalidRequestError, SamplingParams, parse_tool_calls
+from plait.engine.grammar import build_grammar
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["C", "F"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+    },
+}
+TOOLS = [WEATHER, SEARCH]
+
+
+def _generate(core, tool_choice, n: int = 4) -> list[str]:
+    sampling = SamplingParams(tools=TOOLS, tool_choice=tool_choice, max_tokens=48, n=n, seed=3)
+    core.add_request(GenerateRequest(prompt="What is the weather in Paris? Call a tool.", sampling=sampling))
+    texts: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    while core.has_work():
+        for delta in core.step():
+            texts[delta.index] = texts.get(delta.index, "") + delta.text
+            if delta.finish_reason:
+                reasons[delta.index] = delta.finish_reason
+    core.check_invariants()
+    return [texts[i] for i in sorted(texts) if reasons[i] == "stop"]
+
+
+def test_required_call_follows_the_schemas(fp32_core):
+    outputs = _generate(fp32_core, "required", n=3)
+    assert len(outputs) >= 2
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    for text in outputs:
+        parsed = parse_tool_calls(text, "required")
+        (call,) = parsed.tool_calls
+        assert parsed.content == ""
+        jsonschema.validate(call.arguments, schemas[call.name])
+
+
+def test_named_choice_allows_only_that_function():
+    named = {"type": "function", "function": {"name": "search"}}
+    compiled = _compile(build_grammar(SamplingParams(tools=TOOLS, tool_choice=named)))
+    assert _accepts(compiled, '{"name": "search", "arguments": {"query": "weather Paris"}}')
+    assert not _accepts(compiled, '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}')
+    assert parse_tool_calls('{"name": "search", "arguments": {"query": "x"}}', named).tool_calls[0].name == "search"
+
+
+def _compile(grammar: xgr.Grammar) -> xgr.CompiledGrammar:
+    info = xgr.TokenizerInfo([chr(i) for i in range(32, 127)], xgr.VocabType.RAW)
+    return xgr.GrammarCompiler(info).compile_grammar(grammar)
+
+
+def _accepts(compiled: xgr.CompiledGrammar, text: str) -> bool:
+    matcher = xgr.GrammarMatcher(compiled)
+    return matcher.accept_string(text) and matcher.is_completed()
+
+
+def test_auto_constrains_only_inside_tool_call_tags():
+    compiled = _compile(build_grammar(SamplingParams(tools=TOOLS, tool_choice="auto")))
+
+    def accepts(text: str) -> bool:
+        return _accepts(compiled, text)
+
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}</tool_call>'
+    assert accepts("Just text, no call.")
+    assert accepts(f"Let me check. {call}")
+    assert not accepts('<tool_call>{"name": "get_weather", "arguments": {"town": "Paris"}}</tool_call>')
+    assert not accepts('<tool_call>{"name": "launch", "arguments": {}}</tool_call>')
+    parsed = parse_tool_calls(f"Let me check. {call} Done.", "auto")
+    assert parsed.content == "Let me check.  Done."
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [("get_weather", {"city": "Paris", "unit": "C"})]
+
+
+def test_none_imposes_nothing_and_bad_tools_fail():
+    assert build_grammar(SamplingParams(tools=TOOLS, tool_choice="none")) is None
+    assert parse_tool_calls("plain text", "none").tool_calls == []
+    unknown = {"type": "function", "function": {"name": "nope"}}
+    with pytest.raises(InvalidRequestError, match="not among the declared tools"):
+        build_grammar(SamplingParams(tools=TOOLS, tool_choice=unknown))
+    weak = {"type": "function", "function": {"name": "f", "parameters": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(InvalidRequestError, match=r"function 'f' parameters: at /uniqueItems"):
+        build_grammar(SamplingParams(tools=[weak], tool_choice="required"))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_tool_calls('{"name": "get_weather", "argu', "required")
