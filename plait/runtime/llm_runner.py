@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +74,20 @@ async def run_llm_call(
             node.id, "upstream", f"map_over slot {node.map_over!r} must hold a list, got {type(items).__name__}"
         )
     per_item = [{**values, node.map_over: item} for item in items]
-    return list(
-        await asyncio.gather(*(_run_one(engine, node, v, output, record, options, stream=False) for v in per_item))
-    )
+    return await _all_or_none([_run_one(engine, node, v, output, record, options, stream=False) for v in per_item])
+
+
+async def _all_or_none(coroutines: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Every result in order; on the first failure the other calls are cancelled (their engine requests aborted)
+    and awaited before the error propagates, so no request outlives its node."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _run_one(

@@ -14,6 +14,7 @@ one looked at fails the program when it returns.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -72,8 +73,10 @@ class ProgramExecution:
         self.error: BaseException | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._driver: asyncio.Task[Any] | None = None
+        self._body: Coroutine[Any, Any, Any] | None = None
         self._done = asyncio.Event()
         self._listeners: list[Callable[[ProgramEvent], None]] = []
+        self.events: list[ProgramEvent] = []  # every event so far, in order
 
     @property
     def program_id(self) -> str:
@@ -84,10 +87,15 @@ class ProgramExecution:
         return self.record.state
 
     def subscribe(self, listener: Callable[[ProgramEvent], None]) -> None:
+        """Call ``listener`` with every event: those already emitted first (a whole workflow starts its ready nodes
+        before its handle is returned), then each new one as it happens."""
+        for event in list(self.events):
+            listener(event)
         self._listeners.append(listener)
 
     def _emit(self, kind: str, node: str | None = None, state: str | None = None, error: str | None = None) -> None:
         event = ProgramEvent(kind, self.program_id, node, state, error)
+        self.events.append(event)
         for listener in list(self._listeners):
             listener(event)
 
@@ -101,6 +109,7 @@ class ProgramExecution:
 
     def drive(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a Python program's body: the program ends when it returns (its value is the result)."""
+        self._body = coroutine
         self._driver = asyncio.get_running_loop().create_task(self._drive(coroutine), name=f"program-{self.program_id}")
 
     def add_node(self, node: Node) -> SemanticVariable:
@@ -165,8 +174,8 @@ class ProgramExecution:
             self._node_failed(node, NodeError(node.id, "engine", f"{type(error).__name__}: {error}"))
         else:
             record.finish(NodeState.DONE)
+            self._emit("node_finished", node.id, record.state.value)  # before binding starts the consumers
             output.bind(value)
-            self._emit("node_finished", node.id, record.state.value)
         finally:
             self._tasks.pop(node.id, None)
         self._check_complete()
@@ -191,7 +200,9 @@ class ProgramExecution:
             output.metadata["error"] = str(error)
             return
         output.fail(str(error))
-        if self.fail_fast:
+        # A skipped node only echoes its input's failure: the node that failed first ends the program (with its own
+        # error as the cause) once its output's consumers have been skipped.
+        if self.fail_fast and not skipped:
             self._finish(ProgramState.FAILED, error=error)
 
     # ---- ending ----------------------------------------------------------------------------------------------------
@@ -239,12 +250,21 @@ class ProgramExecution:
         for task in list(self._tasks.values()):
             if task is not current:
                 task.cancel()
+        # Settle every unfinished node here rather than in its task: a task cancelled before it started never runs
+        # its handler, and "program_finished" must be the last event.
         for node_id, record in self.nodes.items():
-            if record.state is NodeState.PENDING:
-                record.finish(NodeState.CANCELLED, "the program ended before this node ran")
-                self.workflow.variables[self.workflow.nodes[node_id].output].fail("the program ended first")
+            if not record.state.finished:
+                ran = record.state is NodeState.RUNNING
+                reason = "cancelled" if ran else "the program ended before this node ran"
+                record.finish(NodeState.CANCELLED, reason)
+                self.workflow.variables[self.workflow.nodes[node_id].output].fail(
+                    "cancelled" if ran else "the program ended first"
+                )
+                self._emit("node_finished", node_id, NodeState.CANCELLED.value, reason)
         if self._driver is not None and self._driver is not asyncio.current_task():
             self._driver.cancel()
+            if self._body is not None and inspect.getcoroutinestate(self._body) == inspect.CORO_CREATED:
+                self._body.close()  # cancelled before it started: it never will ("never awaited" otherwise)
         self._emit("program_finished", state=state.value, error=self.record.error)
         self._done.set()
 

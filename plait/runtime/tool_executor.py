@@ -49,10 +49,11 @@ class ToolExecutor:
                     node_id, "tool_timeout", f"tool {tool.name!r} ran past its {tool.timeout_s}s timeout"
                 )
             except Exception as error:  # the tool's own exception, whatever it is
+                raised = error.error if isinstance(error, _RaisedTimeoutError) else error
                 failure = NodeError(
-                    node_id, "tool_raised", f"tool {tool.name!r} raised {type(error).__name__}: {error}"
+                    node_id, "tool_raised", f"tool {tool.name!r} raised {type(raised).__name__}: {raised}"
                 )
-                failure.__cause__ = error
+                failure.__cause__ = raised
             else:
                 try:
                     return tool.convert_result(result)
@@ -77,6 +78,17 @@ class ToolExecutor:
     @staticmethod
     async def _call(tool: Tool, kwargs: dict[str, Any]) -> Any:
         with anyio.fail_after(tool.timeout_s):
-            if tool.is_async:
-                return await tool.fn(**kwargs)
-            return await anyio.to_thread.run_sync(functools.partial(tool.fn, **kwargs), abandon_on_cancel=True)
+            try:
+                if tool.is_async:
+                    return await tool.fn(**kwargs)
+                return await anyio.to_thread.run_sync(functools.partial(tool.fn, **kwargs), abandon_on_cancel=True)
+            except TimeoutError as error:  # raised by the tool itself: our deadline surfaces as a cancellation here
+                raise _RaisedTimeoutError(error) from error
+
+
+class _RaisedTimeoutError(Exception):
+    """A ``TimeoutError`` the tool raised, kept apart from the executor's own per-attempt timeout."""
+
+    def __init__(self, error: TimeoutError) -> None:
+        super().__init__(str(error))
+        self.error = error
