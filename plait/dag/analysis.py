@@ -33,11 +33,12 @@ def critical_path(
     node counts 1, so the path is the longest chain. Ties go to the node that comes first in insertion order.
     """
     cost = _duration_function(duration)
+    order = {node_id: index for index, node_id in enumerate(workflow.nodes)}
     best: dict[str, tuple[float, str | None]] = {}
     for node_id in nx.topological_sort(workflow.graph):
-        before = max(
-            ((best[p][0], p) for p in workflow.graph.predecessors(node_id)), key=lambda item: item[0], default=None
-        )
+        # Predecessors in insertion order, so that ``max`` keeps the first of equally long chains.
+        predecessors = sorted(workflow.graph.predecessors(node_id), key=order.__getitem__)
+        before = max(((best[p][0], p) for p in predecessors), key=lambda item: item[0], default=None)
         start = before[0] if before else 0.0
         best[node_id] = (start + cost(workflow.nodes[node_id]), before[1] if before else None)
     if not best:

@@ -57,17 +57,22 @@ def schema_types(schema: dict[str, Any] | None, root: dict[str, Any] | None = No
     return frozenset(types)
 
 
-def accepts_value(param_schema: dict[str, Any] | None, value: Any) -> bool:
-    return json_type_of(value) in schema_types(param_schema)
+def accepts_value(param_schema: dict[str, Any] | None, value: Any, *, root: dict[str, Any] | None = None) -> bool:
+    """True when ``value``'s JSON type is one the parameter admits. ``root`` holds the ``$defs`` that ``$ref``s
+    inside ``param_schema`` point to (a tool's whole parameters schema)."""
+    return json_type_of(value) in schema_types(param_schema, root)
 
 
-def accepts_schema(param_schema: dict[str, Any] | None, value_schema: dict[str, Any] | None) -> bool:
-    """True when some value of ``value_schema`` could be accepted (types overlap)."""
-    return bool(schema_types(param_schema) & schema_types(value_schema))
+def accepts_schema(
+    param_schema: dict[str, Any] | None, value_schema: dict[str, Any] | None, *, root: dict[str, Any] | None = None
+) -> bool:
+    """True when some value of ``value_schema`` could be accepted (types overlap). ``root``: as in ``accepts_value``
+    (for ``param_schema``; ``value_schema`` is its own root)."""
+    return bool(schema_types(param_schema, root) & schema_types(value_schema))
 
 
-def describe_types(schema: dict[str, Any] | None) -> str:
-    types = schema_types(schema)
+def describe_types(schema: dict[str, Any] | None, root: dict[str, Any] | None = None) -> str:
+    types = schema_types(schema, root)
     if types == ALL_TYPES:
         return "any"
     if "number" in types:

@@ -14,6 +14,7 @@ fields of ``GenConstraints`` at the top level. A tool node's ``args`` use ``{"$v
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from plait.dag.errors import Problem, WorkflowError
 from plait.dag.nodes import ChoiceMode, LLMCall, Node, OnError, ToolCall
 from plait.dag.tool_spec import ToolSpec
 from plait.dag.workflow import Workflow
-from plait.semantic_vars import ChatPrompt, GenConstraints, Message, SemanticVarError, Template
+from plait.semantic_vars import ChatPrompt, GenConstraints, SemanticVarError, Template
 
 WIRE_VERSION = 1
 
@@ -71,29 +72,46 @@ class WorkflowSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     outputs: list[str] = msgspec.field(default_factory=list)
 
 
+class _Versioned(msgspec.Struct):
+    """Just the version of a document: read first, so a newer document fails on its version, not on new fields."""
+
+    version: int = WIRE_VERSION
+
+
 def decode_workflow(data: bytes | str | Mapping[str, Any]) -> WorkflowSpec:
     """Parse JSON text (or an already-decoded object) into a ``WorkflowSpec``; errors name the JSON path."""
     try:
         if isinstance(data, Mapping):
-            spec = msgspec.convert(data, WorkflowSpec)
+            version = msgspec.convert(data, _Versioned).version
         else:
-            spec = msgspec.json.decode(data, type=WorkflowSpec)
+            version = msgspec.json.decode(data, type=_Versioned).version
+        if version != WIRE_VERSION:
+            raise WorkflowError(
+                [Problem(None, "version", f"unsupported version {version}; this plait reads {WIRE_VERSION}")]
+            )
+        if isinstance(data, Mapping):
+            return msgspec.convert(data, WorkflowSpec)
+        return msgspec.json.decode(data, type=WorkflowSpec)
     except msgspec.ValidationError as error:
         raise WorkflowError([Problem(None, _json_path(str(error)), str(error))]) from None
     except msgspec.DecodeError as error:
         raise WorkflowError([Problem(None, "body", f"not valid JSON: {error}")]) from None
-    if spec.version != WIRE_VERSION:
-        raise WorkflowError(
-            [Problem(None, "version", f"unsupported version {spec.version}; this plait reads {WIRE_VERSION}")]
-        )
-    return spec
+
+
+_FIELD_ERROR = re.compile(r"Object (?:contains unknown|missing required) field `([^`]*)`")
 
 
 def _json_path(message: str) -> str:
+    """The dotted path of the value msgspec complains about (``nodes[0].max_tokens``); ``body`` for the root.
+
+    For an unknown or missing field, msgspec gives the path of the object; the field's name is appended.
+    """
     marker = "at `$"
-    if marker in message:
-        return message.split(marker, 1)[1].split("`", 1)[0].lstrip(".") or "body"
-    return "body"
+    path = message.split(marker, 1)[1].split("`", 1)[0].lstrip(".") if marker in message else ""
+    field = _FIELD_ERROR.match(message)
+    if field:
+        path = f"{path}.{field.group(1)}" if path else field.group(1)
+    return path or "body"
 
 
 def to_workflow(spec: WorkflowSpec, tools: Mapping[str, ToolSpec] | None = None) -> Workflow:
@@ -115,11 +133,14 @@ def _node_from_spec(spec: LLMCallSpec | ToolCallSpec) -> Node:
         return ToolCall(spec.id, spec.tool, spec.output, dict(spec.args), OnError(spec.on_error), spec.fallback)
     if (spec.prompt is None) == (spec.messages is None):
         raise SemanticVarError("prompt", "give exactly one of 'prompt' (text) or 'messages' (chat)")
-    prompt = (
-        Template(spec.prompt)
-        if spec.prompt is not None
-        else ChatPrompt(tuple(Message(m.role, Template(m.content)) for m in spec.messages or []))
-    )
+    prompt: Template | ChatPrompt
+    if spec.prompt is not None:
+        try:
+            prompt = Template(spec.prompt)
+        except SemanticVarError as error:
+            raise SemanticVarError("prompt", error.message) from None
+    else:
+        prompt = ChatPrompt.from_dicts([{"role": m.role, "content": m.content} for m in spec.messages or []])
     constraints = msgspec.convert(
         {name: getattr(spec, name) for name in GenConstraints.__struct_fields__}, GenConstraints
     )

@@ -15,7 +15,7 @@ import networkx as nx
 from plait.dag.errors import Problem, WorkflowError
 from plait.dag.nodes import LLMCall, Node, ToolCall
 from plait.dag.tool_spec import ToolSpec
-from plait.dag.validation import check_node, check_outputs
+from plait.dag.validation import VARIABLE_NAME, check_node, check_outputs, input_field
 from plait.semantic_vars import SemanticVariable
 
 
@@ -34,6 +34,8 @@ class Workflow:
 
     def add_input(self, name: str, value: Any) -> SemanticVariable:
         """A variable bound by the caller before the workflow runs."""
+        if not isinstance(name, str) or not VARIABLE_NAME.match(name):
+            raise WorkflowError([Problem(None, f"inputs.{name}", "not a valid variable name (letters, digits, _)")])
         if name in self.variables:
             raise WorkflowError([Problem(None, f"inputs.{name}", "a variable with this name already exists")])
         variable = SemanticVariable(name, value=value)
@@ -72,10 +74,11 @@ class Workflow:
             problems.extend(found)
             if not found:
                 workflow._insert(node)
-        if not problems:
-            workflow.outputs = list(outputs) or workflow.sink_variables()
-            problems.extend(check_outputs(workflow))
-            problems.extend(_cycle_problems(workflow))
+        # Outputs and cycles are checked even when some nodes were rejected, so one call reports everything: a cycle
+        # among the nodes that were inserted is a real cycle.
+        workflow.outputs = list(outputs) or workflow.sink_variables()
+        problems.extend(check_outputs(workflow, set(workflow.variables) | produced))
+        problems.extend(_cycle_problems(workflow))
         if problems:
             raise WorkflowError(problems)
         return workflow
@@ -127,10 +130,15 @@ class Workflow:
 
 
 def _cycle_problems(workflow: Workflow) -> list[Problem]:
+    """A problem for the first cycle found (there is at most one report: fixing it may fix the others), naming a node
+    on the cycle and the input field through which that node closes it."""
     try:
         cycle = nx.find_cycle(workflow.graph)
     except nx.NetworkXNoCycle:
         return []
     path = " -> ".join([edge[0] for edge in cycle] + [cycle[0][0]])
     variables = ", ".join(workflow.graph.edges[edge]["variable"] for edge in cycle)
-    return [Problem(cycle[0][0], "inputs", f"dependency cycle {path} (through variables {variables})")]
+    # The last edge runs into the first node: the variable that node consumes to close the cycle.
+    first, closing = cycle[0][0], workflow.graph.edges[cycle[-1]]["variable"]
+    field = input_field(workflow.nodes[first], closing)
+    return [Problem(first, field, f"dependency cycle {path} (through variables {variables})")]

@@ -38,12 +38,16 @@ class GenConstraints(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_un
 
     def validate(self) -> None:
         """Raise ``SemanticVarError`` naming the first bad field."""
-        if not (isinstance(self.max_tokens, int) and self.max_tokens > 0):
+        if not (isinstance(self.max_tokens, int) and not isinstance(self.max_tokens, bool) and self.max_tokens > 0):
             raise SemanticVarError("max_tokens", f"must be a positive integer, got {self.max_tokens!r}")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # written so that NaN fails too
             raise SemanticVarError("temperature", f"must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise SemanticVarError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise SemanticVarError("top_k", f"must be an integer >= 0 (0: no limit), got {self.top_k!r}")
+        if not 0 <= self.min_p <= 1:
+            raise SemanticVarError("min_p", f"must be in [0, 1], got {self.min_p}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise SemanticVarError("stop", "stop strings must be non-empty strings")
         given = self.output_constraints()

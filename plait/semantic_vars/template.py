@@ -116,7 +116,14 @@ class ChatPrompt:
         for index, message in enumerate(messages):
             if not isinstance(message, Mapping) or set(message) != {"role", "content"}:
                 raise SemanticVarError(f"messages[{index}]", "must be an object with exactly 'role' and 'content'")
-            built.append(Message(str(message["role"]), Template(message["content"])))
+            try:
+                content = Template(message["content"])
+            except SemanticVarError as error:
+                raise SemanticVarError(f"messages[{index}].content", error.message) from None
+            try:
+                built.append(Message(str(message["role"]), content))
+            except SemanticVarError as error:
+                raise SemanticVarError(f"messages[{index}].role", error.message) from None
         return cls(tuple(built))
 
     @property

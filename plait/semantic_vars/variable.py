@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 from plait.semantic_vars.errors import VariableFailedError
+from plait.semantic_vars.template import render_value
 
 
 class VarState(enum.Enum):
@@ -105,8 +106,16 @@ class SemanticVariable:
             queue.put_nowait(None)
         self._streams.clear()
         callbacks, self._callbacks = self._callbacks, []
+        # Every callback runs even if one raises (a consumer left waiting forever is worse); the first error is
+        # re-raised afterwards, to the producer that settled the variable.
+        first_error: BaseException | None = None
         for callback in callbacks:
-            callback(self)
+            try:
+                callback(self)
+            except Exception as error:
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
 
     # ---- consumer side ---------------------------------------------------------------------------------------------
 
@@ -155,4 +164,4 @@ class SemanticVariable:
             assert self.error is not None
             raise self.error
         if not streamed and self._value is not None:
-            yield self._value if isinstance(self._value, str) else repr(self._value)
+            yield render_value(self._value)  # the same text the value contributes to a prompt
