@@ -21,6 +21,7 @@ _LAZY = {
     "program": "plait.sdk",
     "tool": "plait.sdk",
     "SemanticVariable": "plait.semantic_vars",
+    "VariableFailedError": "plait.semantic_vars",
     "Workflow": "plait.dag",
     "WorkflowError": "plait.dag",
     "EngineConfig": "plait.runtime",

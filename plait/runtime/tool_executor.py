@@ -2,6 +2,8 @@
 
 Async tools are cancelled when their program is cancelled. Sync tools run in worker threads; a thread cannot be
 interrupted, so a cancelled (or timed-out) sync call is abandoned: its result is discarded and its program moves on.
+An abandoned thread no longer counts towards ``max_concurrency``, so a sync tool that ignores its timeout can briefly
+run more copies than its limit; make long sync tools time-bounded themselves, or write them as ``async def``.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ Calling ``p.gen`` / ``p.select`` / ``p.tool`` adds a node to the program's graph
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -166,6 +167,13 @@ class Program:
         if (prompt is None) == (messages is None):
             raise SemanticVarError("prompt", "give exactly one of a prompt template or messages=[...]")
         template = Template(prompt) if prompt is not None else ChatPrompt.from_dicts(messages or [])
+        ambiguous = [name for name in constraint_args if name in template.slots and name not in slot_args]
+        if ambiguous:
+            raise SemanticVarError(
+                ambiguous[0],
+                f"is both a decoding setting and a slot of the template; bind the slot with "
+                f"bindings={{{ambiguous[0]!r}: ...}}",
+            )
         schema = constraint_args.get("json_schema")
         if schema is not None and not isinstance(schema, dict | str):
             constraint_args["json_schema"] = _schema_of_type(schema)
@@ -174,18 +182,31 @@ class Program:
         except msgspec.ValidationError as error:
             raise SemanticVarError("sampling", str(error)) from None
         node_id = self._node_id(name or kind)
-        bindings = {slot: self._bind(node_id, slot, value) for slot, value in slot_args.items()}
         on_error = OnError(node_fields.pop("on_error"))
-        node = LLMCall(
-            node_id,
-            template,
-            _safe_name(node_id),
-            bindings=bindings,
-            constraints=constraints,
-            on_error=on_error,
-            **node_fields,
-        )
-        return self._execution.add_node(node)
+        with self._rollback_inputs():
+            bindings = {slot: self._bind(node_id, slot, value) for slot, value in slot_args.items()}
+            node = LLMCall(
+                node_id,
+                template,
+                _safe_name(node_id),
+                bindings=bindings,
+                constraints=constraints,
+                on_error=on_error,
+                **node_fields,
+            )
+            return self._execution.add_node(node)
+
+    @contextlib.contextmanager
+    def _rollback_inputs(self) -> Iterator[None]:
+        """Literal slot values become input variables; if the node is rejected, remove them (nothing half-applied)."""
+        before = set(self._execution.workflow.variables)
+        try:
+            yield
+        except Exception:
+            variables = self._execution.workflow.variables
+            for name in [name for name in variables if name not in before]:
+                del variables[name]
+            raise
 
     def _bind(self, node_id: str, slot: str, value: Any) -> str | list[str]:
         if isinstance(value, SemanticVariable):

@@ -106,9 +106,12 @@ class Runtime:
         inputs: Mapping[str, Any] | None = None,
         program_id: str | None = None,
         priority: int = 0,
+        fail_fast: bool = True,
     ) -> ProgramExecution:
         """Validate and start a workflow (a ``Workflow``, a spec, its JSON text or a path to a JSON file).
-        ``inputs`` override or add to the workflow's own. Raises ``WorkflowError`` before anything runs."""
+        ``inputs`` override or add to the workflow's own. Raises ``WorkflowError`` before anything runs.
+        ``fail_fast``: a node failing without a fallback fails the workflow at once (False: only its consumers are
+        skipped, and the workflow fails at the end if an output has no value)."""
         if not isinstance(workflow, Workflow):
             spec = _load_spec(workflow)
             if inputs:
@@ -116,7 +119,7 @@ class Runtime:
             workflow = to_workflow(spec, self.executor.tools.specs())
         elif inputs:
             raise ValueError("pass inputs inside the Workflow object (add_input), not separately")
-        return self.executor.start(workflow, program_id=program_id, priority=priority)
+        return self.executor.start(workflow, program_id=program_id, priority=priority, fail_fast=fail_fast)
 
     async def run_workflow(self, workflow: Any, *, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run a workflow to the end; returns its output variables by name."""

@@ -48,6 +48,7 @@ class Template:
         literal: list[str] = []
         position = 0
         for match in _TOKEN.finditer(self.text):
+            self._reject_unclosed(position, match.start())
             literal.append(self.text[position : match.start()])
             position = match.end()
             if match.group(0) == "\\{{":
@@ -61,9 +62,20 @@ class Template:
                 )
             parts.extend(("".join(literal), name))
             literal = []
+        self._reject_unclosed(position, len(self.text))
         literal.append(self.text[position:])
         parts.append("".join(literal))
         object.__setattr__(self, "_parts", tuple(parts))
+
+    def _reject_unclosed(self, start: int, end: int) -> None:
+        """Literal text may not contain ``{{``: it is a typo of a slot (``{{name}``) or needs escaping."""
+        found = self.text.find("{{", start, end)
+        if found >= 0:
+            line = self.text.count("\n", 0, found) + 1
+            raise SemanticVarError(
+                "template",
+                f"'{{{{' on line {line} opens a slot that is never closed (write \\{{{{ for a literal '{{{{')",
+            )
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -135,6 +147,8 @@ class ChatPrompt:
         """Messages before the first slot, then that message's static text, as a stable key."""
         pieces = []
         for message in self.messages:
+            if message.content.slots and not message.content.static_prefix:
+                break  # a message that starts with a slot shares nothing beyond the messages before it
             pieces.append(f"<{message.role}>{message.content.static_prefix}")
             if message.content.slots:
                 break

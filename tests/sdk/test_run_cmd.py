@@ -92,3 +92,35 @@ def test_unknown_json_field_is_reported_with_its_path(tmp_path, capsys) -> None:
     path = _write(tmp_path, {"nodes": [{"kind": "llm", "id": "a", "prompt": "x", "output": "y", "max_tokenz": 3}]})
     assert main(["run", str(path), *TINY_FLAGS]) == 2
     assert "max_tokenz" in capsys.readouterr().err
+
+
+def test_rejected_call_leaves_no_literal_inputs_behind(one_thread) -> None:
+    import asyncio
+
+    import plait
+    from plait.dag import WorkflowError
+    from plait.engine import EngineConfig
+    from plait.semantic_vars import SemanticVarError
+
+    @plait.program
+    async def program(p: plait.Program) -> int:
+        before = dict(p.execution.workflow.variables)
+        try:
+            p.gen("{{x}} {{y}}", x="literal", max_tokens=2)
+        except WorkflowError as error:
+            assert "'y'" in str(error)
+        try:
+            p.gen("{{seed}}", seed=3)  # a decoding keyword that is also a slot: ambiguous
+        except SemanticVarError as error:
+            assert error.field == "seed" and "bindings=" in error.message
+        assert p.execution.workflow.variables == before
+        return len(p.execution.workflow.nodes)
+
+    async def scenario() -> int:
+        runtime = plait.Runtime(EngineConfig(model="tiny", weights="dummy", device="cpu", dtype="float32"))
+        try:
+            return await runtime.run(program)
+        finally:
+            runtime.close()
+
+    assert asyncio.run(scenario()) == 0
