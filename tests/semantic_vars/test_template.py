@@ -179,3 +179,14 @@ def test_message_role_checked() -> None:
     assert caught.value.field == "role"
     for role in ("system", "user", "assistant", "tool"):
         assert Message(role, Template("x")).role == role
+
+
+@pytest.mark.parametrize("text", ["Hello {{name}", "a\n{{ b", "{{x}} then {{"])
+def test_unclosed_slot_is_an_error_with_its_line(text: str) -> None:
+    with pytest.raises(SemanticVarError, match="never closed"):
+        Template(text)
+
+
+def test_chat_prefix_of_a_leading_slot_message_is_empty() -> None:
+    chat = ChatPrompt.from_dicts([{"role": "user", "content": "{{q}} please"}])
+    assert chat.static_prefix == ""
