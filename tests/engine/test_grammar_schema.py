@@ -29,6 +29,7 @@ WEAKENED = [
     ("uniqueItems", {"type": "object", "properties": {"x": {"type": "array", "items": {"type": "integer"},
      "uniqueItems": True}}, "required": ["x"]}, "at /properties/x/uniqueItems:", '{"x": [1, 1]}'),
     ("multipleOf number", {"type": "number", "multipleOf": 0.5}, "at /multipleOf:", "0.3"),
+    ("multipleOf+minimum", {"type": "integer", "multipleOf": 3, "minimum": 0}, "at /:", "4"),
     ("dependentRequired", {"type": "object", "properties": OBJ_AB, "dependentRequired": {"a": ["b"]}},
      "at /dependentRequired:", '{"a": 1}'),
     ("dependencies", {**DRAFT7, "type": "object", "properties": OBJ_AB, "dependencies": {"a": ["b"]}},
@@ -78,7 +79,8 @@ def test_xgrammar_really_does_not_enforce_it(name, schema, _pointer, instance):
 ENFORCED = [
     {"type": "object", "properties": {"x": {**S, "minLength": 2, "maxLength": 5}, "y": {**S, "pattern": "^a+$"}}},
     {**S, "format": "date-time"},
-    {"type": "integer", "multipleOf": 3, "minimum": 0, "exclusiveMaximum": 30},
+    {"type": "integer", "multipleOf": 3},
+    {"type": "integer", "minimum": 0, "exclusiveMaximum": 30},
     {"type": "number", "minimum": 1.5, "maximum": 2.5},
     {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 3, "uniqueItems": False},
     {"oneOf": [{"type": "string"}, {"type": "integer"}]},

@@ -12,6 +12,7 @@ Compilation runs on a small thread pool; each request gets a ``RequestGrammar`` 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,10 +58,11 @@ class GrammarBackend:
     """Per-model grammar machinery. ``compile`` may be called from any thread; matchers are engine-thread only."""
 
     def __init__(self, tokenizer: Tokenizer, vocab_size: int, threads: int = COMPILE_THREADS) -> None:
-        """``vocab_size``: the model's logits width (may exceed the tokenizer's; the extra ids are never allowed)."""
-        self.vocab_size = max(vocab_size, tokenizer.vocab_size)
-        strings = tokenizer.token_strings() + [""] * (self.vocab_size - tokenizer.vocab_size)
-        stops = sorted(tokenizer.stop_token_ids)
+        """``vocab_size``: the model's logits width. Ids the tokenizer has no string for are never allowed; tokenizer
+        ids beyond the logits (a tokenizer larger than the model) cannot be sampled and are left out."""
+        self.vocab_size = vocab_size
+        strings = (tokenizer.token_strings() + [""] * vocab_size)[:vocab_size]
+        stops = sorted(i for i in tokenizer.stop_token_ids if i < vocab_size)
         for token_id, added in tokenizer.backend.get_added_tokens_decoder().items():
             if added.special and token_id not in tokenizer.stop_token_ids and token_id < len(strings):
                 strings[token_id] = ""
@@ -69,6 +71,8 @@ class GrammarBackend:
             strings, vocab_type_of(tokenizer), vocab_size=self.vocab_size, stop_token_ids=stops
         )
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=threads, cache_enabled=True)
+        self._uncached: xgr.GrammarCompiler | None = None
+        self._uncached_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="plait-grammar")
         self.timings = GrammarTimings()
 
@@ -78,9 +82,20 @@ class GrammarBackend:
 
     def _compile(self, grammar: xgr.Grammar) -> xgr.CompiledGrammar:
         start = time.perf_counter()
-        compiled = self.compiler.compile_grammar(grammar)
+        compiled = self.compile_now(grammar)
         self.timings.compile_s.append(time.perf_counter() - start)
         return compiled
+
+    def compile_now(self, grammar: xgr.Grammar) -> xgr.CompiledGrammar:
+        """Compile in the calling thread. xgrammar 0.2.8's cache fails an internal check on some grammars (e.g. a
+        ``patternProperties`` key pattern with ``{1,255}``); those are compiled again without the cache."""
+        try:
+            return self.compiler.compile_grammar(grammar)
+        except RuntimeError:
+            with self._uncached_lock:
+                if self._uncached is None:
+                    self._uncached = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
+            return self._uncached.compile_grammar(grammar)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

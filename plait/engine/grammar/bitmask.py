@@ -37,13 +37,14 @@ class TokenBitmask:
             return None
         if self._host.shape[0] < len(matchers):
             self._host = self._allocate(max(len(matchers), 2 * self._host.shape[0]))
-        start = time.perf_counter()
         mask = self._host[: len(matchers)]
+        clock = time.perf_counter
         for row in rows:
+            start = clock()
             matchers[row].fill_next_token_bitmask(mask, row)  # type: ignore[union-attr]
+            if timings is not None:
+                timings.mask_s_per_token.append(clock() - start)
         if timings is not None:
-            per_token = (time.perf_counter() - start) / len(rows)
-            timings.mask_s_per_token.extend([per_token] * len(rows))
             timings.masked_tokens += len(rows)
         return mask, rows
 

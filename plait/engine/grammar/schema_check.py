@@ -5,7 +5,8 @@ so outputs would be "valid by construction" only for a weaker schema. Each rule 
 schema and feeding the matcher an instance that violates the keyword (see ``tests/engine/test_grammar_schema.py``):
 
 - ``uniqueItems``, ``dependencies``, ``dependentRequired``, ``dependentSchemas``, ``if``/``then``/``else``, ``not``,
-  ``maxContains``/``minContains``, ``$dynamicRef``/``$recursiveRef`` and ``multipleOf`` on non-integers are ignored.
+  ``maxContains``/``minContains``, ``$dynamicRef``/``$recursiveRef`` and ``multipleOf`` on non-integers or next to
+  ``minimum``/``maximum`` are ignored.
 - A string with ``pattern`` (or ``format``) and ``minLength``/``maxLength``: the length bounds are ignored; with both
   ``pattern`` and ``format`` the pattern is ignored. Lookaround in a pattern is ignored.
 - ``format`` values outside ``ENFORCED_FORMATS`` (``idn-email``, ``iri``, ``regex``, custom ones...) are ignored.
@@ -118,6 +119,9 @@ class _Checker:
         self._check_enum(schema, pointer)
         self._check_required(schema, pointer)
         self._check_combinators(schema, pointer)
+        if isinstance(schema.get("patternProperties"), dict):
+            for key in schema["patternProperties"]:
+                _check_pattern(str(key), f"{pointer}/patternProperties/{_escape(str(key))}")
         for key in _SCHEMA_LISTS:
             if isinstance(schema.get(key), list):
                 for i, sub in enumerate(schema[key]):
@@ -148,6 +152,9 @@ class _Checker:
                 _reject(
                     f"{pointer}/multipleOf", "'multipleOf' is only enforced for integers (type 'integer', whole step)"
                 )
+            bounds = [k for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema]
+            if bounds:
+                _reject(pointer, f"'multipleOf' next to {_names(bounds)}: the grammar ignores 'multipleOf' then")
 
     @staticmethod
     def _check_string(schema: dict[str, Any], pointer: str) -> None:
@@ -155,8 +162,8 @@ class _Checker:
         fmt = schema.get("format")
         if "pattern" in schema:
             pattern = schema["pattern"]
-            if isinstance(pattern, str) and _LOOKAROUND.search(pattern):
-                _reject(f"{pointer}/pattern", "lookahead/lookbehind in 'pattern' is not enforced by the grammar")
+            if isinstance(pattern, str):
+                _check_pattern(pattern, f"{pointer}/pattern")
             if lengths:
                 _reject(
                     pointer, f"a string with both 'pattern' and {_names(lengths)}: the length bounds are not enforced"
@@ -299,6 +306,13 @@ _KNOWN_ASSERTIONS = frozenset(
         "else",
     }
 )
+
+
+def _check_pattern(pattern: str, pointer: str) -> None:
+    """Regex features xgrammar parses but ignores: lookaround. (It also drops ``^``/``$`` in the middle of a
+    pattern, which only ever narrows what an alternation of anchored branches allows, so those are accepted.)"""
+    if _LOOKAROUND.search(pattern):
+        _reject(pointer, "lookahead/lookbehind in a pattern is not enforced by the grammar")
 
 
 def _names(keys: Any) -> str:
