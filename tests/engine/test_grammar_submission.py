@@ -115,3 +115,25 @@ def test_a_request_waiting_for_its_grammar_does_not_block_others(monkeypatch):
                 finished[delta.request_id] = delta.finish_reason
     assert finished["slow"] == "stop"
     core.check_invariants()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_failed_compilation_ends_only_its_request(monkeypatch):
+    core: EngineCore = tiny_core(seed=6)
+
+    def broken(grammar):
+        raise RuntimeError("internal compiler error")
+
+    monkeypatch.setattr(core.grammars.backend, "_compile", broken)
+    core.add_request(GenerateRequest(prompt_token_ids=[1, 2], sampling=SamplingParams(regex="a+"), request_id="bad"))
+    free = SamplingParams(max_tokens=4, ignore_eos=True)
+    core.add_request(GenerateRequest(prompt_token_ids=[3, 4], sampling=free, request_id="free"))
+    finished = {}
+    while core.has_work():
+        for delta in core.step():
+            if delta.finish_reason:
+                finished[delta.request_id] = (delta.finish_reason, delta.error)
+    assert finished["free"] == ("length", None)
+    assert finished["bad"][0] == "error" and "internal compiler error" in finished["bad"][1]
+    core.check_invariants()
+    assert core.kv_in_use() == 0 and not core.grammars.requests

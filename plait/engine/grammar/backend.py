@@ -28,9 +28,9 @@ _TIMINGS_KEPT = 100_000
 
 def vocab_type_of(tokenizer: Tokenizer) -> xgr.VocabType:
     """How the vocabulary spells bytes: byte-level BPE (GPT-2 alphabet), byte fallback (``<0x0A>``) or raw text."""
-    try:
-        decoder = json.loads(tokenizer.backend.to_str()).get("decoder") or {}
-    except (ValueError, AttributeError):
+    try:  # the decoder's own JSON (serialising the whole tokenizer would copy the vocabulary)
+        decoder = json.loads(tokenizer.backend.decoder.__getstate__()) if tokenizer.backend.decoder else {}
+    except (ValueError, AttributeError, TypeError):
         return xgr.VocabType.BYTE_LEVEL
     kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders") or [] if isinstance(d, dict)}
     if "ByteLevel" in kinds:

@@ -72,7 +72,8 @@ class GrammarManager:
 
     def ready(self, seq: Sequence) -> bool:
         grammar = self.requests.get(seq.request_id)
-        return grammar is None or grammar.ready
+        # A failed compilation is not ready either: the next step ends the request with the error (see ``failed``).
+        return grammar is None or (grammar.ready and grammar.error is None)
 
     def failed(self) -> list[tuple[str, str]]:
         """``(request_id, error)`` of requests whose grammar failed to compile."""
