@@ -100,7 +100,8 @@ def _reason_key(message: str) -> str:
     if text.startswith("branches "):
         return "oneOf branches may overlap"
     if text.startswith("invalid schema"):
-        return "xgrammar: " + text.split(": ", 2)[-1][:70]
+        reason = text.split(": ", 1)[-1]  # "invalid schema at /pointer: <xgrammar's reason>"
+        return "xgrammar: " + reason.split(": ")[0][:90]
     return text[:90]
 
 
