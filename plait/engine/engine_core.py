@@ -320,7 +320,7 @@ class EngineCore:
         return freed
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or bool(self._pending_deltas)
 
     # ---- one step --------------------------------------------------------------------------------------------------
 

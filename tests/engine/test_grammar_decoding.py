@@ -31,6 +31,14 @@ PERSON = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _leave_the_shared_core_as_found(request):
+    """The session's ``fp32_core`` is shared: drop what these tests cached so later tests see an empty cache."""
+    yield
+    if "fp32_core" in request.fixturenames:
+        request.getfixturevalue("fp32_core").flush_prefix_cache()
+
+
 def run(core: EngineCore, requests: list[GenerateRequest], check_every_step: bool = False) -> dict:
     """Step until idle; returns ``{(request_id, index): (text, finish_reason, completion_tokens)}``."""
     for request in requests:

@@ -19,6 +19,14 @@ PROMPT = (
 CHOICES = [" Paris", " London", " the city of Lyon", " Paris"]
 
 
+@pytest.fixture(autouse=True)
+def _leave_the_shared_core_as_found(request):
+    """The session's ``fp32_core`` is shared: drop what these tests cached so later tests see an empty cache."""
+    yield
+    if "fp32_core" in request.fixturenames:
+        request.getfixturevalue("fp32_core").flush_prefix_cache()
+
+
 def reference(core: EngineCore, prompt: str, choice: str) -> float:
     prompt_ids = core.tokenizer.encode(prompt)
     choice_ids = core.tokenizer.encode(choice, add_special_tokens=False)

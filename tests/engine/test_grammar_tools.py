@@ -31,6 +31,14 @@ SEARCH = {
 TOOLS = [WEATHER, SEARCH]
 
 
+@pytest.fixture(autouse=True)
+def _leave_the_shared_core_as_found(request):
+    """The session's ``fp32_core`` is shared: drop what these tests cached so later tests see an empty cache."""
+    yield
+    if "fp32_core" in request.fixturenames:
+        request.getfixturevalue("fp32_core").flush_prefix_cache()
+
+
 def _generate(core, tool_choice, n: int = 4) -> list[str]:
     sampling = SamplingParams(tools=TOOLS, tool_choice=tool_choice, max_tokens=48, n=n, seed=3)
     core.add_request(GenerateRequest(prompt="What is the weather in Paris? Call a tool.", sampling=sampling))
