@@ -1,4 +1,7 @@
-"""Tools for the example workflows: ``plait run examples/workflows/qa_check.json --tools examples/workflows/tools.py:TOOLS``."""
+"""Tools for the example workflows.
+
+``plait run examples/workflows/qa_check.json --tools examples/workflows/tools.py:TOOLS``
+"""
 
 from __future__ import annotations
 
