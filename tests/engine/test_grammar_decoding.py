@@ -43,6 +43,8 @@ def run(core: EngineCore, requests: list[GenerateRequest], check_every_step: boo
     """Step until idle; returns ``{(request_id, index): (text, finish_reason, completion_tokens)}``."""
     for request in requests:
         core.add_request(request)
+    for grammar in core.grammars.requests.values():  # compiled off the engine thread: wait, for deterministic steps
+        grammar.future.result(timeout=60)
     texts: dict[tuple[str, int], list[str]] = {}
     done: dict[tuple[str, int], tuple[str, str, int]] = {}
     while core.has_work():
@@ -181,6 +183,8 @@ def test_abort_frees_matchers_and_kv():
     core = tiny_core(seed=1)
     core.add_request(GenerateRequest(prompt_token_ids=[1, 2, 3], sampling=SamplingParams(regex="[a-z]{50}", n=3)))
     core.add_request(GenerateRequest(prompt_token_ids=[4, 5], sampling=SamplingParams(regex="x+", max_tokens=40)))
+    for grammar in core.grammars.requests.values():
+        grammar.future.result(timeout=30)  # compiled off the engine thread: wait, so the steps below are deterministic
     for _ in range(4):
         core.step()
     assert core.grammars.num_matchers() == 4
