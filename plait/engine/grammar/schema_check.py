@@ -261,51 +261,14 @@ def _assertions(schema: dict[str, Any]) -> set[str]:
     return {k for k in schema if k not in ANNOTATIONS and k in _KNOWN_ASSERTIONS}
 
 
-_KNOWN_ASSERTIONS = frozenset(
-    {
-        "type",
-        "enum",
-        "const",
-        "$ref",
-        "multipleOf",
-        "maximum",
-        "exclusiveMaximum",
-        "minimum",
-        "exclusiveMinimum",
-        "maxLength",
-        "minLength",
-        "pattern",
-        "format",
-        "items",
-        "prefixItems",
-        "additionalItems",
-        "unevaluatedItems",
-        "maxItems",
-        "minItems",
-        "uniqueItems",
-        "contains",
-        "maxContains",
-        "minContains",
-        "maxProperties",
-        "minProperties",
-        "required",
-        "properties",
-        "patternProperties",
-        "additionalProperties",
-        "unevaluatedProperties",
-        "propertyNames",
-        "dependentRequired",
-        "dependentSchemas",
-        "dependencies",
-        "allOf",
-        "anyOf",
-        "oneOf",
-        "not",
-        "if",
-        "then",
-        "else",
-    }
-)
+_KNOWN_ASSERTIONS = frozenset([
+    "type", "enum", "const", "$ref", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
+    "maxLength", "minLength", "pattern", "format", "items", "prefixItems", "additionalItems", "unevaluatedItems",
+    "maxItems", "minItems", "uniqueItems", "contains", "maxContains", "minContains", "maxProperties",
+    "minProperties", "required", "properties", "patternProperties", "additionalProperties", "unevaluatedProperties",
+    "propertyNames", "dependentRequired", "dependentSchemas", "dependencies", "allOf", "anyOf", "oneOf", "not", "if",
+    "then", "else",
+])  # fmt: skip
 
 
 def _check_pattern(pattern: str, pointer: str) -> None:
