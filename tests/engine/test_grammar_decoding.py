@@ -16,7 +16,7 @@ import pytest
 from plait.engine import EngineCore, GenerateRequest, SamplingParams
 from tests.conftest import tiny_core
 
-SAMPLES = int(os.environ.get("PLAIT_GRAMMAR_SAMPLES", "48"))
+SAMPLES = int(os.environ.get("PLAIT_GRAMMAR_SAMPLES", "32"))
 REGEX = r"(\+33|0)[1-9]( [0-9]{2}){4}"
 CHOICES = ["positive", "negative", "neutral", "positive but uncertain"]
 PERSON = {
