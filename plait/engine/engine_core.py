@@ -7,9 +7,7 @@ it directly, step by step, which makes scheduling deterministic.
 from __future__ import annotations
 
 import itertools
-import time
-from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -27,6 +25,8 @@ from plait.cache import (
 from plait.engine.attention import create_backend
 from plait.engine.detokenizer import IncrementalDetokenizer
 from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, DEFAULT_MAX_CONTEXT, EngineConfig
+from plait.engine.engine_invariants import check_engine_invariants
+from plait.engine.engine_stats import EngineStats, ThroughputMeter, cache_stats
 from plait.engine.errors import InvalidRequestError
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 from plait.engine.grammar import choice_score, scoring_requests
@@ -40,33 +40,6 @@ from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
 from plait.engine.text_output import TextOutput
 from plait.engine.tokenizer_loader import load_tokenizer
-
-
-@dataclass
-class EngineStats:
-    waiting: int
-    running: int
-    kv_slots_used: int  # held for requests
-    kv_slots_total: int
-    decode_tokens_per_s: float  # generated tokens per second over the last few seconds
-    prefill_tokens_per_s: float
-    generated_tokens: int  # since start
-    prefill_tokens: int  # prompt tokens computed since start
-    retractions: int
-    steps: int
-    kv_slots_cached: int = 0  # kept by the prefix cache for later hits (free to evict)
-    cached_prefix_tokens: int = 0  # prompt tokens served from the GPU prefix cache
-    host_hit_tokens: int = 0  # ... from the host tier (loaded back)
-    evictions: int = 0
-    write_backs: int = 0
-    loads: int = 0
-    bytes_moved: int = 0  # between the device and the host tier
-    pinned_slots: int = 0
-    hints_ignored: int = 0
-
-    @property
-    def kv_usage(self) -> float:
-        return self.kv_slots_used / self.kv_slots_total
 
 
 class EngineCore:
@@ -98,8 +71,7 @@ class EngineCore:
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
         self._seed_source = torch.Generator().manual_seed(config.seed)
-        self._generated = self._prefilled = self._steps = 0
-        self._recent: deque[tuple[float, int, int]] = deque()  # (time, generated, prefilled) per step
+        self.meter = ThroughputMeter()
         self._hints_ignored = 0  # hints given while no prefix cache is on
         self.grammars = GrammarManager(self.tokenizer, mc.vocab_size, self.device)
         self._prompt_logprobs = PromptLogprobs()
@@ -341,7 +313,7 @@ class EngineCore:
             self._prompt_logprobs.collect(logits[num_sampling:])
             logits = logits[:num_sampling]
         deltas += self._sample_and_emit(batch, logits)
-        self._account(batch)
+        self.meter.account(batch)
         return deltas
 
     def _grammar_ready(self, seq: Sequence) -> bool:
@@ -450,68 +422,23 @@ class EngineCore:
 
     # ---- accounting ------------------------------------------------------------------------------------------------
 
-    def _account(self, batch: ScheduledBatch) -> None:
-        generated = sum(1 for item in batch.seqs if item.samples)
-        prefilled = sum(item.new_len for item in batch.extends)
-        self._generated += generated
-        self._prefilled += prefilled
-        self._steps += 1
-        now = time.perf_counter()
-        self._recent.append((now, generated, prefilled))
-        while self._recent and now - self._recent[0][0] > 5.0:
-            self._recent.popleft()
-
-    def _cache_stats(self) -> dict[str, int]:
-        cache = self.prefix_cache
-        if not isinstance(cache, RadixCache):
-            return {"hints_ignored": self._hints_ignored}
-        c = cache.counters
-        return {
-            "cached_prefix_tokens": c.gpu_hit_tokens,
-            "host_hit_tokens": c.host_hit_tokens,
-            "evictions": c.evictions,
-            "write_backs": c.write_backs,
-            "loads": c.loads,
-            "bytes_moved": cache.host.bytes_moved if cache.host is not None else 0,
-            "pinned_slots": cache.pinned_slots(),
-            "hints_ignored": c.hints_ignored + self._hints_ignored,
-        }
-
     def stats(self) -> EngineStats:
-        window = self._recent
-        span = (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
-        rate = (lambda k: sum(entry[k] for entry in list(window)[1:]) / span) if span > 0 else (lambda k: 0.0)
+        generated, prefilled, steps = self.meter.totals
         return EngineStats(
             waiting=len(self.scheduler.waiting),
             running=len(self.scheduler.running),
             kv_slots_used=self.kv_in_use(),
             kv_slots_cached=self.allocator.num_used - self.kv_in_use(),
             kv_slots_total=self.kv_slots,
-            decode_tokens_per_s=rate(1),
-            prefill_tokens_per_s=rate(2),
-            generated_tokens=self._generated,
-            prefill_tokens=self._prefilled,
+            decode_tokens_per_s=self.meter.rate(1),
+            prefill_tokens_per_s=self.meter.rate(2),
+            generated_tokens=generated,
+            prefill_tokens=prefilled,
             retractions=self.scheduler.num_retractions,
-            steps=self._steps,
-            **self._cache_stats(),
+            steps=steps,
+            **cache_stats(self.prefix_cache, self._hints_ignored),
         )
 
     def check_invariants(self) -> None:
         """Assert that the KV bookkeeping is consistent (tests call this after every step)."""
-        self.allocator.check()
-        held = [s.slots for seqs in self.requests.values() for s in seqs if s.slots.numel()]
-        if isinstance(self.prefix_cache, RadixCache):
-            self.prefix_cache.check()
-            held += [n.device_slots for n in self.prefix_cache._all_nodes() if n.device_slots is not None]
-        holders = torch.zeros(self.kv_slots + 1, dtype=torch.int32)
-        if held:
-            holders.index_add_(0, torch.cat(held), torch.ones(sum(h.numel() for h in held), dtype=torch.int32))
-        # Every holder is a sequence or a tree node: reference counts must match exactly.
-        assert torch.equal(holders, self.allocator.refcount(torch.arange(self.kv_slots + 1))), "refcounts != holders"
-        assert set(self.grammars.requests) <= set(self.requests), "a grammar outlived its request"
-        for seqs in self.requests.values():
-            for seq in seqs:
-                assert seq.slots.numel() == seq.num_computed, "slots and num_computed disagree"
-                if seq.status is SeqStatus.RUNNING:
-                    row = self.req_to_token.read(seq.req_row, seq.num_computed).cpu()
-                    assert torch.equal(row, seq.slots), "req_to_token row differs from the sequence's slots"
+        check_engine_invariants(self)

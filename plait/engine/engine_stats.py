@@ -1,0 +1,80 @@
+"""Engine statistics: the snapshot callers read, the throughput meter the step loop feeds, cache counters."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from plait.cache import RadixCache
+from plait.engine.scheduler import ScheduledBatch
+
+RATE_WINDOW_S = 5.0
+
+
+@dataclass
+class EngineStats:
+    waiting: int
+    running: int
+    kv_slots_used: int  # held for requests
+    kv_slots_total: int
+    decode_tokens_per_s: float  # generated tokens per second over the last few seconds
+    prefill_tokens_per_s: float
+    generated_tokens: int  # since start
+    prefill_tokens: int  # prompt tokens computed since start
+    retractions: int
+    steps: int
+    kv_slots_cached: int = 0  # kept by the prefix cache for later hits (free to evict)
+    cached_prefix_tokens: int = 0  # prompt tokens served from the GPU prefix cache
+    host_hit_tokens: int = 0  # ... from the host tier (loaded back)
+    evictions: int = 0
+    write_backs: int = 0
+    loads: int = 0
+    bytes_moved: int = 0  # between the device and the host tier
+    pinned_slots: int = 0
+    hints_ignored: int = 0
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_slots_used / self.kv_slots_total
+
+
+class ThroughputMeter:
+    """Totals since start and per-second rates over the last few seconds, fed once per step."""
+
+    def __init__(self) -> None:
+        self.totals = (0, 0, 0)  # generated tokens, prefill tokens, steps
+        self._recent: deque[tuple[float, int, int]] = deque()  # (time, generated, prefilled) per step
+
+    def account(self, batch: ScheduledBatch) -> None:
+        generated = sum(1 for item in batch.seqs if item.samples)
+        prefilled = sum(item.new_len for item in batch.extends)
+        total_generated, total_prefilled, steps = self.totals
+        self.totals = (total_generated + generated, total_prefilled + prefilled, steps + 1)
+        now = time.perf_counter()
+        self._recent.append((now, generated, prefilled))
+        while self._recent and now - self._recent[0][0] > RATE_WINDOW_S:
+            self._recent.popleft()
+
+    def rate(self, column: int) -> float:
+        """Per second over the window: column 1 is generated tokens, 2 is prefill tokens."""
+        window = list(self._recent)
+        span = (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
+        return sum(entry[column] for entry in window[1:]) / span if span > 0 else 0.0
+
+
+def cache_stats(cache: object, hints_ignored: int) -> dict[str, int]:
+    """The prefix cache's counters as ``EngineStats`` fields (only hint counts without a radix cache)."""
+    if not isinstance(cache, RadixCache):
+        return {"hints_ignored": hints_ignored}
+    c = cache.counters
+    return {
+        "cached_prefix_tokens": c.gpu_hit_tokens,
+        "host_hit_tokens": c.host_hit_tokens,
+        "evictions": c.evictions,
+        "write_backs": c.write_backs,
+        "loads": c.loads,
+        "bytes_moved": cache.host.bytes_moved if cache.host is not None else 0,
+        "pinned_slots": cache.pinned_slots(),
+        "hints_ignored": c.hints_ignored + hints_ignored,
+    }
