@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -61,27 +59,12 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
 
 def load_tools(references: list[str]) -> list[Any]:
     """Import every ``module:attr`` (or ``path/file.py:attr``) and flatten lists of tools."""
-    tools: list[Any] = []
-    for reference in references:
-        module_name, separator, attribute = reference.rpartition(":")
-        if not separator or not module_name or not attribute:
-            raise SystemExit(f"error: --tools expects MODULE:ATTR (for example mytools:run_sql), got {reference!r}")
-        try:
-            if module_name.endswith(".py"):
-                spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
-                if spec is None or spec.loader is None:
-                    raise ImportError(f"cannot load {module_name}")
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-            else:
-                module = importlib.import_module(module_name)
-        except (ImportError, OSError) as error:
-            raise SystemExit(f"error: --tools {reference}: cannot import {module_name!r}: {error}") from None
-        if not hasattr(module, attribute):
-            raise SystemExit(f"error: --tools {reference}: {module_name!r} has no attribute {attribute!r}")
-        value = getattr(module, attribute)
-        tools.extend(value if isinstance(value, list | tuple) else [value])
-    return tools
+    from plait.runtime.tool_loading import load_tools as load
+
+    try:
+        return load(references)
+    except ValueError as error:
+        raise SystemExit(f"error: --tools: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,136 @@
+"""Server settings: address, API keys and their tenants, request limits, server-side tools.
+
+Read from a JSON or TOML file (``plait serve --config``) and the environment (``PLAIT_API_KEYS``); every bad value
+raises ``ValueError`` naming the setting, so a misconfigured server never starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+API_KEYS_ENV = "PLAIT_API_KEYS"  # "key1=tenant-a,key2=tenant-b"
+DEFAULT_TENANT = "default"  # everyone's tenant when no API keys are configured
+
+
+@dataclass
+class TenantLimits:
+    """Per-tenant admission limits; over a limit the server answers 429 with ``Retry-After``."""
+
+    max_concurrent_programs: int = 64  # running workflows (and OpenAI requests carrying a program_id count once)
+    max_queued_tokens: int = 262_144  # prompt + max_tokens of the tenant's requests not yet finished
+
+    def validate(self, where: str) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"{where}.{f.name}: must be >= 1, got {getattr(self, f.name)}")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # API key -> tenant name. Empty: no authentication, every caller is the tenant "default".
+    api_keys: dict[str, str] = field(default_factory=dict)
+    limits: TenantLimits = field(default_factory=TenantLimits)
+    tenant_limits: dict[str, TenantLimits] = field(default_factory=dict)  # overrides per tenant
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_nodes_per_workflow: int = 1024
+    max_prompt_tokens: int = 0  # 0: the engine's context window
+    tools: list[str] = field(default_factory=list)  # server-side tools as "module:attr" or "file.py:attr"
+    model_name: str = ""  # the id /v1/models reports; empty: derived from the engine's model
+    shutdown_grace_s: float = 10.0  # on shutdown, running work gets this long to finish before it is cancelled
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def limits_for(self, tenant: str) -> TenantLimits:
+        return self.tenant_limits.get(tenant, self.limits)
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: must be in 0..65535, got {self.port}")
+        for name in ("max_body_bytes", "max_nodes_per_workflow"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_tokens < 0:
+            raise ValueError(f"max_prompt_tokens: must be >= 0 (0 = the context window), got {self.max_prompt_tokens}")
+        for key, tenant in self.api_keys.items():
+            if not key or not tenant:
+                raise ValueError("api_keys: every entry needs a non-empty key and tenant name")
+        self.limits.validate("limits")
+        for tenant, limits in self.tenant_limits.items():
+            limits.validate(f"tenant_limits.{tenant}")
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, *, environ: dict[str, str] | None = None, **overrides: Any
+    ) -> ServerConfig:
+        """Settings from ``path`` (JSON or TOML; optional), then ``PLAIT_API_KEYS``, then ``overrides`` (not None)."""
+        raw: dict[str, Any] = {}
+        if path is not None:
+            raw = _read_file(Path(path))
+        config = cls.from_dict(raw)
+        env = os.environ if environ is None else environ
+        if env.get(API_KEYS_ENV):
+            config.api_keys.update(parse_api_keys(env[API_KEYS_ENV]))
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(config, name, value)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ServerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(raw)
+        if "limits" in values:
+            values["limits"] = _limits(values["limits"], "limits")
+        if "tenant_limits" in values:
+            values["tenant_limits"] = {
+                name: _limits(v, f"tenant_limits.{name}") for name, v in dict(values["tenant_limits"]).items()
+            }
+        return cls(**values)
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """``"key1=tenant-a,key2=tenant-b"`` -> ``{"key1": "tenant-a", "key2": "tenant-b"}``."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, tenant = item.partition("=")
+        if not sep or not key.strip() or not tenant.strip():
+            raise ValueError(f"{API_KEYS_ENV}: '{item}' is not KEY=TENANT")
+        keys[key.strip()] = tenant.strip()
+    return keys
+
+
+def _limits(raw: Any, where: str) -> TenantLimits:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a table of limits, got {type(raw).__name__}")
+    known = {f.name for f in fields(TenantLimits)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown limit(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return TenantLimits(**raw)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected an object of settings")
+    return data

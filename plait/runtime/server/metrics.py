@@ -1,0 +1,81 @@
+"""Prometheus metrics on a registry of the server's own (so several apps in one process never collide).
+
+Request latencies are observed by the routes (``observe_generation``); engine and program gauges are read at
+scrape time (``refresh``) from ``Engine.stats()`` and the executor, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.ttft = Histogram(
+            "plait_time_to_first_token_seconds",
+            "Time to first token",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tpot = Histogram(
+            "plait_time_per_output_token_seconds",
+            "Mean time per output token after the first",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self.e2e = Histogram(
+            "plait_request_duration_seconds",
+            "End-to-end request time",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter("plait_requests", "HTTP requests answered", ["endpoint", "status"], registry=registry)
+        self.prompt_tokens = Counter("plait_prompt_tokens", "Prompt tokens of finished requests", registry=registry)
+        self.completion_tokens = Counter("plait_completion_tokens", "Generated tokens", registry=registry)
+        self.queue_depth = Gauge("plait_queue_depth", "Engine requests waiting", registry=registry)
+        self.running = Gauge("plait_running_requests", "Engine requests running", registry=registry)
+        self.kv_usage = Gauge("plait_kv_usage_ratio", "KV slots held by requests / total", registry=registry)
+        self.kv_cached = Gauge("plait_kv_cached_slots", "KV slots kept by the prefix cache", registry=registry)
+        self.prefix_hit = Gauge(
+            "plait_prefix_cache_hit_ratio",
+            "Prompt tokens served from the prefix cache / prompt tokens",
+            registry=registry,
+        )
+        self.programs = Gauge("plait_programs", "Programs by state", ["state"], registry=registry)
+
+    def observe_generation(
+        self, endpoint: str, *, ttft_s: float | None, e2e_s: float, completion_tokens: int, prompt_tokens: int
+    ) -> None:
+        """Record one finished generation (TPOT is the mean gap between tokens after the first)."""
+        if ttft_s is not None:
+            self.ttft.labels(endpoint).observe(ttft_s)
+            if completion_tokens > 1:
+                self.tpot.labels(endpoint).observe(max(0.0, e2e_s - ttft_s) / (completion_tokens - 1))
+        self.e2e.labels(endpoint).observe(e2e_s)
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(completion_tokens)
+
+    def refresh(self, state: object) -> None:
+        """Read the engine's and the executor's current state into the gauges."""
+        stats = state.engine.stats()  # type: ignore[attr-defined]
+        self.queue_depth.set(stats.waiting)
+        self.running.set(stats.running)
+        self.kv_usage.set(stats.kv_usage)
+        self.kv_cached.set(stats.kv_slots_cached)
+        computed = stats.prefill_tokens + stats.cached_prefix_tokens + stats.host_hit_tokens
+        self.prefix_hit.set((stats.cached_prefix_tokens + stats.host_hit_tokens) / computed if computed else 0.0)
+        counts: dict[str, int] = {"running": 0, "done": 0, "failed": 0, "cancelled": 0}
+        for program in state.executor.programs.values():  # type: ignore[attr-defined]
+            counts[program.state.value] = counts.get(program.state.value, 0) + 1
+        for name, count in counts.items():
+            self.programs.labels(name).set(count)
+
+    def exposition(self, state: object) -> bytes:
+        self.refresh(state)
+        return generate_latest(self.registry)
