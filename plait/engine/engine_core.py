@@ -350,11 +350,13 @@ class EngineCore:
         logprobs = None
         if want_logprobs:
             logprobs = token_logprobs(raw, tokens, [s.state.sampling.top_logprobs for s in targets])
+        token_list = tokens.tolist()
+        accepted = self.grammars.accept(matchers, token_list) if masks is not None else None
         deltas = []
-        for i, (seq, token) in enumerate(zip(targets, tokens.tolist(), strict=True)):
+        for i, (seq, token) in enumerate(zip(targets, token_list, strict=True)):
             lp = [logprobs[i]] if logprobs is not None and seq.state.sampling.logprobs else None
             prompt_lp = self._prompt_logprobs.take(seq)
-            delta = self._append_token(seq, token, lp, matchers[i])
+            delta = self._append_token(seq, token, lp, matchers[i], accepted[i] if accepted is not None else True)
             delta.prompt_logprobs = prompt_lp
             deltas.append(delta)
         return deltas
@@ -368,10 +370,11 @@ class EngineCore:
         self.requests[parent.request_id] += children
         return children
 
-    def _append_token(self, seq: Sequence, token: int, logprobs, matcher=None) -> GenerateDelta:
+    def _append_token(self, seq: Sequence, token: int, logprobs, matcher=None, accepted: bool = True) -> GenerateDelta:
+        """Append a sampled token; ``accepted`` says whether ``matcher`` (if any) already took it."""
         sampling = seq.state.sampling
         seq.token_ids.append(token)
-        if matcher is not None and not matcher.accept_token(token):
+        if matcher is not None and not accepted:
             # Cannot happen with the mask applied; kept loud rather than emitting text that breaks the grammar.
             self._finish(seq, "error")
             delta = self._delta(seq, seq.output.finish(), [token], logprobs)

@@ -42,15 +42,21 @@ def vocab_type_of(tokenizer: Tokenizer) -> xgr.VocabType:
 
 @dataclass
 class GrammarTimings:
-    """Compile seconds per grammar and mask-fill seconds per constrained token (bounded, newest kept)."""
+    """Compile seconds per grammar; mask-fill seconds per step and per constrained token (bounded, newest kept).
+
+    The rows of a step are filled together (in parallel), so the per-token figure is the step's fill time divided by
+    its constrained rows, recorded once per step.
+    """
 
     compile_s: deque[float] = field(default_factory=lambda: deque(maxlen=_TIMINGS_KEPT))
     mask_s_per_token: deque[float] = field(default_factory=lambda: deque(maxlen=_TIMINGS_KEPT))
+    mask_s_per_step: deque[float] = field(default_factory=lambda: deque(maxlen=_TIMINGS_KEPT))
     masked_tokens: int = 0
 
     def clear(self) -> None:
         self.compile_s.clear()
         self.mask_s_per_token.clear()
+        self.mask_s_per_step.clear()
         self.masked_tokens = 0
 
 

@@ -105,6 +105,17 @@ class GrammarManager:
         assert self._bitmask is not None
         self._bitmask.apply(logits, filled)
 
+    @staticmethod
+    def accept(matchers: list[xgr.GrammarMatcher | None], tokens: list[int]) -> list[bool]:
+        """Advance every constrained row's matcher by its sampled token in one call; unconstrained rows are True."""
+        rows = [i for i, m in enumerate(matchers) if m is not None]
+        accepted = [True] * len(matchers)
+        if rows:
+            results = xgr.BatchGrammarMatcher.batch_accept_token([matchers[i] for i in rows], [tokens[i] for i in rows])
+            for row, ok in zip(rows, results, strict=True):
+                accepted[row] = ok
+        return accepted
+
     def release_sample(self, request_id: str, index: int) -> None:
         grammar = self.requests.get(request_id)
         if grammar is not None:
