@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions; the best is kept")
     parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
     parser.add_argument(
+        "--no-roofline", action="store_true", help="skip measuring the device's bandwidth and matmul rate"
+    )
+    parser.add_argument(
         "--hf-dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
@@ -132,7 +135,24 @@ def _measure(label: str, timer, prompts: list[list[int]], gen_len: int, repeats:
         "decode_tok_s": batch * (gen_len - 1) / max(tn - t1, 1e-9),
         "t_prefill_s": t1,
         "t_total_s": tn,
+        "decode_step_s": max(tn - t1, 1e-9) / (gen_len - 1),
     }
+
+
+def _roofline_fractions(result: dict[str, float], core: EngineCore, limits: Any, prompt_len: int, gen_len: int) -> None:
+    """Add the fraction of the decode roofline (bytes over read bandwidth) and of the prefill roofline (FLOPs over
+    matmul rate) that ``result`` reached. Decode contexts are the mean over the timed steps."""
+    from plait.bench.roofline import decode_step_floor_s, prefill_floor_s
+
+    batch = int(result["batch"])
+    element = core.kv_pool.k[0].element_size()
+    mean_context = prompt_len + gen_len / 2
+    decode_floor = decode_step_floor_s(core.model_config, element, [int(mean_context)] * batch, limits)
+    prefill_floor = prefill_floor_s(core.model_config, [prompt_len] * batch, limits)
+    result["decode_floor_step_s"] = decode_floor
+    result["decode_roofline_fraction"] = decode_floor / result["decode_step_s"]
+    # t_prefill_s also holds one decode step and the scheduling around it: the fraction is a lower bound.
+    result["prefill_roofline_fraction"] = prefill_floor / result["t_prefill_s"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,6 +168,11 @@ def run(args: argparse.Namespace) -> int:
     config.max_running = max(config.max_running, max(batch_sizes))
     core = EngineCore(config)
     hf_model = None if args.no_hf else _load_hf(core, args.hf_dtype)
+    limits = None
+    if not args.no_roofline:
+        from plait.bench.roofline import measure_limits
+
+        limits = measure_limits(core.device, core.dtype)
     results: list[dict[str, float]] = []
     engines = [(f"plait {str(core.dtype).removeprefix('torch.')}", lambda p, n: _time_plait(core, p, n))]
     if hf_model is not None:
@@ -159,16 +184,29 @@ def run(args: argparse.Namespace) -> int:
             prompts = _prompts(batch, args.prompt_len, core.model_config.vocab_size)
             for label, timer in engines:
                 progress.update(task, description=f"{label} batch {batch}")
-                results.append(_measure(label, timer, prompts, args.gen_len, args.repeats))
+                result = _measure(label, timer, prompts, args.gen_len, args.repeats)
+                if limits is not None:
+                    _roofline_fractions(result, core, limits, args.prompt_len, args.gen_len)
+                results.append(result)
                 progress.advance(task)
     rows = []
     for r in results:
         peer = next((p for p in results if p["engine"].startswith("hf") and p["batch"] == r["batch"]), None)
         is_plait = r["engine"].startswith("plait")
         ratio = f"{r['decode_tok_s'] / peer['decode_tok_s']:.2f}x" if peer and is_plait else ""
-        rows.append([r["engine"], r["batch"], r["prefill_tok_s"], r["decode_tok_s"], ratio])
+        fractions = [
+            f"{100 * r[key]:.0f}%" if key in r else ""
+            for key in ("prefill_roofline_fraction", "decode_roofline_fraction")
+        ]
+        rows.append([r["engine"], r["batch"], r["prefill_tok_s"], r["decode_tok_s"], *fractions, ratio])
     title = f"engine: {core.model_config.name}, prompt {args.prompt_len}, gen {args.gen_len}, {core.device}"
-    print_table(title, ["engine", "batch", "prefill tok/s", "decode tok/s", "decode vs HF"], rows)
+    columns = ["engine", "batch", "prefill tok/s", "decode tok/s", "prefill % roof", "decode % roof", "decode vs HF"]
+    print_table(title, columns, rows)
+    if limits is not None:
+        print(
+            f"measured: read {limits.read_bytes_per_s / 1e9:,.0f} GB/s, copy {limits.copy_bytes_per_s / 1e9:,.0f} "
+            f"GB/s, matmul {limits.matmul_flops_per_s / 1e12:,.1f} TFLOP/s ({str(core.dtype).removeprefix('torch.')})"
+        )
     for r in results:
         r["decode_vs_hf"] = next(
             (
@@ -186,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
             "dtype": str(core.dtype),
             "prompt_len": args.prompt_len,
             "gen_len": args.gen_len,
+            "attention_backend": core.config.attention_backend,
+            "limits": limits.to_dict() if limits is not None else None,
             "results": results,
         },
     )
