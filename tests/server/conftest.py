@@ -1,0 +1,129 @@
+"""Shared fixtures of the server tests: one REAL ``plait serve`` (uvicorn on 127.0.0.1, a free port, a background
+thread) on the default model, with two API keys (tenants ``a`` and ``b``), for the whole session.
+
+Use ``live_server.base_url`` with httpx or the ``openai`` client and send ``Authorization: Bearer <api_key_a>``;
+``live_server.state`` is the ``ServerState`` (engine, executor, usage, metrics) for white-box checks, and
+``wait_engine_idle(state)`` waits until the engine holds no request and no KV.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+API_KEY_A = "test-key-a"
+API_KEY_B = "test-key-b"
+SERVER_START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class LiveServer:
+    """A running server: where to reach it and its shared state."""
+
+    base_url: str  # "http://127.0.0.1:PORT" (no trailing slash)
+    state: Any  # plait.runtime.server.ServerState
+    app: Any  # the FastAPI application
+
+    def headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
+
+class UvicornThread:
+    """Runs ``app`` under uvicorn in a daemon thread; ``start()`` returns once it listens, ``stop()`` drains it."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_keep_alive=30)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="plait-test-uvicorn", daemon=True)
+        self.host = host
+
+    def start(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("uvicorn exited before it started listening")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start within {timeout_s} s")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]  # port 0 -> the free port the OS picked
+        return f"http://{self.host}:{port}"
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+
+@pytest.fixture(scope="session")
+def api_key_a() -> str:
+    """API key of tenant ``a`` on ``live_server``."""
+    return API_KEY_A
+
+
+@pytest.fixture(scope="session")
+def api_key_b() -> str:
+    """API key of tenant ``b`` on ``live_server``."""
+    return API_KEY_B
+
+
+@pytest.fixture(scope="session")
+def live_server(default_gguf) -> Iterator[LiveServer]:
+    """One uvicorn server on the default model (CPU), keys ``api_key_a`` -> tenant ``a``, ``api_key_b`` -> ``b``.
+
+    The server owns its engine and closes it at shutdown (after draining).
+    """
+    from plait.engine import EngineConfig
+    from plait.runtime.server import ServerConfig, create_app
+    from plait.runtime.server.app import build_state
+
+    config = ServerConfig(api_keys={API_KEY_A: "a", API_KEY_B: "b"}, shutdown_grace_s=2.0)
+    config.validate()
+    state = build_state(config, EngineConfig(model=str(default_gguf), device="cpu"))
+    app = create_app(state)
+    runner = UvicornThread(app)
+    try:
+        base_url = runner.start()
+    except BaseException:
+        state.engine.close()
+        raise
+    try:
+        yield LiveServer(base_url=base_url, state=state, app=app)
+    finally:
+        runner.stop()
+        if state.owns_engine:
+            state.engine.close()  # no-op when the drain already closed it
+
+
+def wait_engine_idle(state: Any, timeout_s: float = 20.0) -> Any:
+    """Wait until the engine runs nothing and holds no KV for requests; returns the last ``EngineStats``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = state.engine.stats()
+        if not _idle(stats):
+            # Engine.stats() is refreshed after each step only: an abort that leaves nothing to run is not in it
+            # until the next step, so read the core (safe enough in tests: nothing else is submitting).
+            stats = state.engine.core.stats()
+        if _idle(stats) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.02)
+
+
+def _idle(stats: Any) -> bool:
+    return stats.running == 0 and stats.waiting == 0 and stats.kv_slots_used == 0
+
+
+def wait_tenants_released(state: Any, timeout_s: float = 10.0) -> dict[str, tuple[int, int]]:
+    """Wait until no tenant holds an admission (running programs and queued tokens all 0); returns the snapshot."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snapshot = state.usage.snapshot()
+        if all(value == (0, 0) for value in snapshot.values()) or time.monotonic() > deadline:
+            return snapshot
+        time.sleep(0.02)
