@@ -26,7 +26,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-context", type=int, default=0, help="context window cap in tokens (0: the model's)")
     group.add_argument("--max-batch-tokens", type=int, default=2048, help="tokens per forward pass")
     group.add_argument("--chunk-size", type=int, default=512, help="longest prefill chunk per sequence per step")
-    group.add_argument("--attention-backend", default="torch", choices=["torch"])
+    group.add_argument(
+        "--attention-backend",
+        default="torch",
+        choices=["torch", "triton"],
+        help="torch: the reference (CPU and GPU); triton: paged Triton kernels (GPU; CPU through TRITON_INTERPRET=1)",
+    )
+    group.add_argument(
+        "--cuda-graphs",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="decode CUDA graphs (auto: on with CUDA and the triton backend)",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -43,4 +54,5 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_batch_tokens=args.max_batch_tokens,
         chunk_size=args.chunk_size,
         attention_backend=args.attention_backend,
+        cuda_graphs=args.cuda_graphs,
     )

@@ -46,6 +46,8 @@ class EngineConfig:
     max_batch_tokens: int = 2048
     chunk_size: int = 512
     attention_backend: str = "torch"
+    cuda_graphs: str = "auto"  # auto (on CUDA with a backend that supports them) | on | off
+    cuda_graph_max_batch: int = 0  # largest decode batch captured; 0 = min(max_running, 256)
     seed: int = 0
     prefix_cache: str = "radix"  # radix | none
     eviction_policy: str = "lru"  # lru | next-use (acts on the runtime's next-use hints)
@@ -77,6 +79,10 @@ class EngineConfig:
             raise InvalidRequestError("prefix_cache", f"'{self.prefix_cache}': choose radix or none")
         if self.eviction_policy not in ("lru", "next-use"):
             raise InvalidRequestError("eviction_policy", f"'{self.eviction_policy}': choose lru or next-use")
+        if self.cuda_graphs not in ("auto", "on", "off"):
+            raise InvalidRequestError("cuda_graphs", f"'{self.cuda_graphs}': choose auto, on or off")
+        if self.cuda_graph_max_batch < 0:
+            raise InvalidRequestError("cuda_graph_max_batch", "must be >= 0 (0 = min(max_running, 256))")
         if self.host_kv_slots < 0:
             raise InvalidRequestError("host_kv_slots", "must be >= 0 (0 = no host tier)")
         if not 0.0 <= self.pin_budget_fraction <= 1.0:

@@ -23,6 +23,7 @@ from plait.cache import (
     SlotAllocator,
 )
 from plait.engine.attention import create_backend
+from plait.engine.cuda_graphs import DecodeGraphs, supports_graphs
 from plait.engine.detokenizer import IncrementalDetokenizer
 from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, DEFAULT_MAX_CONTEXT, EngineConfig
 from plait.engine.engine_invariants import check_engine_invariants
@@ -67,7 +68,8 @@ class EngineCore:
             ready=self._grammar_ready,
         )
         attention = create_backend(config.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
-        self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device)
+        graphs = self._build_graphs(attention)
+        self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device, graphs)
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
         self._seed_source = torch.Generator().manual_seed(config.seed)
@@ -88,6 +90,23 @@ class EngineCore:
         cache = RadixCache(self.allocator, policy, host, config.pin_budget_fraction, hints)
         self.cache_hints = CacheHints(cache)
         return cache
+
+    def _build_graphs(self, attention: object) -> DecodeGraphs | None:
+        """Capture decode CUDA graphs when the config asks for them (``auto``: on CUDA with a capable backend)."""
+        mode = self.config.cuda_graphs
+        capable = self.device.type == "cuda" and supports_graphs(attention)
+        if mode == "off" or (mode == "auto" and not capable):
+            return None
+        if not capable:
+            raise InvalidRequestError(
+                "cuda_graphs",
+                f"CUDA graphs need a CUDA device and the triton attention backend (device {self.device}, "
+                f"backend '{self.config.attention_backend}')",
+            )
+        max_batch = min(self.config.cuda_graph_max_batch or 256, self.config.max_running)
+        graphs = DecodeGraphs(self.model, attention, max_batch, self.device)
+        graphs.capture()
+        return graphs
 
     def _auto_kv_slots(self) -> int:
         mc = self.model_config
@@ -307,7 +326,7 @@ class EngineCore:
             return deltas
         forward = self.runner.prepare(batch)
         num_sampling = self._prompt_logprobs.add_rows(batch, forward)
-        logits = self.model(forward)  # asynchronous on CUDA: the CPU goes on to fill grammar masks meanwhile
+        logits = self.runner.forward(forward)  # asynchronous on CUDA: the CPU goes on to fill grammar masks meanwhile
         self.scheduler.commit(batch)
         if logits.shape[0] > num_sampling:
             self._prompt_logprobs.collect(logits[num_sampling:])

@@ -35,3 +35,4 @@ class ForwardBatch:
     layouts: list[SequenceLayout]
     attention: AttentionBackend
     attn_meta: Any = field(default=None)
+    use_graph: bool = False  # a decode batch that ModelRunner.forward serves with a CUDA graph replay

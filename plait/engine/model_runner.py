@@ -1,4 +1,7 @@
-"""Turns a scheduled batch into model inputs, runs the forward pass, and returns the logits to sample from."""
+"""Turns a scheduled batch into model inputs, runs the forward pass, and returns the logits to sample from.
+
+Decode-only batches replay a CUDA graph when graphs are on (see cuda_graphs.py); everything else runs eagerly.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import torch
 
 from plait.cache import KVPool, ReqToTokenPool
 from plait.engine.attention import AttentionBackend
+from plait.engine.cuda_graphs import DecodeGraphs
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 from plait.engine.model import LlamaForCausalLM
 from plait.engine.scheduler import ScheduledBatch
@@ -19,12 +23,15 @@ class ModelRunner:
         req_to_token: ReqToTokenPool,
         attention: AttentionBackend,
         device: torch.device,
+        graphs: DecodeGraphs | None = None,
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.req_to_token = req_to_token
         self.attention = attention
         self.device = device
+        self.graphs = graphs
+        self.graph_steps = 0  # forwards served by a graph replay (tests and benchmarks read it)
 
     def prepare(self, batch: ScheduledBatch) -> ForwardBatch:
         input_ids: list[int] = []
@@ -42,6 +49,12 @@ class ModelRunner:
             # The new tokens' slots must be in req_to_token before attention reads the row.
             self.req_to_token.write(seq.req_row, start, item.slots)
         device = self.device
+        use_graph = (
+            self.graphs is not None
+            and not batch.extends
+            and len(sample_rows) == len(layouts)
+            and self.graphs.bucket(len(layouts)) is not None
+        )
         forward = ForwardBatch(
             input_ids=torch.tensor(input_ids, dtype=torch.int64).to(device, non_blocking=True),
             positions=torch.tensor(positions, dtype=torch.int64).to(device, non_blocking=True),
@@ -50,10 +63,21 @@ class ModelRunner:
             num_decode=len(batch.decodes),
             layouts=layouts,
             attention=self.attention,
+            use_graph=use_graph,
         )
-        forward.attn_meta = self.attention.prepare(forward)
+        if not use_graph:  # a graph reads its metadata from static buffers filled at replay
+            forward.attn_meta = self.attention.prepare(forward)
         return forward
+
+    def forward(self, forward: ForwardBatch) -> torch.Tensor:
+        """Logits ``[sampled rows, vocab]`` (float32) of a prepared batch: a graph replay or the eager model."""
+        if forward.use_graph and self.graphs is not None:
+            self.graph_steps += 1
+            return self.graphs.run(forward.input_ids, forward.positions, forward.out_cache_loc, forward.layouts)
+        if forward.attn_meta is None:
+            forward.attn_meta = self.attention.prepare(forward)
+        return self.model(forward)
 
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """Logits ``[sampling sequences, vocab]`` (float32), in the order of ``batch.seqs`` that sample."""
-        return self.model(self.prepare(batch))
+        return self.forward(self.prepare(batch))
