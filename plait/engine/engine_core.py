@@ -12,21 +12,16 @@ from dataclasses import replace
 import torch
 
 from plait.cache import (
-    CacheHints,
-    HostTier,
     KVPool,
-    LRUPolicy,
-    NextUsePolicy,
-    NoPrefixCache,
     RadixCache,
     ReqToTokenPool,
     SlotAllocator,
 )
 from plait.engine.attention import create_backend
-from plait.engine.cuda_graphs import DecodeGraphs, supports_graphs
 from plait.engine.detokenizer import IncrementalDetokenizer
-from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, DEFAULT_MAX_CONTEXT, EngineConfig
+from plait.engine.engine_config import DEFAULT_MAX_CONTEXT, EngineConfig
 from plait.engine.engine_invariants import check_engine_invariants
+from plait.engine.engine_setup import auto_kv_slots, build_decode_graphs, build_prefix_cache
 from plait.engine.engine_stats import EngineStats, ThroughputMeter, cache_stats
 from plait.engine.errors import InvalidRequestError
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
@@ -54,12 +49,12 @@ class EngineCore:
         self.tokenizer = load_tokenizer(source, config.tokenizer)
         self.max_context = min(config.max_context or DEFAULT_MAX_CONTEXT, source.config.max_position)
         self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed)
-        self.kv_slots = config.kv_slots or self._auto_kv_slots()
+        self.kv_slots = config.kv_slots or auto_kv_slots(config, source.config, self.device, self.dtype)
         mc = source.config
         self.kv_pool = KVPool(mc.num_layers, self.kv_slots, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
         self.allocator = SlotAllocator(self.kv_slots)
         self.req_to_token = ReqToTokenPool(config.max_running, self.max_context + 1, self.device)
-        self.prefix_cache = self._build_prefix_cache()
+        self.prefix_cache, self.cache_hints = build_prefix_cache(config, self.allocator, self.kv_pool)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_running, config.max_batch_tokens, config.chunk_size),
             self.allocator,
@@ -68,7 +63,7 @@ class EngineCore:
             ready=self._grammar_ready,
         )
         attention = create_backend(config.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
-        graphs = self._build_graphs(attention)
+        graphs = build_decode_graphs(config, self.model, attention, self.device)
         self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device, graphs)
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
@@ -78,43 +73,6 @@ class EngineCore:
         self.grammars = GrammarManager(self.tokenizer, mc.vocab_size, self.device)
         self._prompt_logprobs = PromptLogprobs()
         self._pending_deltas: list[GenerateDelta] = []  # other requests' deltas produced inside score_choices
-
-    def _build_prefix_cache(self) -> RadixCache | NoPrefixCache:
-        config = self.config
-        if config.prefix_cache == "none":
-            self.cache_hints = None
-            return NoPrefixCache(self.allocator)
-        hints: dict = {}
-        policy = NextUsePolicy(hints) if config.eviction_policy == "next-use" else LRUPolicy()
-        host = HostTier(self.kv_pool, config.host_kv_slots) if config.host_kv_slots else None
-        cache = RadixCache(self.allocator, policy, host, config.pin_budget_fraction, hints)
-        self.cache_hints = CacheHints(cache)
-        return cache
-
-    def _build_graphs(self, attention: object) -> DecodeGraphs | None:
-        """Capture decode CUDA graphs when the config asks for them (``auto``: on CUDA with a capable backend)."""
-        mode = self.config.cuda_graphs
-        capable = self.device.type == "cuda" and supports_graphs(attention)
-        if mode == "off" or (mode == "auto" and not capable):
-            return None
-        if not capable:
-            raise InvalidRequestError(
-                "cuda_graphs",
-                f"CUDA graphs need a CUDA device and the triton attention backend (device {self.device}, "
-                f"backend '{self.config.attention_backend}')",
-            )
-        max_batch = min(self.config.cuda_graph_max_batch or 256, self.config.max_running)
-        graphs = DecodeGraphs(self.model, attention, max_batch, self.device)
-        graphs.capture()
-        return graphs
-
-    def _auto_kv_slots(self) -> int:
-        mc = self.model_config
-        if self.device.type != "cuda":
-            return DEFAULT_CPU_KV_SLOTS
-        per_slot = KVPool.bytes_per_slot(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype)
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return max(1024, int(free * self.config.kv_memory_fraction) // per_slot)
 
     # ---- requests --------------------------------------------------------------------------------------------------
 

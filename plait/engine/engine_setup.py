@@ -1,0 +1,52 @@
+"""How an ``EngineCore`` is assembled from its config: KV pool size, prefix cache, decode CUDA graphs."""
+
+from __future__ import annotations
+
+import torch
+
+from plait.cache import CacheHints, HostTier, KVPool, LRUPolicy, NextUsePolicy, NoPrefixCache, RadixCache, SlotAllocator
+from plait.engine.cuda_graphs import DecodeGraphs, supports_graphs
+from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, EngineConfig
+from plait.engine.errors import InvalidRequestError
+from plait.engine.model_config import ModelConfig
+
+
+def auto_kv_slots(config: EngineConfig, model: ModelConfig, device: torch.device, dtype: torch.dtype) -> int:
+    """A fixed count on CPU; on CUDA, ``kv_memory_fraction`` of the memory still free after the weights."""
+    if device.type != "cuda":
+        return DEFAULT_CPU_KV_SLOTS
+    per_slot = KVPool.bytes_per_slot(model.num_layers, model.num_kv_heads, model.head_dim, dtype)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1024, int(free * config.kv_memory_fraction) // per_slot)
+
+
+def build_prefix_cache(
+    config: EngineConfig, allocator: SlotAllocator, kv_pool: KVPool
+) -> tuple[RadixCache | NoPrefixCache, CacheHints | None]:
+    """The prefix cache the config names, and the hint interface to it (None without a radix cache)."""
+    if config.prefix_cache == "none":
+        return NoPrefixCache(allocator), None
+    hints: dict = {}
+    policy = NextUsePolicy(hints) if config.eviction_policy == "next-use" else LRUPolicy()
+    host = HostTier(kv_pool, config.host_kv_slots) if config.host_kv_slots else None
+    cache = RadixCache(allocator, policy, host, config.pin_budget_fraction, hints)
+    return cache, CacheHints(cache)
+
+
+def build_decode_graphs(
+    config: EngineConfig, model: torch.nn.Module, attention: object, device: torch.device
+) -> DecodeGraphs | None:
+    """Captured decode graphs when the config asks for them (``auto``: on CUDA with a backend that supports them)."""
+    mode = config.cuda_graphs
+    capable = device.type == "cuda" and supports_graphs(attention)
+    if mode == "off" or (mode == "auto" and not capable):
+        return None
+    if not capable:
+        raise InvalidRequestError(
+            "cuda_graphs",
+            f"CUDA graphs need a CUDA device and the triton attention backend (device {device}, "
+            f"backend '{config.attention_backend}')",
+        )
+    graphs = DecodeGraphs(model, attention, min(config.cuda_graph_max_batch or 256, config.max_running), device)
+    graphs.capture()
+    return graphs
