@@ -1,0 +1,152 @@
+"""One OpenAI request's run on the engine: deltas in, per-sample updates out (content, tool calls, log-probabilities).
+
+Shared by the whole and the streamed responses of both endpoints. ``Generation.updates()`` iterates
+``Engine.generate``; leaving it early (an error, a dropped client, cancellation) aborts the engine request, which frees
+its KV. The admission reserved for the request is released exactly once by ``Generation.close()``, which the routes
+call on every path; ``close`` also records the request's metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from plait.engine import Engine, EngineStoppedError, GenerateDelta, GenerateRequest, TokenLogprob, ToolCall
+from plait.runtime.server.errors import APIError
+from plait.runtime.server.openai_params import GenerationPlan
+from plait.runtime.server.openai_tool_stream import ToolCallStream
+from plait.runtime.server.state import ServerState
+from plait.runtime.server.tenants import Admission
+
+
+class GenerationFailed(Exception):
+    """The engine ended a sample with ``error`` (or ``abort``: the engine is shutting down)."""
+
+    def __init__(self, message: str, status: int = 500, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+    def api_error(self) -> APIError:
+        return APIError(self.status, str(self), field=self.field)
+
+
+@dataclass
+class SampleUpdate:
+    """What one engine delta adds to a sample, in client terms."""
+
+    index: int
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None  # stop | length | tool_calls, on the sample's last update
+
+
+@dataclass
+class Sample:
+    """Everything a sample produced so far (for whole responses and usage)."""
+
+    index: int
+    parser: ToolCallStream | None
+    content: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+    def apply(self, delta: GenerateDelta) -> SampleUpdate:
+        text, calls = delta.text, []
+        if self.parser is not None:
+            text, calls = self.parser.feed(delta.text)
+            if delta.finish_reason is not None:
+                rest, more = self.parser.finish()
+                text, calls = text + rest, calls + more
+        self.content.append(text)
+        self.tool_calls += calls
+        self.logprobs += delta.logprobs or []
+        self.completion_tokens = delta.completion_tokens
+        update = SampleUpdate(self.index, text, calls, list(delta.logprobs or []))
+        if delta.finish_reason is not None:
+            reason = delta.finish_reason
+            self.finish_reason = "tool_calls" if reason == "stop" and self.tool_calls else reason
+            update.finish_reason = self.finish_reason
+        return update
+
+    @property
+    def text(self) -> str:
+        return "".join(self.content)
+
+
+class Generation:
+    """Runs ``request`` for ``plan`` on ``state``'s engine; ``admission`` is released by ``close()``."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        plan: GenerationPlan,
+        request: GenerateRequest,
+        admission: Admission,
+        prompt_tokens: int,
+    ) -> None:
+        self.state = state
+        self.engine: Engine = state.engine
+        self.plan = plan
+        self.request = request
+        self.admission = admission
+        self.prompt_tokens = prompt_tokens
+        self.samples = {
+            i: Sample(i, ToolCallStream(plan.tool_choice, plan.single_tool_call) if plan.tool_choice else None)
+            for i in range(plan.sampling.n)
+        }
+        self.started_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self._closed = False
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.samples.values())
+
+    async def updates(self) -> AsyncIterator[SampleUpdate]:
+        """The samples' updates in the order the engine produced them; raises ``GenerationFailed``."""
+        deltas = self.engine.generate(self.request)
+        try:
+            async for delta in deltas:
+                if delta.finish_reason in ("error", "abort"):
+                    raise self._failure(delta)
+                if delta.token_ids and self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+                if delta.prompt_tokens:
+                    self.prompt_tokens = delta.prompt_tokens
+                yield self.samples[delta.index].apply(delta)
+        except EngineStoppedError as error:
+            raise GenerationFailed(str(error), 503) from error
+        finally:
+            await deltas.aclose()  # leaving early (error, disconnect, cancellation) aborts the engine request
+
+    def _failure(self, delta: GenerateDelta) -> GenerationFailed:
+        if delta.finish_reason == "abort":
+            return GenerationFailed("the request was aborted: the server is shutting down", 503)
+        constraints = self.plan.sampling.constraint_fields()
+        if self.first_token_at is None and constraints:  # the constraint's grammar failed to compile
+            field = self.plan.api_field(constraints[0])
+            return GenerationFailed(f"cannot compile the constraint: {delta.error}", 400, field)
+        return GenerationFailed(f"generation failed: {delta.error}")
+
+    def close(self, status: int) -> None:
+        """Release the admission and count the request (metrics of finished generations only once). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.admission.release()
+        metrics = self.state.metrics
+        metrics.requests.labels(self.plan.endpoint, str(status)).inc()
+        if status == 200:
+            now = time.perf_counter()
+            metrics.observe_generation(
+                self.plan.endpoint,
+                ttft_s=None if self.first_token_at is None else self.first_token_at - self.started_at,
+                e2e_s=now - self.started_at,
+                completion_tokens=self.completion_tokens,
+                prompt_tokens=self.prompt_tokens,
+            )

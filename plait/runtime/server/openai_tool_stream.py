@@ -1,0 +1,86 @@
+"""Reading tool calls out of a sample's text as it streams, in the format the engine's grammar enforces.
+
+``required`` / named tool choice: the whole output is one call object, so it is held back and parsed at the end.
+``auto``: text streams out as content until ``<tool_call>`` appears; the call up to ``</tool_call>`` is held back and
+comes out as one call. A trailing fragment that could be the start of ``<tool_call>`` is held back too, so content
+never shows half a tag. Outputs that do not parse (cut off by ``max_tokens``) come out as plain content.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plait.engine import ToolCall, parse_tool_calls
+from plait.engine.grammar import TOOL_CALL_BEGIN, TOOL_CALL_END
+
+
+class ToolCallStream:
+    """Feed a sample's text pieces; get back ``(content, calls)`` ready to send."""
+
+    def __init__(self, tool_choice: str | dict[str, Any], single_call: bool = False) -> None:
+        self.tool_choice = tool_choice
+        self.whole_output_is_call = tool_choice == "required" or isinstance(tool_choice, dict)
+        self.single_call = single_call  # parallel_tool_calls=false: calls after the first are dropped
+        self.calls_made = 0
+        self._buffer = ""
+        self._in_call = False
+
+    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
+        self._buffer += text
+        if self.whole_output_is_call:
+            return "", []
+        content: list[str] = []
+        calls: list[ToolCall] = []
+        while True:
+            if not self._in_call:
+                start = self._buffer.find(TOOL_CALL_BEGIN)
+                if start < 0:
+                    keep = _partial_suffix(self._buffer, TOOL_CALL_BEGIN)
+                    content.append(self._buffer[: len(self._buffer) - keep])
+                    self._buffer = self._buffer[len(self._buffer) - keep :]
+                    break
+                content.append(self._buffer[:start])
+                self._buffer = self._buffer[start:]
+                self._in_call = True
+            end = self._buffer.find(TOOL_CALL_END)
+            if end < 0:
+                break
+            raw = self._buffer[: end + len(TOOL_CALL_END)]
+            self._buffer = self._buffer[end + len(TOOL_CALL_END) :]
+            self._in_call = False
+            call = self._parse(raw, "auto")
+            if call is None:
+                content.append(raw)
+            else:
+                calls.append(call)
+        return "".join(content), self._keep(calls)
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """The held-back rest: the call of a ``required`` output, or text that never became a call."""
+        rest, self._buffer, self._in_call = self._buffer, "", False
+        if self.whole_output_is_call:
+            call = self._parse(rest, self.tool_choice)
+            return ("", self._keep([call])) if call is not None else (rest, [])
+        return rest, []
+
+    def _keep(self, calls: list[ToolCall]) -> list[ToolCall]:
+        if self.single_call:
+            calls = calls[: max(0, 1 - self.calls_made)]
+        self.calls_made += len(calls)
+        return calls
+
+    @staticmethod
+    def _parse(text: str, tool_choice: str | dict[str, Any]) -> ToolCall | None:
+        try:
+            parsed = parse_tool_calls(text, tool_choice)
+        except ValueError:
+            return None
+        return parsed.tool_calls[0] if parsed.tool_calls else None
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for length in range(min(len(text), len(tag) - 1), 0, -1):
+        if tag.startswith(text[-length:]):
+            return length
+    return 0

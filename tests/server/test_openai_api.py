@@ -1,0 +1,334 @@
+"""The OpenAI-compatible API on a real uvicorn server (default model, CPU), driven by httpx and the ``openai`` client.
+
+Outputs of a 135M model are not checked for meaning, only for shape and for what the server guarantees: greedy and
+seeded outputs are reproducible, streams add up to the whole response, constrained outputs validate, every request
+error is a 4xx naming the field, and KV and tenant reservations are released however a request ends.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from tests.server.conftest import wait_engine_idle, wait_tenants_released
+
+CHAT = "/v1/chat/completions"
+HELLO = [{"role": "user", "content": "Say hello in three words."}]
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["C", "F"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "maxLength": 30}},
+            "required": ["query"],
+        },
+    },
+}
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, SEARCH)}
+
+
+@pytest.fixture(scope="module")
+def client(live_server, api_key_a) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key=api_key_a, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(live_server, api_key_a):
+    with httpx.Client(base_url=live_server.base_url, headers=live_server.headers(api_key_a), timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model_id(http) -> str:
+    return http.get("/v1/models").json()["data"][0]["id"]
+
+
+@pytest.fixture(autouse=True)
+def _released(live_server):
+    """After every test: nothing left running in the engine, no tenant reservation held."""
+    yield
+    stats = wait_engine_idle(live_server.state)
+    assert (stats.running, stats.waiting, stats.kv_slots_used) == (0, 0, 0)
+    assert all(v == (0, 0) for v in wait_tenants_released(live_server.state).values())
+
+
+def sse_events(lines) -> list:
+    events = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+# ---- models ----------------------------------------------------------------------------------------------------------
+
+
+def test_models_lists_the_served_slug(http, client, model_id):
+    assert model_id == "smollm2-135m-instruct"
+    assert [m.id for m in client.models.list()] == [model_id]
+    assert http.get(f"/v1/models/{model_id}").json()["id"] == model_id
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=4)
+    assert caught.value.body["field"] == "model"
+
+
+# ---- chat and completions --------------------------------------------------------------------------------------------
+
+
+def test_chat_completion_with_the_openai_client(client, model_id):
+    response = client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=12, temperature=0)
+    (choice,) = response.choices
+    assert response.object == "chat.completion" and response.model == model_id
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    usage = response.usage
+    assert usage.prompt_tokens > 5 and 0 < usage.completion_tokens <= 12
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    again = client.chat.completions.create(model="default", messages=HELLO, max_completion_tokens=12, temperature=0)
+    assert again.choices[0].message.content == choice.message.content  # greedy is reproducible
+
+
+def test_completions_with_logprobs(client, model_id):
+    response = client.completions.create(
+        model=model_id, prompt="The capital of France is", max_tokens=6, temperature=0, logprobs=3
+    )
+    (choice,) = response.choices
+    lp = choice.logprobs
+    assert len(lp.tokens) == response.usage.completion_tokens == len(lp.token_logprobs) == len(lp.top_logprobs)
+    assert "".join(lp.tokens) == choice.text
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert logprob <= 0 and len(top) == 3
+        assert max(top.values()) == pytest.approx(logprob, abs=1e-4)  # greedy picks the most likely token
+        assert token in top
+    assert lp.text_offset[0] == 0 and lp.text_offset[1] == len(lp.tokens[0])
+    echoed = client.completions.create(
+        model=model_id, prompt="The capital of France is", max_tokens=6, echo=True, temperature=0
+    )
+    assert echoed.choices[0].text == "The capital of France is" + choice.text
+
+
+def test_chat_logprobs(client, model_id):
+    response = client.chat.completions.create(
+        model=model_id, messages=HELLO, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = response.choices[0].logprobs.content
+    assert len(content) == response.usage.completion_tokens
+    for item in content:
+        assert item.logprob <= 0 and [t.logprob for t in item.top_logprobs] == sorted(
+            (t.logprob for t in item.top_logprobs), reverse=True
+        )
+        assert item.top_logprobs[0].token == item.token and bytes(item.bytes).decode() == item.token
+
+
+def test_stream_adds_up_to_the_whole_response_and_reports_usage(client, model_id):
+    whole = client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=12, temperature=0)
+    stream = client.chat.completions.create(
+        model=model_id,
+        messages=HELLO,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert reasons == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completions_stream_over_raw_sse(http, model_id):
+    body = {
+        "model": model_id,
+        "prompt": "One, two, three,",
+        "max_tokens": 8,
+        "temperature": 0,
+        "n": 2,
+        "logprobs": 1,
+        "stream": True,
+    }
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response.iter_lines())
+    whole = http.post("/v1/completions", json={**body, "stream": False}).json()
+    assert all(e["object"] == "text_completion" and len(e["choices"]) == 1 for e in events)
+    for choice in whole["choices"]:
+        mine = [e["choices"][0] for e in events if e["choices"][0]["index"] == choice["index"]]
+        assert "".join(c["text"] for c in mine) == choice["text"]
+        assert [c["finish_reason"] for c in mine if c.get("finish_reason")] == [choice["finish_reason"]]
+        streamed_tokens = [t for c in mine for t in c["logprobs"]["tokens"]]
+        assert streamed_tokens == choice["logprobs"]["tokens"]
+    assert "usage" not in events[-1]  # only with stream_options.include_usage
+
+
+def test_n_samples_and_seed(client, model_id):
+    def sample(seed: int, n: int = 2) -> list[str]:
+        response = client.chat.completions.create(
+            model=model_id, messages=HELLO, max_tokens=10, temperature=1.0, seed=seed, n=n
+        )
+        assert [c.index for c in response.choices] == list(range(n))
+        assert n <= response.usage.completion_tokens <= 10 * n  # summed over the samples
+        return [c.message.content for c in response.choices]
+
+    first = sample(7)
+    assert first == sample(7)  # seeded sampling is reproducible
+    assert len({*first, *sample(8), *sample(9)}) > 1
+
+
+def test_stop_strings_cut_the_output(client, model_id):
+    prompt = "List: apples, pears, plums, cherries, grapes, figs"
+    free = client.completions.create(model=model_id, prompt=prompt, max_tokens=16, temperature=0).choices[0].text
+    stop = next(w for w in (",", " ", "\n", "e", "a", "i", "o") if free.find(w) >= 1)
+    cut = client.completions.create(model=model_id, prompt=prompt, max_tokens=16, temperature=0, stop=[stop, "zzz"])
+    assert cut.choices[0].text == free[: free.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+# ---- structured output and tools -------------------------------------------------------------------------------------
+
+
+def test_json_schema_output_validates(client, model_id):
+    response = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "Invent a person: name and age."}],
+        max_tokens=32,
+        temperature=0.7,
+        seed=1,
+        n=2,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}},
+    )
+    for choice in response.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+
+
+def test_json_object_output_is_an_object(client, model_id):
+    response = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": 'Reply with the JSON object {"ok": true} and nothing else.'}],
+        max_tokens=24,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    content = response.choices[0].message.content
+    assert content.startswith("{")
+    if response.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
+
+
+def test_tool_call_round_trip(client, model_id):
+    question = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+    required = client.chat.completions.create(
+        model=model_id, messages=question, tools=[WEATHER, SEARCH], tool_choice="required", max_tokens=32, seed=3
+    )
+    choice = required.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+    named = client.chat.completions.create(
+        model=model_id,
+        messages=question,
+        tools=[WEATHER, SEARCH],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=32,
+        temperature=0,
+    )
+    (call,) = named.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, SCHEMAS["get_weather"])
+
+    follow_up = [
+        *question,
+        named.choices[0].message.model_dump(exclude_none=True),  # as an agent framework sends it back
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 18, "unit": "C"})},
+    ]
+    answer = client.chat.completions.create(
+        model=model_id, messages=follow_up, tools=[WEATHER, SEARCH], max_tokens=24, temperature=0
+    )
+    message = answer.choices[0].message
+    assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert message.content or message.tool_calls
+
+
+def test_streamed_tool_call(client, model_id):
+    stream = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "Search the web for plait."}],
+        tools=[WEATHER, SEARCH],
+        tool_choice={"type": "function", "function": {"name": "search"}},
+        max_tokens=32,
+        temperature=0,
+        stream=True,
+    )
+    calls: dict[int, dict] = {}
+    reasons = []
+    for chunk in stream:
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                entry["name"] += delta.function.name or ""
+                entry["arguments"] += delta.function.arguments or ""
+            if choice.finish_reason:
+                reasons.append(choice.finish_reason)
+    assert reasons == ["tool_calls"]
+    assert calls[0]["name"] == "search"
+    jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS["search"])
+
+
+# ---- plait's fields --------------------------------------------------------------------------------------------------
+
+
+def test_program_fields_reach_the_engine(live_server, http, model_id, monkeypatch):
+    seen = []
+    engine = live_server.state.engine
+    original = engine.generate
+
+    def spy(request):
+        seen.append(request)
+        return original(request)
+
+    monkeypatch.setattr(engine, "generate", spy)
+    body = {
+        "model": model_id,
+        "messages": HELLO,
+        "max_tokens": 4,
+        "program_id": "prog-42",
+        "hints": {"next": "tool", "tool": "search"},
+        "priority": 3,
+        "deadline_s": 12.5,
+    }
+    assert http.post(CHAT, json=body).status_code == 200
+    (request,) = seen
+    assert (request.program_id, request.priority) == ("prog-42", 3)
+    assert request.hints == {"next": "tool", "tool": "search", "deadline_s": 12.5}
+    assert request.sampling.max_tokens == 4

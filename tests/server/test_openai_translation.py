@@ -1,0 +1,109 @@
+"""The OpenAI layer's pure pieces (no model): reading tool calls out of streamed text, rendering chat messages for
+the template, request plans, model ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from plait.runtime.server.errors import APIError
+from plait.runtime.server.openai_messages import template_messages
+from plait.runtime.server.openai_models import model_slug
+from plait.runtime.server.openai_params import chat_plan
+from plait.runtime.server.openai_protocol import ChatCompletionRequest, ChatMessage, ChatTool
+from plait.runtime.server.openai_tool_stream import ToolCallStream
+
+CALL = '<tool_call>{"name": "search", "arguments": {"query": "plait"}}</tool_call>'
+TOOL = ChatTool.model_validate({"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}})
+
+
+def _feed_all(stream: ToolCallStream, pieces: list[str]) -> tuple[str, list]:
+    content, calls = [], []
+    for piece in pieces:
+        text, new = stream.feed(piece)
+        content.append(text)
+        calls += new
+    text, new = stream.finish()
+    return "".join(content) + text, calls + new
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_auto_mode_holds_back_calls_whatever_the_chunking(size):
+    text = f"Let me look. {CALL} And {CALL}done <tool"
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    content, calls = _feed_all(ToolCallStream("auto"), pieces)
+    assert content == "Let me look.  And done <tool"
+    assert [(c.name, c.arguments) for c in calls] == [("search", {"query": "plait"})] * 2
+
+
+def test_auto_mode_never_streams_half_a_tag():
+    stream = ToolCallStream("auto")
+    assert stream.feed("Hi <tool_") == ("Hi ", [])
+    assert stream.feed("call>") == ("", [])
+    content, calls = stream.feed('{"name": "search", "arguments": {}}</tool_call> ok')
+    assert (content, [c.name for c in calls]) == (" ok", ["search"])
+
+
+def test_single_call_and_unparseable_outputs():
+    content, calls = _feed_all(ToolCallStream("auto", single_call=True), [CALL, CALL])
+    assert len(calls) == 1 and content == ""
+    content, calls = _feed_all(ToolCallStream("required"), ['{"name": "search", "argu'])  # cut by max_tokens
+    assert (content, calls) == ('{"name": "search", "argu', [])
+    named = {"type": "function", "function": {"name": "search"}}
+    content, calls = _feed_all(ToolCallStream(named), ['{"name": "search", ', '"arguments": {"q": 1}}'])
+    assert content == "" and calls[0].arguments == {"q": 1}
+    content, calls = _feed_all(ToolCallStream("auto"), ["<tool_call>not json</tool_call>"])
+    assert (content, calls) == ("<tool_call>not json</tool_call>", [])
+
+
+def test_template_messages_render_tools_and_history():
+    messages = [
+        ChatMessage(role="developer", content="Be brief."),
+        ChatMessage(role="user", content=[{"type": "text", "text": "Find "}, {"type": "text", "text": "plait"}]),
+        ChatMessage.model_validate(
+            {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,  # echoed back by clients; ignored
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}],
+            }
+        ),
+        ChatMessage(role="tool", tool_call_id="c1", content="3 results"),
+    ]
+    rendered = template_messages(messages, [TOOL], "auto")
+    assert [m["role"] for m in rendered] == ["system", "user", "assistant", "tool"]
+    assert rendered[0]["content"].startswith("Be brief.\n\nYou can call these functions:")
+    assert "<tool_call>" in rendered[0]["content"]
+    assert rendered[1]["content"] == "Find plait"
+    assert rendered[2]["content"] == '<tool_call>{"name": "search", "arguments": {}}</tool_call>'
+    assert template_messages(messages[1:2], [TOOL], "none") == [{"role": "user", "content": "Find plait"}]
+    with pytest.raises(APIError) as caught:
+        template_messages([ChatMessage(role="user", content=[{"type": "image_url"}])])
+    assert caught.value.field == "messages[0].content[0]"
+
+
+def test_chat_plan_maps_fields():
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "default",
+            "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}},
+            "max_completion_tokens": 9,
+            "seed": -1,
+            "stop": "\n",
+            "temperature": 1e-9,
+        }
+    )
+    plan = chat_plan(body)
+    assert plan.sampling.json_schema == {"type": "object"} and plan.sampling.stop == ["\n"]
+    assert plan.sampling.seed == (1 << 63) - 1 and plan.sampling.temperature == 0.0
+    assert (plan.requested_max_tokens, plan.api_field("max_tokens")) == (9, "max_completion_tokens")
+    assert plan.api_field("json_schema") == "response_format.json_schema.schema"
+    assert plan.api_field("prompt") == "messages"
+
+
+def test_model_slugs():
+    assert model_slug("SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m-instruct"
+    assert model_slug("Llama-3.2-1B-Instruct-Q4_K_M.gguf") == "llama-3.2-1b-instruct"
+    assert model_slug("Meta-Llama-3.1-8B-Instruct.F16.gguf") == "meta-llama-3.1-8b-instruct"
+    assert model_slug("qwen2.5-7b") == "qwen2.5-7b"
+    assert model_slug("???") == "plait-default"
