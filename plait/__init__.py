@@ -15,9 +15,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Client": "plait.sdk",
     "Program": "plait.sdk",
     "ProgramDef": "plait.sdk",
     "Runtime": "plait.sdk",
+    "ServerError": "plait.sdk",
     "program": "plait.sdk",
     "tool": "plait.sdk",
     "SemanticVariable": "plait.semantic_vars",

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from plait import __version__
-from plait.cli import bench_cmd, generate_cmd, info_cmd, run_cmd
+from plait.cli import bench_cmd, generate_cmd, info_cmd, run_cmd, serve_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     info_cmd.register(subparsers)
     generate_cmd.register(subparsers)
     run_cmd.register(subparsers)
+    serve_cmd.register(subparsers)
     bench_cmd.register(subparsers)
     return parser
 

@@ -26,6 +26,8 @@ from plait.dag.wire import (
     decode_workflow,
     encode_workflow,
     from_workflow,
+    node_from_spec,
+    node_spec,
     to_workflow,
     workflow_json_schema,
 )
@@ -54,6 +56,8 @@ __all__ = [
     "from_workflow",
     "is_var_ref",
     "levels",
+    "node_from_spec",
+    "node_spec",
     "prefix_groups",
     "prefix_steps_to_execution",
     "schema_types",

@@ -120,7 +120,7 @@ def to_workflow(spec: WorkflowSpec, tools: Mapping[str, ToolSpec] | None = None)
     problems: list[Problem] = []
     for index, node_spec in enumerate(spec.nodes):
         try:
-            nodes.append(_node_from_spec(node_spec))
+            nodes.append(node_from_spec(node_spec))
         except SemanticVarError as error:
             problems.append(Problem(node_spec.id or f"nodes[{index}]", error.field, error.message))
     if problems:
@@ -128,7 +128,9 @@ def to_workflow(spec: WorkflowSpec, tools: Mapping[str, ToolSpec] | None = None)
     return Workflow.build(nodes, inputs=spec.inputs, outputs=spec.outputs, name=spec.name, tools=tools)
 
 
-def _node_from_spec(spec: LLMCallSpec | ToolCallSpec) -> Node:
+def node_from_spec(spec: LLMCallSpec | ToolCallSpec) -> Node:
+    """The node a spec describes (not yet checked against a workflow); raises ``SemanticVarError`` naming the
+    field for a malformed prompt or decoding settings."""
     if isinstance(spec, ToolCallSpec):
         return ToolCall(spec.id, spec.tool, spec.output, dict(spec.args), OnError(spec.on_error), spec.fallback)
     if (spec.prompt is None) == (spec.messages is None):
@@ -161,40 +163,38 @@ def _node_from_spec(spec: LLMCallSpec | ToolCallSpec) -> Node:
 def from_workflow(workflow: Workflow) -> WorkflowSpec:
     """The wire form of a workflow (for example one a Python program built), inputs included."""
     inputs = {name: var.value for name, var in workflow.variables.items() if var.producer is None and var.is_settled}
-    nodes: list[LLMCallSpec | ToolCallSpec] = []
-    for node in workflow.nodes.values():
-        if isinstance(node, ToolCall):
-            nodes.append(
-                ToolCallSpec(
-                    id=node.id,
-                    tool=node.tool,
-                    output=node.output,
-                    args=node.args,
-                    on_error=node.on_error.value,
-                    fallback=node.fallback,
-                )
-            )
-            continue
-        prompt_fields: dict[str, Any] = (
-            {"prompt": node.prompt.text}
-            if isinstance(node.prompt, Template)
-            else {"messages": [MessageSpec(m.role, m.content.text) for m in node.prompt.messages]}
-        )
-        nodes.append(
-            LLMCallSpec(
-                id=node.id,
-                output=node.output,
-                bindings=node.bindings,
-                n=node.n,
-                map_over=node.map_over,
-                choice_mode=node.choice_mode.value,
-                on_error=node.on_error.value,
-                fallback=node.fallback,
-                **prompt_fields,
-                **msgspec.structs.asdict(node.constraints),
-            )
-        )
+    nodes = [node_spec(node) for node in workflow.nodes.values()]
     return WorkflowSpec(nodes=nodes, name=workflow.name, inputs=inputs, outputs=list(workflow.outputs))
+
+
+def node_spec(node: Node) -> LLMCallSpec | ToolCallSpec:
+    """The wire form of one node (what a client sends to grow a running program)."""
+    if isinstance(node, ToolCall):
+        return ToolCallSpec(
+            id=node.id,
+            tool=node.tool,
+            output=node.output,
+            args=node.args,
+            on_error=node.on_error.value,
+            fallback=node.fallback,
+        )
+    prompt_fields: dict[str, Any] = (
+        {"prompt": node.prompt.text}
+        if isinstance(node.prompt, Template)
+        else {"messages": [MessageSpec(m.role, m.content.text) for m in node.prompt.messages]}
+    )
+    return LLMCallSpec(
+        id=node.id,
+        output=node.output,
+        bindings=node.bindings,
+        n=node.n,
+        map_over=node.map_over,
+        choice_mode=node.choice_mode.value,
+        on_error=node.on_error.value,
+        fallback=node.fallback,
+        **prompt_fields,
+        **msgspec.structs.asdict(node.constraints),
+    )
 
 
 def encode_workflow(workflow: Workflow | WorkflowSpec) -> bytes:

@@ -7,7 +7,7 @@ a node is checked before it is inserted, so a workflow is never half-valid.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import networkx as nx
@@ -51,6 +51,18 @@ class Workflow:
         if problems:
             raise WorkflowError(problems)
         return self._insert(node)
+
+    def check_new_nodes(self, nodes: Sequence[Node]) -> list[Problem]:
+        """Every problem that adding ``nodes`` in order (``add_node`` one by one) would raise; changes nothing.
+
+        Lets a caller add a batch all-or-nothing: a node may consume the outputs of nodes before it in the batch."""
+        known = set(self.variables)
+        problems: list[Problem] = []
+        for node in nodes:
+            problems.extend(check_node(self, node, known_variables=known, pending=nodes))
+            if isinstance(node.output, str):
+                known.add(node.output)
+        return problems
 
     @classmethod
     def build(

@@ -49,25 +49,52 @@ class Executor:
         return Workflow(name, tools=_LiveToolSpecs(self.services.tools))
 
     def start(
-        self, workflow: Workflow, *, program_id: str | None = None, fail_fast: bool = True, priority: int = 0
+        self,
+        workflow: Workflow,
+        *,
+        program_id: str | None = None,
+        fail_fast: bool = True,
+        priority: int = 0,
+        services: ExecutionServices | None = None,
     ) -> ProgramExecution:
-        """Start a whole workflow (every node whose inputs are bound starts now). Must be called in the loop."""
-        program = self._register(workflow, program_id, fail_fast, priority)
+        """Start a whole workflow (every node whose inputs are bound starts now). Must be called in the loop.
+
+        ``services``: this program's own tools and tool executor (the server's client-side tools), on the same
+        engine; None: the executor's shared ones."""
+        program = self._register(workflow, program_id, fail_fast, priority, services)
         program.start()
         return program
 
     def open(
-        self, name: str, *, program_id: str | None = None, fail_fast: bool = False, priority: int = 0
+        self,
+        name: str,
+        *,
+        program_id: str | None = None,
+        fail_fast: bool = False,
+        priority: int = 0,
+        services: ExecutionServices | None = None,
     ) -> ProgramExecution:
-        """A program that starts empty and grows (a Python program); drive its body with ``program.drive``."""
-        return self._register(self.new_workflow(name), program_id, fail_fast, priority)
+        """A program that starts empty and grows (a Python program); drive its body with ``program.drive``.
 
-    def _register(self, workflow: Workflow, program_id: str | None, fail_fast: bool, priority: int) -> ProgramExecution:
+        With ``services``, the program's workflow checks tool calls against ``services.tools``."""
+        workflow = self.new_workflow(name) if services is None else Workflow(name, tools=_LiveToolSpecs(services.tools))
+        return self._register(workflow, program_id, fail_fast, priority, services)
+
+    def _register(
+        self,
+        workflow: Workflow,
+        program_id: str | None,
+        fail_fast: bool,
+        priority: int,
+        services: ExecutionServices | None = None,
+    ) -> ProgramExecution:
         program_id = program_id or new_program_id()
         if program_id in self.programs:
             raise ValueError(f"program id {program_id!r} is already in use")
         options = RequestOptions(program_id=program_id, priority=priority)
-        program = ProgramExecution(self.services, workflow, program_id, fail_fast=fail_fast, options=options)
+        program = ProgramExecution(
+            services or self.services, workflow, program_id, fail_fast=fail_fast, options=options
+        )
         self.programs[program_id] = program
         self._forget_old()
         return program

@@ -50,6 +50,7 @@ class SemanticVariable:
         self._future: asyncio.Future[Any] | None = None
         self._callbacks: list[Callable[[SemanticVariable], None]] = []
         self._streams: list[asyncio.Queue[str | None]] = []
+        self._text_listeners: list[Callable[[str], None]] = []
         if value is not _UNSET:
             self.bind(value)
 
@@ -88,6 +89,8 @@ class SemanticVariable:
             self._text.append(text)
             for queue in self._streams:
                 queue.put_nowait(text)
+            for listener in list(self._text_listeners):
+                listener(text)
 
     def on_settled(self, callback: Callable[[SemanticVariable], None]) -> None:
         """Call ``callback(self)`` once the variable is bound or failed (at once if it already is)."""
@@ -95,6 +98,15 @@ class SemanticVariable:
             callback(self)
         else:
             self._callbacks.append(callback)
+
+    def on_text(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(piece)`` synchronously for every piece published from now on, until the variable settles.
+
+        An observer (an event stream, a log): unlike ``stream()`` it does not count as the program looking at the
+        outcome, and it sees each piece in publication order, before anything that happens after ``publish``.
+        """
+        if not self.is_settled:
+            self._text_listeners.append(listener)
 
     def _settle(self, state: VarState) -> None:
         if self.is_settled:
@@ -105,6 +117,7 @@ class SemanticVariable:
         for queue in self._streams:
             queue.put_nowait(None)
         self._streams.clear()
+        self._text_listeners.clear()
         callbacks, self._callbacks = self._callbacks, []
         # Every callback runs even if one raises (a consumer left waiting forever is worse); the first error is
         # re-raised afterwards, to the producer that settled the variable.
