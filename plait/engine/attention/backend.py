@@ -28,9 +28,18 @@ class AttentionBackend(Protocol):
 
 
 def create_backend(name: str, kv_pool: KVPool, req_to_token: ReqToTokenPool, scale: float) -> AttentionBackend:
-    """Build the backend called ``name`` (``torch``; ``triton`` arrives with the GPU fast path)."""
+    """Build the backend called ``name``: ``torch`` (the reference) or ``triton`` (paged decode + extend kernels;
+    CUDA, or CPU through Triton's interpreter with ``TRITON_INTERPRET=1``)."""
     if name == "torch":
         from plait.engine.attention.torch_backend import TorchAttentionBackend
 
         return TorchAttentionBackend(kv_pool, req_to_token, scale)
-    raise ValueError(f"unknown attention backend '{name}'; available: torch")
+    if name == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError as error:
+            raise RuntimeError(f"attention backend 'triton' needs the triton package ({error})") from error
+        from plait.engine.attention.triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend(kv_pool, req_to_token, scale)
+    raise ValueError(f"unknown attention backend '{name}'; available: torch, triton")

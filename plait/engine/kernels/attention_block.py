@@ -1,0 +1,78 @@
+"""The inner step shared by the attention kernels: one block of keys folded into a running softmax.
+
+Scores live in the log2 domain (``scale_log2 = scale * log2(e)``) so the exponentials are ``exp2``. The running
+state per query row is ``(m, l, acc)``: the largest score seen, the sum of ``exp2(score - m)`` and the matching
+weighted sum of values, all float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def block_dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """``a @ b`` accumulated in float32. ``DOT_FP32`` upcasts the operands first: Triton's interpreter multiplies
+    bfloat16 operands as raw 16-bit integers, so CPU runs compute the products in float32 instead."""
+    if DOT_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def attend_block(
+    q,
+    k_ptrs,
+    v_ptrs,
+    kv_mask,
+    score_mask,
+    d_mask,
+    m_i,
+    l_i,
+    acc,
+    scale_log2,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Fold one key block into ``(m_i, l_i, acc)``.
+
+    ``q``: ``[M, D]``; ``k_ptrs``: ``[D, N]`` (keys transposed); ``v_ptrs``: ``[N, D]``; ``kv_mask``: ``[N]`` keys
+    that exist; ``score_mask``: broadcastable to ``[M, N]``, the (query, key) pairs allowed to attend. Every row
+    must have at least one allowed key in the first block it sees, so ``m_i`` never stays ``-inf``.
+    """
+    k = tl.load(k_ptrs, mask=d_mask[:, None] & kv_mask[None, :], other=0.0)
+    scores = block_dot(q, k.to(q.dtype), DOT_FP32, PRECISION) * scale_log2
+    scores = tl.where(score_mask, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(scores - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_ptrs, mask=kv_mask[:, None] & d_mask[None, :], other=0.0)
+    acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_FP32, PRECISION)
+    return m_new, l_i, acc
+
+
+def dot_options(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """``DOT_FP32`` and ``PRECISION`` for inputs of ``dtype`` on ``device``: full float32 products for float32
+    inputs (not TF32, so the float32 path stays a precise reference), upcast operands under the interpreter."""
+    interpreted = device.type != "cuda"
+    fp32 = dtype == torch.float32
+    return {"DOT_FP32": interpreted, "PRECISION": "ieee" if (fp32 or interpreted) else "tf32"}
+
+
+def is_interpreted(kernel: object) -> bool:
+    """True when ``kernel`` was defined under ``TRITON_INTERPRET=1`` (it then runs on CPU tensors)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def interpreter_ready(kernel: object) -> bool:
+    """True when ``kernel`` can run on CPU tensors: it and Triton's own library functions (defined when triton was
+    first imported) were all defined under ``TRITON_INTERPRET=1``."""
+    return is_interpreted(kernel) and is_interpreted(tl.standard.cdiv)
