@@ -208,11 +208,16 @@ class Engine:
 
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued commands; with ``block``, wait for the first one. Returns False on ``stop``."""
+        applied = False
         while True:
             try:
                 kind, payload = self._commands.get(block=block)
             except queue.Empty:
+                if applied:  # e.g. an abort frees KV without a step: callers must see it in stats() at once
+                    with self._lock:
+                        self._stats = self.core.stats()
                 return True
+            applied = True
             block = False
             if kind == "stop":
                 return False

@@ -46,6 +46,7 @@ class EngineConfig:
     max_batch_tokens: int = 2048
     chunk_size: int = 512
     attention_backend: str = "torch"
+    overlap: str = "auto"  # the overlap loop (inflight.py): auto (on with CUDA) | on | off
     cuda_graphs: str = "auto"  # auto (on CUDA with a backend that supports them) | on | off
     cuda_graph_max_batch: int = 0  # largest decode batch captured; 0 = min(max_running, 256)
     seed: int = 0
@@ -79,6 +80,8 @@ class EngineConfig:
             raise InvalidRequestError("prefix_cache", f"'{self.prefix_cache}': choose radix or none")
         if self.eviction_policy not in ("lru", "next-use"):
             raise InvalidRequestError("eviction_policy", f"'{self.eviction_policy}': choose lru or next-use")
+        if self.overlap not in ("auto", "on", "off"):
+            raise InvalidRequestError("overlap", f"'{self.overlap}': choose auto, on or off")
         if self.cuda_graphs not in ("auto", "on", "off"):
             raise InvalidRequestError("cuda_graphs", f"'{self.cuda_graphs}': choose auto, on or off")
         if self.cuda_graph_max_batch < 0:

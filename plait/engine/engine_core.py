@@ -28,10 +28,11 @@ from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 from plait.engine.grammar import choice_score, scoring_requests
 from plait.engine.grammar.manager import GrammarManager
 from plait.engine.grammar.prompt_logprobs import PromptLogprobs
+from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_runner import ModelRunner
 from plait.engine.request import ChoiceScore, GenerateDelta, GenerateRequest, TokenLogprob
-from plait.engine.sampler import SampleRow, sample, token_logprobs
+from plait.engine.sampler import SampleRow, logprob_tensors, logprobs_to_host, sample_on_device
 from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
 from plait.engine.text_output import TextOutput
@@ -60,7 +61,7 @@ class EngineCore:
             self.allocator,
             self.req_to_token,
             self.prefix_cache,
-            ready=self._grammar_ready,
+            ready=self._can_admit,
         )
         attention = create_backend(config.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
         graphs = build_decode_graphs(config, self.model, attention, self.device)
@@ -73,6 +74,9 @@ class EngineCore:
         self.grammars = GrammarManager(self.tokenizer, mc.vocab_size, self.device)
         self._prompt_logprobs = PromptLogprobs()
         self._pending_deltas: list[GenerateDelta] = []  # other requests' deltas produced inside score_choices
+        # The overlap loop (inflight.py): on by default where the forward pass runs asynchronously (CUDA).
+        self.overlap = config.overlap == "on" or (config.overlap == "auto" and self.device.type == "cuda")
+        self._inflight: InflightStep | None = None
 
     # ---- requests --------------------------------------------------------------------------------------------------
 
@@ -165,6 +169,8 @@ class EngineCore:
         deltas = []
         for seq in seqs:
             if seq.status is not SeqStatus.FINISHED:
+                if seq.token_ids[-1] == PENDING:  # sampled but not read back: it never reaches the caller
+                    seq.token_ids.pop()
                 self.scheduler.release(seq)
                 seq.status = SeqStatus.FINISHED
                 seq.finish_reason = "abort"
@@ -269,32 +275,41 @@ class EngineCore:
         return freed
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work() or bool(self._pending_deltas)
+        inflight = self._inflight is not None and any(
+            s.status is not SeqStatus.FINISHED for s in self._inflight.targets
+        )
+        return self.scheduler.has_work() or bool(self._pending_deltas) or inflight
 
     # ---- one step --------------------------------------------------------------------------------------------------
 
     def step(self) -> list[GenerateDelta]:
-        """Run one batched forward pass; returns the deltas it produced."""
+        """Run one batched forward pass; returns the deltas produced (with overlap: those of the previous step)."""
         deltas, self._pending_deltas = self._pending_deltas, []
         for request_id, error in self.grammars.failed():
             deltas += self._fail_request(request_id, error)
         batch = self.scheduler.schedule()
         if not batch:
+            if self._inflight is not None:
+                return deltas + self._resolve()
             self.grammars.wait_for_compiles(timeout=0.005)  # nothing can run until a grammar is compiled
             return deltas
-        forward = self.runner.prepare(batch)
+        forward = self.runner.prepare(batch, self._inflight)
         num_sampling = self._prompt_logprobs.add_rows(batch, forward)
-        logits = self.runner.forward(forward)  # asynchronous on CUDA: the CPU goes on to fill grammar masks meanwhile
+        logits = self.runner.forward(forward)  # asynchronous on CUDA: the CPU goes on while the GPU computes
         self.scheduler.commit(batch)
         if logits.shape[0] > num_sampling:
             self._prompt_logprobs.collect(logits[num_sampling:])
             logits = logits[:num_sampling]
-        deltas += self._sample_and_emit(batch, logits)
+        deltas += self._resolve()  # the previous step's tokens (overlap): read while this step computes
+        self._inflight = self._launch_sampling(batch, logits)
+        if not self.overlap:
+            deltas += self._resolve()
         self.meter.account(batch)
         return deltas
 
-    def _grammar_ready(self, seq: Sequence) -> bool:
-        return self.grammars.ready(seq)
+    def _can_admit(self, seq: Sequence) -> bool:
+        """A waiting sequence may start unless its grammar is compiling or its last token is not read back yet."""
+        return seq.token_ids[-1] != PENDING and self.grammars.ready(seq)
 
     def _fail_request(self, request_id: str, error: str) -> list[GenerateDelta]:
         deltas = self.abort(request_id)
@@ -302,39 +317,62 @@ class EngineCore:
             delta.finish_reason, delta.error = "error", error
         return deltas
 
-    def _sample_and_emit(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[GenerateDelta]:
+    def _launch_sampling(self, batch: ScheduledBatch, logits: torch.Tensor) -> InflightStep | None:
+        """Mask and sample this step's rows on the device; the tokens are read back by ``_resolve``."""
         targets: list[Sequence] = []
         rows: list[int] = []
         sampling_items = [item for item in batch.seqs if item.samples]
         for row, item in enumerate(sampling_items):
             seq = item.seq
+            if seq.status is SeqStatus.FINISHED:  # finished by the previous step after this one was scheduled
+                continue
             group = [seq]
             if seq.needs_spawn:
                 group += self._spawn_siblings(seq)
             targets += group
             rows += [row] * len(group)
         if not targets:
-            return []
-        if len(rows) != logits.shape[0]:  # siblings share their parent's row
-            logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
+            return None
+        if rows != list(range(logits.shape[0])):  # siblings share their parent's row; finished rows are dropped
+            logits = logits.index_select(0, torch.tensor(rows).to(logits.device, non_blocking=True))
         matchers = self.grammars.matchers(targets)
         masks = self.grammars.fill(matchers)  # CPU work while the GPU still runs the forward pass
         want_logprobs = any(s.state.sampling.logprobs for s in targets)
         raw = logits.clone() if masks is not None and want_logprobs else logits  # logprobs: the model's own
         if masks is not None:
             self.grammars.apply(logits, masks)
-        tokens = sample(logits, [SampleRow(s.state.sampling, s.generator) for s in targets])
+        tokens = sample_on_device(logits, [SampleRow(s.state.sampling, s.generator) for s in targets])
         logprobs = None
         if want_logprobs:
-            logprobs = token_logprobs(raw, tokens, [s.state.sampling.top_logprobs for s in targets])
-        token_list = tokens.tolist()
-        accepted = self.grammars.accept(matchers, token_list) if masks is not None else None
+            logprobs = logprob_tensors(raw, tokens, [s.state.sampling.top_logprobs for s in targets])
+        prompt_logprobs = [self._prompt_logprobs.take(seq) for seq in targets]
+        for seq in targets:
+            seq.token_ids.append(PENDING)
+            # Known now, whatever the token: the scheduler must not give it another step.
+            seq.will_finish = seq.num_generated >= seq.state.max_new_tokens or len(seq.token_ids) >= self.max_context
+        return InflightStep(targets, tokens, matchers, logprobs, prompt_logprobs)
+
+    def _resolve(self) -> list[GenerateDelta]:
+        """Read back the in-flight step's tokens and emit its deltas (stop checks, text, grammar matchers)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return []
+        tokens = inflight.token_list()
+        # A sequence aborted since it was sampled has dropped its pending token and gets no delta.
+        alive = [i for i, seq in enumerate(inflight.targets) if seq.status is not SeqStatus.FINISHED]
+        live = set(alive)
+        matchers = [m if i in live else None for i, m in enumerate(inflight.matchers)]
+        accepted = self.grammars.accept(matchers, tokens)
+        logprobs = None
+        if inflight.logprobs is not None:
+            top_n = [s.state.sampling.top_logprobs for s in inflight.targets]
+            logprobs = logprobs_to_host(inflight.logprobs, tokens, top_n)
         deltas = []
-        for i, (seq, token) in enumerate(zip(targets, token_list, strict=True)):
+        for i in alive:
+            seq = inflight.targets[i]
             lp = [logprobs[i]] if logprobs is not None and seq.state.sampling.logprobs else None
-            prompt_lp = self._prompt_logprobs.take(seq)
-            delta = self._append_token(seq, token, lp, matchers[i], accepted[i] if accepted is not None else True)
-            delta.prompt_logprobs = prompt_lp
+            delta = self._append_token(seq, tokens[i], lp, matchers[i], accepted[i])
+            delta.prompt_logprobs = inflight.prompt_logprobs[i]
             deltas.append(delta)
         return deltas
 
@@ -348,9 +386,10 @@ class EngineCore:
         return children
 
     def _append_token(self, seq: Sequence, token: int, logprobs, matcher=None, accepted: bool = True) -> GenerateDelta:
-        """Append a sampled token; ``accepted`` says whether ``matcher`` (if any) already took it."""
+        """Replace ``seq``'s pending token by ``token``; ``accepted`` says whether ``matcher`` (if any) took it."""
         sampling = seq.state.sampling
-        seq.token_ids.append(token)
+        assert seq.token_ids[-1] == PENDING, "a token was resolved twice"
+        seq.token_ids[-1] = token
         if matcher is not None and not accepted:
             # Cannot happen with the mask applied; kept loud rather than emitting text that breaks the grammar.
             self._finish(seq, "error")

@@ -11,6 +11,7 @@ from plait.cache import KVPool, ReqToTokenPool
 from plait.engine.attention import AttentionBackend
 from plait.engine.cuda_graphs import DecodeGraphs
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
+from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model import LlamaForCausalLM
 from plait.engine.scheduler import ScheduledBatch
 
@@ -33,7 +34,8 @@ class ModelRunner:
         self.graphs = graphs
         self.graph_steps = 0  # forwards served by a graph replay (tests and benchmarks read it)
 
-    def prepare(self, batch: ScheduledBatch) -> ForwardBatch:
+    def prepare(self, batch: ScheduledBatch, inflight: InflightStep | None = None) -> ForwardBatch:
+        """Model inputs for ``batch``. Tokens still ``PENDING`` are taken on the device from ``inflight``."""
         input_ids: list[int] = []
         positions: list[int] = []
         sample_rows: list[int] = []
@@ -49,6 +51,9 @@ class ModelRunner:
             # The new tokens' slots must be in req_to_token before attention reads the row.
             self.req_to_token.write(seq.req_row, start, item.slots)
         device = self.device
+        ids = torch.tensor(input_ids, dtype=torch.int64).to(device, non_blocking=True)
+        if inflight is not None:
+            self._fill_pending(ids, input_ids, batch, inflight)
         use_graph = (
             self.graphs is not None
             and not batch.extends
@@ -56,7 +61,7 @@ class ModelRunner:
             and self.graphs.bucket(len(layouts)) is not None
         )
         forward = ForwardBatch(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64).to(device, non_blocking=True),
+            input_ids=ids,
             positions=torch.tensor(positions, dtype=torch.int64).to(device, non_blocking=True),
             out_cache_loc=torch.cat([item.slots for item in batch.seqs]).to(device, non_blocking=True),
             sample_indices=torch.tensor(sample_rows, dtype=torch.int64).to(device, non_blocking=True),
@@ -68,6 +73,24 @@ class ModelRunner:
         if not use_graph:  # a graph reads its metadata from static buffers filled at replay
             forward.attn_meta = self.attention.prepare(forward)
         return forward
+
+    @staticmethod
+    def _fill_pending(ids: torch.Tensor, host_ids: list[int], batch: ScheduledBatch, inflight: InflightStep) -> None:
+        """Copy, on the device, the previous step's sampled tokens into the input positions that hold ``PENDING``."""
+        if PENDING not in host_ids:
+            return
+        row_of = inflight.row_of()
+        positions: list[int] = []
+        rows: list[int] = []
+        offset = 0
+        for item in batch.seqs:
+            if host_ids[offset + item.new_len - 1] == PENDING:  # only a sequence's last token can be pending
+                positions.append(offset + item.new_len - 1)
+                rows.append(row_of[id(item.seq)])
+            offset += item.new_len
+        index = torch.tensor(positions, dtype=torch.int64).to(ids.device, non_blocking=True)
+        source = torch.tensor(rows, dtype=torch.int64).to(ids.device, non_blocking=True)
+        ids.index_copy_(0, index, inflight.tokens.index_select(0, source))
 
     def forward(self, forward: ForwardBatch) -> torch.Tensor:
         """Logits ``[sampled rows, vocab]`` (float32) of a prepared batch: a graph replay or the eager model."""

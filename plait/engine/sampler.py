@@ -23,6 +23,11 @@ class SampleRow:
 
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     """Pick one token per row of ``logits`` (``[rows, vocab]``, float32). Returns int64 ``[rows]`` on the CPU."""
+    return sample_on_device(logits, rows).cpu()
+
+
+def sample_on_device(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """``sample`` without the copy to the host: the tokens stay on ``logits``' device and nothing waits for them."""
     tokens = torch.empty(len(rows), dtype=torch.int64, device=logits.device)
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
     if greedy:
@@ -37,7 +42,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
             [torch.empty(probs.shape[1], device="cpu").exponential_(generator=rows[i].generator) for i in random_rows]
         ).to(probs.device)
         tokens[index] = (probs / noise).argmax(dim=-1)
-    return tokens.cpu()
+    return tokens
 
 
 def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -67,15 +72,31 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top_n: list[int]) -> list[TokenLogprob]:
     """Log-probabilities (raw model distribution) of the chosen tokens, with ``top_n[i]`` alternatives per row."""
+    return logprobs_to_host(logprob_tensors(logits, tokens, top_n), tokens.tolist(), top_n)
+
+
+LogprobTensors = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]  # chosen, top values, top ids
+
+
+def logprob_tensors(logits: torch.Tensor, tokens: torch.Tensor, top_n: list[int]) -> LogprobTensors:
+    """The device half of ``token_logprobs``: nothing is read back, so the host need not wait for the GPU."""
     logprobs = torch.log_softmax(logits, dim=-1)
-    chosen = logprobs.gather(1, tokens.to(logits.device)[:, None]).squeeze(1).tolist()
+    chosen = logprobs.gather(1, tokens.to(logits.device)[:, None]).squeeze(1)
     k = max(top_n, default=0)
-    top_values = top_ids = None
-    if k:
-        top_values, top_ids = logprobs.topk(k, dim=-1)
-        top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    if not k:
+        return chosen, None, None
+    top_values, top_ids = logprobs.topk(k, dim=-1)
+    return chosen, top_values, top_ids
+
+
+def logprobs_to_host(tensors: LogprobTensors, tokens: list[int], top_n: list[int]) -> list[TokenLogprob]:
+    """The host half of ``token_logprobs``: one ``TokenLogprob`` per row."""
+    chosen_t, values_t, ids_t = tensors
+    chosen = chosen_t.tolist()
+    top_values = values_t.tolist() if values_t is not None else None
+    top_ids = ids_t.tolist() if ids_t is not None else None
     result = []
-    for i, token in enumerate(tokens.tolist()):
+    for i, token in enumerate(tokens):
         top = list(zip(top_ids[i][: top_n[i]], top_values[i][: top_n[i]], strict=True)) if top_values else []
         result.append(TokenLogprob(token, chosen[i], top))
     return result

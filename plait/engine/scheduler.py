@@ -121,7 +121,7 @@ class Scheduler:
         self.prefix_cache.poll()
         batch = ScheduledBatch()
         while True:
-            decodes = [s for s in self.running if s.is_decode]
+            decodes = [s for s in self.running if s.is_decode and not s.will_finish]
             # Pins yield before a running request is retracted: memory held for the future never stalls the present.
             if self._ensure_free(len(decodes), allow_pinned=True):
                 break
@@ -130,7 +130,7 @@ class Scheduler:
         for seq in decodes:
             batch.decodes.append(ScheduledSeq(seq, 1, self._alloc(1)))
             budget -= 1
-        partial = [s for s in self.running if not s.is_decode]
+        partial = [s for s in self.running if not s.is_decode and not s.will_finish]
         inflight = self._inflight_prefills() if self.prefix_cache.shares_prefixes else {}
         for seq in partial + list(self.waiting):
             if budget <= 0 or self.free_slots() <= 0:
@@ -151,7 +151,8 @@ class Scheduler:
                 break
             batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk)))
             budget -= chunk
-        if not batch and self.running:
+        # (Not while a sequence is about to finish: its KV comes back as soon as its last token is read.)
+        if not batch and self.running and not any(s.will_finish for s in self.running):
             # Everyone holds memory and nobody can move (partial prefills filling the pool): free the least urgent.
             batch.retracted.append(self._retract_lowest())
             retry = self.schedule()

@@ -53,6 +53,8 @@ class Sequence:
     cache_handle: Any = None  # the prefix cache's lock on the cached path this sequence reads
     finish_reason: str | None = None
     num_retractions: int = 0
+    # Its last sampled token (still pending) ends it by length: the scheduler gives it no further step.
+    will_finish: bool = False
 
     @property
     def request_id(self) -> str:
