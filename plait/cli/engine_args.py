@@ -33,6 +33,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch: the reference (CPU and GPU); triton: paged Triton kernels (GPU; CPU through TRITON_INTERPRET=1)",
     )
     group.add_argument(
+        "--overlap",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="the overlap loop: the host reads step N's tokens while step N+1 computes (auto: on with CUDA)",
+    )
+    group.add_argument(
         "--cuda-graphs",
         default="auto",
         choices=["auto", "on", "off"],
@@ -55,4 +61,5 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         chunk_size=args.chunk_size,
         attention_backend=args.attention_backend,
         cuda_graphs=args.cuda_graphs,
+        overlap=args.overlap,
     )
