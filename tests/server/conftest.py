@@ -8,7 +8,6 @@ Use ``live_server.base_url`` with httpx or the ``openai`` client and send ``Auth
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from plait.runtime.server.uvicorn_thread import UvicornThread
+
 API_KEY_A = "test-key-a"
 API_KEY_B = "test-key-b"
-SERVER_START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -31,34 +31,6 @@ class LiveServer:
 
     def headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}
-
-
-class UvicornThread:
-    """Runs ``app`` under uvicorn in a daemon thread; ``start()`` returns once it listens, ``stop()`` drains it."""
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", timeout_keep_alive=30)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="plait-test-uvicorn", daemon=True)
-        self.host = host
-
-    def start(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("uvicorn exited before it started listening")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start within {timeout_s} s")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]  # port 0 -> the free port the OS picked
-        return f"http://{self.host}:{port}"
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout_s)
 
 
 @pytest.fixture(scope="session")

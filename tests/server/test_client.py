@@ -12,8 +12,9 @@ import pytest
 
 import plait
 from plait.runtime import ProgramCancelledError, ProgramFailedError
+from plait.runtime.server.uvicorn_thread import UvicornThread
 from tests.sdk.program_fixtures import research
-from tests.server.conftest import UvicornThread, wait_engine_idle
+from tests.server.conftest import wait_engine_idle
 
 API_KEY = "client-test-key"
 
