@@ -75,6 +75,7 @@ def main() -> None:
     reference = run("torch", args.model, prompt, forced)
     triton = run("triton", args.model, prompt, forced)
     exact = run("torch", args.model, prompt, forced, dtype="float32")  # how much bf16 itself moves the logits
+    triton32 = run("triton", args.model, prompt, forced, dtype="float32")  # the kernels without bf16 rounding
     report = {}
     for i, name in enumerate(("no cached prefix", "cached prefix")):
 
@@ -88,11 +89,13 @@ def main() -> None:
             "rel_err_per_step": errors,
             "triton_bf16_vs_torch_fp32_max": max(rel(triton[i], exact[i])),
             "torch_bf16_vs_torch_fp32_max": max(rel(reference[i], exact[i])),
+            "triton_fp32_vs_torch_fp32_max": max(rel(triton32[i], exact[i])),
         }
         r = report[name]
         print(
             f"{name:18s} steps {len(errors):3d}  triton vs torch (bf16) {max(errors):.2e}; vs fp32: triton "
-            f"{r['triton_bf16_vs_torch_fp32_max']:.2e}, torch {r['torch_bf16_vs_torch_fp32_max']:.2e}"
+            f"{r['triton_bf16_vs_torch_fp32_max']:.2e}, torch {r['torch_bf16_vs_torch_fp32_max']:.2e}; "
+            f"triton vs torch (fp32) {r['triton_fp32_vs_torch_fp32_max']:.2e}"
         )
     worst = max(r["max_rel_err"] for r in report.values())
     print(f"worst relative error {worst:.2e} ({'PASS' if worst <= 1e-2 else 'FAIL'} at 1e-2)")

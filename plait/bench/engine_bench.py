@@ -155,6 +155,18 @@ def _roofline_fractions(result: dict[str, float], core: EngineCore, limits: Any,
     result["prefill_roofline_fraction"] = prefill_floor / result["t_prefill_s"]
 
 
+def _host_overhead(result: dict[str, float], core: EngineCore) -> None:
+    """Add the device time of one decode forward (the CUDA graph of the batch replayed alone, with the last step's
+    inputs) and the fraction of the measured decode step that is not that: host work the overlap loop did not hide,
+    plus sampling on the device (so the fraction is an upper bound on the host's share)."""
+    graphs = core.runner.graphs
+    if graphs is None or graphs.bucket(int(result["batch"])) is None:
+        return
+    device_step = graphs.time_replay(int(result["batch"]))
+    result["device_decode_step_s"] = device_step
+    result["host_overhead_fraction"] = max(0.0, 1.0 - device_step / result["decode_step_s"])
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
@@ -187,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
                 result = _measure(label, timer, prompts, args.gen_len, args.repeats)
                 if limits is not None:
                     _roofline_fractions(result, core, limits, args.prompt_len, args.gen_len)
+                if label.startswith("plait"):
+                    _host_overhead(result, core)
                 results.append(result)
                 progress.advance(task)
     rows = []
@@ -198,9 +212,19 @@ def run(args: argparse.Namespace) -> int:
             f"{100 * r[key]:.0f}%" if key in r else ""
             for key in ("prefill_roofline_fraction", "decode_roofline_fraction")
         ]
-        rows.append([r["engine"], r["batch"], r["prefill_tok_s"], r["decode_tok_s"], *fractions, ratio])
+        overhead = f"{100 * r['host_overhead_fraction']:.1f}%" if "host_overhead_fraction" in r else ""
+        rows.append([r["engine"], r["batch"], r["prefill_tok_s"], r["decode_tok_s"], *fractions, overhead, ratio])
     title = f"engine: {core.model_config.name}, prompt {args.prompt_len}, gen {args.gen_len}, {core.device}"
-    columns = ["engine", "batch", "prefill tok/s", "decode tok/s", "prefill % roof", "decode % roof", "decode vs HF"]
+    columns = [
+        "engine",
+        "batch",
+        "prefill tok/s",
+        "decode tok/s",
+        "prefill % roof",
+        "decode % roof",
+        "host % step",
+        "decode vs HF",
+    ]
     print_table(title, columns, rows)
     if limits is not None:
         print(
@@ -225,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
             "prompt_len": args.prompt_len,
             "gen_len": args.gen_len,
             "attention_backend": core.config.attention_backend,
+            "overlap": core.overlap,
+            "cuda_graphs": core.runner.graphs is not None,
             "limits": limits.to_dict() if limits is not None else None,
             "results": results,
         },
