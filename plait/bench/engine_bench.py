@@ -111,7 +111,8 @@ def _load_hf(core: EngineCore, dtype_name: str) -> Any:
             tie_word_embeddings=mc.tie_word_embeddings,
             head_dim=mc.head_dim,
         )
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        with core.device:  # random initialisation on the device: minutes faster than on the host for 8B
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         from plait.engine import default_model_path
 

@@ -69,9 +69,9 @@ def _clamp(value: Any, *, generation: bool = False) -> Any:
             out[key] = min(out[key], cap)
     if type(out.get("best_of")) is int:
         out["best_of"] = min(out["best_of"], MAX_SAMPLES)
-    if (generation or out.get("kind") == "llm") and out.get("max_tokens") is None:
-        if out.get("max_completion_tokens") is None:
-            out["max_tokens"] = MAX_GEN_TOKENS
+    unbounded = out.get("max_tokens") is None and out.get("max_completion_tokens") is None
+    if (generation or out.get("kind") == "llm") and unbounded:
+        out["max_tokens"] = MAX_GEN_TOKENS
     return out
 
 
