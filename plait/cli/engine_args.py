@@ -28,9 +28,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chunk-size", type=int, default=512, help="longest prefill chunk per sequence per step")
     group.add_argument(
         "--attention-backend",
-        default="torch",
-        choices=["torch", "triton"],
-        help="torch: the reference (CPU and GPU); triton: paged Triton kernels (GPU; CPU through TRITON_INTERPRET=1)",
+        default="auto",
+        choices=["auto", "torch", "triton"],
+        help="auto: triton on CUDA, torch elsewhere; torch: the reference (CPU and GPU); triton: paged Triton "
+        "kernels (GPU; CPU through TRITON_INTERPRET=1)",
+    )
+    group.add_argument(
+        "--fused-ops",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="fused Triton RMSNorm+residual, RoPE and SiLU-and-mul kernels (auto: with the triton backend on CUDA)",
     )
     group.add_argument(
         "--overlap",
@@ -60,6 +67,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_batch_tokens=args.max_batch_tokens,
         chunk_size=args.chunk_size,
         attention_backend=args.attention_backend,
+        fused_ops=args.fused_ops,
         cuda_graphs=args.cuda_graphs,
         overlap=args.overlap,
     )

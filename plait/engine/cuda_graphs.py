@@ -52,6 +52,10 @@ class DecodeGraphs:
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
         self.sample_indices = torch.arange(n, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        # The batch each graph was captured with. Kept alive: buffers that the forward allocates lazily on its
+        # metadata during the warm-up (the decode kernel's split scratch) are baked into the graph by address, so
+        # freeing them would let the allocator hand that memory to other tensors while replays still write it.
+        self.batches: dict[int, ForwardBatch] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool: Any = None
 
@@ -73,6 +77,7 @@ class DecodeGraphs:
         torch.cuda.synchronize(self.device)
         for bs in reversed(self.buckets):
             batch = self._static_batch(bs)
+            self.batches[bs] = batch
             self.attention.fill_graph_metadata([SequenceLayout(0, 0, 1)] * bs, bs)
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))

@@ -45,7 +45,8 @@ class EngineConfig:
     max_running: int = 256
     max_batch_tokens: int = 2048
     chunk_size: int = 512
-    attention_backend: str = "torch"
+    attention_backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | triton
+    fused_ops: str = "auto"  # Triton RMSNorm/RoPE/SiLU kernels: auto (with the triton backend on CUDA) | on | off
     overlap: str = "auto"  # the overlap loop (inflight.py): auto (on with CUDA) | on | off
     cuda_graphs: str = "auto"  # auto (on CUDA with a backend that supports them) | on | off
     cuda_graph_max_batch: int = 0  # largest decode batch captured; 0 = min(max_running, 256)
@@ -70,6 +71,16 @@ class EngineConfig:
             return torch.bfloat16
         return torch.float32
 
+    def resolve_attention_backend(self, device: torch.device) -> str:
+        if self.attention_backend == "auto":
+            return "triton" if device.type == "cuda" else "torch"
+        return self.attention_backend
+
+    def resolve_fused_ops(self, device: torch.device) -> bool:
+        if self.fused_ops == "auto":
+            return device.type == "cuda" and self.resolve_attention_backend(device) == "triton"
+        return self.fused_ops == "on"
+
     def validate(self) -> None:
         for name in ("max_running", "max_batch_tokens", "chunk_size"):
             if getattr(self, name) < 1:
@@ -82,6 +93,10 @@ class EngineConfig:
             raise InvalidRequestError("eviction_policy", f"'{self.eviction_policy}': choose lru or next-use")
         if self.overlap not in ("auto", "on", "off"):
             raise InvalidRequestError("overlap", f"'{self.overlap}': choose auto, on or off")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise InvalidRequestError("attention_backend", f"'{self.attention_backend}': choose auto, torch or triton")
+        if self.fused_ops not in ("auto", "on", "off"):
+            raise InvalidRequestError("fused_ops", f"'{self.fused_ops}': choose auto, on or off")
         if self.cuda_graphs not in ("auto", "on", "off"):
             raise InvalidRequestError("cuda_graphs", f"'{self.cuda_graphs}': choose auto, on or off")
         if self.cuda_graph_max_batch < 0:

@@ -30,6 +30,7 @@ from plait.engine.grammar.manager import GrammarManager
 from plait.engine.grammar.prompt_logprobs import PromptLogprobs
 from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model_loader import build_model, resolve_model
+from plait.engine.model_ops import TORCH_OPS, triton_ops
 from plait.engine.model_runner import ModelRunner
 from plait.engine.request import ChoiceScore, GenerateDelta, GenerateRequest, TokenLogprob
 from plait.engine.sampler import SampleRow, logprob_tensors, logprobs_to_host, sample_on_device
@@ -49,7 +50,9 @@ class EngineCore:
         self.model_config = source.config
         self.tokenizer = load_tokenizer(source, config.tokenizer)
         self.max_context = min(config.max_context or DEFAULT_MAX_CONTEXT, source.config.max_position)
-        self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed)
+        self.attention_backend = config.resolve_attention_backend(self.device)
+        ops = triton_ops() if config.resolve_fused_ops(self.device) else TORCH_OPS
+        self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed, ops)
         self.kv_slots = config.kv_slots or auto_kv_slots(config, source.config, self.device, self.dtype)
         mc = source.config
         self.kv_pool = KVPool(mc.num_layers, self.kv_slots, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
@@ -63,7 +66,7 @@ class EngineCore:
             self.prefix_cache,
             ready=self._can_admit,
         )
-        attention = create_backend(config.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
+        attention = create_backend(self.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
         graphs = build_decode_graphs(config, self.model, attention, self.device)
         self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device, graphs)
         self.requests: dict[str, list[Sequence]] = {}

@@ -45,7 +45,7 @@ def build_decode_graphs(
         raise InvalidRequestError(
             "cuda_graphs",
             f"CUDA graphs need a CUDA device and the triton attention backend (device {device}, "
-            f"backend '{config.attention_backend}')",
+            f"backend '{config.resolve_attention_backend(device)}')",
         )
     graphs = DecodeGraphs(model, attention, min(config.cuda_graph_max_batch or 256, config.max_running), device)
     graphs.capture()

@@ -16,6 +16,7 @@ from torch import nn
 from plait.engine.errors import ModelLoadError
 from plait.engine.forward_batch import ForwardBatch
 from plait.engine.model_config import ModelConfig
+from plait.engine.model_ops import TORCH_OPS, ModelOps
 from plait.engine.rope import RotaryEmbedding
 
 
@@ -36,15 +37,18 @@ class Linear(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, size: int, eps: float, ops: ModelOps, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.weight = _empty(size, device=device, dtype=dtype)
         self.eps = eps
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32, scale in the model's dtype (the reference Llama's rounding order).
-        normed = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
-        return self.weight * normed.to(x.dtype)
+        return self.ops.rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(residual + x), residual + x)``: the residual add fused with the norm that follows it."""
+        return self.ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -69,40 +73,60 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, device, dtype) -> None:
+    def __init__(self, config: ModelConfig, ops: ModelOps, device, dtype) -> None:
         super().__init__()
-        self.intermediate_size = config.intermediate_size
+        self.ops = ops
         self.gate_up_proj = Linear(2 * config.intermediate_size, config.hidden_size, False, device, dtype)
         self.down_proj = Linear(config.hidden_size, config.intermediate_size, False, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int, rope: RotaryEmbedding, device, dtype) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
-        self.self_attn = Attention(config, layer_id, rope, device, dtype)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
-        self.mlp = MLP(config, device, dtype)
+    """Pre-norm block. The residual stream travels beside the block's output (``residual``) so that each residual
+    add is fused with the norm after it; the sums are the reference's ``h + attn(norm(h))`` and ``h + mlp(...)``."""
 
-    def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), batch)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def __init__(self, config: ModelConfig, layer_id: int, rope: RotaryEmbedding, ops: ModelOps, device, dtype):
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, ops, device, dtype)
+        self.self_attn = Attention(config, layer_id, rope, device, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, ops, device, dtype)
+        self.mlp = MLP(config, ops, device, dtype)
+
+    def forward(
+        self, hidden: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(block output, residual stream before it)``; ``residual`` is None for the first layer."""
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm.add_forward(hidden, residual)
+        hidden, residual = self.post_attention_layernorm.add_forward(self.self_attn(hidden, batch), residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaForCausalLM(nn.Module):
     """Token ids in, logits of the rows the batch asks to sample out."""
 
-    def __init__(self, config: ModelConfig, max_position: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        max_position: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        ops: ModelOps = TORCH_OPS,
+    ) -> None:
         super().__init__()
         self.config = config
-        self.rope = RotaryEmbedding(config, max_position, device, dtype)
+        self.ops = ops
+        self.rope = RotaryEmbedding(config, max_position, device, dtype, ops)
         self.embed_tokens = _empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, self.rope, device, dtype) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device, dtype)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, self.rope, ops, device, dtype) for i in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops, device, dtype)
         self.lm_head = (
             self.embed_tokens
             if config.tie_word_embeddings
@@ -112,10 +136,15 @@ class LlamaForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         hidden = F.embedding(batch.input_ids, self.embed_tokens)
+        residual = None
         for layer in self.layers:
-            hidden = layer(hidden, batch)
-        # Only the rows that are sampled need the (vocabulary-sized) head.
-        hidden = self.norm(hidden[batch.sample_indices])
+            hidden, residual = layer(hidden, residual, batch)
+        # Only the rows that are sampled need the last residual add, the norm and the (vocabulary-sized) head.
+        rows = batch.sample_indices
+        if residual is None:
+            hidden = self.norm(hidden[rows])
+        else:
+            hidden, _ = self.norm.add_forward(hidden[rows], residual[rows])
         return F.linear(hidden, self.lm_head).float()
 
     # ---- weights -------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from plait.engine.default_model import default_model_path
 from plait.engine.errors import ModelLoadError, ModelNotFoundError
 from plait.engine.model import LlamaForCausalLM
 from plait.engine.model_config import DUMMY_SHAPES, ModelConfig
+from plait.engine.model_ops import TORCH_OPS, ModelOps
 from plait.engine.weights import GGUFCheckpoint, SafetensorsCheckpoint, dummy_weights
 
 WEIGHT_FORMATS = ("auto", "gguf", "safetensors", "dummy")
@@ -52,10 +53,15 @@ def resolve_model(model: str = "default", weights: str = "auto") -> ModelSource:
 
 
 def build_model(
-    source: ModelSource, max_position: int, device: torch.device, dtype: torch.dtype, seed: int = 0
+    source: ModelSource,
+    max_position: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int = 0,
+    ops: ModelOps = TORCH_OPS,
 ) -> LlamaForCausalLM:
-    """Instantiate the model on ``device`` and fill its weights."""
-    model = LlamaForCausalLM(source.config, max_position, device, dtype)
+    """Instantiate the model on ``device`` (its elementwise operations from ``ops``) and fill its weights."""
+    model = LlamaForCausalLM(source.config, max_position, device, dtype, ops)
     if source.checkpoint is None:
         dummy_weights(model, seed)
     else:

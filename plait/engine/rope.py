@@ -7,6 +7,7 @@ import math
 import torch
 
 from plait.engine.model_config import ModelConfig, RopeScaling
+from plait.engine.model_ops import TORCH_OPS, ModelOps
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -32,8 +33,16 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None
 class RotaryEmbedding(torch.nn.Module):
     """Precomputed cos/sin tables indexed by absolute position; applied to Q and K of shape ``[tokens, heads, dim]``."""
 
-    def __init__(self, config: ModelConfig, max_position: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        max_position: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        ops: ModelOps = TORCH_OPS,
+    ) -> None:
         super().__init__()
+        self.ops = ops
         inv_freq = inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling).float()
         positions = torch.arange(max_position, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
@@ -42,12 +51,5 @@ class RotaryEmbedding(torch.nn.Module):
         self.register_buffer("sin", emb.sin().to(device=device, dtype=dtype), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos.index_select(0, positions).unsqueeze(1)  # [tokens, 1, dim]
-        sin = self.sin.index_select(0, positions).unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+        """Rotated ``q`` and ``k`` (the fused implementation rotates them in place)."""
+        return self.ops.rotary(positions, q, k, self.cos, self.sin)

@@ -1,0 +1,84 @@
+"""Rotary position embedding applied to Q and K in place, one Triton program per token.
+
+The "rotate half" layout of HF Llama/Qwen2: for ``x = [x1, x2]``, ``x' = [x1 cos - x2 sin, x2 cos + x1 sin]``,
+computed in float32 and rounded once (the reference rounds each product: the results differ by at most an ulp).
+``q``/``k`` may be strided views (the split of the fused QKV projection); the head dimension must be contiguous.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate(x_ptr, stride_t, stride_h, token, num_heads, cos, sin, offs_h, offs_d, HALF: tl.constexpr):
+    mask = (offs_h[:, None] < num_heads) & (offs_d[None, :] < HALF)
+    base = x_ptr + token * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
+    x1 = tl.load(base, mask=mask, other=0.0)
+    x2 = tl.load(base + HALF, mask=mask, other=0.0)
+    a, b = x1.to(tl.float32), x2.to(tl.float32)
+    tl.store(base, (a * cos - b * sin).to(x1.dtype), mask=mask)
+    tl.store(base + HALF, (b * cos + a * sin).to(x1.dtype), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    q_ptr,
+    k_ptr,
+    positions_ptr,
+    cos_ptr,
+    sin_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_cos,
+    num_q_heads,
+    num_k_heads,
+    HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    position = tl.load(positions_ptr + token).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HALF
+    cos = tl.load(cos_ptr + position * stride_cos + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + position * stride_cos + offs_d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+    _rotate(q_ptr, stride_qt, stride_qh, token, num_q_heads, cos, sin, tl.arange(0, BLOCK_HQ), offs_d, HALF)
+    _rotate(k_ptr, stride_kt, stride_kh, token, num_k_heads, cos, sin, tl.arange(0, BLOCK_HK), offs_d, HALF)
+
+
+def apply_rotary(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate ``q`` ``[tokens, heads, dim]`` and ``k`` ``[tokens, kv_heads, dim]`` in place by the angles of
+    ``positions``; ``cos``/``sin`` are ``[max_position, dim]`` tables (``cat([f, f])`` layout). Returns both."""
+    tokens, num_q_heads, dim = q.shape
+    if q.stride(2) != 1 or k.stride(2) != 1 or cos.stride(1) != 1 or dim % 2:
+        raise ValueError("apply_rotary needs a contiguous, even head dimension")
+    if tokens == 0:
+        return q, k
+    half = dim // 2
+    _rotary_kernel[(tokens,)](
+        q,
+        k,
+        positions,
+        cos,
+        sin,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        cos.stride(0),
+        num_q_heads,
+        k.shape[1],
+        half,
+        triton.next_power_of_2(num_q_heads),
+        triton.next_power_of_2(k.shape[1]),
+        triton.next_power_of_2(half),
+    )
+    return q, k
