@@ -16,8 +16,9 @@ strip() { grep -v "━" | grep -v "^\s*$"; }
 E="--weights dummy --attention-backend triton"
 case "${1:-check}" in
 check)
-  timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_triton_attention.py -x 2>&1 | tail -4 \
-    | tee "$OUT/triton_gpu_tests.txt"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/engine/test_triton_attention.py tests/engine/test_fused_ops.py \
+    tests/engine/test_gpu.py 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
+  timeout 60 python3 bench/gpu/decode_profile.py 2>&1 | tail -15 | tee "$OUT/decode_profile_8b_b1.txt"
   timeout 120 python3 bench/gpu/attention_check.py --quick 2>&1 | tail -22 | tee "$OUT/attention_check.txt"
   timeout 240 python3 bench/gpu/triton_vs_torch_logits.py 2>&1 | tail -8 | tee "$OUT/logits_check.txt"
   ;;

@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--batch-sizes must be positive integers, --gen-len >= 2, --prompt-len >= 1")
     config = engine_config_from_args(args)
     config.max_running = max(config.max_running, max(batch_sizes))
+    # What the runs need, not most of the device (which would leave HF's model no room).
+    config.kv_slots = config.kv_slots or max(batch_sizes) * (args.prompt_len + args.gen_len + 16) + 1024
     core = EngineCore(config)
     hf_model = None if args.no_hf else _load_hf(core, args.hf_dtype)
     limits = None
