@@ -23,17 +23,21 @@ check)
   timeout 240 python3 bench/gpu/triton_vs_torch_logits.py 2>&1 | tail -8 | tee "$OUT/logits_check.txt"
   ;;
 bench)
+  timeout 100 python3 -m pytest -q -p no:cacheprovider --durations=3 tests/engine/test_gpu.py \
+    tests/engine/test_fused_ops.py -k "(graphs and 64) or engine_with_fused" 2>&1 | grep -v "^\s*$" | tail -12
   timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 1 --prompt-len 512 \
     --gen-len 64 --output "$OUT/engine_8b_b1_ctx512.json" 2>&1 | strip | tail -7
   timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 4 --prompt-len 2048 \
     --gen-len 4 --max-batch-tokens 8192 --chunk-size 2048 --output "$OUT/engine_8b_prefill_4x2048.json" 2>&1 \
     | strip | tail -7
-  timeout 200 python3 -m plait bench engine --model llama-3.1-8b $E --batch-sizes 1,16,64,256 --prompt-len 1024 \
-    --gen-len 64 --output "$OUT/engine_8b_ctx1024_vs_hf.json" 2>&1 | strip | tail -16
-  timeout 130 python3 -m plait bench engine --model llama-3.2-1b $E --batch-sizes 1,16,64,256 --prompt-len 512 \
-    --gen-len 64 --output "$OUT/engine_1b_ctx512_vs_hf.json" 2>&1 | strip | tail -16
+  timeout 150 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 1,16,64,256 \
+    --prompt-len 1024 --gen-len 64 --output "$OUT/engine_8b_ctx1024.json" 2>&1 | strip | tail -14
+  timeout 100 python3 -m plait bench engine --model llama-3.2-1b $E --no-hf --batch-sizes 1,16,64,256 \
+    --prompt-len 512 --gen-len 64 --output "$OUT/engine_1b_ctx512.json" 2>&1 | strip | tail -14
   ;;
 extra)
+  timeout 200 python3 -m plait bench engine --model llama-3.1-8b $E --batch-sizes 1,16,64 --prompt-len 512 \
+    --gen-len 32 --output "$OUT/engine_8b_vs_hf.json" 2>&1 | strip | tail -12
   for overlap in on off; do
     timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --no-roofline --batch-sizes 128 \
       --prompt-len 1024 --gen-len 64 --overlap $overlap --output "$OUT/engine_8b_b128_overlap_$overlap.json" 2>&1 \

@@ -149,5 +149,6 @@ def test_engine_with_fused_ops_decodes_like_reference():
 
     ref_logits, ref_out = run("off")
     fused_logits, fused_out = run("on")
-    assert _rel(fused_logits, ref_logits) <= 1e-5
-    assert fused_out == ref_out
+    error = _rel(fused_logits, ref_logits)
+    assert error <= 1e-5, f"prompt logits differ by {error:.2e}"
+    assert fused_out == ref_out, f"{fused_out} != {ref_out}"
