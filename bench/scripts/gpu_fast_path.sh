@@ -48,3 +48,4 @@ extra)
     --output "$OUT/grammar_overhead_8b_triton.json" 2>&1 | strip | tail -12
   ;;
 esac
+python3 bench/gpu/summarize_engine.py "$OUT"/engine_*.json 2>/dev/null
