@@ -38,8 +38,10 @@ def main() -> None:
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events)
     count = sum(e.count for e in events)
-    print(f"{args.model} batch {args.batch}: {total / args.steps / 1e3:.3f} ms device time per step, "
-          f"{count / args.steps:.0f} kernels per step")
+    print(
+        f"{args.model} batch {args.batch}: {total / args.steps / 1e3:.3f} ms device time per step, "
+        f"{count / args.steps:.0f} kernels per step"
+    )
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:14]:
         print(f"{e.self_device_time_total / args.steps / 1e3:8.3f} ms {e.count / args.steps:6.0f}x  {e.key[:90]}")
 

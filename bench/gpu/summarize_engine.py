@@ -2,10 +2,11 @@
 
 import json
 import sys
+from pathlib import Path
 
 for path in sys.argv[1:]:
     try:
-        data = json.load(open(path))
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         print(f"{path}: {error}")
         continue
@@ -17,7 +18,8 @@ for path in sys.argv[1:]:
             if key in r:
                 fields.append(f"{label} {100 * r[key]:.1f}%")
         if "host_overhead_fraction" in r:
-            fields.append(f"host {100 * r['host_overhead_fraction']:.1f}% (device {1e3 * r['device_decode_step_s']:.2f} ms)")
+            device_ms = 1e3 * r["device_decode_step_s"]
+            fields.append(f"host {100 * r['host_overhead_fraction']:.1f}% (device {device_ms:.2f} ms)")
         if r.get("decode_vs_hf"):
             fields.append(f"vs HF {r['decode_vs_hf']:.2f}x")
         print("  " + " | ".join(fields))
