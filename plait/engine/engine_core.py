@@ -28,6 +28,7 @@ from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 from plait.engine.grammar import choice_score, scoring_requests
 from plait.engine.grammar.manager import GrammarManager
 from plait.engine.grammar.prompt_logprobs import PromptLogprobs
+from plait.engine.host_copy import to_device
 from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_ops import TORCH_OPS, triton_ops
@@ -337,7 +338,7 @@ class EngineCore:
         if not targets:
             return None
         if rows != list(range(logits.shape[0])):  # siblings share their parent's row; finished rows are dropped
-            logits = logits.index_select(0, torch.tensor(rows).to(logits.device, non_blocking=True))
+            logits = logits.index_select(0, to_device(rows, torch.int64, logits.device))
         matchers = self.grammars.matchers(targets)
         masks = self.grammars.fill(matchers)  # CPU work while the GPU still runs the forward pass
         want_logprobs = any(s.state.sampling.logprobs for s in targets)

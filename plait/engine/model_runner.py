@@ -11,6 +11,7 @@ from plait.cache import KVPool, ReqToTokenPool
 from plait.engine.attention import AttentionBackend
 from plait.engine.cuda_graphs import DecodeGraphs
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
+from plait.engine.host_copy import pinned_to_device
 from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model import LlamaForCausalLM
 from plait.engine.scheduler import ScheduledBatch
@@ -35,25 +36,53 @@ class ModelRunner:
         self.graph_steps = 0  # forwards served by a graph replay (tests and benchmarks read it)
 
     def prepare(self, batch: ScheduledBatch, inflight: InflightStep | None = None) -> ForwardBatch:
-        """Model inputs for ``batch``. Tokens still ``PENDING`` are taken on the device from ``inflight``."""
+        """Model inputs for ``batch``. Tokens still ``PENDING`` are taken on the device from ``inflight``.
+
+        Everything the step needs from the host (token ids, positions, KV slots, the req_to_token entries of the
+        new tokens, sampled rows, pending tokens) travels in one pinned copy: no copy here waits for the GPU.
+        """
         input_ids: list[int] = []
         positions: list[int] = []
+        table_index: list[int] = []  # flat req_to_token positions of the new tokens (their slots go there)
         sample_rows: list[int] = []
+        pending_at: list[int] = []  # input positions whose token is the previous step's, still on the device
+        pending_rows: list[int] = []
         layouts: list[SequenceLayout] = []
+        width = self.req_to_token.table.shape[1]
+        row_of = inflight.row_of() if inflight is not None else {}
         for item in batch.seqs:
             seq = item.seq
             start = seq.num_computed
             input_ids.extend(seq.token_ids[start : start + item.new_len])
             positions.extend(range(start, start + item.new_len))
+            base = seq.req_row * width + start
+            table_index.extend(range(base, base + item.new_len))
+            if input_ids[-1] == PENDING:  # only a sequence's last token can be pending
+                pending_at.append(len(input_ids) - 1)
+                pending_rows.append(row_of[id(seq)])
             if item.samples:
                 sample_rows.append(len(input_ids) - 1)
             layouts.append(SequenceLayout(seq.req_row, start, item.new_len))
-            # The new tokens' slots must be in req_to_token before attention reads the row.
-            self.req_to_token.write(seq.req_row, start, item.slots)
-        device = self.device
-        ids = torch.tensor(input_ids, dtype=torch.int64).to(device, non_blocking=True)
-        if inflight is not None:
-            self._fill_pending(ids, input_ids, batch, inflight)
+        n = len(input_ids)
+        slots = torch.cat([item.slots for item in batch.seqs])
+        parts = [input_ids, positions, table_index, sample_rows, pending_at, pending_rows]
+        host = torch.empty(4 * n + len(sample_rows) + 2 * len(pending_at), dtype=torch.int64)
+        host[:n] = torch.tensor(input_ids, dtype=torch.int64)
+        host[n : 2 * n] = slots
+        offset = 2 * n
+        for part in parts[1:]:
+            host[offset : offset + len(part)] = torch.tensor(part, dtype=torch.int64)
+            offset += len(part)
+        device_values = pinned_to_device(host, self.device)
+        ids, out_cache_loc, positions_t, table_t, samples_t, at_t, rows_t = device_values.split(
+            [n, n, n, n, len(sample_rows), len(pending_at), len(pending_at)]
+        )
+        # The new tokens' slots must be in req_to_token before attention reads the row.
+        self.req_to_token.table.view(-1).index_copy_(0, table_t, out_cache_loc)
+        if pending_at:
+            assert inflight is not None
+            ids = ids.clone()  # the packed buffer stays intact; ids is written on the device
+            ids.index_copy_(0, at_t, inflight.tokens.index_select(0, rows_t))
         use_graph = (
             self.graphs is not None
             and not batch.extends
@@ -62,9 +91,9 @@ class ModelRunner:
         )
         forward = ForwardBatch(
             input_ids=ids,
-            positions=torch.tensor(positions, dtype=torch.int64).to(device, non_blocking=True),
-            out_cache_loc=torch.cat([item.slots for item in batch.seqs]).to(device, non_blocking=True),
-            sample_indices=torch.tensor(sample_rows, dtype=torch.int64).to(device, non_blocking=True),
+            positions=positions_t,
+            out_cache_loc=out_cache_loc,
+            sample_indices=samples_t,
             num_decode=len(batch.decodes),
             layouts=layouts,
             attention=self.attention,
@@ -73,24 +102,6 @@ class ModelRunner:
         if not use_graph:  # a graph reads its metadata from static buffers filled at replay
             forward.attn_meta = self.attention.prepare(forward)
         return forward
-
-    @staticmethod
-    def _fill_pending(ids: torch.Tensor, host_ids: list[int], batch: ScheduledBatch, inflight: InflightStep) -> None:
-        """Copy, on the device, the previous step's sampled tokens into the input positions that hold ``PENDING``."""
-        if PENDING not in host_ids:
-            return
-        row_of = inflight.row_of()
-        positions: list[int] = []
-        rows: list[int] = []
-        offset = 0
-        for item in batch.seqs:
-            if host_ids[offset + item.new_len - 1] == PENDING:  # only a sequence's last token can be pending
-                positions.append(offset + item.new_len - 1)
-                rows.append(row_of[id(item.seq)])
-            offset += item.new_len
-        index = torch.tensor(positions, dtype=torch.int64).to(ids.device, non_blocking=True)
-        source = torch.tensor(rows, dtype=torch.int64).to(ids.device, non_blocking=True)
-        ids.index_copy_(0, index, inflight.tokens.index_select(0, source))
 
     def forward(self, forward: ForwardBatch) -> torch.Tensor:
         """Logits ``[sampled rows, vocab]`` (float32) of a prepared batch: a graph replay or the eager model."""

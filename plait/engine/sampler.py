@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from plait.engine.host_copy import pinned_to_device, to_device
 from plait.engine.request import TokenLogprob
 from plait.engine.sampling_params import SamplingParams
 
@@ -31,16 +32,22 @@ def sample_on_device(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tenso
     tokens = torch.empty(len(rows), dtype=torch.int64, device=logits.device)
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
     if greedy:
-        index = torch.tensor(greedy, device=logits.device)
+        index = to_device(greedy, torch.int64, logits.device)
         tokens[index] = logits[index].argmax(dim=-1)
     random_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
     if random_rows:
-        index = torch.tensor(random_rows, device=logits.device)
+        index = to_device(random_rows, torch.int64, logits.device)
         params = [rows[i].params for i in random_rows]
         probs = _filtered_probs(logits[index], params)
-        noise = torch.stack(
-            [torch.empty(probs.shape[1], device="cpu").exponential_(generator=rows[i].generator) for i in random_rows]
-        ).to(probs.device)
+        noise = pinned_to_device(
+            torch.stack(
+                [
+                    torch.empty(probs.shape[1], device="cpu").exponential_(generator=rows[i].generator)
+                    for i in random_rows
+                ]
+            ),
+            probs.device,
+        )
         tokens[index] = (probs / noise).argmax(dim=-1)
     return tokens
 
@@ -48,20 +55,20 @@ def sample_on_device(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tenso
 def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """Softmax at each row's temperature, with its top-k / top-p / min-p filters applied."""
     device = logits.device
-    temperature = torch.tensor([p.temperature for p in params], device=device)
+    temperature = to_device([p.temperature for p in params], torch.float32, device)
     probs = torch.softmax(logits / temperature[:, None], dim=-1)
     if any(p.min_p > 0 for p in params):
-        min_p = torch.tensor([p.min_p for p in params], device=device)
+        min_p = to_device([p.min_p for p in params], torch.float32, device)
         probs = probs.masked_fill(probs < min_p[:, None] * probs.max(dim=-1, keepdim=True).values, 0.0)
     if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         ranks = torch.arange(probs.shape[1], device=device)[None, :]
-        top_k = torch.tensor([p.top_k if p.top_k > 0 else probs.shape[1] for p in params], device=device)
+        top_k = to_device([p.top_k if p.top_k > 0 else probs.shape[1] for p in params], torch.int64, device)
         drop = ranks >= top_k[:, None]
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         # top-p applies to what min-p and top-k kept, renormalised (so filters compose as in other engines).
         sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
-        top_p = torch.tensor([p.top_p for p in params], device=device)
+        top_p = to_device([p.top_p for p in params], torch.float32, device)
         # Keep the smallest set whose mass reaches top_p: drop a token when the mass before it already does.
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         drop |= mass_before >= top_p[:, None]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from plait.cache import KVPool, ReqToTokenPool
 from plait.engine.forward_batch import ForwardBatch
+from plait.engine.host_copy import to_device
 
 
 @dataclass
@@ -45,8 +46,8 @@ class TorchAttentionBackend:
         decode_slots = decode_mask = None
         if batch.num_decode:
             decodes = batch.layouts[: batch.num_decode]
-            lens = torch.tensor([d.prefix_len + 1 for d in decodes], device=device)
-            rows = torch.tensor([d.req_row for d in decodes], device=device)
+            lens = to_device([d.prefix_len + 1 for d in decodes], torch.int64, device)
+            rows = to_device([d.req_row for d in decodes], torch.int64, device)
             max_len = int(lens.max())
             valid = torch.arange(max_len, device=device)[None, :] < lens[:, None]
             # Padded positions read the padding slot 0 and are masked out.

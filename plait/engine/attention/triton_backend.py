@@ -18,6 +18,7 @@ import torch
 
 from plait.cache import KVPool, ReqToTokenPool
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
+from plait.engine.host_copy import pinned_to_device, to_device
 from plait.engine.kernels import decode_attention as decode_kernels
 from plait.engine.kernels import extend_attention as extend_kernels
 from plait.engine.kernels.attention_block import interpreter_ready
@@ -70,7 +71,7 @@ class TritonAttentionBackend:
             *starts,
         ]
         device = self.req_to_token.table.device
-        info = torch.tensor(values, dtype=torch.int32).to(device, non_blocking=True)
+        info = to_device(values, torch.int32, device)
         nd, ne = len(decodes), len(extends)
         decode_rows, decode_lens = info[:nd], info[nd : 2 * nd]
         rows, prefix, new, starts_t = info[2 * nd :].view(4, ne).unbind(0) if ne else (info[:0],) * 4
@@ -123,7 +124,7 @@ class TritonAttentionBackend:
             [[*(d.req_row for d in layouts), *[0] * pad], [*(d.prefix_len + 1 for d in layouts), *[1] * pad]],
             dtype=torch.int32,
         )
-        self._graph_info[:, :bs].copy_(host, non_blocking=True)
+        self._graph_info[:, :bs].copy_(pinned_to_device(host, self._graph_info.device))
 
     # ---- the step ------------------------------------------------------------------------------------------------
 

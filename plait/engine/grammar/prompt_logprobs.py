@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from plait.engine.host_copy import to_device
 from plait.engine.request import TokenLogprob
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class PromptLogprobs:
                     self._rows.append((seq, position))
             offset += item.new_len
         if extra:
-            rows = torch.tensor(extra, dtype=torch.int64).to(forward.sample_indices.device, non_blocking=True)
+            rows = to_device(extra, torch.int64, forward.sample_indices.device)
             forward.sample_indices = torch.cat([forward.sample_indices, rows])
         return num_sampling
 
@@ -54,7 +55,7 @@ class PromptLogprobs:
         """Record the log-probabilities of the tokens that follow this step's extra rows (``logits``: those rows)."""
         if not self._rows:
             return
-        next_tokens = torch.tensor([seq.token_ids[p + 1] for seq, p in self._rows], device=logits.device)
+        next_tokens = to_device([seq.token_ids[p + 1] for seq, p in self._rows], torch.int64, logits.device)
         chosen = torch.log_softmax(logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1).tolist()
         for (seq, position), token, logprob in zip(self._rows, next_tokens.tolist(), chosen, strict=True):
             self._by_request.setdefault(seq.request_id, {})[position + 1] = TokenLogprob(token, logprob)
