@@ -33,6 +33,8 @@ class ReqToTokenPool:
 
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
         """Record ``slots`` as the KV of positions ``start .. start + len(slots) - 1`` of ``row``."""
+        if self.table.is_cuda and not slots.is_cuda:
+            slots = slots.pin_memory()  # a pageable copy would synchronise the stream (see engine/host_copy.py)
         self.table[row, start : start + slots.numel()] = slots.to(self.table.device, non_blocking=True)
 
     def read(self, row: int, length: int) -> torch.Tensor:

@@ -127,9 +127,11 @@ class Scheduler:
                 break
             batch.retracted.append(self._retract_lowest())
         budget = self.config.max_batch_tokens
-        for seq in decodes:
-            batch.decodes.append(ScheduledSeq(seq, 1, self._alloc(1)))
-            budget -= 1
+        if decodes:  # one slot each, taken in one allocator call
+            slots = self._alloc(len(decodes))
+            for i, seq in enumerate(decodes):
+                batch.decodes.append(ScheduledSeq(seq, 1, slots[i : i + 1]))
+            budget -= len(decodes)
         partial = [s for s in self.running if not s.is_decode and not s.will_finish]
         inflight = self._inflight_prefills() if self.prefix_cache.shares_prefixes else {}
         for seq in partial + list(self.waiting):
