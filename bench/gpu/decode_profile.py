@@ -19,9 +19,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--graphs", default="off", help="decode CUDA graphs (off: every kernel is listed)")
+    parser.add_argument("--host", action="store_true", help="also list the host's top operations and CUDA API calls")
     args = parser.parse_args()
+    tokens = args.batch * args.prompt_len
     config = EngineConfig(
-        model=args.model, weights="dummy", attention_backend="triton", kv_slots=65536, cuda_graphs="off"
+        model=args.model,
+        weights="dummy",
+        attention_backend="triton",
+        kv_slots=max(65536, tokens + args.batch * (args.steps + 32)),
+        cuda_graphs=args.graphs,
+        max_batch_tokens=tokens,  # the whole prefill in one step: every profiled step is a decode step
+        chunk_size=args.prompt_len,
+        max_running=max(256, args.batch),
     )
     core = EngineCore(config)
     prompts = torch.randint(100, 30000, (args.batch, args.prompt_len)).tolist()
@@ -31,7 +41,8 @@ def main() -> None:
     core.step()  # prefill
     core.step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.host else [])
+    with profile(activities=activities) as prof:
         for _ in range(args.steps):
             core.step()
         torch.cuda.synchronize()
@@ -44,6 +55,11 @@ def main() -> None:
     )
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:14]:
         print(f"{e.self_device_time_total / args.steps / 1e3:8.3f} ms {e.count / args.steps:6.0f}x  {e.key[:90]}")
+    if args.host:
+        host = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+        print("host: self CPU time per step")
+        for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:22]:
+            print(f"{e.self_cpu_time_total / args.steps / 1e3:8.3f} ms {e.count / args.steps:6.0f}x  {e.key[:90]}")
 
 
 if __name__ == "__main__":
