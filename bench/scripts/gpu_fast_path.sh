@@ -23,8 +23,6 @@ check)
   timeout 240 python3 bench/gpu/triton_vs_torch_logits.py 2>&1 | tail -8 | tee "$OUT/logits_check.txt"
   ;;
 bench)
-  timeout 100 python3 -m pytest -q -p no:cacheprovider --durations=3 tests/engine/test_gpu.py \
-    tests/engine/test_fused_ops.py -k "(graphs and 64) or engine_with_fused" 2>&1 | grep -v "^\s*$" | tail -12
   timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 1 --prompt-len 512 \
     --gen-len 64 --output "$OUT/engine_8b_b1_ctx512.json" 2>&1 | strip | tail -7
   timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 4 --prompt-len 2048 \
