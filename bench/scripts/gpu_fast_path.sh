@@ -29,18 +29,18 @@ bench)
     --gen-len 4 --max-batch-tokens 8192 --chunk-size 2048 --output "$OUT/engine_8b_prefill_4x2048.json" 2>&1 \
     | strip | tail -7
   timeout 150 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 1,16,64,256 \
-    --prompt-len 1024 --gen-len 64 --output "$OUT/engine_8b_ctx1024.json" 2>&1 | strip | tail -14
+    --prompt-len 1024 --gen-len 64 --max-batch-tokens 16384 --chunk-size 1024 --output "$OUT/engine_8b_ctx1024.json" 2>&1 | strip | tail -14
   timeout 100 python3 -m plait bench engine --model llama-3.2-1b $E --no-hf --batch-sizes 1,16,64,256 \
-    --prompt-len 512 --gen-len 64 --output "$OUT/engine_1b_ctx512.json" 2>&1 | strip | tail -14
+    --prompt-len 512 --gen-len 64 --max-batch-tokens 16384 --output "$OUT/engine_1b_ctx512.json" 2>&1 | strip | tail -14
+  for overlap in on off; do
+    timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --no-roofline --batch-sizes 128 \
+      --prompt-len 1024 --gen-len 64 --max-batch-tokens 16384 --chunk-size 1024 --overlap $overlap --output "$OUT/engine_8b_b128_overlap_$overlap.json" 2>&1 \
+      | strip | tail -5
+  done
   ;;
 extra)
   timeout 200 python3 -m plait bench engine --model llama-3.1-8b $E --batch-sizes 1,16,64 --prompt-len 512 \
     --gen-len 32 --output "$OUT/engine_8b_vs_hf.json" 2>&1 | strip | tail -12
-  for overlap in on off; do
-    timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --no-roofline --batch-sizes 128 \
-      --prompt-len 1024 --gen-len 64 --overlap $overlap --output "$OUT/engine_8b_b128_overlap_$overlap.json" 2>&1 \
-      | strip | tail -5
-  done
   timeout 300 python3 -m plait bench grammar overhead --model llama-3.1-8b $E \
     --tokenizer .gpu_data/ggml-vocab-llama-bpe.gguf --batch 64 --prompt-len 512 --gen-len 128 --repeats 5 \
     --output "$OUT/grammar_overhead_8b_triton.json" 2>&1 | strip | tail -12

@@ -55,9 +55,10 @@ def _prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[in
 
 
 def _time_plait(core: EngineCore, prompts: list[list[int]], max_tokens: int, decode: dict | None = None) -> float:
-    """Wall time to serve ``prompts``. With ``decode``, also records the wall time and count of the steps after
-    every sequence finished its prefill (pure decode steps: chunked prefill mixes the first decodes with other
-    sequences' prompt chunks, which says nothing about decode speed)."""
+    """Wall time to serve ``prompts``. With ``decode``, also records the wall time and count of the full decode
+    steps (all prompts in, every sequence decoding: chunked prefill mixes the first decodes with other sequences'
+    prompt chunks, which says nothing about decode speed). None when fewer than two: prompts that take longer to
+    prefill than the early sequences take to finish (raise --max-batch-tokens or --gen-len)."""
     import torch
 
     from plait.engine import GenerateRequest, SamplingParams
@@ -68,20 +69,23 @@ def _time_plait(core: EngineCore, prompts: list[list[int]], max_tokens: int, dec
     start = time.perf_counter()
     for ids in prompts:
         core.add_request(GenerateRequest(prompt_token_ids=ids, sampling=sampling))
-    decode_start, decode_steps = None, 0
+    batch = len(prompts)
+    decode_wall, decode_steps = 0.0, 0
     while core.has_work():
-        all_decoding = not scheduler.waiting and scheduler.running and all(s.is_decode for s in scheduler.running)
-        if decode is not None and decode_start is None and all_decoding:
-            decode_start = time.perf_counter()
+        # A full decode step: every prompt is in and all ``batch`` sequences decode (with the overlap loop, the
+        # step that launches them; its wall time in steady state is the device's step time).
+        full = not scheduler.waiting and len(scheduler.running) == batch
+        full = full and all(s.is_decode and not s.will_finish for s in scheduler.running)
+        t0 = time.perf_counter()
         core.step()
-        decode_steps += decode_start is not None
+        if full:
+            decode_wall += time.perf_counter() - t0
+            decode_steps += 1
     if core.device.type == "cuda":
         torch.cuda.synchronize()
     end = time.perf_counter()
-    if decode is not None and decode_start is not None and decode_steps > 1:
-        # The last step only reads back the tokens of the one before it (overlap loop): it decodes nothing.
-        steps = decode_steps - (1 if core.overlap else 0)
-        decode.update(wall_s=end - decode_start, steps=steps)
+    if decode is not None and decode_steps >= 2:
+        decode.update(wall_s=decode_wall, steps=decode_steps)
     return end - start
 
 
@@ -142,6 +146,7 @@ def _load_hf(core: EngineCore, dtype_name: str) -> Any:
 def _measure(label: str, timer, prompts: list[list[int]], gen_len: int, repeats: int) -> dict[str, float]:
     """Prefill from the 1-token runs; decode from the pure decode steps of the N-token runs where the timer reports
     them (plait), else from the difference of the two (HF prefills the whole batch at once)."""
+    batch, prompt_len = len(prompts), len(prompts[0])
     timer(prompts[:1], 2)  # warm-up
     t1 = min(timer(prompts, 1) for _ in range(repeats))
     decode_runs: list[dict] = []
@@ -149,8 +154,9 @@ def _measure(label: str, timer, prompts: list[list[int]], gen_len: int, repeats:
     for _ in range(repeats):
         decode_runs.append({})
         tn = min(tn, timer(prompts, gen_len, decode_runs[-1]))
-    batch, prompt_len = len(prompts), len(prompts[0])
     timed = [d["wall_s"] / d["steps"] for d in decode_runs if d.get("steps")]
+    if not timed and label.startswith("plait"):
+        print(f"{label} batch {batch}: no full decode step (raise --max-batch-tokens); decode from tN - t1")
     step = min(timed) if timed else max(tn - t1, 1e-9) / (gen_len - 1)
     return {
         "engine": label,
@@ -160,7 +166,7 @@ def _measure(label: str, timer, prompts: list[list[int]], gen_len: int, repeats:
         "t_prefill_s": t1,
         "t_total_s": tn,
         "decode_step_s": step,
-        "decode_measured_from": "pure decode steps" if timed else "tN - t1",
+        "decode_measured_from": "full decode steps" if timed else "tN - t1",
     }
 
 
