@@ -64,11 +64,10 @@ def _clamp(value: Any, *, generation: bool = False) -> Any:
     if not isinstance(value, dict):
         return value
     out = {key: _clamp(item) for key, item in value.items()}
-    for key, cap in (("max_tokens", MAX_GEN_TOKENS), ("max_completion_tokens", MAX_GEN_TOKENS), ("n", MAX_SAMPLES)):
-        if type(out.get(key)) is int:
+    caps = {"max_tokens": MAX_GEN_TOKENS, "max_completion_tokens": MAX_GEN_TOKENS, "n": MAX_SAMPLES}
+    for key, cap in {**caps, "best_of": MAX_SAMPLES}.items():
+        if type(out.get(key)) in (int, float):  # the API accepts integral floats (54147.0) as counts too
             out[key] = min(out[key], cap)
-    if type(out.get("best_of")) is int:
-        out["best_of"] = min(out["best_of"], MAX_SAMPLES)
     unbounded = out.get("max_tokens") is None and out.get("max_completion_tokens") is None
     if (generation or out.get("kind") == "llm") and unbounded:
         out["max_tokens"] = MAX_GEN_TOKENS
