@@ -48,6 +48,13 @@ class EngineCore:
         config.validate()
         self.device = config.resolve_device()
         self.dtype = config.resolve_dtype(self.device)
+        if self.device.type == "cuda":
+            # What is alive before the engine (imported modules: torch, transformers, ...) never becomes garbage:
+            # moving it out of the collector's reach stops each full collection from scanning it, which cost
+            # milliseconds per step at large batches (CPU time the GPU waits for). Frozen before this engine's own
+            # objects exist, so a discarded engine is still collected.
+            gc.collect()
+            gc.freeze()
         source = resolve_model(config.model, config.weights)
         self.model_config = source.config
         self.tokenizer = load_tokenizer(source, config.tokenizer)
@@ -82,12 +89,6 @@ class EngineCore:
         # The overlap loop (inflight.py): on by default where the forward pass runs asynchronously (CUDA).
         self.overlap = config.overlap == "on" or (config.overlap == "auto" and self.device.type == "cuda")
         self._inflight: InflightStep | None = None
-        if self.device.type == "cuda":
-            # The startup objects (torch, the model, the tokenizer) never become garbage: moving them out of the
-            # collector's reach stops each full collection from scanning them, which cost milliseconds per step
-            # at large batches (CPU time the GPU waits for).
-            gc.collect()
-            gc.freeze()
 
     # ---- requests --------------------------------------------------------------------------------------------------
 
