@@ -10,19 +10,18 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.engine.triton_interpret import run_interpreted_in_subprocess
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("the fused kernels need the triton package", allow_module_level=True)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KERNEL_MODULES = ("plait.engine.kernels.rms_norm", "plait.engine.kernels.rotary", "plait.engine.kernels.silu_and_mul")
 
 
@@ -47,15 +46,7 @@ needs_kernels = pytest.mark.skipif(not IN_PROCESS, reason="triton imported witho
 
 @pytest.mark.skipif(IN_PROCESS, reason="the kernels run in this process")
 def test_interpreted_in_subprocess():
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu", __file__],
-        cwd=REPO_ROOT,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    run_interpreted_in_subprocess(__file__)
 
 
 def _ops():

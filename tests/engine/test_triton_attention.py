@@ -14,20 +14,19 @@ import importlib
 import importlib.util
 import os
 import random
-import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+
+from tests.engine.triton_interpret import run_interpreted_in_subprocess
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("the triton attention backend needs the triton package", allow_module_level=True)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KERNEL_MODULES = (
     "plait.engine.kernels.attention_block",
     "plait.engine.kernels.decode_attention",
@@ -71,15 +70,7 @@ def kernels() -> SimpleNamespace:
 @pytest.mark.skipif(IN_PROCESS, reason="the kernels run in this process")
 def test_interpreted_in_subprocess():
     """The CPU tests of this module in a fresh interpreter with ``TRITON_INTERPRET=1`` set from the start."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu", __file__],
-        cwd=REPO_ROOT,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    run_interpreted_in_subprocess(__file__)
 
 
 # ---- inputs and the dense reference ----------------------------------------------------------------------------
