@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from typing import Any
 
 import torch
@@ -25,10 +26,11 @@ from plait.cache.eviction_policy import EvictionPolicy, LRUPolicy, NextUse
 from plait.cache.host_tier import HostTier
 from plait.cache.prefix_cache import PrefixMatch
 from plait.cache.radix_invariants import check_radix
-from plait.cache.radix_node import CacheCounters, RadixNode, common_prefix_length
+from plait.cache.radix_node import CacheCounters, CacheEvent, RadixNode, common_prefix_length
 from plait.cache.slot_allocator import SlotAllocator
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
+EVENT_LOG_SIZE = 8192
 
 
 class RadixCache:
@@ -56,6 +58,8 @@ class RadixCache:
         self._pinned: set[RadixNode] = set()
         self._program_nodes: dict[str, set[RadixNode]] = {}
         self._protected: set[RadixNode] = set()  # nodes about to be loaded: host-room eviction must keep them
+        # Evictions and loads of program-owned KV, newest last; bounded, read (and emptied) by the runtime's timeline.
+        self.events: deque[CacheEvent] = deque(maxlen=EVENT_LOG_SIZE)
 
     # ---- matching ------------------------------------------------------------------------------------------------
 
@@ -266,6 +270,10 @@ class RadixCache:
         if self.host is not None and node.host_slots is None and self._make_host_room(n, keep=node):
             node.host_slots = self.host.write_back(node.device_slots)
             self.counters.write_backs += 1
+        if node.programs:
+            self.events.append(
+                CacheEvent(time.monotonic(), "evicted", tuple(node.programs), n, node.host_slots is not None)
+            )
         self.allocator.release(node.device_slots)
         node.device_slots = None
         self.evictable_size -= n
@@ -354,6 +362,8 @@ class RadixCache:
             node.load = self.host.load(node.host_slots, node.device_slots)
             self._loading.append(node)
             self.counters.loads += 1
+            if node.programs:
+                self.events.append(CacheEvent(time.monotonic(), "loaded", tuple(node.programs), len(node)))
         return True
 
     def poll(self) -> None:

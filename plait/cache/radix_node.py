@@ -10,6 +10,18 @@ from plait.cache.eviction_policy import NextUse
 from plait.cache.host_tier import LoadJob
 
 
+@dataclass(frozen=True)
+class CacheEvent:
+    """Something the cache did to KV that programs own (read by the runtime's timeline): ``evicted`` (off the
+    device; ``to_host`` when a copy was written back) or ``loaded`` (host to device: a prefetch or a hit)."""
+
+    at: float  # time.monotonic()
+    kind: str
+    programs: tuple[str, ...]
+    tokens: int
+    to_host: bool = False
+
+
 @dataclass(eq=False)
 class RadixNode:
     key: list[int]

@@ -8,14 +8,17 @@ run in the caller's thread, so a bad request raises at once and never reaches th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
+from plait.cache import CacheEvent
 from plait.engine.engine_config import EngineConfig
-from plait.engine.engine_core import EngineCore, EngineStats
+from plait.engine.engine_core import CONFIGURABLE, EngineCore, EngineStats
 from plait.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
 from plait.engine.grammar import choice_score, scoring_requests
 from plait.engine.request import ChoiceScore, Completion, GenerateDelta, GenerateRequest, GenerateResult
@@ -166,6 +169,37 @@ class Engine:
         with self._lock:
             return self._stats
 
+    def cache_events(self) -> list[CacheEvent]:
+        """Evictions and loads of program-owned KV since the last call (oldest first; the log keeps the newest
+        few thousand). Empty without a radix cache."""
+        events = getattr(self.core.prefix_cache, "events", None)
+        drained: list[CacheEvent] = []
+        while events:
+            try:
+                drained.append(events.popleft())  # deque pops are atomic: the engine thread appends meanwhile
+            except IndexError:
+                break
+        return drained
+
+    async def configure(self, **settings: object) -> None:
+        """Change scheduling settings between runs (applied on the engine thread, before later requests):
+        ``max_queue_wait_s``, ``prefix_first`` and ``eviction_policy`` (``lru`` or ``next-use``)."""
+        unknown = set(settings) - set(CONFIGURABLE)
+        if unknown:
+            raise InvalidRequestError("configure", f"unknown settings {sorted(unknown)}; choose from {CONFIGURABLE}")
+        await self._on_engine_thread(lambda: self.core.configure(**settings))
+
+    async def flush_prefix_cache(self) -> int:
+        """Drop every cached prefix not in use (between benchmark runs); returns the device slots freed."""
+        return int(await self._on_engine_thread(self.core.flush_prefix_cache))
+
+    async def _on_engine_thread(self, fn: Callable[[], Any]) -> Any:
+        if self._stopped.is_set():
+            raise EngineStoppedError("the engine is closed")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._commands.put(("call", (fn, future)))
+        return await asyncio.wrap_future(future)
+
     def close(self) -> None:
         """Stop the loop; requests still in flight end with ``EngineStoppedError``."""
         if not self._stopped.is_set():
@@ -205,6 +239,13 @@ class Engine:
             self._stats = self.core.stats()
             for sink in sinks:
                 sink.put(None)
+            while True:  # calls queued behind the stop never run: their callers must not wait forever
+                try:
+                    kind, payload = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "call":
+                    payload[1].set_exception(EngineStoppedError("the engine is closed"))  # type: ignore[index]
 
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued commands; with ``block``, wait for the first one. Returns False on ``stop``."""
@@ -229,6 +270,12 @@ class Engine:
                     self._fail_request(payload, str(error))
             elif kind == "abort":
                 self._deliver(self.core.abort(str(payload)))
+            elif kind == "call":
+                fn, future = payload  # type: ignore[misc]
+                try:
+                    future.set_result(fn())
+                except Exception as error:  # reported to the caller, never fatal to the loop
+                    future.set_exception(error)
             elif kind == "hint":
                 method, kwargs = payload  # type: ignore[misc]
                 try:

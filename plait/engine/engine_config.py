@@ -55,6 +55,8 @@ class EngineConfig:
     eviction_policy: str = "lru"  # lru | next-use (acts on the runtime's next-use hints)
     host_kv_slots: int = 0  # host (CPU) tier size in tokens; 0 = no host tier
     pin_budget_fraction: float = 0.25  # at most this fraction of the KV pool may be pinned
+    max_queue_wait_s: float = 0.0  # anti-starvation: a request waiting longer goes ahead of all priorities (0: off)
+    prefix_first: bool = True  # hold a prompt back while a running prefill computes its prefix (compute it once)
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -101,6 +103,8 @@ class EngineConfig:
             raise InvalidRequestError("cuda_graphs", f"'{self.cuda_graphs}': choose auto, on or off")
         if self.cuda_graph_max_batch < 0:
             raise InvalidRequestError("cuda_graph_max_batch", "must be >= 0 (0 = min(max_running, 256))")
+        if not self.max_queue_wait_s >= 0:
+            raise InvalidRequestError("max_queue_wait_s", f"must be >= 0 (0 = off), got {self.max_queue_wait_s}")
         if self.host_kv_slots < 0:
             raise InvalidRequestError("host_kv_slots", "must be >= 0 (0 = no host tier)")
         if not 0.0 <= self.pin_budget_fraction <= 1.0:

@@ -22,7 +22,7 @@ from plait.engine.attention import create_backend
 from plait.engine.detokenizer import IncrementalDetokenizer
 from plait.engine.engine_config import DEFAULT_MAX_CONTEXT, EngineConfig
 from plait.engine.engine_invariants import check_engine_invariants
-from plait.engine.engine_setup import auto_kv_slots, build_decode_graphs, build_prefix_cache
+from plait.engine.engine_setup import auto_kv_slots, build_decode_graphs, build_prefix_cache, eviction_policy
 from plait.engine.engine_stats import EngineStats, ThroughputMeter, cache_stats
 from plait.engine.errors import InvalidRequestError
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
@@ -40,6 +40,9 @@ from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
 from plait.engine.text_output import TextOutput
 from plait.engine.tokenizer_loader import load_tokenizer
+
+# Scheduling settings that may change while the engine runs (``configure``): benchmarks switch modes between runs.
+CONFIGURABLE = ("max_queue_wait_s", "prefix_first", "eviction_policy")
 
 
 class EngineCore:
@@ -69,7 +72,13 @@ class EngineCore:
         self.req_to_token = ReqToTokenPool(config.max_running, self.max_context + 1, self.device)
         self.prefix_cache, self.cache_hints = build_prefix_cache(config, self.allocator, self.kv_pool)
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_running, config.max_batch_tokens, config.chunk_size),
+            SchedulerConfig(
+                config.max_running,
+                config.max_batch_tokens,
+                config.chunk_size,
+                config.max_queue_wait_s,
+                config.prefix_first,
+            ),
             self.allocator,
             self.req_to_token,
             self.prefix_cache,
@@ -114,7 +123,10 @@ class EngineCore:
             raise InvalidRequestError(
                 "prompt_logprobs_start", f"{start} is past the prompt's last position ({len(prompt_ids) - 1})"
             )
-        state = RequestState(request, prompt_ids, arrival=-1, max_new_tokens=max_new)
+        try:
+            state = RequestState(request, prompt_ids, arrival=-1, max_new_tokens=max_new)
+        except ValueError as error:
+            raise InvalidRequestError("priority", str(error)) from None
         self.grammars.prepare(state)  # parses the constraint (may raise) and starts compiling it off this thread
         return state
 
@@ -286,6 +298,16 @@ class EngineCore:
             freed += self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
         return freed
 
+    def configure(self, **settings: object) -> None:
+        """Change ``CONFIGURABLE`` settings (engine thread only). Raises ``InvalidRequestError`` on a bad value."""
+        config = replace(self.config, **settings)  # type: ignore[arg-type]
+        config.validate()
+        self.scheduler.config.max_queue_wait_s = config.max_queue_wait_s
+        self.scheduler.config.prefix_first = config.prefix_first
+        if config.eviction_policy != self.config.eviction_policy and isinstance(self.prefix_cache, RadixCache):
+            self.prefix_cache.policy = eviction_policy(config.eviction_policy, self.prefix_cache.program_hints)
+        self.config = config
+
     def has_work(self) -> bool:
         inflight = self._inflight is not None and any(
             s.status is not SeqStatus.FINISHED for s in self._inflight.targets
@@ -449,6 +471,7 @@ class EngineCore:
             finish_reason=seq.finish_reason,
             prompt_tokens=seq.num_prompt,
             completion_tokens=seq.num_generated,
+            queued_s=None if seq.admitted_at is None else seq.admitted_at - seq.state.submitted_at,
         )
 
     # ---- accounting ------------------------------------------------------------------------------------------------
@@ -466,6 +489,8 @@ class EngineCore:
             generated_tokens=generated,
             prefill_tokens=prefilled,
             retractions=self.scheduler.num_retractions,
+            promotions=self.scheduler.num_promotions,
+            longest_queue_wait_s=self.scheduler.longest_queue_wait_s,
             steps=steps,
             **cache_stats(self.prefix_cache, self._hints_ignored),
         )

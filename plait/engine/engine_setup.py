@@ -20,6 +20,11 @@ def auto_kv_slots(config: EngineConfig, model: ModelConfig, device: torch.device
     return max(1024, int(free * config.kv_memory_fraction) // per_slot)
 
 
+def eviction_policy(name: str, program_hints: dict) -> LRUPolicy | NextUsePolicy:
+    """The radix cache's eviction order by name: ``lru`` or ``next-use`` (reads ``program_hints``)."""
+    return NextUsePolicy(program_hints) if name == "next-use" else LRUPolicy()
+
+
 def build_prefix_cache(
     config: EngineConfig, allocator: SlotAllocator, kv_pool: KVPool
 ) -> tuple[RadixCache | NoPrefixCache, CacheHints | None]:
@@ -27,7 +32,7 @@ def build_prefix_cache(
     if config.prefix_cache == "none":
         return NoPrefixCache(allocator), None
     hints: dict = {}
-    policy = NextUsePolicy(hints) if config.eviction_policy == "next-use" else LRUPolicy()
+    policy = eviction_policy(config.eviction_policy, hints)
     host = HostTier(kv_pool, config.host_kv_slots) if config.host_kv_slots else None
     cache = RadixCache(allocator, policy, host, config.pin_budget_fraction, hints)
     return cache, CacheHints(cache)

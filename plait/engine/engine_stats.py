@@ -33,6 +33,8 @@ class EngineStats:
     bytes_moved: int = 0  # between the device and the host tier
     pinned_slots: int = 0
     hints_ignored: int = 0
+    promotions: int = 0  # waiting requests moved ahead of all priorities by the anti-starvation rule
+    longest_queue_wait_s: float = 0.0  # the longest any request waited before its first admission
 
     @property
     def kv_usage(self) -> float:

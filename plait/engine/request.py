@@ -19,7 +19,8 @@ def new_request_id() -> str:
 class GenerateRequest:
     """One generation. Give exactly one of ``prompt`` (text), ``prompt_token_ids`` or ``messages`` (chat).
 
-    ``priority``: lower values are served first; equal priorities are first-come first-served.
+    ``priority``: lower values are served first; equal priorities are first-come first-served. A tuple of numbers
+    compares element by element (the runtime's program-level policies give ``(service level, virtual time)``).
     ``program_id`` and ``hints`` are plain data from the runtime (the engine never sees workflow objects).
     """
 
@@ -27,10 +28,18 @@ class GenerateRequest:
     prompt_token_ids: list[int] | None = None
     messages: list[dict[str, Any]] | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    priority: int = 0
+    priority: float | tuple[float, ...] = 0
     request_id: str = field(default_factory=new_request_id)
     program_id: str | None = None
     hints: dict[str, Any] = field(default_factory=dict)
+
+
+def priority_key(priority: float | tuple[float, ...]) -> tuple[float, ...]:
+    """``priority`` as a tuple of floats, so numbers and tuples order together (a number ``p`` is ``(p,)``)."""
+    values = tuple(priority) if isinstance(priority, tuple | list) else (priority,)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int | float) or v != v for v in values):
+        raise ValueError(f"priority must be a number or a non-empty tuple of numbers (no NaN), got {priority!r}")
+    return tuple(float(v) for v in values)
 
 
 @dataclass
@@ -57,6 +66,8 @@ class GenerateDelta:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # so far, for this sample
+    # Seconds from submission to the first time the scheduler admitted the sample (None while it has not been).
+    queued_s: float | None = None
     # With SamplingParams.prompt_logprobs_start: the prompt tokens' log-probabilities, on the sample's first delta.
     prompt_logprobs: list[TokenLogprob] | None = None
 

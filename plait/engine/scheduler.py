@@ -13,6 +13,7 @@ is in exactly one of ``waiting`` / ``running`` until it finishes; ``release`` is
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +30,10 @@ class SchedulerConfig:
     max_running: int = 256  # sequences in a batch (bounded by req_to_token rows)
     max_batch_tokens: int = 2048  # tokens per forward: decodes + prefill chunks
     chunk_size: int = 512  # longest prefill chunk of one sequence per step
+    # Anti-starvation: a sequence waiting longer than this goes ahead of every priority (0: never).
+    max_queue_wait_s: float = 0.0
+    # Hold back a waiting prompt while a running prefill is computing its prefix (computes the prefix once).
+    prefix_first: bool = True
 
 
 @dataclass
@@ -80,6 +85,9 @@ class Scheduler:
         self.waiting: list[Sequence] = []  # sorted by sort_key
         self.running: list[Sequence] = []
         self.num_retractions = 0
+        self.num_promotions = 0
+        self.longest_queue_wait_s = 0.0  # the longest wait before a first admission seen so far
+        self._next_starvation_check = 0.0
 
     # ---- queues ----------------------------------------------------------------------------------------------------
 
@@ -117,8 +125,22 @@ class Scheduler:
 
     # ---- one step --------------------------------------------------------------------------------------------------
 
+    def _promote_starving(self, now: float) -> None:
+        limit = self.config.max_queue_wait_s
+        starving = [s for s in self.waiting if not s.promoted and now - s.state.submitted_at > limit]
+        if starving:
+            for seq in starving:
+                seq.promoted = True
+            self.num_promotions += len(starving)
+            self.waiting.sort(key=lambda s: s.sort_key)
+
     def schedule(self) -> ScheduledBatch:
         self.prefix_cache.poll()
+        if self.config.max_queue_wait_s > 0 and self.waiting:
+            now = time.monotonic()
+            if now >= self._next_starvation_check:  # a scan of the queue, a few times per second at most
+                self._next_starvation_check = now + min(0.05, self.config.max_queue_wait_s / 4)
+                self._promote_starving(now)
         batch = ScheduledBatch()
         while True:
             decodes = [s for s in self.running if s.is_decode and not s.will_finish]
@@ -133,7 +155,8 @@ class Scheduler:
                 batch.decodes.append(ScheduledSeq(seq, 1, slots[i : i + 1]))
             budget -= len(decodes)
         partial = [s for s in self.running if not s.is_decode and not s.will_finish]
-        inflight = self._inflight_prefills() if self.prefix_cache.shares_prefixes else {}
+        holds_back = self.prefix_cache.shares_prefixes and self.config.prefix_first
+        inflight = self._inflight_prefills() if holds_back else {}
         for seq in partial + list(self.waiting):
             if budget <= 0 or self.free_slots() <= 0:
                 break
@@ -144,7 +167,7 @@ class Scheduler:
                     continue  # its prefix is loading or being computed, or its grammar compiling: others go first
                 if not admitted:
                     break  # strict priority order: later sequences wait behind this one
-                if self.prefix_cache.shares_prefixes and seq.num_prompt > _SHARE_KEY:
+                if holds_back and seq.num_prompt > _SHARE_KEY:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
             chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, self.free_slots())
             self._ensure_free(chunk)
@@ -189,6 +212,9 @@ class Scheduler:
         self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
+        if seq.admitted_at is None:
+            seq.admitted_at = time.monotonic()
+            self.longest_queue_wait_s = max(self.longest_queue_wait_s, seq.admitted_at - seq.state.submitted_at)
         return True
 
     def _ensure_free(self, n: int, allow_pinned: bool = False) -> bool:

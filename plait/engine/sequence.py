@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import enum
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from plait.engine.request import GenerateRequest
+from plait.engine.request import GenerateRequest, priority_key
 from plait.engine.sampling_params import SamplingParams
 from plait.engine.text_output import TextOutput
+
+_PROMOTED = (-math.inf,)
 
 
 class SeqStatus(enum.Enum):
@@ -28,6 +32,11 @@ class RequestState:
     arrival: int  # monotonically increasing submission number: the FCFS tie-break
     max_new_tokens: int  # max_tokens, clipped to the context window
     num_finished: int = 0
+    submitted_at: float = field(default_factory=time.monotonic)
+    priority: tuple[float, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.priority = priority_key(self.request.priority)
 
     @property
     def sampling(self) -> SamplingParams:
@@ -55,6 +64,9 @@ class Sequence:
     num_retractions: int = 0
     # Its last sampled token (still pending) ends it by length: the scheduler gives it no further step.
     will_finish: bool = False
+    admitted_at: float | None = None  # first admission (monotonic seconds)
+    # Waited longer than the scheduler's max_queue_wait_s: now ahead of every priority (anti-starvation).
+    promoted: bool = False
 
     @property
     def request_id(self) -> str:
@@ -65,9 +77,9 @@ class Sequence:
         return self.state.request.program_id
 
     @property
-    def sort_key(self) -> tuple[int, int, int]:
-        """Lower runs first: priority, then arrival, then sample index."""
-        return (self.state.request.priority, self.state.arrival, self.index)
+    def sort_key(self) -> tuple[tuple[float, ...], int, int]:
+        """Lower runs first: priority (promoted sequences before all), then arrival, then sample index."""
+        return (_PROMOTED if self.promoted else self.state.priority, self.state.arrival, self.index)
 
     @property
     def num_prompt(self) -> int:

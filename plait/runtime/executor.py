@@ -13,8 +13,9 @@ from typing import Any
 
 from plait.dag import Workflow
 from plait.engine import Engine
-from plait.runtime.llm_runner import RequestOptions
+from plait.runtime.planning import PlanConfig, Planner
 from plait.runtime.program_execution import ExecutionServices, ProgramExecution
+from plait.runtime.request_options import RequestOptions
 from plait.runtime.tool_executor import ToolExecutor
 from plait.runtime.tools import Tool, ToolRegistry
 
@@ -29,9 +30,23 @@ def new_program_id() -> str:
 class Executor:
     """Runs programs. ``engine`` is shared; ``tools`` may grow while running (``register_tool``)."""
 
-    def __init__(self, engine: Engine, tools: Iterable[Tool | Callable[..., Any]] = ()) -> None:
-        self.services = ExecutionServices(engine, ToolRegistry(tools), ToolExecutor())
+    def __init__(
+        self,
+        engine: Engine,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        *,
+        plan: PlanConfig | Planner | None = None,
+    ) -> None:
+        """``plan``: the program-level planning features (default ``PlanConfig()``; ``PlanConfig.baseline()`` for a
+        request-level engine), or a ``Planner`` to share."""
+        planner = plan if isinstance(plan, Planner) else Planner(engine, plan or PlanConfig())
+        self.services = ExecutionServices(engine, ToolRegistry(tools), ToolExecutor(), planner)
         self.programs: OrderedDict[str, ProgramExecution] = OrderedDict()
+
+    @property
+    def planner(self) -> Planner:
+        assert self.services.planner is not None
+        return self.services.planner
 
     @property
     def engine(self) -> Engine:
@@ -56,12 +71,13 @@ class Executor:
         fail_fast: bool = True,
         priority: int = 0,
         services: ExecutionServices | None = None,
+        deadline_s: float | None = None,
     ) -> ProgramExecution:
         """Start a whole workflow (every node whose inputs are bound starts now). Must be called in the loop.
 
         ``services``: this program's own tools and tool executor (the server's client-side tools), on the same
-        engine; None: the executor's shared ones."""
-        program = self._register(workflow, program_id, fail_fast, priority, services)
+        engine; None: the executor's shared ones. ``deadline_s``: the program's SLO from now (deadline urgency)."""
+        program = self._register(workflow, program_id, fail_fast, priority, services, deadline_s)
         program.start()
         return program
 
@@ -73,12 +89,13 @@ class Executor:
         fail_fast: bool = False,
         priority: int = 0,
         services: ExecutionServices | None = None,
+        deadline_s: float | None = None,
     ) -> ProgramExecution:
         """A program that starts empty and grows (a Python program); drive its body with ``program.drive``.
 
         With ``services``, the program's workflow checks tool calls against ``services.tools``."""
         workflow = self.new_workflow(name) if services is None else Workflow(name, tools=_LiveToolSpecs(services.tools))
-        return self._register(workflow, program_id, fail_fast, priority, services)
+        return self._register(workflow, program_id, fail_fast, priority, services, deadline_s)
 
     def _register(
         self,
@@ -87,13 +104,14 @@ class Executor:
         fail_fast: bool,
         priority: int,
         services: ExecutionServices | None = None,
+        deadline_s: float | None = None,
     ) -> ProgramExecution:
         program_id = program_id or new_program_id()
         if program_id in self.programs:
             raise ValueError(f"program id {program_id!r} is already in use")
         options = RequestOptions(program_id=program_id, priority=priority)
         program = ProgramExecution(
-            services or self.services, workflow, program_id, fail_fast=fail_fast, options=options
+            services or self.services, workflow, program_id, fail_fast=fail_fast, options=options, deadline_s=deadline_s
         )
         self.programs[program_id] = program
         self._forget_old()

@@ -10,23 +10,15 @@ import contextlib
 import json
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from plait.dag import ChoiceMode, LLMCall
 from plait.engine import Engine, GenerateRequest, SamplingParams
 from plait.runtime.errors import NodeError
+from plait.runtime.planning.call_dedup import CallDeduplicator
+from plait.runtime.request_options import RequestOptions
 from plait.runtime.states import NodeRecord
 from plait.semantic_vars import GenConstraints, SemanticVariable
-
-
-@dataclass
-class RequestOptions:
-    """What the planner adds to every engine request of a program."""
-
-    program_id: str
-    priority: int = 0
-    hints: dict[str, Any] = field(default_factory=dict)
 
 
 def sampling_params(constraints: GenConstraints, n: int = 1) -> SamplingParams:
@@ -40,6 +32,7 @@ def sampling_params(constraints: GenConstraints, n: int = 1) -> SamplingParams:
         min_p=constraints.min_p,
         seed=constraints.seed,
         stop=list(constraints.stop),
+        ignore_eos=constraints.ignore_eos,
         n=n,
         **extra,
     )
@@ -64,17 +57,22 @@ async def run_llm_call(
     output: SemanticVariable,
     record: NodeRecord,
     options: RequestOptions,
+    dedup: CallDeduplicator | None = None,
 ) -> Any:
-    """The value to bind to ``node``'s output: a string (or decoded JSON), a list for ``n > 1`` or a mapped call."""
+    """The value to bind to ``node``'s output: a string (or decoded JSON), a list for ``n > 1`` or a mapped call.
+
+    With ``dedup``, a deterministic call identical to one another program is running (or ran) shares its result."""
     if node.map_over is None:
-        return await _run_one(engine, node, values, output, record, options, stream=True)
+        return await _run_one(engine, node, values, output, record, options, stream=True, dedup=dedup)
     items = values[node.slot_binding(node.map_over)]  # type: ignore[index]
     if not isinstance(items, list):
         raise NodeError(
             node.id, "upstream", f"map_over slot {node.map_over!r} must hold a list, got {type(items).__name__}"
         )
     per_item = [{**values, node.map_over: item} for item in items]
-    return await _all_or_none([_run_one(engine, node, v, output, record, options, stream=False) for v in per_item])
+    return await _all_or_none(
+        [_run_one(engine, node, v, output, record, options, stream=False, dedup=dedup) for v in per_item]
+    )
 
 
 async def _all_or_none(coroutines: list[Coroutine[Any, Any, Any]]) -> list[Any]:
@@ -99,6 +97,7 @@ async def _run_one(
     options: RequestOptions,
     *,
     stream: bool,
+    dedup: CallDeduplicator | None = None,
 ) -> Any:
     slot_values = {slot: _slot_value(node, slot, values) for slot in node.prompt.slots}
     if node.constraints.choices is not None and node.choice_mode is ChoiceMode.SCORE:
@@ -108,9 +107,13 @@ async def _run_one(
     texts: dict[int, list[str]] = {index: [] for index in range(node.n)}
     reasons: dict[int, str | None] = {}
     started = time.monotonic()
+    source, shared = dedup.generate(engine, request) if dedup is not None else (engine.generate(request), False)
+    record.deduplicated = record.deduplicated or shared
     try:
-        async with contextlib.aclosing(engine.generate(request)) as deltas:
+        async with contextlib.aclosing(source) as deltas:  # type: ignore[type-var]
             async for delta in deltas:
+                if record.queued_s is None and delta.queued_s is not None:
+                    record.queued_s = 0.0 if shared else delta.queued_s
                 if record.first_token_at is None and delta.token_ids:
                     record.first_token_at = time.monotonic()
                 texts[delta.index].append(delta.text)

@@ -23,7 +23,9 @@ from typing import Any
 from plait.dag import LLMCall, Node, OnError, ToolCall, Workflow, substitute
 from plait.engine import Engine
 from plait.runtime.errors import NodeError, ProgramCancelledError, ProgramFailedError
-from plait.runtime.llm_runner import RequestOptions, run_llm_call
+from plait.runtime.llm_runner import run_llm_call
+from plait.runtime.planning import Planner
+from plait.runtime.request_options import RequestOptions
 from plait.runtime.states import NodeRecord, NodeState, ProgramRecord, ProgramState
 from plait.runtime.tool_executor import ToolExecutor
 from plait.runtime.tools import ToolRegistry
@@ -32,11 +34,12 @@ from plait.semantic_vars import SemanticVariable, VarState
 
 @dataclass
 class ExecutionServices:
-    """What programs share: the engine, the tools and their executor."""
+    """What programs share: the engine, the tools and their executor, and the planner (None: plain requests)."""
 
     engine: Engine
     tools: ToolRegistry
     tool_executor: ToolExecutor = field(default_factory=ToolExecutor)
+    planner: Planner | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ProgramExecution:
         *,
         fail_fast: bool,
         options: RequestOptions | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         self.services = services
         self.workflow = workflow
@@ -77,6 +81,11 @@ class ProgramExecution:
         self._done = asyncio.Event()
         self._listeners: list[Callable[[ProgramEvent], None]] = []
         self.events: list[ProgramEvent] = []  # every event so far, in order
+        self.planner = services.planner
+        if self.planner is not None:
+            priority = self.options.priority
+            user_priority = float(priority[0] if isinstance(priority, tuple) else priority)
+            self.planner.program_started(program_id, workflow, user_priority=user_priority, deadline_s=deadline_s)
 
     @property
     def program_id(self) -> str:
@@ -144,6 +153,8 @@ class ProgramExecution:
                 variable.observed = True  # consumed: the failure is accounted for by this node
             reason = f"input {failed[0].name!r} has no value: {failed[0].error.reason if failed[0].error else ''}"
             self._node_failed(node, NodeError(node_id, "upstream", reason), skipped=True)
+            if self.planner is not None:
+                self.planner.node_finished(self.program_id, node, record)
             return
         values = {variable.name: variable.value for variable in inputs}
         record.state = NodeState.RUNNING
@@ -157,9 +168,17 @@ class ProgramExecution:
     async def _run(self, node: Node, values: dict[str, Any]) -> None:
         record = self.nodes[node.id]
         output = self.workflow.variables[node.output]
+        planner = self.planner
+        if planner is not None:
+            planner.node_started(self.program_id, node)
         try:
             if isinstance(node, LLMCall):
-                value = await run_llm_call(self.services.engine, node, values, output, record, self.options)
+                options = self.options
+                if planner is not None:
+                    options = planner.request_options(self.program_id, node)
+                    options.hints = dict(self.options.hints)
+                dedup = planner.dedup if planner is not None else None
+                value = await run_llm_call(self.services.engine, node, values, output, record, options, dedup)
             else:
                 value = await self._run_tool(node, values, record)
         except asyncio.CancelledError:
@@ -178,6 +197,8 @@ class ProgramExecution:
             output.bind(value)
         finally:
             self._tasks.pop(node.id, None)
+            if planner is not None:
+                planner.node_finished(self.program_id, node, record)
         self._check_complete()
 
     async def _run_tool(self, node: ToolCall, values: dict[str, Any], record: NodeRecord) -> Any:
@@ -267,6 +288,9 @@ class ProgramExecution:
                 self._body.close()  # cancelled before it started: it never will ("never awaited" otherwise)
         self._emit("program_finished", state=state.value, error=self.record.error)
         self._done.set()
+        if self.planner is not None:
+            finished_at = self.record.finished_at or time.monotonic()
+            self.planner.program_finished(self.program_id, state.value, self.record.created_at, finished_at)
 
     def cancel(self) -> None:
         """Stop the program: running engine requests are aborted (their KV freed) and tools cancelled."""

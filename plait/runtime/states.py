@@ -48,6 +48,8 @@ class NodeRecord:
     attempts: int = 0  # tool attempts (retries + 1)
     error: str | None = None
     request_ids: list[str] = field(default_factory=list)
+    queued_s: float | None = None  # engine queue time of its first request (submission to first admission)
+    deduplicated: bool = False  # answered by an identical call of another program
 
     @property
     def run_s(self) -> float | None:

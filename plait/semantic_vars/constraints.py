@@ -30,6 +30,8 @@ class GenConstraints(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_un
     min_p: float = 0.0
     seed: int | None = None
     stop: list[str] = msgspec.field(default_factory=list)
+    # Generate exactly max_tokens (benchmarks force output lengths; the end-of-sequence token does not stop it).
+    ignore_eos: bool = False
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
     regex: str | None = None

@@ -72,13 +72,14 @@ def start_workflow(state: ServerState, tenant: Tenant, spec: WorkflowSpec, optio
         executor = ClientToolExecutor(
             state.executor.services.tool_executor, state.engine, workflow_id, config.client_tool_pin_ttl_s
         )
-        services = ExecutionServices(state.engine, tools, executor)
+        services = ExecutionServices(state.engine, tools, executor, state.executor.services.planner)
         log = EventLog(workflow_id)
         common: dict[str, Any] = {
             "program_id": workflow_id,
             "fail_fast": options.fail_fast,
             "priority": options.priority,
             "services": services,
+            "deadline_s": options.deadline_s,
         }
         if options.open:
             program = state.executor.open(spec.name, **common)

@@ -1,0 +1,88 @@
+"""Which program-level features the planner uses. Each can be switched off; all off is the baseline.
+
+Baseline mode is a request-level engine: requests first-come first-served, an LRU prefix cache, no pins, no prefetch,
+no deduplication, no holding a prompt back for a prefix another request is computing. ``PlanConfig.only(name)`` turns
+one feature on over the baseline (for ablations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+FEATURES = (
+    "program_fcfs",  # a program that started earlier goes first, so programs finish instead of interleaving
+    "attained_service",  # ATLAS: programs that received less service along their critical path go first
+    "deadline",  # a program's remaining deadline split over its remaining stages: the least slack goes first
+    "next_use_hints",  # KV whose next use (steps away in the graph) is farthest is evicted first
+    "tool_pins",  # a program's KV stays while its tool runs, for a TTL chosen from the tool's durations
+    "prefetch",  # a program's KV is loaded back from host memory as its tool finishes
+    "dedup",  # identical temperature-0 calls across programs run once
+    "prefix_first",  # a prompt waits for a running prefill that computes its prefix (fan-outs warm the prefix once)
+)
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Feature switches and their parameters. The default is what plait serves with."""
+
+    program_fcfs: bool = True
+    attained_service: bool = False
+    deadline: bool = True
+    next_use_hints: bool = True
+    tool_pins: bool = True
+    prefetch: bool = True
+    dedup: bool = True
+    prefix_first: bool = True
+    # Anti-starvation (engine-level): a request waiting longer than this goes ahead of all priorities (0: off).
+    max_queue_wait_s: float = 30.0
+    # ATLAS: service levels are [0, q), [q, 4q), [4q, 16q), ... seconds of engine time along the critical path.
+    service_quantum_s: float = 0.5
+    # Tool pins never last longer than this, whatever the tool's distribution says.
+    max_pin_ttl_s: float = 60.0
+    name: str = "plait"
+
+    def __post_init__(self) -> None:
+        if not self.max_queue_wait_s >= 0:
+            raise ValueError(f"max_queue_wait_s must be >= 0 (0 = off), got {self.max_queue_wait_s}")
+        if not self.service_quantum_s > 0:
+            raise ValueError(f"service_quantum_s must be > 0, got {self.service_quantum_s}")
+        if not self.max_pin_ttl_s > 0:
+            raise ValueError(f"max_pin_ttl_s must be > 0, got {self.max_pin_ttl_s}")
+
+    @classmethod
+    def baseline(cls) -> PlanConfig:
+        """Every feature off: request FCFS, LRU eviction, no pins, prefetch, dedup, prefix holding or aging."""
+        return cls(**{name: False for name in FEATURES}, max_queue_wait_s=0.0, name="baseline")
+
+    @classmethod
+    def only(cls, feature: str) -> PlanConfig:
+        """The baseline with one feature on."""
+        if feature not in FEATURES:
+            raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
+        extra = {"max_queue_wait_s": cls.max_queue_wait_s} if feature == "attained_service" else {}
+        return replace(cls.baseline(), **{feature: True}, **extra, name=f"only {feature}")
+
+    def without(self, feature: str) -> PlanConfig:
+        if feature not in FEATURES:
+            raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
+        return replace(self, **{feature: False}, name=f"{self.name} without {feature}")
+
+    @property
+    def enabled(self) -> list[str]:
+        return [name for name in FEATURES if getattr(self, name)]
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The engine-level side of these features (``Engine.configure``)."""
+        return {
+            "eviction_policy": "next-use" if self.next_use_hints else "lru",
+            "prefix_first": self.prefix_first,
+            "max_queue_wait_s": self.max_queue_wait_s,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_config_fields() -> list[str]:
+    return [f.name for f in fields(PlanConfig)]

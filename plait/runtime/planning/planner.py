@@ -1,0 +1,306 @@
+"""The planner: program progress in, engine priorities and KV hints out. One per executor, shared by its programs.
+
+Hooks (called by ``ProgramExecution``; a failing hook is logged and never fails a program):
+- ``program_started`` / ``program_finished``;
+- ``request_options`` when an LLM node is about to submit: its priority (``ordering.py``);
+- ``node_started`` / ``node_finished``: tool pins with a cost/benefit TTL, unpins, prefetch, next-use hints for the
+  program and for the static prompt prefixes its pending calls will read, learned durations, the timeline.
+
+KV hints are advice the engine may ignore; the planner never waits on the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.dag import LLMCall, Node, ToolCall, Workflow, steps_to_execution
+from plait.engine import Engine
+from plait.runtime.planning.call_dedup import CallDeduplicator
+from plait.runtime.planning.durations import DurationModel
+from plait.runtime.planning.ordering import call_priority, remaining_path_s
+from plait.runtime.planning.pin_ttl import choose_pin_ttl
+from plait.runtime.planning.plan_config import PlanConfig
+from plait.runtime.request_options import RequestOptions
+from plait.runtime.states import NodeRecord
+from plait.runtime.timeline import Timeline, TimelineKind
+from plait.semantic_vars import Template
+
+logger = logging.getLogger(__name__)
+
+_FAR = 1e9  # "no next use known": steps sent to clear an earlier hint
+_MIN_PREFIX_CHARS = 64  # shorter static prefixes are not worth a hint
+_BOUNDARY_TOKENS = 2  # a prefix's last tokens may merge with what follows when the whole prompt is tokenized
+
+
+@dataclass
+class ProgramPlan:
+    """What the planner knows about one running program."""
+
+    program_id: str
+    workflow: Workflow
+    started_at: float
+    deadline_at: float | None
+    user_priority: float
+    finished: set[str] = field(default_factory=set)
+    attained: dict[str, float] = field(default_factory=dict)  # node -> engine seconds along the best path to it
+    context_tokens: int = 0  # the KV its last LLM call left: prompt + completion
+    pin_until: float = 0.0
+    pin_span: int | None = None
+    prefixes: dict[str, float] = field(default_factory=dict)  # static prefix -> steps to its next use here
+
+    @property
+    def attained_s(self) -> float:
+        return max(self.attained.values(), default=0.0)
+
+
+@dataclass
+class PlannerCounters:
+    pins: int = 0
+    pins_declined: int = 0  # the cost/benefit said no
+    pin_ttl_total_s: float = 0.0
+    prefetches: int = 0
+    next_use_hints: int = 0
+    prefix_hints: int = 0
+    hook_errors: int = 0
+
+
+class Planner:
+    def __init__(self, engine: Engine, config: PlanConfig | None = None, timeline: Timeline | None = None) -> None:
+        self.engine = engine
+        self.config = config or PlanConfig()
+        self.timeline = timeline if timeline is not None else Timeline()
+        self.durations = DurationModel()
+        self.dedup = CallDeduplicator() if self.config.dedup else None
+        self.counters = PlannerCounters()
+        self._plans: dict[str, ProgramPlan] = {}
+        self._prefix_users: dict[str, dict[str, float]] = defaultdict(dict)  # prefix -> program -> steps
+        self._prefix_sent: dict[str, float] = {}  # prefix -> the steps last hinted
+        self._prefix_ids: dict[str, list[int]] = {}
+
+    # ---- programs --------------------------------------------------------------------------------------------------
+
+    def program_started(
+        self, program_id: str, workflow: Workflow, *, user_priority: float = 0.0, deadline_s: float | None = None
+    ) -> None:
+        now = time.monotonic()
+        deadline_at = now + deadline_s if deadline_s is not None else None
+        self._plans[program_id] = ProgramPlan(program_id, workflow, now, deadline_at, float(user_priority))
+
+    def program_finished(self, program_id: str, state: str, created_at: float, finished_at: float) -> None:
+        plan = self._plans.pop(program_id, None)
+        self._guard(self._poll_cache_events)
+        if plan is None:
+            return
+        self.timeline.close_open(program_id, finished_at)
+        self.timeline.span(program_id, TimelineKind.PROGRAM, created_at, finished_at, args={"state": state})
+        if plan.pin_until:
+            self.engine.hint("unpin", program_id=program_id)
+        self.engine.hint("forget_program", program_id=program_id)
+        for prefix in plan.prefixes:
+            self._prefix_users[prefix].pop(program_id, None)
+        self._send_prefix_hints(plan.prefixes)
+
+    # ---- nodes -----------------------------------------------------------------------------------------------------
+
+    def request_options(self, program_id: str, node: LLMCall) -> RequestOptions:
+        """The engine request settings for ``node`` now: program id and priority."""
+        plan = self._plans.get(program_id)
+        if plan is None:
+            return RequestOptions(program_id)
+        now = time.monotonic()
+        stage_s = remaining_s = 0.0
+        if self.config.deadline and plan.deadline_at is not None:
+            stage_s = self.durations.expected(node)
+            remaining_s = remaining_path_s(plan.workflow, node.id, plan.finished, self.durations)
+        priority = call_priority(
+            self.config,
+            user_priority=plan.user_priority,
+            program_started_at=plan.started_at,
+            attained_service_s=plan.attained_s,
+            deadline_at=plan.deadline_at,
+            stage_s=stage_s,
+            remaining_s=remaining_s,
+            now=now,
+        )
+        return RequestOptions(program_id, priority=priority)
+
+    def node_started(self, program_id: str, node: Node) -> None:
+        self._guard(self._node_started, program_id, node)
+
+    def node_finished(self, program_id: str, node: Node, record: NodeRecord) -> None:
+        self._guard(self._node_finished, program_id, node, record)
+
+    def _node_started(self, program_id: str, node: Node) -> None:
+        plan = self._plans.get(program_id)
+        if plan is None:
+            return
+        if isinstance(node, ToolCall) and self.config.tool_pins and plan.context_tokens:
+            self._pin_for_tool(plan, node)
+        if self.config.next_use_hints:
+            self._hint_next_use(plan)
+
+    def _node_finished(self, program_id: str, node: Node, record: NodeRecord) -> None:
+        plan = self._plans.get(program_id)
+        if plan is None:
+            return
+        plan.finished.add(node.id)
+        before = max((plan.attained.get(p, 0.0) for p in plan.workflow.graph.predecessors(node.id)), default=0.0)
+        service = 0.0
+        if isinstance(node, LLMCall):
+            service = self._llm_finished(plan, node, record)
+        elif record.run_s is not None and record.started_at is not None:
+            end = record.finished_at or record.started_at
+            self.timeline.span(program_id, TimelineKind.TOOL, record.started_at, end, node=node.id)
+            if record.state.value == "done":
+                self.durations.tools.record(node.tool, record.run_s)
+            if self.config.prefetch:
+                self.engine.hint("prefetch", program_id=program_id)
+                self.counters.prefetches += 1
+        plan.attained[node.id] = before + service
+        self._poll_cache_events()
+        if self.config.next_use_hints:
+            self._hint_next_use(plan)
+
+    def _llm_finished(self, plan: ProgramPlan, node: LLMCall, record: NodeRecord) -> float:
+        """Timeline spans, learned rates and the unpin that follows an LLM call; returns its engine service time."""
+        if plan.pin_until:
+            self._unpin(plan, time.monotonic())
+        start, end = record.started_at, record.finished_at
+        if start is None or end is None:
+            return 0.0
+        plan.context_tokens = record.prompt_tokens + record.completion_tokens
+        pid, nid = plan.program_id, node.id
+        if record.deduplicated:
+            self.timeline.instant(pid, TimelineKind.DEDUPED, start, node=nid)
+        admitted = start + record.queued_s if record.queued_s is not None else start
+        first = record.first_token_at or end
+        self.timeline.span(pid, TimelineKind.QUEUED, start, admitted, node=nid)
+        self.timeline.span(pid, TimelineKind.PREFILL, admitted, first, node=nid, args={"tokens": record.prompt_tokens})
+        self.timeline.span(pid, TimelineKind.DECODE, first, end, node=nid, args={"tokens": record.completion_tokens})
+        if not record.deduplicated and record.state.value == "done":
+            self.durations.observe_llm(record.prompt_tokens, first - admitted, record.completion_tokens, end - first)
+        return end - admitted
+
+    # ---- KV: pins, next-use hints ----------------------------------------------------------------------------------
+
+    def _pin_for_tool(self, plan: ProgramPlan, node: ToolCall) -> None:
+        stats = self.engine.stats()
+        # Pressure: the fraction of the pool requests use; full when requests are waiting for memory.
+        pressure = 1.0 if stats.waiting else min(1.0, stats.kv_slots_used / max(stats.kv_slots_total, 1))
+        decision = choose_pin_ttl(
+            self.durations.tools.distribution(node.tool),
+            context_tokens=plan.context_tokens,
+            reload_cost_s=self.durations.reload_cost_s(plan.context_tokens),
+            pool_slots=stats.kv_slots_total,
+            memory_pressure=pressure,
+            max_ttl_s=self.config.max_pin_ttl_s,
+        )
+        if not decision.pin:
+            self.counters.pins_declined += 1
+            return
+        now = time.monotonic()
+        self.engine.hint("pin", ttl_s=decision.ttl_s, program_id=plan.program_id)
+        self.counters.pins += 1
+        self.counters.pin_ttl_total_s += decision.ttl_s
+        if plan.pin_span is not None:
+            self.timeline.close_span(plan.pin_span, min(now, plan.pin_until))
+        plan.pin_until = now + decision.ttl_s
+        args = {"tool": node.tool, "ttl_s": round(decision.ttl_s, 3), "why": decision.reason}
+        plan.pin_span = self.timeline.open_span(plan.program_id, TimelineKind.PINNED, now, args=args)
+
+    def _unpin(self, plan: ProgramPlan, now: float) -> None:
+        self.engine.hint("unpin", program_id=plan.program_id)
+        if plan.pin_span is not None:
+            self.timeline.close_span(plan.pin_span, min(now, plan.pin_until))
+        plan.pin_until, plan.pin_span = 0.0, None
+
+    def _hint_next_use(self, plan: ProgramPlan) -> None:
+        """Steps until the program next runs an LLM call (its own KV), and until each static prefix is read."""
+        workflow = plan.workflow
+        steps = steps_to_execution(workflow, plan.finished)
+        pending = {n: s for n, s in steps.items() if isinstance(workflow.nodes[n], LLMCall)}
+        nearest = min(pending.values(), default=_FAR)
+        self.engine.hint("next_use", program_id=plan.program_id, steps=float(nearest))
+        self.counters.next_use_hints += 1
+        prefixes: dict[str, float] = {}
+        for node_id, node_steps in pending.items():
+            prefix = _static_prefix(workflow.nodes[node_id])
+            if prefix is not None:
+                prefixes[prefix] = min(prefixes.get(prefix, _FAR), float(node_steps))
+        changed = set(plan.prefixes) | set(prefixes)
+        for prefix in plan.prefixes.keys() - prefixes.keys():
+            self._prefix_users[prefix].pop(plan.program_id, None)
+        for prefix, value in prefixes.items():
+            self._prefix_users[prefix][plan.program_id] = value
+        plan.prefixes = prefixes
+        self._send_prefix_hints(changed)
+
+    def _send_prefix_hints(self, prefixes: Any) -> None:
+        """A prefix's hint is the nearest use over every program (hints are per tree node, not per program)."""
+        for prefix in list(prefixes):
+            users = self._prefix_users.get(prefix)
+            steps = min(users.values(), default=_FAR) if users else _FAR
+            if not users:
+                self._prefix_users.pop(prefix, None)
+            if self._prefix_sent.get(prefix) == steps:
+                continue
+            ids = self._prefix_token_ids(prefix)
+            if ids:
+                self.engine.hint("next_use", prefix_token_ids=ids, steps=steps)
+                self.counters.prefix_hints += 1
+            if steps >= _FAR:
+                self._prefix_sent.pop(prefix, None)
+            else:
+                self._prefix_sent[prefix] = steps
+
+    def _prefix_token_ids(self, prefix: str) -> list[int]:
+        ids = self._prefix_ids.get(prefix)
+        if ids is None:
+            ids = self.engine.tokenizer.encode(prefix)[:-_BOUNDARY_TOKENS]
+            if len(self._prefix_ids) > 4096:
+                self._prefix_ids.clear()
+            self._prefix_ids[prefix] = ids
+        return ids
+
+    # ---- cache events and reporting --------------------------------------------------------------------------------
+
+    def _poll_cache_events(self) -> None:
+        for event in self.engine.cache_events():
+            kind = TimelineKind.EVICTED if event.kind == "evicted" else TimelineKind.PREFETCHED
+            args: dict[str, Any] = {"tokens": event.tokens}
+            if event.kind == "evicted":
+                args["to_host"] = event.to_host
+            for program_id in event.programs:
+                if program_id in self._plans:
+                    self.timeline.instant(program_id, kind, event.at, args=args)
+
+    def stats(self) -> dict[str, Any]:
+        counters = dict(vars(self.counters))
+        if self.dedup is not None:
+            counters["dedup_calls"] = self.dedup.calls
+            counters["dedup_shared"] = self.dedup.deduplicated
+        counters["prefill_s_per_token"] = self.durations.prefill_s_per_token
+        counters["decode_s_per_token"] = self.durations.decode_s_per_token
+        counters["tools"] = self.durations.tools.summary()
+        return counters
+
+    def _guard(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # planning is advice: a bug here must not fail a program
+            self.counters.hook_errors += 1
+            logger.exception("planner hook %s failed", getattr(fn, "__name__", fn))
+
+
+def _static_prefix(node: Node) -> str | None:
+    """The text every rendering of the node's prompt starts with (plain templates only: a chat prompt's rendered
+    prefix depends on the model's chat template)."""
+    prompt = getattr(node, "prompt", None)
+    if not isinstance(prompt, Template):
+        return None
+    prefix = prompt.static_prefix
+    return prefix if len(prefix) >= _MIN_PREFIX_CHARS else None

@@ -1,0 +1,247 @@
+"""Program-level planning: priorities (program-FCFS, deadline urgency, attained service), engine aging, tool pins,
+next-use hints, deduplicated calls, the timeline, and baseline mode switching everything off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import plait
+from plait.dag import LLMCall, ToolCall, Workflow, var_ref
+from plait.engine import GenerateRequest, InvalidRequestError, SamplingParams
+from plait.runtime import Executor
+from plait.runtime.planning import FEATURES, PlanConfig
+from plait.runtime.planning.call_dedup import dedup_key
+from plait.runtime.planning.ordering import call_priority, service_level, stage_start_by
+from plait.runtime.timeline import TimelineKind
+from plait.semantic_vars import GenConstraints, Template
+from tests.runtime.conftest import wait_kv_free
+
+PREFIX = "You are a careful assistant. Read the question and think step by step before answering it. "
+
+
+@plait.tool
+async def lookup(query: str, seconds: float = 0.05) -> str:
+    await asyncio.sleep(seconds)
+    return f"result for {query[:10]}"
+
+
+def tool_chain(name: str, question: str, seconds: float = 0.05) -> Workflow:
+    forced = GenConstraints(max_tokens=6, ignore_eos=True)
+    return Workflow.build(
+        [
+            LLMCall("think", Template(PREFIX + "Question: {{q}}\nThought:"), "thought", constraints=forced),
+            ToolCall("search", "lookup", "found", args={"query": var_ref("thought"), "seconds": seconds}),
+            LLMCall("answer", Template(PREFIX + "{{thought}} {{found}}\nAnswer:"), "answer", constraints=forced),
+        ],
+        inputs={"q": question},
+        name=name,
+    )
+
+
+# ---- ordering --------------------------------------------------------------------------------------------------------
+
+
+def test_service_levels_are_geometric():
+    assert [service_level(s, 0.5) for s in (0.0, 0.49, 0.5, 1.9, 2.0, 7.9, 8.0)] == [0, 0, 1, 1, 2, 2, 3]
+
+
+def test_deadline_share_gives_the_stage_start_time():
+    # 10 s left, this stage is 1 s of 4 s remaining: its share is 2.5 s, so it must start within 1.5 s.
+    assert stage_start_by(100.0, 110.0, 1.0, 4.0) == pytest.approx(101.5)
+    assert stage_start_by(100.0, 99.0, 1.0, 4.0) < 100.0  # already late: as urgent as it gets
+
+
+def test_priorities_compose():
+    common = {"user_priority": 0.0, "attained_service_s": 3.0, "stage_s": 1.0, "remaining_s": 4.0, "now": 100.0}
+    fcfs = PlanConfig(deadline=False)
+    assert call_priority(fcfs, program_started_at=50.0, deadline_at=None, **common) == (0.0, 0.0, 50.0)
+    assert call_priority(PlanConfig(), program_started_at=50.0, deadline_at=110.0, **common)[2] == pytest.approx(101.5)
+    atlas = PlanConfig(attained_service=True, deadline=False)
+    assert call_priority(atlas, program_started_at=50.0, deadline_at=None, **common)[1] == 2.0
+    baseline = PlanConfig.baseline()
+    assert call_priority(baseline, program_started_at=50.0, deadline_at=110.0, **common) == (0.0, 0.0, 100.0)
+
+
+def test_plan_config_switches():
+    baseline = PlanConfig.baseline()
+    assert baseline.enabled == [] and baseline.engine_settings()["eviction_policy"] == "lru"
+    assert PlanConfig.only("tool_pins").enabled == ["tool_pins"]
+    assert "dedup" not in PlanConfig().without("dedup").enabled
+    assert set(FEATURES) >= set(PlanConfig().enabled)
+    with pytest.raises(ValueError, match="unknown feature"):
+        PlanConfig.only("telepathy")
+    with pytest.raises(ValueError, match="max_queue_wait_s"):
+        PlanConfig(max_queue_wait_s=-1)
+
+
+# ---- the engine side: tuple priorities and aging --------------------------------------------------------------------
+
+
+def _ids(n: int, start: int) -> list[int]:
+    return [start + i for i in range(n)]
+
+
+def test_engine_orders_tuple_priorities_and_rejects_bad_ones(tiny_core):
+    core = tiny_core
+    sampling = SamplingParams(max_tokens=1, ignore_eos=True)
+    for priority in ("high", (1.0, float("nan")), ()):
+        with pytest.raises(InvalidRequestError, match="priority"):
+            core.prepare(GenerateRequest(prompt_token_ids=[5, 6], sampling=sampling, priority=priority))
+    core.add_request(GenerateRequest(prompt_token_ids=_ids(8, 10), sampling=sampling, priority=(0.0, 1.0, 5.0)))
+    core.add_request(GenerateRequest(prompt_token_ids=_ids(8, 30), sampling=sampling, priority=(0.0, 0.0, 9.0)))
+    core.add_request(GenerateRequest(prompt_token_ids=_ids(8, 50), sampling=sampling, priority=(0.0, 1.0, 1.0)))
+    order = [seq.token_ids[0] for seq in core.scheduler.waiting]
+    assert order == [30, 50, 10]
+    while core.has_work():
+        core.step()
+
+
+def test_engine_promotes_a_starving_request(tiny_core):
+    core = tiny_core
+    scheduler = core.scheduler
+    scheduler.config.max_queue_wait_s = 0.5
+    try:
+        sampling = SamplingParams(max_tokens=1, ignore_eos=True)
+        core.add_request(GenerateRequest(prompt_token_ids=_ids(8, 10), sampling=sampling, priority=5))
+        core.add_request(GenerateRequest(prompt_token_ids=_ids(8, 30), sampling=sampling, priority=1))
+        starving = next(s for s in scheduler.waiting if s.token_ids[0] == 10)
+        starving.state.submitted_at -= 10.0  # it has waited 10 s
+        scheduler._next_starvation_check = 0.0
+        promotions = scheduler.num_promotions
+        batch = scheduler.schedule()
+        assert scheduler.num_promotions == promotions + 1 and starving.promoted
+        assert batch.extends[0].seq is starving
+        assert scheduler.longest_queue_wait_s >= 10.0
+        core.scheduler.running.clear()
+    finally:
+        scheduler.config.max_queue_wait_s = 0.0
+
+
+@pytest.fixture
+def tiny_core(tiny_engine):
+    """A fresh core on the tiny shape, driven step by step."""
+    from plait.engine import EngineConfig, EngineCore
+    from tests.conftest import TINY
+
+    return EngineCore(EngineConfig(**TINY))
+
+
+# ---- deduplication ---------------------------------------------------------------------------------------------------
+
+
+def test_dedup_key_covers_only_deterministic_requests():
+    def request(**sampling) -> GenerateRequest:
+        return GenerateRequest(prompt="hi", sampling=SamplingParams(**{"temperature": 0.0, **sampling}))
+
+    greedy = request(max_tokens=4)
+    assert dedup_key(greedy) is not None and dedup_key(greedy) == dedup_key(request(max_tokens=4, seed=3))
+    assert dedup_key(greedy) != dedup_key(request(max_tokens=5))
+    assert dedup_key(request(temperature=0.7)) is None
+    assert dedup_key(request(logprobs=True)) is None
+
+
+def test_identical_calls_across_programs_run_once(tiny_engine):
+    async def main():
+        executor = Executor(tiny_engine, [lookup], plan=PlanConfig())
+        before = tiny_engine.stats().prefill_tokens + tiny_engine.stats().cached_prefix_tokens
+        programs = [executor.start(tool_chain(f"dup{i}", "same question", 0.01)) for i in range(3)]
+        results = [await program.wait() for program in programs]
+        await wait_kv_free(tiny_engine)
+        after = tiny_engine.stats().prefill_tokens + tiny_engine.stats().cached_prefix_tokens
+        return executor, programs, results, after - before
+
+    executor, programs, results, prompt_tokens = asyncio.run(main())
+    assert all(result == results[0] for result in results)
+    planner = executor.planner
+    # 2 calls per program; the first program's calls ran, the other 4 were answered by them.
+    assert planner.dedup.calls == 6 and planner.dedup.deduplicated == 4
+    assert any(program.nodes["think"].deduplicated for program in programs)
+    single = sum(programs[0].nodes[n].prompt_tokens for n in ("think", "answer"))
+    assert prompt_tokens <= single + 2  # the engine saw one program's prompts, not three
+
+
+def test_a_cancelled_program_does_not_fail_a_shared_call(tiny_engine):
+    slow = GenConstraints(max_tokens=40, ignore_eos=True)
+
+    def one_call(name: str) -> Workflow:
+        return Workflow.build([LLMCall("only", Template(PREFIX + "Long answer:"), "out", constraints=slow)], name=name)
+
+    async def main():
+        executor = Executor(tiny_engine, plan=PlanConfig())
+        leader = executor.start(one_call("leader"))
+        await asyncio.sleep(0.02)
+        follower = executor.start(one_call("follower"))
+        await asyncio.sleep(0.01)
+        leader.cancel()
+        with pytest.raises(plait.ProgramCancelledError):
+            await leader.wait()
+        result = await follower.wait()
+        await wait_kv_free(tiny_engine)
+        return result
+
+    result = asyncio.run(main())
+    assert isinstance(result["out"], str) and result["out"]
+
+
+# ---- pins, hints and the timeline ------------------------------------------------------------------------------------
+
+
+def test_planner_pins_hints_and_records_a_timeline(tiny_engine, tmp_path):
+    async def main():
+        executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False))
+        programs = [executor.start(tool_chain(f"p{i}", f"question {i}")) for i in range(3)]
+        for program in programs:
+            await program.wait()
+        await wait_kv_free(tiny_engine)
+        return executor, programs
+
+    executor, programs = asyncio.run(main())
+    planner = executor.planner
+    assert planner.counters.pins == 3 and planner.counters.hook_errors == 0
+    assert planner.counters.next_use_hints > 0 and planner.counters.prefix_hints > 0
+    assert planner.stats()["tools"]["lookup"]["count"] == 3
+    events = planner.timeline.events(programs[0].program_id)
+    kinds = {event.kind for event in events}
+    assert {TimelineKind.QUEUED, TimelineKind.PREFILL, TimelineKind.DECODE, TimelineKind.TOOL} <= kinds
+    assert {TimelineKind.PINNED, TimelineKind.PROGRAM} <= kinds
+    pinned = next(e for e in events if e.kind is TimelineKind.PINNED)
+    assert pinned.args["tool"] == "lookup" and pinned.end is not None and pinned.end >= pinned.start
+    path = planner.timeline.write_chrome_trace(tmp_path / "trace.json")
+    trace = json.loads(path.read_text())
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "process_name"}
+    assert {program.program_id for program in programs} <= names
+    assert tiny_engine.stats().pinned_slots == 0  # unpinned when the answer call finished
+
+
+def test_baseline_sends_no_hints_and_no_pins(tiny_engine):
+    async def main():
+        executor = Executor(tiny_engine, [lookup], plan=PlanConfig.baseline())
+        program = executor.start(tool_chain("base", "question"))
+        await program.wait()
+        await wait_kv_free(tiny_engine)
+        return executor
+
+    planner = asyncio.run(main()).planner
+    assert planner.dedup is None
+    assert planner.counters.pins == planner.counters.next_use_hints == planner.counters.prefetches == 0
+
+
+def test_deadline_programs_submit_urgent_priorities(tiny_engine):
+    async def main():
+        executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False))
+        relaxed = executor.start(tool_chain("relaxed", "q1"), deadline_s=1000.0)
+        urgent = executor.start(tool_chain("urgent", "q2"), deadline_s=0.5)
+        plain = executor.start(tool_chain("plain", "q3"))
+        node = relaxed.workflow.nodes["think"]
+        options = {
+            p.record.name: executor.planner.request_options(p.program_id, node) for p in (relaxed, urgent, plain)
+        }
+        for program in (relaxed, urgent, plain):
+            await program.wait()
+        return options
+
+    options = asyncio.run(main())
+    assert options["urgent"].priority < options["plain"].priority < options["relaxed"].priority
