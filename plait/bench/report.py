@@ -39,7 +39,10 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table.add_column(column, justify="right" if column != columns[0] else "left")
     for row in rows:
         table.add_row(*[f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row])
-    Console().print(table)
+    console = Console()
+    if console.width < 140:  # logs and pipes: wide enough that no column name is cut
+        console = Console(width=140)
+    console.print(table)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:

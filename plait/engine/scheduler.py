@@ -154,7 +154,8 @@ class Scheduler:
             for i, seq in enumerate(decodes):
                 batch.decodes.append(ScheduledSeq(seq, 1, slots[i : i + 1]))
             budget -= len(decodes)
-        partial = [s for s in self.running if not s.is_decode and not s.will_finish]
+        # Prefill budget goes by priority too: a high-priority prompt's remaining chunks before a low one's.
+        partial = sorted((s for s in self.running if not s.is_decode and not s.will_finish), key=lambda s: s.sort_key)
         holds_back = self.prefix_cache.shares_prefixes and self.config.prefix_first
         inflight = self._inflight_prefills() if holds_back else {}
         for seq in partial + list(self.waiting):

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Workflow suites on a GPU with the Llama-3.1-8B shape (dummy weights, forced output lengths, real Llama-3
+# vocabulary): plait vs baseline in one run each, then an ablation. Results and Chrome traces under $OUT.
+#   bash bench/scripts/gpu_workflows.sh compare|ablation
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+MODEL=(--model llama-3.1-8b --weights dummy --tokenizer .gpu_data/ggml-vocab-llama-bpe.gguf --time-limit 150)
+run() { local name=$1; shift; python3 -m plait bench workflow --suite "$name" "${MODEL[@]}" --output "$OUT/$name.json" "$@" 2>&1 | grep -v "^\s*$" | tee "$OUT/$name.txt" | tail -12; }
+case "${1:-compare}" in
+  compare)
+    run multi-agent --programs 32 --rate 0 --trace "$OUT/multi-agent.trace.json"
+    run react --programs 48
+    run text2sql --programs 48
+    run map-reduce --programs 24
+    run starvation --programs 120
+    ;;
+  ablation)
+    run "${2:-multi-agent}" --programs 32 --rate 0 --ablation
+    ;;
+esac

@@ -1,0 +1,185 @@
+"""``plait bench workflow``: agent-program suites under plait's program-level planning vs request-level serving.
+
+Every mode runs on the same engine in the same process, one after another, each from a flushed prefix cache:
+``plait`` (the default ``PlanConfig``), ``baseline`` (``PlanConfig.baseline()``: request FCFS, LRU, no pins, no
+prefetch, no dedup, no prefix holding) and, with ``--ablation``, each feature alone over the baseline. The table
+shows job completion time (mean, p95), programs per minute, SLO attainment, prefix hit rate, retractions and the
+longest queue wait; the last row gives baseline / plait ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from plait.cli.engine_args import add_engine_arguments, engine_config_from_args
+
+_COLUMNS = [
+    ("mean JCT s", "mean_jct_s"),
+    ("p95 JCT s", "p95_jct_s"),
+    ("programs/min", "programs_per_min"),
+    ("SLO met", "slo_attainment"),
+    ("prefix hit", "prefix_hit_rate"),
+    ("retractions", "retractions"),
+    ("longest wait s", "longest_queue_wait_s"),
+    ("done", "completed"),
+]
+_ABLATION = (
+    "program_fcfs",
+    "attained_service",
+    "deadline",
+    "next_use_hints",
+    "tool_pins",
+    "prefetch",
+    "dedup",
+    "prefix_first",
+)
+
+
+def register(benches: argparse._SubParsersAction) -> None:
+    from plait.bench.workflow_suites import SUITE_NAMES
+
+    parser = benches.add_parser(
+        "workflow",
+        help="agent-program suites: plait's program-level planning vs request-level baseline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--suite", required=True, choices=SUITE_NAMES, help="which workload")
+    parser.add_argument("--compare", choices=["baseline", "none"], default="baseline", help="also run baseline mode")
+    parser.add_argument("--ablation", action="store_true", help="also run each feature alone over the baseline")
+    parser.add_argument("--programs", type=int, default=None, help="number of programs (default: the suite's)")
+    parser.add_argument("--rate", type=float, default=None, help="arrivals per second (0: all at once)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--profile", choices=["auto", "cpu", "gpu"], default="auto", help="suite sizes (auto: by device)"
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="the shared data folder (default ../shared/data)")
+    parser.add_argument("--time-limit", type=float, default=900.0, help="seconds per mode before cancelling the rest")
+    parser.add_argument("--max-queue-wait", type=float, default=None, help="plait's anti-starvation bound, seconds")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default under bench/results/)")
+    parser.add_argument("--trace", type=Path, default=None, help="write plait mode's timeline as Chrome trace JSON")
+    add_engine_arguments(parser)
+    parser.set_defaults(handler=main)
+
+
+def _modes(args: argparse.Namespace) -> list[Any]:
+    from plait.runtime.planning import PlanConfig
+
+    plait_mode = PlanConfig()
+    if args.max_queue_wait is not None:
+        plait_mode = dataclasses.replace(plait_mode, max_queue_wait_s=args.max_queue_wait)
+    modes = [plait_mode]
+    if args.compare == "baseline" or args.ablation:
+        modes.append(PlanConfig.baseline())
+    if args.ablation:
+        modes += [PlanConfig.only(feature) for feature in _ABLATION]
+    return modes
+
+
+def main(args: argparse.Namespace) -> int:
+    from plait.bench.workflow_suites import SuiteDataMissing, SuiteOptions, build_suite
+
+    config = engine_config_from_args(args)
+    device = config.resolve_device()
+    profile = args.profile if args.profile != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    options = SuiteOptions(profile, args.programs, args.rate, args.seed, args.data_dir)
+    try:
+        options.validate()
+        suite = build_suite(args.suite, options)
+    except SuiteDataMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    config.kv_slots = config.kv_slots or suite.kv_slots
+    return asyncio.run(_run(args, config, suite, lambda: build_suite(args.suite, options), profile))
+
+
+async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, profile: str) -> int:
+    from rich.progress import Progress
+
+    from plait.bench.report import default_output, print_table, write_json
+    from plait.bench.workflow_run import run_mode
+    from plait.engine import Engine
+
+    modes = _modes(args)
+    engine = Engine(config)
+    results = []
+    try:
+        await _warm_up(engine)
+        with Progress(transient=True) as progress:
+            for mode in modes:
+                task = progress.add_task(f"{suite.name}: {mode.name}", total=len(suite.programs))
+                result = await run_mode(
+                    engine,
+                    build,
+                    mode,
+                    time_limit_s=args.time_limit,
+                    on_program_done=lambda t=task: progress.advance(t),
+                )
+                results.append(result)
+                progress.remove_task(task)
+    finally:
+        engine.close()
+    rows = [[r.mode, *[_cell(r.metrics()[key]) for _, key in _COLUMNS]] for r in results]
+    ratios = _ratios(results)
+    if ratios:
+        rows.append(["baseline / plait", *[_cell(ratios.get(key)) for _, key in _COLUMNS]])
+    print_table(
+        f"workflow suite {suite.name} ({len(suite.programs)} programs, {profile})",
+        ["mode"] + [c for c, _ in _COLUMNS],
+        rows,
+    )
+    if args.trace is not None:
+        path = results[0].timeline.write_chrome_trace(args.trace)
+        print(f"Chrome trace of the plait run: {path} (open in https://ui.perfetto.dev)")
+    payload = {
+        "bench": "workflow",
+        "suite": suite.name,
+        "description": suite.description,
+        "profile": profile,
+        "parameters": suite.parameters,
+        "engine": {"model": config.model, "weights": config.weights, "kv_slots": config.kv_slots},
+        "modes": [
+            {"mode": r.mode, "config": r.config, "metrics": r.metrics(), "planner": r.planner, "wall_s": r.wall_s}
+            for r in results
+        ],
+        "baseline_over_plait": ratios,
+    }
+    output = args.output or default_output(f"workflow_{suite.name}")
+    print(f"wrote {write_json(output, payload)}")
+    return 0
+
+
+def _ratios(results: list[Any]) -> dict[str, float]:
+    by_mode = {r.mode: r.metrics() for r in results}
+    if "plait" not in by_mode or "baseline" not in by_mode:
+        return {}
+    plait, base = by_mode["plait"], by_mode["baseline"]
+    ratios = {}
+    for key in ("mean_jct_s", "p95_jct_s", "max_jct_s", "longest_queue_wait_s"):
+        if plait.get(key) and base.get(key) is not None:
+            ratios[key] = base[key] / plait[key]
+    for key in ("programs_per_min", "slo_attainment", "prefix_hit_rate"):
+        if base.get(key) and plait.get(key) is not None:
+            ratios[key] = base[key] / plait[key]
+    return ratios
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return "-" if value is None else value
+
+
+async def _warm_up(engine: Any) -> None:
+    """One short request, so the first mode does not pay for first-use costs (allocator, kernels, caches)."""
+    from plait.engine import GenerateRequest, SamplingParams
+
+    await engine.complete(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4, temperature=0.0)))

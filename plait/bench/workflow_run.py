@@ -1,0 +1,166 @@
+"""One run of a workflow suite in one planning mode, on a shared engine: open-loop arrivals, measured outcomes.
+
+Each mode starts from the same state: the prefix cache is flushed, the engine's scheduling settings are switched to
+the mode's (``PlanConfig.engine_settings``) and a fresh executor with the mode's planner runs a freshly built copy of
+the suite (workflows hold their variables' values, so a copy is never reused across modes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.bench.workflow_suites import Suite
+from plait.engine import Engine
+from plait.runtime import Executor, ProgramExecution, ProgramState
+from plait.runtime.planning import PlanConfig
+
+
+@dataclass
+class ProgramOutcome:
+    tag: str
+    state: str
+    jct_s: float | None  # arrival to end; None if it did not finish in time
+    deadline_s: float | None
+    longest_queue_s: float  # the longest any of its engine requests waited before admission
+
+    @property
+    def met_slo(self) -> bool | None:
+        if self.deadline_s is None:
+            return None
+        return self.jct_s is not None and self.state == "done" and self.jct_s <= self.deadline_s
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    config: dict[str, Any]
+    outcomes: list[ProgramOutcome]
+    wall_s: float
+    engine: dict[str, float]
+    planner: dict[str, Any]
+    timeline: Any = field(default=None, repr=False)
+
+    def metrics(self) -> dict[str, Any]:
+        done = [o.jct_s for o in self.outcomes if o.state == "done" and o.jct_s is not None]
+        slo = [o.met_slo for o in self.outcomes if o.met_slo is not None]
+        result: dict[str, Any] = {
+            "programs": len(self.outcomes),
+            "completed": len(done),
+            "failed": sum(o.state not in ("done",) for o in self.outcomes),
+            "mean_jct_s": statistics.fmean(done) if done else None,
+            "p50_jct_s": _percentile(done, 50),
+            "p95_jct_s": _percentile(done, 95),
+            "max_jct_s": max(done) if done else None,
+            "programs_per_min": 60.0 * len(done) / self.wall_s if self.wall_s > 0 else 0.0,
+            "slo_attainment": sum(slo) / len(slo) if slo else None,
+            "longest_queue_wait_s": max((o.longest_queue_s for o in self.outcomes), default=0.0),
+            **self.engine,
+        }
+        for tag in sorted({o.tag for o in self.outcomes if o.tag}):
+            tagged = [o.jct_s for o in self.outcomes if o.tag == tag and o.jct_s is not None]
+            result[f"mean_jct_s[{tag}]"] = statistics.fmean(tagged) if tagged else None
+        return result
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _engine_delta(before: Any, after: Any) -> dict[str, float]:
+    prefilled = after.prefill_tokens - before.prefill_tokens
+    cached = after.cached_prefix_tokens - before.cached_prefix_tokens
+    host = after.host_hit_tokens - before.host_hit_tokens
+    total = prefilled + cached + host
+    return {
+        "prefix_hit_rate": (cached + host) / total if total else 0.0,
+        "prefill_tokens": prefilled,
+        "cached_prompt_tokens": cached + host,
+        "generated_tokens": after.generated_tokens - before.generated_tokens,
+        "retractions": after.retractions - before.retractions,
+        "evictions": after.evictions - before.evictions,
+        "promotions": after.promotions - before.promotions,
+    }
+
+
+def _longest_queue(program: ProgramExecution) -> float:
+    return max((r.queued_s or 0.0 for r in program.nodes.values()), default=0.0)
+
+
+async def run_mode(
+    engine: Engine,
+    build: Callable[[], Suite],
+    config: PlanConfig,
+    *,
+    time_limit_s: float,
+    on_program_done: Callable[[], None] | None = None,
+) -> ModeResult:
+    """Run a fresh copy of the suite under ``config``; programs still running at ``time_limit_s`` are cancelled and
+    reported as not finished (``state == 'timeout'``)."""
+    suite = build()
+    await engine.flush_prefix_cache()
+    await engine.configure(**config.engine_settings())
+    executor = Executor(engine, suite.tools, plan=config)
+    before = engine.stats()
+    start = time.monotonic()
+    outcomes: list[ProgramOutcome | None] = [None] * len(suite.programs)
+
+    async def one(index: int) -> None:
+        entry = suite.programs[index]
+        await asyncio.sleep(max(0.0, start + entry.arrival_s - time.monotonic()))
+        program = executor.start(entry.workflow, deadline_s=entry.deadline_s)
+        try:
+            await program.wait()
+        except Exception:  # a failed program is an outcome, not a crash of the benchmark
+            pass
+        finally:
+            state = program.state.value if program.state is not ProgramState.RUNNING else "timeout"
+            if isinstance(program.record.finished_at, float) and state == "done":
+                jct = program.record.finished_at - program.record.created_at
+            else:
+                jct = None
+            outcomes[index] = ProgramOutcome(entry.tag, state, jct, entry.deadline_s, _longest_queue(program))
+            if on_program_done is not None:
+                on_program_done()
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(len(suite.programs))]
+    _, pending = await asyncio.wait(tasks, timeout=time_limit_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for program in executor.running():
+        program.cancel()
+    wall = time.monotonic() - start
+    await _wait_idle(engine)
+    results = [o if o is not None else ProgramOutcome("", "timeout", None, None, 0.0) for o in outcomes]
+    for index, outcome in enumerate(results):
+        if outcome.state == "cancelled":  # cancelled by the time limit
+            results[index] = ProgramOutcome(outcome.tag, "timeout", None, outcome.deadline_s, outcome.longest_queue_s)
+    return ModeResult(
+        config.name,
+        config.to_dict(),
+        results,
+        wall,
+        _engine_delta(before, engine.stats()),
+        executor.planner.stats(),
+        executor.planner.timeline,
+    )
+
+
+async def _wait_idle(engine: Engine, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stats = engine.stats()
+        if stats.running == 0 and stats.waiting == 0:
+            return
+        await asyncio.sleep(0.01)
