@@ -34,6 +34,10 @@ class SchedulerConfig:
     max_queue_wait_s: float = 0.0
     # Hold back a waiting prompt while a running prefill is computing its prefix (computes the prefix once).
     prefix_first: bool = True
+    # Admission keeps room for the tokens running sequences will still generate: all of them for a request that
+    # ignores EOS, this fraction for one that may stop early. Over-admitting only to retract later wastes prefill.
+    decode_reserve_ratio: float = 0.5
+    reserve_decode: bool = True  # off: admit whenever the prompt fits (tests use it to force retractions)
 
 
 @dataclass
@@ -158,16 +162,22 @@ class Scheduler:
         partial = sorted((s for s in self.running if not s.is_decode and not s.will_finish), key=lambda s: s.sort_key)
         holds_back = self.prefix_cache.shares_prefixes and self.config.prefix_first
         inflight = self._inflight_prefills() if holds_back else {}
+        reserve = sum(self._future_decode(s) for s in self.running)
         for seq in partial + list(self.waiting):
             if budget <= 0 or self.free_slots() <= 0:
                 break
             if seq.status is SeqStatus.WAITING:
+                own = self._future_decode(seq)
+                first_chunk = min(seq.num_uncomputed, self.config.chunk_size)
+                if self.config.reserve_decode and self.running and self.free_slots() - reserve < first_chunk + own:
+                    break  # admitting it would leave the running sequences no room to decode (a retraction later)
                 held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
                 admitted = None if held else self._admit(seq)
                 if admitted is None:
                     continue  # its prefix is loading or being computed, or its grammar compiling: others go first
                 if not admitted:
                     break  # strict priority order: later sequences wait behind this one
+                reserve += own
                 if holds_back and seq.num_prompt > _SHARE_KEY:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
             chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, self.free_slots())
@@ -185,6 +195,11 @@ class Scheduler:
             retry.retracted = batch.retracted + retry.retracted
             return retry
         return batch
+
+    def _future_decode(self, seq: Sequence) -> int:
+        """Slots ``seq`` is expected to take for tokens it has not generated yet."""
+        remaining = max(0, seq.state.max_new_tokens - seq.num_generated) * seq.state.sampling.n
+        return remaining if seq.state.sampling.ignore_eos else int(remaining * self.config.decode_reserve_ratio)
 
     def _admit(self, seq: Sequence) -> bool | None:
         """Move a waiting sequence to running if a row (``n`` rows for a group about to fan out) is free.

@@ -315,6 +315,7 @@ def test_stats(fp32_core):
 
 def test_retraction_resumes_exactly(one_thread):
     small = tiny_core(kv_slots=96, max_running=8, seed=3)
+    small.scheduler.config.reserve_decode = False  # over-admit on purpose: the pool then runs out mid-decode
     big = tiny_core(seed=3)
     sampling = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
 

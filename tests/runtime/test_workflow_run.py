@@ -1,0 +1,55 @@
+"""``plait bench workflow``'s runner: one suite, plait and baseline modes on one engine, measured outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from plait.bench.workflow_run import run_mode
+from plait.bench.workflow_suites import Suite, SuiteProgram
+from plait.runtime.planning import PlanConfig
+from tests.runtime.conftest import wait_kv_free
+from tests.runtime.test_planning import lookup, tool_chain
+
+
+def small_suite() -> Suite:
+    programs = [SuiteProgram(0.01 * i, tool_chain(f"p{i}", f"question {i}", 0.02), deadline_s=30.0) for i in range(3)]
+    programs.append(SuiteProgram(0.05, tool_chain("late", "question late", 0.02), tag="late"))
+    return Suite("tiny", "three chains and a late one", programs, [lookup], kv_slots=4096)
+
+
+def test_modes_run_the_same_programs_and_report_metrics(tiny_engine):
+    async def main():
+        plait_run = await run_mode(tiny_engine, small_suite, PlanConfig(), time_limit_s=60)
+        baseline = await run_mode(tiny_engine, small_suite, PlanConfig.baseline(), time_limit_s=60)
+        await wait_kv_free(tiny_engine)
+        return plait_run, baseline
+
+    plait_run, baseline = asyncio.run(main())
+    for result in (plait_run, baseline):
+        metrics = result.metrics()
+        assert metrics["programs"] == metrics["completed"] == 4 and metrics["failed"] == 0
+        assert metrics["slo_attainment"] == 1.0 and metrics["mean_jct_s"] > 0
+        assert metrics["p95_jct_s"] >= metrics["p50_jct_s"] > 0 and "mean_jct_s[late]" in metrics
+        assert 0.0 <= metrics["prefix_hit_rate"] <= 1.0
+    # Forced lengths: 2 calls of 6 tokens per program; plait may answer identical calls once (dedup).
+    assert baseline.engine["generated_tokens"] == 4 * 2 * 6
+    shared = plait_run.planner["dedup_shared"]
+    assert plait_run.engine["generated_tokens"] == (4 * 2 - shared) * 6
+    assert plait_run.planner["pins"] > 0 and baseline.planner["pins"] == 0
+    assert tiny_engine.core.config.eviction_policy == "lru"  # the last mode's settings were applied
+    assert not tiny_engine.core.scheduler.config.prefix_first
+
+
+def test_a_time_limit_cancels_and_reports_unfinished_programs(tiny_engine):
+    def slow_suite() -> Suite:
+        suite = small_suite()
+        suite.programs = [SuiteProgram(0.0, tool_chain("slow", "question", 5.0))]
+        return suite
+
+    async def main():
+        result = await run_mode(tiny_engine, slow_suite, PlanConfig(), time_limit_s=0.5)
+        await wait_kv_free(tiny_engine)
+        return result
+
+    result = asyncio.run(main())
+    assert [o.state for o in result.outcomes] == ["timeout"] and result.metrics()["completed"] == 0
