@@ -40,16 +40,19 @@ _ABLATION = (
 )
 
 
-def register(benches: argparse._SubParsersAction) -> None:
-    from plait.bench.workflow_suites import SUITE_NAMES
+# The suites' names, here so that ``--help`` needs no import of the suites (and of torch); a test keeps them equal to
+# ``plait.bench.workflow_suites.SUITE_NAMES``.
+SUITE_CHOICES = ("multi-agent", "react", "text2sql", "map-reduce", "starvation")
 
+
+def register(benches: argparse._SubParsersAction) -> None:
     parser = benches.add_parser(
         "workflow",
         help="agent-program suites: plait's program-level planning vs request-level baseline",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--suite", required=True, choices=SUITE_NAMES, help="which workload")
+    parser.add_argument("--suite", required=True, choices=SUITE_CHOICES, help="which workload")
     parser.add_argument("--compare", choices=["baseline", "none"], default="baseline", help="also run baseline mode")
     parser.add_argument("--ablation", action="store_true", help="also run each feature alone over the baseline")
     parser.add_argument("--programs", type=int, default=None, help="number of programs (default: the suite's)")

@@ -163,6 +163,7 @@ def test_logprobs_are_the_models_own(fp32_core):
 @pytest.mark.usefixtures("one_thread")
 def test_matchers_survive_retraction_and_nothing_leaks():
     core = tiny_core(kv_slots=160, max_running=8, max_context=128, seed=5)
+    core.scheduler.config.reserve_decode = False  # over-admit on purpose: the pool then runs out mid-decode
     regex = "[a-f]{10}-[0-9]{10}-[a-z ]{20}"
     requests = [
         GenerateRequest(

@@ -11,6 +11,13 @@ from tests.runtime.conftest import wait_kv_free
 from tests.runtime.test_planning import lookup, tool_chain
 
 
+def test_the_command_knows_every_suite():
+    from plait.bench.workflow_bench import SUITE_CHOICES
+    from plait.bench.workflow_suites import SUITE_NAMES
+
+    assert SUITE_CHOICES == SUITE_NAMES
+
+
 def small_suite() -> Suite:
     programs = [SuiteProgram(0.01 * i, tool_chain(f"p{i}", f"question {i}", 0.02), deadline_s=30.0) for i in range(3)]
     programs.append(SuiteProgram(0.05, tool_chain("late", "question late", 0.02), tag="late"))
