@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.bench.workflow_suites import Suite
+from plait.bench.workflow_suites.common import percentile
 from plait.engine import Engine
 from plait.runtime import Executor, ProgramExecution, ProgramState
 from plait.runtime.planning import PlanConfig
@@ -68,13 +69,7 @@ class ModeResult:
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    return percentile(values, q / 100) if values else None
 
 
 def _engine_delta(before: Any, after: Any) -> dict[str, float]:
