@@ -18,10 +18,11 @@ from typing import Any
 
 from plait.cache import CacheEvent
 from plait.engine.engine_config import EngineConfig
-from plait.engine.engine_core import CONFIGURABLE, EngineCore, EngineStats
+from plait.engine.engine_core import EngineCore, EngineStats
 from plait.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
 from plait.engine.grammar import choice_score, scoring_requests
 from plait.engine.request import ChoiceScore, Completion, GenerateDelta, GenerateRequest, GenerateResult
+from plait.engine.runtime_controls import CONFIGURABLE
 from plait.engine.sequence import RequestState
 
 logger = logging.getLogger(__name__)

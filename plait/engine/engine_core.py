@@ -14,7 +14,6 @@ import torch
 
 from plait.cache import (
     KVPool,
-    RadixCache,
     ReqToTokenPool,
     SlotAllocator,
 )
@@ -22,7 +21,7 @@ from plait.engine.attention import create_backend
 from plait.engine.detokenizer import IncrementalDetokenizer
 from plait.engine.engine_config import DEFAULT_MAX_CONTEXT, EngineConfig
 from plait.engine.engine_invariants import check_engine_invariants
-from plait.engine.engine_setup import auto_kv_slots, build_decode_graphs, build_prefix_cache, eviction_policy
+from plait.engine.engine_setup import auto_kv_slots, build_decode_graphs, build_prefix_cache
 from plait.engine.engine_stats import EngineStats, ThroughputMeter, cache_stats
 from plait.engine.errors import InvalidRequestError
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
@@ -35,17 +34,15 @@ from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_ops import TORCH_OPS, triton_ops
 from plait.engine.model_runner import ModelRunner
 from plait.engine.request import ChoiceScore, GenerateDelta, GenerateRequest, TokenLogprob
+from plait.engine.runtime_controls import RuntimeControls
 from plait.engine.sampler import SampleRow, logprob_tensors, logprobs_to_host, sample_on_device
 from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
 from plait.engine.text_output import TextOutput
 from plait.engine.tokenizer_loader import load_tokenizer
 
-# Scheduling settings that may change while the engine runs (``configure``): benchmarks switch modes between runs.
-CONFIGURABLE = ("max_queue_wait_s", "prefix_first", "eviction_policy")
 
-
-class EngineCore:
+class EngineCore(RuntimeControls):
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config = config or EngineConfig()
         config.validate()
@@ -251,62 +248,6 @@ class EngineCore:
                 elif delta.finish_reason in ("error", "abort"):
                     raise RuntimeError(f"scoring request {delta.request_id} ended: {delta.error or 'aborted'}")
         return [choice_score(c, found[r.request_id]) for c, r in zip(choices, scoring, strict=True)]
-
-    # ---- hints from the runtime (plain data; unknown targets are ignored and counted) ---------------------------
-
-    def _hint(self, method: str, **kwargs: object) -> bool:
-        if self.cache_hints is None:
-            self._hints_ignored += 1
-            return False
-        return bool(getattr(self.cache_hints, method)(**kwargs))
-
-    def hint_next_use(
-        self,
-        program_id: str | None = None,
-        prefix_token_ids: list[int] | None = None,
-        steps: float | None = None,
-        seconds: float | None = None,
-    ) -> bool:
-        """The program's (or prefix's) KV is needed again in ``steps`` steps and/or ``seconds``."""
-        return self._hint("next_use", program_id=program_id, prefix=prefix_token_ids, steps=steps, seconds=seconds)
-
-    def pin(self, ttl_s: float, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
-        """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget."""
-        return self._hint("pin", ttl_s=ttl_s, program_id=program_id, prefix=prefix_token_ids)
-
-    def unpin(self, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
-        return self._hint("unpin", program_id=program_id, prefix=prefix_token_ids)
-
-    def prefetch(self, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
-        """Start loading the program's (or prefix's) KV back from the host tier before it is needed."""
-        return self._hint("prefetch", program_id=program_id, prefix=prefix_token_ids)
-
-    def forget_program(self, program_id: str) -> None:
-        if self.cache_hints is not None:
-            self.cache_hints.forget_program(program_id)
-
-    def kv_in_use(self) -> int:
-        """KV slots held for requests: used slots minus those only the prefix cache keeps (0 when idle)."""
-        cached = self.prefix_cache.evictable_size if isinstance(self.prefix_cache, RadixCache) else 0
-        return self.allocator.num_used - cached
-
-    def flush_prefix_cache(self) -> int:
-        """Drop every unlocked cached prefix (pinned ones too); returns the device slots freed."""
-        freed = self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
-        if isinstance(self.prefix_cache, RadixCache) and self.prefix_cache.host is not None:
-            self.prefix_cache.wait_for_loads()
-            freed += self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
-        return freed
-
-    def configure(self, **settings: object) -> None:
-        """Change ``CONFIGURABLE`` settings (engine thread only). Raises ``InvalidRequestError`` on a bad value."""
-        config = replace(self.config, **settings)  # type: ignore[arg-type]
-        config.validate()
-        self.scheduler.config.max_queue_wait_s = config.max_queue_wait_s
-        self.scheduler.config.prefix_first = config.prefix_first
-        if config.eviction_policy != self.config.eviction_policy and isinstance(self.prefix_cache, RadixCache):
-            self.prefix_cache.policy = eviction_policy(config.eviction_policy, self.prefix_cache.program_hints)
-        self.config = config
 
     def has_work(self) -> bool:
         inflight = self._inflight is not None and any(

@@ -1,0 +1,85 @@
+"""What the runtime may do to a running engine besides submitting requests: KV hints (next use, pins, prefetch),
+flushing the prefix cache, and switching scheduling settings between benchmark runs. Engine thread only.
+
+``EngineCore`` inherits these; they touch only its prefix cache, allocator, scheduler and config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from plait.cache import RadixCache
+from plait.engine.engine_setup import eviction_policy
+
+if TYPE_CHECKING:
+    from plait.cache import CacheHints, PrefixCache, SlotAllocator
+    from plait.engine.engine_config import EngineConfig
+    from plait.engine.scheduler import Scheduler
+
+# Scheduling settings that may change while the engine runs (``configure``): benchmarks switch modes between runs.
+CONFIGURABLE = ("max_queue_wait_s", "prefix_first", "eviction_policy")
+
+
+class RuntimeControls:
+    config: EngineConfig
+    prefix_cache: PrefixCache
+    cache_hints: CacheHints | None
+    allocator: SlotAllocator
+    scheduler: Scheduler
+    kv_slots: int
+    _hints_ignored: int
+
+    def _hint(self, method: str, **kwargs: object) -> bool:
+        if self.cache_hints is None:
+            self._hints_ignored += 1
+            return False
+        return bool(getattr(self.cache_hints, method)(**kwargs))
+
+    def hint_next_use(
+        self,
+        program_id: str | None = None,
+        prefix_token_ids: list[int] | None = None,
+        steps: float | None = None,
+        seconds: float | None = None,
+    ) -> bool:
+        """The program's (or prefix's) KV is needed again in ``steps`` steps and/or ``seconds``."""
+        return self._hint("next_use", program_id=program_id, prefix=prefix_token_ids, steps=steps, seconds=seconds)
+
+    def pin(self, ttl_s: float, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
+        """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget."""
+        return self._hint("pin", ttl_s=ttl_s, program_id=program_id, prefix=prefix_token_ids)
+
+    def unpin(self, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
+        return self._hint("unpin", program_id=program_id, prefix=prefix_token_ids)
+
+    def prefetch(self, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
+        """Start loading the program's (or prefix's) KV back from the host tier before it is needed."""
+        return self._hint("prefetch", program_id=program_id, prefix=prefix_token_ids)
+
+    def forget_program(self, program_id: str) -> None:
+        if self.cache_hints is not None:
+            self.cache_hints.forget_program(program_id)
+
+    def kv_in_use(self) -> int:
+        """KV slots held for requests: used slots minus those only the prefix cache keeps (0 when idle)."""
+        cached = self.prefix_cache.evictable_size if isinstance(self.prefix_cache, RadixCache) else 0
+        return self.allocator.num_used - cached
+
+    def flush_prefix_cache(self) -> int:
+        """Drop every unlocked cached prefix (pinned ones too); returns the device slots freed."""
+        freed = self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
+        if isinstance(self.prefix_cache, RadixCache) and self.prefix_cache.host is not None:
+            self.prefix_cache.wait_for_loads()
+            freed += self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
+        return freed
+
+    def configure(self, **settings: object) -> None:
+        """Change ``CONFIGURABLE`` settings (engine thread only). Raises ``InvalidRequestError`` on a bad value."""
+        config = replace(self.config, **settings)  # type: ignore[arg-type]
+        config.validate()
+        self.scheduler.config.max_queue_wait_s = config.max_queue_wait_s
+        self.scheduler.config.prefix_first = config.prefix_first
+        if config.eviction_policy != self.config.eviction_policy and isinstance(self.prefix_cache, RadixCache):
+            self.prefix_cache.policy = eviction_policy(config.eviction_policy, self.prefix_cache.program_hints)
+        self.config = config
