@@ -107,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, profile: str) -> int:
     from rich.progress import Progress
 
+    from plait.bench.engine_counters import warm_up
     from plait.bench.report import default_output, print_table, write_json
     from plait.bench.workflow_run import run_mode
     from plait.engine import Engine
@@ -115,7 +116,7 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     engine = Engine(config)
     results = []
     try:
-        await _warm_up(engine)
+        await warm_up(engine)
         with Progress(transient=True) as progress:
             for mode in modes:
                 task = progress.add_task(f"{suite.name}: {mode.name}", total=len(suite.programs))
@@ -179,10 +180,3 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
     return "-" if value is None else value
-
-
-async def _warm_up(engine: Any) -> None:
-    """One short request, so the first mode does not pay for first-use costs (allocator, kernels, caches)."""
-    from plait.engine import GenerateRequest, SamplingParams
-
-    await engine.complete(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4, temperature=0.0)))

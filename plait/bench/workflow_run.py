@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from plait.bench.engine_counters import engine_counters_delta, wait_engine_idle
 from plait.bench.workflow_suites import Suite
 from plait.bench.workflow_suites.common import percentile
 from plait.engine import Engine
@@ -72,22 +73,6 @@ def _percentile(values: list[float], q: float) -> float | None:
     return percentile(values, q / 100) if values else None
 
 
-def _engine_delta(before: Any, after: Any) -> dict[str, float]:
-    prefilled = after.prefill_tokens - before.prefill_tokens
-    cached = after.cached_prefix_tokens - before.cached_prefix_tokens
-    host = after.host_hit_tokens - before.host_hit_tokens
-    total = prefilled + cached + host
-    return {
-        "prefix_hit_rate": (cached + host) / total if total else 0.0,
-        "prefill_tokens": prefilled,
-        "cached_prompt_tokens": cached + host,
-        "generated_tokens": after.generated_tokens - before.generated_tokens,
-        "retractions": after.retractions - before.retractions,
-        "evictions": after.evictions - before.evictions,
-        "promotions": after.promotions - before.promotions,
-    }
-
-
 def _longest_queue(program: ProgramExecution) -> float:
     return max((r.queued_s or 0.0 for r in program.nodes.values()), default=0.0)
 
@@ -136,7 +121,7 @@ async def run_mode(
     for program in executor.running():
         program.cancel()
     wall = time.monotonic() - start
-    await _wait_idle(engine)
+    await wait_engine_idle(engine)
     results = [o if o is not None else ProgramOutcome("", "timeout", None, None, 0.0) for o in outcomes]
     for index, outcome in enumerate(results):
         if outcome.state == "cancelled":  # cancelled by the time limit
@@ -146,16 +131,7 @@ async def run_mode(
         config.to_dict(),
         results,
         wall,
-        _engine_delta(before, engine.stats()),
+        engine_counters_delta(before, engine.stats()),
         executor.planner.stats(),
         executor.planner.timeline,
     )
-
-
-async def _wait_idle(engine: Engine, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stats = engine.stats()
-        if stats.running == 0 and stats.waiting == 0:
-            return
-        await asyncio.sleep(0.01)

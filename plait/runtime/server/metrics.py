@@ -47,6 +47,12 @@ class ServerMetrics:
             "Prompt tokens served from the prefix cache / prompt tokens",
             registry=registry,
         )
+        # Running totals since the engine started (gauges read from the engine): differences over a benchmark give its
+        # own prefix hit rate (`plait bench replay --target`).
+        self.prefill_tokens = Gauge("plait_prefill_tokens", "Prompt tokens computed since start", registry=registry)
+        self.cached_prompt_tokens = Gauge(
+            "plait_cached_prompt_tokens", "Prompt tokens served from the prefix cache since start", registry=registry
+        )
         self.programs = Gauge("plait_programs", "Programs by state", ["state"], registry=registry)
 
     def observe_generation(
@@ -70,6 +76,8 @@ class ServerMetrics:
         self.kv_cached.set(stats.kv_slots_cached)
         computed = stats.prefill_tokens + stats.cached_prefix_tokens + stats.host_hit_tokens
         self.prefix_hit.set((stats.cached_prefix_tokens + stats.host_hit_tokens) / computed if computed else 0.0)
+        self.prefill_tokens.set(stats.prefill_tokens)
+        self.cached_prompt_tokens.set(stats.cached_prefix_tokens + stats.host_hit_tokens)
         counts: dict[str, int] = {"running": 0, "done": 0, "failed": 0, "cancelled": 0}
         for program in state.executor.programs.values():  # type: ignore[attr-defined]
             counts[program.state.value] = counts.get(program.state.value, 0) + 1

@@ -147,6 +147,7 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
         seed=None if body.seed is None else body.seed & _SEED_MASK,
         stop=stop,
         n=body.n,
+        ignore_eos=body.ignore_eos,
     )
 
 

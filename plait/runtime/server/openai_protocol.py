@@ -175,6 +175,11 @@ class _GenerationRequest(_Strict):
     priority: int | None = Field(
         None, ge=-1000, le=1000, description="plait: lower is served first; equal priorities are first-come."
     )
+    ignore_eos: bool = Field(
+        False,
+        description="plait: keep generating past the end-of-sequence token until `max_tokens` or a stop string "
+        "(benchmarks force output lengths with it).",
+    )
 
 
 class ChatCompletionRequest(_GenerationRequest):

@@ -1,0 +1,43 @@
+"""What an in-process engine did over a benchmark run: counter differences, and waiting for it to go idle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+
+def engine_counters_delta(before: Any, after: Any) -> dict[str, float]:
+    """Differences of two ``EngineStats``: prefix hit rate (GPU cache plus host tier over all prompt tokens), prompt
+    tokens computed and cached, generated tokens, retractions, evictions and anti-starvation promotions."""
+    prefilled = after.prefill_tokens - before.prefill_tokens
+    cached = after.cached_prefix_tokens - before.cached_prefix_tokens
+    host = after.host_hit_tokens - before.host_hit_tokens
+    total = prefilled + cached + host
+    return {
+        "prefix_hit_rate": (cached + host) / total if total else 0.0,
+        "prefill_tokens": prefilled,
+        "cached_prompt_tokens": cached + host,
+        "generated_tokens": after.generated_tokens - before.generated_tokens,
+        "retractions": after.retractions - before.retractions,
+        "evictions": after.evictions - before.evictions,
+        "promotions": after.promotions - before.promotions,
+    }
+
+
+async def wait_engine_idle(engine: Any, timeout_s: float = 30.0) -> bool:
+    """Poll until the engine runs and queues nothing (aborted requests take a step to leave); False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stats = engine.stats()
+        if stats.running == 0 and stats.waiting == 0:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def warm_up(engine: Any) -> None:
+    """One short request, so the first measured mode does not pay first-use costs (allocator, kernels, caches)."""
+    from plait.engine import GenerateRequest, SamplingParams
+
+    await engine.complete(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4, temperature=0.0)))

@@ -1,0 +1,91 @@
+"""An agent session as a plait program: its LLM calls in order, the recorded gap between calls as a tool call.
+
+Call ``i``'s prompt is the session's real prompt text, passed as an input variable (so no character of the text is
+read as template syntax), followed by the previous tool's result, which is empty: the prompt the engine sees is
+exactly the recorded one. The tool ``env.<source>`` sleeps the recorded gap and depends on call ``i``'s output, so the
+program runs call, tool, call, ... in order, and the planner sees a tool call after each LLM call (it may keep the
+KV across it, with a TTL learned from that tool's observed durations). Each call generates exactly the number of
+tokens its recorded output has (``ignore_eos``, greedy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Sequence
+
+from plait.bench.replay.records import AgentSession
+from plait.dag import LLMCall, Node, ToolCall, Workflow, var_ref
+from plait.runtime import Tool
+from plait.semantic_vars import GenConstraints, Template
+
+
+def tool_name_for(source: str) -> str:
+    """The simulated environment tool of a session from ``source`` (e.g. ``miniswe/abc.jsonl`` -> ``env.miniswe``):
+    one tool per trace folder, so each agent kind's tool durations are learned separately."""
+    head = source.replace("\\", "/").split("/")[0] if source else "agent"
+    head = re.sub(r"\.jsonl$", "", head)
+    return "env." + (re.sub(r"[^A-Za-z0-9_-]", "_", head)[:48] or "agent")
+
+
+def make_gap_tool(name: str) -> Tool:
+    """A tool that sleeps the recorded gap and returns an empty string (the next prompt is the recorded text)."""
+
+    async def recorded_gap(seconds: float, after: str = "") -> str:
+        await asyncio.sleep(max(0.0, seconds))
+        return ""
+
+    return Tool(recorded_gap, name=name, description="Waits the recorded time between two agent calls.", timeout_s=None)
+
+
+def session_workflow(
+    session: AgentSession, output_tokens: Sequence[int], prompts: Sequence[str] | None = None, *, index: int = 0
+) -> Workflow:
+    """The program of ``session``: ``call_i`` generates ``output_tokens[i]`` tokens from ``prompts[i]`` (default: the
+    recorded inputs), then ``gap_i`` waits the recorded gap before ``call_{i+1}``."""
+    texts = list(prompts) if prompts is not None else [call.input_text for call in session.calls]
+    if len(texts) != len(session.calls) or len(output_tokens) != len(session.calls):
+        raise ValueError("one prompt and one output length per call of the session")
+    tool = tool_name_for(session.source)
+    gaps = session.gaps_s()
+    nodes: list[Node] = []
+    inputs: dict[str, str] = {}
+    for i, (text, tokens) in enumerate(zip(texts, output_tokens, strict=True)):
+        inputs[f"prompt_{i}"] = text
+        prompt = f"{{{{prompt_{i}}}}}" + (f"{{{{gap_{i - 1}}}}}" if i else "")
+        constraints = GenConstraints(max_tokens=max(1, int(tokens)), ignore_eos=True, temperature=0.0)
+        nodes.append(LLMCall(f"call_{i}", Template(prompt), f"out_{i}", constraints=constraints))
+        if i < len(gaps):
+            args = {"seconds": round(gaps[i], 3), "after": var_ref(f"out_{i}")}
+            nodes.append(ToolCall(f"gap_{i}", tool, f"gap_{i}", args=args))
+    last = f"out_{len(texts) - 1}"
+    name = f"session-{index:04d}-" + re.sub(r"[^A-Za-z0-9_-]", "_", session.session_id)[:24]
+    return Workflow.build(nodes, inputs=inputs, outputs=[last], name=name)
+
+
+def cap_prompts(
+    session: AgentSession, count_tokens: Callable[[str], int], max_prompt_tokens: int
+) -> tuple[list[str], bool]:
+    """The session's prompts cut so that none exceeds ``max_prompt_tokens``; whether any was cut.
+
+    Every prompt is cut at the same character position (found on the longest prompt that is too long), so a prompt
+    that extended the previous one still extends it: prefix sharing across turns survives the cut.
+    """
+    texts = [call.input_text for call in session.calls]
+    too_long = [text for text in texts if count_tokens(text) > max_prompt_tokens]
+    if not too_long:
+        return texts, False
+    longest = max(too_long, key=len)
+    low, high = 1, len(longest)  # the most characters of `longest` that fit
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count_tokens(longest[:middle]) <= max_prompt_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    cut = low
+    while True:  # another prompt may tokenize differently around the cut: shrink until all fit
+        capped = [text[:cut] for text in texts]
+        if all(count_tokens(text) <= max_prompt_tokens for text in capped) or cut <= 1:
+            return capped, True
+        cut = max(1, int(cut * 0.95))

@@ -1,0 +1,302 @@
+"""``plait bench replay``: replay a real trace open-loop against plait (in-process) or any OpenAI-compatible URL.
+
+Formats: ``mooncake`` (JSONL with hash ids: prompts are built from one fixed block per hash id, so prefix sharing is
+reproduced exactly), ``azure`` and ``burstgpt`` (CSV, columns read by name), ``lmcache-agent`` (real agent sessions,
+each replayed as a program: its calls in order, the recorded gap between calls as tool time, the real prompt text).
+Arrivals follow the trace's timestamps (``--start``/``--duration`` pick a slice, ``--time-scale`` speeds it up);
+``--length-scale`` shrinks prompts and outputs for small models. Outputs are forced to the trace's lengths.
+
+In-process, ``--compare baseline`` replays the same slice twice on one engine: plait mode (program-level planning)
+and baseline mode (request FCFS, LRU, no pins, no prefetch), each from a flushed cache, and prints the ratios.
+Prints a table; writes JSON, a markdown report and PNG plots. Ctrl-C stops the replay and still writes what was
+measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from plait.cli.engine_args import add_engine_arguments, engine_config_from_args
+
+# Here so that --help needs no import of torch; a test keeps it equal to records.TRACE_FORMATS.
+FORMATS = ("mooncake", "azure", "burstgpt", "lmcache-agent")
+DEFAULT_DURATION_S = 120.0
+
+
+def register(benches: argparse._SubParsersAction) -> None:
+    parser = benches.add_parser(
+        "replay",
+        help="replay a real trace (Mooncake, Azure, BurstGPT, agent sessions): plait vs baseline, report and plots",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    trace = parser.add_argument_group("trace")
+    trace.add_argument("--trace", type=Path, required=True, help="trace file (a folder for lmcache-agent)")
+    trace.add_argument("--format", required=True, choices=FORMATS, help="the trace's format")
+    trace.add_argument("--start", type=float, default=0.0, help="slice start, seconds into the trace")
+    trace.add_argument(
+        "--duration", type=float, default=DEFAULT_DURATION_S, help="slice length in trace seconds (0: to the end)"
+    )
+    trace.add_argument("--time-scale", type=float, default=1.0, help="replay speed: 2 = arrivals twice as fast")
+    trace.add_argument("--max-requests", type=int, default=None, help="at most this many requests (sessions)")
+    trace.add_argument(
+        "--length-scale", type=float, default=1.0, help="scale prompt and output lengths (e.g. 0.05 on a CPU)"
+    )
+    trace.add_argument("--max-input-tokens", type=int, default=None, help="cap prompt lengths (request traces)")
+    trace.add_argument("--max-output-tokens", type=int, default=None, help="cap output lengths")
+    trace.add_argument("--skip-malformed", action="store_true", help="leave malformed lines out (counted)")
+    trace.add_argument("--seed", type=int, default=0, help="seed of the synthesized prompts")
+    run = parser.add_argument_group("run")
+    run.add_argument("--compare", choices=["baseline", "none"], default="none", help="also replay in baseline mode")
+    run.add_argument("--target", default=None, help="an OpenAI-compatible base URL instead of the in-process engine")
+    run.add_argument("--target-model", default=None, help="the model name at --target (default: its first)")
+    run.add_argument("--vocab-size", type=int, default=32_000, help="--target: token ids are drawn below this")
+    run.add_argument(
+        "--unbounded-cache", action="store_true", help="size the KV pool to hold every prompt and output of the slice"
+    )
+    run.add_argument("--time-limit", type=float, default=3600.0, help="seconds per mode before stopping")
+    slo = parser.add_argument_group("SLOs (goodput counts requests meeting every bound given)")
+    slo.add_argument("--slo-ttft", type=float, default=None, help="time to first token, seconds")
+    slo.add_argument("--slo-tpot", type=float, default=None, help="time per output token, seconds")
+    slo.add_argument("--slo-e2e", type=float, default=None, help="request end-to-end, seconds")
+    slo.add_argument("--slo-jct", type=float, default=None, help="agent session completion, seconds")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=Path, default=None, help="JSON path (default under bench/results/)")
+    out.add_argument("--report-dir", type=Path, default=None, help="report folder (default: <json stem>_report)")
+    out.add_argument("--no-report", action="store_true", help="JSON only (no markdown, no plots)")
+    add_engine_arguments(parser)
+    parser.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from plait.bench.replay.records import TraceFormatError
+
+    if args.target is not None and args.compare == "baseline":
+        return _fail("--compare baseline needs the in-process engine (a remote server's scheduling cannot be switched)")
+    try:
+        trace = _load(args)
+    except (TraceFormatError, ValueError) as error:
+        return _fail(str(error))
+    try:
+        return asyncio.run(_run(args, trace))
+    except _UsageError as error:
+        return _fail(str(error))
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from plait.bench.replay.trace_loaders import load_trace
+    from plait.bench.replay.trace_slice import SliceOptions, slice_trace
+
+    options = SliceOptions(
+        start_s=args.start,
+        duration_s=args.duration or None,
+        time_scale=args.time_scale,
+        max_requests=args.max_requests,
+        length_scale=args.length_scale,
+        max_input_tokens=args.max_input_tokens,
+        max_output_tokens=args.max_output_tokens,
+    )
+    options.validate()
+    return slice_trace(load_trace(args.trace, args.format, skip_malformed=args.skip_malformed), options)
+
+
+async def _run(args: argparse.Namespace, trace: Any) -> int:
+    from plait.bench.replay.http_target import HttpTarget, TargetError
+
+    stop = asyncio.Event()
+    with _stop_on_ctrl_c(stop):
+        if args.target is not None:
+            target = HttpTarget(args.target, args.target_model)
+            inputs = _inputs(args, trace, args.vocab_size, target.count_tokens, None)
+            try:
+                runs = await _replay_modes(args, trace, inputs, [target], stop)
+            except TargetError as error:
+                raise _UsageError(str(error)) from error
+            return _finish(args, trace, inputs, runs, engine_info={"target": args.target}, stopped=stop.is_set())
+        return await _run_in_process(args, trace, stop)
+
+
+async def _run_in_process(args: argparse.Namespace, trace: Any, stop: asyncio.Event) -> int:
+    from plait.bench.engine_counters import warm_up
+    from plait.bench.replay.inprocess_target import InProcessTarget
+    from plait.engine import Engine
+    from plait.runtime.planning import PlanConfig
+
+    config = engine_config_from_args(args)
+    if args.unbounded_cache:
+        config.kv_slots = _unbounded_slots(trace)
+    engine = Engine(config)
+    try:
+        inputs = _inputs(args, trace, engine.tokenizer.vocab_size, _counter(engine), _context(engine))
+        await warm_up(engine)
+        modes = [PlanConfig()] + ([PlanConfig.baseline()] if args.compare == "baseline" else [])
+        runs = await _replay_modes(args, trace, inputs, [InProcessTarget(engine, mode) for mode in modes], stop)
+        info = {"model": config.model, "weights": config.weights, "kv_slots": engine.core.kv_slots}
+        return _finish(args, trace, inputs, runs, engine_info=info, stopped=stop.is_set())
+    finally:
+        engine.close()
+
+
+def _unbounded_slots(trace: Any) -> int:
+    """A KV pool that holds every distinct prompt token and every output of the slice (nothing is ever evicted).
+
+    Request traces: the tokens no earlier prompt shares, plus outputs. Agent sessions (no tokenizer yet): two
+    characters a token, an over-estimate for any real tokenizer, of each session's longest prompt plus its outputs.
+    """
+    from plait.bench.replay.prompt_synthesis import expected_prefix_reuse
+
+    if trace.is_agent:
+        chars = sum(
+            max(len(c.input_text) for c in s.calls) + sum(len(c.output_text) for c in s.calls)
+            for s in trace.sessions
+            if s.calls
+        )
+        return chars // 2 + 4096
+    prompts = sum(r.input_tokens for r in trace.requests)
+    reuse = expected_prefix_reuse(trace.requests, trace.block_tokens) or 0.0
+    outputs = sum(r.output_tokens for r in trace.requests)
+    return int(1.05 * (prompts * (1.0 - reuse) + outputs)) + 4096
+
+
+def _counter(engine: Any) -> Any:
+    return lambda text: len(engine.tokenizer.encode(text, add_special_tokens=False))
+
+
+def _context(engine: Any) -> int:
+    return int(engine.core.max_context)
+
+
+def _inputs(args: argparse.Namespace, trace: Any, vocab_size: int, count_tokens: Any, max_context: int | None) -> Any:
+    from plait.bench.replay.replay_inputs import prepare_inputs
+
+    return prepare_inputs(
+        trace,
+        vocab_size=vocab_size,
+        count_tokens=count_tokens,
+        max_context=max_context,
+        max_output_tokens=args.max_output_tokens,
+        seed=args.seed,
+    )
+
+
+async def _replay_modes(
+    args: argparse.Namespace, trace: Any, inputs: Any, targets: list[Any], stop: asyncio.Event
+) -> list[Any]:
+    """Each target in turn (plait mode, then baseline); after an interruption the remaining modes are skipped."""
+    from rich.progress import Progress
+
+    from plait.bench.replay.replay_run import run_replay
+
+    total = len(trace.sessions) if trace.is_agent else len(trace.requests)
+    unit = "sessions" if trace.is_agent else "requests"
+    runs = []
+    with Progress(transient=True) as progress:
+        for target in targets:
+            task = progress.add_task(f"{trace.format} {unit} ({target.mode})", total=total)
+            run = await run_replay(
+                trace,
+                inputs,
+                target,
+                stop=stop,
+                time_limit_s=args.time_limit,
+                on_done=lambda t=task: progress.advance(t),
+            )
+            runs.append(run)
+            progress.remove_task(task)
+            if run.interrupted:
+                break
+    return runs
+
+
+def _finish(
+    args: argparse.Namespace, trace: Any, inputs: Any, runs: list[Any], *, engine_info: dict, stopped: bool
+) -> int:
+    """Print the table; write the JSON and the report. Exit code 130 when Ctrl-C stopped the replay."""
+    from plait.bench.replay.prompt_synthesis import expected_prefix_reuse
+    from plait.bench.replay.replay_metrics import SLO, ratios, summarize, summary_table_rows
+    from plait.bench.report import default_output, print_table, write_json
+
+    slo = SLO(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot, e2e_s=args.slo_e2e, jct_s=args.slo_jct)
+    summaries = {run.mode: summarize(run, slo) for run in runs}
+    compared = ratios(summaries["plait"], summaries["baseline"]) if {"plait", "baseline"} <= summaries.keys() else {}
+    trace_info: dict[str, Any] = {
+        "format": trace.format,
+        "path": str(args.trace),
+        "slice": trace.meta.get("slice", {}),
+        "records": len(trace.sessions) if trace.is_agent else len(trace.requests),
+        "calls": sum(len(s.calls) for s in trace.sessions) if trace.is_agent else len(trace.requests),
+        "block_tokens": trace.block_tokens,
+        "skipped_lines": trace.skipped_lines,
+    }
+    reuse = None if trace.is_agent else expected_prefix_reuse(inputs.requests, trace.block_tokens)
+    if reuse is not None:
+        trace_info["expected_prefix_reuse"] = reuse
+    columns, rows = summary_table_rows(summaries, compared or None)
+    title = f"replay {trace.format}: {trace_info['records']} {'sessions' if trace.is_agent else 'requests'}"
+    print_table(title, columns, rows)
+    if reuse is not None:
+        measured = ", ".join(f"{m} {s.get('prefix_hit_rate') or 0:.3f}" for m, s in summaries.items())
+        print(f"prefix reuse: trace {reuse:.3f} (unbounded cache, in order); measured {measured}")
+    for run in runs:
+        for note in run.notes:
+            print(f"note ({run.mode}): {note}")
+    interrupted = any(run.interrupted for run in runs)
+    if interrupted:
+        print("interrupted: the results below hold what was measured until then", file=sys.stderr)
+    payload = {
+        "bench": "replay",
+        "trace": trace_info,
+        "slo": slo.to_dict(),
+        "engine": engine_info,
+        "runs": [run.to_dict() for run in runs],
+        "summary": summaries,
+        "ratios": compared,
+        "interrupted": interrupted,
+    }
+    output = args.output or default_output(f"replay_{trace.format}")
+    print(f"wrote {write_json(output, payload)}")
+    if not args.no_report:
+        from plait.bench.replay.replay_report import write_report
+
+        report_dir = args.report_dir or output.with_name(f"{output.stem}_report")
+        paths = write_report(payload, report_dir)
+        print(f"report: {', '.join(str(p) for p in paths)}")
+    return 130 if stopped else 0
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(stop: asyncio.Event) -> Any:
+    """The first Ctrl-C sets ``stop`` (the replay ends and writes what it measured); the second aborts."""
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        print("\nstopping: writing what was measured (Ctrl-C again to abort)", file=sys.stderr)
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, first)
+        installed = True
+    except (NotImplementedError, RuntimeError):  # not the main thread, or a platform without it
+        installed = False
+    try:
+        yield
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
