@@ -207,6 +207,7 @@ async def _replay_modes(
     runs = []
     with Progress(transient=True) as progress:
         for target in targets:
+            print(f"replaying {total} {unit} in {target.mode} mode on {target.label}", file=sys.stderr, flush=True)
             task = progress.add_task(f"{trace.format} {unit} ({target.mode})", total=total)
             run = await run_replay(
                 trace,

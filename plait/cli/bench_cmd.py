@@ -8,7 +8,15 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
     benches = parser.add_subparsers(dest="bench", metavar="BENCH")
-    from plait.bench import cache_bench, engine_bench, grammar_bench, replay_bench, serve_load, workflow_bench
+    from plait.bench import (
+        cache_bench,
+        engine_bench,
+        grammar_bench,
+        replay_bench,
+        replay_report_cmd,
+        serve_load,
+        workflow_bench,
+    )
 
     engine_bench.register(benches)
     cache_bench.register(benches)
@@ -16,4 +24,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve_load.register(benches)
     workflow_bench.register(benches)
     replay_bench.register(benches)
+    replay_report_cmd.register(benches)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)

@@ -23,7 +23,8 @@ class SliceOptions:
 
     ``start_s``/``duration_s``: the window ``[start_s, start_s + duration_s)`` of arrivals (``None``: to the end).
     ``max_requests``: keep at most this many of the window's first requests (agent traces: sessions).
-    ``time_scale``: arrivals (and agent call offsets) are divided by it; 2 replays twice as fast.
+    ``time_scale``: arrivals are divided by it; 2 replays twice as fast. Agent sessions' arrivals are scaled but
+    the gaps between a session's calls are not: they are tool time, a property of the tool, not of the load.
     ``length_scale``: input and output lengths are multiplied by it (agent text is cut to a prefix; it cannot grow).
     ``max_input_tokens``/``max_output_tokens``: caps on request traces' lengths after scaling.
     """
@@ -144,7 +145,7 @@ def _reshape_session(session: AgentSession, options: SliceOptions) -> AgentSessi
     scale = options.length_scale
     calls = tuple(
         AgentCall(
-            offset_s=call.offset_s / options.time_scale,
+            offset_s=call.offset_s,
             input_text=_prefix(call.input_text, scale),
             output_text=_prefix(call.output_text, scale),
         )

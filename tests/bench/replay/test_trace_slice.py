@@ -145,7 +145,7 @@ def test_agent_sessions_window_cap_and_time_scale() -> None:
     sliced = slice_trace(agent_trace(), SliceOptions(start_s=0.0, duration_s=15.0, time_scale=2.0, max_requests=5))
     assert [s.session_id for s in sliced.sessions] == ["a", "b"] and sliced.requests == []
     assert [s.arrival_s for s in sliced.sessions] == [0.0, 5.0]
-    assert [c.offset_s for c in sliced.sessions[0].calls] == [0.0, 1.0]
+    assert [c.offset_s for c in sliced.sessions[0].calls] == [0.0, 2.0]  # tool gaps are not time-scaled
     assert sliced.sessions[0].source == "a.jsonl"
     only_one = slice_trace(agent_trace(), SliceOptions(start_s=5.0, max_requests=1))
     assert [(s.session_id, s.arrival_s) for s in only_one.sessions] == [("b", 5.0)]
