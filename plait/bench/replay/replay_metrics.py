@@ -32,7 +32,7 @@ HIGHER_IS_BETTER = (
     "session_goodput_fraction",
     "prefix_hit_rate",
 )
-RATIO_ROW_LABEL = "gain (>1: plait better)"
+RATIO_ROW_LABEL = "plait gain"
 
 
 @dataclass(frozen=True)
