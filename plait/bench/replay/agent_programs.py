@@ -21,11 +21,12 @@ from plait.semantic_vars import GenConstraints, Template
 
 
 def tool_name_for(source: str) -> str:
-    """The simulated environment tool of a session from ``source`` (e.g. ``miniswe/abc.jsonl`` -> ``env.miniswe``):
-    one tool per trace folder, so each agent kind's tool durations are learned separately."""
-    head = source.replace("\\", "/").split("/")[0] if source else "agent"
-    head = re.sub(r"\.jsonl$", "", head)
-    return "env." + (re.sub(r"[^A-Za-z0-9_-]", "_", head)[:48] or "agent")
+    """The simulated environment tool of a session from ``source``: named after the folder holding its file
+    (``lmcache_agent/miniswe/abc.jsonl`` -> ``env.miniswe``), so each agent kind's tool durations are learned
+    separately (one tool per session would never learn anything)."""
+    parts = [part for part in source.replace("\\", "/").split("/") if part]
+    folder = parts[-2] if len(parts) >= 2 else "agent"
+    return "env." + (re.sub(r"[^A-Za-z0-9_-]", "_", folder)[:48] or "agent")
 
 
 def make_gap_tool(name: str) -> Tool:

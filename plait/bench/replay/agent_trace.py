@@ -34,16 +34,17 @@ class _RawCall(NamedTuple):
 
 
 def _agent_files(path: Path) -> list[tuple[Path, str]]:
-    """``(file, source)`` pairs: the file itself, or every ``*.jsonl`` under the folder (recursively, sorted)."""
+    """``(file, source)`` pairs: the file itself, or every ``*.jsonl`` under the folder (recursively, sorted). The
+    source starts with the folder the file is in (``miniswe/abc.jsonl``): it names the kind of agent."""
     if path.is_file():
-        return [(path, path.name)]
+        return [(path, f"{path.resolve().parent.name}/{path.name}")]
     files = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
     if not files:
         raise TraceFormatError(
             f"{path}: no *.jsonl files in this folder (searched recursively); pass a .jsonl file "
             "or a folder of LMCache agent traces"
         )
-    return [(file, file.relative_to(path).as_posix()) for file in files]
+    return [(file, f"{path.resolve().name}/{file.relative_to(path).as_posix()}") for file in files]
 
 
 def _parse_line(line: str) -> _RawCall:

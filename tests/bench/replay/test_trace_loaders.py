@@ -206,7 +206,7 @@ def test_agent_file_groups_sorts_and_offsets(tmp_path: Path) -> None:
     assert first.arrival_s == 0.0 and second.arrival_s == 1.5
     assert [c.offset_s for c in first.calls] == [0.0, 0.5, 2.0]
     assert [c.input_text for c in first.calls] == ["sys q1", "sys q1 a1", "sys q1 a1 q2"]
-    assert first.gaps_s() == [0.5, 1.5] and first.source == "s.jsonl"
+    assert first.gaps_s() == [0.5, 1.5] and first.source == f"{tmp_path.name}/s.jsonl"  # the folder names the agent
     assert trace.meta["sessions"] == 2 and trace.meta["records"] == 4 and trace.meta["span_s"] == 2.0
 
 
@@ -217,8 +217,8 @@ def test_agent_folder_recursion_sources_and_empty_files(tmp_path: Path) -> None:
     write(tmp_path, "x/notes.txt", "ignored")
     trace = load_trace(tmp_path / "x", "lmcache-agent")
     assert [(s.session_id, s.source, s.arrival_s) for s in trace.sessions] == [
-        ("s2", "deep/two.jsonl", 0.0),
-        ("s1", "one.jsonl", 6.0),
+        ("s2", "x/deep/two.jsonl", 0.0),
+        ("s1", "x/one.jsonl", 6.0),
     ]
     assert len(trace.meta["files"]) == 3
 
@@ -227,7 +227,7 @@ def test_agent_same_session_id_in_two_files_stays_two_sessions(tmp_path: Path) -
     write(tmp_path, "d/a.jsonl", agent_line(1, "s", "x") + "\n")
     write(tmp_path, "d/b.jsonl", agent_line(2, "s", "y") + "\n")
     trace = load_trace(tmp_path / "d", "lmcache-agent")
-    assert [s.session_id for s in trace.sessions] == ["s", "s@b.jsonl"]
+    assert [s.session_id for s in trace.sessions] == ["s", "s@d/b.jsonl"]
 
 
 @pytest.mark.parametrize(
