@@ -41,3 +41,31 @@ async def warm_up(engine: Any) -> None:
     from plait.engine import GenerateRequest, SamplingParams
 
     await engine.complete(GenerateRequest(prompt="warm up", sampling=SamplingParams(max_tokens=4, temperature=0.0)))
+
+
+async def warm_up_shapes(engine: Any, longest_prompt: int, concurrency: int = 32, seed: int = 0) -> None:
+    """Run the shapes a benchmark will run before measuring it: prefills of 256, 1024, 4096, ... tokens up to
+    ``longest_prompt`` and ``concurrency`` concurrent decodes, so allocator growth, kernel compilation and first-use
+    costs land here and not in whichever mode is measured first. Leaves the prefix cache to the caller to flush."""
+    import asyncio
+    import random
+
+    from plait.engine import GenerateRequest, SamplingParams
+
+    rng = random.Random(seed)
+    vocab = engine.tokenizer.vocab_size
+    low, high = min(1000, vocab // 4), min(vocab, 32_000)
+    limit = min(longest_prompt, engine.core.max_context - 16)
+
+    def request(tokens: int, max_tokens: int) -> GenerateRequest:
+        ids = [rng.randrange(low, high) for _ in range(max(1, tokens))]
+        sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        return GenerateRequest(prompt_token_ids=ids, sampling=sampling)
+
+    length = 256
+    while length <= limit:
+        await engine.complete(request(length, 4))
+        length *= 4
+    if limit > 0:
+        await engine.complete(request(limit, 4))
+    await asyncio.gather(*(engine.complete(request(64, 32)) for _ in range(concurrency)))

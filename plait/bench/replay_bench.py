@@ -61,6 +61,13 @@ def register(benches: argparse._SubParsersAction) -> None:
         "--unbounded-cache", action="store_true", help="size the KV pool to hold every prompt and output of the slice"
     )
     run.add_argument("--time-limit", type=float, default=3600.0, help="seconds per mode before stopping")
+    run.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of plait mode's PlanConfig, e.g. attained_service=on or max_queue_wait_s=10",
+    )
     slo = parser.add_argument_group("SLOs (goodput counts requests meeting every bound given)")
     slo.add_argument("--slo-ttft", type=float, default=None, help="time to first token, seconds")
     slo.add_argument("--slo-tpot", type=float, default=None, help="time per output token, seconds")
@@ -80,8 +87,9 @@ def main(args: argparse.Namespace) -> int:
     if args.target is not None and args.compare == "baseline":
         return _fail("--compare baseline needs the in-process engine (a remote server's scheduling cannot be switched)")
     try:
+        args.plait_plan = plan_from_overrides(args.plan)
         trace = _load(args)
-    except (TraceFormatError, ValueError) as error:
+    except (TraceFormatError, ValueError, _UsageError) as error:
         return _fail(str(error))
     try:
         return asyncio.run(_run(args, trace))
@@ -132,7 +140,7 @@ async def _run(args: argparse.Namespace, trace: Any) -> int:
 
 
 async def _run_in_process(args: argparse.Namespace, trace: Any, stop: asyncio.Event) -> int:
-    from plait.bench.engine_counters import warm_up
+    from plait.bench.engine_counters import warm_up, warm_up_shapes
     from plait.bench.replay.inprocess_target import InProcessTarget
     from plait.engine import Engine
     from plait.runtime.planning import PlanConfig
@@ -144,9 +152,16 @@ async def _run_in_process(args: argparse.Namespace, trace: Any, stop: asyncio.Ev
     try:
         inputs = _inputs(args, trace, engine.tokenizer.vocab_size, _counter(engine), _context(engine))
         await warm_up(engine)
-        modes = [PlanConfig()] + ([PlanConfig.baseline()] if args.compare == "baseline" else [])
+        await warm_up_shapes(engine, _longest_prompt(trace, inputs), concurrency=32)
+        modes = [args.plait_plan] + ([PlanConfig.baseline()] if args.compare == "baseline" else [])
         runs = await _replay_modes(args, trace, inputs, [InProcessTarget(engine, mode) for mode in modes], stop)
-        info = {"model": config.model, "weights": config.weights, "kv_slots": engine.core.kv_slots}
+        info = {
+            "model": config.model,
+            "weights": config.weights,
+            "kv_slots": engine.core.kv_slots,
+            "max_context": engine.core.max_context,
+            "plait_plan": args.plait_plan.to_dict(),
+        }
         return _finish(args, trace, inputs, runs, engine_info=info, stopped=stop.is_set())
     finally:
         engine.close()
@@ -171,6 +186,40 @@ def _unbounded_slots(trace: Any) -> int:
     reuse = expected_prefix_reuse(trace.requests, trace.block_tokens) or 0.0
     outputs = sum(r.output_tokens for r in trace.requests)
     return int(1.05 * (prompts * (1.0 - reuse) + outputs)) + 4096
+
+
+def _longest_prompt(trace: Any, inputs: Any) -> int:
+    if trace.is_agent:
+        return max((len(text) // 4 for prompts in inputs.session_prompts for text in prompts), default=0)
+    return max((r.input_tokens for r in inputs.requests), default=0)
+
+
+def plan_from_overrides(overrides: list[str]) -> Any:
+    """Plait mode's ``PlanConfig`` with ``FIELD=VALUE`` overrides (booleans: on/off/true/false/1/0)."""
+    import dataclasses
+
+    from plait.runtime.planning import PlanConfig
+
+    plan = PlanConfig()
+    kinds = {f.name: f.type for f in dataclasses.fields(PlanConfig)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in kinds or name == "name":
+            known = ", ".join(k for k in kinds if k != "name")
+            raise _UsageError(f"--plan {item!r}: expected FIELD=VALUE with FIELD one of {known}")
+        current = getattr(plan, name)
+        if isinstance(current, bool):
+            if text.lower() not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+                raise _UsageError(f"--plan {item!r}: {name} is on or off")
+            changes[name] = text.lower() in ("on", "true", "1", "yes")
+        else:
+            try:
+                changes[name] = type(current)(text)
+            except ValueError:
+                raise _UsageError(f"--plan {item!r}: {name} must be a {type(current).__name__}") from None
+    return dataclasses.replace(plan, **changes)
 
 
 def _counter(engine: Any) -> Any:
