@@ -413,6 +413,7 @@ class EngineCore(RuntimeControls):
             prompt_tokens=seq.num_prompt,
             completion_tokens=seq.num_generated,
             queued_s=None if seq.admitted_at is None else seq.admitted_at - seq.state.submitted_at,
+            cached_tokens=seq.cached_tokens,
         )
 
     # ---- accounting ------------------------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ class GenerateDelta:
     completion_tokens: int = 0  # so far, for this sample
     # Seconds from submission to the first time the scheduler admitted the sample (None while it has not been).
     queued_s: float | None = None
+    # Prompt tokens found in the prefix cache when the sample was first admitted (the rest were computed).
+    cached_tokens: int = 0
     # With SamplingParams.prompt_logprobs_start: the prompt tokens' log-probabilities, on the sample's first delta.
     prompt_logprobs: list[TokenLogprob] | None = None
 

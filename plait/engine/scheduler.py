@@ -162,17 +162,21 @@ class Scheduler:
         partial = sorted((s for s in self.running if not s.is_decode and not s.will_finish), key=lambda s: s.sort_key)
         holds_back = self.prefix_cache.shares_prefixes and self.config.prefix_first
         inflight = self._inflight_prefills() if holds_back else {}
-        reserve = sum(self._future_decode(s) for s in self.running)
+        # Room the running sequences will still take: tokens to generate, and the rest of partial prefills' prompts
+        # (admitting beside a long prefill that later fills the pool would retract a decode).
+        reserve = sum(self._future_decode(s) + (0 if s.is_decode else s.num_uncomputed) for s in self.running)
         for seq in partial + list(self.waiting):
             if budget <= 0 or self.free_slots() <= 0:
                 break
-            if seq.status is SeqStatus.WAITING:
+            newly_admitted = seq.status is SeqStatus.WAITING
+            if newly_admitted:
                 own = self._future_decode(seq)
                 first_chunk = min(seq.num_uncomputed, self.config.chunk_size)
                 if self.config.reserve_decode and self.running and self.free_slots() - reserve < first_chunk + own:
                     break  # admitting it would leave the running sequences no room to decode (a retraction later)
                 held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
-                admitted = None if held else self._admit(seq)
+                room = self.free_slots() - reserve - own if self.config.reserve_decode and self.running else None
+                admitted = None if held else self._admit(seq, room)
                 if admitted is None:
                     continue  # its prefix is loading or being computed, or its grammar compiling: others go first
                 if not admitted:
@@ -185,6 +189,8 @@ class Scheduler:
             chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
             if chunk <= 0:
                 break
+            # The reserve counts each prefill's remaining prompt: this chunk is no longer to come, the rest still is.
+            reserve += seq.num_uncomputed - chunk if newly_admitted else -chunk
             batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk)))
             budget -= chunk
         # (Not while a sequence is about to finish: its KV comes back as soon as its last token is read.)
@@ -201,8 +207,10 @@ class Scheduler:
         remaining = max(0, seq.state.max_new_tokens - seq.num_generated) * seq.state.sampling.n
         return remaining if seq.state.sampling.ignore_eos else int(remaining * self.config.decode_reserve_ratio)
 
-    def _admit(self, seq: Sequence) -> bool | None:
-        """Move a waiting sequence to running if a row (``n`` rows for a group about to fan out) is free.
+    def _admit(self, seq: Sequence, room: int | None = None) -> bool | None:
+        """Move a waiting sequence to running if a row (``n`` rows for a group about to fan out) is free and, with
+        ``room``, if the part of its prompt the prefix cache does not hold fits in ``room`` slots (the whole prompt:
+        admitting a prompt whose later chunks would not fit only retracts someone when they come).
         ``None``: not now, but others may go ahead (its prefix is loading or being computed by another)."""
         rows_needed = seq.state.sampling.n if seq.needs_spawn else 1
         if len(self.running) + rows_needed > self.config.max_running:
@@ -217,6 +225,9 @@ class Scheduler:
         match = self.prefix_cache.match_prefix(seq.token_ids[:limit], seq.program_id)
         if match.loading:
             return None
+        if room is not None and len(seq.token_ids) - match.length > room:
+            self.prefix_cache.unmatch(match)
+            return False
         seq.cache_handle = match.handle
         seq.req_row = self.req_to_token.alloc_row()
         # Rows for the siblings are taken now, so later admissions cannot leave the fan-out without any.
@@ -230,6 +241,7 @@ class Scheduler:
         self.running.append(seq)
         if seq.admitted_at is None:
             seq.admitted_at = time.monotonic()
+            seq.cached_tokens = match.length
             self.longest_queue_wait_s = max(self.longest_queue_wait_s, seq.admitted_at - seq.state.submitted_at)
         return True
 

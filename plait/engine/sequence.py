@@ -65,6 +65,7 @@ class Sequence:
     # Its last sampled token (still pending) ends it by length: the scheduler gives it no further step.
     will_finish: bool = False
     admitted_at: float | None = None  # first admission (monotonic seconds)
+    cached_tokens: int = 0  # prompt tokens its first admission found in the prefix cache (not computed)
     # Waited longer than the scheduler's max_queue_wait_s: now ahead of every priority (anti-starvation).
     promoted: bool = False
 

@@ -127,6 +127,7 @@ async def _run_one(
                     if delta.finish_reason == "abort":
                         raise NodeError(node.id, "engine", "the engine aborted the request")
                 record.prompt_tokens = max(record.prompt_tokens, delta.prompt_tokens)
+                record.cached_tokens = max(record.cached_tokens, delta.cached_tokens)
     finally:
         record.engine_s += time.monotonic() - started
     outputs = [_decode(node, "".join(texts[i]), reasons.get(i)) for i in range(node.n)]

@@ -44,6 +44,7 @@ class NodeRecord:
     finished_at: float | None = None
     engine_s: float = 0.0  # summed wall time of this node's engine requests, submit to last token
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of which the prefix cache held (not computed)
     completion_tokens: int = 0
     attempts: int = 0  # tool attempts (retries + 1)
     error: str | None = None

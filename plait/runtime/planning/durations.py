@@ -24,7 +24,8 @@ class DurationModel:
         self.tools = ToolDurationStats()
 
     def observe_llm(self, prompt_tokens: int, prefill_s: float | None, completion_tokens: int, decode_s: float) -> None:
-        """A finished call: ``prefill_s`` from admission to the first token, ``decode_s`` after it."""
+        """A finished call: ``prompt_tokens`` it computed (not those the prefix cache held), ``prefill_s`` from
+        admission to the first token, ``decode_s`` after it."""
         if prefill_s is not None and prompt_tokens > 0 and math.isfinite(prefill_s) and prefill_s >= 0:
             self.prefill_s_per_token += _EWMA * (prefill_s / prompt_tokens - self.prefill_s_per_token)
         if completion_tokens > 1 and math.isfinite(decode_s) and decode_s >= 0:

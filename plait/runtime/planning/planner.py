@@ -182,7 +182,8 @@ class Planner:
         self.timeline.span(pid, TimelineKind.PREFILL, admitted, first, node=nid, args={"tokens": record.prompt_tokens})
         self.timeline.span(pid, TimelineKind.DECODE, first, end, node=nid, args={"tokens": record.completion_tokens})
         if not record.deduplicated and record.state.value == "done":
-            self.durations.observe_llm(record.prompt_tokens, first - admitted, record.completion_tokens, end - first)
+            computed = record.prompt_tokens - record.cached_tokens  # cached tokens cost (almost) nothing to prefill
+            self.durations.observe_llm(computed, first - admitted, record.completion_tokens, end - first)
         return end - admitted
 
     # ---- KV: pins, next-use hints ----------------------------------------------------------------------------------

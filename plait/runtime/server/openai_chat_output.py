@@ -22,6 +22,7 @@ from plait.runtime.server.openai_responses import (
     ChatCompletionChunk,
     ChatDelta,
     FunctionCallOut,
+    PromptTokensDetails,
     ToolCallDelta,
     ToolCallOut,
     Usage,
@@ -35,7 +36,10 @@ def new_call_id() -> str:
 def usage_of(gen: Generation) -> Usage:
     completion = gen.completion_tokens
     return Usage(
-        prompt_tokens=gen.prompt_tokens, completion_tokens=completion, total_tokens=gen.prompt_tokens + completion
+        prompt_tokens=gen.prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=gen.prompt_tokens + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=gen.cached_tokens),
     )
 
 

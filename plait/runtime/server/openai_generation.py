@@ -95,6 +95,7 @@ class Generation:
         self.request = request
         self.admission = admission
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0
         self.samples = {
             i: Sample(i, ToolCallStream(plan.tool_choice, plan.single_tool_call) if plan.tool_choice else None)
             for i in range(plan.sampling.n)
@@ -118,6 +119,7 @@ class Generation:
                     self.first_token_at = time.perf_counter()
                 if delta.prompt_tokens:
                     self.prompt_tokens = delta.prompt_tokens
+                self.cached_tokens = max(self.cached_tokens, delta.cached_tokens)
                 yield self.samples[delta.index].apply(delta)
         except EngineStoppedError as error:
             raise GenerationFailed(str(error), 503) from error

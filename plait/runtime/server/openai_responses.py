@@ -29,10 +29,15 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens served from the prefix cache (not computed).")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = Field(description="Generated tokens over all samples.")
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 # ---- log-probabilities -----------------------------------------------------------------------------------------------
