@@ -285,6 +285,7 @@ class Planner:
             counters["dedup_calls"] = self.dedup.calls
             counters["dedup_shared"] = self.dedup.deduplicated
         counters["prefill_s_per_token"] = self.durations.prefill_s_per_token
+        counters["prefill_overhead_s"] = self.durations.prefill.overhead_s
         counters["decode_s_per_token"] = self.durations.decode_s_per_token
         counters["tools"] = self.durations.tools.summary()
         return counters
