@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
     if args.target is not None and args.compare == "baseline":
         return _fail("--compare baseline needs the in-process engine (a remote server's scheduling cannot be switched)")
     try:
-        args.plait_plan = plan_from_overrides(args.plan)
+        args.plait_plan = _plait_plan(args.plan)
         trace = _load(args)
     except (TraceFormatError, ValueError, _UsageError) as error:
         return _fail(str(error))
@@ -194,32 +194,13 @@ def _longest_prompt(trace: Any, inputs: Any) -> int:
     return max((r.input_tokens for r in inputs.requests), default=0)
 
 
-def plan_from_overrides(overrides: list[str]) -> Any:
-    """Plait mode's ``PlanConfig`` with ``FIELD=VALUE`` overrides (booleans: on/off/true/false/1/0)."""
-    import dataclasses
-
+def _plait_plan(overrides: list[str]) -> Any:
     from plait.runtime.planning import PlanConfig
 
-    plan = PlanConfig()
-    kinds = {f.name: f.type for f in dataclasses.fields(PlanConfig)}
-    changes: dict[str, Any] = {}
-    for item in overrides:
-        name, sep, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in kinds or name == "name":
-            known = ", ".join(k for k in kinds if k != "name")
-            raise _UsageError(f"--plan {item!r}: expected FIELD=VALUE with FIELD one of {known}")
-        current = getattr(plan, name)
-        if isinstance(current, bool):
-            if text.lower() not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
-                raise _UsageError(f"--plan {item!r}: {name} is on or off")
-            changes[name] = text.lower() in ("on", "true", "1", "yes")
-        else:
-            try:
-                changes[name] = type(current)(text)
-            except ValueError:
-                raise _UsageError(f"--plan {item!r}: {name} must be a {type(current).__name__}") from None
-    return dataclasses.replace(plan, **changes)
+    try:
+        return PlanConfig().with_overrides(overrides)
+    except ValueError as error:
+        raise _UsageError(f"--plan {error}") from error
 
 
 def _counter(engine: Any) -> Any:

@@ -22,6 +22,10 @@ FEATURES = (
 )
 
 
+# Spellings of on and off accepted by ``PlanConfig.with_overrides``.
+_BOOL_WORDS = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+
+
 @dataclass(frozen=True)
 class PlanConfig:
     """Feature switches and their parameters. The default is what plait serves with."""
@@ -67,6 +71,28 @@ class PlanConfig:
         if feature not in FEATURES:
             raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
         return replace(self, **{feature: False}, name=f"{self.name} without {feature}")
+
+    def with_overrides(self, overrides: list[str]) -> PlanConfig:
+        """This config with ``FIELD=VALUE`` overrides (``attained_service=on``, ``max_queue_wait_s=10``; booleans
+        take on/off/true/false/yes/no/1/0). Raises ``ValueError`` naming the bad item and what is accepted."""
+        known = [f.name for f in fields(self) if f.name != "name"]
+        changes: dict[str, Any] = {}
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in known:
+                raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(known)}")
+            current = getattr(self, key)
+            if isinstance(current, bool):
+                if text.strip().lower() not in _BOOL_WORDS:
+                    raise ValueError(f"{item!r}: {key} is on or off")
+                changes[key] = _BOOL_WORDS[text.strip().lower()]
+            else:
+                try:
+                    changes[key] = type(current)(text)
+                except ValueError:
+                    raise ValueError(f"{item!r}: {key} must be a {type(current).__name__}") from None
+        return replace(self, **changes)
 
     @property
     def enabled(self) -> list[str]:
