@@ -175,8 +175,8 @@ class Scheduler:
                 if self.config.reserve_decode and self.running and self.free_slots() - reserve < first_chunk + own:
                     break  # admitting it would leave the running sequences no room to decode (a retraction later)
                 held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
-                room = self.free_slots() - reserve - own if self.config.reserve_decode and self.running else None
-                admitted = None if held else self._admit(seq, room)
+                keep = reserve + own if self.config.reserve_decode and self.running else None
+                admitted = None if held else self._admit(seq, keep)
                 if admitted is None:
                     continue  # its prefix is loading or being computed, or its grammar compiling: others go first
                 if not admitted:
@@ -207,10 +207,10 @@ class Scheduler:
         remaining = max(0, seq.state.max_new_tokens - seq.num_generated) * seq.state.sampling.n
         return remaining if seq.state.sampling.ignore_eos else int(remaining * self.config.decode_reserve_ratio)
 
-    def _admit(self, seq: Sequence, room: int | None = None) -> bool | None:
+    def _admit(self, seq: Sequence, keep: int | None = None) -> bool | None:
         """Move a waiting sequence to running if a row (``n`` rows for a group about to fan out) is free and, with
-        ``room``, if the part of its prompt the prefix cache does not hold fits in ``room`` slots (the whole prompt:
-        admitting a prompt whose later chunks would not fit only retracts someone when they come).
+        ``keep``, if the part of its prompt the prefix cache does not hold fits in the free slots less ``keep``
+        (the whole prompt: admitting a prompt whose later chunks would not fit only retracts someone when they come).
         ``None``: not now, but others may go ahead (its prefix is loading or being computed by another)."""
         rows_needed = seq.state.sampling.n if seq.needs_spawn else 1
         if len(self.running) + rows_needed > self.config.max_running:
@@ -225,7 +225,8 @@ class Scheduler:
         match = self.prefix_cache.match_prefix(seq.token_ids[:limit], seq.program_id)
         if match.loading:
             return None
-        if room is not None and len(seq.token_ids) - match.length > room:
+        # Measured after the match: the cached prefix it locked is no longer evictable, so no longer free.
+        if keep is not None and len(seq.token_ids) - match.length > self.free_slots() - keep:
             self.prefix_cache.unmatch(match)
             return False
         seq.cache_handle = match.handle

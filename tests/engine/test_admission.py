@@ -63,3 +63,22 @@ def test_deltas_report_the_cached_part_of_the_prompt():
                 cached[delta.request_id] = delta.cached_tokens
     assert cached[first.request_id] == 0
     assert 150 <= cached[again.request_id] <= 199  # all but the last token, down to the cache's granularity
+
+
+def test_a_cached_prefix_the_new_prompt_locks_is_not_counted_as_room():
+    """300 cached (evictable) tokens count as free until a prompt that shares them is admitted and locks them; the
+    room check comes after the match, so the prompt waits instead of retracting the decodes later."""
+    core = tiny_core(kv_slots=800, chunk_size=64, max_batch_tokens=128)
+    shared = forced(300, 1, 7)
+    run(core, [shared])  # now cached, unlocked
+    decodes = [forced(16, 100, i) for i in range(4)]
+    for request in decodes:
+        core.add_request(request)
+    core.step()
+    extended = GenerateRequest(
+        prompt_token_ids=list(shared.prompt_token_ids) + [150 + i % 100 for i in range(200)],
+        sampling=SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True),
+    )
+    done = run(core, [extended])
+    assert core.scheduler.num_retractions == 0
+    assert {r.request_id for r in [*decodes, extended]} <= done.keys()
