@@ -1,4 +1,4 @@
-"""What an in-process engine did over a benchmark run: counter differences, and waiting for it to go idle."""
+"""An in-process engine around a benchmark run: warm-up before it, counter differences over it, idle after it."""
 
 from __future__ import annotations
 

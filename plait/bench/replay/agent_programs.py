@@ -40,7 +40,7 @@ def make_gap_tool(name: str) -> Tool:
 
 
 def session_workflow(
-    session: AgentSession, output_tokens: Sequence[int], prompts: Sequence[str] | None = None, *, index: int = 0
+    session: AgentSession, output_tokens: Sequence[int], prompts: Sequence[str] | None = None
 ) -> Workflow:
     """The program of ``session``: ``call_i`` generates ``output_tokens[i]`` tokens from ``prompts[i]`` (default: the
     recorded inputs), then ``gap_i`` waits the recorded gap before ``call_{i+1}``."""
@@ -60,7 +60,7 @@ def session_workflow(
             args = {"seconds": round(gaps[i], 3), "after": var_ref(f"out_{i}")}
             nodes.append(ToolCall(f"gap_{i}", tool, f"gap_{i}", args=args))
     last = f"out_{len(texts) - 1}"
-    name = f"session-{index:04d}-" + re.sub(r"[^A-Za-z0-9_-]", "_", session.session_id)[:24]
+    name = "session-" + re.sub(r"[^A-Za-z0-9_-]", "_", session.session_id)[:48]
     return Workflow.build(nodes, inputs=inputs, outputs=[last], name=name)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from plait.bench.replay.records import AgentSession, RequestRecord, SessionRecord
+from plait.bench.serve_load import parse_metrics
 
 CONNECT_TIMEOUT_S = 5.0
 # Request fields beyond OpenAI's that the replay sends, and what is lost when a target refuses one.
@@ -176,8 +177,6 @@ class HttpTarget:
     async def _metrics(self) -> dict[str, float]:
         if not self._metrics_ok or self.client is None:
             return {}
-        from plait.bench.serve_load import parse_metrics
-
         try:
             response = await self.client.get("/metrics", timeout=CONNECT_TIMEOUT_S)
         except httpx.HTTPError:

@@ -79,7 +79,7 @@ class InProcessTarget:
     ) -> None:
         """Run the session as a program; fill ``record`` and its calls' records from the program's node records."""
         assert self.executor is not None, "start() first"
-        workflow = session_workflow(session, [c.output_tokens_target for c in calls], prompts, index=len(calls))
+        workflow = session_workflow(session, [c.output_tokens_target for c in calls], prompts)
         program = self.executor.start(workflow)
         try:
             await program.wait()
