@@ -65,7 +65,9 @@ class PrefixCache(Protocol):
         """Give back a match that will not be used (unlock, release its slots, uncount its hit)."""
         ...
 
-    def evictable_slots(self) -> int: ...
+    def evictable_slots(self, allow_pinned: bool = False) -> int:
+        """Device slots ``evict`` could free (pinned prefixes only with ``allow_pinned``)."""
+        ...
 
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int: ...
 
@@ -104,7 +106,7 @@ class NoPrefixCache:
     def unmatch(self, match: PrefixMatch) -> None:
         self.allocator.release(match.slots)
 
-    def evictable_slots(self) -> int:
+    def evictable_slots(self, allow_pinned: bool = False) -> int:
         return 0
 
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int:

@@ -222,8 +222,11 @@ class RadixCache:
         self._pinned.difference_update(expired)
         return sum(len(n) for n in self._pinned if n.on_device)
 
-    def evictable_slots(self) -> int:
-        """What ``evict`` may free for a new admission (pinned prefixes excluded)."""
+    def evictable_slots(self, allow_pinned: bool = False) -> int:
+        """What ``evict`` may free: for a new admission pinned prefixes are excluded, ``allow_pinned`` counts them
+        (a running request takes pinned memory before it would be retracted)."""
+        if allow_pinned:
+            return self.evictable_size
         now = time.monotonic()
         self.pinned_slots(now)
         pinned_unlocked = sum(len(n) for n in self._pinned if n.on_device and n.lock_ref == 0)

@@ -102,8 +102,9 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def free_slots(self) -> int:
-        return self.allocator.num_free + self.prefix_cache.evictable_slots()
+    def free_slots(self, allow_pinned: bool = False) -> int:
+        """Slots free now or after eviction; pinned prefixes count only with ``allow_pinned`` (running requests)."""
+        return self.allocator.num_free + self.prefix_cache.evictable_slots(allow_pinned)
 
     def _inflight_prefills(self) -> dict[tuple[int, ...], list[Sequence]]:
         """Running sequences still prefilling their prompt, by their first ``_SHARE_KEY`` tokens."""
@@ -139,6 +140,20 @@ class Scheduler:
             self.waiting.sort(key=lambda s: s.sort_key)
 
     def schedule(self) -> ScheduledBatch:
+        """The next step's work. When nobody can move (partial prefills filled the pool), the least urgent running
+        sequence is retracted and the step planned again without it, until something moves or nothing runs."""
+        retracted: list[Sequence] = []
+        while True:
+            batch = self._schedule_once(retracted)
+            batch.retracted = retracted + batch.retracted
+            # (Not while a sequence is about to finish: its KV comes back as soon as its last token is read.)
+            if batch or not self.running or any(s.will_finish for s in self.running):
+                return batch
+            retracted.append(self._retract_lowest())
+
+    def _schedule_once(self, retracted: list[Sequence]) -> ScheduledBatch:
+        """One planning pass; ``retracted`` sequences were retracted this step and are not re-admitted in it (they
+        would take back the memory their retraction freed and stall again)."""
         self.prefix_cache.poll()
         if self.config.max_queue_wait_s > 0 and self.waiting:
             now = time.monotonic()
@@ -165,10 +180,11 @@ class Scheduler:
         # Room the running sequences will still take: tokens to generate, and the rest of partial prefills' prompts
         # (admitting beside a long prefill that later fills the pool would retract a decode).
         reserve = sum(self._future_decode(s) + (0 if s.is_decode else s.num_uncomputed) for s in self.running)
-        for seq in partial + list(self.waiting):
-            if budget <= 0 or self.free_slots() <= 0:
-                break
+        for seq in partial + [s for s in self.waiting if not any(s is r for r in retracted)]:
             newly_admitted = seq.status is SeqStatus.WAITING
+            # Pins hold memory for the future: they keep new prompts out but yield to a running prefill.
+            if budget <= 0 or self.free_slots(allow_pinned=not newly_admitted) <= 0:
+                break
             if newly_admitted:
                 own = self._future_decode(seq)
                 first_chunk = min(seq.num_uncomputed, self.config.chunk_size)
@@ -184,22 +200,15 @@ class Scheduler:
                 reserve += own
                 if holds_back and seq.num_prompt > _SHARE_KEY:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
-            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, self.free_slots())
-            self._ensure_free(chunk)
+            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, self.free_slots(not newly_admitted))
+            self._ensure_free(chunk, allow_pinned=not newly_admitted)
             chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
             if chunk <= 0:
                 break
             # The reserve counts each prefill's remaining prompt: this chunk is no longer to come, the rest still is.
             reserve += seq.num_uncomputed - chunk if newly_admitted else -chunk
-            batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk)))
+            batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk, allow_pinned=not newly_admitted)))
             budget -= chunk
-        # (Not while a sequence is about to finish: its KV comes back as soon as its last token is read.)
-        if not batch and self.running and not any(s.will_finish for s in self.running):
-            # Everyone holds memory and nobody can move (partial prefills filling the pool): free the least urgent.
-            batch.retracted.append(self._retract_lowest())
-            retry = self.schedule()
-            retry.retracted = batch.retracted + retry.retracted
-            return retry
         return batch
 
     def _future_decode(self, seq: Sequence) -> int:
@@ -251,8 +260,8 @@ class Scheduler:
             self.prefix_cache.evict(n - self.allocator.num_free, allow_pinned)
         return self.allocator.num_free >= n
 
-    def _alloc(self, n: int) -> torch.Tensor:
-        self._ensure_free(n)
+    def _alloc(self, n: int, allow_pinned: bool = False) -> torch.Tensor:
+        self._ensure_free(n, allow_pinned)
         return self.allocator.alloc(n)
 
     def _retract_lowest(self) -> Sequence:

@@ -82,3 +82,22 @@ def test_a_cached_prefix_the_new_prompt_locks_is_not_counted_as_room():
     done = run(core, [extended])
     assert core.scheduler.num_retractions == 0
     assert {r.request_id for r in [*decodes, extended]} <= done.keys()
+
+
+def test_a_running_prefill_takes_pinned_memory_instead_of_retracting_forever():
+    """Two cached programs get pinned while a 300-token prompt is half prefilled, leaving it no unpinned room: pins
+    yield to a running request (as they do for decodes), so it finishes; it used to be retracted, re-admitted on its
+    own cached half and retracted again without end."""
+    core = tiny_core(kv_slots=512, max_context=512, chunk_size=32, max_batch_tokens=64, pin_budget_fraction=0.8)
+    a, c = forced(200, 1, 1), forced(150, 1, 2)
+    a.program_id, c.program_id = "a", "c"
+    run(core, [a])
+    run(core, [c])
+    late = forced(300, 4, 3)
+    core.add_request(late)
+    for _ in range(2):
+        core.step()
+    assert core.pin(ttl_s=60.0, program_id="a") and core.pin(ttl_s=60.0, program_id="c")
+    done = run(core, [])
+    assert done.get(late.request_id) == 4
+    assert core.kv_in_use() == 0
