@@ -245,3 +245,45 @@ def test_deadline_programs_submit_urgent_priorities(tiny_engine):
 
     options = asyncio.run(main())
     assert options["urgent"].priority < options["plain"].priority < options["relaxed"].priority
+
+
+class _HintRecorder:
+    """The engine surface the planner uses, recording hints."""
+
+    def __init__(self) -> None:
+        self.hints: list[tuple[str, dict]] = []
+        self.tokenizer = type("Tokenizer", (), {"encode": staticmethod(lambda text: list(text.encode()))})()
+
+    def hint(self, method: str, **kwargs: object) -> None:
+        self.hints.append((method, kwargs))
+
+    def cache_events(self) -> list:
+        return []
+
+    def stats(self):
+        raise AssertionError("not asked without pins")
+
+
+def test_a_program_waiting_on_a_tool_hints_when_the_tool_should_return():
+    """Next-use hints carry the seconds until the program's tool is expected back (the tool's mean duration), so the
+    cache evicts the program whose tool returns last among programs the same steps away; none once it returned."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    engine = _HintRecorder()
+    planner = Planner(engine, PlanConfig(tool_pins=False, dedup=False))  # type: ignore[arg-type]
+    for seconds in (2.0, 2.0, 2.0):
+        planner.durations.tools.record("lookup", seconds)
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
+    planner.node_started("p", workflow.nodes["search"])
+    method, kwargs = next(h for h in reversed(engine.hints) if h[1].get("program_id") == "p")
+    assert method == "next_use" and kwargs["steps"] == 1.0
+    expected = planner.durations.expected(workflow.nodes["search"])
+    assert expected > 0.5 and expected - 0.5 <= kwargs["seconds"] <= expected
+    record = NodeRecord(node_id="search", kind="tool", state=NodeState.DONE, started_at=0.0, finished_at=2.0)
+    planner.node_finished("p", workflow.nodes["search"], record)
+    method, kwargs = next(h for h in reversed(engine.hints) if h[1].get("program_id") == "p")
+    assert kwargs["steps"] == 0.0 and kwargs["seconds"] is None
+    assert planner.counters.hook_errors == 0

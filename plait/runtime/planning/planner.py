@@ -51,6 +51,7 @@ class ProgramPlan:
     pin_until: float = 0.0
     pin_span: int | None = None
     prefixes: dict[str, float] = field(default_factory=dict)  # static prefix -> steps to its next use here
+    tools_running: dict[str, float] = field(default_factory=dict)  # tool node -> when it is expected to return
 
     @property
     def attained_s(self) -> float:
@@ -138,8 +139,10 @@ class Planner:
         plan = self._plans.get(program_id)
         if plan is None:
             return
-        if isinstance(node, ToolCall) and self.config.tool_pins and plan.context_tokens:
-            self._pin_for_tool(plan, node)
+        if isinstance(node, ToolCall):
+            plan.tools_running[node.id] = time.monotonic() + self.durations.expected(node)
+            if self.config.tool_pins and plan.context_tokens:
+                self._pin_for_tool(plan, node)
         if self.config.next_use_hints:
             self._hint_next_use(plan)
 
@@ -148,6 +151,7 @@ class Planner:
         if plan is None:
             return
         plan.finished.add(node.id)
+        plan.tools_running.pop(node.id, None)
         before = max((plan.attained.get(p, 0.0) for p in plan.workflow.graph.predecessors(node.id)), default=0.0)
         service = 0.0
         if isinstance(node, LLMCall):
@@ -220,12 +224,18 @@ class Planner:
         plan.pin_until, plan.pin_span = 0.0, None
 
     def _hint_next_use(self, plan: ProgramPlan) -> None:
-        """Steps until the program next runs an LLM call (its own KV), and until each static prefix is read."""
+        """Steps until the program next runs an LLM call (its own KV), and until each static prefix is read. While
+        the program waits on tools, also the seconds until the last of them is expected back: among programs the
+        same steps away, the one whose tool returns last is evicted first (recency would pick the one that started
+        its tool first, the likeliest to be back soonest)."""
         workflow = plan.workflow
         steps = steps_to_execution(workflow, plan.finished)
         pending = {n: s for n, s in steps.items() if isinstance(workflow.nodes[n], LLMCall)}
         nearest = min(pending.values(), default=_FAR)
-        self.engine.hint("next_use", program_id=plan.program_id, steps=float(nearest))
+        seconds = None
+        if plan.tools_running:
+            seconds = max(0.0, max(plan.tools_running.values()) - time.monotonic())
+        self.engine.hint("next_use", program_id=plan.program_id, steps=float(nearest), seconds=seconds)
         self.counters.next_use_hints += 1
         prefixes: dict[str, float] = {}
         for node_id, node_steps in pending.items():
