@@ -2,7 +2,7 @@
 # Trace replay on a GPU with the Llama-3.1-8B shape (dummy weights, the real Llama-3 vocabulary, forced output lengths):
 # a 2-minute slice of each shared trace. JSON under $OUT; reports are rendered afterwards with
 #   plait bench replay-report FILE.json
-#   bash bench/scripts/gpu_replay.sh requests|agents|agents-loaded
+#   bash bench/scripts/gpu_replay.sh requests|agents|agents-loaded|miniswe-pressure|taubench-pressure [extra flags]
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -30,5 +30,16 @@ case "${1:-requests}" in
     # holds about half of the active sessions' contexts: where keeping the right KV matters.
     run miniswe-loaded --trace "$TRACES/lmcache_agent/miniswe" --format lmcache-agent --compare baseline \
       --duration 0 --time-scale 4.5 --max-context 65536 --kv-slots 65536
+    ;;
+  miniswe-pressure)
+    # All 20 mini-swe-agent sessions, arrivals 9x faster, prompts cut to 16k tokens, on a 32k-slot pool: the active
+    # sessions' contexts (about 60-80k tokens) do not fit, so what stays resident decides what is recomputed.
+    run "miniswe-pressure${TAG:-}" --trace "$TRACES/lmcache_agent/miniswe" --format lmcache-agent --compare baseline \
+      --duration 0 --time-scale 9 --max-input-tokens 16384 --max-context 20480 --kv-slots 32768 --time-limit 250 "${@:2}"
+    ;;
+  taubench-pressure)
+    # All 24 tau-bench sessions, arrivals 3x faster, on a 2k-slot pool (the active sessions hold about 6k tokens).
+    run "taubench-pressure${TAG:-}" --trace "$TRACES/lmcache_agent/taubench" --format lmcache-agent --compare baseline \
+      --duration 0 --time-scale 3 --max-context 2048 --kv-slots 2048 --time-limit 250 "${@:2}"
     ;;
 esac
