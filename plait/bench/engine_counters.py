@@ -9,7 +9,8 @@ from typing import Any
 
 def engine_counters_delta(before: Any, after: Any) -> dict[str, float]:
     """Differences of two ``EngineStats``: prefix hit rate (GPU cache plus host tier over all prompt tokens), prompt
-    tokens computed and cached, generated tokens, retractions, evictions and anti-starvation promotions."""
+    tokens computed and cached, generated tokens, retractions, evictions, anti-starvation promotions, steps, the
+    wall time spent in them and how many were slow (``SLOW_STEP_S``)."""
     prefilled = after.prefill_tokens - before.prefill_tokens
     cached = after.cached_prefix_tokens - before.cached_prefix_tokens
     host = after.host_hit_tokens - before.host_hit_tokens
@@ -22,6 +23,9 @@ def engine_counters_delta(before: Any, after: Any) -> dict[str, float]:
         "retractions": after.retractions - before.retractions,
         "evictions": after.evictions - before.evictions,
         "promotions": after.promotions - before.promotions,
+        "steps": after.steps - before.steps,
+        "busy_s": after.busy_s - before.busy_s,  # wall time in engine steps
+        "slow_steps": after.slow_steps - before.slow_steps,
     }
 
 

@@ -54,6 +54,11 @@ def register(benches: argparse._SubParsersAction) -> None:
     trace.add_argument("--seed", type=int, default=0, help="seed of the synthesized prompts")
     run = parser.add_argument_group("run")
     run.add_argument("--compare", choices=["baseline", "none"], default="none", help="also replay in baseline mode")
+    run.add_argument(
+        "--baseline-first",
+        action="store_true",
+        help="with --compare baseline: replay baseline mode first (checks that the order of the modes does not matter)",
+    )
     run.add_argument("--target", default=None, help="an OpenAI-compatible base URL instead of the in-process engine")
     run.add_argument("--target-model", default=None, help="the model name at --target (default: its first)")
     run.add_argument("--vocab-size", type=int, default=32_000, help="--target: token ids are drawn below this")
@@ -86,6 +91,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.target is not None and args.compare == "baseline":
         return _fail("--compare baseline needs the in-process engine (a remote server's scheduling cannot be switched)")
+    if args.baseline_first and args.compare != "baseline":
+        return _fail("--baseline-first orders the modes of --compare baseline; add --compare baseline or drop it")
     try:
         args.plait_plan = _plait_plan(args.plan)
         trace = _load(args)
@@ -154,6 +161,8 @@ async def _run_in_process(args: argparse.Namespace, trace: Any, stop: asyncio.Ev
         await warm_up(engine)
         await warm_up_shapes(engine, _longest_prompt(trace, inputs), concurrency=32)
         modes = [args.plait_plan] + ([PlanConfig.baseline()] if args.compare == "baseline" else [])
+        if args.baseline_first:
+            modes.reverse()
         runs = await _replay_modes(args, trace, inputs, [InProcessTarget(engine, mode) for mode in modes], stop)
         info = {
             "model": config.model,
@@ -227,7 +236,8 @@ def _inputs(args: argparse.Namespace, trace: Any, vocab_size: int, count_tokens:
 async def _replay_modes(
     args: argparse.Namespace, trace: Any, inputs: Any, targets: list[Any], stop: asyncio.Event
 ) -> list[Any]:
-    """Each target in turn (plait mode, then baseline); after an interruption the remaining modes are skipped."""
+    """Each target in turn (plait mode, then baseline, unless ``--baseline-first``); after an interruption the
+    remaining modes are skipped."""
     from rich.progress import Progress
 
     from plait.bench.replay.replay_run import run_replay

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import time
 from dataclasses import replace
 
 import torch
@@ -259,6 +260,7 @@ class EngineCore(RuntimeControls):
 
     def step(self) -> list[GenerateDelta]:
         """Run one batched forward pass; returns the deltas produced (with overlap: those of the previous step)."""
+        started = time.perf_counter()
         deltas, self._pending_deltas = self._pending_deltas, []
         for request_id, error in self.grammars.failed():
             deltas += self._fail_request(request_id, error)
@@ -279,7 +281,7 @@ class EngineCore(RuntimeControls):
         self._inflight = self._launch_sampling(batch, logits)
         if not self.overlap:
             deltas += self._resolve()
-        self.meter.account(batch)
+        self.meter.account(batch, time.perf_counter() - started)
         return deltas
 
     def _can_admit(self, seq: Sequence) -> bool:
@@ -434,6 +436,9 @@ class EngineCore(RuntimeControls):
             promotions=self.scheduler.num_promotions,
             longest_queue_wait_s=self.scheduler.longest_queue_wait_s,
             steps=steps,
+            busy_s=self.meter.busy_s,
+            slow_steps=self.meter.slow_steps,
+            longest_step_s=self.meter.longest_step_s,
             **cache_stats(self.prefix_cache, self._hints_ignored),
         )
 

@@ -10,6 +10,7 @@ from plait.cache import RadixCache
 from plait.engine.scheduler import ScheduledBatch
 
 RATE_WINDOW_S = 5.0
+SLOW_STEP_S = 0.25  # a step this long stalls every running stream visibly (tens of decode steps on a GPU)
 
 
 @dataclass
@@ -35,6 +36,9 @@ class EngineStats:
     hints_ignored: int = 0
     promotions: int = 0  # waiting requests moved ahead of all priorities by the anti-starvation rule
     longest_queue_wait_s: float = 0.0  # the longest any request waited before its first admission
+    busy_s: float = 0.0  # wall time spent in steps since start
+    slow_steps: int = 0  # steps longer than SLOW_STEP_S
+    longest_step_s: float = 0.0
 
     @property
     def kv_usage(self) -> float:
@@ -47,8 +51,14 @@ class ThroughputMeter:
     def __init__(self) -> None:
         self.totals = (0, 0, 0)  # generated tokens, prefill tokens, steps
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, generated, prefilled) per step
+        self.busy_s = 0.0
+        self.slow_steps = 0
+        self.longest_step_s = 0.0
 
-    def account(self, batch: ScheduledBatch) -> None:
+    def account(self, batch: ScheduledBatch, step_s: float = 0.0) -> None:
+        self.busy_s += step_s
+        self.slow_steps += step_s > SLOW_STEP_S
+        self.longest_step_s = max(self.longest_step_s, step_s)
         generated = sum(1 for item in batch.seqs if item.samples)
         prefilled = sum(item.new_len for item in batch.extends)
         total_generated, total_prefilled, steps = self.totals

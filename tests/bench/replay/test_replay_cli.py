@@ -41,13 +41,14 @@ def test_compare_baseline_writes_json_report_and_ratios(tmp_path, capsys):
     output = tmp_path / "out.json"
     code = cli_main(
         ["bench", "replay", "--trace", str(trace), "--format", "mooncake", "--length-scale", "0.03125",
-         "--compare", "baseline", "--unbounded-cache", "--output", str(output), *TINY_ARGS]
+         "--compare", "baseline", "--baseline-first", "--unbounded-cache", "--output", str(output), *TINY_ARGS]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "replay mooncake: 8 requests" in printed and "prefix reuse: trace" in printed
     payload = json.loads(output.read_text())
-    assert [run["mode"] for run in payload["runs"]] == ["plait", "baseline"]
+    assert [run["mode"] for run in payload["runs"]] == ["baseline", "plait"]  # --baseline-first
+    assert all(run["engine"]["busy_s"] > 0 and run["engine"]["steps"] > 0 for run in payload["runs"])
     assert payload["trace"]["block_tokens"] == 16 and 0 < payload["trace"]["expected_prefix_reuse"] < 1
     for mode in ("plait", "baseline"):
         assert payload["summary"][mode]["requests_completed"] == 8
@@ -64,6 +65,7 @@ def test_compare_baseline_writes_json_report_and_ratios(tmp_path, capsys):
         (["--format", "mooncake", "--time-scale", "0"], "time_scale"),
         (["--format", "mooncake", "--compare", "baseline", "--target", "http://127.0.0.1:9"], "in-process"),
         (["--format", "mooncake", "--target", "http://127.0.0.1:9"], "cannot reach"),
+        (["--format", "mooncake", "--baseline-first"], "--compare baseline"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, message):
