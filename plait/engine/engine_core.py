@@ -83,6 +83,8 @@ class EngineCore(RuntimeControls):
             ready=self._can_admit,
         )
         attention = create_backend(self.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
+        if self.device.type == "cuda" and hasattr(attention, "precompile"):
+            attention.precompile(mc.num_heads, self.dtype)  # no kernel compiles in the middle of serving
         graphs = build_decode_graphs(config, self.model, attention, self.device)
         self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device, graphs)
         self.requests: dict[str, list[Sequence]] = {}

@@ -258,6 +258,41 @@ def test_backend_matches_torch_backend_on_a_mixed_batch(kernels):
     assert rel_err(out, ref.float()) <= 1e-2
 
 
+@pytest.mark.parametrize("num_decode", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("num_extend", [0, 1, 3])
+def test_step_metadata_is_16_byte_aligned_whatever_the_batch(kernels, num_decode, num_extend):
+    """Every metadata array starts 16-byte aligned: Triton specialises kernels on pointer alignment, so offsets that
+    varied with the batch compiled new variants in the middle of serving (a stall each)."""
+    from plait.engine.forward_batch import SequenceLayout
+
+    layouts = [SequenceLayout(i, 10 + i, 1) for i in range(num_decode)]
+    layouts += [SequenceLayout(num_decode + i, 3 * i, 5 + i) for i in range(num_extend)]
+    if not layouts:
+        return
+    step = StepInputs(layouts)
+    backend = kernels.backend.TritonAttentionBackend(step.pool, step.table, step.scale)
+    batch = type("Batch", (), {"layouts": layouts, "num_decode": num_decode})()
+    meta = backend.prepare(batch)
+    arrays = [meta.decode_rows, meta.decode_lens, meta.extend_rows, meta.extend_prefix_lens]
+    arrays += [meta.extend_new_lens, meta.extend_starts]
+    assert all(a.data_ptr() % 16 == 0 for a in arrays if a.numel())
+    assert meta.decode_rows.tolist() == list(range(num_decode))
+    assert meta.decode_lens.tolist() == [11 + i for i in range(num_decode)]
+    assert meta.extend_new_lens.tolist() == [5 + i for i in range(num_extend)]
+    starts = [num_decode + sum(5 + j for j in range(i)) for i in range(num_extend)]
+    assert meta.extend_starts.tolist() == starts and meta.extend_prefix_lens.tolist() == [
+        3 * i for i in range(num_extend)
+    ]
+
+
+def test_precompile_launches_every_decode_split_bucket_and_extend(kernels):
+    from plait.engine.forward_batch import SequenceLayout
+
+    step = StepInputs([SequenceLayout(0, 4, 1)])
+    backend = kernels.backend.TritonAttentionBackend(step.pool, step.table, step.scale)
+    assert backend.precompile(num_heads=8, dtype=torch.bfloat16) == 8  # splits 1, 2, 4, ..., 64 and extend
+
+
 def test_graph_metadata_serves_a_padded_decode_batch(kernels):
     """The decode path a CUDA graph replays (static buffers, fixed split count, padding rows), run eagerly."""
     from plait.engine.attention import TorchAttentionBackend

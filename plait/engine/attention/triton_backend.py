@@ -23,6 +23,12 @@ from plait.engine.kernels import decode_attention as decode_kernels
 from plait.engine.kernels import extend_attention as extend_kernels
 from plait.engine.kernels.attention_block import interpreter_ready
 
+_ALIGN = 4  # int32s in 16 bytes
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
 
 @dataclass
 class TritonAttentionMeta:
@@ -62,19 +68,25 @@ class TritonAttentionBackend:
         for layout in extends:
             starts.append(token)
             token += layout.new_len
+        nd, ne = len(decodes), len(extends)
+        # One host-to-device copy of every array, each padded to a multiple of _ALIGN int32s: Triton specialises a
+        # kernel on whether each pointer is 16-byte aligned, so unpadded offsets that vary with the batch would
+        # compile new kernel variants in the middle of serving (a stall of up to a second each).
+        nd_pad, ne_pad = _aligned(nd) - nd, _aligned(ne) - ne
         values = [
-            *(d.req_row for d in decodes),
-            *(d.prefix_len + 1 for d in decodes),
-            *(e.req_row for e in extends),
-            *(e.prefix_len for e in extends),
-            *(e.new_len for e in extends),
-            *starts,
-        ]
+            *(d.req_row for d in decodes), *[0] * nd_pad,
+            *(d.prefix_len + 1 for d in decodes), *[1] * nd_pad,
+            *(e.req_row for e in extends), *[0] * ne_pad,
+            *(e.prefix_len for e in extends), *[0] * ne_pad,
+            *(e.new_len for e in extends), *[0] * ne_pad,
+            *starts, *[0] * ne_pad,
+        ]  # fmt: skip
         device = self.req_to_token.table.device
         info = to_device(values, torch.int32, device)
-        nd, ne = len(decodes), len(extends)
-        decode_rows, decode_lens = info[:nd], info[nd : 2 * nd]
-        rows, prefix, new, starts_t = info[2 * nd :].view(4, ne).unbind(0) if ne else (info[:0],) * 4
+        decode_info = info[: 2 * _aligned(nd)].view(2, _aligned(nd))
+        decode_rows, decode_lens = decode_info[0, :nd], decode_info[1, :nd]
+        extend_info = info[2 * _aligned(nd) :].view(4, _aligned(ne))[:, :ne]
+        rows, prefix, new, starts_t = extend_info.unbind(0)
         max_len = max((d.prefix_len + 1 for d in decodes), default=0)
         splits = decode_kernels.choose_num_kv_splits(nd, self.kv_pool.num_kv_heads, max_len, device) if nd else 1
         return TritonAttentionMeta(
@@ -89,6 +101,26 @@ class TritonAttentionBackend:
             extend_starts=starts_t,
             max_extend_len=max((e.new_len for e in extends), default=0),
         )
+
+    def precompile(self, num_heads: int, dtype: torch.dtype) -> int:
+        """Compile every kernel variant serving can reach, on dummy inputs, before serving starts: decode with one
+        split (direct) and with each power-of-two split bucket, and extend. Otherwise a variant met first in the
+        middle of serving compiles there and stalls every running stream. Returns the launches made."""
+        device = self.req_to_token.table.device
+        head_dim = self.kv_pool.head_dim
+        k_pool, v_pool, table = self.kv_pool.k[0], self.kv_pool.v[0], self.req_to_token.table
+        q = torch.zeros(1, num_heads, head_dim, dtype=dtype, device=device)
+        out = torch.empty_like(q)
+        row = torch.zeros(1, dtype=torch.int32, device=device)  # row 0 / slot 0: the padding row, safe to read
+        one = torch.ones(1, dtype=torch.int32, device=device)
+        launches = 0
+        splits = 1
+        while splits <= decode_kernels.MAX_KV_SPLITS:
+            decode_kernels.decode_attention(q, k_pool, v_pool, table, row, one, out, self.scale, splits)
+            launches += 1
+            splits *= 2
+        extend_kernels.extend_attention(q, k_pool, v_pool, table, row, row, one, row, out, self.scale, 1)
+        return launches + 1
 
     # ---- decode CUDA graphs ------------------------------------------------------------------------------------
 

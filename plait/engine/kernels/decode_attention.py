@@ -31,7 +31,9 @@ PROGRAMS_PER_SM = 4  # stage-1 programs wanted per multiprocessor, so loads from
 BLOCK_N = 64
 
 
-@triton.jit
+# The split count and the strides derived from it vary from step to step: not specialised on (one compiled variant
+# per BLOCK_S bucket instead of one per value class met in the middle of serving).
+@triton.jit(do_not_specialize=["stride_ml_b", "stride_ml_h", "num_splits"])
 def _decode_split_kernel(
     q_ptr,
     k_ptr,
@@ -114,7 +116,7 @@ def _decode_split_kernel(
         tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=h_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_ml_b", "stride_ml_h", "num_splits"])
 def _decode_merge_kernel(
     mid_o_ptr,
     mid_lse_ptr,
