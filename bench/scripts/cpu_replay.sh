@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trace replay on this CPU with the default model (SmolLM2-135M), lengths scaled down: a 2-minute slice of each shared
 # trace, plait vs baseline for Mooncake and the agent traces. JSON and reports under bench/results/cpu_<date>/replay.
-#   bash bench/scripts/cpu_replay.sh [mooncake|azure|agents|all]
+#   bash bench/scripts/cpu_replay.sh [mooncake|azure|agents|pressure|all]
 set -uo pipefail
 OUT=${OUT:-bench/results/cpu_$(date +%F)/replay}
 mkdir -p "$OUT"
@@ -24,4 +24,9 @@ fi
 if [ "$what" = agents ] || [ "$what" = all ]; then
   run miniswe --trace "$TRACES/lmcache_agent/miniswe" --format lmcache-agent --length-scale 0.05 --compare baseline
   run taubench --trace "$TRACES/lmcache_agent/taubench" --format lmcache-agent --max-output-tokens 16 --compare baseline
+fi
+if [ "$what" = pressure ]; then
+  # All 24 tau-bench sessions, arrivals 3x faster, on a 2k-slot pool: the active sessions' contexts do not fit.
+  run taubench-pressure --trace "$TRACES/lmcache_agent/taubench" --format lmcache-agent --duration 0 --time-scale 3 \
+    --max-output-tokens 16 --kv-slots 2048 --max-context 2048 --compare baseline
 fi
