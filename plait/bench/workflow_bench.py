@@ -1,8 +1,9 @@
 """``plait bench workflow``: agent-program suites under plait's program-level planning vs request-level serving.
 
 Every mode runs on the same engine in the same process, one after another, each from a flushed prefix cache:
-``plait`` (the default ``PlanConfig``), ``baseline`` (``PlanConfig.baseline()``: request FCFS, LRU, no pins, no
-prefetch, no dedup, no prefix holding) and, with ``--ablation``, each feature alone over the baseline. The table
+``plait`` (the default ``PlanConfig``, changed by ``--plan FIELD=VALUE``), ``baseline`` (``PlanConfig.baseline()``:
+request FCFS, LRU, no pins, no prefetch, no dedup, no prefix holding), with ``--ablation`` each feature alone over the
+baseline and with ``--leave-one-out`` plait mode without each of its features. The table
 shows job completion time (mean, p95), programs per minute, SLO attainment, prefix hit rate, retractions and the
 longest queue wait; the last row gives baseline / plait ratios.
 """
@@ -55,6 +56,16 @@ def register(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--suite", required=True, choices=SUITE_CHOICES, help="which workload")
     parser.add_argument("--compare", choices=["baseline", "none"], default="baseline", help="also run baseline mode")
     parser.add_argument("--ablation", action="store_true", help="also run each feature alone over the baseline")
+    parser.add_argument(
+        "--leave-one-out", action="store_true", help="also run plait mode without each of its features in turn"
+    )
+    parser.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of plait mode's PlanConfig, e.g. deadline=off or max_pin_ttl_s=5",
+    )
     parser.add_argument("--programs", type=int, default=None, help="number of programs (default: the suite's)")
     parser.add_argument("--rate", type=float, default=None, help="arrivals per second (0: all at once)")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,7 +84,7 @@ def register(benches: argparse._SubParsersAction) -> None:
 def _modes(args: argparse.Namespace) -> list[Any]:
     from plait.runtime.planning import PlanConfig
 
-    plait_mode = PlanConfig()
+    plait_mode = PlanConfig().with_overrides(args.plan)  # ValueError names the bad item
     if args.max_queue_wait is not None:
         plait_mode = dataclasses.replace(plait_mode, max_queue_wait_s=args.max_queue_wait)
     modes = [plait_mode]
@@ -81,6 +92,8 @@ def _modes(args: argparse.Namespace) -> list[Any]:
         modes.append(PlanConfig.baseline())
     if args.ablation:
         modes += [PlanConfig.only(feature) for feature in _ABLATION]
+    if args.leave_one_out:
+        modes += [plait_mode.without(feature) for feature in _ABLATION if getattr(plait_mode, feature)]
     return modes
 
 
@@ -91,6 +104,11 @@ def main(args: argparse.Namespace) -> int:
     device = config.resolve_device()
     profile = args.profile if args.profile != "auto" else ("gpu" if device.type == "cuda" else "cpu")
     options = SuiteOptions(profile, args.programs, args.rate, args.seed, args.data_dir)
+    try:
+        args.modes = _modes(args)
+    except ValueError as error:
+        print(f"error: --plan {error}", file=sys.stderr)
+        return 2
     try:
         options.validate()
         suite = build_suite(args.suite, options)
@@ -112,7 +130,7 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     from plait.bench.workflow_run import run_mode
     from plait.engine import Engine
 
-    modes = _modes(args)
+    modes = args.modes
     engine = Engine(config)
     results = []
     try:

@@ -60,3 +60,23 @@ def test_a_time_limit_cancels_and_reports_unfinished_programs(tiny_engine):
 
     result = asyncio.run(main())
     assert [o.state for o in result.outcomes] == ["timeout"] and result.metrics()["completed"] == 0
+
+
+def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
+    import argparse
+
+    from plait.bench.workflow_bench import _modes
+    from plait.cli import main as cli_main
+
+    def args(**kw) -> argparse.Namespace:
+        base = {"plan": [], "max_queue_wait": None, "compare": "baseline", "ablation": False, "leave_one_out": False}
+        return argparse.Namespace(**{**base, **kw})
+
+    modes = _modes(args(plan=["deadline=off"], leave_one_out=True))
+    plait_mode, baseline, *without = modes
+    assert not plait_mode.deadline and plait_mode.tool_pins and baseline.name == "baseline"
+    assert [m.name for m in without] == [f"plait without {f}" for f in ("program_fcfs", "next_use_hints",
+        "tool_pins", "prefetch", "dedup", "prefix_first")]  # fmt: skip
+    assert all(not getattr(m, m.name.rsplit(" ", 1)[1]) for m in without)
+    code = cli_main(["bench", "workflow", "--suite", "react", "--plan", "deadline=maybe", "--model", "tiny"])
+    assert code == 2 and "deadline" in capsys.readouterr().err
