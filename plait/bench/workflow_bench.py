@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,13 @@ def register(benches: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="the shared data folder (default ../shared/data)")
     parser.add_argument("--time-limit", type=float, default=900.0, help="seconds per mode before cancelling the rest")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every mode this many times, the order reversed each round; the table shows medians and the JSON "
+        "each round's ratios (differences smaller than the rounds' spread are noise)",
+    )
     parser.add_argument("--max-queue-wait", type=float, default=None, help="plait's anti-starvation bound, seconds")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default under bench/results/)")
     parser.add_argument("--trace", type=Path, default=None, help="write plait mode's timeline as Chrome trace JSON")
@@ -109,6 +117,9 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: --plan {error}", file=sys.stderr)
         return 2
+    if args.repeats < 1:
+        print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
+        return 2
     try:
         options.validate()
         suite = build_suite(args.suite, options)
@@ -132,32 +143,40 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
 
     modes = args.modes
     engine = Engine(config)
-    results = []
+    runs: dict[str, list[Any]] = {mode.name: [] for mode in modes}
     try:
         await warm_up(engine)
         with Progress(transient=True) as progress:
-            for mode in modes:
-                task = progress.add_task(f"{suite.name}: {mode.name}", total=len(suite.programs))
-                result = await run_mode(
-                    engine,
-                    build,
-                    mode,
-                    time_limit_s=args.time_limit,
-                    on_program_done=lambda t=task: progress.advance(t),
-                )
-                results.append(result)
-                progress.remove_task(task)
+            for round_index in range(args.repeats):
+                # Reversed every other round, so no mode always runs first (or right after the same one).
+                for mode in modes if round_index % 2 == 0 else modes[::-1]:
+                    task = progress.add_task(f"{suite.name}: {mode.name}", total=len(suite.programs))
+                    result = await run_mode(
+                        engine,
+                        build,
+                        mode,
+                        time_limit_s=args.time_limit,
+                        on_program_done=lambda t=task: progress.advance(t),
+                    )
+                    runs[mode.name].append(result)
+                    progress.remove_task(task)
     finally:
         engine.close()
-    rows = [[r.mode, *[_cell(r.metrics()[key]) for _, key in _COLUMNS]] for r in results]
-    ratios = _ratios(results)
+    metrics = {name: _median_metrics([r.metrics() for r in results]) for name, results in runs.items()}
+    rows = [[name, *[_cell(m[key]) for _, key in _COLUMNS]] for name, m in metrics.items()]
+    ratios = _ratios(metrics)
     if ratios:
         rows.append(["baseline / plait", *[_cell(ratios.get(key)) for _, key in _COLUMNS]])
+    repeats = f", median of {args.repeats} rounds" if args.repeats > 1 else ""
     print_table(
-        f"workflow suite {suite.name} ({len(suite.programs)} programs, {profile})",
+        f"workflow suite {suite.name} ({len(suite.programs)} programs, {profile}{repeats})",
         ["mode"] + [c for c, _ in _COLUMNS],
         rows,
     )
+    round_ratios = _round_ratios(runs)
+    if args.repeats > 1 and round_ratios:
+        print("mean JCT baseline / plait by round: " + ", ".join(f"{r:.3f}" for r in round_ratios))
+    results = [r for results in runs.values() for r in results]
     if args.trace is not None:
         path = results[0].timeline.write_chrome_trace(args.trace)
         print(f"Chrome trace of the plait run: {path} (open in https://ui.perfetto.dev)")
@@ -168,19 +187,46 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         "profile": profile,
         "parameters": suite.parameters,
         "engine": {"model": config.model, "weights": config.weights, "kv_slots": config.kv_slots},
+        "repeats": args.repeats,
         "modes": [
-            {"mode": r.mode, "config": r.config, "metrics": r.metrics(), "planner": r.planner, "wall_s": r.wall_s}
-            for r in results
+            {
+                "mode": name,
+                "config": results[0].config,
+                "metrics": metrics[name],  # medians over the rounds
+                "planner": results[0].planner,
+                "wall_s": results[0].wall_s,
+                "rounds": [{"metrics": r.metrics(), "planner": r.planner, "wall_s": r.wall_s} for r in results],
+            }
+            for name, results in runs.items()
         ],
         "baseline_over_plait": ratios,
+        "mean_jct_ratio_by_round": round_ratios,
     }
     output = args.output or default_output(f"workflow_{suite.name}")
     print(f"wrote {write_json(output, payload)}")
     return 0
 
 
-def _ratios(results: list[Any]) -> dict[str, float]:
-    by_mode = {r.mode: r.metrics() for r in results}
+def _median_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric metric's median over the rounds (the first round's value for anything else)."""
+    merged = dict(rounds[0])
+    for key, value in merged.items():
+        values = [r.get(key) for r in rounds]
+        if isinstance(value, int | float) and not isinstance(value, bool) and all(v is not None for v in values):
+            # Counts stay counts: the lower median of integers is one of them.
+            ints = all(isinstance(v, int) for v in values)
+            merged[key] = statistics.median_low(values) if ints else statistics.median(values)
+    return merged
+
+
+def _round_ratios(runs: dict[str, list[Any]]) -> list[float]:
+    """Baseline / plait mean job completion time in each round."""
+    pairs = zip(runs.get("plait", []), runs.get("baseline", []), strict=False)
+    jct = [(p.metrics().get("mean_jct_s"), b.metrics().get("mean_jct_s")) for p, b in pairs]
+    return [base / plait for plait, base in jct if plait and base is not None]
+
+
+def _ratios(by_mode: dict[str, dict[str, Any]]) -> dict[str, float]:
     if "plait" not in by_mode or "baseline" not in by_mode:
         return {}
     plait, base = by_mode["plait"], by_mode["baseline"]

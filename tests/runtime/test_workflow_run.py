@@ -80,3 +80,34 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
     assert all(not getattr(m, m.name.rsplit(" ", 1)[1]) for m in without)
     code = cli_main(["bench", "workflow", "--suite", "react", "--plan", "deadline=maybe", "--model", "tiny"])
     assert code == 2 and "deadline" in capsys.readouterr().err
+
+
+def test_repeats_alternate_the_mode_order_and_report_medians(tmp_path, capsys):
+    """--repeats 2: every mode twice, the second round in reverse order; medians in the table, each round's ratio."""
+    import json
+
+    from plait.bench import workflow_run
+    from plait.cli import main as cli_main
+
+    order: list[str] = []
+    real_run_mode = workflow_run.run_mode
+
+    async def spy(engine, build, mode, **kwargs):
+        order.append(mode.name)
+        return await real_run_mode(engine, build, mode, **kwargs)
+
+    workflow_run.run_mode = spy
+    try:
+        output = tmp_path / "out.json"
+        code = cli_main(["bench", "workflow", "--suite", "starvation", "--programs", "3", "--model", "tiny",
+                         "--weights", "dummy", "--repeats", "2", "--output", str(output)])  # fmt: skip
+    finally:
+        workflow_run.run_mode = real_run_mode
+    assert code == 0
+    assert order == ["plait", "baseline", "baseline", "plait"]
+    payload = json.loads(output.read_text())
+    assert payload["repeats"] == 2 and len(payload["mean_jct_ratio_by_round"]) == 2
+    for mode in payload["modes"]:
+        assert len(mode["rounds"]) == 2 and isinstance(mode["metrics"]["completed"], int)
+    assert "by round" in capsys.readouterr().out
+    assert cli_main(["bench", "workflow", "--suite", "starvation", "--repeats", "0", "--model", "tiny"]) == 2
