@@ -32,10 +32,11 @@ case "${1:-requests}" in
       --duration 0 --time-scale 4.5 --max-context 65536 --kv-slots 65536
     ;;
   miniswe-pressure)
-    # All 20 mini-swe-agent sessions, arrivals 9x faster, prompts cut to 16k tokens, on a 32k-slot pool: the active
-    # sessions' contexts (about 60-80k tokens) do not fit, so what stays resident decides what is recomputed.
+    # All 20 mini-swe-agent sessions, arrivals 9x faster, prompts cut to fit a 20k context window (2 sessions are
+    # longer), on a 32k-slot pool: the active sessions' contexts do not fit, so what stays resident decides what is
+    # recomputed.
     run "miniswe-pressure${TAG:-}" --trace "$TRACES/lmcache_agent/miniswe" --format lmcache-agent --compare baseline \
-      --duration 0 --time-scale 9 --max-input-tokens 16384 --max-context 20480 --kv-slots 32768 --time-limit 250 "${@:2}"
+      --duration 0 --time-scale 9 --max-context 20480 --kv-slots 32768 --time-limit 250 "${@:2}"
     ;;
   taubench-pressure)
     # All 24 tau-bench sessions, arrivals 3x faster, on a 2k-slot pool (the active sessions hold about 6k tokens).

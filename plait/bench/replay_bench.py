@@ -230,6 +230,7 @@ def _inputs(args: argparse.Namespace, trace: Any, vocab_size: int, count_tokens:
         max_context=max_context,
         max_output_tokens=args.max_output_tokens,
         seed=args.seed,
+        max_input_tokens=args.max_input_tokens,
     )
 
 

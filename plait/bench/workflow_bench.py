@@ -175,7 +175,8 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     )
     round_ratios = _round_ratios(runs)
     if args.repeats > 1 and round_ratios:
-        print("mean JCT baseline / plait by round: " + ", ".join(f"{r:.3f}" for r in round_ratios))
+        shown = ("-" if r is None else f"{r:.3f}" for r in round_ratios)
+        print("mean JCT baseline / plait by round: " + ", ".join(shown))
     results = [r for results in runs.values() for r in results]
     if args.trace is not None:
         path = results[0].timeline.write_chrome_trace(args.trace)
@@ -209,21 +210,24 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
 
 def _median_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Each numeric metric's median over the rounds (the first round's value for anything else)."""
-    merged = dict(rounds[0])
-    for key, value in merged.items():
-        values = [r.get(key) for r in rounds]
-        if isinstance(value, int | float) and not isinstance(value, bool) and all(v is not None for v in values):
+    merged: dict[str, Any] = {}
+    for round_metrics in rounds:
+        for key, value in round_metrics.items():
+            merged.setdefault(key, value)
+    for key in merged:
+        values = [v for r in rounds if isinstance(v := r.get(key), int | float) and not isinstance(v, bool)]
+        if values:  # rounds without a value (nothing completed) are left out of the median
             # Counts stay counts: the lower median of integers is one of them.
             ints = all(isinstance(v, int) for v in values)
             merged[key] = statistics.median_low(values) if ints else statistics.median(values)
     return merged
 
 
-def _round_ratios(runs: dict[str, list[Any]]) -> list[float]:
+def _round_ratios(runs: dict[str, list[Any]]) -> list[float | None]:
     """Baseline / plait mean job completion time in each round."""
     pairs = zip(runs.get("plait", []), runs.get("baseline", []), strict=False)
     jct = [(p.metrics().get("mean_jct_s"), b.metrics().get("mean_jct_s")) for p, b in pairs]
-    return [base / plait for plait, base in jct if plait and base is not None]
+    return [base / plait if plait and base is not None else None for plait, base in jct]  # None: a round without
 
 
 def _ratios(by_mode: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -145,7 +145,8 @@ class Scheduler:
         retracted: list[Sequence] = []
         while True:
             batch = self._schedule_once(retracted)
-            batch.retracted = retracted + batch.retracted
+            retracted += batch.retracted  # victims of the decode-slot check count too
+            batch.retracted = retracted
             # (Not while a sequence is about to finish: its KV comes back as soon as its last token is read.)
             if batch or not self.running or any(s.will_finish for s in self.running):
                 return batch
@@ -180,10 +181,17 @@ class Scheduler:
         # Room the running sequences will still take: tokens to generate, and the rest of partial prefills' prompts
         # (admitting beside a long prefill that later fills the pool would retract a decode).
         reserve = sum(self._future_decode(s) + (0 if s.is_decode else s.num_uncomputed) for s in self.running)
-        for seq in partial + [s for s in self.waiting if not any(s is r for r in retracted)]:
+        excluded = retracted + batch.retracted
+        for seq in partial + list(self.waiting):
             newly_admitted = seq.status is SeqStatus.WAITING
-            # Pins hold memory for the future: they keep new prompts out but yield to a running prefill.
-            if budget <= 0 or self.free_slots(allow_pinned=not newly_admitted) <= 0:
+            if newly_admitted and any(seq is r for r in excluded):
+                break  # a victim of this step: it and everything behind it in priority order wait for the next one
+            # Pins hold memory for the future: they keep new prompts out (admission counts unpinned room only) but
+            # yield to a running prefill that has no other room left, one chunk at a time.
+            room = self.free_slots()
+            if room <= 0 and not newly_admitted:
+                room = self.free_slots(allow_pinned=True)
+            if budget <= 0 or room <= 0:
                 break
             if newly_admitted:
                 own = self._future_decode(seq)
@@ -191,6 +199,8 @@ class Scheduler:
                 if self.config.reserve_decode and self.running and self.free_slots() - reserve < first_chunk + own:
                     break  # admitting it would leave the running sequences no room to decode (a retraction later)
                 held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
+                # The whole uncached prompt must fit beside what running sequences still take. With nothing running
+                # it is admitted regardless, and its later chunks may take pinned memory: pins never idle the GPU.
                 keep = reserve + own if self.config.reserve_decode and self.running else None
                 admitted = None if held else self._admit(seq, keep)
                 if admitted is None:
@@ -200,14 +210,16 @@ class Scheduler:
                 reserve += own
                 if holds_back and seq.num_prompt > _SHARE_KEY:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
-            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, self.free_slots(not newly_admitted))
-            self._ensure_free(chunk, allow_pinned=not newly_admitted)
+            unpinned = self.free_slots()
+            takes_pinned = unpinned <= 0 and not newly_admitted
+            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, room if takes_pinned else unpinned)
+            self._ensure_free(chunk, allow_pinned=takes_pinned)
             chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
             if chunk <= 0:
                 break
             # The reserve counts each prefill's remaining prompt: this chunk is no longer to come, the rest still is.
             reserve += seq.num_uncomputed - chunk if newly_admitted else -chunk
-            batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk, allow_pinned=not newly_admitted)))
+            batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk, allow_pinned=takes_pinned)))
             budget -= chunk
         return batch
 

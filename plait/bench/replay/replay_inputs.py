@@ -39,11 +39,13 @@ def prepare_inputs(
     max_context: int | None,
     max_output_tokens: int | None = None,
     seed: int = 0,
+    max_input_tokens: int | None = None,
 ) -> ReplayInputs:
-    """Decide prompts and output lengths for every mode of a replay of ``trace``."""
+    """Decide prompts and output lengths for every mode of a replay of ``trace``. ``max_input_tokens`` cuts agent
+    prompts (request traces are capped when sliced)."""
     inputs = ReplayInputs()
     if trace.is_agent:
-        _prepare_sessions(trace, inputs, count_tokens, max_context, max_output_tokens)
+        _prepare_sessions(trace, inputs, count_tokens, max_context, max_output_tokens, max_input_tokens)
         return inputs
     inputs.synthesizer = PromptSynthesizer(vocab_size, trace.block_tokens, seed)
     cut = 0
@@ -66,22 +68,29 @@ def _prepare_sessions(
     count_tokens: Callable[[str], int],
     max_context: int | None,
     max_output_tokens: int | None,
+    max_input_tokens: int | None = None,
 ) -> None:
     cut_sessions = 0
     for session in trace.sessions:
         outputs = [max(1, count_tokens(call.output_text)) if call.output_text else 1 for call in session.calls]
         if max_output_tokens is not None:
             outputs = [min(tokens, max_output_tokens) for tokens in outputs]
+        limits = [] if max_input_tokens is None else [max_input_tokens]
         if max_context is not None:
             outputs = [min(tokens, max_context // 4) for tokens in outputs]
-            prompts, cut = cap_prompts(session, count_tokens, max_context - max(outputs) - 2)
+            limits.append(max_context - max(outputs) - 2)
+        if limits:
+            prompts, cut = cap_prompts(session, count_tokens, min(limits))
             cut_sessions += cut
         else:
             prompts = [call.input_text for call in session.calls]
         inputs.session_prompts.append(prompts)
         inputs.session_outputs.append(outputs)
     if cut_sessions:
+        what = f"the {max_context}-token context window" if max_context is not None else ""
+        if max_input_tokens is not None:
+            what = f"{what} or " * bool(what) + f"--max-input-tokens {max_input_tokens}"
         inputs.notes.append(
-            f"{cut_sessions} sessions had prompts longer than the {max_context}-token context window; their prompts "
-            "were cut at one character position each (prefix sharing kept)"
+            f"{cut_sessions} sessions had prompts longer than {what}; their prompts were cut at one character "
+            "position each (prefix sharing kept)"
         )

@@ -2,8 +2,8 @@
 shorter (or longer) prompts and outputs.
 
 Request traces are sliced per request, agent traces per session (by the session's arrival; a kept session keeps
-all its calls). Token caps (``max_input_tokens``/``max_output_tokens``) apply to request traces only: an agent
-call's text has no token count until the target's tokenizer sees it, so the target caps it there.
+all its calls). Token caps (``max_input_tokens``/``max_output_tokens``) apply to request traces here: an agent
+call's text has no token count until the target's tokenizer sees it, so ``replay_inputs`` caps it there.
 """
 
 from __future__ import annotations

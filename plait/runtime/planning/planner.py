@@ -225,7 +225,7 @@ class Planner:
 
     def _hint_next_use(self, plan: ProgramPlan) -> None:
         """Steps until the program next runs an LLM call (its own KV), and until each static prefix is read. While
-        the program waits on tools, also the seconds until the last of them is expected back: among programs the
+        the program waits on tools, also the seconds until the first of them is expected back: among programs the
         same steps away, the one whose tool returns last is evicted first (recency would pick the one that started
         its tool first, the likeliest to be back soonest)."""
         workflow = plan.workflow
@@ -233,8 +233,8 @@ class Planner:
         pending = {n: s for n, s in steps.items() if isinstance(workflow.nodes[n], LLMCall)}
         nearest = min(pending.values(), default=_FAR)
         seconds = None
-        if plan.tools_running:
-            seconds = max(0.0, max(plan.tools_running.values()) - time.monotonic())
+        if plan.tools_running:  # the first tool back may already unblock the next call: the earliest return
+            seconds = max(0.0, min(plan.tools_running.values()) - time.monotonic())
         self.engine.hint("next_use", program_id=plan.program_id, steps=float(nearest), seconds=seconds)
         self.counters.next_use_hints += 1
         prefixes: dict[str, float] = {}
