@@ -200,7 +200,8 @@ class Scheduler:
                     break  # admitting it would leave the running sequences no room to decode (a retraction later)
                 held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
                 # The whole uncached prompt must fit beside what running sequences still take. With nothing running
-                # it is admitted regardless, and its later chunks may take pinned memory: pins never idle the GPU.
+                # only its first chunk must fit; its later chunks may take pinned memory (a pin does not hold an
+                # otherwise idle engine back for a whole prompt).
                 keep = reserve + own if self.config.reserve_decode and self.running else None
                 admitted = None if held else self._admit(seq, keep)
                 if admitted is None:
