@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from plait.cli.engine_args import add_engine_arguments, engine_config_from_args
+from plait.cli.engine_args import add_engine_arguments, add_plan_argument, engine_config_from_args
 
 # Here so that --help needs no import of torch; a test keeps it equal to records.TRACE_FORMATS.
 FORMATS = ("mooncake", "azure", "burstgpt", "lmcache-agent")
@@ -66,13 +66,7 @@ def register(benches: argparse._SubParsersAction) -> None:
         "--unbounded-cache", action="store_true", help="size the KV pool to hold every prompt and output of the slice"
     )
     run.add_argument("--time-limit", type=float, default=3600.0, help="seconds per mode before stopping")
-    run.add_argument(
-        "--plan",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a field of plait mode's PlanConfig, e.g. attained_service=on or max_queue_wait_s=10",
-    )
+    add_plan_argument(run)
     slo = parser.add_argument_group("SLOs (goodput counts requests meeting every bound given)")
     slo.add_argument("--slo-ttft", type=float, default=None, help="time to first token, seconds")
     slo.add_argument("--slo-tpot", type=float, default=None, help="time per output token, seconds")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from plait.cli.engine_args import add_engine_arguments, engine_config_from_args
+from plait.cli.engine_args import add_engine_arguments, add_plan_argument, engine_config_from_args
 
 _COLUMNS = [
     ("mean JCT s", "mean_jct_s"),
@@ -60,13 +60,7 @@ def register(benches: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--leave-one-out", action="store_true", help="also run plait mode without each of its features in turn"
     )
-    parser.add_argument(
-        "--plan",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a field of plait mode's PlanConfig, e.g. deadline=off or max_pin_ttl_s=5",
-    )
+    add_plan_argument(parser)
     parser.add_argument("--programs", type=int, default=None, help="number of programs (default: the suite's)")
     parser.add_argument("--rate", type=float, default=None, help="arrivals per second (0: all at once)")
     parser.add_argument("--seed", type=int, default=0)
@@ -177,9 +171,8 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     if args.repeats > 1 and round_ratios:
         shown = ("-" if r is None else f"{r:.3f}" for r in round_ratios)
         print("mean JCT baseline / plait by round: " + ", ".join(shown))
-    results = [r for results in runs.values() for r in results]
     if args.trace is not None:
-        path = results[0].timeline.write_chrome_trace(args.trace)
+        path = runs[modes[0].name][0].timeline.write_chrome_trace(args.trace)
         print(f"Chrome trace of the plait run: {path} (open in https://ui.perfetto.dev)")
     payload = {
         "bench": "workflow",

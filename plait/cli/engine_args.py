@@ -53,6 +53,17 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_plan_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--plan FIELD=VALUE`` (repeatable): overrides of plait mode's ``PlanConfig`` (``PlanConfig.with_overrides``)."""
+    parser.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of plait mode's PlanConfig, e.g. attained_service=on, deadline=off, max_queue_wait_s=10",
+    )
+
+
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     from plait.engine.engine_config import EngineConfig
 

@@ -188,15 +188,15 @@ class Scheduler:
                 break  # a victim of this step: it and everything behind it in priority order wait for the next one
             # Pins hold memory for the future: they keep new prompts out (admission counts unpinned room only) but
             # yield to a running prefill that has no other room left, one chunk at a time.
-            room = self.free_slots()
-            if room <= 0 and not newly_admitted:
-                room = self.free_slots(allow_pinned=True)
+            unpinned = self.free_slots()
+            takes_pinned = unpinned <= 0 and not newly_admitted
+            room = self.free_slots(allow_pinned=True) if takes_pinned else unpinned
             if budget <= 0 or room <= 0:
                 break
             if newly_admitted:
                 own = self._future_decode(seq)
                 first_chunk = min(seq.num_uncomputed, self.config.chunk_size)
-                if self.config.reserve_decode and self.running and self.free_slots() - reserve < first_chunk + own:
+                if self.config.reserve_decode and self.running and unpinned - reserve < first_chunk + own:
                     break  # admitting it would leave the running sequences no room to decode (a retraction later)
                 held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
                 # The whole uncached prompt must fit beside what running sequences still take. With nothing running
@@ -211,9 +211,8 @@ class Scheduler:
                 reserve += own
                 if holds_back and seq.num_prompt > _SHARE_KEY:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
-            unpinned = self.free_slots()
-            takes_pinned = unpinned <= 0 and not newly_admitted
-            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, room if takes_pinned else unpinned)
+                room = self.free_slots()  # the prefix it matched is locked now: no longer free
+            chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, room)
             self._ensure_free(chunk, allow_pinned=takes_pinned)
             chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
             if chunk <= 0:
