@@ -65,7 +65,10 @@ def register(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--rate", type=float, default=None, help="arrivals per second (0: all at once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--profile", choices=["auto", "cpu", "gpu"], default="auto", help="suite sizes (auto: by device)"
+        "--profile",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="suite sizes (auto: by device; gpu when simulated)",
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="the shared data folder (default ../shared/data)")
     parser.add_argument("--time-limit", type=float, default=900.0, help="seconds per mode before cancelling the rest")
@@ -104,7 +107,8 @@ def main(args: argparse.Namespace) -> int:
 
     config = engine_config_from_args(args)
     device = config.resolve_device()
-    profile = args.profile if args.profile != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    on_gpu = device.type == "cuda" or config.simulated
+    profile = args.profile if args.profile != "auto" else ("gpu" if on_gpu else "cpu")
     options = SuiteOptions(profile, args.programs, args.rate, args.seed, args.data_dir)
     try:
         args.modes = _modes(args)
@@ -167,6 +171,10 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         ["mode"] + [c for c, _ in _COLUMNS],
         rows,
     )
+    for name, results in runs.items():
+        error = next((r.first_error for r in results if r.first_error), None)
+        if error:
+            print(f"{name}: programs failed; the first error: {error}", file=sys.stderr)
     round_ratios = _round_ratios(runs)
     if args.repeats > 1 and round_ratios:
         shown = ("-" if r is None else f"{r:.3f}" for r in round_ratios)
@@ -180,7 +188,12 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         "description": suite.description,
         "profile": profile,
         "parameters": suite.parameters,
-        "engine": {"model": config.model, "weights": config.weights, "kv_slots": config.kv_slots},
+        "engine": {
+            "model": config.model,
+            "weights": config.weights,
+            "kv_slots": config.kv_slots,
+            "simulated_gpu": config.simulate or None,  # set: every time below is a cost model's, not measured
+        },
         "repeats": args.repeats,
         "modes": [
             {

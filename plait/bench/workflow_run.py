@@ -29,6 +29,7 @@ class ProgramOutcome:
     jct_s: float | None  # arrival to end; None if it did not finish in time
     deadline_s: float | None
     longest_queue_s: float  # the longest any of its engine requests waited before admission
+    error: str | None = None  # why a failed program failed
 
     @property
     def met_slo(self) -> bool | None:
@@ -46,6 +47,11 @@ class ModeResult:
     engine: dict[str, float]
     planner: dict[str, Any]
     timeline: Any = field(default=None, repr=False)
+
+    @property
+    def first_error(self) -> str | None:
+        """Why the first failed program failed (None when none did)."""
+        return next((o.error for o in self.outcomes if o.error), None)
 
     def metrics(self) -> dict[str, Any]:
         done = [o.jct_s for o in self.outcomes if o.state == "done" and o.jct_s is not None]
@@ -109,7 +115,8 @@ async def run_mode(
                 jct = program.record.finished_at - program.record.created_at
             else:
                 jct = None
-            outcomes[index] = ProgramOutcome(entry.tag, state, jct, entry.deadline_s, _longest_queue(program))
+            error = str(program.error) if program.error is not None and state == "failed" else None
+            outcomes[index] = ProgramOutcome(entry.tag, state, jct, entry.deadline_s, _longest_queue(program), error)
             if on_program_done is not None:
                 on_program_done()
 

@@ -51,6 +51,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "on", "off"],
         help="decode CUDA graphs (auto: on with CUDA and the triton backend)",
     )
+    group.add_argument(
+        "--simulate",
+        default="",
+        metavar="GPU",
+        help="run on CPU with the forward pass's time modelled for this GPU (h100, h200) and fixed outputs: for "
+        "studying scheduling at a GPU's cost ratios; numbers are a model's, not measurements",
+    )
 
 
 def add_plan_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -81,4 +88,5 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         fused_ops=args.fused_ops,
         cuda_graphs=args.cuda_graphs,
         overlap=args.overlap,
+        simulate=args.simulate,
     )

@@ -57,8 +57,15 @@ class EngineConfig:
     pin_budget_fraction: float = 0.25  # at most this fraction of the KV pool may be pinned
     max_queue_wait_s: float = 0.0  # anti-starvation: a request waiting longer goes ahead of all priorities (0: off)
     prefix_first: bool = True  # hold a prompt back while a running prefill computes its prefix (compute it once)
+    simulate: str = ""  # a GPU profile (simulated_gpu.PROFILES): model the forward pass's time on CPU, fixed logits
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.simulate)
 
     def resolve_device(self) -> torch.device:
+        if self.simulated:
+            return torch.device("cpu")  # the simulated model computes nothing; its GPU is a cost model
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -101,6 +108,10 @@ class EngineConfig:
             raise InvalidRequestError("fused_ops", f"'{self.fused_ops}': choose auto, on or off")
         if self.cuda_graphs not in ("auto", "on", "off"):
             raise InvalidRequestError("cuda_graphs", f"'{self.cuda_graphs}': choose auto, on or off")
+        if self.simulated:
+            from plait.engine.simulated_gpu import gpu_profile
+
+            gpu_profile(self.simulate)  # an unknown profile names the known ones
         if self.cuda_graph_max_batch < 0:
             raise InvalidRequestError("cuda_graph_max_batch", "must be >= 0 (0 = min(max_running, 256))")
         if not self.max_queue_wait_s >= 0:

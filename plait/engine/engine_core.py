@@ -31,6 +31,7 @@ from plait.engine.grammar.manager import GrammarManager
 from plait.engine.grammar.prompt_logprobs import PromptLogprobs
 from plait.engine.host_copy import to_device
 from plait.engine.inflight import PENDING, InflightStep
+from plait.engine.model_config import ModelConfig
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_ops import TORCH_OPS, triton_ops
 from plait.engine.model_runner import ModelRunner
@@ -39,6 +40,8 @@ from plait.engine.runtime_controls import RuntimeControls
 from plait.engine.sampler import SampleRow, logprob_tensors, logprobs_to_host, sample_on_device
 from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
+from plait.engine.simulated_gpu import StepCostModel, gpu_profile
+from plait.engine.simulated_runner import SimulatedRunner
 from plait.engine.text_output import TextOutput
 from plait.engine.tokenizer_loader import load_tokenizer
 
@@ -61,11 +64,15 @@ class EngineCore(RuntimeControls):
         self.tokenizer = load_tokenizer(source, config.tokenizer)
         self.max_context = min(config.max_context or DEFAULT_MAX_CONTEXT, source.config.max_position)
         self.attention_backend = config.resolve_attention_backend(self.device)
-        ops = triton_ops() if config.resolve_fused_ops(self.device) else TORCH_OPS
-        self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed, ops)
         self.kv_slots = config.kv_slots or auto_kv_slots(config, source.config, self.device, self.dtype)
         mc = source.config
-        self.kv_pool = KVPool(mc.num_layers, self.kv_slots, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
+        if config.simulated:  # no weights and a KV pool of one value per slot: only slot counts matter
+            self.model = None
+            self.kv_pool = KVPool(1, self.kv_slots, 1, 1, self.dtype, self.device)
+        else:
+            ops = triton_ops() if config.resolve_fused_ops(self.device) else TORCH_OPS
+            self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed, ops)
+            self.kv_pool = KVPool(mc.num_layers, self.kv_slots, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
         self.allocator = SlotAllocator(self.kv_slots)
         self.req_to_token = ReqToTokenPool(config.max_running, self.max_context + 1, self.device)
         self.prefix_cache, self.cache_hints = build_prefix_cache(config, self.allocator, self.kv_pool)
@@ -82,11 +89,7 @@ class EngineCore(RuntimeControls):
             self.prefix_cache,
             ready=self._can_admit,
         )
-        attention = create_backend(self.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
-        if self.device.type == "cuda" and hasattr(attention, "precompile"):
-            attention.precompile(mc.num_heads, self.dtype)  # no kernel compiles in the middle of serving
-        graphs = build_decode_graphs(config, self.model, attention, self.device)
-        self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device, graphs)
+        self.runner = self._build_runner(mc)
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
         self._seed_source = torch.Generator().manual_seed(config.seed)
@@ -98,6 +101,19 @@ class EngineCore(RuntimeControls):
         # The overlap loop (inflight.py): on by default where the forward pass runs asynchronously (CUDA).
         self.overlap = config.overlap == "on" or (config.overlap == "auto" and self.device.type == "cuda")
         self._inflight: InflightStep | None = None
+
+    def _build_runner(self, mc: ModelConfig) -> ModelRunner:
+        """The forward pass: the model on its attention backend (with decode graphs), or the simulated GPU."""
+        if self.config.simulated:
+            cost = StepCostModel(mc, gpu_profile(self.config.simulate))
+            filler = self.tokenizer.encode("x")
+            return SimulatedRunner(cost, self.kv_pool, self.req_to_token, filler[0] if filler else 0)
+        attention = create_backend(self.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
+        if self.device.type == "cuda" and hasattr(attention, "precompile"):
+            attention.precompile(mc.num_heads, self.dtype)  # no kernel compiles in the middle of serving
+        graphs = build_decode_graphs(self.config, self.model, attention, self.device)
+        assert self.model is not None
+        return ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device, graphs)
 
     # ---- requests --------------------------------------------------------------------------------------------------
 
@@ -122,6 +138,10 @@ class EngineCore(RuntimeControls):
         if start is not None and start >= len(prompt_ids):
             raise InvalidRequestError(
                 "prompt_logprobs_start", f"{start} is past the prompt's last position ({len(prompt_ids) - 1})"
+            )
+        if self.config.simulated and (sampling.constrained or start is not None):
+            raise InvalidRequestError(
+                "simulate", "the simulated engine has no model outputs to constrain or score; drop the constraint"
             )
         try:
             state = RequestState(request, prompt_ids, arrival=-1, max_new_tokens=max_new)
@@ -210,6 +230,8 @@ class EngineCore(RuntimeControls):
         forward pass outside the batch (engine thread only; used for scoring and tests)."""
         if not token_ids or len(token_ids) >= self.max_context:
             raise InvalidRequestError("prompt_token_ids", f"need 1 to {self.max_context - 1} tokens")
+        if self.model is None:
+            raise InvalidRequestError("simulate", "the simulated engine computes no logits")
         row = self.req_to_token.alloc_row()
         if row is None or not self.scheduler._ensure_free(len(token_ids)):
             raise InvalidRequestError("prompt_token_ids", "the engine is full; try again when it is idle")
