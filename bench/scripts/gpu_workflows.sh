@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Workflow suites on a GPU with the Llama-3.1-8B shape (dummy weights, forced output lengths, real Llama-3
 # vocabulary): plait vs baseline in one run each, then an ablation. Results and Chrome traces under $OUT.
-#   bash bench/scripts/gpu_workflows.sh compare|ablation
+#   bash bench/scripts/gpu_workflows.sh compare|loaded|ablation [extra bench flags for loaded]
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -15,6 +15,12 @@ case "${1:-compare}" in
     run react --programs 48
     run text2sql --programs 48
     run starvation --programs 200 --rate 10
+    ;;
+  loaded)
+    # Open-loop arrivals above what the pool can hold at once: the regime where program-level order decides.
+    run multi-agent --programs 64 --rate 4 --trace "$OUT/multi-agent.trace.json" "${@:2}"
+    run react --programs 96 --rate 8 "${@:2}"
+    run text2sql --programs 96 --rate 10 "${@:2}"
     ;;
   ablation)
     run "${2:-multi-agent}" --programs 32 --rate 0 --ablation

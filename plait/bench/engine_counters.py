@@ -26,6 +26,7 @@ def engine_counters_delta(before: Any, after: Any) -> dict[str, float]:
         "steps": after.steps - before.steps,
         "busy_s": after.busy_s - before.busy_s,  # wall time in engine steps
         "slow_steps": after.slow_steps - before.slow_steps,
+        "modelled_device_s": after.modelled_device_s - before.modelled_device_s,  # simulated engine only
     }
 
 

@@ -31,6 +31,8 @@ from plait.cache.slot_allocator import SlotAllocator
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 EVENT_LOG_SIZE = 8192
+EVICTION_FLOOR_FRACTION = 1 / 128  # of the pool: the least one eviction frees (see RadixCache.min_eviction)
+EVICTION_FLOOR_MIN = 1
 
 
 class RadixCache:
@@ -48,6 +50,9 @@ class RadixCache:
         self.policy = policy or LRUPolicy()
         self.host = host
         self.pin_budget = int(pin_budget_fraction * allocator.num_slots)
+        # An eviction frees at least this much (in policy order, never pinned KV beyond what was asked): each one
+        # walks the tree, and a full pool would otherwise walk it on every step for a few decode slots.
+        self.min_eviction = max(EVICTION_FLOOR_MIN, int(EVICTION_FLOOR_FRACTION * allocator.num_slots))
         self.program_hints: dict[str, NextUse] = program_hints if program_hints is not None else {}
         self.root = RadixNode(key=[], parent=None, device_slots=_EMPTY)
         self.root.lock_ref = 1  # never evicted
@@ -244,6 +249,7 @@ class RadixCache:
 
     def _evict_once(self, num_slots: int, allow_pinned: bool) -> int:
         self.poll()
+        target = max(num_slots, self.min_eviction)
         now = time.monotonic()
         order = itertools.count()
         heap: list[tuple[Any, int, RadixNode]] = []
@@ -255,9 +261,9 @@ class RadixCache:
         for node in self._all_nodes():
             push(node)
         freed = 0
-        while freed < num_slots and heap:
+        while freed < target and heap:
             (pinned, _), _, node = heapq.heappop(heap)
-            if pinned and not allow_pinned:
+            if pinned and (not allow_pinned or freed >= num_slots):
                 break
             parent = node.parent
             freed += self._evict_device(node)

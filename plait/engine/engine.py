@@ -51,6 +51,12 @@ class _Sink:
         return True
 
 
+def _put_all(items: list[tuple[_Sink, GenerateDelta]]) -> None:
+    """On the caller's loop: queue one step's deltas for their streams."""
+    for sink, delta in items:
+        sink.queue.put_nowait(delta)
+
+
 class Engine:
     """Thread-backed async engine. Use as an async context manager, or call ``close()`` when done."""
 
@@ -285,22 +291,28 @@ class Engine:
                     logger.warning("ignored hint %s(%s): %s", method, kwargs, error)
 
     def _deliver(self, deltas: list[GenerateDelta]) -> None:
+        """Hand each delta to its caller's event loop: one wake-up per loop per step, not one per delta (each
+        wake-up writes to the loop's self-pipe, which cost more than the step's other host work at large batches)."""
         unreachable = []
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Sink, GenerateDelta]]] = {}
         with self._lock:
             for delta in deltas:
                 sink = self._sinks.get(delta.request_id)
                 if sink is None:
                     continue
-                if not sink.put(delta):
-                    del self._sinks[delta.request_id]
-                    unreachable.append(delta.request_id)
-                    continue
+                batches.setdefault(sink.loop, []).append((sink, delta))
                 if delta.finish_reason is not None:
                     sink.open_samples -= 1  # the loop thread's count; generate() keeps its own
                     if sink.open_samples == 0:
                         del self._sinks[delta.request_id]
-
-        for request_id in unreachable:  # nobody is listening: stop spending compute and KV on it
+            for loop, items in batches.items():
+                try:
+                    loop.call_soon_threadsafe(_put_all, items)
+                except RuntimeError:  # the callers' event loop is closed: nobody is listening
+                    for _, delta in items:
+                        self._sinks.pop(delta.request_id, None)
+                        unreachable.append(delta.request_id)
+        for request_id in dict.fromkeys(unreachable):  # stop spending compute and KV on them
             self.core.abort(request_id)
 
     def _fail_request(self, state: RequestState, message: str) -> None:

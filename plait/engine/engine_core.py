@@ -463,6 +463,7 @@ class EngineCore(RuntimeControls):
             busy_s=self.meter.busy_s,
             slow_steps=self.meter.slow_steps,
             longest_step_s=self.meter.longest_step_s,
+            modelled_device_s=getattr(self.runner, "device_seconds", 0.0),
             **cache_stats(self.prefix_cache, self._hints_ignored),
         )
 

@@ -38,6 +38,7 @@ class EngineStats:
     longest_queue_wait_s: float = 0.0  # the longest any request waited before its first admission
     busy_s: float = 0.0  # wall time spent in steps since start
     slow_steps: int = 0  # steps longer than SLOW_STEP_S
+    modelled_device_s: float = 0.0  # simulated engine: the cost model's device time of every step (0 otherwise)
     longest_step_s: float = 0.0
 
     @property

@@ -219,7 +219,9 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``. Special tokens written in the text (``<|im_start|>``) are matched whole. BOS is
         prepended when ``add_bos`` and ``add_special_tokens`` are true, unless the text already starts with it."""
-        ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+        # encode_batch releases the GIL while it runs (encode holds it): a long prompt tokenized on a caller's
+        # thread must not stall the engine thread's step loop for milliseconds.
+        ids: list[int] = self._backend.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special_tokens and self._add_bos and not (self._bos_token and text.startswith(self._bos_token)):
             assert self._bos_token_id is not None  # _add_bos implies it
             ids.insert(0, self._bos_token_id)

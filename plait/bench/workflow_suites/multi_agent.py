@@ -72,9 +72,11 @@ SIZES = {
         run_output_words=30,
         running_contexts=4,
     ),
+    # Teams arrive over ~16 s (not at once): they are at different agents at any time, so the six prompts compete
+    # for the pool, and more teams are active than the pool can hold contexts for (queueing is real).
     "gpu": Sizes(
         programs=64,
-        arrival_rate=32.0,
+        arrival_rate=4.0,
         agent_words=(3000, 4000),
         task_words=(300, 600),
         output_tokens={"planner": 96, "architect": 96, "coder": 128, "reviewer": 64, "tester": 64, "integrator": 96},
