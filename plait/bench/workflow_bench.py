@@ -39,6 +39,7 @@ _ABLATION = (
     "prefetch",
     "dedup",
     "prefix_first",
+    "cache_affinity",
 )
 
 

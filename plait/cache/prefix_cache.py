@@ -69,6 +69,10 @@ class PrefixCache(Protocol):
         """Device slots ``evict`` could free (pinned prefixes only with ``allow_pinned``)."""
         ...
 
+    def resident_length(self, token_ids: list[int]) -> int:
+        """Leading tokens of ``token_ids`` whose KV is on the device now (read-only)."""
+        ...
+
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int: ...
 
     def poll(self) -> None:
@@ -83,6 +87,9 @@ class NoPrefixCache:
 
     def __init__(self, allocator: SlotAllocator) -> None:
         self.allocator = allocator
+
+    def resident_length(self, token_ids: list[int]) -> int:
+        return 0
 
     def match_prefix(self, token_ids: list[int], program_id: str | None = None) -> PrefixMatch:
         return PrefixMatch()

@@ -94,6 +94,21 @@ class RadixCache:
         self.counters.gpu_hit_tokens -= match.length - match.host_hit_tokens
         self.counters.host_hit_tokens -= match.host_hit_tokens
 
+    def resident_length(self, token_ids: list[int]) -> int:
+        """How many leading tokens of ``token_ids`` have their KV on the device now (a read-only look: no split, no
+        lock, no load, no access time)."""
+        node, i = self.root, 0
+        while i < len(token_ids):
+            child = node.children.get(token_ids[i])
+            if child is None or not child.on_device:
+                break
+            n = common_prefix_length(child.key, token_ids[i:])
+            i += n
+            if n < len(child):
+                break
+            node = child
+        return i
+
     def _walk(self, token_ids: list[int]) -> list[RadixNode]:
         """The nodes along ``token_ids`` (splitting the last one at the match boundary)."""
         node, i, path = self.root, 0, []

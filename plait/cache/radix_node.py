@@ -71,7 +71,12 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     if a[:n] == b[:n]:  # the common case (a whole edge matches) at C speed
         return n
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    # Bisect with slice comparisons (C speed) instead of a Python loop over thousands of tokens.
+    low, high = 0, n  # invariant: a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low

@@ -57,6 +57,7 @@ class EngineConfig:
     pin_budget_fraction: float = 0.25  # at most this fraction of the KV pool may be pinned
     max_queue_wait_s: float = 0.0  # anti-starvation: a request waiting longer goes ahead of all priorities (0: off)
     prefix_first: bool = True  # hold a prompt back while a running prefill computes its prefix (compute it once)
+    affinity_window_s: float = 0.0  # cache affinity: reorder admission by resident prefix within this window (0: off)
     simulate: str = ""  # a GPU profile (simulated_gpu.PROFILES): model the forward pass's time on CPU, fixed logits
 
     @property
@@ -116,6 +117,8 @@ class EngineConfig:
             raise InvalidRequestError("cuda_graph_max_batch", "must be >= 0 (0 = min(max_running, 256))")
         if not self.max_queue_wait_s >= 0:
             raise InvalidRequestError("max_queue_wait_s", f"must be >= 0 (0 = off), got {self.max_queue_wait_s}")
+        if not self.affinity_window_s >= 0:
+            raise InvalidRequestError("affinity_window_s", f"must be >= 0 (0 = off), got {self.affinity_window_s}")
         if self.host_kv_slots < 0:
             raise InvalidRequestError("host_kv_slots", "must be >= 0 (0 = no host tier)")
         if not 0.0 <= self.pin_budget_fraction <= 1.0:

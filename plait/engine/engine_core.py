@@ -83,6 +83,7 @@ class EngineCore(RuntimeControls):
                 config.chunk_size,
                 config.max_queue_wait_s,
                 config.prefix_first,
+                affinity_window_s=config.affinity_window_s,
             ),
             self.allocator,
             self.req_to_token,

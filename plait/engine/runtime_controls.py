@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from plait.engine.scheduler import Scheduler
 
 # Scheduling settings that may change while the engine runs (``configure``): benchmarks switch modes between runs.
-CONFIGURABLE = ("max_queue_wait_s", "prefix_first", "eviction_policy")
+CONFIGURABLE = ("max_queue_wait_s", "prefix_first", "eviction_policy", "affinity_window_s")
 
 
 class RuntimeControls:
@@ -80,6 +80,7 @@ class RuntimeControls:
         config.validate()
         self.scheduler.config.max_queue_wait_s = config.max_queue_wait_s
         self.scheduler.config.prefix_first = config.prefix_first
+        self.scheduler.config.affinity_window_s = config.affinity_window_s
         if config.eviction_policy != self.config.eviction_policy and isinstance(self.prefix_cache, RadixCache):
             self.prefix_cache.policy = eviction_policy(config.eviction_policy, self.prefix_cache.program_hints)
         self.config = config

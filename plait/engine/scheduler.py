@@ -13,6 +13,7 @@ is in exactly one of ``waiting`` / ``running`` until it finishes; ``release`` is
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 from plait.cache import PrefixCache, ReqToTokenPool, SlotAllocator
 from plait.engine.sequence import SeqStatus, Sequence
 
+_AFFINITY_SCAN = 32  # cache affinity reorders at most this many sequences at the head of the queue
 _SHARE_KEY = 32  # prompts sharing fewer leading tokens than this are not worth holding back for each other
 
 
@@ -38,6 +40,9 @@ class SchedulerConfig:
     # ignores EOS, this fraction for one that may stop early. Over-admitting only to retract later wastes prefill.
     decode_reserve_ratio: float = 0.5
     reserve_decode: bool = True  # off: admit whenever the prompt fits (tests use it to force retractions)
+    # Cache affinity: waiting sequences whose priorities fall in the same window of this many seconds (their last
+    # priority component, a time) are admitted longest-resident-prefix first (0: strict priority order).
+    affinity_window_s: float = 0.0
 
 
 @dataclass
@@ -182,7 +187,7 @@ class Scheduler:
         # (admitting beside a long prefill that later fills the pool would retract a decode).
         reserve = sum(self._future_decode(s) + (0 if s.is_decode else s.num_uncomputed) for s in self.running)
         excluded = retracted + batch.retracted
-        for seq in partial + list(self.waiting):
+        for seq in partial + self._admission_order(budget):
             newly_admitted = seq.status is SeqStatus.WAITING
             if newly_admitted and any(seq is r for r in excluded):
                 break  # a victim of this step: it and everything behind it in priority order wait for the next one
@@ -222,6 +227,30 @@ class Scheduler:
             batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk, allow_pinned=takes_pinned)))
             budget -= chunk
         return batch
+
+    def _admission_order(self, budget: int) -> list[Sequence]:
+        """The waiting queue in the order admission tries it: priority order, except that with cache affinity the
+        sequences near the head whose priorities share a window go longest-resident-prefix first. Prompts that
+        reuse KV already on the device take less new memory, so more run at once where memory is what binds (six
+        agents' prompts competing for a pool that holds four, say), and fewer prefixes are evicted to be computed
+        again. Promoted (starving) sequences keep their place ahead of everyone."""
+        window = self.config.affinity_window_s
+        waiting = self.waiting
+        if window <= 0 or len(waiting) < 2 or budget <= 0 or not self.prefix_cache.shares_prefixes:
+            return list(waiting)
+        if self.free_slots() <= 0:
+            return list(waiting)  # nothing will be admitted this step: skip the lookups
+        head, rest = waiting[:_AFFINITY_SCAN], waiting[_AFFINITY_SCAN:]
+
+        def band(seq: Sequence) -> tuple[float, ...]:
+            if seq.promoted:
+                return (-math.inf,)
+            *levels, at = seq.state.priority
+            return (*levels, math.floor(at / window))
+
+        resident = {id(seq): self.prefix_cache.resident_length(seq.token_ids) for seq in head}
+        # sorted() is stable: inside a band with equal residency the priority order stands.
+        return sorted(head, key=lambda s: (band(s), -resident[id(s)])) + rest
 
     def _future_decode(self, seq: Sequence) -> int:
         """Slots ``seq`` is expected to take for tokens it has not generated yet."""

@@ -205,6 +205,23 @@ def test_allow_pinned_evicts_pins_but_only_after_every_unpinned_candidate() -> N
     env.check()
 
 
+def test_an_eviction_frees_at_least_the_floor_but_never_pins_beyond_the_request(clock: FakeClock) -> None:
+    """One tree walk per eviction: each frees at least ``min_eviction`` slots (in policy order) so a full pool is not
+    walked on every step for a few decode slots; pinned KV still goes only as far as the caller asked."""
+    env = make_env(num_slots=64, pin_budget_fraction=0.25)
+    env.cache.min_eviction = 16
+    for prompt in (A, B, C, D):
+        env.serve(prompt)
+    assert env.cache.resident_length([*A, 99]) == 8 and env.cache.resident_length([99, *A]) == 0
+    assert env.cache.evict(1) == 16  # asked for 1, freed the floor: the two least recently used prompts
+    assert env.resident(A) == 0 and env.resident(B) == 0 and env.resident(C) == 8
+    assert env.hints.pin(30.0, prefix=C)
+    assert env.cache.evict(1, allow_pinned=True) == 8  # D (unpinned) fills the floor's first half; the pin stays
+    assert env.resident(C) == 8 and env.resident(D) == 0
+    assert env.cache.evict(1, allow_pinned=True) == 8  # only the pin is left: taken, as asked, but no further
+    env.check()
+
+
 def test_a_running_request_never_fails_because_memory_is_pinned() -> None:
     env = make_env(num_slots=16, pin_budget_fraction=0.5)
     env.serve(A)

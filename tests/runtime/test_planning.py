@@ -65,6 +65,17 @@ def test_priorities_compose():
     assert call_priority(baseline, program_started_at=50.0, deadline_at=110.0, **common) == (0.0, 0.0, 100.0)
 
 
+def test_a_program_that_can_no_longer_make_its_deadline_goes_behind_those_that_can():
+    """Under overload, least slack first would serve the hopeless first and make everyone late."""
+    common = {"user_priority": 0.0, "attained_service_s": 0.0, "stage_s": 1.0, "now": 100.0}
+    feasible = call_priority(PlanConfig(), program_started_at=90.0, deadline_at=110.0, remaining_s=4.0, **common)
+    late = call_priority(PlanConfig(), program_started_at=80.0, deadline_at=103.0, remaining_s=4.0, **common)
+    assert late > feasible  # the late one has less slack, yet waits
+    assert late == (0.0, 1.0, 80.0)  # among the late: program order
+    later_start = call_priority(PlanConfig(), program_started_at=85.0, deadline_at=102.0, remaining_s=4.0, **common)
+    assert late < later_start
+
+
 def test_plan_config_switches():
     baseline = PlanConfig.baseline()
     assert baseline.enabled == [] and baseline.engine_settings()["eviction_policy"] == "lru"
@@ -75,6 +86,10 @@ def test_plan_config_switches():
         PlanConfig.only("telepathy")
     with pytest.raises(ValueError, match="max_queue_wait_s"):
         PlanConfig(max_queue_wait_s=-1)
+    with pytest.raises(ValueError, match="affinity_window_s"):
+        PlanConfig(affinity_window_s=0)
+    assert PlanConfig().engine_settings()["affinity_window_s"] == 2.0
+    assert PlanConfig.baseline().engine_settings()["affinity_window_s"] == 0.0
 
 
 # ---- the engine side: tuple priorities and aging --------------------------------------------------------------------
@@ -118,6 +133,36 @@ def test_engine_promotes_a_starving_request(tiny_core):
         core.scheduler.running.clear()
     finally:
         scheduler.config.max_queue_wait_s = 0.0
+
+
+def test_cache_affinity_admits_a_resident_prefix_first_within_a_window(tiny_core):
+    core = tiny_core
+    scheduler = core.scheduler
+    sampling = SamplingParams(max_tokens=1, ignore_eos=True)
+    shared = _ids(96, 40)
+    core.add_request(GenerateRequest(prompt_token_ids=[*shared, 7], sampling=sampling))
+    while core.has_work():
+        core.step()  # the shared prefix is on the device now
+    cold = GenerateRequest(prompt_token_ids=_ids(64, 200), sampling=sampling, priority=(0.0, 0.0, 10.0))
+    warm = GenerateRequest(prompt_token_ids=[*shared, 9, 9], sampling=sampling, priority=(0.0, 0.0, 10.5))
+    far = GenerateRequest(prompt_token_ids=[*shared, 8, 8], sampling=sampling, priority=(0.0, 0.0, 13.0))
+    for request in (cold, warm, far):
+        core.add_request(request)
+
+    def order(window: float) -> list[str]:
+        scheduler.config.affinity_window_s = window
+        return [seq.request_id for seq in scheduler._admission_order(budget=64)]
+
+    try:
+        assert order(0.0) == [cold.request_id, warm.request_id, far.request_id]  # strict priority
+        # 10.0 and 10.5 share a 2 s window: the resident prefix goes first; 13.0 is in a later window and waits.
+        assert order(2.0) == [warm.request_id, cold.request_id, far.request_id]
+        assert core.prefix_cache.resident_length(warm.prompt_token_ids) >= 64
+        assert core.prefix_cache.resident_length(cold.prompt_token_ids) == 0
+    finally:
+        scheduler.config.affinity_window_s = 0.0
+    while core.has_work():
+        core.step()
 
 
 @pytest.fixture
@@ -234,18 +279,22 @@ def test_deadline_programs_submit_urgent_priorities(tiny_engine):
     async def main():
         executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False))
         relaxed = executor.start(tool_chain("relaxed", "q1"), deadline_s=1000.0)
-        urgent = executor.start(tool_chain("urgent", "q2"), deadline_s=0.5)
-        plain = executor.start(tool_chain("plain", "q3"))
+        tight = executor.start(tool_chain("tight", "q2"), deadline_s=60.0)
+        hopeless = executor.start(tool_chain("hopeless", "q3"), deadline_s=1e-3)
+        plain = executor.start(tool_chain("plain", "q4"))
         node = relaxed.workflow.nodes["think"]
-        options = {
-            p.record.name: executor.planner.request_options(p.program_id, node) for p in (relaxed, urgent, plain)
-        }
-        for program in (relaxed, urgent, plain):
+        programs = (relaxed, tight, hopeless, plain)
+        options = {p.record.name: executor.planner.request_options(p.program_id, node) for p in programs}
+        for program in programs:
             await program.wait()
         return options
 
     options = asyncio.run(main())
-    assert options["urgent"].priority < options["plain"].priority < options["relaxed"].priority
+    priority = {name: option.priority for name, option in options.items()}
+    assert priority["tight"] < priority["relaxed"]  # less slack goes first
+    # A feasible deadline never jumps a program that started earlier; one that cannot be met drops a level.
+    assert priority["plain"] < priority["relaxed"]
+    assert priority["hopeless"][1] == 1.0 and priority["hopeless"] > priority["relaxed"]
 
 
 class _HintRecorder:

@@ -9,6 +9,9 @@ ties by arrival. The parts, each switchable (``PlanConfig``):
   proportion to their expected times; this stage's share minus its own expected time is its slack, and the virtual
   time is the moment it must start (now + slack): the least slack goes first. Times are absolute, so they compare
   with program-FCFS start times and never need updating while a request waits;
+  a program whose remaining expected path no longer fits before its deadline drops a service level (behind every
+  program that can still make its deadline, in program order among the late ones): under overload, least slack first
+  alone would make every program late;
 - attained service (ATLAS, non-clairvoyant): the service level grows with the engine time the program has received
   along its critical path (geometric levels), so short programs pass long ones; a long program cannot starve because
   the engine promotes any request waiting longer than ``max_queue_wait_s``.
@@ -25,6 +28,8 @@ import networkx as nx
 from plait.dag import Workflow
 from plait.runtime.planning.durations import DurationModel
 from plait.runtime.planning.plan_config import PlanConfig
+
+HOPELESS_LEVELS = 1  # service levels a program that can no longer meet its deadline drops by
 
 
 def service_level(attained_s: float, quantum_s: float) -> int:
@@ -66,7 +71,13 @@ def call_priority(
     now: float,
 ) -> tuple[float, float, float]:
     level = service_level(attained_service_s, config.service_quantum_s) if config.attained_service else 0
-    if config.deadline and deadline_at is not None:
+    hopeless = config.deadline and deadline_at is not None and now + remaining_s > deadline_at
+    if hopeless:
+        # Its remaining path no longer fits before the deadline: it goes behind the programs that can still make
+        # theirs (least slack first under overload would make every program late), in program order among its kind.
+        level += HOPELESS_LEVELS
+        virtual = program_started_at if config.program_fcfs else now
+    elif config.deadline and deadline_at is not None:
         virtual = stage_start_by(now, deadline_at, stage_s, remaining_s)
     elif config.program_fcfs:
         virtual = program_started_at

@@ -19,6 +19,7 @@ FEATURES = (
     "prefetch",  # a program's KV is loaded back from host memory as its tool finishes
     "dedup",  # identical temperature-0 calls across programs run once
     "prefix_first",  # a prompt waits for a running prefill that computes its prefix (fan-outs warm the prefix once)
+    "cache_affinity",  # programs close in priority go longest-resident-prefix first (more fit where memory binds)
 )
 
 
@@ -38,10 +39,14 @@ class PlanConfig:
     prefetch: bool = True
     dedup: bool = True
     prefix_first: bool = True
+    cache_affinity: bool = True
     # Anti-starvation (engine-level): a request waiting longer than this goes ahead of all priorities (0: off).
     max_queue_wait_s: float = 30.0
     # ATLAS: service levels are [0, q), [q, 4q), [4q, 16q), ... seconds of engine time along the critical path.
     service_quantum_s: float = 0.5
+    # Cache affinity: requests whose priorities (program start, or deadline-derived start) lie within this many
+    # seconds of each other are interchangeable, and the one whose prefix is on the device goes first.
+    affinity_window_s: float = 2.0
     # Tool pins never last longer than this, whatever the tool's distribution says.
     max_pin_ttl_s: float = 60.0
     name: str = "plait"
@@ -51,6 +56,8 @@ class PlanConfig:
             raise ValueError(f"max_queue_wait_s must be >= 0 (0 = off), got {self.max_queue_wait_s}")
         if not self.service_quantum_s > 0:
             raise ValueError(f"service_quantum_s must be > 0, got {self.service_quantum_s}")
+        if not self.affinity_window_s > 0:
+            raise ValueError(f"affinity_window_s must be > 0, got {self.affinity_window_s}")
         if not self.max_pin_ttl_s > 0:
             raise ValueError(f"max_pin_ttl_s must be > 0, got {self.max_pin_ttl_s}")
 
@@ -104,6 +111,7 @@ class PlanConfig:
             "eviction_policy": "next-use" if self.next_use_hints else "lru",
             "prefix_first": self.prefix_first,
             "max_queue_wait_s": self.max_queue_wait_s,
+            "affinity_window_s": self.affinity_window_s if self.cache_affinity else 0.0,
         }
 
     def to_dict(self) -> dict[str, Any]:
