@@ -18,9 +18,9 @@ case "${1:-compare}" in
     ;;
   loaded)
     # Open-loop arrivals above what the pool can hold at once: the regime where program-level order decides.
-    run multi-agent --programs 64 --rate 4 --trace "$OUT/multi-agent.trace.json" "${@:2}"
+    run multi-agent --programs 64 --rate 4 --repeats 2 --trace "$OUT/multi-agent.trace.json" "${@:2}"
     run react --programs 96 --rate 8 "${@:2}"
-    run text2sql --programs 96 --rate 10 "${@:2}"
+    run text2sql --programs 128 --rate 16 "${@:2}"
     ;;
   ablation)
     run "${2:-multi-agent}" --programs 32 --rate 0 --ablation
