@@ -34,7 +34,12 @@ def tool_chain(name: str, question: str, seconds: float = 0.05) -> Workflow:
         [
             LLMCall("think", Template(PREFIX + "Question: {{q}}\nThought:"), "thought", constraints=forced),
             ToolCall("search", "lookup", "found", args={"query": var_ref("thought"), "seconds": seconds}),
-            LLMCall("answer", Template(PREFIX + "{{thought}} {{found}}\nAnswer:"), "answer", constraints=forced),
+            LLMCall(
+                "answer",
+                Template(PREFIX + "Question: {{q}}\nThought:{{thought}}\nObservation: {{found}}\nAnswer:"),
+                "answer",
+                constraints=forced,
+            ),
         ],
         inputs={"q": question},
         name=name,
@@ -74,6 +79,29 @@ def test_a_program_that_can_no_longer_make_its_deadline_goes_behind_those_that_c
     assert late == (0.0, 1.0, 80.0)  # among the late: program order
     later_start = call_priority(PlanConfig(), program_started_at=85.0, deadline_at=102.0, remaining_s=4.0, **common)
     assert late < later_start
+
+
+def test_pins_only_where_the_call_after_the_tool_reads_the_programs_kv():
+    from plait.runtime.planning.kv_reuse import continues_across
+
+    forced = GenConstraints(max_tokens=4, ignore_eos=True)
+
+    def chain(after: str) -> Workflow:
+        return Workflow.build(
+            [
+                LLMCall("think", Template(PREFIX + "Q: {{q}}\nThought:"), "thought", constraints=forced),
+                ToolCall("search", "lookup", "found", args={"query": var_ref("thought")}),
+                LLMCall("next", Template(after), "answer", constraints=forced),
+            ],
+            inputs={"q": "why"},
+            outputs=["answer"],
+        )
+
+    tool = ToolCall("search", "lookup", "found", args={"query": var_ref("thought")})
+    assert continues_across(chain(PREFIX + "Q: {{q}}\nThought:{{thought}}\nSeen: {{found}}\nAnswer:"), tool)
+    assert continues_across(chain(PREFIX + "Q: {{q}} again, given {{found}}:"), tool)  # shares the question
+    assert not continues_across(chain(PREFIX + "Judge {{thought}} and {{found}}:"), tool)  # fixed text only
+    assert not continues_across(chain("Another agent. {{found}}"), tool)
 
 
 def test_plan_config_switches():

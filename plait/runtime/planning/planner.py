@@ -21,6 +21,7 @@ from plait.dag import LLMCall, Node, ToolCall, Workflow, steps_to_execution
 from plait.engine import Engine
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
+from plait.runtime.planning.kv_reuse import continues_across
 from plait.runtime.planning.ordering import call_priority, remaining_path_s
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
 from plait.runtime.planning.plan_config import PlanConfig
@@ -193,6 +194,8 @@ class Planner:
     # ---- KV: pins, next-use hints ----------------------------------------------------------------------------------
 
     def _pin_for_tool(self, plan: ProgramPlan, node: ToolCall) -> None:
+        if not continues_across(plan.workflow, node):
+            return  # nothing after the tool reads the KV before it: holding it would only keep others out
         stats = self.engine.stats()
         # Pressure: the fraction of the pool requests use; full when requests are waiting for memory.
         pressure = 1.0 if stats.waiting else min(1.0, stats.kv_slots_used / max(stats.kv_slots_total, 1))

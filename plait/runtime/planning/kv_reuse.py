@@ -1,0 +1,28 @@
+"""Which tool calls sit between two LLM calls of one conversation: the KV worth pinning across them."""
+
+from __future__ import annotations
+
+from plait.dag import LLMCall, ToolCall, Workflow
+
+
+def continues_across(workflow: Workflow, tool: ToolCall) -> bool:
+    """True if an LLM call right after ``tool`` reads KV of this program that an LLM call right before it left: their
+    templates share a leading text that holds a slot (``{{...}}``), so the shared prefix carries the program's own
+    values (a ReAct turn after its observation, a revision after the run of its candidate). Prompts that share only
+    fixed text (a system prompt every program shares, cached anyway) or nothing (another agent's prompt, a vote over
+    the results) read none of the program's KV: pinning it across the tool would only hold memory others need."""
+    graph = workflow.graph
+    earlier = [workflow.nodes[n] for n in graph.predecessors(tool.id)]
+    later = [workflow.nodes[n] for n in graph.successors(tool.id)]
+    return any(
+        "{{" in _common_prefix(before.prompt.text, after.prompt.text)
+        for before in earlier
+        if isinstance(before, LLMCall)
+        for after in later
+        if isinstance(after, LLMCall)
+    )
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return a[:n]
