@@ -162,6 +162,10 @@ class Planner:
             self.timeline.span(program_id, TimelineKind.TOOL, record.started_at, end, node=node.id)
             if record.state.value == "done":
                 self.durations.tools.record(node.tool, record.run_s)
+            if plan.pin_until and not plan.tools_running:
+                # The pin's job is done: the next call finds the KV cached (its next use is now the nearest, so it
+                # is evicted last) without the pin keeping other programs' prompts out while that call queues.
+                self._unpin(plan, time.monotonic())
             if self.config.prefetch:
                 self.engine.hint("prefetch", program_id=program_id)
                 self.counters.prefetches += 1
