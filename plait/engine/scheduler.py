@@ -13,7 +13,6 @@ is in exactly one of ``waiting`` / ``running`` until it finishes; ``release`` is
 from __future__ import annotations
 
 import bisect
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,16 +240,29 @@ class Scheduler:
         if self.free_slots() <= 0:
             return list(waiting)  # nothing will be admitted this step: skip the lookups
         head, rest = waiting[:_AFFINITY_SCAN], waiting[_AFFINITY_SCAN:]
-
-        def band(seq: Sequence) -> tuple[float, ...]:
-            if seq.promoted:
-                return (-math.inf,)
-            *levels, at = seq.state.priority
-            return (*levels, math.floor(at / window))
-
-        resident = {id(seq): self.prefix_cache.resident_length(seq.token_ids) for seq in head}
+        # Bands in queue order: a band starts at a sequence and takes those after it whose priorities differ only in
+        # the last (time) component, by less than the window. Only the planner's (user, level, time) priorities
+        # band; a plain priority, or a promoted sequence, is a band of its own (its place is kept).
+        bands: list[int] = []
+        start: tuple[float, ...] | None = None
+        for seq in head:
+            priority = seq.state.priority
+            joins = (
+                start is not None
+                and not seq.promoted
+                and len(priority) >= 3
+                and priority[:-1] == start[:-1]
+                and priority[-1] - start[-1] < window
+            )
+            if not joins:
+                start = priority if len(priority) >= 3 and not seq.promoted else None
+            bands.append(bands[-1] + (not joins) if bands else 0)
+        if bands[-1] == len(head) - 1:
+            return list(waiting)  # every band holds one sequence: nothing to reorder
+        resident = [self.prefix_cache.resident_length(seq.token_ids) for seq in head]
         # sorted() is stable: inside a band with equal residency the priority order stands.
-        return sorted(head, key=lambda s: (band(s), -resident[id(s)])) + rest
+        order = sorted(range(len(head)), key=lambda i: (bands[i], -resident[i]))
+        return [head[i] for i in order] + rest
 
     def _future_decode(self, seq: Sequence) -> int:
         """Slots ``seq`` is expected to take for tokens it has not generated yet."""

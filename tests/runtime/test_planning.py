@@ -174,7 +174,8 @@ def test_cache_affinity_admits_a_resident_prefix_first_within_a_window(tiny_core
     cold = GenerateRequest(prompt_token_ids=_ids(64, 200), sampling=sampling, priority=(0.0, 0.0, 10.0))
     warm = GenerateRequest(prompt_token_ids=[*shared, 9, 9], sampling=sampling, priority=(0.0, 0.0, 10.5))
     far = GenerateRequest(prompt_token_ids=[*shared, 8, 8], sampling=sampling, priority=(0.0, 0.0, 13.0))
-    for request in (cold, warm, far):
+    plain = GenerateRequest(prompt_token_ids=_ids(64, 300), sampling=sampling, priority=0)  # not the planner's
+    for request in (cold, warm, far, plain):
         core.add_request(request)
 
     def order(window: float) -> list[str]:
@@ -182,9 +183,11 @@ def test_cache_affinity_admits_a_resident_prefix_first_within_a_window(tiny_core
         return [seq.request_id for seq in scheduler._admission_order(budget=64)]
 
     try:
-        assert order(0.0) == [cold.request_id, warm.request_id, far.request_id]  # strict priority
-        # 10.0 and 10.5 share a 2 s window: the resident prefix goes first; 13.0 is in a later window and waits.
-        assert order(2.0) == [warm.request_id, cold.request_id, far.request_id]
+        strict = [plain.request_id, cold.request_id, warm.request_id, far.request_id]
+        assert order(0.0) == strict
+        # 10.0 and 10.5 share a 2 s window: the resident prefix goes first; 13.0 is in a later window and waits; a
+        # plain priority keeps its place.
+        assert order(2.0) == [plain.request_id, warm.request_id, cold.request_id, far.request_id]
         assert core.prefix_cache.resident_length(warm.prompt_token_ids) >= 64
         assert core.prefix_cache.resident_length(cold.prompt_token_ids) == 0
     finally:
