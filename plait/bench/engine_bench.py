@@ -282,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
             "prompt_len": args.prompt_len,
             "gen_len": args.gen_len,
             "attention_backend": core.attention_backend,
-            "fused_ops": core.model.ops.name,
+            "fused_ops": core.model.ops.name if core.model is not None else None,
+            "simulated_gpu": core.config.simulate or None,  # set: the times are a cost model's, not measured
             "overlap": core.overlap,
             "cuda_graphs": core.runner.graphs is not None,
             "limits": limits.to_dict() if limits is not None else None,
