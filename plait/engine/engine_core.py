@@ -18,11 +18,10 @@ from plait.cache import (
     ReqToTokenPool,
     SlotAllocator,
 )
-from plait.engine.attention import create_backend
 from plait.engine.detokenizer import IncrementalDetokenizer
 from plait.engine.engine_config import DEFAULT_MAX_CONTEXT, EngineConfig
 from plait.engine.engine_invariants import check_engine_invariants
-from plait.engine.engine_setup import auto_kv_slots, build_decode_graphs, build_prefix_cache
+from plait.engine.engine_setup import auto_kv_slots, build_prefix_cache, build_runner
 from plait.engine.engine_stats import EngineStats, ThroughputMeter, cache_stats
 from plait.engine.errors import InvalidRequestError
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
@@ -31,17 +30,13 @@ from plait.engine.grammar.manager import GrammarManager
 from plait.engine.grammar.prompt_logprobs import PromptLogprobs
 from plait.engine.host_copy import to_device
 from plait.engine.inflight import PENDING, InflightStep
-from plait.engine.model_config import ModelConfig
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_ops import TORCH_OPS, triton_ops
-from plait.engine.model_runner import ModelRunner
 from plait.engine.request import ChoiceScore, GenerateDelta, GenerateRequest, TokenLogprob
 from plait.engine.runtime_controls import RuntimeControls
 from plait.engine.sampler import SampleRow, logprob_tensors, logprobs_to_host, sample_on_device
 from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
-from plait.engine.simulated_gpu import StepCostModel, gpu_profile
-from plait.engine.simulated_runner import SimulatedRunner
 from plait.engine.text_output import TextOutput
 from plait.engine.tokenizer_loader import load_tokenizer
 
@@ -90,7 +85,7 @@ class EngineCore(RuntimeControls):
             self.prefix_cache,
             ready=self._can_admit,
         )
-        self.runner = self._build_runner(mc)
+        self.runner = build_runner(self, mc)
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
         self._seed_source = torch.Generator().manual_seed(config.seed)
@@ -102,19 +97,6 @@ class EngineCore(RuntimeControls):
         # The overlap loop (inflight.py): on by default where the forward pass runs asynchronously (CUDA).
         self.overlap = config.overlap == "on" or (config.overlap == "auto" and self.device.type == "cuda")
         self._inflight: InflightStep | None = None
-
-    def _build_runner(self, mc: ModelConfig) -> ModelRunner:
-        """The forward pass: the model on its attention backend (with decode graphs), or the simulated GPU."""
-        if self.config.simulated:
-            cost = StepCostModel(mc, gpu_profile(self.config.simulate))
-            filler = self.tokenizer.encode("x")
-            return SimulatedRunner(cost, self.kv_pool, self.req_to_token, filler[0] if filler else 0)
-        attention = create_backend(self.attention_backend, self.kv_pool, self.req_to_token, mc.head_dim**-0.5)
-        if self.device.type == "cuda" and hasattr(attention, "precompile"):
-            attention.precompile(mc.num_heads, self.dtype)  # no kernel compiles in the middle of serving
-        graphs = build_decode_graphs(self.config, self.model, attention, self.device)
-        assert self.model is not None
-        return ModelRunner(self.model, self.kv_pool, self.req_to_token, attention, self.device, graphs)
 
     # ---- requests --------------------------------------------------------------------------------------------------
 

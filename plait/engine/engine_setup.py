@@ -1,14 +1,23 @@
-"""How an ``EngineCore`` is assembled from its config: KV pool size, prefix cache, decode CUDA graphs."""
+"""How an ``EngineCore`` is assembled from its config: KV pool size, prefix cache, decode CUDA graphs, the runner."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
 from plait.cache import CacheHints, HostTier, KVPool, LRUPolicy, NextUsePolicy, NoPrefixCache, RadixCache, SlotAllocator
+from plait.engine.attention import create_backend
 from plait.engine.cuda_graphs import DecodeGraphs, supports_graphs
 from plait.engine.engine_config import DEFAULT_CPU_KV_SLOTS, EngineConfig
 from plait.engine.errors import InvalidRequestError
 from plait.engine.model_config import ModelConfig
+from plait.engine.model_runner import ModelRunner
+from plait.engine.simulated_gpu import StepCostModel, gpu_profile
+from plait.engine.simulated_runner import SimulatedRunner
+
+if TYPE_CHECKING:
+    from plait.engine.engine_core import EngineCore
 
 
 def auto_kv_slots(config: EngineConfig, model: ModelConfig, device: torch.device, dtype: torch.dtype) -> int:
@@ -55,3 +64,18 @@ def build_decode_graphs(
     graphs = DecodeGraphs(model, attention, min(config.cuda_graph_max_batch or 256, config.max_running), device)
     graphs.capture()
     return graphs
+
+
+def build_runner(core: EngineCore, mc: ModelConfig) -> ModelRunner:
+    """The forward pass: the model on its attention backend (with decode graphs), or the simulated GPU."""
+    config = core.config
+    if config.simulated:
+        cost = StepCostModel(mc, gpu_profile(config.simulate))
+        filler = core.tokenizer.encode("x")
+        return SimulatedRunner(cost, core.kv_pool, core.req_to_token, filler[0] if filler else 0)
+    assert core.model is not None
+    attention = create_backend(core.attention_backend, core.kv_pool, core.req_to_token, mc.head_dim**-0.5)
+    if core.device.type == "cuda" and hasattr(attention, "precompile"):
+        attention.precompile(mc.num_heads, core.dtype)  # no kernel compiles in the middle of serving
+    graphs = build_decode_graphs(config, core.model, attention, core.device)
+    return ModelRunner(core.model, core.kv_pool, core.req_to_token, attention, core.device, graphs)
