@@ -164,6 +164,7 @@ async def _run_in_process(args: argparse.Namespace, trace: Any, stop: asyncio.Ev
             "kv_slots": engine.core.kv_slots,
             "max_context": engine.core.max_context,
             "plait_plan": args.plait_plan.to_dict(),
+            "simulated_gpu": config.simulate or None,  # set: the times are a cost model's, not measured
         }
         return _finish(args, trace, inputs, runs, engine_info=info, stopped=stop.is_set())
     finally:

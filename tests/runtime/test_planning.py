@@ -287,6 +287,8 @@ def test_planner_pins_hints_and_records_a_timeline(tiny_engine, tmp_path):
     assert {TimelineKind.PINNED, TimelineKind.PROGRAM} <= kinds
     pinned = next(e for e in events if e.kind is TimelineKind.PINNED)
     assert pinned.args["tool"] == "lookup" and pinned.end is not None and pinned.end >= pinned.start
+    tool = next(e for e in events if e.kind is TimelineKind.TOOL)
+    assert tool.end is not None and pinned.end <= tool.end + 0.05  # the pin ends when the tool returns
     path = planner.timeline.write_chrome_trace(tmp_path / "trace.json")
     trace = json.loads(path.read_text())
     names = {e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "process_name"}
