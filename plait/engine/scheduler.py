@@ -39,8 +39,9 @@ class SchedulerConfig:
     # ignores EOS, this fraction for one that may stop early. Over-admitting only to retract later wastes prefill.
     decode_reserve_ratio: float = 0.5
     reserve_decode: bool = True  # off: admit whenever the prompt fits (tests use it to force retractions)
-    # Cache affinity: waiting sequences whose priorities fall in the same window of this many seconds (their last
-    # priority component, a time) are admitted longest-resident-prefix first (0: strict priority order).
+    # Cache affinity: waiting sequences whose planner priorities differ only in their last (time) component, by less
+    # than this many seconds from the first of their band, are admitted longest-resident-prefix first (0: strict
+    # priority order; see Scheduler._admission_order).
     affinity_window_s: float = 0.0
 
 

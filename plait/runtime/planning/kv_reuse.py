@@ -24,5 +24,13 @@ def continues_across(workflow: Workflow, tool: ToolCall) -> bool:
 
 
 def _common_prefix(a: str, b: str) -> str:
-    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-    return a[:n]
+    """The longest common leading text, bisected with slice comparisons (templates run to tens of thousands of
+    characters)."""
+    low, high = 0, min(len(a), len(b)) + 1  # invariant: a[:low] == b[:low]; a[:high] != b[:high] (or past the end)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return a[:low]

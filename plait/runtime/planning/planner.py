@@ -51,6 +51,7 @@ class ProgramPlan:
     context_tokens: int = 0  # the KV its last LLM call left: prompt + completion
     pin_until: float = 0.0
     pin_span: int | None = None
+    pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
     prefixes: dict[str, float] = field(default_factory=dict)  # static prefix -> steps to its next use here
     tools_running: dict[str, float] = field(default_factory=dict)  # tool node -> when it is expected to return
 
@@ -198,7 +199,9 @@ class Planner:
     # ---- KV: pins, next-use hints ----------------------------------------------------------------------------------
 
     def _pin_for_tool(self, plan: ProgramPlan, node: ToolCall) -> None:
-        if not continues_across(plan.workflow, node):
+        if node.id not in plan.pin_worthy:  # static per workflow: the templates are compared once
+            plan.pin_worthy[node.id] = continues_across(plan.workflow, node)
+        if not plan.pin_worthy[node.id]:
             return  # nothing after the tool reads the KV before it: holding it would only keep others out
         stats = self.engine.stats()
         # Pressure: the fraction of the pool requests use; full when requests are waiting for memory.
