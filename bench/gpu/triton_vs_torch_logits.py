@@ -16,9 +16,17 @@ from pathlib import Path
 import torch
 
 import plait.engine.engine_core as engine_core
+import plait.engine.kernels.attention_block as attention_block
+import plait.engine.model_loader as model_loader
 from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
+from plait.engine.model import LlamaForCausalLM
 
 STEPS = 16
+
+
+def _model_dtype_residual(config, max_position, device, dtype, ops):
+    """The model with its residual stream in the model's own dtype (the variant before float32 streams)."""
+    return LlamaForCausalLM(config, max_position, device, dtype, ops, residual_dtype=dtype)
 
 
 def run(
@@ -68,7 +76,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="llama-3.2-1b")
     parser.add_argument("--prompt-len", type=int, default=700)
+    parser.add_argument("--pv", choices=("float32", "bfloat16"), default="float32", help="P @ V in the kernels")
+    parser.add_argument("--residual", choices=("float32", "model"), default="float32", help="residual stream dtype")
     args = parser.parse_args()
+    attention_block.PV_IN_FLOAT32 = args.pv == "float32"
+    if args.residual == "model":
+        model_loader.LlamaForCausalLM = _model_dtype_residual
+    print(f"variant: P @ V in {args.pv}, residual stream in {args.residual}")
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(100, 20000, (args.prompt_len,), generator=generator).tolist()
     forced = torch.randint(100, 20000, (STEPS + 2,), generator=generator).tolist()
@@ -101,7 +115,9 @@ def main() -> None:
     print(f"worst relative error {worst:.2e} ({'PASS' if worst <= 1e-2 else 'FAIL'} at 1e-2)")
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "triton_vs_torch_logits.json").write_text(json.dumps({"model": args.model, **report}, indent=1))
+    name = f"triton_vs_torch_logits_{args.model}_pv-{args.pv}_residual-{args.residual}.json"
+    variant = {"pv": args.pv, "residual": args.residual}
+    (out / name).write_text(json.dumps({"model": args.model, "variant": variant, **report}, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 #   check: triton kernel tests at full shapes, attention kernels vs torch, triton vs torch logits (bf16 and fp32)
 #   bench: engine roofline fractions (8B b1 ctx512, 8B b1-256 ctx1024 and 1B b1-256 next to HF, 8B prefill 4x2048)
 #   extra: CPU overhead per decode step at batch 128 with the overlap on and off; grammar overhead on the fast path
+#   diag: GPU kernel tests, where a batch-128 decode step's time goes, small-batch attention and projection variants
+#   logits: triton vs torch logits with the P @ V product and the residual stream in float32 or bfloat16
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels in .whl/ and the Llama-3 vocabulary
 # in .gpu_data/.
 set -uo pipefail
@@ -36,6 +38,19 @@ bench)
     timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --no-roofline --batch-sizes 128 \
       --prompt-len 1024 --gen-len 64 --max-batch-tokens 16384 --chunk-size 1024 --overlap $overlap --output "$OUT/engine_8b_b128_overlap_$overlap.json" 2>&1 \
       | strip | tail -5
+  done
+  ;;
+diag)
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/engine/test_triton_attention.py tests/engine/test_fused_ops.py \
+    tests/engine/test_gpu.py tests/engine/test_residual_precision.py 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
+  timeout 150 python3 bench/gpu/step_breakdown.py --batch 128 --prompt-len 1024 2>&1 | tail -45 \
+    | tee "$OUT/step_breakdown_8b_b128.txt"
+  timeout 200 python3 bench/gpu/decode_variants.py 2>&1 | tail -30 | tee "$OUT/decode_variants.txt"
+  ;;
+logits)
+  for variant in "--pv float32 --residual float32" "--pv bfloat16 --residual float32" \
+    "--pv float32 --residual model" "--pv bfloat16 --residual model"; do
+    timeout 150 python3 bench/gpu/triton_vs_torch_logits.py $variant 2>&1 | tail -4 | tee -a "$OUT/logits_check.txt"
   done
   ;;
 extra)

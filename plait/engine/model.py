@@ -15,6 +15,7 @@ from torch import nn
 
 from plait.engine.errors import ModelLoadError
 from plait.engine.forward_batch import ForwardBatch
+from plait.engine.kv_store import KVStore
 from plait.engine.model_config import ModelConfig
 from plait.engine.model_ops import TORCH_OPS, ModelOps
 from plait.engine.rope import RotaryEmbedding
@@ -67,8 +68,11 @@ class Attention(nn.Module):
         q = q.view(-1, c.num_heads, c.head_dim)
         k = k.view(-1, c.num_kv_heads, c.head_dim)
         v = v.view(-1, c.num_kv_heads, c.head_dim)
-        q, k = self.rope(batch.positions, q, k)
-        out = batch.attention.forward(q, k, v, self.layer_id, batch)
+        # Rotation and the KV store in one operation (one kernel on the fused path); attention then reads the pool.
+        pool = batch.attention.kv_pool
+        store = KVStore(v, pool.k[self.layer_id], pool.v[self.layer_id], batch.out_cache_loc)
+        q, k = self.rope(batch.positions, q, k, store)
+        out = batch.attention.forward(q, k, v, self.layer_id, batch, kv_stored=True)
         return self.o_proj(out.reshape(-1, c.q_size))
 
 
@@ -85,10 +89,24 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Pre-norm block. The residual stream travels beside the block's output (``residual``) so that each residual
-    add is fused with the norm after it; the sums are the reference's ``h + attn(norm(h))`` and ``h + mlp(...)``."""
+    add is fused with the norm after it; the sums are the reference's ``h + attn(norm(h))`` and ``h + mlp(...)``.
 
-    def __init__(self, config: ModelConfig, layer_id: int, rope: RotaryEmbedding, ops: ModelOps, device, dtype):
+    The residual stream is kept in ``residual_dtype`` (float32 for 16-bit models): rounding the running sum to
+    bfloat16 after every block is the largest single source of bfloat16 error, and it costs one float32 vector per
+    token to avoid."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer_id: int,
+        rope: RotaryEmbedding,
+        ops: ModelOps,
+        device,
+        dtype,
+        residual_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
+        self.residual_dtype = residual_dtype or dtype
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, ops, device, dtype)
         self.self_attn = Attention(config, layer_id, rope, device, dtype)
@@ -100,7 +118,7 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(block output, residual stream before it)``; ``residual`` is None for the first layer."""
         if residual is None:
-            residual, hidden = hidden, self.input_layernorm(hidden)
+            residual, hidden = hidden.to(self.residual_dtype), self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm.add_forward(hidden, residual)
         hidden, residual = self.post_attention_layernorm.add_forward(self.self_attn(hidden, batch), residual)
@@ -117,14 +135,19 @@ class LlamaForCausalLM(nn.Module):
         device: torch.device,
         dtype: torch.dtype,
         ops: ModelOps = TORCH_OPS,
+        residual_dtype: torch.dtype | None = None,
     ) -> None:
+        """``residual_dtype``: the residual stream's dtype; by default float32 for 16-bit models (see
+        ``DecoderLayer``), else ``dtype``."""
         super().__init__()
         self.config = config
         self.ops = ops
+        if residual_dtype is None:
+            residual_dtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
         self.rope = RotaryEmbedding(config, max_position, device, dtype, ops)
         self.embed_tokens = _empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i, self.rope, ops, device, dtype) for i in range(config.num_layers)
+            DecoderLayer(config, i, self.rope, ops, device, dtype, residual_dtype) for i in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops, device, dtype)
         self.lm_head = (

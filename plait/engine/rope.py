@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from plait.engine.kv_store import KVStore
 from plait.engine.model_config import ModelConfig, RopeScaling
 from plait.engine.model_ops import TORCH_OPS, ModelOps
 
@@ -50,6 +51,9 @@ class RotaryEmbedding(torch.nn.Module):
         self.register_buffer("cos", emb.cos().to(device=device, dtype=dtype), persistent=False)
         self.register_buffer("sin", emb.sin().to(device=device, dtype=dtype), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated ``q`` and ``k`` (the fused implementation rotates them in place)."""
-        return self.ops.rotary(positions, q, k, self.cos, self.sin)
+    def forward(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, kv_store: KVStore | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated ``q`` and ``k`` (the fused implementation rotates them in place); with ``kv_store``, the rotated
+        K and the store's V are written to the KV slots as well."""
+        return self.ops.rotary(positions, q, k, self.cos, self.sin, kv_store)

@@ -112,6 +112,60 @@ def test_rotary_matches_reference_on_strided_views(dtype, tokens, heads, kv_head
 
 
 @needs_kernels
+def test_add_rms_norm_keeps_a_float32_residual_stream():
+    """A bfloat16 block output added into a float32 residual: the sum stays float32 (exactly the reference's), the
+    normalised rows come out in the weight's dtype."""
+    ref, fused = _ops()
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 96, generator=gen).to(DEVICE, torch.bfloat16)
+    residual = torch.randn(3, 96, generator=gen).to(DEVICE)
+    weight = (1 + 0.1 * torch.randn(96, generator=gen)).to(DEVICE, torch.bfloat16)
+    want_normed, want_residual = ref.add_rms_norm(x, residual.clone(), weight, 1e-5)
+    normed, got_residual = fused.add_rms_norm(x, residual.clone(), weight, 1e-5)
+    assert got_residual.dtype == want_residual.dtype == torch.float32
+    assert normed.dtype == want_normed.dtype == torch.bfloat16
+    assert torch.allclose(got_residual, want_residual, rtol=1e-6, atol=1e-6)
+    assert _rel(normed, want_normed) <= TOL[torch.bfloat16]
+    assert _rel(got_residual, residual + x.float()) <= 1e-7  # not rounded to bfloat16
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens,heads,kv_heads,dim", [(1, 4, 2, 16), (5, 6, 3, 64)])
+def test_rotary_stores_rotated_k_and_v_in_their_slots(dtype, tokens, heads, kv_heads, dim):
+    """The fused rotate-and-store writes each token's rotated K and its V at its slot, and nothing else."""
+    from plait.engine.kv_store import KVStore
+
+    ref, fused = _ops()
+    gen = torch.Generator().manual_seed(tokens + dim)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(DEVICE, dtype)
+    max_pos = 40
+    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+    emb = torch.cat([torch.outer(torch.arange(max_pos).float(), inv)] * 2, dim=-1)
+    cos, sin = emb.cos().to(DEVICE, dtype), emb.sin().to(DEVICE, dtype)
+    positions = torch.randint(0, max_pos, (tokens,), generator=gen).to(DEVICE)
+    slots = torch.randperm(20, generator=gen)[:tokens].to(DEVICE)
+
+    def run(ops):
+        t = qkv.clone()
+        q, k, v = t.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+        q, k, v = q.view(tokens, heads, dim), k.view(tokens, kv_heads, dim), v.view(tokens, kv_heads, dim)
+        k_cache = torch.full((21, kv_heads, dim), 7.0, dtype=dtype, device=DEVICE)
+        v_cache = torch.full((21, kv_heads, dim), 7.0, dtype=dtype, device=DEVICE)
+        q, k = ops.rotary(positions, q, k, cos, sin, KVStore(v, k_cache, v_cache, slots))
+        return q, k, v, k_cache, v_cache
+
+    want_q, want_k, want_v, want_kc, want_vc = run(ref)
+    got_q, got_k, got_v, got_kc, got_vc = run(fused)
+    assert _rel(got_q, want_q) <= TOL[dtype] and _rel(got_k, want_k) <= TOL[dtype]
+    assert _rel(got_kc, want_kc) <= TOL[dtype]
+    assert torch.equal(got_kc[slots], got_k) and torch.equal(got_vc[slots], want_v)
+    untouched = torch.ones(21, dtype=torch.bool)
+    untouched[slots.cpu()] = False
+    assert bool((got_kc[untouched.to(DEVICE)] == 7.0).all()) and bool((got_vc[untouched.to(DEVICE)] == 7.0).all())
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,size", [(1, 32), (4, 1500)])
 def test_silu_and_mul_matches_reference(dtype, rows, size):

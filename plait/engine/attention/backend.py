@@ -14,16 +14,23 @@ class AttentionBackend(Protocol):
     """Paged attention over the KV pool.
 
     ``prepare`` runs once per step, outside model code, and returns metadata shared by every layer;
-    ``forward`` stores the layer's new K/V at ``batch.out_cache_loc`` and returns the attention output
-    ``[tokens, heads, head_dim]``.
+    ``forward`` stores the layer's new K/V at ``batch.out_cache_loc`` (unless ``kv_stored``: the model wrote them
+    into ``kv_pool`` with the rotation) and returns the attention output ``[tokens, heads, head_dim]``.
     """
 
     name: str
+    kv_pool: KVPool
 
     def prepare(self, batch: ForwardBatch) -> Any: ...
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, batch: ForwardBatch
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: int,
+        batch: ForwardBatch,
+        kv_stored: bool = False,
     ) -> torch.Tensor: ...
 
 

@@ -66,14 +66,22 @@ class TorchAttentionBackend:
         return TorchAttentionMeta(decode_slots, decode_mask, extends)
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, batch: ForwardBatch
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: int,
+        batch: ForwardBatch,
+        kv_stored: bool = False,
     ) -> torch.Tensor:
         meta: TorchAttentionMeta = batch.attn_meta
-        self.kv_pool.write(layer, batch.out_cache_loc, k, v)
+        if not kv_stored:
+            self.kv_pool.write(layer, batch.out_cache_loc, k, v)
         k_pool, v_pool = self.kv_pool.k[layer], self.kv_pool.v[layer]
         out = torch.empty_like(q)
-        # CPU kernels for reduced-precision attention are slow; the gathered KV is small, so upcast it there.
-        compute = torch.float32 if q.device.type == "cpu" else q.dtype
+        # The reference computes attention in float32 on every device (bfloat16 probabilities would move the
+        # logits more than the kernels it checks do); the output is rounded to the model's dtype.
+        compute = torch.float32
         q = q.to(compute)
         if meta.decode_slots is not None:
             n = batch.num_decode

@@ -161,10 +161,17 @@ class TritonAttentionBackend:
     # ---- the step ------------------------------------------------------------------------------------------------
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, batch: ForwardBatch
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: int,
+        batch: ForwardBatch,
+        kv_stored: bool = False,
     ) -> torch.Tensor:
         meta: TritonAttentionMeta = batch.attn_meta
-        self.kv_pool.write(layer, batch.out_cache_loc, k, v)
+        if not kv_stored:
+            self.kv_pool.write(layer, batch.out_cache_loc, k, v)
         k_pool, v_pool = self.kv_pool.k[layer], self.kv_pool.v[layer]
         table = self.req_to_token.table
         out = torch.empty_like(q)

@@ -40,6 +40,7 @@ def attend_block(
     scale_log2,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
+    PV_FP32: tl.constexpr,
 ):
     """Fold one key block into ``(m_i, l_i, acc)``.
 
@@ -55,16 +56,30 @@ def attend_block(
     p = tl.exp2(scores - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_ptrs, mask=kv_mask[:, None] & d_mask[None, :], other=0.0)
-    acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_FP32, PRECISION)
+    if PV_FP32:  # the probabilities stay float32 (TF32 products on a GPU) instead of being rounded to bfloat16
+        pv = block_dot(p, v.to(tl.float32), DOT_FP32, PRECISION)
+    else:
+        pv = block_dot(p.to(v.dtype), v, DOT_FP32, PRECISION)
+    acc = acc * alpha[:, None] + pv
     return m_new, l_i, acc
 
 
+# Multiply the softmax probabilities by V in float32 (TF32 on a GPU: 10 mantissa bits instead of bfloat16's 7). The
+# torch reference keeps them in float32; rounding them to bfloat16 moves a 16-layer model's logits by ~1e-2.
+PV_IN_FLOAT32 = True
+
+
 def dot_options(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
-    """``DOT_FP32`` and ``PRECISION`` for inputs of ``dtype`` on ``device``: full float32 products for float32
-    inputs (not TF32, so the float32 path stays a precise reference), upcast operands under the interpreter."""
+    """``DOT_FP32``, ``PRECISION`` and ``PV_FP32`` for inputs of ``dtype`` on ``device``: full float32 products for
+    float32 inputs (not TF32, so the float32 path stays a precise reference), upcast operands under the
+    interpreter, the P @ V product in float32 (``PV_IN_FLOAT32``)."""
     interpreted = device.type != "cuda"
     fp32 = dtype == torch.float32
-    return {"DOT_FP32": interpreted, "PRECISION": "ieee" if (fp32 or interpreted) else "tf32"}
+    return {
+        "DOT_FP32": interpreted,
+        "PRECISION": "ieee" if (fp32 or interpreted) else "tf32",
+        "PV_FP32": PV_IN_FLOAT32 and not fp32,
+    }
 
 
 def is_interpreted(kernel: object) -> bool:

@@ -68,6 +68,7 @@ def _decode_split_kernel(
     DIRECT: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
+    PV_FP32: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -102,7 +103,7 @@ def _decode_split_kernel(
         k_ptrs = k_head + slots[None, :] * stride_ks + offs_d[:, None]
         v_ptrs = v_head + slots[:, None] * stride_vs + offs_d[None, :]
         m_i, l_i, acc = attend_block(
-            q, k_ptrs, v_ptrs, n_mask, n_mask[None, :], d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION
+            q, k_ptrs, v_ptrs, n_mask, n_mask[None, :], d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION, PV_FP32
         )
 
     part = acc / l_i[:, None]

@@ -48,6 +48,7 @@ def _extend_kernel(
     BLOCK_D: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
+    PV_FP32: tl.constexpr,
 ):
     head = tl.program_id(0)
     seq = tl.program_id(1)
@@ -85,7 +86,7 @@ def _extend_kernel(
         k_ptrs = k_head + slots[None, :] * stride_ks + offs_d[:, None]
         v_ptrs = v_head + slots[:, None] * stride_vs + offs_d[None, :]
         m_i, l_i, acc = attend_block(
-            q, k_ptrs, v_ptrs, n_mask, n_mask[None, :], d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION
+            q, k_ptrs, v_ptrs, n_mask, n_mask[None, :], d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION, PV_FP32
         )
     # The diagonal: keys from the block's first query to its last, under the causal mask.
     kv_end = prefix_len + tl.minimum(new_len, m_start + BLOCK_M)
@@ -97,7 +98,7 @@ def _extend_kernel(
         v_ptrs = v_head + slots[:, None] * stride_vs + offs_d[None, :]
         causal = n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None])
         m_i, l_i, acc = attend_block(
-            q, k_ptrs, v_ptrs, n_mask, causal, d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION
+            q, k_ptrs, v_ptrs, n_mask, causal, d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION, PV_FP32
         )
 
     out = acc / l_i[:, None]

@@ -1,7 +1,8 @@
 """RMSNorm, alone and fused with the residual add, as one Triton kernel per row.
 
-The rounding matches the torch reference (``RMSNorm`` in ``model.py``): the residual sum is rounded to the model's
-dtype, normalised in float32, rounded, then scaled by the weight and rounded again. One launch replaces the five
+The rounding matches the torch reference (``model_ops.py``): the residual sum is rounded to the residual stream's
+dtype (float32 for 16-bit models), normalised in float32, rounded to the output's (the model's) dtype, then scaled
+by the weight and rounded again. One launch replaces the five
 or so elementwise kernels of the reference, which dominate a small decode step.
 """
 
@@ -32,11 +33,13 @@ def _rms_norm_kernel(
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(residual_ptr + row * stride_r + offs, mask=mask, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)  # the reference's rounded add
-        tl.store(residual_ptr + row * stride_r + offs, x, mask=mask)
-    xf = x.to(tl.float32)
+        total = (x.to(tl.float32) + r.to(tl.float32)).to(r.dtype)  # the reference's add, rounded to the stream
+        tl.store(residual_ptr + row * stride_r + offs, total, mask=mask)
+        xf = total.to(tl.float32)
+    else:
+        xf = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / size + eps)
-    normed = (xf * rstd).to(x.dtype).to(tl.float32)
+    normed = (xf * rstd).to(out_ptr.dtype.element_ty).to(tl.float32)
     w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_o + offs, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -45,7 +48,7 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     if x.dim() != 2 or x.stride(-1) != 1 or (residual is not None and residual.stride(-1) != 1):
         raise ValueError("rms_norm expects [rows, hidden] tensors with a contiguous last dimension")
     rows, size = x.shape
-    out = torch.empty_like(x)
+    out = torch.empty(rows, size, dtype=weight.dtype, device=x.device)  # x may be the float32 residual stream
     if rows == 0:
         return out
     block = triton.next_power_of_2(size)
@@ -65,5 +68,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``residual += x`` (in place, rounded to the dtype), then ``(weight * rmsnorm(residual), residual)``."""
+    """``residual += x`` (in place, rounded to ``residual``'s dtype), then ``(weight * rmsnorm(residual), residual)``
+    with the normalised rows in ``weight``'s dtype."""
     return _launch(x, residual, weight, eps), residual
