@@ -4,12 +4,13 @@
    longest context the table holds), the split count the context needs, and launch parameters.
 2. The M=1..16 projections of the 8B and 1B shapes: ``F.linear`` (what the model runs) against ``W @ x^T``.
 
-Usage: python bench/gpu/decode_variants.py
+Usage: python bench/gpu/decode_variants.py [--projections]
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +46,13 @@ def graph_time(fn, iters: int = 50) -> float:
     return best
 
 
+CONFIGS = ((64, 4, 2), (32, 4, 2), (64, 2, 2), (128, 2, 2), (128, 4, 2), (64, 2, 3), (128, 4, 3), (64, 1, 2), (32, 2, 2))
+
+
 def attention_variants() -> None:
     print("decode attention (us per call, CUDA graph)")
     for name, heads, kv_heads, dim in (("8b", 32, 8, 128), ("1b", 32, 8, 64)):
-        for batch, ctx in ((1, 512), (1, 1024), (16, 1024), (64, 1024)):
+        for batch, ctx in ((1, 512), (1, 1024), (16, 1024), (64, 1024), (128, 1024), (256, 1024)):
             slots = batch * ctx + 1
             k = torch.randn(slots, kv_heads, dim, device="cuda", dtype=torch.bfloat16)
             v = torch.randn_like(k)
@@ -61,8 +65,11 @@ def attention_variants() -> None:
             graph_splits = dk.choose_num_kv_splits(batch, kv_heads, MAX_CONTEXT, q.device)
             ctx_splits = dk.choose_num_kv_splits(batch, kv_heads, ctx, q.device)
             results = []
-            for splits in sorted({graph_splits, ctx_splits, max(1, ctx_splits // 2), 1}):
-                for block_n, warps, stages in ((64, 4, 2), (32, 4, 2), (64, 2, 2), (64, 4, 3), (128, 4, 2)):
+            candidates = {graph_splits, ctx_splits, max(1, ctx_splits // 2), 1}
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            candidates |= {max(1, min(64, -(-per_sm * sms // (batch * kv_heads)), -(-ctx // 128))) for per_sm in (1, 2)}
+            for splits in sorted(candidates):
+                for block_n, warps, stages in CONFIGS:
                     dk.BLOCK_N = block_n
                     dk._launch_config = lambda head_dim, device, w=warps, s=stages: {"num_warps": w, "num_stages": s}
                     scratch = dk.alloc_decode_scratch(batch, heads, splits, dim, q.device)
@@ -111,7 +118,8 @@ def linear_variants() -> None:
 
 def main() -> None:
     attention_variants()
-    linear_variants()
+    if "--projections" in sys.argv:
+        linear_variants()
 
 
 if __name__ == "__main__":

@@ -120,19 +120,3 @@ class DecodeGraphs:
         self.attention.fill_graph_metadata(layouts, bs)
         self.graphs[bs].replay()
         return self.outputs[bs][:n]
-
-    def time_replay(self, batch_size: int, iters: int = 20) -> float:
-        """Device seconds per replay of the graph that serves ``batch_size`` rows, with the inputs and metadata of
-        the last ``run`` (benchmarks compare it with the wall time of a whole engine step: the difference is what
-        the host adds)."""
-        bs = self.bucket(batch_size)
-        assert bs is not None, f"no graph holds a batch of {batch_size}"
-        graph = self.graphs[bs]
-        graph.replay()  # warm
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / iters
