@@ -46,7 +46,9 @@ def graph_time(fn, iters: int = 50) -> float:
     return best
 
 
-CONFIGS = ((64, 4, 2), (32, 4, 2), (64, 2, 2), (128, 2, 2), (128, 4, 2), (64, 2, 3), (128, 4, 3), (64, 1, 2), (32, 2, 2))
+CONFIGS = (  # (BLOCK_N, num_warps, num_stages)
+    (64, 4, 2), (32, 4, 2), (64, 2, 2), (128, 2, 2), (128, 4, 2), (64, 2, 3), (128, 4, 3), (64, 1, 2), (32, 2, 2),
+)  # fmt: skip
 
 
 def attention_variants() -> None:

@@ -48,8 +48,8 @@ diag)
   timeout 200 python3 bench/gpu/decode_variants.py 2>&1 | tail -30 | tee "$OUT/decode_variants.txt"
   ;;
 logits)
-  for variant in ${VARIANTS:-"--pv float32 --residual float32" "--pv bfloat16 --residual float32" \
-    "--pv float32 --residual model" "--pv bfloat16 --residual model"}; do
+  for variant in "--pv float32 --residual float32" "--pv bfloat16 --residual float32" \
+    "--pv float32 --residual model" "--pv bfloat16 --residual model"; do
     timeout 150 python3 bench/gpu/triton_vs_torch_logits.py $variant 2>&1 | tail -4 | tee -a "$OUT/logits_check.txt"
   done
   ;;
