@@ -52,7 +52,9 @@ CONFIGS = (  # (BLOCK_N, num_warps, num_stages)
 
 
 def attention_variants() -> None:
-    print("decode attention (us per call, CUDA graph)")
+    print("decode attention (us per call, CUDA graph; 'graph' = the engine's choice in a decode graph)")
+    block_n_default, launch_default = dk.BLOCK_N, dict(dk.SPLIT_LAUNCH)
+    default = (block_n_default, launch_default["num_warps"], launch_default["num_stages"])
     for name, heads, kv_heads, dim in (("8b", 32, 8, 128), ("1b", 32, 8, 64)):
         for batch, ctx in ((1, 512), (1, 1024), (16, 1024), (64, 1024), (128, 1024), (256, 1024)):
             slots = batch * ctx + 1
@@ -73,7 +75,7 @@ def attention_variants() -> None:
             for splits in sorted(candidates):
                 for block_n, warps, stages in CONFIGS:
                     dk.BLOCK_N = block_n
-                    dk._launch_config = lambda head_dim, device, w=warps, s=stages: {"num_warps": w, "num_stages": s}
+                    dk.SPLIT_LAUNCH = {"num_warps": warps, "num_stages": stages}
                     scratch = dk.alloc_decode_scratch(batch, heads, splits, dim, q.device)
                     try:
                         call = functools.partial(
@@ -84,13 +86,12 @@ def attention_variants() -> None:
                         print(f"  {name} b{batch} ctx{ctx} splits {splits} {block_n}/{warps}/{stages}: {error}")
                         continue
                     results.append((us, splits, block_n, warps, stages))
-            dk.BLOCK_N = 64
-            dk._launch_config = lambda head_dim, device: {"num_warps": 4, "num_stages": 2}
-            base = next(r for r in results if r[1] == graph_splits and r[2:] == (64, 4, 2))
+            dk.BLOCK_N, dk.SPLIT_LAUNCH = block_n_default, dict(launch_default)
+            base = next(r for r in results if r[1] == graph_splits and r[2:] == default)
             best = min(results)
             kv_bytes = 2 * batch * ctx * kv_heads * dim * 2
             print(
-                f"  {name} b{batch:<3d} ctx{ctx:<5d} graph splits {graph_splits:2d}: {base[0]:6.1f} us | best "
+                f"  {name} b{batch:<3d} ctx{ctx:<5d} graph: splits {graph_splits:2d} {base[0]:6.1f} us | best "
                 f"{best[0]:6.1f} us (splits {best[1]}, BLOCK_N {best[2]}, warps {best[3]}, stages {best[4]}) | "
                 f"KV {kv_bytes / best[0] / 1e6:.2f} TB/s"
             )

@@ -14,10 +14,22 @@ from plait.engine.weights.dummy_weights import dummy_weights
 TOKENS = 40
 
 
-def _prefill_logits(dtype: torch.dtype, residual_dtype: torch.dtype | None) -> torch.Tensor:
-    config = resolve_model("smollm2-135m", "dummy").config  # 30 layers: rounding errors have room to add up
-    model = LlamaForCausalLM(config, 256, torch.device("cpu"), dtype, residual_dtype=residual_dtype)
+CONFIG = resolve_model("smollm2-135m", "dummy").config  # 30 layers: rounding errors have room to add up
+
+
+def _float32_weights() -> dict[str, torch.Tensor]:
+    model = LlamaForCausalLM(CONFIG, 256, torch.device("cpu"), torch.float32)
     dummy_weights(model, seed=0)
+    return {name: t.clone() for name, t in model.parameter_table().items()}
+
+
+WEIGHTS = _float32_weights()  # every variant gets these, rounded to its dtype (random draws differ by dtype)
+
+
+def _prefill_logits(dtype: torch.dtype, residual_dtype: torch.dtype | None) -> torch.Tensor:
+    config = CONFIG
+    model = LlamaForCausalLM(config, 256, torch.device("cpu"), dtype, residual_dtype=residual_dtype)
+    model.load_weights(WEIGHTS.items())
     pool = KVPool(config.num_layers, TOKENS + 1, config.num_kv_heads, config.head_dim, dtype, "cpu")
     table = ReqToTokenPool(1, TOKENS + 1, torch.device("cpu"))
     slots = torch.arange(1, TOKENS + 1)

@@ -27,8 +27,13 @@ from plait.engine.kernels.attention_block import LOG2E, attend_block, dot_option
 
 MAX_KV_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
-PROGRAMS_PER_SM = 4  # stage-1 programs wanted per multiprocessor, so loads from several programs overlap
+# Stage-1 programs wanted per multiprocessor. Measured on an H200 (bench/gpu/decode_variants.py): two-warp programs,
+# two per SM, read the KV at 4.1-4.2 TB/s from batch 64 up; four four-warp programs per SM split the context where
+# it was not needed and read at 2.8-2.9 TB/s.
+PROGRAMS_PER_SM = 2
 BLOCK_N = 64
+SPLIT_LAUNCH = {"num_warps": 2, "num_stages": 3}
+MERGE_LAUNCH = {"num_warps": 4, "num_stages": 2}
 
 
 # The split count and the strides derived from it vary from step to step: not specialised on (one compiled variant
@@ -184,10 +189,8 @@ def alloc_decode_scratch(
     return mid_o, mid_lse
 
 
-def _launch_config(head_dim: int, device: torch.device) -> dict[str, int]:
-    if device.type != "cuda":
-        return {}
-    return {"num_warps": 4, "num_stages": 2}
+def _launch_config(config: dict[str, int], device: torch.device) -> dict[str, int]:
+    return dict(config) if device.type == "cuda" else {}
 
 
 def decode_attention(
@@ -226,7 +229,6 @@ def decode_attention(
         BLOCK_D=block_d,
         BLOCK_N=BLOCK_N,
         **dot_options(q.dtype, q.device),
-        **_launch_config(head_dim, q.device),
     )
     direct = num_splits == 1
     if direct:
@@ -260,6 +262,7 @@ def decode_attention(
         num_splits,
         DIRECT=direct,
         **common,
+        **_launch_config(SPLIT_LAUNCH, q.device),
     )
     if not direct:
         _decode_merge_kernel[(batch, num_heads)](
@@ -276,6 +279,6 @@ def decode_attention(
             BLOCK_D=block_d,
             BLOCK_S=triton.next_power_of_2(num_splits),
             BLOCK_N=BLOCK_N,
-            **_launch_config(head_dim, q.device),
+            **_launch_config(MERGE_LAUNCH, q.device),
         )
     return out
