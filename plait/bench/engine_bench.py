@@ -72,16 +72,19 @@ def _time_plait(core: EngineCore, prompts: list[list[int]], max_tokens: int, dec
     batch = len(prompts)
     decode_wall, decode_steps = 0.0, 0
     forward_events = _ForwardEvents(core) if core.device.type == "cuda" else None
+    previous_full = False
     while core.has_work():
         # A full decode step: every prompt is in and all ``batch`` sequences decode (with the overlap loop, the
-        # step that launches them; its wall time in steady state is the device's step time).
+        # step that launches them; its wall time in steady state is the device's step time). The first such step
+        # is not timed: with the overlap it waits for the last prefill step.
         full = not scheduler.waiting and len(scheduler.running) == batch
         full = full and all(s.is_decode and not s.will_finish for s in scheduler.running)
+        timed, previous_full = full and previous_full, full
         if forward_events is not None:
-            forward_events.recording = full
+            forward_events.recording = timed
         t0 = time.perf_counter()
         core.step()
-        if full:
+        if timed:
             decode_wall += time.perf_counter() - t0
             decode_steps += 1
     if core.device.type == "cuda":

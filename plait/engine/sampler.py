@@ -29,8 +29,10 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
 
 def sample_on_device(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     """``sample`` without the copy to the host: the tokens stay on ``logits``' device and nothing waits for them."""
-    tokens = torch.empty(len(rows), dtype=torch.int64, device=logits.device)
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
+    if len(greedy) == len(rows):  # one kernel, nothing copied: the common decode step of a greedy batch
+        return logits.argmax(dim=-1)
+    tokens = torch.empty(len(rows), dtype=torch.int64, device=logits.device)
     if greedy:
         index = to_device(greedy, torch.int64, logits.device)
         tokens[index] = logits[index].argmax(dim=-1)
