@@ -4,7 +4,7 @@
    longest context the table holds), the split count the context needs, and launch parameters.
 2. The M=1..16 projections of the 8B and 1B shapes: ``F.linear`` (what the model runs) against ``W @ x^T``.
 
-Usage: python bench/gpu/decode_variants.py [--projections]
+Usage: python bench/gpu/decode_variants.py [--projections]   (attention by default, projections with the flag)
 """
 
 from __future__ import annotations
@@ -109,34 +109,9 @@ def linear_variants() -> None:
         "1b gate_up": (16384, 2048),
         "1b down": (2048, 8192),
     }
-    import plait.engine.kernels.gemv as gemv
-
-    configs = [
-        (bn, bk, warps, stages) for bn in (4, 8, 16) for bk in (256, 512) for warps in (2, 4) for stages in (3, 4)
-    ]
-    default = (gemv.BLOCK_N, gemv.BLOCK_K, gemv.LAUNCH["num_warps"], gemv.LAUNCH["num_stages"])
     for name, (n, k) in shapes.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        reference = F.linear(x, w)
-        timings = []
-        for bn, bk, warps, stages in configs:
-            gemv.BLOCK_N, gemv.BLOCK_K, gemv.LAUNCH = bn, bk, {"num_warps": warps, "num_stages": stages}
-            error = float((gemv.gemv(x, w).float() - reference.float()).norm() / reference.float().norm())
-            assert error < 1e-2, (name, bn, bk, error)
-            timings.append((graph_time(functools.partial(gemv.gemv, x, w)), bn, bk, warps, stages))
-        gemv.BLOCK_N, gemv.BLOCK_K = default[:2]
-        gemv.LAUNCH = {"num_warps": default[2], "num_stages": default[3]}
-        cublas = graph_time(functools.partial(F.linear, x, w))
-        ours = next(t for t in timings if t[1:] == default)
-        best = min(timings)
-        print(
-            f"  {name:11s} M=1  F.linear {cublas:6.1f} us ({n * k * 2 / cublas / 1e6:.2f} TB/s) | "
-            f"gemv {ours[0]:6.1f} us "
-            f"| best gemv {best[0]:6.1f} us ({n * k * 2 / best[0] / 1e6:.2f} TB/s) BLOCK_N {best[1]} BLOCK_K {best[2]} "
-            f"warps {best[3]} stages {best[4]}"
-        )
-        for m in (16,):
+        for m in (1, 16):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             a = graph_time(functools.partial(F.linear, x, w))
             b = graph_time(functools.partial(torch.matmul, w, x.T))
@@ -145,9 +120,10 @@ def linear_variants() -> None:
 
 
 def main() -> None:
-    attention_variants()
     if "--projections" in sys.argv:
         linear_variants()
+    else:
+        attention_variants()
 
 
 if __name__ == "__main__":
