@@ -1,8 +1,9 @@
 """Paged attention through the Triton kernels of ``plait.engine.kernels`` (the GPU fast path).
 
 ``prepare`` turns the step's layouts into device tensors once (one host-to-device copy) and picks the decode
-split count; every layer's ``forward`` then writes its new K/V into the pool and launches at most three kernels:
-decode stage 1 and 2 for the decode tokens (first in the batch) and one extend kernel for the prefill chunks. On
+split count; every layer's ``forward`` then writes its new K/V into the pool (unless the model stored them with the
+rotation) and launches at most three kernels: decode stage 1 and 2 for the decode tokens (first in the batch) and one
+extend kernel for the prefill chunks. On
 a machine without CUDA the kernels run through Triton's interpreter (``TRITON_INTERPRET=1``; slow, for tests).
 
 Decode CUDA graphs (cuda_graphs.py): ``graph_metadata(bs)`` gives metadata whose tensors are views of static

@@ -1,8 +1,10 @@
 """Rotary position embedding applied to Q and K in place, one Triton program per token.
 
 The "rotate half" layout of HF Llama/Qwen2: for ``x = [x1, x2]``, ``x' = [x1 cos - x2 sin, x2 cos + x1 sin]``,
-computed in float32 and rounded once (the reference rounds each product: the results differ by at most an ulp).
-``q``/``k`` may be strided views (the split of the fused QKV projection); the head dimension must be contiguous.
+computed in float32 and rounded once, as the reference does. ``q``/``k`` may be strided views (the split of the
+fused QKV projection); the head dimension must be contiguous. Optionally the same program stores the token's rotated
+K and its V in the layer's KV slots (``KVStore``), which saves the two copy kernels per layer a decode step otherwise
+launches.
 """
 
 from __future__ import annotations
