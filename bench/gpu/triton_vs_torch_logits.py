@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="llama-3.2-1b")
     parser.add_argument("--prompt-len", type=int, default=700)
-    parser.add_argument("--pv", choices=("float32", "bfloat16"), default="float32", help="P @ V in the kernels")
+    parser.add_argument("--pv", choices=("float32", "bfloat16"), default="bfloat16", help="P @ V in the kernels")
     parser.add_argument("--residual", choices=("float32", "model"), default="float32", help="residual stream dtype")
     args = parser.parse_args()
     attention_block.PV_IN_FLOAT32 = args.pv == "float32"

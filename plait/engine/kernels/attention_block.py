@@ -64,9 +64,11 @@ def attend_block(
     return m_new, l_i, acc
 
 
-# Multiply the softmax probabilities by V in float32 (TF32 on a GPU: 10 mantissa bits instead of bfloat16's 7). The
-# torch reference keeps them in float32; rounding them to bfloat16 moves a 16-layer model's logits by ~1e-2.
-PV_IN_FLOAT32 = True
+# Multiply the softmax probabilities by V in float32 (TF32 on a GPU: 10 mantissa bits instead of bfloat16's 7), as the
+# torch reference does. Off: measured on an H200 it cost 10% of the 8B prefill (67.8% vs 75.1% of the matmul rate)
+# and moved the 1B logits' distance from the reference only from 2.58e-2 to 2.43e-2
+# (bench/results/h200_2026-11-22c/fast_path/). bench/gpu/triton_vs_torch_logits.py --pv float32 turns it on.
+PV_IN_FLOAT32 = False
 
 
 def dot_options(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
