@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--overlap", default="on")
+    parser.add_argument("--top", type=int, default=8, help="kernels listed")
     args = parser.parse_args()
     tokens = args.batch * args.prompt_len
     config = EngineConfig(
@@ -90,8 +91,12 @@ def main() -> None:
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.self_device_time_total for e in events) / args.steps / 1e3
     print(f"device: {total:.3f} ms of kernels per step")
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:8]:
-        print(f"  {e.self_device_time_total / args.steps / 1e3:8.3f} ms {e.count / args.steps:6.1f}x  {e.key[:80]}")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
+        per_call = e.self_device_time_total / max(e.count, 1)
+        print(
+            f"  {e.self_device_time_total / args.steps / 1e3:8.3f} ms {e.count / args.steps:6.1f}x "
+            f"{per_call:8.1f} us  {e.key[:80]}"
+        )
 
     profiler = cProfile.Profile()
     profiler.enable()

@@ -29,8 +29,21 @@ def _model_dtype_residual(config, max_position, device, dtype, ops):
     return LlamaForCausalLM(config, max_position, device, dtype, ops, residual_dtype=dtype)
 
 
+LAYER_STREAMS: list[torch.Tensor] | None = None  # when a list, each layer's output stream is appended to it
+
+
+def _recording_layer_forward(forward):
+    def wrapper(self, hidden, residual, batch):
+        out, stream = forward(self, hidden, residual, batch)
+        if LAYER_STREAMS is not None:
+            LAYER_STREAMS.append((out.float() + stream.float()).clone())
+        return out, stream
+
+    return wrapper
+
+
 def run(
-    backend: str, model: str, prompt: list[int], forced: list[int], dtype: str = "bfloat16"
+    backend: str, model: str, prompt: list[int], forced: list[int], dtype: str = "bfloat16", **overrides
 ) -> list[list[torch.Tensor]]:
     config = EngineConfig(
         model=model,
@@ -39,6 +52,7 @@ def run(
         kv_slots=16384,
         max_running=8,
         dtype=dtype,
+        **overrides,
     )
     if backend == "torch":
         config.overlap = "off"
@@ -83,6 +97,12 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=700)
     parser.add_argument("--pv", choices=("float32", "bfloat16"), default="bfloat16", help="P @ V in the kernels")
     parser.add_argument("--residual", choices=("float32", "model"), default="float32", help="residual stream dtype")
+    parser.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="also compare each layer's output stream in the first prefill, and "
+        "variants that mix the two paths (which component moves the logits)",
+    )
     args = parser.parse_args()
     attention_block.PV_IN_FLOAT32 = args.pv == "float32"
     if args.residual == "model":
@@ -116,13 +136,46 @@ def main() -> None:
             f"{r['triton_bf16_vs_torch_fp32_max']:.2e}, torch {r['torch_bf16_vs_torch_fp32_max']:.2e}; "
             f"triton vs torch (fp32) {r['triton_fp32_vs_torch_fp32_max']:.2e}"
         )
-    worst = max(r["max_rel_err"] for r in report.values())
+    if args.per_layer:
+        report["per_layer"] = per_layer(args.model, prompt, forced, reference)
+    worst = max(r["max_rel_err"] for k, r in report.items() if k != "per_layer")
     print(f"worst relative error {worst:.2e} ({'PASS' if worst <= 1e-2 else 'FAIL'} at 1e-2)")
     out = Path(os.environ.get("OUT", "out"))
     out.mkdir(parents=True, exist_ok=True)
     name = f"triton_vs_torch_logits_{args.model}_pv-{args.pv}_residual-{args.residual}.json"
     variant = {"pv": args.pv, "residual": args.residual}
     (out / name).write_text(json.dumps({"model": args.model, "variant": variant, **report}, indent=1))
+
+
+def per_layer(model: str, prompt: list[int], forced: list[int], reference) -> dict:
+    """Where the two paths part: each layer's output stream in the first prefill, and the logits of mixed paths."""
+    global LAYER_STREAMS
+    from plait.engine.model import DecoderLayer
+
+    DecoderLayer.forward = _recording_layer_forward(DecoderLayer.forward)
+    streams = {}
+    for name in ("torch", "triton"):
+        LAYER_STREAMS = []
+        run(name, model, prompt[:256], forced)  # a short prompt: one chunk; the first forward is the prefill
+        layers = len(LAYER_STREAMS) // (2 * STEPS + 2)  # two runs of a prefill and STEPS decodes
+        streams[name] = LAYER_STREAMS[:layers]
+        LAYER_STREAMS = None
+    errors = [float((a - b).norm() / b.norm()) for a, b in zip(streams["triton"], streams["torch"], strict=True)]
+    print("per-layer stream, triton vs torch (prefill of 256):", " ".join(f"{e:.1e}" for e in errors))
+    mixed = {
+        "triton attention, torch elementwise ops": dict(backend="triton", fused_ops="off"),
+        "torch attention, triton elementwise ops": dict(backend="torch", fused_ops="on"),
+        "triton path, no CUDA graphs, no overlap": dict(backend="triton", cuda_graphs="off", overlap="off"),
+    }
+    result = {"prefill_stream_rel_err_per_layer": errors}
+    for label, options in mixed.items():
+        runs = run(options.pop("backend"), model, prompt, forced, **options)
+        worst = max(
+            float((x - y).norm() / y.norm()) for i in range(2) for x, y in zip(runs[i], reference[i], strict=True)
+        )
+        print(f"{label:45s} vs the torch path: {worst:.2e}")
+        result[label] = worst
+    return result
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 #   bench: engine roofline fractions (8B b1 ctx512, 8B b1-256 ctx1024 and 1B b1-256 next to HF, 8B prefill 4x2048)
 #   extra: CPU overhead per decode step at batch 128 with the overlap on and off; grammar overhead on the fast path
 #   diag: GPU kernel tests, where a batch-128 decode step's time goes, small-batch attention and projection variants
+#   small: where the two logits paths part (per layer, mixed paths); where a batch-1 step's time goes (8B and 1B)
 #   logits: triton vs torch logits with the P @ V product and the residual stream in float32 or bfloat16
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels in .whl/ and the Llama-3 vocabulary
 # in .gpu_data/.
@@ -46,6 +47,13 @@ diag)
   timeout 150 python3 bench/gpu/step_breakdown.py --batch 128 --prompt-len 1024 2>&1 | tail -45 \
     | tee "$OUT/step_breakdown_8b_b128.txt"
   timeout 200 python3 bench/gpu/decode_variants.py 2>&1 | tail -30 | tee "$OUT/decode_variants.txt"
+  ;;
+small)
+  timeout 300 python3 bench/gpu/triton_vs_torch_logits.py --per-layer 2>&1 | tail -9 | tee "$OUT/logits_per_layer.txt"
+  for model in llama-3.1-8b llama-3.2-1b; do
+    timeout 120 python3 bench/gpu/step_breakdown.py --model $model --batch 1 --prompt-len 512 --top 24 2>&1 \
+      | head -48 | tee "$OUT/step_breakdown_${model}_b1.txt"
+  done
   ;;
 logits)
   for variant in "--pv float32 --residual float32" "--pv bfloat16 --residual float32" \
