@@ -36,7 +36,7 @@ def _recording_layer_forward(forward):
     def wrapper(self, hidden, residual, batch):
         out, stream = forward(self, hidden, residual, batch)
         if LAYER_STREAMS is not None:
-            LAYER_STREAMS.append((out.float() + stream.float()).clone())
+            LAYER_STREAMS.append((self.self_attn.layer_id, (out.float() + stream.float()).clone()))
         return out, stream
 
     return wrapper
@@ -57,6 +57,8 @@ def run(
     if backend == "torch":
         config.overlap = "off"
     core = EngineCore(config)
+    if LAYER_STREAMS is not None:
+        LAYER_STREAMS.clear()  # the CUDA graphs' capture ran the model on dummy batches
     recorded: list[torch.Tensor] = []
     forward = core.runner.forward
 
@@ -157,8 +159,9 @@ def per_layer(model: str, prompt: list[int], forced: list[int], reference) -> di
     for name in ("torch", "triton"):
         LAYER_STREAMS = []
         run(name, model, prompt[:256], forced)  # a short prompt: one chunk; the first forward is the prefill
-        layers = len(LAYER_STREAMS) // (2 * STEPS + 2)  # two runs of a prefill and STEPS decodes
-        streams[name] = LAYER_STREAMS[:layers]
+        # The first prefill's layers (graph replays run no Python, so decode steps may be missing).
+        layers = next((i for i, (layer, _) in enumerate(LAYER_STREAMS) if i and layer == 0), len(LAYER_STREAMS))
+        streams[name] = [stream for _, stream in LAYER_STREAMS[:layers]]
         LAYER_STREAMS = None
     errors = [float((a - b).norm() / b.norm()) for a, b in zip(streams["triton"], streams["torch"], strict=True)]
     print("per-layer stream, triton vs torch (prefill of 256):", " ".join(f"{e:.1e}" for e in errors))

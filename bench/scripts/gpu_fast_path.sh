@@ -49,6 +49,11 @@ diag)
   timeout 200 python3 bench/gpu/decode_variants.py 2>&1 | tail -30 | tee "$OUT/decode_variants.txt"
   ;;
 small)
+  timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 1 --prompt-len 512 \
+    --gen-len 64 --output "$OUT/engine_8b_b1_ctx512.json" 2>&1 | strip | tail -4
+  timeout 100 python3 -m plait bench engine --model llama-3.2-1b $E --no-hf --batch-sizes 1 --prompt-len 512 \
+    --gen-len 64 --output "$OUT/engine_1b_b1_ctx512.json" 2>&1 | strip | tail -4
+  timeout 200 python3 bench/gpu/gemv_cold.py 2>&1 | tail -12 | tee "$OUT/gemv_cold.txt"
   timeout 300 python3 bench/gpu/triton_vs_torch_logits.py --per-layer 2>&1 | tail -9 | tee "$OUT/logits_per_layer.txt"
   for model in llama-3.1-8b llama-3.2-1b; do
     timeout 120 python3 bench/gpu/step_breakdown.py --model $model --batch 1 --prompt-len 512 --top 24 2>&1 \

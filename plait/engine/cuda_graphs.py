@@ -70,6 +70,7 @@ class DecodeGraphs:
             layouts=layouts,
             attention=self.attention,
             attn_meta=self.attention.graph_metadata(bs),
+            samples_every_row=True,
         )
 
     def capture(self) -> None:

@@ -229,6 +229,7 @@ class EngineCore(RuntimeControls):
                 num_decode=0,
                 layouts=[SequenceLayout(row, 0, len(token_ids))],
                 attention=self.runner.attention,
+                samples_every_row=True,
             )
             batch.attn_meta = self.runner.attention.prepare(batch)
             return self.model(batch)

@@ -36,3 +36,5 @@ class ForwardBatch:
     attention: AttentionBackend
     attn_meta: Any = field(default=None)
     use_graph: bool = False  # a decode batch that ModelRunner.forward serves with a CUDA graph replay
+    # sample_indices is every token row in order (a decode batch): the model skips gathering the rows
+    samples_every_row: bool = False

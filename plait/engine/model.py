@@ -163,11 +163,13 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             hidden, residual = layer(hidden, residual, batch)
         # Only the rows that are sampled need the last residual add, the norm and the (vocabulary-sized) head.
-        rows = batch.sample_indices
+        if not batch.samples_every_row:
+            rows = batch.sample_indices
+            hidden, residual = hidden[rows], (None if residual is None else residual[rows])
         if residual is None:
-            hidden = self.norm(hidden[rows])
+            hidden = self.norm(hidden)
         else:
-            hidden, _ = self.norm.add_forward(hidden[rows], residual[rows])
+            hidden, _ = self.norm.add_forward(hidden, residual)
         return F.linear(hidden, self.lm_head).float()
 
     # ---- weights -------------------------------------------------------------------------------------------------

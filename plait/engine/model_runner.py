@@ -98,6 +98,7 @@ class ModelRunner:
             layouts=layouts,
             attention=self.attention,
             use_graph=use_graph,
+            samples_every_row=len(sample_rows) == n,
         )
         if not use_graph:  # a graph reads its metadata from static buffers filled at replay
             forward.attn_meta = self.attention.prepare(forward)

@@ -22,6 +22,24 @@ class SampleRow:
     generator: torch.Generator
 
 
+ARGMAX_CHUNK = 256
+
+
+def row_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=-1)`` (the first index of each row's maximum), faster for a few wide rows on a GPU.
+
+    A one-row argmax over a 128k vocabulary is reduced by a single thread block (28 us on an H200, half a percent of
+    an 8B decode step); here the row is cut into chunks whose maxima are found in parallel, then the first chunk
+    holding the row's maximum gives the index (ties resolve to the first index, as ``argmax`` does).
+    """
+    rows, vocab = logits.shape
+    if rows > 16 or vocab % ARGMAX_CHUNK or vocab < 16 * ARGMAX_CHUNK:
+        return logits.argmax(dim=-1)
+    best, where = logits.view(rows, vocab // ARGMAX_CHUNK, ARGMAX_CHUNK).max(dim=-1)
+    chunk = best.argmax(dim=-1, keepdim=True)
+    return (chunk * ARGMAX_CHUNK + where.gather(1, chunk)).squeeze(1)
+
+
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     """Pick one token per row of ``logits`` (``[rows, vocab]``, float32). Returns int64 ``[rows]`` on the CPU."""
     return sample_on_device(logits, rows).cpu()
@@ -31,7 +49,7 @@ def sample_on_device(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tenso
     """``sample`` without the copy to the host: the tokens stay on ``logits``' device and nothing waits for them."""
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
     if len(greedy) == len(rows):  # one kernel, nothing copied: the common decode step of a greedy batch
-        return logits.argmax(dim=-1)
+        return row_argmax(logits)
     tokens = torch.empty(len(rows), dtype=torch.int64, device=logits.device)
     if greedy:
         index = to_device(greedy, torch.int64, logits.device)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from plait.engine.errors import InvalidRequestError
-from plait.engine.sampler import SampleRow, _filtered_probs, sample, token_logprobs
+from plait.engine.sampler import ARGMAX_CHUNK, SampleRow, _filtered_probs, row_argmax, sample, token_logprobs
 from plait.engine.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 
 VOCAB = 64
@@ -36,6 +36,28 @@ def test_greedy_is_argmax() -> None:
     logits = _random_logits(8)
     tokens = sample(logits, [_row(temperature=0.0) for _ in range(8)])
     assert tokens.tolist() == logits.argmax(dim=-1).tolist()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17])
+def test_row_argmax_is_argmax_with_first_index_ties(rows: int) -> None:
+    vocab = 64 * ARGMAX_CHUNK
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(rows))
+    peak = logits.max() + 1.0
+    # Row 0: the maximum twice in one chunk and once in a later chunk; the first index must win.
+    logits[0, [5 * ARGMAX_CHUNK + 7, 5 * ARGMAX_CHUNK + 3, 9 * ARGMAX_CHUNK]] = peak
+    if rows > 1:  # the maximum in the last and the first chunk
+        logits[1, [vocab - 1, 2]] = peak
+    got = row_argmax(logits)
+    assert got.dtype == torch.int64 and got.shape == (rows,)
+    assert torch.equal(got, logits.argmax(dim=-1))
+    assert got[0].item() == 5 * ARGMAX_CHUNK + 3
+    assert rows == 1 or got[1].item() == 2
+
+
+def test_row_argmax_of_a_narrow_or_ragged_vocabulary() -> None:
+    for vocab in (ARGMAX_CHUNK * 3, ARGMAX_CHUNK * 40 + 1):  # too narrow to chunk; not a multiple of the chunk
+        logits = torch.randn(2, vocab)
+        assert torch.equal(row_argmax(logits), logits.argmax(dim=-1))
 
 
 def test_sample_returns_int64_cpu_tensor() -> None:

@@ -1,0 +1,114 @@
+"""One-row projections with cold weights: cuBLAS (``F.linear``) against Triton GEMV launch configurations.
+
+A decode step reads each weight once, so a projection's weight is never in L2 when it runs. Timing one weight in a
+loop flatters every kernel (an 8B Q/K/V weight is 50 MB, the size of the L2): here each call in the CUDA graph reads a
+different copy of the weight, 512 MB or more in all, so every byte comes from HBM as in the engine.
+
+Usage: python bench/gpu/gemv_cold.py   (prints a table: us per call and TB/s, best Triton configuration per shape)
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+SHAPES = {  # name: (rows N, columns K) of the weight
+    "8b qkv": (6144, 4096),
+    "8b o": (4096, 4096),
+    "1b qkv": (3072, 2048),
+    "1b o": (2048, 2048),
+    "1b gate_up": (16384, 2048),
+    "1b down": (2048, 8192),
+}
+CONFIGS = [  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
+    (bn, bk, w, s)
+    for (bn, bk, w), s in itertools.product(
+        [(1, 4096, 4), (2, 2048, 4), (2, 4096, 8), (4, 1024, 4), (4, 2048, 8), (8, 512, 4), (8, 1024, 8),
+         (16, 256, 4), (16, 512, 8), (4, 512, 2), (2, 1024, 2), (32, 256, 8)],
+        (1, 3),
+    )
+]  # fmt: skip
+
+
+@triton.jit
+def _gemv(x_ptr, w_ptr, out_ptr, n_rows, k_size, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < n_rows
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_w
+    for k_start in range(0, k_size, BLOCK_K):
+        offs_k = k_start + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < k_size
+        x = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        w = tl.load(w_rows + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
+    tl.store(out_ptr + rows, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty), mask=row_mask)
+
+
+def gemv(x, w, out, config):
+    bn, bk, warps, stages = config
+    n, k = w.shape
+    _gemv[(triton.cdiv(n, bn),)](x, w, out, n, k, w.stride(0), bn, bk, num_warps=warps, num_stages=stages)
+    return out
+
+
+def graph_time(calls) -> float:
+    """Microseconds per call of the list ``calls`` replayed in one CUDA graph (best of five replays)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in calls[:3]:
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in calls:
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(5):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3 / len(calls))
+    return best
+
+
+def main() -> None:
+    header = f"{'shape':11s} {'cuBLAS us':>9s} {'TB/s':>5s} | {'best GEMV us':>12s} {'TB/s':>5s}"
+    print(header + " config (BN, BK, warps, stages)")
+    for name, (n, k) in SHAPES.items():
+        size = n * k * 2
+        copies = max(8, -(-(512 << 20) // size))
+        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        out = torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
+        reference = F.linear(x, weights[0]).float()
+        cublas = graph_time([lambda w=w, x=x: F.linear(x, w) for w in weights])
+        timings = []
+        for config in CONFIGS:
+            got = gemv(x, weights[0], out, config).float()
+            error = float((got - reference).norm() / reference.norm())
+            if error > 1e-2:
+                print(f"  {name} {config}: relative error {error:.1e}, skipped")
+                continue
+            timings.append((graph_time([lambda w=w, c=config, x=x, o=out: gemv(x, w, o, c) for w in weights]), config))
+        timings.sort()
+        best, config = timings[0]
+        print(
+            f"{name:11s} {cublas:9.1f} {size / cublas / 1e6:5.2f} | {best:12.1f} {size / best / 1e6:5.2f} {config}"
+            f"  (next: {', '.join(f'{t:.1f} {c}' for t, c in timings[1:4])})"
+        )
+        del weights
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
