@@ -28,13 +28,22 @@ def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Paramete
 class Linear(nn.Module):
     """A linear layer whose weight is left uninitialised (weights are always loaded or filled afterwards)."""
 
-    def __init__(self, out_features: int, in_features: int, bias: bool, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        bias: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+        ops: ModelOps = TORCH_OPS,
+    ):
         super().__init__()
         self.weight = _empty(out_features, in_features, device=device, dtype=dtype)
         self.bias = _empty(out_features, device=device, dtype=dtype) if bias else None
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.ops.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -53,14 +62,14 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int, rope: RotaryEmbedding, device, dtype) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int, rope: RotaryEmbedding, ops: ModelOps, device, dtype) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.config = config
         self.rope = rope
         c = config
-        self.qkv_proj = Linear(c.q_size + 2 * c.kv_size, c.hidden_size, c.attention_bias, device, dtype)
-        self.o_proj = Linear(c.hidden_size, c.q_size, False, device, dtype)
+        self.qkv_proj = Linear(c.q_size + 2 * c.kv_size, c.hidden_size, c.attention_bias, device, dtype, ops)
+        self.o_proj = Linear(c.hidden_size, c.q_size, False, device, dtype, ops)
 
     def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         c = self.config
@@ -80,8 +89,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig, ops: ModelOps, device, dtype) -> None:
         super().__init__()
         self.ops = ops
-        self.gate_up_proj = Linear(2 * config.intermediate_size, config.hidden_size, False, device, dtype)
-        self.down_proj = Linear(config.hidden_size, config.intermediate_size, False, device, dtype)
+        self.gate_up_proj = Linear(2 * config.intermediate_size, config.hidden_size, False, device, dtype, ops)
+        self.down_proj = Linear(config.hidden_size, config.intermediate_size, False, device, dtype, ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
@@ -109,7 +118,7 @@ class DecoderLayer(nn.Module):
         self.residual_dtype = residual_dtype or dtype
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, ops, device, dtype)
-        self.self_attn = Attention(config, layer_id, rope, device, dtype)
+        self.self_attn = Attention(config, layer_id, rope, ops, device, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, ops, device, dtype)
         self.mlp = MLP(config, ops, device, dtype)
 

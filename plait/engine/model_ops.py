@@ -1,7 +1,8 @@
 """The elementwise operations of a decoder layer, in two interchangeable implementations.
 
 ``TORCH_OPS`` is the reference: plain PyTorch, any device. ``triton_ops()`` fuses each operation into one Triton
-kernel (``kernels/rms_norm.py``, ``rotary.py``, ``silu_and_mul.py``): a small decode step is otherwise bound by the
+kernel (``kernels/rms_norm.py``, ``rotary.py``, ``silu_and_mul.py``; one-row projections through ``gemv.py``): a small
+decode step is otherwise bound by the
 launches of a thousand tiny kernels, not by reading the weights. Both round at the same points.
 """
 
@@ -27,6 +28,8 @@ class ModelOps:
     # rotated K and the given V are also written to the layer's KV slots.
     rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    # (x, weight, bias) -> x @ weight^T + bias
+    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] = F.linear
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -77,8 +80,9 @@ TORCH_OPS = ModelOps("torch", _rms_norm, _add_rms_norm, _rotary, _silu_and_mul)
 
 def triton_ops() -> ModelOps:
     """The fused Triton kernels (imported on demand: triton is optional on CPU)."""
+    from plait.engine.kernels.gemv import linear
     from plait.engine.kernels.rms_norm import add_rms_norm, rms_norm
     from plait.engine.kernels.rotary import apply_rotary
     from plait.engine.kernels.silu_and_mul import silu_and_mul
 
-    return ModelOps("triton", rms_norm, add_rms_norm, apply_rotary, silu_and_mul)
+    return ModelOps("triton", rms_norm, add_rms_norm, apply_rotary, silu_and_mul, linear)

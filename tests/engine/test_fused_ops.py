@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.engine.triton_interpret import run_interpreted_in_subprocess
 
@@ -26,6 +27,7 @@ KERNEL_MODULES = (
     "plait.engine.kernels.rms_norm",
     "plait.engine.kernels.rotary",
     "plait.engine.kernels.silu_and_mul",
+    "plait.engine.kernels.gemv",
 )
 
 
@@ -176,6 +178,34 @@ def test_silu_and_mul_matches_reference(dtype, rows, size):
     ref, fused = _ops()
     x = torch.randn(rows, 2 * size, generator=torch.Generator().manual_seed(size)).to(DEVICE, dtype)
     assert _rel(fused.silu_and_mul(x), ref.silu_and_mul(x)) <= TOL[dtype]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,bias", [(8, 64, False), (37, 1030, True), (3, 5, True)])
+def test_gemv_matches_linear(dtype, n, k, bias):
+    from plait.engine.kernels.gemv import gemv
+
+    gen = torch.Generator().manual_seed(n * k)
+    x = torch.randn(1, k, generator=gen).to(DEVICE, dtype)
+    weight = (0.05 * torch.randn(n, k, generator=gen)).to(DEVICE, dtype)
+    b = torch.randn(n, generator=gen).to(DEVICE, dtype) if bias else None
+    got = gemv(x, weight, b)
+    assert got.shape == (1, n) and got.dtype == dtype
+    assert _rel(got, F.linear(x.float(), weight.float(), None if b is None else b.float())) <= TOL[dtype]
+
+
+@needs_kernels
+def test_gemv_rejects_what_it_cannot_compute():
+    from plait.engine.kernels.gemv import gemv, linear
+
+    weight = torch.randn(4, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="x \\[1, K\\]"):
+        gemv(torch.randn(2, 8, device=DEVICE), weight)
+    with pytest.raises(ValueError, match="rows contiguous"):
+        gemv(torch.randn(1, 4, device=DEVICE), weight.t())
+    x = torch.randn(3, 8, device=DEVICE)  # several rows: the GEMM
+    assert torch.allclose(linear(x, weight), F.linear(x, weight))
 
 
 @needs_kernels
