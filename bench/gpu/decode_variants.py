@@ -76,7 +76,7 @@ def attention_variants() -> None:
                 for block_n, warps, stages in CONFIGS:
                     dk.BLOCK_N = block_n
                     dk.SPLIT_LAUNCH = {"num_warps": warps, "num_stages": stages}
-                    scratch = dk.alloc_decode_scratch(batch, heads, kv_heads, splits, dim, q.device)
+                    scratch = dk.alloc_decode_scratch(batch, heads, splits, dim, q.device)
                     try:
                         call = functools.partial(
                             dk.decode_attention, q, k, v, table, rows, lens, out, dim**-0.5, splits, scratch

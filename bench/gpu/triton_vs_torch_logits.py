@@ -42,6 +42,17 @@ def _recording_layer_forward(forward):
     return wrapper
 
 
+LAYER0: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # projection -> (input, output) in the first forward
+
+
+def _record_projection(name: str):
+    def hook(module, inputs, output):
+        if name not in LAYER0:
+            LAYER0[name] = (inputs[0].float().clone(), output.float().clone())
+
+    return hook
+
+
 def run(
     backend: str, model: str, prompt: list[int], forced: list[int], dtype: str = "bfloat16", **overrides
 ) -> list[list[torch.Tensor]]:
@@ -59,6 +70,10 @@ def run(
     core = EngineCore(config)
     if LAYER_STREAMS is not None:
         LAYER_STREAMS.clear()  # the CUDA graphs' capture ran the model on dummy batches
+        LAYER0.clear()
+        for name, module in core.model.layers[0].named_modules():
+            if hasattr(module, "weight") and module.weight.dim() == 2:  # the four projections of the first layer
+                module.register_forward_hook(_record_projection(name))
     recorded: list[torch.Tensor] = []
     forward = core.runner.forward
 
@@ -162,15 +177,25 @@ def per_layer(model: str, prompt: list[int], forced: list[int], reference) -> di
         # The first prefill's layers (graph replays run no Python, so decode steps may be missing).
         layers = next((i for i, (layer, _) in enumerate(LAYER_STREAMS) if i and layer == 0), len(LAYER_STREAMS))
         streams[name] = [stream for _, stream in LAYER_STREAMS[:layers]]
+        streams[name + " layer 0"] = dict(LAYER0)
         LAYER_STREAMS = None
     errors = [float((a - b).norm() / b.norm()) for a, b in zip(streams["triton"], streams["torch"], strict=True)]
     print("per-layer stream, triton vs torch (prefill of 256):", " ".join(f"{e:.1e}" for e in errors))
+    first = {}
+    for projection, (x, y) in streams["torch layer 0"].items():
+        tx, ty = streams["triton layer 0"][projection]
+        differ = float((tx != x).float().mean())
+        first[projection] = {"input_rel_err": float((tx - x).norm() / x.norm()), "input_elements_differing": differ}
+        print(
+            f"  layer 0 {projection:22s} input: rel err {first[projection]['input_rel_err']:.1e}, {differ:.1%} of "
+            f"elements differ; output rel err {float((ty - y).norm() / y.norm()):.1e}"
+        )
     mixed = {
         "triton attention, torch elementwise ops": dict(backend="triton", fused_ops="off"),
         "torch attention, triton elementwise ops": dict(backend="torch", fused_ops="on"),
         "triton path, no CUDA graphs, no overlap": dict(backend="triton", cuda_graphs="off", overlap="off"),
     }
-    result = {"prefill_stream_rel_err_per_layer": errors}
+    result = {"prefill_stream_rel_err_per_layer": errors, "layer0_projection_inputs": first}
     for label, options in mixed.items():
         runs = run(options.pop("backend"), model, prompt, forced, **options)
         worst = max(

@@ -4,7 +4,7 @@
 #   bench: engine roofline fractions (8B b1 ctx512, 8B b1-256 ctx1024 and 1B b1-256 next to HF, 8B prefill 4x2048)
 #   extra: CPU overhead per decode step at batch 128 with the overlap on and off; grammar overhead on the fast path
 #   diag: GPU kernel tests, where a batch-128 decode step's time goes, small-batch attention and projection variants
-#   b1: kernel tests; batch-1 decode with the GEMV and the fused merge on and off; per-layer logits
+#   b1: kernel tests; batch-1 decode with the one-row GEMV on and off; per-layer logits
 #   small: where the two logits paths part (per layer, mixed paths); where a batch-1 step's time goes (8B and 1B)
 #   logits: triton vs torch logits with the P @ V product and the residual stream in float32 or bfloat16
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels in .whl/ and the Llama-3 vocabulary
@@ -53,10 +53,8 @@ b1)
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/engine/test_triton_attention.py tests/engine/test_fused_ops.py \
     2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
   G=plait.engine.kernels.gemv.MAX_WEIGHT_BYTES
-  M=plait.engine.kernels.decode_attention.FUSED_MERGE
   for model in llama-3.1-8b llama-3.2-1b; do
-    for variant in "gemv_merge:" "cublas_merge:--set $G=0" "gemv_kernel:--set $M=False" \
-      "cublas_kernel:--set $G=0 --set $M=False"; do
+    for variant in "gemv:" "cublas:--set $G=0"; do
       name=${variant%%:*}
       timeout 100 python3 bench/gpu/engine_variants.py ${variant#*:} -- bench engine --model $model $E --no-hf \
         --batch-sizes 1 --prompt-len 512 --gen-len 64 --output "$OUT/engine_${model}_b1_$name.json" 2>&1 \

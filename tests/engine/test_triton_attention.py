@@ -188,33 +188,6 @@ def test_extend_matches_dense_reference(kernels, group, head_dim, dtype):
     assert err <= TOLERANCE[dtype], f"prefixes {prefix_lens}, new {new_lens}: rel err {err:.2e}"
 
 
-def test_merge_in_the_last_program_matches_the_merge_kernel(kernels, monkeypatch):
-    """The fused merge (the last stage-1 program of a sequence and KV head merges) gives the separate merge kernel's
-    result, resets its counters so one scratch serves launch after launch, and gives zeros to an empty entry."""
-    rng = random.Random(7)
-    lengths = [1, 70, 300, 129, 5]
-    k_pool, v_pool, table, rows = paged_cache(lengths, NUM_KV_HEADS, 64, torch.float32, rng)
-    q = torch.randn(len(lengths), NUM_KV_HEADS * 4, 64, device=DEVICE)
-    lens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
-    decode = kernels.decode
-    scratch = decode.alloc_decode_scratch(len(lengths), q.shape[1], NUM_KV_HEADS, 6, 64, DEVICE)
-    outputs = {}
-    for fused in (False, True, True):  # twice fused: the second launch reuses the counters
-        monkeypatch.setattr(decode, "FUSED_MERGE", fused)
-        out = torch.full_like(q, float("nan"))
-        decode.decode_attention(q, k_pool, v_pool, table, rows, lens, out, 0.125, 6, scratch)
-        assert not out.isnan().any()
-        assert int(scratch.arrivals.count_nonzero()) == 0, "the merging programs reset their counters"
-        outputs.setdefault(fused, []).append(out)
-    assert torch.allclose(outputs[True][0], outputs[False][0], rtol=1e-5, atol=1e-6)
-    assert torch.equal(outputs[True][0], outputs[True][1])
-    lens[2] = 0  # an empty entry (never scheduled, but defined): zeros, not NaN
-    out = torch.full_like(q, float("nan"))
-    decode.decode_attention(q, k_pool, v_pool, table, rows, lens, out, 0.125, 6, scratch)
-    assert torch.equal(out[2], torch.zeros_like(out[2]))
-    assert torch.allclose(out[3], outputs[True][0][3], rtol=1e-5, atol=1e-6)
-
-
 def test_num_kv_splits_is_bounded_and_follows_length(kernels):
     choose = kernels.decode.choose_num_kv_splits
     cuda = torch.device("cuda")

@@ -45,7 +45,7 @@ class TritonAttentionMeta:
     extend_new_lens: torch.Tensor  # [num_extend] tokens computed in this step
     extend_starts: torch.Tensor  # [num_extend] row of the first new token in the batch
     max_extend_len: int
-    decode_scratch: decode_kernels.DecodeScratch | None = None  # stage-1 buffers, made by the first layer
+    decode_scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # stage-1 buffers, made by the first layer
 
 
 class TritonAttentionBackend:
@@ -180,7 +180,7 @@ class TritonAttentionBackend:
         if n:
             if meta.num_kv_splits > 1 and meta.decode_scratch is None:
                 meta.decode_scratch = decode_kernels.alloc_decode_scratch(
-                    n, q.shape[1], k_pool.shape[1], meta.num_kv_splits, q.shape[2], q.device
+                    n, q.shape[1], meta.num_kv_splits, q.shape[2], q.device
                 )
             decode_kernels.decode_attention(
                 q[:n],

@@ -7,22 +7,17 @@ Keys and values are gathered through ``req_to_token[row, position] -> slot``. Th
 * **along the context** (split-K): stage 1 gives each of ``num_splits`` programs a contiguous slice of the
   sequence and writes a partial output (normalised) and its log-sum-exp; stage 2 merges the slices. Batch 1 with a
   long context then still fills the GPU.
-* **the merge in the last program** (``FUSED_MERGE``): each stage-1 program counts its arrival on an atomic
-  counter of its (sequence, KV head); the one that arrives last merges the group's slices, so stage 2 needs no
-  launch of its own (one launch per layer fewer: 3 us of a 150 us 8B layer at batch 1). The counter is reset by
-  the merging program, ready for the next launch.
 
-Grids: stage 1 ``(batch, kv_heads, num_splits)``, stage 2 (when not fused) ``(batch, heads)``. ``num_splits`` is an
-upper bound chosen on the host from the batch size and the longest context (``choose_num_kv_splits``); each sequence
-uses as many slices as its own length needs (slices are whole ``BLOCK_N`` blocks), the rest return at once. Nothing
-on the host depends on tensor values, so the launches can be captured in a CUDA graph (capture with the graph's
-maximum context as ``max_len``). With a single split, stage 1 writes the final output and stage 2 is skipped.
+Grids: stage 1 ``(batch, kv_heads, num_splits)``, stage 2 ``(batch, heads)``. ``num_splits`` is an upper bound
+chosen on the host from the batch size and the longest context (``choose_num_kv_splits``); each sequence uses as
+many slices as its own length needs (slices are whole ``BLOCK_N`` blocks), the rest return at once. Nothing on the
+host depends on tensor values, so the launches can be captured in a CUDA graph (capture with the graph's maximum
+context as ``max_len``). With a single split, stage 1 writes the final output and stage 2 is skipped.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -39,61 +34,10 @@ PROGRAMS_PER_SM = 2
 BLOCK_N = 64
 SPLIT_LAUNCH = {"num_warps": 2, "num_stages": 3}
 MERGE_LAUNCH = {"num_warps": 4, "num_stages": 2}
-FUSED_MERGE = True
-
-
-@dataclass
-class DecodeScratch:
-    """Stage-1 outputs and the merge counters, reusable across layers and steps of up to ``batch`` sequences."""
-
-    mid_o: torch.Tensor  # [batch, heads, splits, head_dim] float32: each slice's normalised partial output
-    mid_lse: torch.Tensor  # [batch, heads, splits] float32: each slice's log2-sum-exp
-    arrivals: torch.Tensor  # [batch, kv_heads] int32: slices done; zero between launches (the merger resets it)
 
 
 # The split count and the strides derived from it vary from step to step: not specialised on (one compiled variant
 # per BLOCK_S bucket instead of one per value class met in the middle of serving).
-@triton.jit
-def _merge_group(
-    mid_o_ptr,
-    mid_lse_ptr,
-    out_ptr,
-    seq,
-    heads,
-    h_mask,
-    offs_d,
-    hd_mask,
-    used,
-    stride_mo_b,
-    stride_mo_h,
-    stride_mo_s,
-    stride_ml_b,
-    stride_ml_h,
-    stride_ot,
-    stride_oh,
-    BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-):
-    """Merge the ``used`` slices of the query heads ``heads`` of one sequence. Loads bypass L1 (``.cg``): the
-    slices were written by other programs."""
-    offs_s = tl.arange(0, BLOCK_S)
-    lse_ptrs = mid_lse_ptr + seq * stride_ml_b + heads[:, None] * stride_ml_h + offs_s[None, :]
-    hs_mask = h_mask[:, None] & (offs_s < used)[None, :]
-    lse = tl.load(lse_ptrs, mask=hs_mask, other=float("-inf"), cache_modifier=".cg")
-    top = tl.where(h_mask, tl.max(lse, 1), 0.0)
-    total = tl.sum(tl.where(hs_mask, tl.exp2(lse - top[:, None]), 0.0), 1)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for s in range(0, used):
-        weight = tl.load(mid_lse_ptr + seq * stride_ml_b + heads * stride_ml_h + s, mask=h_mask, other=0.0)
-        part_ptrs = mid_o_ptr + seq * stride_mo_b + heads[:, None] * stride_mo_h + s * stride_mo_s + offs_d[None, :]
-        part = tl.load(part_ptrs, mask=hd_mask, other=0.0, cache_modifier=".cg")
-        acc += tl.where(h_mask, tl.exp2(weight - top), 0.0)[:, None] * part
-    merged = acc / tl.maximum(total, 1e-30)[:, None]
-    out_ptrs = out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
-    tl.store(out_ptrs, merged.to(out_ptr.dtype.element_ty), mask=hd_mask)
-
-
 @triton.jit(do_not_specialize=["stride_ml_b", "stride_ml_h", "num_splits"])
 def _decode_split_kernel(
     q_ptr,
@@ -104,7 +48,6 @@ def _decode_split_kernel(
     lens_ptr,
     mid_o_ptr,
     mid_lse_ptr,
-    arrivals_ptr,
     out_ptr,
     scale_log2,
     stride_qt,
@@ -121,7 +64,6 @@ def _decode_split_kernel(
     stride_ml_h,
     stride_ot,
     stride_oh,
-    stride_arrivals,
     num_splits,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -129,8 +71,6 @@ def _decode_split_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DIRECT: tl.constexpr,
-    MERGE: tl.constexpr,
-    BLOCK_S: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
     PV_FP32: tl.constexpr,
@@ -142,20 +82,17 @@ def _decode_split_kernel(
     # Slices are whole blocks; the same formula in stage 2 tells how many slices a sequence has.
     split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N), 1) * BLOCK_N
     start = split * split_len
+    if start >= seq_len:
+        return
+    end = tl.minimum(start + split_len, seq_len)
+    row = tl.load(rows_ptr + seq).to(tl.int64)
+
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
     heads = kv_head * GROUP + offs_h
     h_mask = offs_h < GROUP
     d_mask = offs_d < HEAD_DIM
     hd_mask = h_mask[:, None] & d_mask[None, :]
-    if start >= seq_len:
-        if seq_len == 0 and split == 0:  # a zero-length entry gets zeros rather than 0/0 or nothing
-            zeros = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-            out_ptrs = out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
-            tl.store(out_ptrs, zeros.to(out_ptr.dtype.element_ty), mask=hd_mask)
-        return
-    end = tl.minimum(start + split_len, seq_len)
-    row = tl.load(rows_ptr + seq).to(tl.int64)
     q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :], mask=hd_mask, other=0.0)
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -183,20 +120,6 @@ def _decode_split_kernel(
         tl.store(mid_ptrs + offs_d[None, :], part, mask=hd_mask)
         lse_ptrs = mid_lse_ptr + seq * stride_ml_b + heads * stride_ml_h + split
         tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=h_mask)
-        if MERGE:
-            # Every thread's stores precede the arrival (barrier, then a release at GPU scope); the last arrival
-            # acquires them all. Exactly ``used`` programs of this (sequence, KV head) get here.
-            used = tl.cdiv(seq_len, split_len)
-            tl.debug_barrier()
-            counter = arrivals_ptr + seq * stride_arrivals + kv_head
-            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if arrived == used - 1:
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-                _merge_group(
-                    mid_o_ptr, mid_lse_ptr, out_ptr, seq, heads, h_mask, offs_d, hd_mask, used,
-                    stride_mo_b, stride_mo_h, stride_mo_s, stride_ml_b, stride_ml_h, stride_ot, stride_oh,
-                    BLOCK_H, BLOCK_D, BLOCK_S,
-                )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["stride_ml_b", "stride_ml_h", "num_splits"])
@@ -258,14 +181,12 @@ def choose_num_kv_splits(batch: int, num_kv_heads: int, max_len: int, device: to
 
 
 def alloc_decode_scratch(
-    batch: int, num_heads: int, num_kv_heads: int, num_splits: int, head_dim: int, device: torch.device
-) -> DecodeScratch:
-    """Stage-1 buffers for up to ``batch`` sequences and ``num_splits`` slices (see ``DecodeScratch``)."""
-    return DecodeScratch(
-        mid_o=torch.empty(batch, num_heads, num_splits, head_dim, dtype=torch.float32, device=device),
-        mid_lse=torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=device),
-        arrivals=torch.zeros(batch, num_kv_heads, dtype=torch.int32, device=device),
-    )
+    batch: int, num_heads: int, num_splits: int, head_dim: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage-1 outputs: partial outputs ``[batch, heads, splits, head_dim]`` and their log2-sum-exp."""
+    mid_o = torch.empty(batch, num_heads, num_splits, head_dim, dtype=torch.float32, device=device)
+    mid_lse = torch.empty(batch, num_heads, num_splits, dtype=torch.float32, device=device)
+    return mid_o, mid_lse
 
 
 def _launch_config(config: dict[str, int], device: torch.device) -> dict[str, int]:
@@ -282,14 +203,14 @@ def decode_attention(
     out: torch.Tensor,
     scale: float,
     num_splits: int,
-    scratch: DecodeScratch | None = None,
+    scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attention of one new token per sequence over its first ``lens[i]`` positions of ``req_to_token[rows[i]]``.
 
     ``q``/``out``: ``[batch, heads, head_dim]``; ``k_cache``/``v_cache``: ``[slots, kv_heads, head_dim]``;
     ``rows``/``lens``: ``[batch]`` int tensors on the device (every length >= 1, the new token included).
     ``scratch``: buffers from ``alloc_decode_scratch`` with at least ``batch`` rows and ``num_splits`` slices
-    (allocated here when absent; its counters must not be shared with a concurrent launch). Returns ``out``.
+    (allocated here when absent). Returns ``out``.
     """
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
@@ -310,13 +231,11 @@ def decode_attention(
         **dot_options(q.dtype, q.device),
     )
     direct = num_splits == 1
-    fused_merge = FUSED_MERGE and not direct
     if direct:
-        mid_o = mid_lse = arrivals = out  # unused by the kernel
+        mid_o = mid_lse = out  # unused by the kernel
         mo_strides, ml_strides = (0, 0, 0), (0, 0)
     else:
-        scratch = scratch or alloc_decode_scratch(batch, num_heads, num_kv_heads, num_splits, head_dim, q.device)
-        mid_o, mid_lse, arrivals = scratch.mid_o, scratch.mid_lse, scratch.arrivals
+        mid_o, mid_lse = scratch or alloc_decode_scratch(batch, num_heads, num_splits, head_dim, q.device)
         mo_strides, ml_strides = mid_o.stride()[:3], mid_lse.stride()[:2]
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q,
@@ -327,7 +246,6 @@ def decode_attention(
         lens,
         mid_o,
         mid_lse,
-        arrivals,
         out,
         scale * LOG2E,
         q.stride(0),
@@ -341,15 +259,12 @@ def decode_attention(
         *ml_strides,
         out.stride(0),
         out.stride(1),
-        arrivals.stride(0),
         num_splits,
         DIRECT=direct,
-        MERGE=fused_merge,
-        BLOCK_S=triton.next_power_of_2(num_splits),
         **common,
         **_launch_config(SPLIT_LAUNCH, q.device),
     )
-    if not direct and not fused_merge:
+    if not direct:
         _decode_merge_kernel[(batch, num_heads)](
             mid_o,
             mid_lse,
