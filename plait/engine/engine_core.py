@@ -24,24 +24,23 @@ from plait.engine.engine_invariants import check_engine_invariants
 from plait.engine.engine_setup import auto_kv_slots, build_prefix_cache, build_runner
 from plait.engine.engine_stats import EngineStats, ThroughputMeter, cache_stats
 from plait.engine.errors import InvalidRequestError
-from plait.engine.forward_batch import ForwardBatch, SequenceLayout
-from plait.engine.grammar import choice_score, scoring_requests
 from plait.engine.grammar.manager import GrammarManager
 from plait.engine.grammar.prompt_logprobs import PromptLogprobs
 from plait.engine.host_copy import to_device
 from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_ops import TORCH_OPS, triton_ops
-from plait.engine.request import ChoiceScore, GenerateDelta, GenerateRequest, TokenLogprob
+from plait.engine.request import GenerateDelta, GenerateRequest
 from plait.engine.runtime_controls import RuntimeControls
 from plait.engine.sampler import SampleRow, logprob_tensors, logprobs_to_host, sample_on_device
 from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from plait.engine.scoring import Scoring
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
 from plait.engine.text_output import TextOutput
 from plait.engine.tokenizer_loader import load_tokenizer
 
 
-class EngineCore(RuntimeControls):
+class EngineCore(RuntimeControls, Scoring):
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config = config or EngineConfig()
         config.validate()
@@ -207,56 +206,6 @@ class EngineCore(RuntimeControls):
             first = deltas[0]
             deltas += [replace(first, index=i, completion_tokens=0) for i in range(1, seqs[0].state.sampling.n)]
         return deltas
-
-    def prompt_logits(self, token_ids: list[int]) -> torch.Tensor:
-        """Logits (float32, ``[len(token_ids), vocab]``) at every position of ``token_ids``, computed in one
-        forward pass outside the batch (engine thread only; used for scoring and tests)."""
-        if not token_ids or len(token_ids) >= self.max_context:
-            raise InvalidRequestError("prompt_token_ids", f"need 1 to {self.max_context - 1} tokens")
-        if self.model is None:
-            raise InvalidRequestError("simulate", "the simulated engine computes no logits")
-        row = self.req_to_token.alloc_row()
-        if row is None or not self.scheduler._ensure_free(len(token_ids)):
-            raise InvalidRequestError("prompt_token_ids", "the engine is full; try again when it is idle")
-        slots = self.allocator.alloc(len(token_ids))
-        try:
-            self.req_to_token.write(row, 0, slots)
-            batch = ForwardBatch(
-                input_ids=torch.tensor(token_ids, device=self.device),
-                positions=torch.arange(len(token_ids), device=self.device),
-                out_cache_loc=slots.to(self.device),
-                sample_indices=torch.arange(len(token_ids), device=self.device),
-                num_decode=0,
-                layouts=[SequenceLayout(row, 0, len(token_ids))],
-                attention=self.runner.attention,
-                samples_every_row=True,
-            )
-            batch.attn_meta = self.runner.attention.prepare(batch)
-            return self.model(batch)
-        finally:
-            self.allocator.release(slots)
-            self.req_to_token.free_row(row)
-
-    def score_choices(self, request: GenerateRequest, choices: list[str]) -> list[ChoiceScore]:
-        """Log-probability of each choice after ``request``'s prompt (see ``plait.engine.grammar.choice_scoring``),
-        computed through the normal batch. Engine thread only: steps the core until the scores are in; deltas of
-        other requests produced meanwhile are returned by the next ``step()``."""
-        prompt_ids = self.prompt_ids(request)
-        scoring = scoring_requests(request, prompt_ids, choices, self.tokenizer)
-        states = [self.prepare(r) for r in scoring]  # all validated before any is queued
-        for state in states:
-            self.add(state)
-        found: dict[str, list[TokenLogprob] | None] = {}
-        wanted = {r.request_id for r in scoring}
-        while len(found) < len(wanted):
-            for delta in self.step():
-                if delta.request_id not in wanted:
-                    self._pending_deltas.append(delta)
-                elif delta.prompt_logprobs is not None:
-                    found[delta.request_id] = delta.prompt_logprobs
-                elif delta.finish_reason in ("error", "abort"):
-                    raise RuntimeError(f"scoring request {delta.request_id} ended: {delta.error or 'aborted'}")
-        return [choice_score(c, found[r.request_id]) for c, r in zip(choices, scoring, strict=True)]
 
     def has_work(self) -> bool:
         inflight = self._inflight is not None and any(
