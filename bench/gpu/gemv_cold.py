@@ -14,7 +14,9 @@ import itertools
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
+from decode_variants import graph_time_calls  # bench/gpu, the script's own folder
+
+from plait.engine.kernels.gemv import _gemv_kernel
 
 SHAPES = {  # name: (rows N, columns K) of the weight
     "8b qkv": (6144, 4096),
@@ -34,51 +36,13 @@ CONFIGS = [  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
 ]  # fmt: skip
 
 
-@triton.jit
-def _gemv(x_ptr, w_ptr, out_ptr, n_rows, k_size, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < n_rows
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_w
-    for k_start in range(0, k_size, BLOCK_K):
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < k_size
-        x = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-        w = tl.load(w_rows + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
-    tl.store(out_ptr + rows, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty), mask=row_mask)
-
-
 def gemv(x, w, out, config):
+    """The model's GEMV kernel (``plait/engine/kernels/gemv.py``) at launch configuration ``config``."""
     bn, bk, warps, stages = config
     n, k = w.shape
-    _gemv[(triton.cdiv(n, bn),)](x, w, out, n, k, w.stride(0), bn, bk, num_warps=warps, num_stages=stages)
+    grid = (triton.cdiv(n, bn),)
+    _gemv_kernel[grid](x, w, w, out, n, k, w.stride(0), False, bn, bk, num_warps=warps, num_stages=stages)
     return out
-
-
-def graph_time(calls) -> float:
-    """Microseconds per call of the list ``calls`` replayed in one CUDA graph (best of five replays)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for fn in calls[:3]:
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in calls:
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(5):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) * 1e3 / len(calls))
-    return best
 
 
 def main() -> None:
@@ -91,7 +55,7 @@ def main() -> None:
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         out = torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
         reference = F.linear(x, weights[0]).float()
-        cublas = graph_time([lambda w=w, x=x: F.linear(x, w) for w in weights])
+        cublas = graph_time_calls([lambda w=w, x=x: F.linear(x, w) for w in weights])
         timings = []
         for config in CONFIGS:
             got = gemv(x, weights[0], out, config).float()
@@ -99,7 +63,9 @@ def main() -> None:
             if error > 1e-2:
                 print(f"  {name} {config}: relative error {error:.1e}, skipped")
                 continue
-            timings.append((graph_time([lambda w=w, c=config, x=x, o=out: gemv(x, w, o, c) for w in weights]), config))
+            timings.append(
+                (graph_time_calls([lambda w=w, c=config, x=x, o=out: gemv(x, w, o, c) for w in weights]), config)
+            )
         timings.sort()
         best, config = timings[0]
         print(
