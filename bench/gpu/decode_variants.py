@@ -102,19 +102,21 @@ def attention_variants() -> None:
             )
 
 
+PROJECTION_SHAPES = {  # name: (rows N, columns K) of the weight
+    "8b qkv": (6144, 4096),
+    "8b o": (4096, 4096),
+    "8b gate_up": (28672, 4096),
+    "8b down": (4096, 14336),
+    "1b qkv": (3072, 2048),
+    "1b o": (2048, 2048),
+    "1b gate_up": (16384, 2048),
+    "1b down": (2048, 8192),
+}
+
+
 def linear_variants() -> None:
     print("projections (us per call, CUDA graph)")
-    shapes = {
-        "8b qkv": (6144, 4096),
-        "8b o": (4096, 4096),
-        "8b gate_up": (28672, 4096),
-        "8b down": (4096, 14336),
-        "1b qkv": (3072, 2048),
-        "1b o": (2048, 2048),
-        "1b gate_up": (16384, 2048),
-        "1b down": (2048, 8192),
-    }
-    for name, (n, k) in shapes.items():
+    for name, (n, k) in PROJECTION_SHAPES.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         for m in (1, 16):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
