@@ -6,6 +6,7 @@
 #   diag: GPU kernel tests, where a batch-128 decode step's time goes, small-batch attention and projection variants
 #   b1: kernel tests; batch-1 decode with the one-row GEMV on and off; per-layer logits
 #   small: where the two logits paths part (per layer, mixed paths); where a batch-1 step's time goes (8B and 1B)
+#   pdl: kernel tests with PDL; decode at batch 1 (8B, 1B) and 64 (8B) with PDL on and off, and the 8B Q/K/V in the GEMV
 #   logits: triton vs torch logits with the P @ V product and the residual stream in float32 or bfloat16
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels in .whl/ and the Llama-3 vocabulary
 # in .gpu_data/.
@@ -62,6 +63,27 @@ b1)
     done
   done
   timeout 240 python3 bench/gpu/triton_vs_torch_logits.py --per-layer 2>&1 | tail -9 | tee "$OUT/logits_per_layer.txt"
+  ;;
+pdl)
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/engine/test_triton_attention.py tests/engine/test_fused_ops.py \
+    tests/engine/test_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
+  P=plait.engine.kernels.pdl.ENABLED
+  G=plait.engine.kernels.gemv.MAX_WEIGHT_BYTES
+  for model in llama-3.1-8b llama-3.2-1b; do
+    for variant in "pdl:" "nopdl:--set $P=False" "pdl_gemv64:--set $G=67108864" "pdl_b1_again:"; do
+      name=${variant%%:*}
+      timeout 100 python3 bench/gpu/engine_variants.py ${variant#*:} -- bench engine --model $model $E --no-hf \
+        --batch-sizes 1 --prompt-len 512 --gen-len 64 --output "$OUT/engine_${model}_b1_$name.json" 2>&1 \
+        | grep "decode roof" | sed "s/^/$model $name /" | tee -a "$OUT/pdl_variants.txt"
+    done
+  done
+  for variant in "pdl:" "nopdl:--set $P=False"; do
+    name=${variant%%:*}
+    timeout 120 python3 bench/gpu/engine_variants.py ${variant#*:} -- bench engine --model llama-3.1-8b $E --no-hf \
+      --batch-sizes 64 --prompt-len 1024 --gen-len 64 --max-batch-tokens 16384 --chunk-size 1024 \
+      --output "$OUT/engine_8b_b64_$name.json" 2>&1 | grep "decode roof" | sed "s/^/8b-b64 $name /" \
+      | tee -a "$OUT/pdl_variants.txt"
+  done
   ;;
 small)
   timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 1 --prompt-len 512 \

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from plait.engine.kernels.attention_block import LOG2E, attend_block, dot_options
+from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_kernel
 
 MAX_KV_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
@@ -74,7 +75,9 @@ def _decode_split_kernel(
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
     PV_FP32: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    wait_for_previous_kernel(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -140,7 +143,9 @@ def _decode_merge_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    wait_for_previous_kernel(USE_PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(lens_ptr + seq)
@@ -189,8 +194,8 @@ def alloc_decode_scratch(
     return mid_o, mid_lse
 
 
-def _launch_config(config: dict[str, int], device: torch.device) -> dict[str, int]:
-    return dict(config) if device.type == "cuda" else {}
+def _launch_config(config: dict[str, int], device: torch.device) -> dict[str, object]:
+    return {**config, "USE_PDL": use_pdl(device), **launch_options(device)} if device.type == "cuda" else {}
 
 
 def decode_attention(

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_kernel
+
 # One-row projections whose weight is at most this many bytes go through the GEMV (0 disables it).
 MAX_WEIGHT_BYTES = 40 << 20
 BLOCK_N = 2
@@ -35,17 +37,23 @@ def _gemv_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n_rows
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_w
+    # The first weight tile is read before waiting for the kernel that writes x: with PDL the weight stream starts
+    # while that kernel drains (weights are never written by a kernel, so this is the only read allowed early).
+    offs_k = tl.arange(0, BLOCK_K)
+    w = tl.load(w_rows + offs_k[None, :], mask=row_mask[:, None] & (offs_k < k_size)[None, :], other=0.0)
+    wait_for_previous_kernel(USE_PDL)
     for k_start in range(0, k_size, BLOCK_K):
         offs_k = k_start + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < k_size
-        x = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-        w = tl.load(w_rows + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        x = tl.load(x_ptr + offs_k, mask=offs_k < k_size, other=0.0).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
+        next_k = offs_k + BLOCK_K
+        w = tl.load(w_rows + next_k[None, :], mask=row_mask[:, None] & (next_k < k_size)[None, :], other=0.0)
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
@@ -73,7 +81,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         bias is not None,
         BLOCK_N,
         block_k,
-        **(LAUNCH if x.is_cuda else {}),
+        use_pdl(x.device),
+        **({**LAUNCH, **launch_options(x.device)} if x.is_cuda else {}),
     )
     return out
 

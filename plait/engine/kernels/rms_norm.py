@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_kernel
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -26,7 +28,9 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < size
@@ -52,10 +56,22 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     if rows == 0:
         return out
     block = triton.next_power_of_2(size)
-    extra = {"num_warps": min(16, max(4, block // 512))} if x.is_cuda else {}
+    extra = {"num_warps": min(16, max(4, block // 512)), **launch_options(x.device)} if x.is_cuda else {}
     r = residual if residual is not None else x
     _rms_norm_kernel[(rows,)](
-        x, r, weight, out, x.stride(0), r.stride(0), out.stride(0), size, eps, residual is not None, block, **extra
+        x,
+        r,
+        weight,
+        out,
+        x.stride(0),
+        r.stride(0),
+        out.stride(0),
+        size,
+        eps,
+        residual is not None,
+        block,
+        use_pdl(x.device),
+        **extra,
     )
     return out
 

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_kernel
 from plait.engine.kv_store import KVStore
 
 
@@ -60,7 +61,9 @@ def _rotary_kernel(
     BLOCK_HK: tl.constexpr,
     BLOCK_D: tl.constexpr,
     STORE: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    wait_for_previous_kernel(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     position = tl.load(positions_ptr + token).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
@@ -130,5 +133,7 @@ def apply_rotary(
         triton.next_power_of_2(k.shape[1]),
         triton.next_power_of_2(half),
         kv_store is not None,
+        use_pdl(q.device),
+        **launch_options(q.device),
     )
     return q, k

@@ -10,11 +10,14 @@ import torch
 import triton
 import triton.language as tl
 
+from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_kernel
+
 BLOCK = 1024
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, size, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, size, BLOCK: tl.constexpr, USE_PDL: tl.constexpr = False):
+    wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < size
@@ -33,5 +36,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     size = width // 2
     out = torch.empty(rows, size, dtype=x.dtype, device=x.device)
     if rows:
-        _silu_and_mul_kernel[(rows, triton.cdiv(size, BLOCK))](x, out, x.stride(0), out.stride(0), size, BLOCK)
+        _silu_and_mul_kernel[(rows, triton.cdiv(size, BLOCK))](
+            x, out, x.stride(0), out.stride(0), size, BLOCK, use_pdl(x.device), **launch_options(x.device)
+        )
     return out
