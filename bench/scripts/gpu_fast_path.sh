@@ -6,6 +6,7 @@
 #   diag: GPU kernel tests, where a batch-128 decode step's time goes, small-batch attention and projection variants
 #   b1: kernel tests; batch-1 decode with the one-row GEMV on and off; per-layer logits
 #   small: where the two logits paths part (per layer, mixed paths); where a batch-1 step's time goes (8B and 1B)
+#   variants MODEL BATCH CONTEXT NAME:FLAGS...: decode of one shape under engine_variants.py overrides, one run each
 #   pdl: kernel tests with PDL; decode at batch 1 (8B, 1B) and 64 (8B) with PDL on and off, and the 8B Q/K/V in the GEMV
 #   logits: triton vs torch logits with the P @ V product and the residual stream in float32 or bfloat16
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels in .whl/ and the Llama-3 vocabulary
@@ -63,6 +64,17 @@ b1)
     done
   done
   timeout 240 python3 bench/gpu/triton_vs_torch_logits.py --per-layer 2>&1 | tail -9 | tee "$OUT/logits_per_layer.txt"
+  ;;
+variants)
+  model=$2 batch=$3 ctx=$4
+  shift 4
+  for variant in "$@"; do
+    name=${variant%%:*}
+    timeout 120 python3 bench/gpu/engine_variants.py ${variant#*:} -- bench engine --model $model $E --no-hf \
+      --batch-sizes $batch --prompt-len $ctx --gen-len 64 --max-batch-tokens 16384 --chunk-size 1024 \
+      --output "$OUT/engine_${model}_b${batch}_$name.json" 2>&1 | grep "decode roof" \
+      | sed "s/^/$model b$batch $name /" | tee -a "$OUT/variants.txt"
+  done
   ;;
 pdl)
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/engine/test_triton_attention.py tests/engine/test_fused_ops.py \

@@ -179,7 +179,7 @@ class LlamaForCausalLM(nn.Module):
             hidden = self.norm(hidden)
         else:
             hidden, _ = self.norm.add_forward(hidden, residual)
-        return F.linear(hidden, self.lm_head).float()
+        return self.ops.linear(hidden, self.lm_head, None).float()
 
     # ---- weights -------------------------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ A batch-1 decode step reads every weight once and computes almost nothing, so ea
 memory bandwidth. For weights of up to a few tens of MB the vendor GEMM picks 64-row tiles: too few programs to
 keep the HBM busy, plus a split-K reduction kernel. Measured with cold weights (each call of the timing graph reads
 another copy, as the engine does; ``bench/gpu/gemv_cold.py``) on an H200: 8B output projection 11.4 vs 13.3 us,
-1B output 4.4 vs 6.0 us, 1B down 11.2 vs 13.6 us; the 8B Q/K/V (50 MB) and larger weights are faster through cuBLAS.
+1B output 4.4 vs 6.0 us, 1B down 11.2 vs 13.6 us; without programmatic dependent launch (``pdl.py``) the 8B Q/K/V
+(50 MB) and larger weights are faster through cuBLAS, with it none is.
 
 Each program owns ``BLOCK_N`` rows and walks K in ``BLOCK_K`` chunks, accumulating elementwise in float32 and
 reducing once at the end; the result is rounded once, as the GEMM rounds its float32 accumulator.
@@ -18,8 +19,12 @@ import triton.language as tl
 
 from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_kernel
 
-# One-row projections whose weight is at most this many bytes go through the GEMV (0 disables it).
+# One-row projections whose weight is at most this many bytes go through the GEMV (0 disables it). Without PDL the
+# vendor GEMM is as fast from ~50 MB up; with PDL the GEMV streams its first weight tile while the kernel before it
+# drains, and wins at every size (8B batch-1 step on an H200: 4.30 ms with every projection here, 4.45 ms up to
+# 128 MB, 4.54 ms up to 40 MB; bench/results/h200_2026-11-22e/fast_path).
 MAX_WEIGHT_BYTES = 40 << 20
+MAX_WEIGHT_BYTES_PDL = 1 << 40
 BLOCK_N = 2
 BLOCK_K = 2048
 LAUNCH = {"num_warps": 4, "num_stages": 1}
@@ -89,6 +94,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, through ``gemv`` for a single row on a GPU when the weight is small enough to gain from it."""
-    if x.shape[0] == 1 and x.is_cuda and weight.numel() * weight.element_size() <= MAX_WEIGHT_BYTES:
-        return gemv(x, weight, bias)
+    if x.shape[0] == 1 and x.is_cuda:
+        cap = MAX_WEIGHT_BYTES_PDL if use_pdl(x.device) and MAX_WEIGHT_BYTES > 0 else MAX_WEIGHT_BYTES
+        if weight.numel() * weight.element_size() <= cap:
+            return gemv(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
