@@ -27,6 +27,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-batch-tokens", type=int, default=2048, help="tokens per forward pass")
     group.add_argument("--chunk-size", type=int, default=512, help="longest prefill chunk per sequence per step")
     group.add_argument(
+        "--max-running", type=int, default=256, help="most sequences in a batch (decoding or prefilling) at once"
+    )
+    group.add_argument(
         "--attention-backend",
         default="auto",
         choices=["auto", "torch", "triton"],
@@ -84,6 +87,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_context=args.max_context,
         max_batch_tokens=args.max_batch_tokens,
         chunk_size=args.chunk_size,
+        max_running=args.max_running,
         attention_backend=args.attention_backend,
         fused_ops=args.fused_ops,
         cuda_graphs=args.cuda_graphs,
