@@ -62,6 +62,7 @@ class RadixCache:
         self._loading: list[RadixNode] = []
         self._pinned: set[RadixNode] = set()
         self._program_nodes: dict[str, set[RadixNode]] = {}
+        self._write_back = True  # evicted device KV is copied to the host tier (off while flushing)
         self._protected: set[RadixNode] = set()  # nodes about to be loaded: host-room eviction must keep them
         # Evictions and loads of program-owned KV, newest last; bounded, read (and emptied) by the runtime's timeline.
         self.events: deque[CacheEvent] = deque(maxlen=EVENT_LOG_SIZE)
@@ -102,7 +103,7 @@ class RadixCache:
             child = node.children.get(token_ids[i])
             if child is None or not child.on_device:
                 break
-            n = common_prefix_length(child.key, token_ids[i:])
+            n = common_prefix_length(child.key, token_ids[i : i + len(child.key)])
             i += n
             if n < len(child):
                 break
@@ -116,7 +117,7 @@ class RadixCache:
             child = node.children.get(token_ids[i])
             if child is None:
                 break
-            n = common_prefix_length(child.key, token_ids[i:])
+            n = common_prefix_length(child.key, token_ids[i : i + len(child.key)])
             if n < len(child):
                 child = self._split(child, n)
             path.append(child)
@@ -195,7 +196,7 @@ class RadixCache:
                 self.counters.inserted_tokens += len(new)
                 self._touch(new, program_id)
                 break
-            n = common_prefix_length(child.key, token_ids[i:])
+            n = common_prefix_length(child.key, token_ids[i : i + len(child.key)])
             if n < len(child):
                 child = self._split(child, n)
             segment = slots[i : i + n]
@@ -273,7 +274,7 @@ class RadixCache:
             if node is not self.root and node.on_device and node.lock_ref == 0 and node.is_device_leaf():
                 heapq.heappush(heap, ((self._pin_active(node, now), self.policy.key(node, now)), next(order), node))
 
-        for node in self._all_nodes():
+        for node in self._device_nodes():
             push(node)
         freed = 0
         while freed < target and heap:
@@ -291,7 +292,7 @@ class RadixCache:
         if node in self._pinned:  # only a forced eviction reaches a pinned node: the pin gives way for good
             node.pin_until = 0.0
             self._pinned.discard(node)
-        if self.host is not None and node.host_slots is None and self._make_host_room(n, keep=node):
+        if self._write_back and self.host is not None and node.host_slots is None and self._make_host_room(n, node):
             node.host_slots = self.host.write_back(node.device_slots)
             self.counters.write_backs += 1
         if node.programs:
@@ -308,10 +309,12 @@ class RadixCache:
         return n
 
     def _make_host_room(self, n: int, keep: RadixNode) -> bool:
-        """Free host slots (drop copies of device-resident nodes, then host-only leaves) until ``n`` fit."""
+        """Free host slots (drop copies of device-resident nodes, then host-only leaves) until ``n`` fit; at least
+        ``min_eviction`` at a time, since each call walks and sorts the whole tree."""
         assert self.host is not None
         if self.host.num_free >= n:
             return True
+        wanted = max(n, self.min_eviction)
         now = time.monotonic()
         candidates = [
             node
@@ -324,7 +327,7 @@ class RadixCache:
         ]
         candidates.sort(key=lambda node: (node.device_slots is None, self.policy.key(node, now)))
         for node in candidates:
-            if self.host.num_free >= n:
+            if self.host.num_free >= wanted:
                 break
             if node.device_slots is not None:
                 self.host.free(node.host_slots)
@@ -352,6 +355,41 @@ class RadixCache:
                 if not nodes:
                     del self._program_nodes[program]
         self._pinned.discard(node)
+
+    def flush(self) -> int:
+        """Drop every unlocked prefix, pinned ones too, from the device and from the host tier (between benchmark
+        runs: a run must not inherit the last one's host copies, whose walk would also slow every eviction).
+        Returns the device slots freed. Locked prefixes (in use by running requests) and their paths stay."""
+        self.wait_for_loads()
+        self._write_back = False  # no copy to the host of what is being dropped
+        try:
+            freed = self.evict(self.evictable_size, allow_pinned=True)
+        finally:
+            self._write_back = True
+        host = self.host
+        if host is not None:
+            stack = list(self.root.children.values())
+            while stack:
+                node = stack.pop()
+                if node.device_slots is None and node.lock_ref == 0 and node.load is None:
+                    self._delete_subtree(node)  # host-only: its whole branch is host-only
+                else:
+                    if node.host_slots is not None:
+                        host.free(node.host_slots)
+                        node.host_slots = None
+                    stack.extend(node.children.values())
+        return freed
+
+    def _device_nodes(self) -> list[RadixNode]:
+        """Every node with device slots (resident or loading). They form a subtree under the root (eviction takes
+        device leaves first, a load brings back the whole path), so a node without device slots ends the walk down
+        its branch: host-only branches, which grow with the host tier, are never visited."""
+        nodes, stack = [], [n for n in self.root.children.values() if n.device_slots is not None]
+        while stack:
+            node = stack.pop()
+            nodes.append(node)
+            stack.extend(child for child in node.children.values() if child.device_slots is not None)
+        return nodes
 
     def _all_nodes(self) -> list[RadixNode]:
         nodes, stack = [], list(self.root.children.values())

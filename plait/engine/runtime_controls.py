@@ -67,12 +67,10 @@ class RuntimeControls:
         return self.allocator.num_used - cached
 
     def flush_prefix_cache(self) -> int:
-        """Drop every unlocked cached prefix (pinned ones too); returns the device slots freed."""
-        freed = self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
-        if isinstance(self.prefix_cache, RadixCache) and self.prefix_cache.host is not None:
-            self.prefix_cache.wait_for_loads()
-            freed += self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
-        return freed
+        """Drop every unlocked cached prefix (pinned ones too, host copies too); returns the device slots freed."""
+        if isinstance(self.prefix_cache, RadixCache):
+            return self.prefix_cache.flush()
+        return self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
 
     def configure(self, **settings: object) -> None:
         """Change ``CONFIGURABLE`` settings (engine thread only). Raises ``InvalidRequestError`` on a bad value."""

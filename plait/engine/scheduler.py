@@ -187,7 +187,9 @@ class Scheduler:
         # (admitting beside a long prefill that later fills the pool would retract a decode).
         reserve = sum(self._future_decode(s) + (0 if s.is_decode else s.num_uncomputed) for s in self.running)
         excluded = retracted + batch.retracted
-        for seq in partial + self._admission_order(budget):
+        # With every row taken no waiting sequence can start: skip ordering the queue (affinity looks up prefixes).
+        rows_free = len(self.running) < self.config.max_running and self.req_to_token.num_free_rows > 0
+        for seq in partial + (self._admission_order(budget) if rows_free else []):
             newly_admitted = seq.status is SeqStatus.WAITING
             if newly_admitted and any(seq is r for r in excluded):
                 break  # a victim of this step: it and everything behind it in priority order wait for the next one
