@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Workflow suites on a GPU with the Llama-3.1-8B shape (dummy weights, forced output lengths, real Llama-3
 # vocabulary): plait vs baseline in one run each, then an ablation. Results and Chrome traces under $OUT.
-#   bash bench/scripts/gpu_workflows.sh compare|loaded|ablation [extra bench flags for loaded]
+#   bash bench/scripts/gpu_workflows.sh compare|loaded|ablation [extra bench flags for loaded] | one SUITE FLAGS...
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -24,5 +24,9 @@ case "${1:-compare}" in
     ;;
   ablation)
     run "${2:-multi-agent}" --programs 32 --rate 0 --ablation
+    ;;
+  one)
+    # one suite with the given flags: bash bench/scripts/gpu_workflows.sh one react --programs 96 --rate 12
+    run "$2" "${@:3}"
     ;;
 esac
