@@ -5,8 +5,8 @@ need not run: it subscribes to the first's stream (and receives every delta so f
 if the first has finished, replays its recorded deltas. Only temperature-0 single-sample requests without
 log-probabilities qualify.
 
-Ownership: a shared call runs in its own task, not in any program's. Each subscriber holds a reference; the engine
-request is aborted only when the last subscriber leaves, so one program's cancellation never fails another's call.
+Ownership: the first caller reads the engine stream, so its cancellation aborts the engine request; identical callers
+that subscribed then issue the request again themselves, so one program's cancellation never fails another's call.
 """
 
 from __future__ import annotations
@@ -36,15 +36,23 @@ def dedup_key(request: GenerateRequest) -> bytes | None:
     return msgspec.json.encode([prompt, sorted(settings.items(), key=lambda item: item[0])], enc_hook=repr)
 
 
+class _LeaderLeft(Exception):
+    """The caller reading the engine stream left (cancelled) before the call finished."""
+
+
 @dataclass(eq=False)
 class _SharedCall:
     deltas: list[GenerateDelta] = field(default_factory=list)
     queues: list[asyncio.Queue[GenerateDelta | BaseException | None]] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
     done: bool = False
 
 
 class CallDeduplicator:
+    """The first caller of a deterministic request reads the engine's stream itself (no extra task or queue hop per
+    delta: a step delivers hundreds of deltas and the event loop is shared with every program); identical callers
+    that come while it runs subscribe to it. If the first caller leaves early, each subscriber issues the request
+    again (it is deterministic: the same deltas) and continues after the deltas it already has."""
+
     def __init__(self) -> None:
         self._running: dict[bytes, _SharedCall] = {}
         self._finished: OrderedDict[bytes, list[GenerateDelta]] = OrderedDict()
@@ -57,67 +65,95 @@ class CallDeduplicator:
         if key is None:
             return engine.generate(request), False
         self.calls += 1
+        return self._generate(key, engine, request)
+
+    def _generate(
+        self, key: bytes, engine: Engine, request: GenerateRequest
+    ) -> tuple[AsyncIterator[GenerateDelta], bool]:
         finished = self._finished.get(key)
         if finished is not None:
             self._finished.move_to_end(key)
             self.deduplicated += 1
             return _replay(finished), True
         shared = self._running.get(key)
-        leader = shared is None
         if shared is None:
             shared = self._running[key] = _SharedCall()
-            shared.task = asyncio.get_running_loop().create_task(self._drive(key, shared, engine, request))
-        else:
-            self.deduplicated += 1
-        return self._subscribe(key, shared), not leader
+            return self._lead(key, shared, engine.generate(request)), False
+        self.deduplicated += 1
+        return self._subscribe(key, shared, engine, request), True
 
-    async def _drive(self, key: bytes, shared: _SharedCall, engine: Engine, request: GenerateRequest) -> None:
-        outcome: BaseException | None = None
+    def _finish(self, key: bytes, shared: _SharedCall, outcome: BaseException | None) -> None:
+        shared.done = True
+        if self._running.get(key) is shared:
+            del self._running[key]
+        ok = outcome is None and shared.deltas and shared.deltas[-1].finish_reason not in ("error", "abort")
+        if ok:
+            self._finished[key] = shared.deltas
+            while len(self._finished) > _FINISHED_KEPT:
+                self._finished.popitem(last=False)
+        for queue in shared.queues:
+            queue.put_nowait(outcome)
+
+    async def _lead(
+        self, key: bytes, shared: _SharedCall, stream: AsyncIterator[GenerateDelta]
+    ) -> AsyncIterator[GenerateDelta]:
+        """The first caller's view: the engine stream itself, each delta also handed to the subscribers."""
+        outcome: BaseException | None = _LeaderLeft()
         try:
-            async with contextlib.aclosing(engine.generate(request)) as deltas:
-                async for delta in deltas:
-                    shared.deltas.append(delta)
-                    for queue in shared.queues:
-                        queue.put_nowait(delta)
-        except BaseException as error:  # every subscriber sees the failure (or the cancellation) of the call
+            async for delta in stream:
+                shared.deltas.append(delta)
+                for queue in shared.queues:
+                    queue.put_nowait(delta)
+                if delta.finish_reason is not None:
+                    outcome = None
+                yield delta
+                if outcome is None:
+                    break
+        except (GeneratorExit, asyncio.CancelledError):
+            raise  # the caller left: subscribers carry on by themselves (``_LeaderLeft``)
+        except BaseException as error:  # the call failed: every subscriber sees it
             outcome = error
+            raise
         finally:
-            shared.done = True
-            self._running.pop(key, None)
-            ok = outcome is None and shared.deltas and shared.deltas[-1].finish_reason not in ("error", "abort")
-            if ok:
-                self._finished[key] = shared.deltas
-                while len(self._finished) > _FINISHED_KEPT:
-                    self._finished.popitem(last=False)
-            for queue in shared.queues:
-                queue.put_nowait(outcome)
-        if isinstance(outcome, asyncio.CancelledError):
-            raise outcome
+            self._finish(key, shared, outcome)
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
 
-    async def _subscribe(self, key: bytes, shared: _SharedCall) -> AsyncIterator[GenerateDelta]:
+    async def _subscribe(
+        self, key: bytes, shared: _SharedCall, engine: Engine, request: GenerateRequest
+    ) -> AsyncIterator[GenerateDelta]:
         queue: asyncio.Queue[GenerateDelta | BaseException | None] = asyncio.Queue()
         for delta in shared.deltas:  # what the call produced before this subscriber came
             queue.put_nowait(delta)
         if shared.done:
             queue.put_nowait(None)
         shared.queues.append(queue)
+        received = 0
         try:
             while True:
                 item = await queue.get()
                 if item is None:
                     return
-                if isinstance(item, asyncio.CancelledError):
-                    raise RuntimeError("the shared call was cancelled by all of its callers")
+                if isinstance(item, _LeaderLeft):
+                    break
                 if isinstance(item, BaseException):
                     raise item
+                received += 1
                 yield item
                 if item.finish_reason is not None:
                     return
         finally:
             shared.queues.remove(queue)
-            if not shared.queues and not shared.done and shared.task is not None:
-                shared.task.cancel()  # the last caller left: abort the engine request
-                self._running.pop(key, None)
+        # The first caller left before the end: run the request again (or join whoever runs it now); a deterministic
+        # call gives the same deltas, so those already delivered are skipped.
+        source, _ = self._generate(key, engine, request)
+        async with contextlib.aclosing(source) as deltas:  # type: ignore[type-var]
+            index = 0
+            async for delta in deltas:
+                index += 1
+                if index > received:
+                    yield delta
 
 
 async def _replay(deltas: list[GenerateDelta]) -> AsyncIterator[GenerateDelta]:
