@@ -625,16 +625,16 @@ def test_a_locked_prefix_is_never_evicted() -> None:
 
 def test_flush_drops_device_kv_and_host_copies_but_keeps_what_is_in_use() -> None:
     env = make_env(num_slots=32, host_slots=16)
-    first, second, in_use = [1] * 4, [2] * 4, [3] * 4
+    first, second, in_use = [1] * 4, [2] * 4, [3, 3, 3, 3, 4]
     env.serve(first)
     env.serve(second)
     assert env.cache.evict(8) == 8  # both now host-only copies
     env.serve(first)  # loaded back: on the device and on the host
-    match = env.match(in_use + [4])  # nothing cached for it yet
+    match = env.match(in_use)  # nothing cached for it yet
     held = env.allocator.alloc(5)
-    env.write(in_use + [4], 0, held)
-    env.cache.cache_finished(in_use + [4], held, match.handle)
-    locked = env.match(in_use + [4])  # a running request holds it
+    env.write(in_use, 0, held)
+    env.cache.cache_finished(in_use, held, match.handle)
+    locked = env.match(in_use)  # a running request holds it
     assert locked.length == 5
     writes_before = env.cache.counters.write_backs
     env.cache.flush()
@@ -642,7 +642,7 @@ def test_flush_drops_device_kv_and_host_copies_but_keeps_what_is_in_use() -> Non
     assert env.cache.counters.write_backs == writes_before, "a flush copies nothing to the host"
     assert env.known(first) == 0 and env.known(second) == 0
     assert env.host is not None and env.host.num_free == 16, "host copies survived the flush"
-    assert env.resident(in_use + [4]) == 5, "a prefix in use was dropped"
+    assert env.resident(in_use) == 5, "a prefix in use was dropped"
     env.cache.unmatch(locked)
     env.cache.flush()
     assert env.allocator.num_free == 32 and env.known(in_use) == 0
