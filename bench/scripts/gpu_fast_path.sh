@@ -82,20 +82,9 @@ pdl)
   P=plait.engine.kernels.pdl.ENABLED
   G=plait.engine.kernels.gemv.MAX_WEIGHT_BYTES
   for model in llama-3.1-8b llama-3.2-1b; do
-    for variant in "pdl:" "nopdl:--set $P=False" "pdl_gemv64:--set $G=67108864" "pdl_b1_again:"; do
-      name=${variant%%:*}
-      timeout 100 python3 bench/gpu/engine_variants.py ${variant#*:} -- bench engine --model $model $E --no-hf \
-        --batch-sizes 1 --prompt-len 512 --gen-len 64 --output "$OUT/engine_${model}_b1_$name.json" 2>&1 \
-        | grep "decode roof" | sed "s/^/$model $name /" | tee -a "$OUT/pdl_variants.txt"
-    done
+    bash "$0" variants $model 1 512 "pdl:" "nopdl:--set $P=False" "pdl_gemv64:--set $G=67108864" "pdl_b1_again:"
   done
-  for variant in "pdl:" "nopdl:--set $P=False"; do
-    name=${variant%%:*}
-    timeout 120 python3 bench/gpu/engine_variants.py ${variant#*:} -- bench engine --model llama-3.1-8b $E --no-hf \
-      --batch-sizes 64 --prompt-len 1024 --gen-len 64 --max-batch-tokens 16384 --chunk-size 1024 \
-      --output "$OUT/engine_8b_b64_$name.json" 2>&1 | grep "decode roof" | sed "s/^/8b-b64 $name /" \
-      | tee -a "$OUT/pdl_variants.txt"
-  done
+  bash "$0" variants llama-3.1-8b 64 1024 "pdl:" "nopdl:--set $P=False"
   ;;
 small)
   timeout 110 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 1 --prompt-len 512 \

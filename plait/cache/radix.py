@@ -26,7 +26,14 @@ from plait.cache.eviction_policy import EvictionPolicy, LRUPolicy, NextUse
 from plait.cache.host_tier import HostTier
 from plait.cache.prefix_cache import PrefixMatch
 from plait.cache.radix_invariants import check_radix
-from plait.cache.radix_node import CacheCounters, CacheEvent, RadixNode, common_prefix_length
+from plait.cache.radix_node import (
+    CacheCounters,
+    CacheEvent,
+    RadixNode,
+    all_nodes,
+    common_prefix_length,
+    device_nodes,
+)
 from plait.cache.slot_allocator import SlotAllocator
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
@@ -274,7 +281,7 @@ class RadixCache:
             if node is not self.root and node.on_device and node.lock_ref == 0 and node.is_device_leaf():
                 heapq.heappush(heap, ((self._pin_active(node, now), self.policy.key(node, now)), next(order), node))
 
-        for node in self._device_nodes():
+        for node in device_nodes(self.root):
             push(node)
         freed = 0
         while freed < target and heap:
@@ -318,7 +325,7 @@ class RadixCache:
         now = time.monotonic()
         candidates = [
             node
-            for node in self._all_nodes()
+            for node in all_nodes(self.root)
             if node.host_slots is not None
             and node is not keep
             and node not in self._protected
@@ -380,24 +387,8 @@ class RadixCache:
                     stack.extend(node.children.values())
         return freed
 
-    def _device_nodes(self) -> list[RadixNode]:
-        """Every node with device slots (resident or loading). They form a subtree under the root (eviction takes
-        device leaves first, a load brings back the whole path), so a node without device slots ends the walk down
-        its branch: host-only branches, which grow with the host tier, are never visited."""
-        nodes, stack = [], [n for n in self.root.children.values() if n.device_slots is not None]
-        while stack:
-            node = stack.pop()
-            nodes.append(node)
-            stack.extend(child for child in node.children.values() if child.device_slots is not None)
-        return nodes
-
     def _all_nodes(self) -> list[RadixNode]:
-        nodes, stack = [], list(self.root.children.values())
-        while stack:
-            node = stack.pop()
-            nodes.append(node)
-            stack.extend(node.children.values())
-        return nodes
+        return all_nodes(self.root)
 
     # ---- host tier: loads ----------------------------------------------------------------------------------------
 

@@ -80,3 +80,25 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
         else:
             high = middle
     return low
+
+
+def all_nodes(root: RadixNode) -> list[RadixNode]:
+    """Every node below ``root`` (``root`` excluded)."""
+    nodes, stack = [], list(root.children.values())
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.children.values())
+    return nodes
+
+
+def device_nodes(root: RadixNode) -> list[RadixNode]:
+    """Every node below ``root`` with device slots (resident or loading). They form a subtree under the root
+    (eviction takes device leaves first, a load brings back the whole path), so a node without device slots ends the
+    walk down its branch: host-only branches, which grow with the host tier, are never visited."""
+    nodes, stack = [], [n for n in root.children.values() if n.device_slots is not None]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(child for child in node.children.values() if child.device_slots is not None)
+    return nodes
