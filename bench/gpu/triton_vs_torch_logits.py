@@ -53,9 +53,24 @@ def _record_projection(name: str):
     return hook
 
 
+def nudge_one_ulp(weights: torch.Tensor, index: int = 0) -> None:
+    """Grow one element of the vector ``weights`` by one bfloat16 ulp in place (in float32 too, the same step)."""
+    value = weights[index : index + 1]
+    _, exponent = torch.frexp(value.float())  # value = m * 2**exponent with 0.5 <= |m| < 1; bf16 keeps 8 bits of m
+    value.add_(torch.sign(value) * torch.ldexp(torch.ones_like(value, dtype=torch.float32), exponent - 8))
+
+
 def run(
-    backend: str, model: str, prompt: list[int], forced: list[int], dtype: str = "bfloat16", **overrides
+    backend: str,
+    model: str,
+    prompt: list[int],
+    forced: list[int],
+    dtype: str = "bfloat16",
+    perturb: bool = False,
+    **overrides,
 ) -> list[list[torch.Tensor]]:
+    """Per run (without, then with the prompt cached), every forward's logits; ``perturb`` moves one of the first layer's
+    input-norm weights by one bf16 ulp (the noise-floor control: the same model up to one ulp of one weight)."""
     config = EngineConfig(
         model=model,
         weights="dummy",
@@ -68,6 +83,9 @@ def run(
     if backend == "torch":
         config.overlap = "off"
     core = EngineCore(config)
+    if perturb:
+        with torch.no_grad():
+            nudge_one_ulp(core.model.layers[0].input_layernorm.weight)
     if LAYER_STREAMS is not None:
         LAYER_STREAMS.clear()  # the CUDA graphs' capture ran the model on dummy batches
         LAYER0.clear()
@@ -120,7 +138,16 @@ def main() -> None:
         help="also compare each layer's output stream in the first prefill, and "
         "variants that mix the two paths (which component moves the logits)",
     )
+    parser.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="only the control: the torch path against itself with one weight (of the first layer's input norm) moved "
+        "by one bf16 ulp: how far two bf16 runs of this model part when they differ by one rounding; runs on CPU too",
+    )
     args = parser.parse_args()
+    if args.noise_floor:
+        noise_floor(args.model, args.prompt_len)
+        return
     attention_block.PV_IN_FLOAT32 = args.pv == "float32"
     if args.residual == "model":
         model_loader.LlamaForCausalLM = _model_dtype_residual
@@ -162,6 +189,29 @@ def main() -> None:
     name = f"triton_vs_torch_logits_{args.model}_pv-{args.pv}_residual-{args.residual}.json"
     variant = {"pv": args.pv, "residual": args.residual}
     (out / name).write_text(json.dumps({"model": args.model, "variant": variant, **report}, indent=1))
+
+
+def noise_floor(model: str, prompt_len: int) -> None:
+    """The torch path against itself with one weight moved by one bf16 ulp, in bf16 and in float32."""
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(100, 20000, (prompt_len,), generator=generator).tolist()
+    forced = torch.randint(100, 20000, (STEPS + 2,), generator=generator).tolist()
+    reference = run("torch", model, prompt, forced)
+    nudged = run("torch", model, prompt, forced, perturb=True)
+    nudged32 = run("torch", model, prompt, forced, dtype="float32", perturb=True)
+    exact = run("torch", model, prompt, forced, dtype="float32")
+    report: dict = {"model": model, "device": "cuda" if torch.cuda.is_available() else "cpu", "prompt_len": prompt_len}
+    for i, name in enumerate(("no cached prefix", "cached prefix")):
+        bf16 = [float((x - y).norm() / y.norm()) for x, y in zip(nudged[i], reference[i], strict=True)]
+        fp32 = [float((x - y).norm() / y.norm()) for x, y in zip(nudged32[i], exact[i], strict=True)]
+        report[name] = {"bf16_rel_err_per_step": bf16, "fp32_rel_err_per_step": fp32}
+        print(
+            f"{name:18s} one weight moved one ulp: bf16 torch vs itself max {max(bf16):.2e} "
+            f"(mean {sum(bf16) / len(bf16):.2e}); float32 torch vs itself max {max(fp32):.2e}"
+        )
+    out = Path(os.environ.get("OUT", "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"logits_noise_floor_{model}_{report['device']}.json").write_text(json.dumps(report, indent=1))
 
 
 def per_layer(model: str, prompt: list[int], forced: list[int], reference) -> dict:

@@ -9,6 +9,8 @@
 #   variants MODEL BATCH CONTEXT NAME:FLAGS...: decode of one shape under engine_variants.py overrides, one run each
 #   pdl: kernel tests with PDL; decode at batch 1 (8B, 1B) and 64 (8B) with PDL on and off, and the 8B Q/K/V in the GEMV
 #   logits: triton vs torch logits with the P @ V product and the residual stream in float32 or bfloat16
+#   noise: the bf16 noise floor of the logits (the torch path against itself with one weight one ulp off), then the
+#          triton vs torch logits check
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels in .whl/ and the Llama-3 vocabulary
 # in .gpu_data/.
 set -uo pipefail
@@ -21,6 +23,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 strip() { grep -v "━" | grep -v "^\s*$"; }
 E="--weights dummy --attention-backend triton"
 case "${1:-check}" in
+noise)
+  timeout 200 python3 bench/gpu/triton_vs_torch_logits.py --noise-floor 2>&1 | tail -3 | tee "$OUT/logits_noise_floor.txt"
+  timeout 240 python3 bench/gpu/triton_vs_torch_logits.py 2>&1 | tail -8 | tee "$OUT/logits_check.txt"
+  ;;
 check)
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/engine/test_triton_attention.py tests/engine/test_fused_ops.py \
     tests/engine/test_gpu.py 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
