@@ -69,8 +69,8 @@ def run(
     perturb: bool = False,
     **overrides,
 ) -> list[list[torch.Tensor]]:
-    """Per run (without, then with the prompt cached), every forward's logits; ``perturb`` moves one of the first layer's
-    input-norm weights by one bf16 ulp (the noise-floor control: the same model up to one ulp of one weight)."""
+    """Per run (without, then with the prompt cached), every forward's logits; ``perturb`` moves one of the first
+    layer's input-norm weights by one bf16 ulp (the noise-floor control: the same model up to one ulp of one weight)."""
     config = EngineConfig(
         model=model,
         weights="dummy",
