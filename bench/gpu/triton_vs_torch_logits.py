@@ -53,6 +53,14 @@ def _record_projection(name: str):
     return hook
 
 
+def seeded_tokens(prompt_len: int) -> tuple[list[int], list[int]]:
+    """The prompt and the forced decode tokens every comparison feeds both paths (seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(100, 20000, (prompt_len,), generator=generator).tolist()
+    forced = torch.randint(100, 20000, (STEPS + 2,), generator=generator).tolist()
+    return prompt, forced
+
+
 def nudge_one_ulp(weights: torch.Tensor, index: int = 0) -> None:
     """Grow one element of the vector ``weights`` by one bfloat16 ulp in place (in float32 too, the same step)."""
     value = weights[index : index + 1]
@@ -152,9 +160,7 @@ def main() -> None:
     if args.residual == "model":
         model_loader.LlamaForCausalLM = _model_dtype_residual
     print(f"variant: P @ V in {args.pv}, residual stream in {args.residual}")
-    generator = torch.Generator().manual_seed(0)
-    prompt = torch.randint(100, 20000, (args.prompt_len,), generator=generator).tolist()
-    forced = torch.randint(100, 20000, (STEPS + 2,), generator=generator).tolist()
+    prompt, forced = seeded_tokens(args.prompt_len)
     reference = run("torch", args.model, prompt, forced)
     triton = run("triton", args.model, prompt, forced)
     exact = run("torch", args.model, prompt, forced, dtype="float32")  # how much bf16 itself moves the logits
@@ -193,9 +199,7 @@ def main() -> None:
 
 def noise_floor(model: str, prompt_len: int) -> None:
     """The torch path against itself with one weight moved by one bf16 ulp, in bf16 and in float32."""
-    generator = torch.Generator().manual_seed(0)
-    prompt = torch.randint(100, 20000, (prompt_len,), generator=generator).tolist()
-    forced = torch.randint(100, 20000, (STEPS + 2,), generator=generator).tolist()
+    prompt, forced = seeded_tokens(prompt_len)
     reference = run("torch", model, prompt, forced)
     nudged = run("torch", model, prompt, forced, perturb=True)
     nudged32 = run("torch", model, prompt, forced, dtype="float32", perturb=True)

@@ -42,6 +42,7 @@ from plait.cache import (
     RadixNode,
     SlotAllocator,
 )
+from plait.cache.radix_node import all_nodes
 from tests.conftest import FakeClock, patch_cache_clock
 
 # Known plait bugs, each reproduced by a strict xfail test in test_radix_pins_and_hints.py. While a flag is True the
@@ -135,15 +136,6 @@ def path_nodes(cache: RadixCache, tokens: list[int]) -> list[RadixNode]:
     return path
 
 
-def subtree(node: RadixNode) -> list[RadixNode]:
-    out, stack = [], list(node.children.values())
-    while stack:
-        child = stack.pop()
-        out.append(child)
-        stack.extend(child.children.values())
-    return out
-
-
 @dataclass
 class Request:
     tokens: list[int]
@@ -229,7 +221,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
             if node.device_slots is None or node.lock_ref > 0:
                 continue
             pinned = node.pin_until > now
-            below = subtree(node)
+            below = all_nodes(node)
             pinned_below = any(d.device_slots is not None and d.pin_until > now for d in below)
             if node.on_device and not pinned and pinned_below:
                 pin_blocked += len(node)
