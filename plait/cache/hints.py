@@ -62,7 +62,7 @@ class CacheHints:
                 closure.add(node)
                 node = node.parent
         extra = sum(len(n) for n in closure if not self.cache._pin_active(n, now))
-        if self.cache.pinned_slots(now) + extra > self.cache.pin_budget:
+        if self.cache.pin_budget_used(now) + extra > self.cache.pin_budget:
             self.cache.counters.pins_refused += 1
             return False
         for node in closure:

@@ -245,19 +245,24 @@ class RadixCache:
         return node.pin_until > now
 
     def pinned_slots(self, now: float | None = None) -> int:
+        """Device slots that running pins hold now."""
+        return sum(len(n) for n in self._active_pins(now) if n.on_device)
+
+    def pin_budget_used(self, now: float | None = None) -> int:
+        """Slots of the pin budget in use: every running pin, also one loading or on host (it comes back pinned)."""
+        return sum(len(n) for n in self._active_pins(now))
+
+    def _active_pins(self, now: float | None) -> set[RadixNode]:
         now = time.monotonic() if now is None else now
-        expired = [n for n in self._pinned if not self._pin_active(n, now)]
-        self._pinned.difference_update(expired)
-        return sum(len(n) for n in self._pinned if n.on_device)
+        self._pinned.difference_update([n for n in self._pinned if not self._pin_active(n, now)])
+        return self._pinned
 
     def evictable_slots(self, allow_pinned: bool = False) -> int:
         """What ``evict`` may free: for a new admission pinned prefixes are excluded, ``allow_pinned`` counts them
         (a running request takes pinned memory before it would be retracted)."""
         if allow_pinned:
             return self.evictable_size
-        now = time.monotonic()
-        self.pinned_slots(now)
-        pinned_unlocked = sum(len(n) for n in self._pinned if n.on_device and n.lock_ref == 0)
+        pinned_unlocked = sum(len(n) for n in self._active_pins(None) if n.on_device and n.lock_ref == 0)
         return self.evictable_size - pinned_unlocked
 
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
