@@ -40,6 +40,7 @@ _ABLATION = (
     "dedup",
     "prefix_first",
     "cache_affinity",
+    "shared_prefix_decode",
 )
 
 
@@ -60,6 +61,13 @@ def register(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--ablation", action="store_true", help="also run each feature alone over the baseline")
     parser.add_argument(
         "--leave-one-out", action="store_true", help="also run plait mode without each of its features in turn"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="FEATURE",
+        help="also run the baseline with this one feature on (repeatable; e.g. shared_prefix_decode)",
     )
     add_plan_argument(parser)
     parser.add_argument("--programs", type=int, default=None, help="number of programs (default: the suite's)")
@@ -100,6 +108,7 @@ def _modes(args: argparse.Namespace) -> list[Any]:
         modes += [PlanConfig.only(feature) for feature in _ABLATION]
     if args.leave_one_out:
         modes += [plait_mode.without(feature) for feature in _ABLATION if getattr(plait_mode, feature)]
+    modes += [PlanConfig.only(feature) for feature in getattr(args, "only", [])]  # ValueError names a bad one
     return modes
 
 
@@ -114,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         args.modes = _modes(args)
     except ValueError as error:
-        print(f"error: --plan {error}", file=sys.stderr)
+        print(f"error: --plan/--only {error}", file=sys.stderr)
         return 2
     if args.repeats < 1:
         print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)

@@ -190,7 +190,8 @@ class Engine:
 
     async def configure(self, **settings: object) -> None:
         """Change scheduling settings between runs (applied on the engine thread, before later requests):
-        ``max_queue_wait_s``, ``prefix_first`` and ``eviction_policy`` (``lru`` or ``next-use``)."""
+        ``max_queue_wait_s``, ``prefix_first``, ``eviction_policy`` (``lru`` or ``next-use``), ``affinity_window_s``
+        and ``shared_prefix_decode``."""
         unknown = set(settings) - set(CONFIGURABLE)
         if unknown:
             raise InvalidRequestError("configure", f"unknown settings {sorted(unknown)}; choose from {CONFIGURABLE}")

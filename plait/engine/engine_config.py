@@ -58,6 +58,8 @@ class EngineConfig:
     max_queue_wait_s: float = 0.0  # anti-starvation: a request waiting longer goes ahead of all priorities (0: off)
     prefix_first: bool = True  # hold a prompt back while a running prefill computes its prefix (compute it once)
     affinity_window_s: float = 0.0  # cache affinity: reorder admission by resident prefix within this window (0: off)
+    # Decodes sharing a cached prefix attend it together, reading it once per tile (triton backend; prefix_groups.py)
+    shared_prefix_decode: bool = True
     simulate: str = ""  # a GPU profile (simulated_gpu.PROFILES): model the forward pass's time on CPU, fixed logits
 
     @property

@@ -15,10 +15,11 @@ from plait.engine.engine_setup import eviction_policy
 if TYPE_CHECKING:
     from plait.cache import CacheHints, PrefixCache, SlotAllocator
     from plait.engine.engine_config import EngineConfig
+    from plait.engine.model_runner import ModelRunner
     from plait.engine.scheduler import Scheduler
 
 # Scheduling settings that may change while the engine runs (``configure``): benchmarks switch modes between runs.
-CONFIGURABLE = ("max_queue_wait_s", "prefix_first", "eviction_policy", "affinity_window_s")
+CONFIGURABLE = ("max_queue_wait_s", "prefix_first", "eviction_policy", "affinity_window_s", "shared_prefix_decode")
 
 
 class RuntimeControls:
@@ -27,6 +28,7 @@ class RuntimeControls:
     cache_hints: CacheHints | None
     allocator: SlotAllocator
     scheduler: Scheduler
+    runner: ModelRunner
     kv_slots: int
     _hints_ignored: int
 
@@ -79,6 +81,7 @@ class RuntimeControls:
         self.scheduler.config.max_queue_wait_s = config.max_queue_wait_s
         self.scheduler.config.prefix_first = config.prefix_first
         self.scheduler.config.affinity_window_s = config.affinity_window_s
+        self.runner.shared_prefix_decode = config.shared_prefix_decode
         if config.eviction_policy != self.config.eviction_policy and isinstance(self.prefix_cache, RadixCache):
             self.prefix_cache.policy = eviction_policy(config.eviction_policy, self.prefix_cache.program_hints)
         self.config = config

@@ -68,6 +68,8 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens its first admission found in the prefix cache (not computed)
     # Waited longer than the scheduler's max_queue_wait_s: now ahead of every priority (anti-starvation).
     promoted: bool = False
+    # Slot ids of its prompt every prefix_groups.GRANULE positions (decode grouping); reset when its KV is released.
+    prefix_keys: list[int] | None = None
 
     @property
     def request_id(self) -> str:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from plait.cache import KVPool, ReqToTokenPool
-from plait.engine.forward_batch import ForwardBatch, SequenceLayout
+from plait.engine.forward_batch import DecodeGroup, ForwardBatch, SequenceLayout
 from plait.engine.host_copy import pinned_to_device, to_device
 from plait.engine.kernels import decode_attention as decode_kernels
 from plait.engine.kernels import extend_attention as extend_kernels
+from plait.engine.kernels import shared_prefix_attention as prefix_kernels
 from plait.engine.kernels.attention_block import interpreter_ready
 
 _ALIGN = 4  # int32s in 16 bytes
@@ -29,6 +30,12 @@ _ALIGN = 4  # int32s in 16 bytes
 
 def _aligned(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
+
+
+def _graph_tiles(bs: int) -> int:
+    """Shared-prefix tiles a decode graph of ``bs`` rows holds: groups have two members or more, so at most
+    ``bs // 2`` tiles."""
+    return max(1, bs // 2)
 
 
 @dataclass
@@ -46,10 +53,12 @@ class TritonAttentionMeta:
     extend_starts: torch.Tensor  # [num_extend] row of the first new token in the batch
     max_extend_len: int
     decode_scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # stage-1 buffers, made by the first layer
+    prefix: prefix_kernels.PrefixTiles | None = None  # decodes that attend a shared prefix together
 
 
 class TritonAttentionBackend:
     name = "triton"
+    supports_shared_prefix = True  # ForwardBatch.decode_groups are served by shared_prefix_attention
 
     def __init__(self, kv_pool: KVPool, req_to_token: ReqToTokenPool, scale: float) -> None:
         if kv_pool.device.type != "cuda" and not interpreter_ready(decode_kernels._decode_split_kernel):
@@ -61,6 +70,10 @@ class TritonAttentionBackend:
         self.req_to_token = req_to_token
         self.scale = scale
         self._graph_info: torch.Tensor | None = None  # [2, max_bs] int32: rows, lengths (decode CUDA graphs)
+        # Shared-prefix graphs: [max_bs + 2 * max_tiles + max_tiles * TILE_SEQS] int32: starts, tile rows, tile
+        # lengths, tile members.
+        self._graph_prefix: torch.Tensor | None = None
+        self._graph_members: torch.Tensor | None = None  # [max_tiles, TILE_SEQS] int32, -1 padded
 
     def prepare(self, batch: ForwardBatch) -> TritonAttentionMeta:
         decodes = batch.layouts[: batch.num_decode]
@@ -70,6 +83,16 @@ class TritonAttentionBackend:
             starts.append(token)
             token += layout.new_len
         nd, ne = len(decodes), len(extends)
+        groups = [(g.shared_len, g.members) for g in batch.decode_groups]
+        prefix_values: list[int] = []
+        num_tiles = 0
+        if groups:  # each part padded to 16 bytes, as below
+            starts_p, tile_rows, tile_lens, members = prefix_kernels.layout_tiles(
+                groups, [d.req_row for d in decodes], nd
+            )
+            num_tiles = len(tile_rows)
+            for part in (starts_p, tile_rows, tile_lens, members):
+                prefix_values += [*part, *[0] * (_aligned(len(part)) - len(part))]
         # One host-to-device copy of every array, each padded to a multiple of _ALIGN int32s: Triton specialises a
         # kernel on whether each pointer is 16-byte aligned, so unpadded offsets that vary with the batch would
         # compile new kernel variants in the middle of serving (a stall of up to a second each).
@@ -81,15 +104,31 @@ class TritonAttentionBackend:
             *(e.prefix_len for e in extends), *[0] * ne_pad,
             *(e.new_len for e in extends), *[0] * ne_pad,
             *starts, *[0] * ne_pad,
+            *prefix_values,
         ]  # fmt: skip
         device = self.req_to_token.table.device
         info = to_device(values, torch.int32, device)
         decode_info = info[: 2 * _aligned(nd)].view(2, _aligned(nd))
         decode_rows, decode_lens = decode_info[0, :nd], decode_info[1, :nd]
-        extend_info = info[2 * _aligned(nd) :].view(4, _aligned(ne))[:, :ne]
+        extend_end = 2 * _aligned(nd) + 4 * _aligned(ne)
+        extend_info = info[2 * _aligned(nd) : extend_end].view(4, _aligned(ne))[:, :ne]
         rows, prefix, new, starts_t = extend_info.unbind(0)
         max_len = max((d.prefix_len + 1 for d in decodes), default=0)
         splits = decode_kernels.choose_num_kv_splits(nd, self.kv_pool.num_kv_heads, max_len, device) if nd else 1
+        prefix_tiles = None
+        if groups:
+            starts_at, rows_at = extend_end, extend_end + _aligned(nd)
+            lens_at = rows_at + _aligned(num_tiles)
+            members_at = lens_at + _aligned(num_tiles)
+            per_tile = prefix_kernels.TILE_SEQS
+            longest = max(shared for shared, _ in groups)
+            prefix_tiles = prefix_kernels.PrefixTiles(
+                starts=info[starts_at : starts_at + nd],
+                tile_rows=info[rows_at : rows_at + num_tiles],
+                tile_lens=info[lens_at : lens_at + num_tiles],
+                tile_members=info[members_at : members_at + per_tile * num_tiles].view(num_tiles, per_tile),
+                num_slices=prefix_kernels.choose_prefix_slices(num_tiles, self.kv_pool.num_kv_heads, longest, device),
+            )
         return TritonAttentionMeta(
             num_decode=nd,
             decode_rows=decode_rows,
@@ -101,6 +140,7 @@ class TritonAttentionBackend:
             extend_new_lens=new,
             extend_starts=starts_t,
             max_extend_len=max((e.new_len for e in extends), default=0),
+            prefix=prefix_tiles,
         )
 
     def precompile(self, num_heads: int, dtype: torch.dtype) -> int:
@@ -121,17 +161,46 @@ class TritonAttentionBackend:
             launches += 1
             splits *= 2
         extend_kernels.extend_attention(q, k_pool, v_pool, table, row, row, one, row, out, self.scale, 1)
+        # Shared-prefix decode: the split kernel with starts, the prefix kernel, and the merge for every slice
+        # count (an unused tile of length 0: nothing is read).
+        no_tile = torch.zeros(prefix_kernels.TILE_SEQS, dtype=torch.int32, device=device) - 1
+        for splits in (2**i for i in range(decode_kernels.MAX_KV_SPLITS.bit_length())):
+            for slices in (2**i for i in range(prefix_kernels.MAX_PREFIX_SLICES.bit_length())):
+                tiles = prefix_kernels.PrefixTiles(row, row, row, no_tile.view(1, -1), slices)
+                decode_kernels.decode_attention(
+                    q, k_pool, v_pool, table, row, one, out, self.scale, splits, None, tiles
+                )
+                launches += 1
         return launches + 1
 
     # ---- decode CUDA graphs ------------------------------------------------------------------------------------
 
     def init_graph_buffers(self, max_bs: int) -> None:
-        self._graph_info = torch.zeros(2, max_bs, dtype=torch.int32, device=self.req_to_token.table.device)
+        device = self.req_to_token.table.device
+        self._graph_info = torch.zeros(2, max_bs, dtype=torch.int32, device=device)
         self._graph_info[1].fill_(1)
+        tiles = _graph_tiles(max_bs)
+        self._graph_prefix = torch.zeros(_aligned(max_bs) + 2 * _aligned(tiles), dtype=torch.int32, device=device)
+        self._graph_members = torch.full((tiles, prefix_kernels.TILE_SEQS), -1, dtype=torch.int32, device=device)
 
-    def graph_metadata(self, bs: int) -> TritonAttentionMeta:
+    def _graph_prefix_tiles(self, bs: int) -> prefix_kernels.PrefixTiles:
+        assert self._graph_info is not None and self._graph_prefix is not None and self._graph_members is not None
+        tiles, lens_at = _graph_tiles(bs), _aligned(self._graph_info.shape[1]) + _aligned(self._graph_members.shape[0])
+        return prefix_kernels.PrefixTiles(
+            starts=self._graph_prefix[:bs],
+            tile_rows=self._graph_prefix[_aligned(self._graph_info.shape[1]) :][:tiles],
+            tile_lens=self._graph_prefix[lens_at : lens_at + tiles],
+            tile_members=self._graph_members[:tiles],
+            num_slices=prefix_kernels.choose_prefix_slices(
+                -(-bs // prefix_kernels.TILE_SEQS), self.kv_pool.num_kv_heads, self.req_to_token.max_context,
+                self._graph_prefix.device,
+            ),
+        )  # fmt: skip
+
+    def graph_metadata(self, bs: int, shared_prefix: bool = False) -> TritonAttentionMeta:
         """Decode metadata for a graph of ``bs`` rows, reading the static buffers; the split count is chosen for
-        the longest context the table holds, so it is fixed for the graph's life."""
+        the longest context the table holds, so it is fixed for the graph's life. ``shared_prefix``: the variant
+        that serves ``decode_groups`` (a fixed grid of ``bs // 2`` tiles, the most groups of two or more can fill)."""
         assert self._graph_info is not None, "init_graph_buffers first"
         device = self._graph_info.device
         max_len = self.req_to_token.max_context
@@ -147,17 +216,33 @@ class TritonAttentionBackend:
             extend_new_lens=empty,
             extend_starts=empty,
             max_extend_len=0,
+            prefix=self._graph_prefix_tiles(bs) if shared_prefix else None,
         )
 
-    def fill_graph_metadata(self, layouts: list[SequenceLayout], bs: int) -> None:
-        """Write the rows and context lengths of ``layouts`` (decodes) into the graph buffers, padded to ``bs``."""
+    def fill_graph_metadata(
+        self, layouts: list[SequenceLayout], bs: int, groups: list[DecodeGroup] | None = None
+    ) -> None:
+        """Write the rows and context lengths of ``layouts`` (decodes) into the graph buffers, padded to ``bs``;
+        with ``groups``, the shared-prefix tiles of the ``graph_metadata(bs, shared_prefix=True)`` variant too."""
         assert self._graph_info is not None, "init_graph_buffers first"
         pad = bs - len(layouts)
         host = torch.tensor(
             [[*(d.req_row for d in layouts), *[0] * pad], [*(d.prefix_len + 1 for d in layouts), *[1] * pad]],
             dtype=torch.int32,
         )
-        self._graph_info[:, :bs].copy_(pinned_to_device(host, self._graph_info.device))
+        device = self._graph_info.device
+        self._graph_info[:, :bs].copy_(pinned_to_device(host, device))
+        if groups is not None:
+            assert self._graph_prefix is not None and self._graph_members is not None
+            tiles = _graph_tiles(bs)
+            starts, rows, lens, members = prefix_kernels.layout_tiles(
+                [(g.shared_len, g.members) for g in groups], [d.req_row for d in layouts], bs, tiles
+            )
+            start_width, tile_width = _aligned(self._graph_info.shape[1]), _aligned(self._graph_members.shape[0])
+            flat = [*starts, *[0] * (start_width - bs), *rows, *[0] * (tile_width - tiles), *lens]
+            self._graph_prefix[: len(flat)].copy_(pinned_to_device(torch.tensor(flat, dtype=torch.int32), device))
+            member_host = torch.tensor(members, dtype=torch.int32).view(tiles, -1)
+            self._graph_members[:tiles].copy_(pinned_to_device(member_host, device))
 
     # ---- the step ------------------------------------------------------------------------------------------------
 
@@ -178,10 +263,9 @@ class TritonAttentionBackend:
         out = torch.empty_like(q)
         n = meta.num_decode
         if n:
-            if meta.num_kv_splits > 1 and meta.decode_scratch is None:
-                meta.decode_scratch = decode_kernels.alloc_decode_scratch(
-                    n, q.shape[1], meta.num_kv_splits, q.shape[2], q.device
-                )
+            slices = meta.num_kv_splits + (meta.prefix.num_slices if meta.prefix is not None else 0)
+            if slices > 1 and meta.decode_scratch is None:
+                meta.decode_scratch = decode_kernels.alloc_decode_scratch(n, q.shape[1], slices, q.shape[2], q.device)
             decode_kernels.decode_attention(
                 q[:n],
                 k_pool,
@@ -193,6 +277,7 @@ class TritonAttentionBackend:
                 self.scale,
                 meta.num_kv_splits,
                 meta.decode_scratch,
+                meta.prefix,
             )
         if meta.num_extend:
             extend_kernels.extend_attention(

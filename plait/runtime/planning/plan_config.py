@@ -1,7 +1,8 @@
 """Which program-level features the planner uses. Each can be switched off; all off is the baseline.
 
 Baseline mode is a request-level engine: requests first-come first-served, an LRU prefix cache, no pins, no prefetch,
-no deduplication, no holding a prompt back for a prefix another request is computing. ``PlanConfig.only(name)`` turns
+no deduplication, no holding a prompt back for a prefix another request is computing, every decode reading its whole
+context alone (no shared-prefix decode attention). ``PlanConfig.only(name)`` turns
 one feature on over the baseline (for ablations).
 """
 
@@ -20,6 +21,7 @@ FEATURES = (
     "dedup",  # identical temperature-0 calls across programs run once
     "prefix_first",  # a prompt waits for a running prefill that computes its prefix (fan-outs warm the prefix once)
     "cache_affinity",  # programs close in priority go longest-resident-prefix first (more fit where memory binds)
+    "shared_prefix_decode",  # decodes on a common cached prefix attend it together: read once per tile, not per call
 )
 
 
@@ -40,6 +42,7 @@ class PlanConfig:
     dedup: bool = True
     prefix_first: bool = True
     cache_affinity: bool = True
+    shared_prefix_decode: bool = True
     # Anti-starvation (engine-level): a request waiting longer than this goes ahead of all priorities (0: off).
     max_queue_wait_s: float = 30.0
     # ATLAS: service levels are [0, q), [q, 4q), [4q, 16q), ... seconds of engine time along the critical path.
@@ -112,6 +115,7 @@ class PlanConfig:
             "prefix_first": self.prefix_first,
             "max_queue_wait_s": self.max_queue_wait_s,
             "affinity_window_s": self.affinity_window_s if self.cache_affinity else 0.0,
+            "shared_prefix_decode": self.shared_prefix_decode,
         }
 
     def to_dict(self) -> dict[str, Any]:
