@@ -11,6 +11,7 @@ Usage: python bench/gpu/shared_prefix_decode.py [--json PATH]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 
@@ -24,7 +25,9 @@ HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 BYTES_PER_TOKEN = 2 * KV_HEADS * HEAD_DIM * 2  # K and V of one layer, bf16
 
 
-def case(batch: int, prefix: int, own: tuple[int, int], loners: int, width: int = 8192) -> dict[str, float]:
+def case(
+    batch: int, prefix: int, own: tuple[int, int], loners: int, width: int = 8192, sweep: bool = False
+) -> dict[str, float]:
     rng = random.Random(batch * 7 + prefix)
     device = torch.device("cuda")
     lengths = [prefix + rng.randint(*own) for _ in range(batch)]
@@ -68,6 +71,25 @@ def case(batch: int, prefix: int, own: tuple[int, int], loners: int, width: int 
     torch.cuda.synchronize()
     error = ((out_shared.float() - out_plain.float()).norm() / out_plain.float().norm()).item()
     plain_us, shared_us = graph_time(plain), graph_time(shared)
+    if sweep:  # the prefix kernel alone, and the whole path per launch setting and slice count
+        dot = dk.dot_options(q.dtype, device)
+
+        def prefix_only(launch: dict) -> None:
+            sp.shared_prefix_partials(
+                q, k, v, table, tiles, *scratch_shared, scale * dk.LOG2E, splits, dk.BLOCK_N, dot, launch
+            )
+
+        base = dk._launch_config(sp.PREFIX_LAUNCH, device)
+        print(f"  batch {batch}: plain {plain_us:.1f} us, shared {shared_us:.1f} us (slices {tiles.num_slices})")
+        for warps, stages in ((4, 2), (4, 3), (8, 2), (2, 2)):
+            launch = {**base, "num_warps": warps, "num_stages": stages}
+            took = graph_time(functools.partial(prefix_only, launch))
+            print(f"    prefix kernel alone, {warps} warps {stages} stages: {took:.1f} us")
+        saved = tiles.num_slices
+        for slices in (1, 2, 4, 8, 16):
+            tiles.num_slices = slices
+            print(f"    whole path, {slices} prefix slices: {graph_time(shared):.1f} us")
+        tiles.num_slices = saved
     plain_bytes = sum(lengths) * BYTES_PER_TOKEN
     shared_bytes = (sum(lengths) - prefix * (len(members) - num_tiles)) * BYTES_PER_TOKEN if groups else plain_bytes
     return {
@@ -90,7 +112,11 @@ def case(batch: int, prefix: int, own: tuple[int, int], loners: int, width: int 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write the rows here")
+    parser.add_argument("--sweep", action="store_true", help="also time the prefix kernel's launch settings")
     args = parser.parse_args()
+    if args.sweep:
+        for batch, prefix, own, loners in ((128, 2560, (150, 500), 8), (48, 3328, (300, 2500), 0)):
+            case(batch, prefix, own, loners, sweep=True)
     rows = [
         case(batch, prefix, own, loners)
         for batch, prefix, own, loners in (
