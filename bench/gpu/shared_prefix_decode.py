@@ -57,7 +57,7 @@ def case(
         sp.choose_prefix_slices(num_tiles, KV_HEADS, prefix, device),
     )  # fmt: skip
     scratch_plain = dk.alloc_decode_scratch(batch, HEADS, splits, HEAD_DIM, device)
-    scratch_shared = dk.alloc_decode_scratch(batch, HEADS, splits + tiles.num_slices, HEAD_DIM, device)
+    scratch_shared = dk.alloc_decode_scratch(batch, HEADS, splits + sp.MAX_PREFIX_SLICES, HEAD_DIM, device)
     scale = HEAD_DIM**-0.5
 
     def plain() -> None:

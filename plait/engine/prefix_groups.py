@@ -17,7 +17,11 @@ from plait.engine.forward_batch import DecodeGroup
 from plait.engine.sequence import Sequence
 
 GRANULE = 256  # shared prefixes are found (and used) in multiples of this many tokens
-MIN_MEMBERS = 2
+# A group pays for two more launches and a merge of more slices; measured on an H200 (bench/gpu/shared_prefix_decode.py)
+# it wins from ~16 decodes on a 2.5k-3.3k-token prefix (1.2-2.2x the attention) and loses on short prefixes (32
+# decodes on 256 tokens: 0.5x). Smaller groups or prefixes are left to plain decode attention.
+MIN_MEMBERS = 8
+MIN_SHARED_TOKENS = 1024
 
 
 def _keys(seq: Sequence) -> list[int]:
@@ -28,7 +32,8 @@ def _keys(seq: Sequence) -> list[int]:
 
 
 def decode_prefix_groups(decodes: list[Sequence]) -> list[DecodeGroup]:
-    """Groups of ``decodes`` (indices into the list) sharing a prefix of at least ``GRANULE`` tokens."""
+    """Groups of ``decodes`` (indices into the list): at least ``MIN_MEMBERS`` sharing a prefix of at least
+    ``MIN_SHARED_TOKENS`` tokens."""
     if len(decodes) < MIN_MEMBERS:
         return []
     keys = [_keys(seq) for seq in decodes]
@@ -44,7 +49,7 @@ def decode_prefix_groups(decodes: list[Sequence]) -> list[DecodeGroup]:
             if count < MIN_MEMBERS:
                 break  # deeper positions are shared by no more sequences than this one
             score = count * (position + 1)
-            if score > best_score:
+            if score > best_score and (position + 1) * GRANULE >= MIN_SHARED_TOKENS:
                 best, best_score, best_len = key, score, (position + 1) * GRANULE
         if best_score:
             chosen.setdefault(best, (best_len, []))[1].append(index)

@@ -389,9 +389,13 @@ def test_engine_on_triton_matches_torch_backend(kernels, one_thread):
     assert ((logits - ref_logits).abs().max() / ref_logits.abs().max()).item() <= 1e-4
 
 
-def test_engine_shared_prefix_decode_matches_torch_backend(kernels, one_thread):
+def test_engine_shared_prefix_decode_matches_torch_backend(kernels, one_thread, monkeypatch):
     """Two decodes on a cached 300-token prefix attend it together (one tile): same tokens and log-probabilities as
     the torch reference, which reads each context alone."""
+    from plait.engine import prefix_groups
+
+    monkeypatch.setattr(prefix_groups, "MIN_MEMBERS", 2)  # the tiny engine's two decodes on 256 shared tokens
+    monkeypatch.setattr(prefix_groups, "MIN_SHARED_TOKENS", 256)
     tokens, logprobs, _, hits = _engine_outputs("triton", prefix_len=300, shared_prefix_decode=True)
     ref_tokens, ref_logprobs, _, _ = _engine_outputs("torch", prefix_len=300)
     assert hits >= 2 * 256
