@@ -138,6 +138,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     config.kv_slots = config.kv_slots or suite.kv_slots
+    # Capture the shared-prefix decode graphs when some mode uses it (each mode switches it on or off at run time).
+    config.shared_prefix_decode = any(mode.shared_prefix_decode for mode in args.modes)
     return asyncio.run(_run(args, config, suite, lambda: build_suite(args.suite, options), profile))
 
 

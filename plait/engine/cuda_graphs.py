@@ -10,9 +10,10 @@ out) and attend over one position of req_to_token row 0 (reading a slot is alway
 
 The attention backend must provide ``init_graph_buffers(max_bs)``, ``graph_metadata(bs)`` (metadata whose tensors are
 views of those buffers) and ``fill_graph_metadata(layouts, bs)``, and its decode path must not synchronise with the
-host or allocate differently from one replay to the next. A backend with ``supports_shared_prefix`` gets a second
-graph per bucket from ``SHARED_PREFIX_MIN_BATCH`` rows up (``graph_metadata(bs, shared_prefix=True)``), replayed for
-steps whose decodes attend shared prefixes together (``ForwardBatch.decode_groups``).
+host or allocate differently from one replay to the next. With ``shared_prefix`` (``EngineConfig.shared_prefix_decode``
+when the engine starts) and a backend with ``supports_shared_prefix``, each bucket from ``SHARED_PREFIX_MIN_BATCH``
+rows up gets a second graph (``graph_metadata(bs, shared_prefix=True)``), replayed for steps whose decodes attend
+shared prefixes together (``ForwardBatch.decode_groups``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def supports_graphs(backend: Any) -> bool:
 class DecodeGraphs:
     """Captured decode forwards for batch sizes ``graph_buckets(max_batch)``."""
 
-    def __init__(self, model: torch.nn.Module, attention: Any, max_batch: int, device: torch.device) -> None:
+    def __init__(
+        self, model: torch.nn.Module, attention: Any, max_batch: int, device: torch.device, shared_prefix: bool = False
+    ) -> None:
+        """``shared_prefix``: also capture each bucket's shared-prefix variant (a backend that supports it)."""
         if not supports_graphs(attention):
             raise ValueError(f"the '{attention.name}' attention backend cannot be captured in CUDA graphs")
         self.model = model
@@ -54,7 +58,7 @@ class DecodeGraphs:
         self.positions = torch.zeros(n, dtype=torch.int64, device=device)
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
         self.sample_indices = torch.arange(n, dtype=torch.int64, device=device)
-        self.shared_prefix = bool(getattr(attention, "supports_shared_prefix", False))
+        self.shared_prefix = shared_prefix and bool(getattr(attention, "supports_shared_prefix", False))
         # Keyed by (batch size, shared-prefix variant).
         self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
         # The batch each graph was captured with. Kept alive: buffers that the forward allocates lazily on its

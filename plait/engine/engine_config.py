@@ -58,8 +58,11 @@ class EngineConfig:
     max_queue_wait_s: float = 0.0  # anti-starvation: a request waiting longer goes ahead of all priorities (0: off)
     prefix_first: bool = True  # hold a prompt back while a running prefill computes its prefix (compute it once)
     affinity_window_s: float = 0.0  # cache affinity: reorder admission by resident prefix within this window (0: off)
-    # Decodes sharing a cached prefix attend it together, reading it once per tile (triton backend; prefix_groups.py)
-    shared_prefix_decode: bool = True
+    # Decodes sharing a cached prefix attend it together, reading it once per tile (triton backend; prefix_groups.py).
+    # Off by default: on an H200 it sped the attention up 1.2-2.3x at batch 48-256 on 2.5k-3.3k shared tokens but
+    # slowed it at batch 64 (0.85x), and moved no workflow suite (bench/results/h200_2026-11-22g). Set at start, it
+    # also captures the shared-prefix decode graphs; configure() switches it at run time.
+    shared_prefix_decode: bool = False
     simulate: str = ""  # a GPU profile (simulated_gpu.PROFILES): model the forward pass's time on CPU, fixed logits
 
     @property

@@ -61,7 +61,8 @@ def build_decode_graphs(
             f"CUDA graphs need a CUDA device and the triton attention backend (device {device}, "
             f"backend '{config.resolve_attention_backend(device)}')",
         )
-    graphs = DecodeGraphs(model, attention, min(config.cuda_graph_max_batch or 256, config.max_running), device)
+    max_batch = min(config.cuda_graph_max_batch or 256, config.max_running)
+    graphs = DecodeGraphs(model, attention, max_batch, device, shared_prefix=config.shared_prefix_decode)
     graphs.capture()
     return graphs
 

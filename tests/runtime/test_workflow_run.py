@@ -76,7 +76,7 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
     plait_mode, baseline, *without = modes
     assert not plait_mode.deadline and plait_mode.tool_pins and baseline.name == "baseline"
     assert [m.name for m in without] == [f"plait without {f}" for f in ("program_fcfs", "next_use_hints",
-        "tool_pins", "prefetch", "dedup", "prefix_first", "cache_affinity", "shared_prefix_decode")]  # fmt: skip
+        "tool_pins", "prefetch", "dedup", "prefix_first", "cache_affinity")]  # fmt: skip
     assert all(not getattr(m, m.name.rsplit(" ", 1)[1]) for m in without)
     code = cli_main(["bench", "workflow", "--suite", "react", "--plan", "deadline=maybe", "--model", "tiny"])
     assert code == 2 and "deadline" in capsys.readouterr().err

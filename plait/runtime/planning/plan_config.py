@@ -42,7 +42,8 @@ class PlanConfig:
     dedup: bool = True
     prefix_first: bool = True
     cache_affinity: bool = True
-    shared_prefix_decode: bool = True
+    # Off: measured neutral on the workflow suites (a kernel-level gain at large batches only; see EngineConfig).
+    shared_prefix_decode: bool = False
     # Anti-starvation (engine-level): a request waiting longer than this goes ahead of all priorities (0: off).
     max_queue_wait_s: float = 30.0
     # ATLAS: service levels are [0, q), [q, 4q), [4q, 16q), ... seconds of engine time along the critical path.
