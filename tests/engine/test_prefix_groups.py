@@ -38,3 +38,17 @@ def test_fewer_than_min_members_form_no_group(monkeypatch):
     monkeypatch.setattr(prefix_groups, "MIN_MEMBERS", 2)
     groups = decode_prefix_groups(decodes)
     assert len(groups) == 1 and groups[0].shared_len == 4 * GRANULE
+
+
+def test_the_simulated_gpu_charges_a_shared_prefix_once_per_tile():
+    from plait.engine.forward_batch import SHARED_PREFIX_TILE_SEQS, DecodeGroup, SequenceLayout
+    from plait.engine.model_config import DUMMY_SHAPES
+    from plait.engine.simulated_gpu import PROFILES, StepCostModel
+
+    cost = StepCostModel(DUMMY_SHAPES["llama-3.1-8b"], PROFILES["h200"])
+    layouts = [SequenceLayout(i, 3000, 1) for i in range(32)]
+    plain = cost.seconds(layouts)
+    grouped = cost.seconds(layouts, [DecodeGroup(2560, list(range(32)))])
+    tiles = 32 // SHARED_PREFIX_TILE_SEQS
+    saved = 2560 * (32 - tiles) * cost.kv_bytes_per_token / PROFILES["h200"].bandwidth_bytes_per_s
+    assert abs((plain - grouped) - saved) < 1e-9
