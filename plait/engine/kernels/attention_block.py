@@ -65,6 +65,44 @@ def attend_block(
 
 
 @triton.jit
+def attend_context(
+    q,
+    table_row,
+    k_head,
+    v_head,
+    start,
+    end,
+    offs_d,
+    d_mask,
+    stride_ks,
+    stride_vs,
+    scale_log2,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    PV_FP32: tl.constexpr,
+):
+    """Attention of the ``[BLOCK_M, BLOCK_D]`` queries ``q`` over positions ``start .. end - 1`` of one
+    req_to_token row (``table_row`` points at it) for one KV head: every query sees every position. Returns the
+    normalised output ``[BLOCK_M, BLOCK_D]`` (float32) and its log2-sum-exp ``[BLOCK_M]``."""
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for block_start in range(start, end, BLOCK_N):
+        offs_n = block_start + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < end
+        slots = tl.load(table_row + offs_n, mask=n_mask, other=0).to(tl.int64)
+        k_ptrs = k_head + slots[None, :] * stride_ks + offs_d[:, None]
+        v_ptrs = v_head + slots[:, None] * stride_vs + offs_d[None, :]
+        m_i, l_i, acc = attend_block(
+            q, k_ptrs, v_ptrs, n_mask, n_mask[None, :], d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION, PV_FP32
+        )
+    return acc / l_i[:, None], m_i + tl.log2(l_i)
+
+
+@triton.jit
 def slice_length(length, num_slices, BLOCK_N: tl.constexpr):
     """Tokens per slice when ``length`` tokens are cut into at most ``num_slices`` slices of whole ``BLOCK_N``
     blocks (at least one block). Every kernel that writes or merges slices of a context uses this one formula."""

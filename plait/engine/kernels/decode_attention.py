@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from plait.engine.kernels.attention_block import LOG2E, attend_block, dot_options, slice_length
+from plait.engine.kernels.attention_block import LOG2E, attend_context, dot_options, slice_length
 from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_kernel
 from plait.engine.kernels.shared_prefix_attention import PREFIX_LAUNCH, PrefixTiles, shared_prefix_partials
 
@@ -105,23 +105,13 @@ def _decode_split_kernel(
     hd_mask = h_mask[:, None] & d_mask[None, :]
     q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :], mask=hd_mask, other=0.0)
 
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     table_row = table_ptr + row * stride_table
     k_head = k_ptr + kv_head * stride_kh
     v_head = v_ptr + kv_head * stride_vh
-    for block_start in range(start, end, BLOCK_N):
-        offs_n = block_start + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        slots = tl.load(table_row + offs_n, mask=n_mask, other=0).to(tl.int64)
-        k_ptrs = k_head + slots[None, :] * stride_ks + offs_d[:, None]
-        v_ptrs = v_head + slots[:, None] * stride_vs + offs_d[None, :]
-        m_i, l_i, acc = attend_block(
-            q, k_ptrs, v_ptrs, n_mask, n_mask[None, :], d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION, PV_FP32
-        )
-
-    part = acc / l_i[:, None]
+    part, lse = attend_context(
+        q, table_row, k_head, v_head, start, end, offs_d, d_mask, stride_ks, stride_vs, scale_log2,
+        BLOCK_H, BLOCK_D, BLOCK_N, DOT_FP32, PRECISION, PV_FP32,
+    )  # fmt: skip
     if DIRECT:
         out_ptrs = out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(out_ptrs, part.to(out_ptr.dtype.element_ty), mask=hd_mask)
@@ -129,7 +119,7 @@ def _decode_split_kernel(
         mid_ptrs = mid_o_ptr + seq * stride_mo_b + heads[:, None] * stride_mo_h + split * stride_mo_s
         tl.store(mid_ptrs + offs_d[None, :], part, mask=hd_mask)
         lse_ptrs = mid_lse_ptr + seq * stride_ml_b + heads * stride_ml_h + split
-        tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=h_mask)
+        tl.store(lse_ptrs, lse, mask=h_mask)
 
 
 @triton.jit(do_not_specialize=["stride_ml_b", "stride_ml_h", "num_splits", "prefix_splits"])

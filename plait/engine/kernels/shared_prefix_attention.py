@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from plait.engine.forward_batch import SHARED_PREFIX_TILE_SEQS as TILE_SEQS
-from plait.engine.kernels.attention_block import attend_block, slice_length
+from plait.engine.kernels.attention_block import attend_context, slice_length
 from plait.engine.kernels.pdl import wait_for_previous_kernel
 
 MAX_PREFIX_SLICES = 16
@@ -115,27 +115,17 @@ def _shared_prefix_kernel(
     q_ptrs = q_ptr + member[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=md_mask, other=0.0)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     table_row = table_ptr + row * stride_table
     k_head = k_ptr + kv_head * stride_kh
     v_head = v_ptr + kv_head * stride_vh
-    for block_start in range(start, end, BLOCK_N):
-        offs_n = block_start + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        slots = tl.load(table_row + offs_n, mask=n_mask, other=0).to(tl.int64)
-        k_ptrs = k_head + slots[None, :] * stride_ks + offs_d[:, None]
-        v_ptrs = v_head + slots[:, None] * stride_vs + offs_d[None, :]
-        m_i, l_i, acc = attend_block(
-            q, k_ptrs, v_ptrs, n_mask, n_mask[None, :], d_mask, m_i, l_i, acc, scale_log2, DOT_FP32, PRECISION, PV_FP32
-        )
-
-    out = acc / l_i[:, None]
+    out, lse = attend_context(
+        q, table_row, k_head, v_head, start, end, offs_d, d_mask, stride_ks, stride_vs, scale_log2,
+        BLOCK_M, BLOCK_D, BLOCK_N, DOT_FP32, PRECISION, PV_FP32,
+    )  # fmt: skip
     slot = slice_offset + part
     mid_ptrs = mid_o_ptr + member[:, None] * stride_mo_b + heads[:, None] * stride_mo_h + slot * stride_mo_s
     tl.store(mid_ptrs + offs_d[None, :], out, mask=md_mask)
-    tl.store(mid_lse_ptr + member * stride_ml_b + heads * stride_ml_h + slot, m_i + tl.log2(l_i), mask=valid)
+    tl.store(mid_lse_ptr + member * stride_ml_b + heads * stride_ml_h + slot, lse, mask=valid)
 
 
 @functools.cache
