@@ -2,12 +2,7 @@
 # One call on the lent GPU machine: CUDA correctness tests, then engine and cache benchmarks, results under $OUT.
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels carried in .whl/.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 python3 -m pytest tests/engine/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 for model in llama-3.1-8b llama-3.2-1b; do
   python3 -m plait bench engine --model "$model" --weights dummy --kv-slots 65536 --batch-sizes 1,16,64 \

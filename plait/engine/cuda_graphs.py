@@ -68,9 +68,6 @@ class DecodeGraphs:
         self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
         self.pool: Any = None
 
-    def _plain_metadata(self, bs: int) -> Any:
-        return self.attention.graph_metadata(bs)  # backends without shared-prefix support take one argument
-
     def _static_batch(self, bs: int, shared: bool) -> ForwardBatch:
         layouts = [SequenceLayout(0, 0, 1)] * bs
         return ForwardBatch(

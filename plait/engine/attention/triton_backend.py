@@ -32,6 +32,35 @@ def _aligned(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
 
 
+def _pack_prefix(layout: tuple[list[int], ...], start_width: int, tile_width: int) -> list[int]:
+    """``layout_tiles``' (starts, tile rows, tile lengths, members) as one int list whose parts start 16-byte aligned
+    in a region sized for ``start_width`` decodes and ``tile_width`` tiles (``_prefix_views`` reads it back)."""
+    starts, rows, lens, members = layout
+    return [
+        *starts, *[0] * (_aligned(start_width) - len(starts)),
+        *rows, *[0] * (_aligned(tile_width) - len(rows)),
+        *lens, *[0] * (_aligned(tile_width) - len(lens)),
+        *members,
+    ]  # fmt: skip
+
+
+def _prefix_views(
+    buffer: torch.Tensor, at: int, start_width: int, tile_width: int, nd: int, tiles: int, slices: int
+) -> prefix_kernels.PrefixTiles:
+    """Views of ``nd`` starts and ``tiles`` tiles in a ``_pack_prefix`` region of ``buffer`` starting at ``at``."""
+    rows_at = at + _aligned(start_width)
+    lens_at = rows_at + _aligned(tile_width)
+    members_at = lens_at + _aligned(tile_width)
+    per_tile = prefix_kernels.TILE_SEQS
+    return prefix_kernels.PrefixTiles(
+        starts=buffer[at : at + nd],
+        tile_rows=buffer[rows_at : rows_at + tiles],
+        tile_lens=buffer[lens_at : lens_at + tiles],
+        tile_members=buffer[members_at : members_at + per_tile * tiles].view(tiles, per_tile),
+        num_slices=slices,
+    )
+
+
 def _graph_tiles(bs: int) -> int:
     """Shared-prefix tiles a decode graph of ``bs`` rows holds: groups have two members or more, so at most
     ``bs // 2`` tiles."""
@@ -70,10 +99,8 @@ class TritonAttentionBackend:
         self.req_to_token = req_to_token
         self.scale = scale
         self._graph_info: torch.Tensor | None = None  # [2, max_bs] int32: rows, lengths (decode CUDA graphs)
-        # Shared-prefix graphs: [max_bs + 2 * max_tiles + max_tiles * TILE_SEQS] int32: starts, tile rows, tile
-        # lengths, tile members.
+        # Shared-prefix graphs: a _pack_prefix region for max_bs decodes and _graph_tiles(max_bs) tiles.
         self._graph_prefix: torch.Tensor | None = None
-        self._graph_members: torch.Tensor | None = None  # [max_tiles, TILE_SEQS] int32, -1 padded
 
     def prepare(self, batch: ForwardBatch) -> TritonAttentionMeta:
         decodes = batch.layouts[: batch.num_decode]
@@ -87,12 +114,9 @@ class TritonAttentionBackend:
         prefix_values: list[int] = []
         num_tiles = 0
         if groups:  # each part padded to 16 bytes, as below
-            starts_p, tile_rows, tile_lens, members = prefix_kernels.layout_tiles(
-                groups, [d.req_row for d in decodes], nd
-            )
-            num_tiles = len(tile_rows)
-            for part in (starts_p, tile_rows, tile_lens, members):
-                prefix_values += [*part, *[0] * (_aligned(len(part)) - len(part))]
+            layout = prefix_kernels.layout_tiles(groups, [d.req_row for d in decodes], nd)
+            num_tiles = len(layout[1])
+            prefix_values = _pack_prefix(layout, nd, num_tiles)
         # One host-to-device copy of every array, each padded to a multiple of _ALIGN int32s: Triton specialises a
         # kernel on whether each pointer is 16-byte aligned, so unpadded offsets that vary with the batch would
         # compile new kernel variants in the middle of serving (a stall of up to a second each).
@@ -117,18 +141,9 @@ class TritonAttentionBackend:
         splits = decode_kernels.choose_num_kv_splits(nd, self.kv_pool.num_kv_heads, max_len, device) if nd else 1
         prefix_tiles = None
         if groups:
-            starts_at, rows_at = extend_end, extend_end + _aligned(nd)
-            lens_at = rows_at + _aligned(num_tiles)
-            members_at = lens_at + _aligned(num_tiles)
-            per_tile = prefix_kernels.TILE_SEQS
             longest = max(shared for shared, _ in groups)
-            prefix_tiles = prefix_kernels.PrefixTiles(
-                starts=info[starts_at : starts_at + nd],
-                tile_rows=info[rows_at : rows_at + num_tiles],
-                tile_lens=info[lens_at : lens_at + num_tiles],
-                tile_members=info[members_at : members_at + per_tile * num_tiles].view(num_tiles, per_tile),
-                num_slices=prefix_kernels.choose_prefix_slices(num_tiles, self.kv_pool.num_kv_heads, longest, device),
-            )
+            slices = prefix_kernels.choose_prefix_slices(num_tiles, self.kv_pool.num_kv_heads, longest, device)
+            prefix_tiles = _prefix_views(info, extend_end, nd, num_tiles, nd, num_tiles, slices)
         return TritonAttentionMeta(
             num_decode=nd,
             decode_rows=decode_rows,
@@ -180,22 +195,17 @@ class TritonAttentionBackend:
         self._graph_info = torch.zeros(2, max_bs, dtype=torch.int32, device=device)
         self._graph_info[1].fill_(1)
         tiles = _graph_tiles(max_bs)
-        self._graph_prefix = torch.zeros(_aligned(max_bs) + 2 * _aligned(tiles), dtype=torch.int32, device=device)
-        self._graph_members = torch.full((tiles, prefix_kernels.TILE_SEQS), -1, dtype=torch.int32, device=device)
+        size = _aligned(max_bs) + 2 * _aligned(tiles) + tiles * prefix_kernels.TILE_SEQS
+        self._graph_prefix = torch.zeros(size, dtype=torch.int32, device=device)
 
     def _graph_prefix_tiles(self, bs: int) -> prefix_kernels.PrefixTiles:
-        assert self._graph_info is not None and self._graph_prefix is not None and self._graph_members is not None
-        tiles, lens_at = _graph_tiles(bs), _aligned(self._graph_info.shape[1]) + _aligned(self._graph_members.shape[0])
-        return prefix_kernels.PrefixTiles(
-            starts=self._graph_prefix[:bs],
-            tile_rows=self._graph_prefix[_aligned(self._graph_info.shape[1]) :][:tiles],
-            tile_lens=self._graph_prefix[lens_at : lens_at + tiles],
-            tile_members=self._graph_members[:tiles],
-            num_slices=prefix_kernels.choose_prefix_slices(
-                -(-bs // prefix_kernels.TILE_SEQS), self.kv_pool.num_kv_heads, self.req_to_token.max_context,
-                self._graph_prefix.device,
-            ),
+        assert self._graph_info is not None and self._graph_prefix is not None, "init_graph_buffers first"
+        max_bs = self._graph_info.shape[1]
+        slices = prefix_kernels.choose_prefix_slices(
+            -(-bs // prefix_kernels.TILE_SEQS), self.kv_pool.num_kv_heads, self.req_to_token.max_context,
+            self._graph_prefix.device,
         )  # fmt: skip
+        return _prefix_views(self._graph_prefix, 0, max_bs, _graph_tiles(max_bs), bs, _graph_tiles(bs), slices)
 
     def graph_metadata(self, bs: int, shared_prefix: bool = False) -> TritonAttentionMeta:
         """Decode metadata for a graph of ``bs`` rows, reading the static buffers; the split count is chosen for
@@ -233,16 +243,13 @@ class TritonAttentionBackend:
         device = self._graph_info.device
         self._graph_info[:, :bs].copy_(pinned_to_device(host, device))
         if groups is not None:
-            assert self._graph_prefix is not None and self._graph_members is not None
-            tiles = _graph_tiles(bs)
-            starts, rows, lens, members = prefix_kernels.layout_tiles(
-                [(g.shared_len, g.members) for g in groups], [d.req_row for d in layouts], bs, tiles
+            assert self._graph_prefix is not None
+            layout = prefix_kernels.layout_tiles(
+                [(g.shared_len, g.members) for g in groups], [d.req_row for d in layouts], bs, _graph_tiles(bs)
             )
-            start_width, tile_width = _aligned(self._graph_info.shape[1]), _aligned(self._graph_members.shape[0])
-            flat = [*starts, *[0] * (start_width - bs), *rows, *[0] * (tile_width - tiles), *lens]
-            self._graph_prefix[: len(flat)].copy_(pinned_to_device(torch.tensor(flat, dtype=torch.int32), device))
-            member_host = torch.tensor(members, dtype=torch.int32).view(tiles, -1)
-            self._graph_members[:tiles].copy_(pinned_to_device(member_host, device))
+            max_bs = self._graph_info.shape[1]
+            flat = torch.tensor(_pack_prefix(layout, max_bs, _graph_tiles(max_bs)), dtype=torch.int32)
+            self._graph_prefix[: len(flat)].copy_(pinned_to_device(flat, device))
 
     # ---- the step ------------------------------------------------------------------------------------------------
 
