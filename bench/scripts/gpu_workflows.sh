@@ -8,7 +8,7 @@ mkdir -p "$OUT"
 MODEL=(--model llama-3.1-8b --weights dummy --tokenizer .gpu_data/ggml-vocab-llama-bpe.gguf --time-limit 150)
 # The device has no ../shared: the traces and Spider schemas travel in .gpu_data/shared_data (git-ignored).
 [ -d .gpu_data/shared_data ] && MODEL+=(--data-dir .gpu_data/shared_data)
-run() { local name=$1; shift; python3 -m plait bench workflow --suite "$name" "${MODEL[@]}" --output "$OUT/$name.json" "$@" 2>&1 | grep -v "^\s*$" | tail -12; }
+run() { local name=$1; shift; python3 -m plait bench workflow --suite "$name" "${MODEL[@]}" --output "$OUT/$name.json" "$@" 2>&1 | grep -v "^\s*$" | tail -40; }
 case "${1:-compare}" in
   compare)
     run multi-agent --programs 32 --rate 0 --trace "$OUT/multi-agent.trace.json"

@@ -27,6 +27,33 @@ def engine_counters_delta(before: Any, after: Any) -> dict[str, float]:
         "busy_s": after.busy_s - before.busy_s,  # wall time in engine steps
         "slow_steps": after.slow_steps - before.slow_steps,
         "modelled_device_s": after.modelled_device_s - before.modelled_device_s,  # simulated engine only
+        **step_profile_delta(before, after),
+    }
+
+
+def step_profile_delta(before: Any, after: Any) -> dict[str, Any]:
+    """Per-step means over the run: decode and prefill rows in a batch, sequences waiting beside it, pinned slots,
+    host milliseconds planning the batch and blocked on the previous step's tokens; and how often admission stopped
+    for each reason (``Scheduler.admission_stops``)."""
+    steps = after.steps - before.steps
+    if steps <= 0:
+        return {}
+
+    def mean(name: str, scale: float = 1.0) -> float:
+        return (getattr(after, name) - getattr(before, name)) * scale / steps
+
+    stops_before = getattr(before, "admission_stops", {}) or {}
+    stops = {k: v - stops_before.get(k, 0) for k, v in (getattr(after, "admission_stops", {}) or {}).items()}
+    return {
+        "mean_decode_rows": mean("decode_rows"),
+        "mean_prefill_rows": mean("prefill_rows"),
+        "mean_waiting": mean("waiting_rows"),
+        "mean_pinned_slots": mean("pinned_slot_steps"),
+        "schedule_ms_per_step": mean("schedule_s", 1e3),
+        "readback_wait_ms_per_step": mean("readback_wait_s", 1e3),
+        "commands_ms_per_step": mean("commands_s", 1e3),
+        "ms_per_step": mean("busy_s", 1e3),
+        "admission_stops": {k: v for k, v in sorted(stops.items()) if v},
     }
 
 

@@ -30,6 +30,19 @@ _COLUMNS = [
     ("longest wait s", "longest_queue_wait_s"),
     ("done", "completed"),
 ]
+# Where each mode's engine steps went (medians over rounds); ``admission_stops`` follows as a line per mode.
+_STEP_COLUMNS = [
+    ("steps", "steps"),
+    ("ms/step", "ms_per_step"),
+    ("decodes/step", "mean_decode_rows"),
+    ("prefills/step", "mean_prefill_rows"),
+    ("waiting", "mean_waiting"),
+    ("idle pinned slots", "mean_pinned_slots"),
+    ("schedule ms", "schedule_ms_per_step"),
+    ("readback wait ms", "readback_wait_ms_per_step"),
+    ("commands ms", "commands_ms_per_step"),
+    ("prefill tokens", "prefill_tokens"),
+]
 _ABLATION = (
     "program_fcfs",
     "attained_service",
@@ -68,6 +81,13 @@ def register(benches: argparse._SubParsersAction) -> None:
         default=[],
         metavar="FEATURE",
         help="also run the baseline with this one feature on (repeatable; e.g. shared_prefix_decode)",
+    )
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="FEATURE",
+        help="also run plait mode without this one feature (repeatable; e.g. tool_pins)",
     )
     add_plan_argument(parser)
     parser.add_argument("--programs", type=int, default=None, help="number of programs (default: the suite's)")
@@ -109,6 +129,7 @@ def _modes(args: argparse.Namespace) -> list[Any]:
     if args.leave_one_out:
         modes += [plait_mode.without(feature) for feature in _ABLATION if getattr(plait_mode, feature)]
     modes += [PlanConfig.only(feature) for feature in getattr(args, "only", [])]  # ValueError names a bad one
+    modes += [plait_mode.without(feature) for feature in getattr(args, "without", [])]
     return modes
 
 
@@ -123,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         args.modes = _modes(args)
     except ValueError as error:
-        print(f"error: --plan/--only {error}", file=sys.stderr)
+        print(f"error: --plan/--only/--without {error}", file=sys.stderr)
         return 2
     if args.repeats < 1:
         print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
@@ -183,6 +204,14 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         ["mode"] + [c for c, _ in _COLUMNS],
         rows,
     )
+    print_table(
+        "engine steps per mode",
+        ["mode"] + [c for c, _ in _STEP_COLUMNS],
+        [[name, *[_cell(m.get(key)) for _, key in _STEP_COLUMNS]] for name, m in metrics.items()],
+    )
+    for name, m in metrics.items():
+        stops = ", ".join(f"{reason} {count}" for reason, count in (m.get("admission_stops") or {}).items())
+        print(f"{name}: steps where admission stopped, by reason: {stops or 'none'}")
     for name, results in runs.items():
         error = next((r.first_error for r in results if r.first_error), None)
         if error:

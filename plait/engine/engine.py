@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -258,14 +259,19 @@ class Engine:
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued commands; with ``block``, wait for the first one. Returns False on ``stop``."""
         applied = False
+        started = 0.0
         while True:
             try:
                 kind, payload = self._commands.get(block=block)
             except queue.Empty:
+                if applied:  # host time between steps, which the step time does not show
+                    self.core.meter.commands_s += time.perf_counter() - started
                 if applied:  # e.g. an abort frees KV without a step: callers must see it in stats() at once
                     with self._lock:
                         self._stats = self.core.stats()
                 return True
+            if not applied:
+                started = time.perf_counter()
             applied = True
             block = False
             if kind == "stop":

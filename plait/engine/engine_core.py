@@ -222,7 +222,9 @@ class EngineCore(RuntimeControls, Scoring):
         deltas, self._pending_deltas = self._pending_deltas, []
         for request_id, error in self.grammars.failed():
             deltas += self._fail_request(request_id, error)
+        scheduled = time.perf_counter()
         batch = self.scheduler.schedule()
+        self.meter.schedule_s += time.perf_counter() - scheduled
         if not batch:
             if self._inflight is not None:
                 return deltas + self._resolve()
@@ -239,7 +241,9 @@ class EngineCore(RuntimeControls, Scoring):
         self._inflight = self._launch_sampling(batch, logits)
         if not self.overlap:
             deltas += self._resolve()
-        self.meter.account(batch, time.perf_counter() - started)
+        # Pinned slots no running request holds: what pins keep from new admissions.
+        idle_pinned = self.scheduler.free_slots(allow_pinned=True) - self.scheduler.free_slots()
+        self.meter.account(batch, time.perf_counter() - started, len(self.scheduler.waiting), idle_pinned)
         return deltas
 
     def _can_admit(self, seq: Sequence) -> bool:
@@ -292,7 +296,9 @@ class EngineCore(RuntimeControls, Scoring):
         inflight, self._inflight = self._inflight, None
         if inflight is None:
             return []
+        blocked = time.perf_counter()
         tokens = inflight.token_list()
+        self.meter.readback_wait_s += time.perf_counter() - blocked
         # A sequence aborted since it was sampled has dropped its pending token and gets no delta.
         alive = [i for i, seq in enumerate(inflight.targets) if seq.status is not SeqStatus.FINISHED]
         live = set(alive)
@@ -398,6 +404,14 @@ class EngineCore(RuntimeControls, Scoring):
             slow_steps=self.meter.slow_steps,
             longest_step_s=self.meter.longest_step_s,
             modelled_device_s=getattr(self.runner, "device_seconds", 0.0),
+            decode_rows=self.meter.decode_rows,
+            prefill_rows=self.meter.prefill_rows,
+            waiting_rows=self.meter.waiting_rows,
+            pinned_slot_steps=self.meter.pinned_slot_steps,
+            schedule_s=self.meter.schedule_s,
+            readback_wait_s=self.meter.readback_wait_s,
+            commands_s=self.meter.commands_s,
+            admission_stops=dict(self.scheduler.admission_stops),
             **cache_stats(self.prefix_cache, self._hints_ignored),
         )
 

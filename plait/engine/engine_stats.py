@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from plait.cache import RadixCache
 from plait.engine.scheduler import ScheduledBatch
@@ -40,6 +40,16 @@ class EngineStats:
     slow_steps: int = 0  # steps longer than SLOW_STEP_S
     modelled_device_s: float = 0.0  # simulated engine: the cost model's device time of every step (0 otherwise)
     longest_step_s: float = 0.0
+    # Per-step sums since start (divide by ``steps`` for means): batch composition, the queue beside it, and where a
+    # step's wall time goes on the host (planning the batch; blocked reading the previous step's tokens).
+    decode_rows: int = 0
+    prefill_rows: int = 0
+    waiting_rows: int = 0  # sequences waiting at each step
+    pinned_slot_steps: int = 0  # pinned device slots no running request holds, at each step
+    schedule_s: float = 0.0
+    readback_wait_s: float = 0.0
+    commands_s: float = 0.0  # applying queued requests, aborts and planner hints between steps
+    admission_stops: dict[str, int] = field(default_factory=dict)  # see Scheduler.admission_stops
 
     @property
     def kv_usage(self) -> float:
@@ -55,9 +65,20 @@ class ThroughputMeter:
         self.busy_s = 0.0
         self.slow_steps = 0
         self.longest_step_s = 0.0
+        self.decode_rows = 0
+        self.prefill_rows = 0
+        self.waiting_rows = 0
+        self.pinned_slot_steps = 0
+        self.schedule_s = 0.0
+        self.readback_wait_s = 0.0
+        self.commands_s = 0.0
 
-    def account(self, batch: ScheduledBatch, step_s: float = 0.0) -> None:
+    def account(self, batch: ScheduledBatch, step_s: float = 0.0, waiting: int = 0, pinned_slots: int = 0) -> None:
         self.busy_s += step_s
+        self.decode_rows += len(batch.decodes)
+        self.prefill_rows += len(batch.extends)
+        self.waiting_rows += waiting
+        self.pinned_slot_steps += pinned_slots
         self.slow_steps += step_s > SLOW_STEP_S
         self.longest_step_s = max(self.longest_step_s, step_s)
         generated = sum(1 for item in batch.seqs if item.samples)

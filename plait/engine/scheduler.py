@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -96,6 +97,11 @@ class Scheduler:
         self.num_retractions = 0
         self.num_promotions = 0
         self.longest_queue_wait_s = 0.0  # the longest wait before a first admission seen so far
+        # Why waiting sequences did not start: per planning pass with a non-empty queue, the reason admission stopped
+        # ("pinned" when counting pinned slots as free would have let the sequence in), and "held" per pass that held
+        # some prompt back for a prefix in flight. A diagnostic for "why do my requests wait?".
+        self.admission_stops: Counter[str] = Counter()
+        self._refusal = ""  # why the last _admit returned False
         self._next_starvation_check = 0.0
 
     # ---- queues ----------------------------------------------------------------------------------------------------
@@ -189,9 +195,12 @@ class Scheduler:
         excluded = retracted + batch.retracted
         # With every row taken no waiting sequence can start: skip ordering the queue (affinity looks up prefixes).
         rows_free = len(self.running) < self.config.max_running and self.req_to_token.num_free_rows > 0
+        stop = "" if rows_free else "rows"  # why the first waiting sequence that did not start stayed out
+        any_held = False
         for seq in partial + (self._admission_order(budget) if rows_free else []):
             newly_admitted = seq.status is SeqStatus.WAITING
             if newly_admitted and any(seq is r for r in excluded):
+                stop = "retracted"
                 break  # a victim of this step: it and everything behind it in priority order wait for the next one
             # Pins hold memory for the future: they keep new prompts out (admission counts unpinned room only) but
             # yield to a running prefill that has no other room left, one chunk at a time.
@@ -199,13 +208,16 @@ class Scheduler:
             takes_pinned = unpinned <= 0 and not newly_admitted
             room = self.free_slots(allow_pinned=True) if takes_pinned else unpinned
             if budget <= 0 or room <= 0:
+                stop = "token_budget" if budget <= 0 else self._memory_stop(0)
                 break
             if newly_admitted:
                 own = self._future_decode(seq)
                 first_chunk = min(seq.num_uncomputed, self.config.chunk_size)
                 if self.config.reserve_decode and self.running and unpinned - reserve < first_chunk + own:
+                    stop = self._memory_stop(reserve + first_chunk + own - 1, "decode_reserve")
                     break  # admitting it would leave the running sequences no room to decode (a retraction later)
                 held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
+                any_held = any_held or held
                 # The whole uncached prompt must fit beside what running sequences still take. With nothing running
                 # only its first chunk must fit; its later chunks may take pinned memory (a pin does not hold an
                 # otherwise idle engine back for a whole prompt).
@@ -214,6 +226,7 @@ class Scheduler:
                 if admitted is None:
                     continue  # its prefix is loading or being computed, or its grammar compiling: others go first
                 if not admitted:
+                    stop = self._refusal
                     break  # strict priority order: later sequences wait behind this one
                 reserve += own
                 if holds_back and seq.num_prompt > _SHARE_KEY:
@@ -223,12 +236,22 @@ class Scheduler:
             self._ensure_free(chunk, allow_pinned=takes_pinned)
             chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
             if chunk <= 0:
+                stop = "memory"
                 break
             # The reserve counts each prefill's remaining prompt: this chunk is no longer to come, the rest still is.
             reserve += seq.num_uncomputed - chunk if newly_admitted else -chunk
             batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk, allow_pinned=takes_pinned)))
             budget -= chunk
+        if self.waiting:
+            if stop:
+                self.admission_stops[stop] += 1
+            if any_held:
+                self.admission_stops["held"] += 1
         return batch
+
+    def _memory_stop(self, needed: int, reason: str = "memory") -> str:
+        """``reason``, or "pinned" when more than ``needed`` slots would be free if pinned prefixes counted."""
+        return "pinned" if self.free_slots(allow_pinned=True) > needed else reason
 
     def _admission_order(self, budget: int) -> list[Sequence]:
         """The waiting queue in the order admission tries it: priority order, except that with cache affinity the
@@ -278,6 +301,7 @@ class Scheduler:
         (the whole prompt: admitting a prompt whose later chunks would not fit only retracts someone when they come).
         ``None``: not now, but others may go ahead (its prefix is loading or being computed by another)."""
         rows_needed = seq.state.sampling.n if seq.needs_spawn else 1
+        self._refusal = "rows"
         if len(self.running) + rows_needed > self.config.max_running:
             return False
         if self.req_to_token.num_free_rows < rows_needed:
@@ -292,6 +316,7 @@ class Scheduler:
             return None
         # Measured after the match: the cached prefix it locked is no longer evictable, so no longer free.
         if keep is not None and len(seq.token_ids) - match.length > self.free_slots() - keep:
+            self._refusal = self._memory_stop(len(seq.token_ids) - match.length + keep - 1, "prompt_fit")
             self.prefix_cache.unmatch(match)
             return False
         seq.cache_handle = match.handle

@@ -86,3 +86,29 @@ def test_a_request_never_fails_because_memory_is_pinned(clock):
     assert len(tokens["big"][0]) == 200
     core.check_invariants()
     assert core.kv_in_use() == 0
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_admission_stops_name_pins_that_keep_a_prompt_out(clock, pinned):
+    """The step profile says why a waiting prompt did not start: with the agent's prefix pinned, the second prompt
+    fits only if pinned slots counted as free ("pinned"); without the pin it starts beside the first."""
+    core = _core()
+    rng = random.Random(6)
+    agent = [rng.randrange(256) for _ in range(120)]
+    run_to_completion(core, [_request(agent, "agent", program="agent")])
+    if pinned:
+        assert core.pin(ttl_s=600.0, program_id="agent")
+    big = _request([rng.randrange(256) for _ in range(300)], "big", max_tokens=8)
+    second = _request([rng.randrange(256) for _ in range(150)], "second")
+    before = core.stats()
+    tokens = run_to_completion(core, [big, second])
+    assert len(tokens["second"][0]) == 4
+    stats = core.stats()
+    stops = stats.admission_stops
+    if pinned:
+        assert stops.get("pinned", 0) >= 1 and stats.pinned_slot_steps > before.pinned_slot_steps
+        assert stats.waiting_rows > before.waiting_rows
+    else:
+        assert "pinned" not in stops and stats.pinned_slot_steps == 0
+    assert stats.decode_rows - before.decode_rows == 7 + 3  # decode steps after each prefill sampled a first token
+    core.check_invariants()

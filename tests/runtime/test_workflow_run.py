@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from plait.bench.workflow_run import run_mode
 from plait.bench.workflow_suites import Suite, SuiteProgram
 from plait.runtime.planning import PlanConfig
@@ -78,6 +80,11 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
     assert [m.name for m in without] == [f"plait without {f}" for f in ("program_fcfs", "next_use_hints",
         "tool_pins", "prefetch", "dedup", "prefix_first", "cache_affinity")]  # fmt: skip
     assert all(not getattr(m, m.name.rsplit(" ", 1)[1]) for m in without)
+    picked = _modes(args(without=["tool_pins", "prefix_first"]))
+    assert [m.name for m in picked[2:]] == ["plait without tool_pins", "plait without prefix_first"]
+    assert not picked[2].tool_pins and picked[2].prefix_first and not picked[3].prefix_first
+    with pytest.raises(ValueError, match="unknown feature"):
+        _modes(args(without=["pins"]))
     code = cli_main(["bench", "workflow", "--suite", "react", "--plan", "deadline=maybe", "--model", "tiny"])
     assert code == 2 and "deadline" in capsys.readouterr().err
 
