@@ -34,8 +34,12 @@ class SchedulerConfig:
     chunk_size: int = 512  # longest prefill chunk of one sequence per step
     # Anti-starvation: a sequence waiting longer than this goes ahead of every priority (0: never).
     max_queue_wait_s: float = 0.0
-    # Hold back a waiting prompt while a running prefill is computing its prefix (computes the prefix once).
+    # Hold back a waiting prompt while a running prefill is computing its prefix (computes the prefix once), when the
+    # part still to be computed that both share is at least ``prefix_hold_min_tokens`` long: a hold delays the prompt
+    # by a step or more, which a short shared part does not pay back (four SQL candidates sharing a 100-token question
+    # after a cached head run faster side by side; agents sharing a 2k-token prompt do not).
     prefix_first: bool = True
+    prefix_hold_min_tokens: int = 256
     # Admission keeps room for the tokens running sequences will still generate: all of them for a request that
     # ignores EOS, this fraction for one that may stop early. Over-admitting only to retract later wastes prefill.
     decode_reserve_ratio: float = 0.5
@@ -125,15 +129,16 @@ class Scheduler:
                 inflight.setdefault(tuple(other.token_ids[:_SHARE_KEY]), []).append(other)
         return inflight
 
-    @staticmethod
-    def _shares_inflight_prefix(seq: Sequence, inflight: dict[tuple[int, ...], list[Sequence]]) -> bool:
-        """True if a running prefill will still compute part of ``seq``'s prompt: waiting for its chunks to be
-        cached computes the shared prefix once instead of twice."""
+    def _shares_inflight_prefix(self, seq: Sequence, inflight: dict[tuple[int, ...], list[Sequence]]) -> bool:
+        """True if a running prefill will still compute at least ``prefix_hold_min_tokens`` of ``seq``'s prompt:
+        waiting for its chunks to be cached computes that shared part once instead of twice."""
+        need = max(1, self.config.prefix_hold_min_tokens)
         for other in inflight.get(tuple(seq.token_ids[:_SHARE_KEY]), ()):
             done = other.num_computed
+            end = done + need  # the shared part still to come must reach this far
             if (
-                done < min(other.num_prompt, len(seq.token_ids) - 1)
-                and other.token_ids[done] == seq.token_ids[done]
+                end <= min(other.num_prompt, len(seq.token_ids) - 1)
+                and other.token_ids[done:end] == seq.token_ids[done:end]
                 and other.token_ids[:done] == seq.token_ids[:done]
             ):
                 return True

@@ -101,3 +101,35 @@ def test_a_running_prefill_takes_pinned_memory_instead_of_retracting_forever():
     done = run(core, [])
     assert done.get(late.request_id) == 4
     assert core.kv_in_use() == 0
+
+
+def _sharing(shared: int, own: int, offset: int) -> GenerateRequest:
+    """A prompt of ``shared`` common tokens and ``own`` tokens of its own (``offset`` picks which)."""
+    common = forced(shared, 1, 0).prompt_token_ids
+    return GenerateRequest(
+        prompt_token_ids=common + forced(own, 1, offset).prompt_token_ids,
+        sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
+    )
+
+
+def _first_step_prefill(shared: int) -> tuple[int, int]:
+    """Two prompts sharing ``shared`` tokens arrive together: the tokens the first step prefills, and the admission
+    stops it counted as holds."""
+    core = tiny_core(kv_slots=4096, chunk_size=1024, max_batch_tokens=2048)
+    core.scheduler.config.prefix_hold_min_tokens = 256
+    for request in (_sharing(shared, 40, 1), _sharing(shared, 40, 2)):
+        core.add_request(request)
+    core.step()
+    prefilled = core.stats().prefill_tokens
+    run(core, [])
+    assert core.kv_in_use() == 0
+    return prefilled, core.scheduler.admission_stops["held"]
+
+
+def test_a_prompt_waits_for_a_long_shared_prefix_but_not_for_a_short_one():
+    """Holding a prompt back until another computes their common prefix costs it a step; it pays only when the
+    common part is long (prefix_hold_min_tokens), so a 100-token one is computed twice and a 600-token one once."""
+    prefilled, held = _first_step_prefill(600)
+    assert prefilled == 640 and held == 1  # the second prompt waited for the first's 600 tokens
+    prefilled, held = _first_step_prefill(100)
+    assert prefilled == 2 * 140 and held == 0  # both ran in the first step
