@@ -33,8 +33,8 @@ def engine_counters_delta(before: Any, after: Any) -> dict[str, float]:
 
 def step_profile_delta(before: Any, after: Any) -> dict[str, Any]:
     """Per-step means over the run: decode and prefill rows in a batch, sequences waiting beside it, pinned slots,
-    host milliseconds planning the batch and blocked on the previous step's tokens; and how often admission stopped
-    for each reason (``Scheduler.admission_stops``)."""
+    host milliseconds per phase of the step loop (``EngineStats.phase_s``); and how often admission stopped for each
+    reason (``Scheduler.admission_stops``)."""
     steps = after.steps - before.steps
     if steps <= 0:
         return {}
@@ -42,6 +42,8 @@ def step_profile_delta(before: Any, after: Any) -> dict[str, Any]:
     def mean(name: str, scale: float = 1.0) -> float:
         return (getattr(after, name) - getattr(before, name)) * scale / steps
 
+    phases_before = getattr(before, "phase_s", {}) or {}
+    phases = sorted((getattr(after, "phase_s", {}) or {}).items())
     stops_before = getattr(before, "admission_stops", {}) or {}
     stops = {k: v - stops_before.get(k, 0) for k, v in (getattr(after, "admission_stops", {}) or {}).items()}
     return {
@@ -49,10 +51,8 @@ def step_profile_delta(before: Any, after: Any) -> dict[str, Any]:
         "mean_prefill_rows": mean("prefill_rows"),
         "mean_waiting": mean("waiting_rows"),
         "mean_pinned_slots": mean("pinned_slot_steps"),
-        "schedule_ms_per_step": mean("schedule_s", 1e3),
-        "readback_wait_ms_per_step": mean("readback_wait_s", 1e3),
-        "commands_ms_per_step": mean("commands_s", 1e3),
         "ms_per_step": mean("busy_s", 1e3),
+        **{f"{name}_ms_per_step": 1e3 * (seconds - phases_before.get(name, 0.0)) / steps for name, seconds in phases},
         "admission_stops": {k: v for k, v in sorted(stops.items()) if v},
     }
 

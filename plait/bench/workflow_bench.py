@@ -34,15 +34,14 @@ _COLUMNS = [
 _STEP_COLUMNS = [
     ("steps", "steps"),
     ("ms/step", "ms_per_step"),
-    ("decodes/step", "mean_decode_rows"),
-    ("prefills/step", "mean_prefill_rows"),
+    ("decodes", "mean_decode_rows"),
+    ("prefills", "mean_prefill_rows"),
     ("waiting", "mean_waiting"),
-    ("idle pinned slots", "mean_pinned_slots"),
-    ("schedule ms", "schedule_ms_per_step"),
-    ("readback wait ms", "readback_wait_ms_per_step"),
-    ("commands ms", "commands_ms_per_step"),
+    ("idle pinned", "mean_pinned_slots"),
     ("prefill tokens", "prefill_tokens"),
 ]
+# Host milliseconds per step in each phase of the engine loop (EngineStats.phase_s).
+_PHASES = ("schedule", "prepare", "forward", "commit", "resolve", "readback_wait", "sample", "deliver", "commands")
 _ABLATION = (
     "program_fcfs",
     "attained_service",
@@ -208,6 +207,11 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         "engine steps per mode",
         ["mode"] + [c for c, _ in _STEP_COLUMNS],
         [[name, *[_cell(m.get(key)) for _, key in _STEP_COLUMNS]] for name, m in metrics.items()],
+    )
+    print_table(
+        "host ms per step, by phase of the engine loop",
+        ["mode", *_PHASES],
+        [[name, *[_cell(m.get(f"{phase}_ms_per_step")) for phase in _PHASES]] for name, m in metrics.items()],
     )
     for name, m in metrics.items():
         stops = ", ".join(f"{reason} {count}" for reason, count in (m.get("admission_stops") or {}).items())

@@ -236,9 +236,11 @@ class Engine:
                         logger.exception("engine step failed")
                         self._fail_all(f"engine step failed: {error!r}")
                         continue
+                    delivering = time.perf_counter()
                     with self._lock:
                         self._stats = self.core.stats()
                     self._deliver(deltas)
+                    self.core.meter.add_phase("deliver", time.perf_counter() - delivering)
         finally:
             with self._lock:
                 self._stopped.set()
@@ -265,7 +267,7 @@ class Engine:
                 kind, payload = self._commands.get(block=block)
             except queue.Empty:
                 if applied:  # host time between steps, which the step time does not show
-                    self.core.meter.commands_s += time.perf_counter() - started
+                    self.core.meter.add_phase("commands", time.perf_counter() - started)
                 if applied:  # e.g. an abort frees KV without a step: callers must see it in stats() at once
                     with self._lock:
                         self._stats = self.core.stats()

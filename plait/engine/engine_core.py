@@ -218,13 +218,20 @@ class EngineCore(RuntimeControls, Scoring):
 
     def step(self) -> list[GenerateDelta]:
         """Run one batched forward pass; returns the deltas produced (with overlap: those of the previous step)."""
-        started = time.perf_counter()
+        started = mark = time.perf_counter()
+        phase = self.meter.add_phase
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            phase(name, now - mark)
+            mark = now
+
         deltas, self._pending_deltas = self._pending_deltas, []
         for request_id, error in self.grammars.failed():
             deltas += self._fail_request(request_id, error)
-        scheduled = time.perf_counter()
         batch = self.scheduler.schedule()
-        self.meter.schedule_s += time.perf_counter() - scheduled
+        lap("schedule")
         if not batch:
             if self._inflight is not None:
                 return deltas + self._resolve()
@@ -232,15 +239,20 @@ class EngineCore(RuntimeControls, Scoring):
             return deltas
         forward = self.runner.prepare(batch, self._inflight)
         num_sampling = self._prompt_logprobs.add_rows(batch, forward)
+        lap("prepare")
         logits = self.runner.forward(forward)  # asynchronous on CUDA: the CPU goes on while the GPU computes
+        lap("forward")
         self.scheduler.commit(batch)
         if logits.shape[0] > num_sampling:
             self._prompt_logprobs.collect(logits[num_sampling:])
             logits = logits[:num_sampling]
+        lap("commit")
         deltas += self._resolve()  # the previous step's tokens (overlap): read while this step computes
+        lap("resolve")
         self._inflight = self._launch_sampling(batch, logits)
         if not self.overlap:
             deltas += self._resolve()
+        lap("sample")
         # Pinned slots no running request holds: what pins keep from new admissions.
         idle_pinned = self.scheduler.free_slots(allow_pinned=True) - self.scheduler.free_slots()
         self.meter.account(batch, time.perf_counter() - started, len(self.scheduler.waiting), idle_pinned)
@@ -298,7 +310,7 @@ class EngineCore(RuntimeControls, Scoring):
             return []
         blocked = time.perf_counter()
         tokens = inflight.token_list()
-        self.meter.readback_wait_s += time.perf_counter() - blocked
+        self.meter.add_phase("readback_wait", time.perf_counter() - blocked)
         # A sequence aborted since it was sampled has dropped its pending token and gets no delta.
         alive = [i for i, seq in enumerate(inflight.targets) if seq.status is not SeqStatus.FINISHED]
         live = set(alive)
@@ -408,9 +420,7 @@ class EngineCore(RuntimeControls, Scoring):
             prefill_rows=self.meter.prefill_rows,
             waiting_rows=self.meter.waiting_rows,
             pinned_slot_steps=self.meter.pinned_slot_steps,
-            schedule_s=self.meter.schedule_s,
-            readback_wait_s=self.meter.readback_wait_s,
-            commands_s=self.meter.commands_s,
+            phase_s=dict(self.meter.phase_s),
             admission_stops=dict(self.scheduler.admission_stops),
             **cache_stats(self.prefix_cache, self._hints_ignored),
         )

@@ -46,9 +46,11 @@ class EngineStats:
     prefill_rows: int = 0
     waiting_rows: int = 0  # sequences waiting at each step
     pinned_slot_steps: int = 0  # pinned device slots no running request holds, at each step
-    schedule_s: float = 0.0
-    readback_wait_s: float = 0.0
-    commands_s: float = 0.0  # applying queued requests, aborts and planner hints between steps
+    # Host seconds per phase of the step loop since start: schedule, prepare (the batch's layouts), forward
+    # (launching the model; on a GPU the device runs it asynchronously), commit, resolve (the previous step's tokens:
+    # stop checks, detokenization; includes readback_wait, the time blocked until the device produced them), sample
+    # (launching sampling), deliver (handing deltas to callers), commands (requests, aborts and hints between steps).
+    phase_s: dict[str, float] = field(default_factory=dict)
     admission_stops: dict[str, int] = field(default_factory=dict)  # see Scheduler.admission_stops
 
     @property
@@ -69,9 +71,7 @@ class ThroughputMeter:
         self.prefill_rows = 0
         self.waiting_rows = 0
         self.pinned_slot_steps = 0
-        self.schedule_s = 0.0
-        self.readback_wait_s = 0.0
-        self.commands_s = 0.0
+        self.phase_s: dict[str, float] = {}
 
     def account(self, batch: ScheduledBatch, step_s: float = 0.0, waiting: int = 0, pinned_slots: int = 0) -> None:
         self.busy_s += step_s
@@ -89,6 +89,9 @@ class ThroughputMeter:
         self._recent.append((now, generated, prefilled))
         while self._recent and now - self._recent[0][0] > RATE_WINDOW_S:
             self._recent.popleft()
+
+    def add_phase(self, phase: str, seconds: float) -> None:
+        self.phase_s[phase] = self.phase_s.get(phase, 0.0) + seconds
 
     def rate(self, column: int) -> float:
         """Per second over the window: column 1 is generated tokens, 2 is prefill tokens."""
