@@ -88,6 +88,13 @@ def register(benches: argparse._SubParsersAction) -> None:
         metavar="FEATURE",
         help="also run plait mode without this one feature (repeatable; e.g. tool_pins)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE[,FIELD=VALUE]",
+        help="also run plait mode with these PlanConfig overrides (repeatable; e.g. pins_hold_admissions=off)",
+    )
     add_plan_argument(parser)
     parser.add_argument("--programs", type=int, default=None, help="number of programs (default: the suite's)")
     parser.add_argument("--rate", type=float, default=None, help="arrivals per second (0: all at once)")
@@ -129,6 +136,9 @@ def _modes(args: argparse.Namespace) -> list[Any]:
         modes += [plait_mode.without(feature) for feature in _ABLATION if getattr(plait_mode, feature)]
     modes += [PlanConfig.only(feature) for feature in getattr(args, "only", [])]  # ValueError names a bad one
     modes += [plait_mode.without(feature) for feature in getattr(args, "without", [])]
+    for variant in getattr(args, "variant", []):
+        overrides = [item.strip() for item in variant.split(",") if item.strip()]
+        modes.append(dataclasses.replace(plait_mode.with_overrides(overrides), name=f"plait {','.join(overrides)}"))
     return modes
 
 
@@ -143,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         args.modes = _modes(args)
     except ValueError as error:
-        print(f"error: --plan/--only/--without {error}", file=sys.stderr)
+        print(f"error: --plan/--only/--without/--variant {error}", file=sys.stderr)
         return 2
     if args.repeats < 1:
         print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)

@@ -57,6 +57,7 @@ class EngineConfig:
     pin_budget_fraction: float = 0.25  # at most this fraction of the KV pool may be pinned
     max_queue_wait_s: float = 0.0  # anti-starvation: a request waiting longer goes ahead of all priorities (0: off)
     prefix_first: bool = True  # hold a prompt back while a running prefill computes its prefix (compute it once)
+    pins_hold_admissions: bool = True  # pinned KV keeps new prompts out (off: pins only order eviction)
     affinity_window_s: float = 0.0  # cache affinity: reorder admission by resident prefix within this window (0: off)
     # Decodes sharing a cached prefix attend it together, reading it once per tile (triton backend; prefix_groups.py).
     # Off by default: on an H200 it sped the attention up 1.2-2.3x at batch 48-256 on 2.5k-3.3k shared tokens but

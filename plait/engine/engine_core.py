@@ -78,6 +78,7 @@ class EngineCore(RuntimeControls, Scoring):
                 config.max_queue_wait_s,
                 config.prefix_first,
                 affinity_window_s=config.affinity_window_s,
+                pins_hold_admissions=config.pins_hold_admissions,
             ),
             self.allocator,
             self.req_to_token,

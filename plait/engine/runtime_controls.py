@@ -19,7 +19,14 @@ if TYPE_CHECKING:
     from plait.engine.scheduler import Scheduler
 
 # Scheduling settings that may change while the engine runs (``configure``): benchmarks switch modes between runs.
-CONFIGURABLE = ("max_queue_wait_s", "prefix_first", "eviction_policy", "affinity_window_s", "shared_prefix_decode")
+CONFIGURABLE = (
+    "max_queue_wait_s",
+    "prefix_first",
+    "eviction_policy",
+    "affinity_window_s",
+    "shared_prefix_decode",
+    "pins_hold_admissions",
+)
 
 
 class RuntimeControls:
@@ -80,6 +87,7 @@ class RuntimeControls:
         config.validate()
         self.scheduler.config.max_queue_wait_s = config.max_queue_wait_s
         self.scheduler.config.prefix_first = config.prefix_first
+        self.scheduler.config.pins_hold_admissions = config.pins_hold_admissions
         self.scheduler.config.affinity_window_s = config.affinity_window_s
         self.runner.shared_prefix_decode = config.shared_prefix_decode
         if config.eviction_policy != self.config.eviction_policy and isinstance(self.prefix_cache, RadixCache):

@@ -40,6 +40,9 @@ class SchedulerConfig:
     # after a cached head run faster side by side; agents sharing a 2k-token prompt do not).
     prefix_first: bool = True
     prefix_hold_min_tokens: int = 256
+    # Pins keep new prompts out (admission counts unpinned room only). Off: a pin only orders eviction (pinned KV goes
+    # last), and a new prompt may take pinned memory as a running prefill may.
+    pins_hold_admissions: bool = True
     # Admission keeps room for the tokens running sequences will still generate: all of them for a request that
     # ignores EOS, this fraction for one that may stop early. Over-admitting only to retract later wastes prefill.
     decode_reserve_ratio: float = 0.5
@@ -120,6 +123,10 @@ class Scheduler:
     def free_slots(self, allow_pinned: bool = False) -> int:
         """Slots free now or after eviction; pinned prefixes count only with ``allow_pinned`` (running requests)."""
         return self.allocator.num_free + self.prefix_cache.evictable_slots(allow_pinned)
+
+    def _admission_room(self) -> int:
+        """Slots a new prompt may take: pinned ones too unless pins hold admissions."""
+        return self.free_slots(allow_pinned=not self.config.pins_hold_admissions)
 
     def _inflight_prefills(self) -> dict[tuple[int, ...], list[Sequence]]:
         """Running sequences still prefilling their prompt, by their first ``_SHARE_KEY`` tokens."""
@@ -209,8 +216,8 @@ class Scheduler:
                 break  # a victim of this step: it and everything behind it in priority order wait for the next one
             # Pins hold memory for the future: they keep new prompts out (admission counts unpinned room only) but
             # yield to a running prefill that has no other room left, one chunk at a time.
-            unpinned = self.free_slots()
-            takes_pinned = unpinned <= 0 and not newly_admitted
+            unpinned = self._admission_room()
+            takes_pinned = (unpinned <= 0 and not newly_admitted) or not self.config.pins_hold_admissions
             room = self.free_slots(allow_pinned=True) if takes_pinned else unpinned
             if budget <= 0 or room <= 0:
                 stop = "token_budget" if budget <= 0 else self._memory_stop(0)
@@ -236,7 +243,7 @@ class Scheduler:
                 reserve += own
                 if holds_back and seq.num_prompt > _SHARE_KEY:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
-                room = self.free_slots()  # the prefix it matched is locked now: no longer free
+                room = self._admission_room()  # the prefix it matched is locked now: no longer free
             chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, room)
             self._ensure_free(chunk, allow_pinned=takes_pinned)
             chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
@@ -268,7 +275,7 @@ class Scheduler:
         waiting = self.waiting
         if window <= 0 or len(waiting) < 2 or budget <= 0 or not self.prefix_cache.shares_prefixes:
             return list(waiting)
-        if self.free_slots() <= 0:
+        if self._admission_room() <= 0:
             return list(waiting)  # nothing will be admitted this step: skip the lookups
         head, rest = waiting[:_AFFINITY_SCAN], waiting[_AFFINITY_SCAN:]
         # Bands in queue order: a band starts at a sequence and takes those after it whose priorities differ only in
@@ -320,7 +327,7 @@ class Scheduler:
         if match.loading:
             return None
         # Measured after the match: the cached prefix it locked is no longer evictable, so no longer free.
-        if keep is not None and len(seq.token_ids) - match.length > self.free_slots() - keep:
+        if keep is not None and len(seq.token_ids) - match.length > self._admission_room() - keep:
             self._refusal = self._memory_stop(len(seq.token_ids) - match.length + keep - 1, "prompt_fit")
             self.prefix_cache.unmatch(match)
             return False

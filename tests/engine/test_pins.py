@@ -112,3 +112,20 @@ def test_admission_stops_name_pins_that_keep_a_prompt_out(clock, pinned):
         assert "pinned" not in stops and stats.pinned_slot_steps == 0
     assert stats.decode_rows - before.decode_rows == 7 + 3  # decode steps after each prefill sampled a first token
     core.check_invariants()
+
+
+def test_pins_that_do_not_hold_admissions_let_a_prompt_take_pinned_memory(clock):
+    """With ``pins_hold_admissions`` off the second prompt of the pinned scenario starts at once: the pin only
+    orders eviction."""
+    core = _core()
+    core.configure(pins_hold_admissions=False)
+    rng = random.Random(6)
+    agent = [rng.randrange(256) for _ in range(120)]
+    run_to_completion(core, [_request(agent, "agent", program="agent")])
+    assert core.pin(ttl_s=600.0, program_id="agent")
+    big = _request([rng.randrange(256) for _ in range(300)], "big", max_tokens=8)
+    second = _request([rng.randrange(256) for _ in range(150)], "second")
+    tokens = run_to_completion(core, [big, second])
+    assert len(tokens["second"][0]) == 4
+    assert "pinned" not in core.stats().admission_stops and core.stats().waiting_rows == 0
+    core.check_invariants()

@@ -85,6 +85,11 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
     assert not picked[2].tool_pins and picked[2].prefix_first and not picked[3].prefix_first
     with pytest.raises(ValueError, match="unknown feature"):
         _modes(args(without=["pins"]))
+    variant = _modes(args(variant=["pins_hold_admissions=off, max_pin_ttl_s=5"]))[2]
+    assert variant.name == "plait pins_hold_admissions=off,max_pin_ttl_s=5"
+    assert not variant.pins_hold_admissions and variant.max_pin_ttl_s == 5.0 and variant.tool_pins
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        _modes(args(variant=["pins=off"]))
     code = cli_main(["bench", "workflow", "--suite", "react", "--plan", "deadline=maybe", "--model", "tiny"])
     assert code == 2 and "deadline" in capsys.readouterr().err
 

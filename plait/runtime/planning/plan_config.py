@@ -53,6 +53,8 @@ class PlanConfig:
     affinity_window_s: float = 2.0
     # Tool pins never last longer than this, whatever the tool's distribution says.
     max_pin_ttl_s: float = 60.0
+    # Pinned KV keeps new prompts out while its tool runs; off, a pin only makes that KV the last to be evicted.
+    pins_hold_admissions: bool = True
     name: str = "plait"
 
     def __post_init__(self) -> None:
@@ -117,6 +119,7 @@ class PlanConfig:
             "max_queue_wait_s": self.max_queue_wait_s,
             "affinity_window_s": self.affinity_window_s if self.cache_affinity else 0.0,
             "shared_prefix_decode": self.shared_prefix_decode,
+            "pins_hold_admissions": self.pins_hold_admissions,
         }
 
     def to_dict(self) -> dict[str, Any]:
