@@ -1,9 +1,16 @@
 """The host (CPU) tier of the KV cache: a second pool that evicted prefixes are written back to and loaded from.
 
-Write-back is synchronous (it happens at eviction, when the device slots are about to be reused). Load-back is
-asynchronous: on a GPU the copy runs on a side CUDA stream from page-locked memory; on the CPU a worker thread does
-it. ``LoadJob.done()`` says when the device rows are ready; the radix cache polls it and never hands out a node
-whose load is in flight.
+On a GPU both directions are asynchronous and stream-ordered, so the engine thread never waits for PCIe:
+
+* write-back gathers the evicted rows on the *current* (compute) stream, so any later kernel that reuses those device
+  slots runs after the gather; a side stream then copies the gathered rows into page-locked host memory;
+* load-back copies host rows to the device and scatters them into their new slots on the same side stream, so a load
+  always runs after the write-back that produced its rows (and after any earlier copy that reused its host slots).
+
+Host slots are handed out in ascending order, so a prefix's rows lie in a few contiguous runs of the host pool and each
+run moves as one copy per layer (no host-side gather or scatter, no per-call pinning). On the CPU, write-back is a
+plain copy and load-back runs on a worker thread. ``LoadJob.done()`` says when device rows are ready; the radix cache
+polls it and never hands out a node whose load is in flight.
 """
 
 from __future__ import annotations
@@ -35,6 +42,20 @@ class LoadJob:
             self._future.result()
 
 
+def contiguous_runs(slots: torch.Tensor) -> list[tuple[int, int, int]]:
+    """``(first_slot, length, offset)`` for each run of consecutive values in ``slots`` (offset: its index there)."""
+    if slots.numel() == 0:
+        return []
+    values = slots.tolist()
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[i - 1] + 1:
+            runs.append((values[start], i - start, start))
+            start = i
+    return runs
+
+
 class HostTier:
     def __init__(self, device_pool: KVPool, num_slots: int) -> None:
         self.device_pool = device_pool
@@ -58,31 +79,69 @@ class HostTier:
         return self.allocator.num_free
 
     def write_back(self, device_slots: torch.Tensor) -> torch.Tensor:
-        """Copy the rows at ``device_slots`` into newly allocated host slots (the caller checked ``num_free``)."""
-        host_slots = self.allocator.alloc(int(device_slots.numel()))
-        index = device_slots.to(self.device_pool.device)
-        for layer in range(self.device_pool.num_layers):
-            self.pool.k[layer][host_slots] = self.device_pool.k[layer].index_select(0, index).cpu()
-            self.pool.v[layer][host_slots] = self.device_pool.v[layer].index_select(0, index).cpu()
+        """Copy the rows at ``device_slots`` into newly allocated host slots (the caller checked ``num_free``);
+        returns the host slots, position by position. On a GPU the copy is still running when this returns."""
+        host_slots = torch.sort(self.allocator.alloc(int(device_slots.numel()))).values
         self.bytes_moved += int(device_slots.numel()) * self.pool.bytes_per_token
+        if self._stream is None:
+            for layer in range(self.device_pool.num_layers):
+                self.pool.k[layer][host_slots] = self.device_pool.k[layer][device_slots]
+                self.pool.v[layer][host_slots] = self.device_pool.v[layer][device_slots]
+            return host_slots
+        index = device_slots.to(self.device_pool.device, non_blocking=True)
+        # The gather runs on the compute stream: kernels that later overwrite these device slots come after it.
+        gathered = [device.index_select(0, index) for device in self._device_buffers()]
+        self._after_compute_stream()
+        runs = contiguous_runs(host_slots)
+        with torch.cuda.stream(self._stream):
+            for rows, host in zip(gathered, self._host_buffers(), strict=True):
+                rows.record_stream(self._stream)  # freed by the allocator only after these copies ran
+                for first, length, offset in runs:
+                    host[first : first + length].copy_(rows[offset : offset + length], non_blocking=True)
         return host_slots
 
     def load(self, host_slots: torch.Tensor, device_slots: torch.Tensor) -> LoadJob:
         """Start copying host rows into (already allocated) device slots."""
         self.bytes_moved += int(host_slots.numel()) * self.pool.bytes_per_token
+        if self._stream is None:
+            assert self._worker is not None
+            return LoadJob(future=self._worker.submit(self._copy_in, host_slots, device_slots))
+        runs = contiguous_runs(host_slots)
+        n = int(host_slots.numel())
+        pool = self.device_pool
+        # The new device slots may have been freed by work the compute stream has not run yet (an eviction's gather,
+        # a forward pass reading a finished sequence's KV): the scatter comes after all of it.
+        self._after_compute_stream()
+        with torch.cuda.stream(self._stream):
+            index = device_slots.to(pool.device, non_blocking=True)
+            for host, device in zip(self._host_buffers(), self._device_buffers(), strict=True):
+                staged = torch.empty((n, pool.num_kv_heads, pool.head_dim), dtype=pool.dtype, device=pool.device)
+                for first, length, offset in runs:
+                    staged[offset : offset + length].copy_(host[first : first + length], non_blocking=True)
+                device.index_copy_(0, index, staged)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        return LoadJob(event=event)
+
+    def synchronize(self) -> None:
+        """Wait for every copy in flight (before reading the host pool on the CPU)."""
         if self._stream is not None:
-            index = device_slots.to(self.device_pool.device)
-            with torch.cuda.stream(self._stream):
-                for layer in range(self.device_pool.num_layers):
-                    k = self.pool.k[layer][host_slots].pin_memory().to(index.device, non_blocking=True)
-                    v = self.pool.v[layer][host_slots].pin_memory().to(index.device, non_blocking=True)
-                    self.device_pool.k[layer].index_copy_(0, index, k)
-                    self.device_pool.v[layer].index_copy_(0, index, v)
-                event = torch.cuda.Event()
-                event.record(self._stream)
-            return LoadJob(event=event)
-        assert self._worker is not None
-        return LoadJob(future=self._worker.submit(self._copy_in, host_slots, device_slots))
+            self._stream.synchronize()
+
+    def _after_compute_stream(self) -> None:
+        """Make the side stream's next copies wait for everything queued on the current stream so far."""
+        assert self._stream is not None
+        queued = torch.cuda.Event()
+        queued.record()
+        self._stream.wait_event(queued)
+
+    def _host_buffers(self) -> list[torch.Tensor]:
+        """Host K and V buffers in the order ``write_back`` gathers: layer by layer, K then V."""
+        return [buf[layer] for layer in range(self.pool.num_layers) for buf in (self.pool.k, self.pool.v)]
+
+    def _device_buffers(self) -> list[torch.Tensor]:
+        pool = self.device_pool
+        return [buf[layer] for layer in range(pool.num_layers) for buf in (pool.k, pool.v)]
 
     def _copy_in(self, host_slots: torch.Tensor, device_slots: torch.Tensor) -> None:
         for layer in range(self.device_pool.num_layers):

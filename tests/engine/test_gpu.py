@@ -104,3 +104,24 @@ def test_gpu_triton_graphs_decode_like_eager(batch: int):
     assert eager_replays == 0 and replays > 0
     same = sum(graphed[k][0] == eager[k][0] for k in eager)
     assert same >= batch - max(1, batch // 32), f"{same}/{batch} sequences decode the same with and without graphs"
+
+
+def test_gpu_a_prefix_loaded_back_from_the_host_tier_gives_the_same_tokens():
+    """A prompt's KV is evicted to the host tier (asynchronous write-back) under pressure from other prompts, then
+    the prompt comes again: it is served from the host tier and the greedy tokens are those of its first run."""
+    rng = random.Random(5)
+    core = _core("cuda", "float32", kv_slots=512, host_kv_slots=2048, max_context=512, max_running=8)
+    prompt = [rng.randrange(256) for _ in range(200)]
+    sampling = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    first = run_to_completion(core, [GenerateRequest(prompt_token_ids=prompt, sampling=sampling, request_id="a")])
+    for i in range(6):  # each needs most of the pool: the first prompt's KV goes to the host
+        other = [rng.randrange(256) for _ in range(300)]
+        run_to_completion(core, [GenerateRequest(prompt_token_ids=other, sampling=sampling, request_id=f"p{i}")])
+        core.check_invariants()
+    assert core.stats().write_backs > 0
+    hits = core.stats().host_hit_tokens
+    again = run_to_completion(core, [GenerateRequest(prompt_token_ids=prompt, sampling=sampling, request_id="b")])
+    assert core.stats().host_hit_tokens - hits > 100
+    assert again["b"] == first["a"]
+    core.check_invariants()
+    assert core.kv_in_use() == 0
