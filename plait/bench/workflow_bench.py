@@ -247,6 +247,7 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
             "model": config.model,
             "weights": config.weights,
             "kv_slots": config.kv_slots,
+            "host_kv_slots": config.host_kv_slots,
             "simulated_gpu": config.simulate or None,  # set: every time below is a cost model's, not measured
         },
         "repeats": args.repeats,

@@ -23,6 +23,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     group.add_argument("--kv-slots", type=int, default=0, help="KV pool size in tokens (0: automatic)")
+    group.add_argument(
+        "--host-kv-slots",
+        type=int,
+        default=0,
+        help="host-memory KV tier in tokens: evicted prefixes are copied there and loaded back instead of recomputed "
+        "(0: none; page-locked memory on a GPU machine)",
+    )
     group.add_argument("--max-context", type=int, default=0, help="context window cap in tokens (0: the model's)")
     group.add_argument("--max-batch-tokens", type=int, default=2048, help="tokens per forward pass")
     group.add_argument("--chunk-size", type=int, default=512, help="longest prefill chunk per sequence per step")
@@ -84,6 +91,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         device=args.device,
         dtype=args.dtype,
         kv_slots=args.kv_slots,
+        host_kv_slots=getattr(args, "host_kv_slots", 0),
         max_context=args.max_context,
         max_batch_tokens=args.max_batch_tokens,
         chunk_size=args.chunk_size,
