@@ -73,23 +73,36 @@ class HostTier:
         self.bytes_moved = 0
         self._stream = torch.cuda.Stream(device_pool.device) if on_gpu else None
         self._worker = None if on_gpu else ThreadPoolExecutor(max_workers=1, thread_name_prefix="plait-kv-load")
+        self._queued: list[tuple[torch.Tensor, torch.Tensor]] = []  # (device slots, host slots) not copied yet
 
     @property
     def num_free(self) -> int:
         return self.allocator.num_free
 
     def write_back(self, device_slots: torch.Tensor) -> torch.Tensor:
-        """Copy the rows at ``device_slots`` into newly allocated host slots (the caller checked ``num_free``);
-        returns the host slots, position by position. On a GPU the copy is still running when this returns."""
+        """Allocate host slots for the rows at ``device_slots`` (the caller checked ``num_free``) and queue their copy;
+        returns the host slots, position by position. ``flush_writes`` must run before those device slots are
+        reused (``RadixCache.evict`` calls it once for all the nodes it evicted)."""
         host_slots = torch.sort(self.allocator.alloc(int(device_slots.numel()))).values
         self.bytes_moved += int(device_slots.numel()) * self.pool.bytes_per_token
+        self._queued.append((device_slots, host_slots))
+        return host_slots
+
+    def flush_writes(self) -> None:
+        """Start the copies ``write_back`` queued. On a GPU one gather per layer on the compute stream (kernels that
+        later overwrite those device slots come after it), then copies into page-locked memory on the side stream;
+        on the CPU plain copies."""
+        if not self._queued:
+            return
+        device_slots = torch.cat([d for d, _ in self._queued])
+        host_slots = torch.cat([h for _, h in self._queued])
+        self._queued.clear()
         if self._stream is None:
             for layer in range(self.device_pool.num_layers):
                 self.pool.k[layer][host_slots] = self.device_pool.k[layer][device_slots]
                 self.pool.v[layer][host_slots] = self.device_pool.v[layer][device_slots]
-            return host_slots
-        index = device_slots.to(self.device_pool.device, non_blocking=True)
-        # The gather runs on the compute stream: kernels that later overwrite these device slots come after it.
+            return
+        index = device_slots.pin_memory().to(self.device_pool.device, non_blocking=True)
         gathered = [device.index_select(0, index) for device in self._device_buffers()]
         self._after_compute_stream()
         runs = contiguous_runs(host_slots)
@@ -98,11 +111,11 @@ class HostTier:
                 rows.record_stream(self._stream)  # freed by the allocator only after these copies ran
                 for first, length, offset in runs:
                     host[first : first + length].copy_(rows[offset : offset + length], non_blocking=True)
-        return host_slots
 
     def load(self, host_slots: torch.Tensor, device_slots: torch.Tensor) -> LoadJob:
         """Start copying host rows into (already allocated) device slots."""
         self.bytes_moved += int(host_slots.numel()) * self.pool.bytes_per_token
+        self.flush_writes()  # a load may read rows whose write-back is still queued
         if self._stream is None:
             assert self._worker is not None
             return LoadJob(future=self._worker.submit(self._copy_in, host_slots, device_slots))
@@ -113,7 +126,7 @@ class HostTier:
         # a forward pass reading a finished sequence's KV): the scatter comes after all of it.
         self._after_compute_stream()
         with torch.cuda.stream(self._stream):
-            index = device_slots.to(pool.device, non_blocking=True)
+            index = device_slots.pin_memory().to(pool.device, non_blocking=True)
             for host, device in zip(self._host_buffers(), self._device_buffers(), strict=True):
                 staged = torch.empty((n, pool.num_kv_heads, pool.head_dim), dtype=pool.dtype, device=pool.device)
                 for first, length, offset in runs:
@@ -124,7 +137,8 @@ class HostTier:
         return LoadJob(event=event)
 
     def synchronize(self) -> None:
-        """Wait for every copy in flight (before reading the host pool on the CPU)."""
+        """Start queued write-backs and wait for every copy in flight (before reading the host pool on the CPU)."""
+        self.flush_writes()
         if self._stream is not None:
             self._stream.synchronize()
 

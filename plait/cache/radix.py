@@ -273,6 +273,8 @@ class RadixCache:
             # Loads in flight sit below evictable nodes and keep them from being leaves: let them land, retry.
             self.wait_for_loads()
             freed += self._evict_once(num_slots - freed, allow_pinned)
+        if self.host is not None:
+            self.host.flush_writes()  # one gather for every node written back, before its slots are reused
         return freed
 
     def _evict_once(self, num_slots: int, allow_pinned: bool) -> int:

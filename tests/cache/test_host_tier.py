@@ -28,8 +28,8 @@ def _filled_pool(device: str, slots: int = 64) -> KVPool:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_rows_come_back_exactly_after_their_device_slots_were_reused(device):
-    """Write back two prefixes into a fragmented host pool, overwrite their device rows at once (the slots are
-    reused by the next step), load them into other slots: every row is what was written back."""
+    """Write back two prefixes into a fragmented host pool in one flush, overwrite their device rows at once (the
+    slots are reused by the next step), load them into other slots: every row is what was written back."""
     torch.manual_seed(0)
     pool = _filled_pool(device)
     host = HostTier(pool, 40)
@@ -41,6 +41,7 @@ def test_rows_come_back_exactly_after_their_device_slots_were_reused(device):
     second_host = host.write_back(second_rows)
     assert torch.equal(first_host, torch.sort(first_host).values)  # ascending: few runs, one copy per run
     expected = [pool.read_rows(first_rows), pool.read_rows(second_rows)]
+    host.flush_writes()  # both queued copies start here, before the slots are reused (RadixCache.evict's contract)
     for layer in range(pool.num_layers):  # the next step writes new KV into the freed slots
         for rows in (first_rows, second_rows):
             pool.k[layer][rows.to(device)] = 0.0
