@@ -7,10 +7,10 @@ On a GPU both directions are asynchronous and stream-ordered, so the engine thre
 * load-back copies host rows to the device and scatters them into their new slots on the same side stream, so a load
   always runs after the write-back that produced its rows (and after any earlier copy that reused its host slots).
 
-Host slots are handed out in ascending order, so a prefix's rows lie in a few contiguous runs of the host pool and each
-run moves as one copy per layer (no host-side gather or scatter, no per-call pinning). On the CPU, write-back is a
-plain copy and load-back runs on a worker thread. ``LoadJob.done()`` says when device rows are ready; the radix cache
-polls it and never hands out a node whose load is in flight.
+Host slots are handed out in contiguous runs (``HostSlotAllocator``), so a prefix's rows lie in a few runs of the host
+pool and each run moves as one copy per layer (no host-side gather or scatter, no per-call pinning). On the CPU,
+write-back is a plain copy and load-back runs on a worker thread. ``LoadJob.done()`` says when device rows are ready;
+the radix cache polls it and never hands out a node whose load is in flight.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from plait.cache.host_slots import HostSlotAllocator
 from plait.cache.kv_pool import KVPool
-from plait.cache.slot_allocator import SlotAllocator
 
 
 class LoadJob:
@@ -69,7 +69,7 @@ class HostTier:
             "cpu",
             pin_memory=on_gpu,
         )
-        self.allocator = SlotAllocator(num_slots)
+        self.allocator = HostSlotAllocator(num_slots)
         self.bytes_moved = 0
         self._stream = torch.cuda.Stream(device_pool.device) if on_gpu else None
         self._worker = None if on_gpu else ThreadPoolExecutor(max_workers=1, thread_name_prefix="plait-kv-load")
@@ -83,7 +83,7 @@ class HostTier:
         """Allocate host slots for the rows at ``device_slots`` (the caller checked ``num_free``) and queue their copy;
         returns the host slots, position by position. ``flush_writes`` must run before those device slots are
         reused (``RadixCache.evict`` calls it once for all the nodes it evicted)."""
-        host_slots = torch.sort(self.allocator.alloc(int(device_slots.numel()))).values
+        host_slots = self.allocator.alloc(int(device_slots.numel()))  # ascending, in few runs
         self.bytes_moved += int(device_slots.numel()) * self.pool.bytes_per_token
         self._queued.append((device_slots, host_slots))
         return host_slots

@@ -57,3 +57,27 @@ def test_rows_come_back_exactly_after_their_device_slots_were_reused(device):
             assert torch.equal(got_keys[layer], keys[layer]) and torch.equal(got_values[layer], values[layer])
     host.synchronize()
     assert host.bytes_moved == 2 * (6 + 10) * pool.bytes_per_token
+
+
+def test_host_slots_come_in_runs_and_merge_back_when_freed():
+    from plait.cache.host_slots import HostSlotAllocator
+
+    slots = HostSlotAllocator(20)
+    a, b, c = slots.alloc(5), slots.alloc(5), slots.alloc(5)
+    assert a.tolist() == [1, 2, 3, 4, 5] and c.tolist() == [11, 12, 13, 14, 15] and slots.num_free == 5
+    slots.release(b)
+    assert slots.num_runs_free == 2 and slots.num_used == 10
+    assert slots.alloc(3).tolist() == [6, 7, 8]  # first fit
+    d = slots.alloc(6)  # no run of 6 is free: the longest runs, in ascending order
+    assert d.tolist() == [9, 16, 17, 18, 19, 20] and slots.num_free == 1  # slot 10 is left
+    with pytest.raises(MemoryError, match="2 host slots, 1 free"):
+        slots.alloc(2)
+    slots.release(d)
+    slots.release(torch.tensor([8, 6, 7]))
+    slots.release(c)
+    slots.release(a)
+    assert slots.num_free == 20 and slots.num_runs_free == 1
+    with pytest.raises(ValueError, match="already free"):
+        slots.release(torch.tensor([3]))
+    with pytest.raises(ValueError, match="outside the pool"):
+        slots.release(torch.tensor([21]))
