@@ -113,7 +113,8 @@ class HostTier:
                     host[first : first + length].copy_(rows[offset : offset + length], non_blocking=True)
 
     def load(self, host_slots: torch.Tensor, device_slots: torch.Tensor) -> LoadJob:
-        """Start copying host rows into (already allocated) device slots."""
+        """Start copying host rows into (already allocated) device slots; load several prefixes in one call (their
+        slots concatenated): each call costs a few host launches per layer."""
         self.bytes_moved += int(host_slots.numel()) * self.pool.bytes_per_token
         self.flush_writes()  # a load may read rows whose write-back is still queued
         if self._stream is None:
@@ -127,8 +128,9 @@ class HostTier:
         self._after_compute_stream()
         with torch.cuda.stream(self._stream):
             index = device_slots.pin_memory().to(pool.device, non_blocking=True)
+            # One staging buffer for every layer: the side stream scatters layer l before it fills the buffer again.
+            staged = torch.empty((n, pool.num_kv_heads, pool.head_dim), dtype=pool.dtype, device=pool.device)
             for host, device in zip(self._host_buffers(), self._device_buffers(), strict=True):
-                staged = torch.empty((n, pool.num_kv_heads, pool.head_dim), dtype=pool.dtype, device=pool.device)
                 for first, length, offset in runs:
                     staged[offset : offset + length].copy_(host[first : first + length], non_blocking=True)
                 device.index_copy_(0, index, staged)

@@ -401,12 +401,10 @@ class RadixCache:
 
     def _start_loads(self, pending: list[RadixNode], anchor: RadixNode) -> bool:
         """Start loading the host-only nodes at the head of ``pending`` back to the device. True if any started."""
-        if self.host is None:
-            return False
         todo = list(itertools.takewhile(lambda n: n.device_slots is None and n.host_slots is not None, pending))
-        needed = sum(len(n) for n in todo)
-        if not todo:
+        if self.host is None or not todo:
             return False
+        needed = sum(len(n) for n in todo)
         self.lock(anchor)  # the resident part of the path must survive the eviction below
         self._protected.update(todo)
         try:
@@ -417,9 +415,10 @@ class RadixCache:
         finally:
             self.unlock(anchor)
             self._protected.difference_update(todo)
-        for node in todo:
-            node.device_slots = self.allocator.alloc(len(node))
-            node.load = self.host.load(node.host_slots, node.device_slots)
+        slots = self.allocator.alloc(needed)
+        job = self.host.load(torch.cat([n.host_slots for n in todo]), slots)
+        for node, node_slots in zip(todo, torch.split(slots, [len(n) for n in todo]), strict=True):
+            node.device_slots, node.load = node_slots, job  # one copy for the path: usable together
             self._loading.append(node)
             self.counters.loads += 1
             if node.programs:
