@@ -7,9 +7,11 @@ On a GPU both directions are asynchronous and stream-ordered, so the engine thre
 * load-back copies host rows to the device and scatters them into their new slots on the same side stream, so a load
   always runs after the write-back that produced its rows (and after any earlier copy that reused its host slots).
 
-Host slots are handed out in contiguous runs (``HostSlotAllocator``), so a prefix's rows lie in a few runs of the host
-pool and each run moves as one copy per layer (no host-side gather or scatter, no per-call pinning). On the CPU,
-write-back is a plain copy and load-back runs on a worker thread. ``LoadJob.done()`` says when device rows are ready;
+The host pool is token-major (``[slot, layer, K/V, head, dim]``) and host slots are handed out in contiguous runs
+(``HostSlotAllocator``), so a prefix's rows for every layer lie in a few contiguous runs of page-locked memory, and
+each run crosses PCIe as one copy (no host-side gather or scatter, no per-call pinning); on the device a staging
+buffer of the same layout is gathered from or scattered to the per-layer pool. On the CPU, write-back is a plain copy
+and load-back runs on a worker thread. ``LoadJob.done()`` says when device rows are ready;
 the radix cache polls it and never hands out a node whose load is in flight.
 """
 
@@ -56,19 +58,25 @@ def contiguous_runs(slots: torch.Tensor) -> list[tuple[int, int, int]]:
     return runs
 
 
+class HostKVPool:
+    """The host tier's rows, token-major: ``buffer[slot]`` holds one token's K and V for every layer, contiguous.
+    ``k[layer]`` and ``v[layer]`` are ``[slot, kv_heads, head_dim]`` views, as in ``KVPool``."""
+
+    def __init__(self, like: KVPool, num_slots: int, pin_memory: bool) -> None:
+        self.num_layers, self.num_slots = like.num_layers, num_slots
+        self.num_kv_heads, self.head_dim, self.dtype = like.num_kv_heads, like.head_dim, like.dtype
+        shape = (num_slots + 1, like.num_layers, 2, like.num_kv_heads, like.head_dim)  # +1: slots are 1-based
+        self.buffer = torch.zeros(shape, dtype=like.dtype, pin_memory=pin_memory)
+        self.k = [self.buffer[:, layer, 0] for layer in range(like.num_layers)]
+        self.v = [self.buffer[:, layer, 1] for layer in range(like.num_layers)]
+        self.bytes_per_token = like.bytes_per_token
+
+
 class HostTier:
     def __init__(self, device_pool: KVPool, num_slots: int) -> None:
         self.device_pool = device_pool
         on_gpu = device_pool.device.type == "cuda"
-        self.pool = KVPool(
-            device_pool.num_layers,
-            num_slots,
-            device_pool.num_kv_heads,
-            device_pool.head_dim,
-            device_pool.dtype,
-            "cpu",
-            pin_memory=on_gpu,
-        )
+        self.pool = HostKVPool(device_pool, num_slots, pin_memory=on_gpu)
         self.allocator = HostSlotAllocator(num_slots)
         self.bytes_moved = 0
         self._stream = torch.cuda.Stream(device_pool.device) if on_gpu else None
@@ -89,9 +97,9 @@ class HostTier:
         return host_slots
 
     def flush_writes(self) -> None:
-        """Start the copies ``write_back`` queued. On a GPU one gather per layer on the compute stream (kernels that
-        later overwrite those device slots come after it), then copies into page-locked memory on the side stream;
-        on the CPU plain copies."""
+        """Start the copies ``write_back`` queued. On a GPU the rows are gathered into a token-major staging buffer on
+        the compute stream (kernels that later overwrite those device slots come after it), then each run of host
+        slots is one copy into page-locked memory on the side stream; on the CPU plain copies."""
         if not self._queued:
             return
         device_slots = torch.cat([d for d, _ in self._queued])
@@ -103,37 +111,35 @@ class HostTier:
                 self.pool.v[layer][host_slots] = self.device_pool.v[layer][device_slots]
             return
         index = device_slots.pin_memory().to(self.device_pool.device, non_blocking=True)
-        gathered = [device.index_select(0, index) for device in self._device_buffers()]
+        staged = self._staging(int(index.numel()))
+        for layer, (k, v) in enumerate(zip(self.device_pool.k, self.device_pool.v, strict=True)):
+            torch.index_select(k, 0, index, out=staged[:, layer, 0])
+            torch.index_select(v, 0, index, out=staged[:, layer, 1])
         self._after_compute_stream()
-        runs = contiguous_runs(host_slots)
         with torch.cuda.stream(self._stream):
-            for rows, host in zip(gathered, self._host_buffers(), strict=True):
-                rows.record_stream(self._stream)  # freed by the allocator only after these copies ran
-                for first, length, offset in runs:
-                    host[first : first + length].copy_(rows[offset : offset + length], non_blocking=True)
+            staged.record_stream(self._stream)  # freed by the allocator only after these copies ran
+            for first, length, offset in contiguous_runs(host_slots):
+                self.pool.buffer[first : first + length].copy_(staged[offset : offset + length], non_blocking=True)
 
     def load(self, host_slots: torch.Tensor, device_slots: torch.Tensor) -> LoadJob:
         """Start copying host rows into (already allocated) device slots; load several prefixes in one call (their
-        slots concatenated): each call costs a few host launches per layer."""
+        slots concatenated): each run of host slots is one copy, then one scatter per layer."""
         self.bytes_moved += int(host_slots.numel()) * self.pool.bytes_per_token
         self.flush_writes()  # a load may read rows whose write-back is still queued
         if self._stream is None:
             assert self._worker is not None
             return LoadJob(future=self._worker.submit(self._copy_in, host_slots, device_slots))
-        runs = contiguous_runs(host_slots)
-        n = int(host_slots.numel())
-        pool = self.device_pool
         # The new device slots may have been freed by work the compute stream has not run yet (an eviction's gather,
         # a forward pass reading a finished sequence's KV): the scatter comes after all of it.
         self._after_compute_stream()
         with torch.cuda.stream(self._stream):
-            index = device_slots.pin_memory().to(pool.device, non_blocking=True)
-            # One staging buffer for every layer: the side stream scatters layer l before it fills the buffer again.
-            staged = torch.empty((n, pool.num_kv_heads, pool.head_dim), dtype=pool.dtype, device=pool.device)
-            for host, device in zip(self._host_buffers(), self._device_buffers(), strict=True):
-                for first, length, offset in runs:
-                    staged[offset : offset + length].copy_(host[first : first + length], non_blocking=True)
-                device.index_copy_(0, index, staged)
+            index = device_slots.pin_memory().to(self.device_pool.device, non_blocking=True)
+            staged = self._staging(int(index.numel()))
+            for first, length, offset in contiguous_runs(host_slots):
+                staged[offset : offset + length].copy_(self.pool.buffer[first : first + length], non_blocking=True)
+            for layer, (k, v) in enumerate(zip(self.device_pool.k, self.device_pool.v, strict=True)):
+                k.index_copy_(0, index, staged[:, layer, 0])
+                v.index_copy_(0, index, staged[:, layer, 1])
             event = torch.cuda.Event()
             event.record(self._stream)
         return LoadJob(event=event)
@@ -144,20 +150,18 @@ class HostTier:
         if self._stream is not None:
             self._stream.synchronize()
 
+    def _staging(self, n: int) -> torch.Tensor:
+        """A device buffer of ``n`` token-major rows (the host pool's layout)."""
+        pool = self.device_pool
+        shape = (n, pool.num_layers, 2, pool.num_kv_heads, pool.head_dim)
+        return torch.empty(shape, dtype=pool.dtype, device=pool.device)
+
     def _after_compute_stream(self) -> None:
         """Make the side stream's next copies wait for everything queued on the current stream so far."""
         assert self._stream is not None
         queued = torch.cuda.Event()
         queued.record()
         self._stream.wait_event(queued)
-
-    def _host_buffers(self) -> list[torch.Tensor]:
-        """Host K and V buffers in the order ``write_back`` gathers: layer by layer, K then V."""
-        return [buf[layer] for layer in range(self.pool.num_layers) for buf in (self.pool.k, self.pool.v)]
-
-    def _device_buffers(self) -> list[torch.Tensor]:
-        pool = self.device_pool
-        return [buf[layer] for layer in range(pool.num_layers) for buf in (pool.k, pool.v)]
 
     def _copy_in(self, host_slots: torch.Tensor, device_slots: torch.Tensor) -> None:
         for layer in range(self.device_pool.num_layers):
