@@ -5,8 +5,7 @@ Ownership rules:
   its own references (retained at match) and a lock on the path's last node, so locked paths are never evicted;
 - a device-resident node's ancestors are device-resident (KV is only usable from the root down), so eviction takes
   device leaves: nodes none of whose children hold device KV;
-- ``evictable_size`` = tokens of unlocked device-resident nodes, kept incrementally; with the free list it gives
-  ``available = free + evictable`` in O(1).
+- ``evictable_size`` (tokens of unlocked device-resident nodes) is kept incrementally: ``free + evictable`` in O(1).
 
 With a host tier, an evicted node keeps a copy in host memory (write-back) and stays in the tree; a later match
 starts loading it back asynchronously and reports ``loading`` so the scheduler can run other work meanwhile.
@@ -290,15 +289,17 @@ class RadixCache:
 
         for node in device_nodes(self.root):
             push(node)
-        freed = 0
+        freed, released = 0, [_EMPTY]  # one allocator call for the whole eviction (each call costs host tensor ops)
         while freed < target and heap:
             (pinned, _), _, node = heapq.heappop(heap)
             if pinned and (not allow_pinned or freed >= num_slots):
                 break
             parent = node.parent
+            released.append(node.device_slots)
             freed += self._evict_device(node)
             if parent is not None:
                 push(parent)
+        self.allocator.release(torch.cat(released))
         return freed
 
     def _evict_device(self, node: RadixNode) -> int:
@@ -313,8 +314,7 @@ class RadixCache:
             self.events.append(
                 CacheEvent(time.monotonic(), "evicted", tuple(node.programs), n, node.host_slots is not None)
             )
-        self.allocator.release(node.device_slots)
-        node.device_slots = None
+        node.device_slots = None  # the caller releases the slots
         self.evictable_size -= n
         self.counters.evictions += 1
         self.counters.evicted_tokens += n
