@@ -13,6 +13,20 @@ import bisect
 import torch
 
 
+def contiguous_runs(slots: torch.Tensor) -> list[tuple[int, int, int]]:
+    """``(first_slot, length, offset)`` for each run of consecutive values in ``slots`` (offset: its index there)."""
+    if slots.numel() == 0:
+        return []
+    values = slots.tolist()
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[i - 1] + 1:
+            runs.append((values[start], i - start, start))
+            start = i
+    return runs
+
+
 class HostSlotAllocator:
     def __init__(self, num_slots: int) -> None:
         self.num_slots = num_slots
@@ -60,12 +74,8 @@ class HostSlotAllocator:
 
     def release(self, slots: torch.Tensor) -> None:
         """Give back slots taken by ``alloc`` (any order; each at most once)."""
-        values = sorted(slots.tolist())
-        run_start = 0
-        for k in range(1, len(values) + 1):
-            if k == len(values) or values[k] != values[k - 1] + 1:
-                self._free_run(values[run_start], values[k - 1] + 1)
-                run_start = k
+        for first, length, _ in contiguous_runs(torch.sort(slots).values):
+            self._free_run(first, first + length)
 
     def _free_run(self, start: int, end: int) -> None:
         if not 1 <= start < end <= self.num_slots + 1:

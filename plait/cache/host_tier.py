@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from plait.cache.host_slots import HostSlotAllocator
+from plait.cache.host_slots import HostSlotAllocator, contiguous_runs
 from plait.cache.kv_pool import KVPool
 
 
@@ -42,20 +42,6 @@ class LoadJob:
             self._event.synchronize()
         elif self._future is not None:
             self._future.result()
-
-
-def contiguous_runs(slots: torch.Tensor) -> list[tuple[int, int, int]]:
-    """``(first_slot, length, offset)`` for each run of consecutive values in ``slots`` (offset: its index there)."""
-    if slots.numel() == 0:
-        return []
-    values = slots.tolist()
-    runs: list[tuple[int, int, int]] = []
-    start = 0
-    for i in range(1, len(values) + 1):
-        if i == len(values) or values[i] != values[i - 1] + 1:
-            runs.append((values[start], i - start, start))
-            start = i
-    return runs
 
 
 class HostKVPool:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from plait.cache import KVPool
-from plait.cache.host_tier import HostTier, contiguous_runs
+from plait.cache.host_slots import contiguous_runs
+from plait.cache.host_tier import HostTier
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
