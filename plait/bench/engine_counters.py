@@ -42,18 +42,19 @@ def step_profile_delta(before: Any, after: Any) -> dict[str, Any]:
     def mean(name: str, scale: float = 1.0) -> float:
         return (getattr(after, name) - getattr(before, name)) * scale / steps
 
-    phases_before = getattr(before, "phase_s", {}) or {}
-    phases = sorted((getattr(after, "phase_s", {}) or {}).items())
-    stops_before = getattr(before, "admission_stops", {}) or {}
-    stops = {k: v - stops_before.get(k, 0) for k, v in (getattr(after, "admission_stops", {}) or {}).items()}
+    def grown(name: str) -> dict[str, float]:
+        """How much each entry of a dict of running totals grew, entries that did not grow left out."""
+        old = getattr(before, name)
+        return {k: v - old.get(k, 0) for k, v in sorted(getattr(after, name).items()) if v - old.get(k, 0)}
+
     return {
         "mean_decode_rows": mean("decode_rows"),
         "mean_prefill_rows": mean("prefill_rows"),
         "mean_waiting": mean("waiting_rows"),
         "mean_pinned_slots": mean("pinned_slot_steps"),
         "ms_per_step": mean("busy_s", 1e3),
-        **{f"{name}_ms_per_step": 1e3 * (seconds - phases_before.get(name, 0.0)) / steps for name, seconds in phases},
-        "admission_stops": {k: v for k, v in sorted(stops.items()) if v},
+        **{f"{phase}_ms_per_step": 1e3 * seconds / steps for phase, seconds in grown("phase_s").items()},
+        "admission_stops": grown("admission_stops"),
     }
 
 
