@@ -297,7 +297,12 @@ class Scheduler:
             bands.append(bands[-1] + (not joins) if bands else 0)
         if bands[-1] == len(head) - 1:
             return list(waiting)  # every band holds one sequence: nothing to reorder
-        resident = [self.prefix_cache.resident_length(seq.token_ids) for seq in head]
+        # Residency is looked up only where it can reorder: in bands of more than one sequence (a radix walk each).
+        sizes = Counter(bands)
+        resident = [
+            self.prefix_cache.resident_length(seq.token_ids) if sizes[band] > 1 else 0
+            for seq, band in zip(head, bands, strict=True)
+        ]
         # sorted() is stable: inside a band with equal residency the priority order stands.
         order = sorted(range(len(head)), key=lambda i: (bands[i], -resident[i]))
         return [head[i] for i in order] + rest

@@ -14,7 +14,7 @@ from plait.engine import GenerateRequest, InvalidRequestError, SamplingParams
 from plait.runtime import Executor
 from plait.runtime.planning import FEATURES, PlanConfig
 from plait.runtime.planning.call_dedup import dedup_key
-from plait.runtime.planning.ordering import call_priority, service_level, stage_start_by
+from plait.runtime.planning.ordering import call_priority, latest_start, service_level
 from plait.runtime.timeline import TimelineKind
 from plait.semantic_vars import GenConstraints, Template
 from tests.runtime.conftest import wait_for, wait_kv_free
@@ -53,31 +53,57 @@ def test_service_levels_are_geometric():
     assert [service_level(s, 0.5) for s in (0.0, 0.49, 0.5, 1.9, 2.0, 7.9, 8.0)] == [0, 0, 1, 1, 2, 2, 3]
 
 
-def test_deadline_share_gives_the_stage_start_time():
-    # 10 s left, this stage is 1 s of 4 s remaining: its share is 2.5 s, so it must start within 1.5 s.
-    assert stage_start_by(100.0, 110.0, 1.0, 4.0) == pytest.approx(101.5)
-    assert stage_start_by(100.0, 99.0, 1.0, 4.0) < 100.0  # already late: as urgent as it gets
+def test_latest_start_is_the_deadline_less_the_expected_path():
+    assert latest_start(110.0, 4.0) == 106.0
 
 
 def test_priorities_compose():
-    common = {"user_priority": 0.0, "attained_service_s": 3.0, "stage_s": 1.0, "remaining_s": 4.0, "now": 100.0}
+    common = {"user_priority": 0.0, "attained_service_s": 3.0, "remaining_s": 4.0, "now": 100.0}
     fcfs = PlanConfig(deadline=False)
-    assert call_priority(fcfs, program_started_at=50.0, deadline_at=None, **common) == (0.0, 0.0, 50.0)
-    assert call_priority(PlanConfig(), program_started_at=50.0, deadline_at=110.0, **common)[2] == pytest.approx(101.5)
+    assert call_priority(fcfs, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common) == (
+        0.0,
+        0.0,
+        50.0,
+    )
+    # With a deadline: the program's latest start, fixed for its life (earliest deadline first at program level).
+    plait = PlanConfig()
+    assert call_priority(plait, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 60.0
+    # No deadline: due at once (its start).
+    assert call_priority(plait, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 50.0
     atlas = PlanConfig(attained_service=True, deadline=False)
-    assert call_priority(atlas, program_started_at=50.0, deadline_at=None, **common)[1] == 2.0
+    assert call_priority(atlas, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[1] == 2.0
     baseline = PlanConfig.baseline()
-    assert call_priority(baseline, program_started_at=50.0, deadline_at=110.0, **common) == (0.0, 0.0, 100.0)
+    assert call_priority(baseline, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common) == (
+        0.0,
+        0.0,
+        100.0,
+    )
+
+
+def test_a_new_program_does_not_cut_in_front_of_an_older_one_on_schedule():
+    """Least slack first would put a fresh program's first stage (small share of its deadline) ahead of an older
+    program's later stage; programs would interleave and all finish late. The key is fixed per program."""
+    common = {"user_priority": 0.0, "attained_service_s": 0.0, "now": 100.0}
+    # Both had 3x their expected time: the older started at 94 with 6 s of work, the newer at 100 with 6 s.
+    older = call_priority(
+        PlanConfig(), program_started_at=94.0, deadline_at=112.0, latest_start_at=106.0, remaining_s=2.0, **common
+    )
+    newer = call_priority(
+        PlanConfig(), program_started_at=100.0, deadline_at=118.0, latest_start_at=112.0, remaining_s=6.0, **common
+    )
+    assert older < newer
 
 
 def test_a_program_that_can_no_longer_make_its_deadline_goes_behind_those_that_can():
-    """Under overload, least slack first would serve the hopeless first and make everyone late."""
-    common = {"user_priority": 0.0, "attained_service_s": 0.0, "stage_s": 1.0, "now": 100.0}
-    feasible = call_priority(PlanConfig(), program_started_at=90.0, deadline_at=110.0, remaining_s=4.0, **common)
-    late = call_priority(PlanConfig(), program_started_at=80.0, deadline_at=103.0, remaining_s=4.0, **common)
-    assert late > feasible  # the late one has less slack, yet waits
+    """Under overload, serving the most urgent first would serve the hopeless first and make everyone late."""
+    common = {"user_priority": 0.0, "attained_service_s": 0.0, "now": 100.0, "remaining_s": 4.0}
+    feasible = call_priority(PlanConfig(), program_started_at=90.0, deadline_at=110.0, latest_start_at=100.0, **common)
+    late = call_priority(PlanConfig(), program_started_at=80.0, deadline_at=103.0, latest_start_at=95.0, **common)
+    assert late > feasible  # the late one is due sooner, yet waits
     assert late == (0.0, 1.0, 80.0)  # among the late: program order
-    later_start = call_priority(PlanConfig(), program_started_at=85.0, deadline_at=102.0, remaining_s=4.0, **common)
+    later_start = call_priority(
+        PlanConfig(), program_started_at=85.0, deadline_at=102.0, latest_start_at=96.0, **common
+    )
     assert late < later_start
 
 

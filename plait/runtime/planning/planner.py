@@ -22,7 +22,7 @@ from plait.engine import Engine
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
 from plait.runtime.planning.kv_reuse import continues_across
-from plait.runtime.planning.ordering import call_priority, remaining_path_s
+from plait.runtime.planning.ordering import call_priority, latest_start, remaining_path_s
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
 from plait.runtime.planning.plan_config import PlanConfig
 from plait.runtime.request_options import RequestOptions
@@ -46,6 +46,7 @@ class ProgramPlan:
     started_at: float
     deadline_at: float | None
     user_priority: float
+    latest_start_at: float | None = None  # deadline minus the expected critical path at the start
     finished: set[str] = field(default_factory=set)
     attained: dict[str, float] = field(default_factory=dict)  # node -> engine seconds along the best path to it
     context_tokens: int = 0  # the KV its last LLM call left: prompt + completion
@@ -91,7 +92,12 @@ class Planner:
     ) -> None:
         now = time.monotonic()
         deadline_at = now + deadline_s if deadline_s is not None else None
-        self._plans[program_id] = ProgramPlan(program_id, workflow, now, deadline_at, float(user_priority))
+        plan = ProgramPlan(program_id, workflow, now, deadline_at, float(user_priority))
+        if deadline_at is not None and self.config.deadline:
+            sources = [n for n in workflow.graph.nodes if workflow.graph.in_degree(n) == 0]
+            path_s = max((remaining_path_s(workflow, n, set(), self.durations) for n in sources), default=0.0)
+            plan.latest_start_at = latest_start(deadline_at, path_s)
+        self._plans[program_id] = plan
 
     def program_finished(self, program_id: str, state: str, created_at: float, finished_at: float) -> None:
         plan = self._plans.pop(program_id, None)
@@ -115,9 +121,8 @@ class Planner:
         if plan is None:
             return RequestOptions(program_id)
         now = time.monotonic()
-        stage_s = remaining_s = 0.0
+        remaining_s = 0.0
         if self.config.deadline and plan.deadline_at is not None:
-            stage_s = self.durations.expected(node)
             remaining_s = remaining_path_s(plan.workflow, node.id, plan.finished, self.durations)
         priority = call_priority(
             self.config,
@@ -125,7 +130,7 @@ class Planner:
             program_started_at=plan.started_at,
             attained_service_s=plan.attained_s,
             deadline_at=plan.deadline_at,
-            stage_s=stage_s,
+            latest_start_at=plan.latest_start_at,
             remaining_s=remaining_s,
             now=now,
         )
