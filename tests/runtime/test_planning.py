@@ -14,7 +14,7 @@ from plait.engine import GenerateRequest, InvalidRequestError, SamplingParams
 from plait.runtime import Executor
 from plait.runtime.planning import FEATURES, PlanConfig
 from plait.runtime.planning.call_dedup import dedup_key
-from plait.runtime.planning.ordering import call_priority, latest_start, service_level
+from plait.runtime.planning.ordering import call_priority, latest_start, remaining_path_s, service_level
 from plait.runtime.timeline import TimelineKind
 from plait.semantic_vars import GenConstraints, Template
 from tests.runtime.conftest import wait_for, wait_kv_free
@@ -396,3 +396,21 @@ def test_a_program_waiting_on_a_tool_hints_when_the_tool_should_return():
     method, kwargs = next(h for h in reversed(engine.hints) if h[1].get("program_id") == "p")
     assert kwargs["steps"] == 0.0 and kwargs["seconds"] is None
     assert planner.counters.hook_errors == 0
+
+
+def test_a_deadline_programs_order_is_fixed_for_its_life():
+    """The key is the program's latest start (deadline minus its expected path at the start): later stages keep it,
+    so a program on schedule never falls behind programs that arrived after it."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    planner = Planner(_HintRecorder(), PlanConfig(tool_pins=False, dedup=False, next_use_hints=False))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow, deadline_s=100.0)
+    plan = planner._plans["p"]
+    path_s = remaining_path_s(workflow, "think", set(), planner.durations)
+    assert plan.latest_start_at == pytest.approx(plan.started_at + 100.0 - path_s)
+    first = planner.request_options("p", workflow.nodes["think"]).priority
+    planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
+    last_llm = [n for n in workflow.llm_calls() if n.id != "think"][-1]
+    assert planner.request_options("p", last_llm).priority == first == (0.0, 0.0, plan.latest_start_at)
