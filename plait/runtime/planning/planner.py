@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from plait.dag import LLMCall, Node, ToolCall, Workflow, steps_to_execution
+from plait.dag import LLMCall, Node, ToolCall, Workflow, critical_path, steps_to_execution
 from plait.engine import Engine
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
@@ -94,8 +94,7 @@ class Planner:
         deadline_at = now + deadline_s if deadline_s is not None else None
         plan = ProgramPlan(program_id, workflow, now, deadline_at, float(user_priority))
         if deadline_at is not None and self.config.deadline:
-            sources = [n for n in workflow.graph.nodes if workflow.graph.in_degree(n) == 0]
-            path_s = max((remaining_path_s(workflow, n, set(), self.durations) for n in sources), default=0.0)
+            _, path_s = critical_path(workflow, self.durations.expected)
             plan.latest_start_at = latest_start(deadline_at, path_s)
         self._plans[program_id] = plan
 
