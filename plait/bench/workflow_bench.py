@@ -44,6 +44,7 @@ _STEP_COLUMNS = [
 _PHASES = ("schedule", "prepare", "forward", "commit", "resolve", "readback_wait", "sample", "deliver", "commands")
 _ABLATION = (
     "program_fcfs",
+    "shortest_remaining",
     "attained_service",
     "deadline",
     "next_use_hints",

@@ -161,3 +161,19 @@ def test_bad_samples_are_ignored():
     stats.record("t", float("nan"))
     assert stats.samples("t") == [0.7]
     assert stats.summary()["t"] == {"count": 1, "mean": 0.7, "p50": 0.7, "p90": 0.7}
+
+
+def test_distribution_is_reused_until_the_tool_records_again():
+    """Planning reads a tool's distribution for every stage estimate: it is built once per change of the samples,
+    and a new duration (also one that pushes an old sample out of a full window) is seen at once."""
+    stats = ToolDurationStats(window=3, min_samples=1)
+    for seconds in (1.0, 2.0, 3.0):
+        stats.record("t", seconds)
+    first = stats.distribution("t")
+    assert stats.distribution("t") is first and first.mean() == pytest.approx(2.0)
+    stats.record("t", 9.0)  # the window is full: 1.0 drops out, the count stays 3
+    second = stats.distribution("t")
+    assert second is not first and second.mean() == pytest.approx((2.0 + 3.0 + 9.0) / 3)
+    assert stats.distribution("other").mean() > 0  # the prior, cached per tool
+    stats.record("other", 0.5)
+    assert 0.5 in stats.distribution("other").values

@@ -59,7 +59,7 @@ def test_latest_start_is_the_deadline_less_the_expected_path():
 
 def test_priorities_compose():
     common = {"user_priority": 0.0, "attained_service_s": 3.0, "remaining_s": 4.0, "now": 100.0}
-    fcfs = PlanConfig(deadline=False)
+    fcfs = PlanConfig(deadline=False, shortest_remaining=False)
     assert call_priority(fcfs, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common) == (
         0.0,
         0.0,
@@ -68,8 +68,8 @@ def test_priorities_compose():
     # With a deadline: the program's latest start, fixed for its life (earliest deadline first at program level).
     plait = PlanConfig()
     assert call_priority(plait, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 60.0
-    # No deadline: due at once (its start).
-    assert call_priority(plait, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 50.0
+    # No deadline: its expected finish had it run alone from its start (start + the remaining path).
+    assert call_priority(plait, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 54.0
     atlas = PlanConfig(attained_service=True, deadline=False)
     assert call_priority(atlas, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[1] == 2.0
     baseline = PlanConfig.baseline()
@@ -78,6 +78,25 @@ def test_priorities_compose():
         0.0,
         100.0,
     )
+
+
+def test_shortest_remaining_puts_near_done_and_short_programs_first_without_interleaving():
+    """Without deadlines the key is start + remaining expected path: a short program that started a little later
+    goes ahead of a long one, a program near its end ahead of a newer one, and a program's key only falls as it
+    advances, so a program that went ahead stays ahead."""
+    config = PlanConfig()
+    common = {"user_priority": 0.0, "attained_service_s": 0.0, "deadline_at": None, "latest_start_at": None}
+
+    def key(started: float, remaining: float, now: float) -> tuple[float, float, float]:
+        return call_priority(config, program_started_at=started, remaining_s=remaining, now=now, **common)
+
+    long_early, short_later = key(100.0, 8.0, 101.0), key(101.0, 3.0, 101.0)
+    assert short_later < long_early
+    assert key(101.0, 1.0, 104.0) < key(101.0, 3.0, 101.0)  # its key falls as it advances
+    assert key(100.0, 1.0, 107.0) < key(106.0, 3.0, 107.0)  # the long one near its end beats a newer short one
+    assert key(90.0, 8.0, 100.0) < key(99.0, 3.0, 100.0)  # waited about its own length: ahead of later arrivals
+    fcfs = PlanConfig().without("shortest_remaining")
+    assert call_priority(fcfs, program_started_at=100.0, remaining_s=8.0, now=101.0, **common)[2] == 100.0
 
 
 def test_a_new_program_does_not_cut_in_front_of_an_older_one_on_schedule():
@@ -100,7 +119,7 @@ def test_a_program_that_can_no_longer_make_its_deadline_goes_behind_those_that_c
     feasible = call_priority(PlanConfig(), program_started_at=90.0, deadline_at=110.0, latest_start_at=100.0, **common)
     late = call_priority(PlanConfig(), program_started_at=80.0, deadline_at=103.0, latest_start_at=95.0, **common)
     assert late > feasible  # the late one is due sooner, yet waits
-    assert late == (0.0, 1.0, 80.0)  # among the late: program order
+    assert late == (0.0, 1.0, 84.0)  # among the late: expected finish (start + remaining path) order
     later_start = call_priority(
         PlanConfig(), program_started_at=85.0, deadline_at=102.0, latest_start_at=96.0, **common
     )

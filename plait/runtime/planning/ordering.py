@@ -5,6 +5,12 @@ ties by arrival. The parts, each switchable (``PlanConfig``):
 
 - program-FCFS: the virtual time is the program's start, so a program that started earlier goes first and programs
   finish one after another instead of interleaving (mean completion time drops; the last finishes no later);
+- shortest remaining: the virtual time adds the expected time of the program's remaining critical path from this
+  call (the graph says what is left), so the key is the program's expected finish had it run alone from its start.
+  A program close to its end, or a short one, goes ahead of a long one that started a little earlier: the order that
+  minimises mean completion time (shortest remaining first) where sizes differ, FCFS where they do not. A key only
+  falls as its program advances (for fixed estimates), so programs still finish one after another; a long program
+  waits at most about its own length behind later ones (a newer program's key is at least its start);
 - deadline: a program with a deadline is ordered by its latest start, the deadline minus the expected time of its
   critical path when it started (earliest-deadline-first at program level, in the same units as program-FCFS start
   times; a program without a deadline counts as due at once). The key is fixed for the program's life, so programs
@@ -41,18 +47,23 @@ def service_level(attained_s: float, quantum_s: float) -> int:
     return 1 + int(math.log(attained_s / quantum_s, 4))
 
 
-def remaining_path_s(workflow: Workflow, node_id: str, finished: set[str], durations: DurationModel) -> float:
-    """Expected seconds of the longest chain of unfinished nodes starting at ``node_id`` (itself included)."""
+def remaining_paths(workflow: Workflow, finished: set[str], durations: DurationModel) -> dict[str, float]:
+    """Node -> expected seconds of the longest chain of unfinished nodes starting at it (itself included; 0 for a
+    finished node), for every node in one pass against the edges."""
     graph = workflow.graph
     longest: dict[str, float] = {}
-    reachable = nx.descendants(graph, node_id) | {node_id}
-    for current in reversed(list(nx.topological_sort(graph.subgraph(reachable)))):
+    for current in reversed(list(nx.topological_sort(graph))):
         if current in finished:
             longest[current] = 0.0
             continue
-        after = max((longest[s] for s in graph.successors(current) if s in longest), default=0.0)
+        after = max((longest[s] for s in graph.successors(current)), default=0.0)
         longest[current] = durations.expected(workflow.nodes[current]) + after
-    return longest[node_id]
+    return longest
+
+
+def remaining_path_s(workflow: Workflow, node_id: str, finished: set[str], durations: DurationModel) -> float:
+    """Expected seconds of the longest chain of unfinished nodes starting at ``node_id`` (itself included)."""
+    return remaining_paths(workflow, finished, durations)[node_id]
 
 
 def latest_start(deadline_at: float, expected_path_s: float) -> float:
@@ -72,9 +83,12 @@ def call_priority(
     now: float,
 ) -> tuple[float, float, float]:
     """``(user priority, service level, virtual time)`` of a call submitted ``now`` (see the module doc);
-    ``remaining_s``: the expected time of the program's remaining path from this call."""
+    ``remaining_s``: the expected time of the program's remaining path from this call (needed by
+    ``shortest_remaining`` and ``deadline``)."""
     level = service_level(attained_service_s, config.service_quantum_s) if config.attained_service else 0
     virtual = program_started_at if config.program_fcfs else now
+    if config.shortest_remaining:
+        virtual += remaining_s
     if config.deadline and deadline_at is not None:
         if now + remaining_s > deadline_at:
             # Its remaining path no longer fits before the deadline: it goes behind the programs that can still make

@@ -13,6 +13,7 @@ from typing import Any
 
 FEATURES = (
     "program_fcfs",  # a program that started earlier goes first, so programs finish instead of interleaving
+    "shortest_remaining",  # a program's time key adds its expected remaining path: near-done and short ones first
     "attained_service",  # ATLAS: programs that received less service along their critical path go first
     "deadline",  # a program's remaining deadline split over its remaining stages: the least slack goes first
     "next_use_hints",  # KV whose next use (steps away in the graph) is farthest is evicted first
@@ -34,6 +35,7 @@ class PlanConfig:
     """Feature switches and their parameters. The default is what plait serves with."""
 
     program_fcfs: bool = True
+    shortest_remaining: bool = True
     attained_service: bool = False
     deadline: bool = True
     next_use_hints: bool = True

@@ -22,7 +22,7 @@ from plait.engine import Engine
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
 from plait.runtime.planning.kv_reuse import continues_across
-from plait.runtime.planning.ordering import call_priority, latest_start, remaining_path_s
+from plait.runtime.planning.ordering import call_priority, latest_start, remaining_paths
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
 from plait.runtime.planning.plan_config import PlanConfig
 from plait.runtime.request_options import RequestOptions
@@ -55,6 +55,16 @@ class ProgramPlan:
     pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
     prefixes: dict[str, float] = field(default_factory=dict)  # static prefix -> steps to its next use here
     tools_running: dict[str, float] = field(default_factory=dict)  # tool node -> when it is expected to return
+    # Each node's remaining expected path, for the (finished, nodes) counts it was computed at: calls submitted
+    # together (a fan-out's branches) share one pass over the graph.
+    remaining: tuple[tuple[int, int], dict[str, float]] | None = None
+
+    def remaining_s(self, node_id: str, durations: DurationModel) -> float:
+        """Expected seconds of the longest unfinished chain from ``node_id`` (``ordering.remaining_paths``)."""
+        key = (len(self.finished), len(self.workflow.nodes))
+        if self.remaining is None or self.remaining[0] != key or node_id not in self.remaining[1]:
+            self.remaining = (key, remaining_paths(self.workflow, self.finished, durations))
+        return self.remaining[1][node_id]
 
     @property
     def attained_s(self) -> float:
@@ -121,8 +131,8 @@ class Planner:
             return RequestOptions(program_id)
         now = time.monotonic()
         remaining_s = 0.0
-        if self.config.deadline and plan.deadline_at is not None:
-            remaining_s = remaining_path_s(plan.workflow, node.id, plan.finished, self.durations)
+        if self.config.shortest_remaining or (self.config.deadline and plan.deadline_at is not None):
+            remaining_s = plan.remaining_s(node.id, self.durations)
         priority = call_priority(
             self.config,
             user_priority=plan.user_priority,

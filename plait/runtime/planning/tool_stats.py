@@ -126,6 +126,10 @@ class ToolDurationStats:
         self.prior_weight = prior_weight
         self.prior_points = lognormal_points(prior_median_s, prior_sigma)
         self._samples: dict[str, deque[float]] = {}
+        # Built distributions by tool, dropped when the tool records a duration: planning reads a tool's distribution
+        # for every stage estimate, far more often than the tool finishes.
+        self._distributions: dict[str, DurationDistribution] = {}
+        self._recorded = 0  # record() calls so far: a distribution built across one is not cached
         self._lock = threading.Lock()
 
     def record(self, tool: str, seconds: float) -> None:
@@ -138,6 +142,8 @@ class ToolDurationStats:
             if window is None:
                 window = self._samples[tool] = deque(maxlen=self.window)
             window.append(float(seconds))
+            self._recorded += 1
+            self._distributions.pop(tool, None)
 
     def samples(self, tool: str) -> list[float]:
         """The observed durations of ``tool`` in the window, oldest first (no prior points)."""
@@ -146,14 +152,24 @@ class ToolDurationStats:
 
     def distribution(self, tool: str) -> DurationDistribution:
         """The duration distribution used for decisions: observed samples, plus the prior while they are few."""
-        observed = self.samples(tool)
+        with self._lock:
+            cached = self._distributions.get(tool)
+            observed = list(self._samples.get(tool, ())) if cached is None else []
+            recorded = self._recorded
+        if cached is not None:
+            return cached
         if len(observed) >= self.min_samples and observed:
-            return DurationDistribution.from_samples(observed)
-        # Each observation weighs 1; the prior's points share prior_weight between them.
-        prior_w = self.prior_weight / len(self.prior_points)
-        return DurationDistribution.from_samples(
-            observed + self.prior_points, [1.0] * len(observed) + [prior_w] * len(self.prior_points)
-        )
+            built = DurationDistribution.from_samples(observed)
+        else:
+            # Each observation weighs 1; the prior's points share prior_weight between them.
+            prior_w = self.prior_weight / len(self.prior_points)
+            built = DurationDistribution.from_samples(
+                observed + self.prior_points, [1.0] * len(observed) + [prior_w] * len(self.prior_points)
+            )
+        with self._lock:
+            if self._recorded == recorded:  # no record() in between (else the next call builds it again)
+                self._distributions[tool] = built
+        return built
 
     def summary(self) -> dict[str, dict]:
         """Per tool with observations: ``count``, ``mean``, ``p50``, ``p90`` of the observed samples only."""
