@@ -13,7 +13,7 @@ from plait.cache.host_tier import HostTier
 from plait.cache.kv_pool import KVPool
 from plait.cache.prefix_cache import NoPrefixCache, PrefixCache, PrefixMatch
 from plait.cache.radix import CacheCounters, RadixCache, RadixNode
-from plait.cache.radix_node import CacheEvent
+from plait.cache.radix_node import CacheEvent, ResidencyMark
 from plait.cache.req_to_token import ReqToTokenPool
 from plait.cache.slot_allocator import OutOfSlotsError, SlotAllocator
 
@@ -34,5 +34,6 @@ __all__ = [
     "RadixCache",
     "RadixNode",
     "ReqToTokenPool",
+    "ResidencyMark",
     "SlotAllocator",
 ]

@@ -69,8 +69,9 @@ class PrefixCache(Protocol):
         """Device slots ``evict`` could free (pinned prefixes only with ``allow_pinned``)."""
         ...
 
-    def resident_length(self, token_ids: list[int]) -> int:
-        """Leading tokens of ``token_ids`` whose KV is on the device now (read-only)."""
+    def resident_length(self, token_ids: list[int], mark: Any = None) -> int:
+        """Leading tokens of ``token_ids`` whose KV is on the device now (read-only). ``mark``: state the caller keeps
+        per token list so that asking again resumes the walk (``RadixCache``; ignored where there is no tree)."""
         ...
 
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int: ...
@@ -88,7 +89,7 @@ class NoPrefixCache:
     def __init__(self, allocator: SlotAllocator) -> None:
         self.allocator = allocator
 
-    def resident_length(self, token_ids: list[int]) -> int:
+    def resident_length(self, token_ids: list[int], mark: Any = None) -> int:
         return 0
 
     def match_prefix(self, token_ids: list[int], program_id: str | None = None) -> PrefixMatch:

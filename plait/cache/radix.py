@@ -29,6 +29,7 @@ from plait.cache.radix_node import (
     CacheCounters,
     CacheEvent,
     RadixNode,
+    ResidencyMark,
     all_nodes,
     common_prefix_length,
     device_nodes,
@@ -37,7 +38,7 @@ from plait.cache.slot_allocator import SlotAllocator
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 EVENT_LOG_SIZE = 8192
-EVICTION_FLOOR_FRACTION = 1 / 128  # of the pool: the least one eviction frees (see RadixCache.min_eviction)
+EVICTION_FLOOR_FRACTION = 1 / 64  # of the pool: the least one eviction frees (see RadixCache.min_eviction)
 EVICTION_FLOOR_MIN = 1
 
 
@@ -101,19 +102,33 @@ class RadixCache:
         self.counters.gpu_hit_tokens -= match.length - match.host_hit_tokens
         self.counters.host_hit_tokens -= match.host_hit_tokens
 
-    def resident_length(self, token_ids: list[int]) -> int:
+    def resident_length(self, token_ids: list[int], mark: ResidencyMark | None = None) -> int:
         """How many leading tokens of ``token_ids`` have their KV on the device now (a read-only look: no split, no
-        lock, no load, no access time)."""
+        lock, no load, no access time).
+
+        ``mark`` (kept by the caller for one token list, which may only grow at its end) resumes the walk where the
+        last one left the tree: residency only shrinks by eviction, so while no node was evicted the whole nodes
+        matched then are still resident (a split keeps the lower node's end where it was). Asking for the same queue
+        every step then costs a child lookup per sequence instead of a walk over thousands of tokens."""
         node, i = self.root, 0
+        resumes = mark is not None and mark.evictions == self.counters.evictions and mark.node is not None
+        if resumes and mark.node.attached():
+            node, i = mark.node, mark.end
         while i < len(token_ids):
             child = node.children.get(token_ids[i])
             if child is None or not child.on_device:
                 break
             n = common_prefix_length(child.key, token_ids[i : i + len(child.key)])
-            i += n
             if n < len(child):
+                i += n
                 break
-            node = child
+            node, i = child, i + n
+            if mark is not None:
+                mark.node, mark.end = node, i
+        if mark is not None:
+            mark.evictions = self.counters.evictions
+            if node is self.root:
+                mark.node, mark.end = self.root, 0
         return i
 
     def _walk(self, token_ids: list[int]) -> list[RadixNode]:

@@ -54,6 +54,16 @@ class RadixNode:
         return not any(c.device_slots is not None for c in self.children.values())
 
 
+@dataclass(eq=False)
+class ResidencyMark:
+    """Where a ``RadixCache.resident_length`` walk of one token list left the tree: the deepest whole node it matched,
+    the position after it, and the eviction count then (an eviction may have shortened the path since)."""
+
+    node: RadixNode | None = None
+    end: int = 0
+    evictions: int = -1
+
+
 @dataclass
 class CacheCounters:
     gpu_hit_tokens: int = 0

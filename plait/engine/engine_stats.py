@@ -64,6 +64,7 @@ class ThroughputMeter:
     def __init__(self) -> None:
         self.totals = (0, 0, 0)  # generated tokens, prefill tokens, steps
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, generated, prefilled) per step
+        self._recent_sums = [0.0, 0, 0]  # columns 1 and 2 summed over _recent (rates are read every step)
         self.busy_s = 0.0
         self.slow_steps = 0
         self.longest_step_s = 0.0
@@ -87,17 +88,25 @@ class ThroughputMeter:
         self.totals = (total_generated + generated, total_prefilled + prefilled, steps + 1)
         now = time.perf_counter()
         self._recent.append((now, generated, prefilled))
+        self._recent_sums[1] += generated
+        self._recent_sums[2] += prefilled
         while self._recent and now - self._recent[0][0] > RATE_WINDOW_S:
-            self._recent.popleft()
+            _, old_generated, old_prefilled = self._recent.popleft()
+            self._recent_sums[1] -= old_generated
+            self._recent_sums[2] -= old_prefilled
 
     def add_phase(self, phase: str, seconds: float) -> None:
         self.phase_s[phase] = self.phase_s.get(phase, 0.0) + seconds
 
     def rate(self, column: int) -> float:
         """Per second over the window: column 1 is generated tokens, 2 is prefill tokens."""
-        window = list(self._recent)
-        span = (window[-1][0] - window[0][0]) if len(window) > 1 else 0.0
-        return sum(entry[column] for entry in window[1:]) / span if span > 0 else 0.0
+        recent = self._recent
+        if len(recent) < 2:
+            return 0.0
+        first, last = recent[0], recent[-1]
+        span = last[0] - first[0]
+        # The first entry marks the window's start: what it counted happened before the span.
+        return (self._recent_sums[column] - first[column]) / span if span > 0 else 0.0
 
 
 def cache_stats(cache: object, hints_ignored: int) -> dict[str, int]:

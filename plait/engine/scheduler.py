@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from plait.cache import PrefixCache, ReqToTokenPool, SlotAllocator
+from plait.cache import PrefixCache, ReqToTokenPool, ResidencyMark, SlotAllocator
 from plait.engine.sequence import SeqStatus, Sequence
 
 _AFFINITY_SCAN = 32  # cache affinity reorders at most this many sequences at the head of the queue
@@ -199,17 +199,20 @@ class Scheduler:
             budget -= len(decodes)
         # Prefill budget goes by priority too: a high-priority prompt's remaining chunks before a low one's.
         partial = sorted((s for s in self.running if not s.is_decode and not s.will_finish), key=lambda s: s.sort_key)
-        holds_back = self.prefix_cache.shares_prefixes and self.config.prefix_first
-        inflight = self._inflight_prefills() if holds_back else {}
-        # Room the running sequences will still take: tokens to generate, and the rest of partial prefills' prompts
-        # (admitting beside a long prefill that later fills the pool would retract a decode).
-        reserve = sum(self._future_decode(s) + (0 if s.is_decode else s.num_uncomputed) for s in self.running)
-        excluded = retracted + batch.retracted
         # With every row taken no waiting sequence can start: skip ordering the queue (affinity looks up prefixes).
         rows_free = len(self.running) < self.config.max_running and self.req_to_token.num_free_rows > 0
+        candidates = partial + (self._admission_order(budget) if rows_free and self.waiting else [])
+        holds_back = self.prefix_cache.shares_prefixes and self.config.prefix_first
+        inflight = self._inflight_prefills() if holds_back and candidates else {}
+        # Room the running sequences will still take: tokens to generate, and the rest of partial prefills' prompts
+        # (admitting beside a long prefill that later fills the pool would retract a decode). Only prefills use it.
+        reserve = 0
+        if candidates:
+            reserve = sum(self._future_decode(s) + (0 if s.is_decode else s.num_uncomputed) for s in self.running)
+        excluded = retracted + batch.retracted
         stop = "" if rows_free else "rows"  # why the first waiting sequence that did not start stayed out
         any_held = False
-        for seq in partial + (self._admission_order(budget) if rows_free else []):
+        for seq in candidates:
             newly_admitted = seq.status is SeqStatus.WAITING
             if newly_admitted and any(seq is r for r in excluded):
                 stop = "retracted"
@@ -299,13 +302,16 @@ class Scheduler:
             return list(waiting)  # every band holds one sequence: nothing to reorder
         # Residency is looked up only where it can reorder: in bands of more than one sequence (a radix walk each).
         sizes = Counter(bands)
-        resident = [
-            self.prefix_cache.resident_length(seq.token_ids) if sizes[band] > 1 else 0
-            for seq, band in zip(head, bands, strict=True)
-        ]
+        resident = [self._resident_length(seq) if sizes[band] > 1 else 0 for seq, band in zip(head, bands, strict=True)]
         # sorted() is stable: inside a band with equal residency the priority order stands.
         order = sorted(range(len(head)), key=lambda i: (bands[i], -resident[i]))
         return [head[i] for i in order] + rest
+
+    def _resident_length(self, seq: Sequence) -> int:
+        """Leading tokens of ``seq`` on the device now; the walk resumes where the last one stopped (its mark)."""
+        if seq.residency_mark is None:
+            seq.residency_mark = ResidencyMark()
+        return self.prefix_cache.resident_length(seq.token_ids, seq.residency_mark)
 
     def _future_decode(self, seq: Sequence) -> int:
         """Slots ``seq`` is expected to take for tokens it has not generated yet."""
@@ -328,6 +334,14 @@ class Scheduler:
         limit = len(seq.token_ids) - 1
         if seq.state.sampling.prompt_logprobs_start is not None and seq.num_generated == 0:
             limit = min(limit, seq.state.sampling.prompt_logprobs_start - 1)
+        if keep is not None and getattr(self.prefix_cache, "host", None) is None:
+            # A prompt that cannot fit even with all its resident prefix counted is refused before matching (a walk
+            # that splits nodes, locks the path and gathers its slots, only to be undone). Without a host tier no
+            # load can start, and the match could only find less room, so the answer is the same.
+            uncached = len(seq.token_ids) - min(self._resident_length(seq), limit)
+            if uncached > self._admission_room() - keep:
+                self._refusal = self._memory_stop(uncached + keep - 1, "prompt_fit")
+                return False
         match = self.prefix_cache.match_prefix(seq.token_ids[:limit], seq.program_id)
         if match.loading:
             return None

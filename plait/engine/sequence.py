@@ -70,6 +70,8 @@ class Sequence:
     promoted: bool = False
     # Slot ids of its prompt every prefix_groups.GRANULE positions (decode grouping); reset when its KV is released.
     prefix_keys: list[int] | None = None
+    # The prefix cache's note of where its last residency walk of token_ids stopped (cache affinity asks every step).
+    residency_mark: Any = None
 
     @property
     def request_id(self) -> str:

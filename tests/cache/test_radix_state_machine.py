@@ -40,6 +40,7 @@ from plait.cache import (
     PrefixMatch,
     RadixCache,
     RadixNode,
+    ResidencyMark,
     SlotAllocator,
 )
 from plait.cache.radix_node import all_nodes
@@ -161,6 +162,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
         self.hints = CacheHints(self.cache)
         self.running: list[Request] = []
         self.seen: list[list[int]] = []  # token sequences used so far: reused so that prefixes collide
+        self.marks: dict[tuple[int, ...], ResidencyMark] = {}  # kept across steps, as the scheduler keeps them
 
     # ---- helpers -----------------------------------------------------------------------------------------------
 
@@ -509,6 +511,12 @@ class RadixCacheMachine(RuleBasedStateMachine):
         pinned = {n for n, _ in nodes if n.pin_until > CLOCK.now}
         assert cache._pinned == pinned
         assert sum(len(n) for n in pinned) <= cache.pin_budget, "pins on host-only nodes overrun the budget"
+
+        # A residency walk resumed from where the last one stopped (splits, inserts, loads and evictions since)
+        # finds what a fresh walk finds.
+        for tokens in self.seen:
+            mark = self.marks.setdefault(tuple(tokens), ResidencyMark())
+            assert cache.resident_length(tokens, mark) == cache.resident_length(tokens), "a resumed walk is stale"
 
         # evictable_slots() is what evict() can free without touching pins: never more (the scheduler admits on
         # it), nor less than what nothing holds.
