@@ -88,7 +88,9 @@ class CallDeduplicator:
             del self._running[key]
         ok = outcome is None and shared.deltas and shared.deltas[-1].finish_reason not in ("error", "abort")
         if ok:
-            self._finished[key] = shared.deltas
+            # Kept as one delta: a thousand finished calls' per-token deltas would be ~10^5 live objects, which every
+            # full garbage collection walks (pausing the engine thread too).
+            self._finished[key] = [_merged(shared.deltas)]
             while len(self._finished) > _FINISHED_KEPT:
                 self._finished.popitem(last=False)
         for queue in shared.queues:
@@ -100,6 +102,8 @@ class CallDeduplicator:
         """The first caller's view: the engine stream itself, each delta also handed to the subscribers."""
         outcome: BaseException | None = _LeaderLeft()
         try:
+            # The stream ends by itself after the last delta (dedup takes single-sample requests only): breaking out
+            # of it instead would close it as if the caller had left, and it would send the engine an abort.
             async for delta in stream:
                 shared.deltas.append(delta)
                 for queue in shared.queues:
@@ -107,8 +111,6 @@ class CallDeduplicator:
                 if delta.finish_reason is not None:
                     outcome = None
                 yield delta
-                if outcome is None:
-                    break
         except (GeneratorExit, asyncio.CancelledError):
             raise  # the caller left: subscribers carry on by themselves (``_LeaderLeft``)
         except BaseException as error:  # the call failed: every subscriber sees it
@@ -154,6 +156,18 @@ class CallDeduplicator:
                 index += 1
                 if index > received:
                     yield delta
+
+
+def _merged(deltas: list[GenerateDelta]) -> GenerateDelta:
+    """One delta with the text and tokens of a finished single-sample call's deltas and its final counts."""
+    last = deltas[-1]
+    queued = next((d.queued_s for d in deltas if d.queued_s is not None), None)
+    return dataclasses.replace(
+        last,
+        text="".join(d.text for d in deltas),
+        token_ids=[t for d in deltas for t in d.token_ids],
+        queued_s=queued,
+    )
 
 
 async def _replay(deltas: list[GenerateDelta]) -> AsyncIterator[GenerateDelta]:
