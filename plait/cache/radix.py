@@ -24,6 +24,7 @@ import torch
 from plait.cache.eviction_policy import EvictionPolicy, LRUPolicy, NextUse
 from plait.cache.host_tier import HostTier
 from plait.cache.prefix_cache import PrefixMatch
+from plait.cache.radix_host import HostTraffic
 from plait.cache.radix_invariants import check_radix
 from plait.cache.radix_node import (
     CacheCounters,
@@ -42,7 +43,7 @@ EVICTION_FLOOR_FRACTION = 1 / 64  # of the pool: the least one eviction frees (s
 EVICTION_FLOOR_MIN = 1
 
 
-class RadixCache:
+class RadixCache(HostTraffic):
     shares_prefixes = True
 
     def __init__(
@@ -110,10 +111,11 @@ class RadixCache:
         last one left the tree: residency only shrinks by eviction, so while no node was evicted the whole nodes
         matched then are still resident (a split keeps the lower node's end where it was). Asking for the same queue
         every step then costs a child lookup per sequence instead of a walk over thousands of tokens."""
-        node, i = self.root, 0
-        resumes = mark is not None and mark.evictions == self.counters.evictions and mark.node is not None
-        if resumes and mark.node.attached():
-            node, i = mark.node, mark.end
+        node, end = self.root, 0  # the deepest whole node matched, and the position after it
+        last = mark.node if mark is not None and mark.evictions == self.counters.evictions else None
+        if mark is not None and last is not None and last.attached():  # not evicted since, nor deleted
+            node, end = last, mark.end
+        i = end
         while i < len(token_ids):
             child = node.children.get(token_ids[i])
             if child is None or not child.on_device:
@@ -123,12 +125,9 @@ class RadixCache:
                 i += n
                 break
             node, i = child, i + n
-            if mark is not None:
-                mark.node, mark.end = node, i
+            end = i
         if mark is not None:
-            mark.evictions = self.counters.evictions
-            if node is self.root:
-                mark.node, mark.end = self.root, 0
+            mark.node, mark.end, mark.evictions = node, end, self.counters.evictions
         return i
 
     def _walk(self, token_ids: list[int]) -> list[RadixNode]:
@@ -337,34 +336,6 @@ class RadixCache:
             self._delete_subtree(node)
         return n
 
-    def _make_host_room(self, n: int, keep: RadixNode) -> bool:
-        """Free host slots (drop copies of device-resident nodes, then host-only leaves) until ``n`` fit; at least
-        ``min_eviction`` at a time, since each call walks and sorts the whole tree."""
-        assert self.host is not None
-        if self.host.num_free >= n:
-            return True
-        wanted = max(n, self.min_eviction)
-        now = time.monotonic()
-        candidates = [
-            node
-            for node in all_nodes(self.root)
-            if node.host_slots is not None
-            and node is not keep
-            and node not in self._protected
-            and node.load is None
-            and (node.device_slots is not None or not node.children)
-        ]
-        candidates.sort(key=lambda node: (node.device_slots is None, self.policy.key(node, now)))
-        for node in candidates:
-            if self.host.num_free >= wanted:
-                break
-            if node.device_slots is not None:
-                self.host.free(node.host_slots)
-                node.host_slots = None
-            else:
-                self._delete_subtree(node)
-        return self.host.num_free >= n
-
     def _delete_subtree(self, node: RadixNode) -> None:
         assert node.lock_ref == 0 and node.load is None
         for child in list(node.children.values()):
@@ -411,54 +382,6 @@ class RadixCache:
 
     def _all_nodes(self) -> list[RadixNode]:
         return all_nodes(self.root)
-
-    # ---- host tier: loads ----------------------------------------------------------------------------------------
-
-    def _start_loads(self, pending: list[RadixNode], anchor: RadixNode) -> bool:
-        """Start loading the host-only nodes at the head of ``pending`` back to the device. True if any started."""
-        todo = list(itertools.takewhile(lambda n: n.device_slots is None and n.host_slots is not None, pending))
-        if self.host is None or not todo:
-            return False
-        needed = sum(len(n) for n in todo)
-        self.lock(anchor)  # the resident part of the path must survive the eviction below
-        self._protected.update(todo)
-        try:
-            if self.allocator.num_free < needed:
-                self.evict(needed - self.allocator.num_free)
-            if self.allocator.num_free < needed:
-                return False
-        finally:
-            self.unlock(anchor)
-            self._protected.difference_update(todo)
-        slots = self.allocator.alloc(needed)
-        job = self.host.load(torch.cat([n.host_slots for n in todo]), slots)
-        for node, node_slots in zip(todo, torch.split(slots, [len(n) for n in todo]), strict=True):
-            node.device_slots, node.load = node_slots, job  # one copy for the path: usable together
-            self._loading.append(node)
-            self.counters.loads += 1
-            if node.programs:
-                self.events.append(CacheEvent(time.monotonic(), "loaded", tuple(node.programs), len(node)))
-        return True
-
-    def poll(self) -> None:
-        """Make nodes whose host-to-device load finished usable again."""
-        still = []
-        for node in self._loading:
-            if node.load is not None and not node.load.done():
-                still.append(node)
-                continue
-            if node.load is not None:
-                node.load = None
-                node.from_host = True
-                if node.lock_ref == 0 and node.device_slots is not None:
-                    self.evictable_size += len(node)
-        self._loading = still
-
-    def wait_for_loads(self) -> None:
-        for node in self._loading:
-            if node.load is not None:
-                node.load.wait()
-        self.poll()
 
     def check(self) -> None:
         """Assert the tree's invariants (tests call this after every operation)."""

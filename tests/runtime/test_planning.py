@@ -14,7 +14,7 @@ from plait.engine import GenerateRequest, InvalidRequestError, SamplingParams
 from plait.runtime import Executor
 from plait.runtime.planning import FEATURES, PlanConfig
 from plait.runtime.planning.call_dedup import dedup_key
-from plait.runtime.planning.ordering import call_priority, latest_start, remaining_path_s, service_level
+from plait.runtime.planning.ordering import call_priority, latest_start, remaining_paths, service_level
 from plait.runtime.timeline import TimelineKind
 from plait.semantic_vars import GenConstraints, Template
 from tests.runtime.conftest import wait_for, wait_kv_free
@@ -427,7 +427,7 @@ def test_a_deadline_programs_order_is_fixed_for_its_life():
     workflow = tool_chain("p", "question")
     planner.program_started("p", workflow, deadline_s=100.0)
     plan = planner._plans["p"]
-    path_s = remaining_path_s(workflow, "think", set(), planner.durations)
+    path_s = remaining_paths(workflow, set(), planner.durations)["think"]
     assert plan.latest_start_at == pytest.approx(plan.started_at + 100.0 - path_s)
     first = planner.request_options("p", workflow.nodes["think"]).priority
     planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))

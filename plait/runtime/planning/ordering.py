@@ -61,11 +61,6 @@ def remaining_paths(workflow: Workflow, finished: set[str], durations: DurationM
     return longest
 
 
-def remaining_path_s(workflow: Workflow, node_id: str, finished: set[str], durations: DurationModel) -> float:
-    """Expected seconds of the longest chain of unfinished nodes starting at ``node_id`` (itself included)."""
-    return remaining_paths(workflow, finished, durations)[node_id]
-
-
 def latest_start(deadline_at: float, expected_path_s: float) -> float:
     """When a program must start to finish its expected critical path by its deadline."""
     return deadline_at - expected_path_s
