@@ -65,9 +65,11 @@ def test_priorities_compose():
         0.0,
         50.0,
     )
-    # With a deadline: the program's latest start, fixed for its life (earliest deadline first at program level).
+    # A generous deadline leaves the order alone (start + remaining path); a tight one moves the program up to its
+    # latest start, ahead of programs that started before it.
     plait = PlanConfig()
-    assert call_priority(plait, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 60.0
+    assert call_priority(plait, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 54.0
+    assert call_priority(plait, program_started_at=50.0, deadline_at=105.0, latest_start_at=48.0, **common)[2] == 48.0
     # No deadline: its expected finish had it run alone from its start (start + the remaining path).
     assert call_priority(plait, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 54.0
     atlas = PlanConfig(attained_service=True, deadline=False)
@@ -357,7 +359,8 @@ def test_deadline_programs_submit_urgent_priorities(tiny_engine):
     async def main():
         executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False))
         relaxed = executor.start(tool_chain("relaxed", "q1"), deadline_s=1000.0)
-        tight = executor.start(tool_chain("tight", "q2"), deadline_s=60.0)
+        path_s = remaining_paths(tool_chain("tight", "q2"), set(), executor.planner.durations)["think"]
+        tight = executor.start(tool_chain("tight", "q2"), deadline_s=1.5 * path_s)
         hopeless = executor.start(tool_chain("hopeless", "q3"), deadline_s=1e-3)
         plain = executor.start(tool_chain("plain", "q4"))
         node = relaxed.workflow.nodes["think"]
@@ -369,9 +372,9 @@ def test_deadline_programs_submit_urgent_priorities(tiny_engine):
 
     options = asyncio.run(main())
     priority = {name: option.priority for name, option in options.items()}
-    assert priority["tight"] < priority["relaxed"]  # less slack goes first
-    # A feasible deadline never jumps a program that started earlier; one that cannot be met drops a level.
-    assert priority["plain"] < priority["relaxed"]
+    assert priority["tight"] < priority["relaxed"]  # a tight deadline goes ahead of a program that started earlier
+    # A generous deadline changes nothing (program order); one that cannot be met drops a level.
+    assert priority["relaxed"] < priority["plain"]
     assert priority["hopeless"][1] == 1.0 and priority["hopeless"] > priority["relaxed"]
 
 
@@ -417,19 +420,25 @@ def test_a_program_waiting_on_a_tool_hints_when_the_tool_should_return():
     assert planner.counters.hook_errors == 0
 
 
-def test_a_deadline_programs_order_is_fixed_for_its_life():
-    """The key is the program's latest start (deadline minus its expected path at the start): later stages keep it,
-    so a program on schedule never falls behind programs that arrived after it."""
+def test_a_tight_deadline_fixes_the_programs_order_at_its_latest_start():
+    """With a deadline tighter than the order without it, the key is the program's latest start (deadline minus its
+    expected path at the start). It never rises as the program advances (near its end the shortest-remaining key may
+    be lower still), so a program on schedule never falls behind programs that arrived after it."""
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
     planner = Planner(_HintRecorder(), PlanConfig(tool_pins=False, dedup=False, next_use_hints=False))  # type: ignore[arg-type]
     workflow = tool_chain("p", "question")
-    planner.program_started("p", workflow, deadline_s=100.0)
-    plan = planner._plans["p"]
     path_s = remaining_paths(workflow, set(), planner.durations)["think"]
-    assert plan.latest_start_at == pytest.approx(plan.started_at + 100.0 - path_s)
+    planner.program_started("p", workflow, deadline_s=1.2 * path_s)
+    plan = planner._plans["p"]
+    assert plan.latest_start_at == pytest.approx(plan.started_at + 0.2 * path_s)
     first = planner.request_options("p", workflow.nodes["think"]).priority
+    assert first == (0.0, 0.0, plan.latest_start_at)
     planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
     last_llm = [n for n in workflow.llm_calls() if n.id != "think"][-1]
-    assert planner.request_options("p", last_llm).priority == first == (0.0, 0.0, plan.latest_start_at)
+    assert planner.request_options("p", last_llm).priority <= first
+    # A generous deadline: the shortest-remaining key, below the latest start.
+    planner.program_started("q", workflow, deadline_s=100.0)
+    relaxed = planner.request_options("q", workflow.nodes["think"]).priority
+    assert relaxed[2] == pytest.approx(planner._plans["q"].started_at + path_s)
