@@ -35,7 +35,7 @@ class PlanConfig:
     """Feature switches and their parameters. The default is what plait serves with."""
 
     program_fcfs: bool = True
-    shortest_remaining: bool = True
+    shortest_remaining: bool = False
     attained_service: bool = False
     deadline: bool = True
     next_use_hints: bool = True
