@@ -65,13 +65,16 @@ def test_priorities_compose():
         0.0,
         50.0,
     )
-    # A generous deadline leaves the order alone (start + remaining path); a tight one moves the program up to its
-    # latest start, ahead of programs that started before it.
+    # The default: program FCFS; a generous deadline leaves the order alone.
     plait = PlanConfig()
-    assert call_priority(plait, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 54.0
-    assert call_priority(plait, program_started_at=50.0, deadline_at=105.0, latest_start_at=48.0, **common)[2] == 48.0
-    # No deadline: its expected finish had it run alone from its start (start + the remaining path).
-    assert call_priority(plait, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 54.0
+    assert call_priority(plait, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 50.0
+    assert call_priority(plait, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 50.0
+    # Shortest remaining: the expected finish had it run alone from its start (start + the remaining path); a tight
+    # deadline moves the program up to its latest start, a generous one leaves that key.
+    sr = PlanConfig(shortest_remaining=True)
+    assert call_priority(sr, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 54.0
+    assert call_priority(sr, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 54.0
+    assert call_priority(sr, program_started_at=50.0, deadline_at=105.0, latest_start_at=52.0, **common)[2] == 52.0
     atlas = PlanConfig(attained_service=True, deadline=False)
     assert call_priority(atlas, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[1] == 2.0
     baseline = PlanConfig.baseline()
@@ -86,7 +89,7 @@ def test_shortest_remaining_puts_near_done_and_short_programs_first_without_inte
     """Without deadlines the key is start + remaining expected path: a short program that started a little later
     goes ahead of a long one, a program near its end ahead of a newer one, and a program's key only falls as it
     advances, so a program that went ahead stays ahead."""
-    config = PlanConfig()
+    config = PlanConfig(shortest_remaining=True)
     common = {"user_priority": 0.0, "attained_service_s": 0.0, "deadline_at": None, "latest_start_at": None}
 
     def key(started: float, remaining: float, now: float) -> tuple[float, float, float]:
@@ -97,13 +100,13 @@ def test_shortest_remaining_puts_near_done_and_short_programs_first_without_inte
     assert key(101.0, 1.0, 104.0) < key(101.0, 3.0, 101.0)  # its key falls as it advances
     assert key(100.0, 1.0, 107.0) < key(106.0, 3.0, 107.0)  # the long one near its end beats a newer short one
     assert key(90.0, 8.0, 100.0) < key(99.0, 3.0, 100.0)  # waited about its own length: ahead of later arrivals
-    fcfs = PlanConfig().without("shortest_remaining")
+    fcfs = config.without("shortest_remaining")
     assert call_priority(fcfs, program_started_at=100.0, remaining_s=8.0, now=101.0, **common)[2] == 100.0
 
 
 def test_a_new_program_does_not_cut_in_front_of_an_older_one_on_schedule():
     """Least slack first would put a fresh program's first stage (small share of its deadline) ahead of an older
-    program's later stage; programs would interleave and all finish late. The key is fixed per program."""
+    program's later stage; programs would interleave and all finish late. The key comes from the program's start."""
     common = {"user_priority": 0.0, "attained_service_s": 0.0, "now": 100.0}
     # Both had 3x their expected time: the older started at 94 with 6 s of work, the newer at 100 with 6 s.
     older = call_priority(
@@ -121,7 +124,7 @@ def test_a_program_that_can_no_longer_make_its_deadline_goes_behind_those_that_c
     feasible = call_priority(PlanConfig(), program_started_at=90.0, deadline_at=110.0, latest_start_at=100.0, **common)
     late = call_priority(PlanConfig(), program_started_at=80.0, deadline_at=103.0, latest_start_at=95.0, **common)
     assert late > feasible  # the late one is due sooner, yet waits
-    assert late == (0.0, 1.0, 84.0)  # among the late: expected finish (start + remaining path) order
+    assert late == (0.0, 1.0, 80.0)  # among the late: program order
     later_start = call_priority(
         PlanConfig(), program_started_at=85.0, deadline_at=102.0, latest_start_at=96.0, **common
     )
@@ -357,7 +360,8 @@ def test_baseline_sends_no_hints_and_no_pins(tiny_engine):
 
 def test_deadline_programs_submit_urgent_priorities(tiny_engine):
     async def main():
-        executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False))
+        # Shortest remaining on: with program FCFS alone a feasible deadline never lies before the program's start.
+        executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False, shortest_remaining=True))
         relaxed = executor.start(tool_chain("relaxed", "q1"), deadline_s=1000.0)
         path_s = remaining_paths(tool_chain("tight", "q2"), set(), executor.planner.durations)["think"]
         tight = executor.start(tool_chain("tight", "q2"), deadline_s=1.5 * path_s)
@@ -427,7 +431,8 @@ def test_a_tight_deadline_fixes_the_programs_order_at_its_latest_start():
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
-    planner = Planner(_HintRecorder(), PlanConfig(tool_pins=False, dedup=False, next_use_hints=False))  # type: ignore[arg-type]
+    config = PlanConfig(tool_pins=False, dedup=False, next_use_hints=False, shortest_remaining=True)
+    planner = Planner(_HintRecorder(), config)  # type: ignore[arg-type]
     workflow = tool_chain("p", "question")
     path_s = remaining_paths(workflow, set(), planner.durations)["think"]
     planner.program_started("p", workflow, deadline_s=1.2 * path_s)

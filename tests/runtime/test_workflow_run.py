@@ -77,7 +77,7 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
     modes = _modes(args(plan=["deadline=off"], leave_one_out=True))
     plait_mode, baseline, *without = modes
     assert not plait_mode.deadline and plait_mode.tool_pins and baseline.name == "baseline"
-    assert [m.name for m in without] == [f"plait without {f}" for f in ("program_fcfs", "shortest_remaining",
+    assert [m.name for m in without] == [f"plait without {f}" for f in ("program_fcfs",
         "next_use_hints", "tool_pins", "prefetch", "dedup", "prefix_first", "cache_affinity")]  # fmt: skip
     assert all(not getattr(m, m.name.rsplit(" ", 1)[1]) for m in without)
     picked = _modes(args(without=["tool_pins", "prefix_first"]))

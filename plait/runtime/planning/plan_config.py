@@ -15,7 +15,7 @@ FEATURES = (
     "program_fcfs",  # a program that started earlier goes first, so programs finish instead of interleaving
     "shortest_remaining",  # a program's time key adds its expected remaining path: near-done and short ones first
     "attained_service",  # ATLAS: programs that received less service along their critical path go first
-    "deadline",  # a program's remaining deadline split over its remaining stages: the least slack goes first
+    "deadline",  # a tight deadline moves a program up to its latest start; a hopeless one goes behind the rest
     "next_use_hints",  # KV whose next use (steps away in the graph) is farthest is evicted first
     "tool_pins",  # a program's KV stays while its tool runs, for a TTL chosen from the tool's durations
     "prefetch",  # a program's KV is loaded back from host memory as its tool finishes
@@ -35,7 +35,7 @@ class PlanConfig:
     """Feature switches and their parameters. The default is what plait serves with."""
 
     program_fcfs: bool = True
-    shortest_remaining: bool = False
+    shortest_remaining: bool = False  # off: it defers long programs, the tail (see ordering.py)
     attained_service: bool = False
     deadline: bool = True
     next_use_hints: bool = True
