@@ -14,8 +14,10 @@ ties by arrival. The parts, each switchable (``PlanConfig``):
   default: that wait is the tail (text2sql on a 30k pool on an H200, p95 21.3 s with it against 18.5 s without at
   12/s, 16.3 against 11.5 s at 7/s), and on react it measured within the spread of runs;
 - deadline: a program with a deadline may move earlier, never later: its key is the smaller of the key above and
-  its latest start (the deadline minus the expected time of its critical path when it started). A tight deadline puts
-  a program ahead of programs that started before it; a generous one changes nothing. Ordering every deadline program
+  its latest start (the deadline minus the expected time of its critical path when it started). Over a
+  shortest-remaining (or request-FCFS) key a tight deadline puts a program ahead of programs keyed before it; a
+  generous one changes nothing. Over program FCFS alone (the default) a deadline the program can still make never
+  has its latest start before the program's start, so deadlines act only through the demotion below. Ordering every deadline program
   by its latest start (earliest-deadline-first) was measured worse at the tail: with deadlines at 3x the unloaded
   time a long program's latest start lies twice its length after its start, so it waited behind every shorter program
   arriving in that span (text2sql on a contended pool, simulated: p95 20.0 s against 16.7 s for program-FCFS, mean
