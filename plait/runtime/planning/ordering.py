@@ -13,20 +13,20 @@ ties by arrival. The parts, each switchable (``PlanConfig``):
   waits at most about its own length behind later ones (a newer program's key is at least its start). Off by
   default: that wait is the tail (text2sql on a 30k pool on an H200, p95 21.3 s with it against 18.5 s without at
   12/s, 16.3 against 11.5 s at 7/s), and on react it measured within the spread of runs;
-- deadline: a program with a deadline may move earlier, never later: its key is the smaller of the key above and
-  its latest start (the deadline minus the expected time of its critical path when it started). Over a
-  shortest-remaining (or request-FCFS) key a tight deadline puts a program ahead of programs keyed before it; a
-  generous one changes nothing. Over program FCFS alone (the default) a deadline the program can still make never
-  has its latest start before the program's start, so deadlines act only through the demotion below. Ordering every deadline program
-  by its latest start (earliest-deadline-first) was measured worse at the tail: with deadlines at 3x the unloaded
-  time a long program's latest start lies twice its length after its start, so it waited behind every shorter program
+- deadline: a program with a deadline may move earlier, never later: its key is the smaller of the key above and its
+  latest start (the deadline minus the expected time of its critical path when it started). Over a shortest-remaining
+  (or request-FCFS) key a tight deadline puts a program ahead of programs keyed before it; a generous one changes
+  nothing. Over program FCFS alone (the default) a deadline the program can still make never has its latest start
+  before the program's start, so deadlines act only through the demotion below. Ordering every deadline program by
+  its latest start (earliest-deadline-first) was measured worse at the tail: with deadlines at 3x the unloaded time a
+  long program's latest start lies twice its length after its start, so it waited behind every shorter program
   arriving in that span (text2sql on a contended pool, simulated: p95 20.0 s against 16.7 s for program-FCFS, mean
   12.6 vs 12.7 s). Splitting the remaining deadline over the remaining stages and serving the least slack first was
   measured worse than request FCFS (mean and p95 JCT 1.6x worse): a new program's first stage has a small share of a
   fresh deadline, so it cut in between the later stages of older programs, programs interleaved and all finished
   late. A program whose remaining expected path no longer fits before its deadline drops a service level (behind
-  every program that can still make its deadline, in its order among the late ones): under overload, serving the
-  most urgent first would make every program late;
+  every program that can still make its deadline, in its order among the late ones): under overload, serving the most
+  urgent first would make every program late;
 - attained service (ATLAS, non-clairvoyant): the service level grows with the engine time the program has received
   along its critical path (geometric levels), so short programs pass long ones; a long program cannot starve because
   the engine promotes any request waiting longer than ``max_queue_wait_s``.
