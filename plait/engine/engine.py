@@ -58,6 +58,9 @@ def _put_all(items: list[tuple[_Sink, GenerateDelta]]) -> None:
         sink.queue.put_nowait(delta)
 
 
+_OFF_LOOP_CHARS = 2048  # prompts from this long are tokenized on the tokenizer thread (~1 ms and up)
+
+
 class Engine:
     """Thread-backed async engine. Use as an async context manager, or call ``close()`` when done."""
 
@@ -69,6 +72,9 @@ class Engine:
         self._lock = threading.Lock()  # guards _sinks and _stats between the loop thread and callers
         self._stats = self.core.stats()
         self._stopped = threading.Event()
+        # Long prompts are tokenized here, off the caller's event loop: the tokenizer releases the GIL, but the loop
+        # (other programs' deltas and next calls) would wait milliseconds per prompt. One worker keeps their order.
+        self._tokenize = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="plait-tokenize")
         self._thread = threading.Thread(target=self._loop, name="plait-engine", daemon=True)
         self._thread.start()
 
@@ -82,7 +88,7 @@ class Engine:
         """
         if self._stopped.is_set():
             raise EngineStoppedError("the engine is closed")
-        state = self.core.prepare(request)
+        state = self.core.prepare(request, await self._prompt_ids_off_loop(request))
         sink = _Sink(asyncio.get_running_loop(), asyncio.Queue(), state.sampling.n)
         request_id = request.request_id
         with self._lock:
@@ -202,6 +208,19 @@ class Engine:
         """Drop every cached prefix not in use (between benchmark runs); returns the device slots freed."""
         return int(await self._on_engine_thread(self.core.flush_prefix_cache))
 
+    async def _prompt_ids_off_loop(self, request: GenerateRequest) -> list[int] | None:
+        """The prompt's ids from the tokenizer thread when the prompt is text long enough to hold the loop up; None
+        (``prepare`` tokenizes inline) for short prompts, where a thread hop would cost more than it saves."""
+        text = request.prompt if isinstance(request.prompt, str) else None
+        if request.messages is None and (text is None or len(text) < _OFF_LOOP_CHARS):
+            return None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._tokenize, self.core.prompt_ids, request)
+        except RuntimeError:
+            if self._stopped.is_set():  # closed between the caller's check and the submission
+                raise EngineStoppedError("the engine is closed") from None
+            raise
+
     async def _on_engine_thread(self, fn: Callable[[], Any]) -> Any:
         if self._stopped.is_set():
             raise EngineStoppedError("the engine is closed")
@@ -214,6 +233,7 @@ class Engine:
         if not self._stopped.is_set():
             self._commands.put(("stop", None))
             self._thread.join(timeout=30)
+        self._tokenize.shutdown(wait=False)  # a prompt being tokenized finishes; its request then sees the stop
 
     async def __aenter__(self) -> Engine:
         return self

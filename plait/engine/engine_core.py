@@ -101,9 +101,10 @@ class EngineCore(RuntimeControls, Scoring):
 
     # ---- requests --------------------------------------------------------------------------------------------------
 
-    def prepare(self, request: GenerateRequest) -> RequestState:
-        """Validate and tokenize ``request`` (no engine state is touched, so any thread may call this)."""
-        prompt_ids = self.prompt_ids(request)
+    def prepare(self, request: GenerateRequest, prompt_ids: list[int] | None = None) -> RequestState:
+        """Validate and tokenize ``request`` (no engine state is touched, so any thread may call this);
+        ``prompt_ids``: ``self.prompt_ids(request)`` when the caller has already computed it."""
+        prompt_ids = self.prompt_ids(request) if prompt_ids is None else prompt_ids
         sampling = request.sampling
         sampling.validate(self.tokenizer.vocab_size)
         if len(prompt_ids) >= self.max_context:

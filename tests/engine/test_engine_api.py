@@ -393,9 +393,9 @@ def test_close_racing_generate_does_not_hang(one_thread):
     engine = Engine(core=core)
     prepare = core.prepare
 
-    def prepare_while_another_thread_closes(request):
+    def prepare_while_another_thread_closes(request, prompt_ids=None):
         engine.close()  # as if close() ran in another thread right after generate() checked _stopped
-        return prepare(request)
+        return prepare(request, prompt_ids)
 
     core.prepare = prepare_while_another_thread_closes
 
@@ -456,3 +456,35 @@ def test_a_client_with_a_closed_event_loop_does_not_kill_the_engine(one_thread):
                 await stream.aclose()  # the orphan's own cleanup (queues its abort)
 
         asyncio.run(main())
+
+
+def test_long_prompts_are_tokenized_off_the_event_loop(one_thread):
+    """A long prompt is tokenized on the engine's tokenizer thread (the event loop keeps serving other streams) and
+    gets the same ids; a short one is tokenized inline."""
+    import threading
+
+    core = tiny_core(max_context=4096)
+    engine = Engine(core=core)
+    threads: list[str] = []
+    prompt_ids = core.prompt_ids
+
+    def recording(request):
+        threads.append(threading.current_thread().name)
+        return prompt_ids(request)
+
+    core.prompt_ids = recording  # type: ignore[method-assign]
+    long_prompt = "the quick brown fox " * 120  # 2400 characters
+
+    async def main() -> list:
+        results = []
+        for prompt in (long_prompt, "abc"):
+            results.append(await engine.complete(GenerateRequest(prompt=prompt, sampling=SamplingParams(max_tokens=2))))
+        return results
+
+    try:
+        long_result, short_result = asyncio.run(main())
+    finally:
+        engine.close()
+    assert threads[0].startswith("plait-tokenize") and threads[1] == threading.main_thread().name
+    assert long_result.prompt_tokens == len(prompt_ids(GenerateRequest(prompt=long_prompt)))
+    assert short_result.completions[0].finish_reason == "length"
