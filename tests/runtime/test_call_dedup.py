@@ -57,3 +57,42 @@ def test_a_finished_leader_ends_its_stream_and_is_replayed_as_one_delta():
     assert merged.text == "SELECT 1" and merged.token_ids == [1, 2, 3]
     assert merged.finish_reason == "length" and merged.completion_tokens == 3 and merged.queued_s == 0.25
     assert dedup.calls == 2 and dedup.deduplicated == 1
+
+
+def _follow_a_leader_that_leaves(run_another_first: bool) -> tuple[GenerateDelta, list[GenerateDelta], list[str]]:
+    """A subscriber joins after the leader's first delta (it gets that as one merged delta), the leader leaves, and
+    the subscriber re-issues the call: to the engine, or (``run_another_first``) to the replay of an identical call
+    that ran to its end meanwhile."""
+    engine = ScriptedEngine()
+    dedup = CallDeduplicator()
+
+    async def main() -> tuple[GenerateDelta, list[GenerateDelta]]:
+        leader, _ = dedup.generate(engine, _request("leader"))  # type: ignore[arg-type]
+        leading = aiter(leader)
+        await anext(leading)
+        follower, shared = dedup.generate(engine, _request("follower"))  # type: ignore[arg-type]
+        assert shared
+        following = aiter(follower)
+        first = await anext(following)
+        await leading.aclose()  # type: ignore[attr-defined]
+        if run_another_first:
+            await _collect(dedup.generate(engine, _request("other"))[0])  # type: ignore[arg-type]
+        return first, [delta async for delta in following]
+
+    first, rest = asyncio.run(main())
+    return first, rest, engine.completed
+
+
+def test_a_subscriber_whose_leader_leaves_gets_the_output_once():
+    first, rest, completed = _follow_a_leader_that_leaves(run_another_first=False)
+    assert first.text == "SEL" and first.token_ids == [1]
+    assert [d.text for d in rest] == ["ECT", " 1"] and [t for d in rest for t in d.token_ids] == [2, 3]
+    assert rest[-1].finish_reason == "length" and completed == ["follower"]
+
+
+def test_a_subscriber_resuming_from_a_replay_gets_only_what_it_lacks():
+    first, rest, completed = _follow_a_leader_that_leaves(run_another_first=True)
+    assert completed == ["other"]  # the subscriber's re-issue found the finished call: no engine request
+    assert first.text + "".join(d.text for d in rest) == "SELECT 1"
+    assert first.token_ids + [t for d in rest for t in d.token_ids] == [1, 2, 3]
+    assert rest[-1].finish_reason == "length" and rest[-1].completion_tokens == 3

@@ -42,9 +42,30 @@ class _LeaderLeft(Exception):
 
 @dataclass(eq=False)
 class _SharedCall:
-    deltas: list[GenerateDelta] = field(default_factory=list)
+    """A running call's output so far, kept merged (one text, one token list) rather than as its per-token deltas:
+    those of every running call would be ~10^4 live objects that each garbage collection walks, pausing the engine
+    thread too (4% of text2sql's mean JCT in the simulator, with nothing shared)."""
+
     queues: list[asyncio.Queue[GenerateDelta | BaseException | None]] = field(default_factory=list)
     done: bool = False
+    texts: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    queued_s: float | None = None
+    last: GenerateDelta | None = None
+
+    def add(self, delta: GenerateDelta) -> None:
+        self.texts.append(delta.text)
+        self.token_ids.extend(delta.token_ids)
+        if self.queued_s is None:
+            self.queued_s = delta.queued_s
+        self.last = delta
+
+    def merged(self) -> GenerateDelta | None:
+        """One delta with everything so far (the last delta's counts and finish), or None before the first."""
+        if self.last is None:
+            return None
+        text, tokens = "".join(self.texts), list(self.token_ids)
+        return dataclasses.replace(self.last, text=text, token_ids=tokens, queued_s=self.queued_s)
 
 
 class CallDeduplicator:
@@ -86,11 +107,9 @@ class CallDeduplicator:
         shared.done = True
         if self._running.get(key) is shared:
             del self._running[key]
-        ok = outcome is None and shared.deltas and shared.deltas[-1].finish_reason not in ("error", "abort")
-        if ok:
-            # Kept as one delta: a thousand finished calls' per-token deltas would be ~10^5 live objects, which every
-            # full garbage collection walks (pausing the engine thread too).
-            self._finished[key] = [_merged(shared.deltas)]
+        last = shared.last
+        if outcome is None and last is not None and last.finish_reason not in ("error", "abort"):
+            self._finished[key] = [shared.merged()]  # type: ignore[list-item]  # a last delta exists
             while len(self._finished) > _FINISHED_KEPT:
                 self._finished.popitem(last=False)
         for queue in shared.queues:
@@ -105,7 +124,7 @@ class CallDeduplicator:
             # The stream ends by itself after the last delta (dedup takes single-sample requests only): breaking out
             # of it instead would close it as if the caller had left, and it would send the engine an abort.
             async for delta in stream:
-                shared.deltas.append(delta)
+                shared.add(delta)
                 for queue in shared.queues:
                     queue.put_nowait(delta)
                 if delta.finish_reason is not None:
@@ -126,12 +145,13 @@ class CallDeduplicator:
         self, key: bytes, shared: _SharedCall, engine: Engine, request: GenerateRequest
     ) -> AsyncIterator[GenerateDelta]:
         queue: asyncio.Queue[GenerateDelta | BaseException | None] = asyncio.Queue()
-        for delta in shared.deltas:  # what the call produced before this subscriber came
-            queue.put_nowait(delta)
+        so_far = shared.merged()  # what the call produced before this subscriber came, as one delta
+        if so_far is not None:
+            queue.put_nowait(so_far)
         if shared.done:
             queue.put_nowait(None)
         shared.queues.append(queue)
-        received = 0
+        received_tokens = received_chars = 0  # delivered so far
         try:
             while True:
                 item = await queue.get()
@@ -141,33 +161,28 @@ class CallDeduplicator:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                received += 1
+                received_tokens += len(item.token_ids)
+                received_chars += len(item.text)
                 yield item
                 if item.finish_reason is not None:
                     return
         finally:
             shared.queues.remove(queue)
-        # The first caller left before the end: run the request again (or join whoever runs it now); a deterministic
-        # call gives the same deltas, so those already delivered are skipped.
+        # The first caller left before the end: run the request again (or join whoever runs it now). A deterministic
+        # call gives the same tokens and text, so what was already delivered is cut from the front of the new stream
+        # (whose deltas may be cut differently: a finished call replays as one merged delta).
         source, _ = self._generate(key, engine, request)
         async with contextlib.aclosing(source) as deltas:  # type: ignore[type-var]
-            index = 0
+            seen_tokens = seen_chars = 0
             async for delta in deltas:
-                index += 1
-                if index > received:
+                skip_tokens, skip_chars = received_tokens - seen_tokens, received_chars - seen_chars
+                seen_tokens += len(delta.token_ids)
+                seen_chars += len(delta.text)
+                if skip_tokens <= 0 and skip_chars <= 0:
                     yield delta
-
-
-def _merged(deltas: list[GenerateDelta]) -> GenerateDelta:
-    """One delta with the text and tokens of a finished single-sample call's deltas and its final counts."""
-    last = deltas[-1]
-    queued = next((d.queued_s for d in deltas if d.queued_s is not None), None)
-    return dataclasses.replace(
-        last,
-        text="".join(d.text for d in deltas),
-        token_ids=[t for d in deltas for t in d.token_ids],
-        queued_s=queued,
-    )
+                elif seen_tokens > received_tokens or seen_chars > received_chars or delta.finish_reason is not None:
+                    text, tokens = delta.text[max(0, skip_chars) :], delta.token_ids[max(0, skip_tokens) :]
+                    yield dataclasses.replace(delta, text=text, token_ids=tokens)
 
 
 async def _replay(deltas: list[GenerateDelta]) -> AsyncIterator[GenerateDelta]:
