@@ -209,8 +209,9 @@ class Engine:
         return int(await self._on_engine_thread(self.core.flush_prefix_cache))
 
     async def _prompt_ids_off_loop(self, request: GenerateRequest) -> list[int] | None:
-        """The prompt's ids from the tokenizer thread when the prompt is text long enough to hold the loop up; None
-        (``prepare`` tokenizes inline) for short prompts, where a thread hop would cost more than it saves."""
+        """The prompt's ids from the tokenizer thread for chat messages (a template to render) and for prompt text long
+        enough to hold the loop up; None (``prepare`` tokenizes inline, or takes the ids given) otherwise, where a
+        thread hop would cost more than it saves."""
         text = request.prompt if isinstance(request.prompt, str) else None
         if request.messages is None and (text is None or len(text) < _OFF_LOOP_CHARS):
             return None

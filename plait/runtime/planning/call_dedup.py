@@ -1,9 +1,9 @@
 """Identical deterministic calls across programs run once.
 
 Two requests with the same prompt and the same greedy sampling settings produce the same tokens, so the second
-need not run: it subscribes to the first's stream (and receives every delta so far, then the rest as they come), or,
-if the first has finished, replays its recorded deltas. Only temperature-0 single-sample requests without
-log-probabilities qualify.
+need not run: it subscribes to the first's stream (it receives the output so far as one delta, then the rest as it
+comes), or, if the first has finished, gets its recorded output as one delta. Only temperature-0 single-sample
+requests without log-probabilities qualify.
 
 Ownership: the first caller reads the engine stream, so its cancellation aborts the engine request; identical callers
 that subscribed then issue the request again themselves, so one program's cancellation never fails another's call.
@@ -76,7 +76,7 @@ class CallDeduplicator:
 
     def __init__(self) -> None:
         self._running: dict[bytes, _SharedCall] = {}
-        self._finished: OrderedDict[bytes, list[GenerateDelta]] = OrderedDict()
+        self._finished: OrderedDict[bytes, GenerateDelta] = OrderedDict()  # each call's whole output, merged
         self.calls = 0  # eligible calls seen
         self.deduplicated = 0  # of which answered by another call
 
@@ -109,7 +109,7 @@ class CallDeduplicator:
             del self._running[key]
         last = shared.last
         if outcome is None and last is not None and last.finish_reason not in ("error", "abort"):
-            self._finished[key] = [shared.merged()]  # type: ignore[list-item]  # a last delta exists
+            self._finished[key] = shared.merged()  # type: ignore[assignment]  # a last delta exists
             while len(self._finished) > _FINISHED_KEPT:
                 self._finished.popitem(last=False)
         for queue in shared.queues:
@@ -185,6 +185,5 @@ class CallDeduplicator:
                     yield dataclasses.replace(delta, text=text, token_ids=tokens)
 
 
-async def _replay(deltas: list[GenerateDelta]) -> AsyncIterator[GenerateDelta]:
-    for delta in deltas:
-        yield delta
+async def _replay(delta: GenerateDelta) -> AsyncIterator[GenerateDelta]:
+    yield delta
