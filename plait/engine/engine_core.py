@@ -90,13 +90,14 @@ class EngineCore(RuntimeControls, Scoring):
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
         self._seed_source = torch.Generator().manual_seed(config.seed)
-        self.meter = ThroughputMeter()
         self._hints_ignored = 0  # hints given while no prefix cache is on
         self.grammars = GrammarManager(self.tokenizer, mc.vocab_size, self.device)
         self._prompt_logprobs = PromptLogprobs()
         self._pending_deltas: list[GenerateDelta] = []  # other requests' deltas produced inside score_choices
         # The overlap loop (inflight.py): on by default where the forward pass runs asynchronously (CUDA).
         self.overlap = config.overlap == "on" or (config.overlap == "auto" and self.device.type == "cuda")
+        # A step's wall time waits on the previous step's device work only where the forward pass is asynchronous.
+        self.meter = ThroughputMeter(overlap=self.overlap and self.device.type == "cuda")
         self._inflight: InflightStep | None = None
 
     # ---- requests --------------------------------------------------------------------------------------------------
@@ -417,6 +418,7 @@ class EngineCore(RuntimeControls, Scoring):
             busy_s=self.meter.busy_s,
             slow_steps=self.meter.slow_steps,
             longest_step_s=self.meter.longest_step_s,
+            prefill_s_per_token_marginal=self.meter.cost_fit.prefill_s_per_token,
             modelled_device_s=getattr(self.runner, "device_seconds", 0.0),
             decode_rows=self.meter.decode_rows,
             prefill_rows=self.meter.prefill_rows,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from plait.cache import RadixCache
 from plait.engine.scheduler import ScheduledBatch
+from plait.engine.step_cost_fit import StepCostFit
 
 RATE_WINDOW_S = 5.0
 SLOW_STEP_S = 0.25  # a step this long stalls every running stream visibly (tens of decode steps on a GPU)
@@ -40,6 +41,8 @@ class EngineStats:
     slow_steps: int = 0  # steps longer than SLOW_STEP_S
     modelled_device_s: float = 0.0  # simulated engine: the cost model's device time of every step (0 otherwise)
     longest_step_s: float = 0.0
+    # Marginal step seconds per prefill token, fitted over recent steps (``StepCostFit``); None until it can be told.
+    prefill_s_per_token_marginal: float | None = None
     # Per-step sums since start (divide by ``steps`` for means): batch composition, the queue beside it, and where a
     # step's wall time goes on the host (planning the batch; blocked reading the previous step's tokens).
     decode_rows: int = 0
@@ -59,9 +62,10 @@ class EngineStats:
 
 
 class ThroughputMeter:
-    """Totals since start and per-second rates over the last few seconds, fed once per step."""
+    """Totals since start, per-second rates over the last few seconds and the marginal cost of a prefill token, fed
+    once per step. ``overlap``: a step's wall time waits for the previous step's device work (``StepCostFit``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, overlap: bool = False) -> None:
         self.totals = (0, 0, 0)  # generated tokens, prefill tokens, steps
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, generated, prefilled) per step
         self._recent_sums = [0.0, 0, 0]  # columns 1 and 2 summed over _recent (rates are read every step)
@@ -73,6 +77,7 @@ class ThroughputMeter:
         self.waiting_rows = 0
         self.pinned_slot_steps = 0
         self.phase_s: dict[str, float] = {}
+        self.cost_fit = StepCostFit(lagged=overlap)
 
     def account(self, batch: ScheduledBatch, step_s: float = 0.0, waiting: int = 0, pinned_slots: int = 0) -> None:
         self.busy_s += step_s
@@ -84,6 +89,7 @@ class ThroughputMeter:
         self.longest_step_s = max(self.longest_step_s, step_s)
         generated = sum(1 for item in batch.seqs if item.samples)
         prefilled = sum(item.new_len for item in batch.extends)
+        self.cost_fit.observe(prefilled, len(batch.decodes), step_s)
         total_generated, total_prefilled, steps = self.totals
         self.totals = (total_generated + generated, total_prefilled + prefilled, steps + 1)
         now = time.perf_counter()

@@ -177,3 +177,27 @@ def test_distribution_is_reused_until_the_tool_records_again():
     assert stats.distribution("other").mean() > 0  # the prior, cached per tool
     stats.record("other", 0.5)
     assert 0.5 in stats.distribution("other").values
+
+
+def test_a_pin_pays_only_where_the_kv_would_be_lost_without_it():
+    """Unpinned KV is lost only once allocations use up the room evicted before it (``eviction_horizon_s``): a tool
+    that returns well inside that horizon finds its KV without a pin, so pinning saves little and holds memory."""
+    rng = random.Random(8)
+    dist = _stats("search", [rng.uniform(0.2, 0.4) for _ in range(100)]).distribution("search")
+    args = dict(**CTX, reload_cost_s=0.5, memory_pressure=0.8)
+    certain = choose_pin_ttl(dist, **args)  # the default horizon 0: lost at once, as before
+    assert certain.pin and certain == choose_pin_ttl(dist, **args, eviction_horizon_s=0.0)
+    # A horizon below every duration: q = 1 for all of them, the same decision.
+    assert choose_pin_ttl(dist, **args, eviction_horizon_s=0.1) == certain
+    # A horizon of 4 s: a 0.3 s tool finds its KV gone 7.5% of the time; the saving no longer pays for the hold.
+    lasting = choose_pin_ttl(dist, **args, eviction_horizon_s=4.0)
+    assert not lasting.pin and lasting.reason.startswith("no pin: best ttl")
+    never = choose_pin_ttl(dist, **args, eviction_horizon_s=math.inf)
+    assert not never.pin and "nothing would evict" in never.reason
+    # The expected saving falls as the horizon grows (memory free: every pin's cost is 0, its benefit shows).
+    free = dict(**CTX, reload_cost_s=0.5, memory_pressure=0.0)
+    benefits = [choose_pin_ttl(dist, **free, eviction_horizon_s=h).expected_benefit_s for h in (0.0, 0.3, 1.0, 4.0)]
+    assert benefits == sorted(benefits, reverse=True) and benefits[0] > benefits[-1] > 0
+    assert benefits[-1] == pytest.approx(0.5 * sum(v / 4.0 * w for v, w in zip(dist.values, dist.weights, strict=True)))
+    with pytest.raises(ValueError, match="eviction_horizon_s"):
+        choose_pin_ttl(dist, **args, eviction_horizon_s=-1.0)

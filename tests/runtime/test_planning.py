@@ -315,7 +315,12 @@ def test_a_cancelled_program_does_not_fail_a_shared_call(tiny_engine):
 # ---- pins, hints and the timeline ------------------------------------------------------------------------------------
 
 
-def test_planner_pins_hints_and_records_a_timeline(tiny_engine, tmp_path):
+def test_planner_pins_hints_and_records_a_timeline(tiny_engine, tmp_path, monkeypatch):
+    from plait.runtime.planning.planner import Planner
+
+    # A pool under pressure: unpinned KV would be evicted at once (the horizon is tested on its own below).
+    monkeypatch.setattr(Planner, "_eviction_horizon_s", lambda self, plan, stats: 0.0)
+
     async def main():
         executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False))
         programs = [executor.start(tool_chain(f"p{i}", f"question {i}")) for i in range(3)]
@@ -447,3 +452,63 @@ def test_a_tight_deadline_fixes_the_programs_order_at_its_latest_start():
     planner.program_started("q", workflow, deadline_s=100.0)
     relaxed = planner.request_options("q", workflow.nodes["think"]).priority
     assert relaxed[2] == pytest.approx(planner._plans["q"].started_at + path_s)
+
+
+class _PressuredEngine(_HintRecorder):
+    """A 1000-slot pool: 200 slots held for requests, 200 slots allocated per second."""
+
+    def stats(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            waiting=0,
+            kv_slots_used=200,
+            kv_slots_total=1000,
+            pinned_slots=0,
+            prefill_tokens_per_s=150.0,
+            decode_tokens_per_s=50.0,
+            prefill_s_per_token_marginal=1e-3,
+        )
+
+
+def test_a_pin_weighs_only_the_programs_own_kv_and_the_room_evicted_before_it():
+    """A prompt prefix other live programs read is not the program's to hold or to save; the horizon is the room
+    evicted before the program's KV (free and cached slots less its own and other tool-waiting programs') over the
+    allocation rate."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    planner = Planner(_PressuredEngine(), PlanConfig(dedup=False))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    think = workflow.nodes["think"]
+
+    def finish_think(program_id: str) -> None:
+        record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+        record.prompt_tokens, record.completion_tokens = 150, 6
+        planner.node_finished(program_id, think, record)
+
+    planner.program_started("alone", workflow)
+    finish_think("alone")
+    assert planner._plans["alone"].private_tokens == 156  # nobody else reads its prefix: all of it is its own
+    planner.program_started("other", tool_chain("other", "another question"))
+    finish_think("alone")
+    prefix_tokens = len(planner._prefix_token_ids(think.prompt.static_prefix))
+    assert prefix_tokens > 64
+    assert planner._plans["alone"].private_tokens == 156 - prefix_tokens
+    planner.program_finished("other", "done", 0.0, 1.0)
+    finish_think("alone")
+    assert planner._plans["alone"].private_tokens == 156  # the other program is gone: the prefix is its own again
+
+    stats = planner.engine.stats()
+    plan = planner._plans["alone"]
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156) / 200)
+    planner.program_started("waiting", workflow)
+    finish_think("waiting")
+    waiting = planner._plans["waiting"]
+    waiting.tools_running["search"] = 1.0  # waiting on its tool, unpinned: its KV is needed about as soon
+    # Both programs read the prefix now: their own KV is what follows it.
+    assert waiting.private_tokens == 156 - prefix_tokens
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156 - waiting.private_tokens) / 200)
+    waiting.pin_until = 5.0  # pinned KV is out of the room already (the engine's pinned slots)
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156) / 200)
+    assert planner.counters.hook_errors == 0

@@ -68,10 +68,16 @@ class DurationModel:
         if completion_tokens > 1 and math.isfinite(decode_s) and decode_s >= 0:
             self.decode_s_per_token += _EWMA * (decode_s / (completion_tokens - 1) - self.decode_s_per_token)
 
-    def reload_cost_s(self, tokens: int) -> float:
-        """Seconds to recompute ``tokens`` tokens of context (what a pin saves when it is used): the per-token part
-        only, since the next call pays the fixed part whether its context was kept or not."""
-        return tokens * self.prefill.s_per_token
+    def reload_cost_s(self, tokens: int, marginal_s_per_token: float | None = None) -> float:
+        """GPU seconds to recompute ``tokens`` tokens of context (what a pin saves when it is used).
+
+        ``marginal_s_per_token``: what one more prefill token adds to a step, as the engine measured it
+        (``EngineStats.prefill_s_per_token_marginal``): the work a re-prefill displaces. Without it, the per-token
+        part of a prompt's latency to its first token, which also counts the steps it shares with decodes and so
+        over-states that work; the fixed part is left out either way, since the next call pays it whether its
+        context was kept or not."""
+        rate = marginal_s_per_token if marginal_s_per_token is not None else self.prefill.s_per_token
+        return tokens * rate
 
     def expected(self, node: Node) -> float:
         """Expected seconds for ``node`` to run, from its prompt template and max_tokens or its tool's history."""

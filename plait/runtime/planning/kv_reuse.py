@@ -1,6 +1,10 @@
-"""Which tool calls sit between two LLM calls of one conversation: the KV worth pinning across them."""
+"""Which of a program's KV is worth pinning: the tool calls that sit between two LLM calls of one conversation, and
+the prompt prefixes other programs share (kept resident by their use, so not the program's own to hold or save)."""
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
 
 from plait.dag import LLMCall, ToolCall, Workflow
 
@@ -34,3 +38,28 @@ def _common_prefix(a: str, b: str) -> str:
         else:
             high = middle
     return a[:low]
+
+
+class SharedPrefixes:
+    """How many live programs have calls whose prompts start with each static prefix. A prefix two or more of them
+    read is shared: its KV stays resident for the others (next-use hints, recency), so a pin of one program neither
+    holds it nor saves its recomputation."""
+
+    def __init__(self) -> None:
+        self._programs: Counter[str] = Counter()
+
+    def add(self, prefixes: Iterable[str]) -> None:
+        """A program started whose calls read ``prefixes`` (each counted once per program)."""
+        self._programs.update(set(prefixes))
+
+    def remove(self, prefixes: Iterable[str]) -> None:
+        """That program finished."""
+        for prefix in set(prefixes):
+            left = self._programs[prefix] - 1
+            if left > 0:
+                self._programs[prefix] = left
+            else:
+                del self._programs[prefix]
+
+    def is_shared(self, prefix: str) -> bool:
+        return self._programs[prefix] >= 2

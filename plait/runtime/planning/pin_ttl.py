@@ -5,7 +5,13 @@ returns spares the next LLM call a reload (re-prefill, or a copy back from host 
 seconds of GPU time. A pin with TTL t is released when the tool returns (the next call takes over the KV) or at t,
 whichever comes first (the TTL clock starts when the tool starts), so:
 
-* benefit(t) = P(D <= t) * reload_cost_s: the reload is saved only if the tool returns while the pin holds;
+* benefit(t) = E[1{D <= t} * q(D)] * reload_cost_s: the reload is saved only if the tool returns while the pin holds
+  and the KV would have been lost without it. Unpinned, the KV goes only once the allocations made while the tool
+  runs have used up the room that is evicted before it (free slots, and cached KV needed later than this program's:
+  next-use eviction takes the farthest first). ``eviction_horizon_s`` is how long that room lasts at the recent
+  allocation rate, and ``q(D) = min(1, D / horizon)``: certain loss for a tool outlasting the horizon, a chance
+  growing with D below it (allocation comes in bursts: admissions). A horizon of 0 means the KV is lost at once
+  (q = 1), an infinite one that nothing would evict it (no pin pays);
 * cost(t) = f * p * E[min(D, t)], with f = context_tokens / pool_slots the fraction of KV memory held and p the
   memory pressure (fraction of the pool that others are using or waiting for). Holding fraction f of the memory for
   s seconds while it is under pressure p displaces about f * p * s seconds of other GPU work.
@@ -69,15 +75,19 @@ def choose_pin_ttl(
     pool_slots: int,
     memory_pressure: float,
     max_ttl_s: float = 60.0,
+    eviction_horizon_s: float = 0.0,
 ) -> PinDecision:
     """Choose the pin TTL maximising expected reload time saved minus expected GPU work displaced (module doc).
 
     ``distribution``: the tool's durations (``ToolDurationStats.distribution``); ``context_tokens``: KV slots the
     program holds; ``reload_cost_s``: GPU seconds to rebuild that KV if it is dropped; ``pool_slots``: KV slots in
-    the pool; ``memory_pressure``: in [0, 1]; ``max_ttl_s``: the longest pin allowed. Raises ``ValueError`` naming
-    the first invalid argument.
+    the pool; ``memory_pressure``: in [0, 1]; ``max_ttl_s``: the longest pin allowed; ``eviction_horizon_s``: seconds
+    until the KV would be evicted without a pin (module doc; 0: at once). Raises ``ValueError`` naming the first
+    invalid argument.
     """
     _validate(context_tokens, reload_cost_s, pool_slots, memory_pressure, max_ttl_s)
+    if not eviction_horizon_s >= 0:  # also rejects NaN; infinity is allowed (nothing would evict it)
+        raise ValueError(f"eviction_horizon_s must be >= 0, got {eviction_horizon_s}")
     # A program cannot hold more than the whole pool, so the held fraction is capped at 1.
     hold_price = min(1.0, context_tokens / pool_slots) * memory_pressure
     # Tolerance for comparing nets: prefix sums carry rounding error, and a mere rounding gain must not buy a pin.
@@ -86,13 +96,15 @@ def choose_pin_ttl(
     best = (0.0, 0.0, 0.0, 0.0)  # (ttl, p_hit, benefit, cost) of "no pin"; its net is 0
     best_net = 0.0
     runner_up: tuple[float, float, float, float] | None = None  # the best positive TTL, to explain a "no pin"
-    for t in distribution.values:  # ascending, so a strict improvement is needed to prefer a longer TTL
-        if t > max_ttl_s:
+    saved = 0.0  # E[1{D <= t} * q(D)], accumulated over the support points up to t
+    for t, weight in zip(distribution.values, distribution.weights, strict=True):  # ascending: a strict
+        if t > max_ttl_s:  # improvement is needed to prefer a longer TTL
             break
+        saved += weight * _loss_chance(t, eviction_horizon_s)
         if t <= 0:
             continue  # a zero-length pin is no pin
         p_hit = distribution.cdf(t)
-        benefit = p_hit * reload_cost_s
+        benefit = saved * reload_cost_s
         cost = hold_price * distribution.expected_min(t)
         net = benefit - cost
         if runner_up is None or net > runner_up[2] - runner_up[3] + eps:
@@ -108,9 +120,18 @@ def choose_pin_ttl(
         return PinDecision(ttl, p_hit, benefit, cost, reason)
     if reload_cost_s == 0:
         reason = "no pin: reloading costs nothing"
+    elif eviction_horizon_s == math.inf:
+        reason = "no pin: nothing would evict the KV while the tool runs"
     elif runner_up is None:
         reason = f"no pin: no duration on record ends within max_ttl={max_ttl_s:.2f} s"
     else:
         t, p_hit, benefit, cost = runner_up
         reason = f"no pin: best ttl {t:.2f} s, p(hit)={p_hit:.2f} saves {benefit:.2f} s vs holds {cost:.2f} s"
     return PinDecision(0.0, 0.0, 0.0, 0.0, reason)
+
+
+def _loss_chance(duration_s: float, horizon_s: float) -> float:
+    """q(D): the chance that unpinned KV is evicted before a tool of ``duration_s`` returns (module doc)."""
+    if horizon_s <= 0:
+        return 1.0
+    return min(1.0, duration_s / horizon_s)

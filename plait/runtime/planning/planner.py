@@ -12,16 +12,17 @@ KV hints are advice the engine may ignore; the planner never waits on the engine
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from plait.dag import LLMCall, Node, ToolCall, Workflow, critical_path, steps_to_execution
-from plait.engine import Engine
+from plait.engine import Engine, EngineStats
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
-from plait.runtime.planning.kv_reuse import continues_across
+from plait.runtime.planning.kv_reuse import SharedPrefixes, continues_across
 from plait.runtime.planning.ordering import call_priority, latest_start, remaining_paths
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
 from plait.runtime.planning.plan_config import PlanConfig
@@ -50,6 +51,8 @@ class ProgramPlan:
     finished: set[str] = field(default_factory=set)
     attained: dict[str, float] = field(default_factory=dict)  # node -> engine seconds along the best path to it
     context_tokens: int = 0  # the KV its last LLM call left: prompt + completion
+    private_tokens: int = 0  # ... less the prompt prefix other live programs share (kv_reuse.SharedPrefixes)
+    static_prefixes: frozenset[str] = frozenset()  # the static prompt prefixes its calls start with
     pin_until: float = 0.0
     pin_span: int | None = None
     pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
@@ -94,6 +97,7 @@ class Planner:
         self._prefix_users: dict[str, dict[str, float]] = defaultdict(dict)  # prefix -> program -> steps
         self._prefix_sent: dict[str, float] = {}  # prefix -> the steps last hinted
         self._prefix_ids: dict[str, list[int]] = {}
+        self._shared_prefixes = SharedPrefixes()
 
     # ---- programs --------------------------------------------------------------------------------------------------
 
@@ -103,6 +107,9 @@ class Planner:
         now = time.monotonic()
         deadline_at = now + deadline_s if deadline_s is not None else None
         plan = ProgramPlan(program_id, workflow, now, deadline_at, float(user_priority))
+        if self.config.tool_pins:
+            plan.static_prefixes = frozenset(p for n in workflow.nodes.values() if (p := _static_prefix(n)))
+            self._shared_prefixes.add(plan.static_prefixes)
         if deadline_at is not None and self.config.deadline:
             _, path_s = critical_path(workflow, self.durations.expected)
             plan.latest_start_at = latest_start(deadline_at, path_s)
@@ -113,6 +120,7 @@ class Planner:
         self._guard(self._poll_cache_events)
         if plan is None:
             return
+        self._shared_prefixes.remove(plan.static_prefixes)
         self.timeline.close_open(program_id, finished_at)
         self.timeline.span(program_id, TimelineKind.PROGRAM, created_at, finished_at, args={"state": state})
         if plan.pin_until:
@@ -157,7 +165,7 @@ class Planner:
             return
         if isinstance(node, ToolCall):
             plan.tools_running[node.id] = time.monotonic() + self.durations.expected(node)
-            if self.config.tool_pins and plan.context_tokens:
+            if self.config.tool_pins and plan.private_tokens:
                 self._pin_for_tool(plan, node)
         if self.config.next_use_hints:
             self._hint_next_use(plan)
@@ -197,6 +205,11 @@ class Planner:
         if start is None or end is None:
             return 0.0
         plan.context_tokens = record.prompt_tokens + record.completion_tokens
+        prefix = _static_prefix(node)
+        shared_tokens = 0
+        if prefix is not None and self._shared_prefixes.is_shared(prefix):
+            shared_tokens = len(self._prefix_token_ids(prefix))
+        plan.private_tokens = max(0, plan.context_tokens - shared_tokens)
         pid, nid = plan.program_id, node.id
         if record.deduplicated:
             self.timeline.instant(pid, TimelineKind.DEDUPED, start, node=nid)
@@ -222,11 +235,12 @@ class Planner:
         pressure = 1.0 if stats.waiting else min(1.0, stats.kv_slots_used / max(stats.kv_slots_total, 1))
         decision = choose_pin_ttl(
             self.durations.tools.distribution(node.tool),
-            context_tokens=plan.context_tokens,
-            reload_cost_s=self.durations.reload_cost_s(plan.context_tokens),
+            context_tokens=plan.private_tokens,
+            reload_cost_s=self.durations.reload_cost_s(plan.private_tokens, stats.prefill_s_per_token_marginal),
             pool_slots=stats.kv_slots_total,
             memory_pressure=pressure,
             max_ttl_s=self.config.max_pin_ttl_s,
+            eviction_horizon_s=self._eviction_horizon_s(plan, stats),
         )
         if not decision.pin:
             self.counters.pins_declined += 1
@@ -240,6 +254,21 @@ class Planner:
         plan.pin_until = now + decision.ttl_s
         args = {"tool": node.tool, "ttl_s": round(decision.ttl_s, 3), "why": decision.reason}
         plan.pin_span = self.timeline.open_span(plan.program_id, TimelineKind.PINNED, now, args=args)
+
+    def _eviction_horizon_s(self, plan: ProgramPlan, stats: EngineStats) -> float:
+        """Seconds until allocations would reach ``plan``'s KV if it is not pinned: the room evicted before it (free
+        slots and unpinned cached KV, less its own KV and that of other programs waiting on tools, needed about as
+        soon) over the slots allocated per second lately (computed prompt tokens and generated tokens)."""
+        warm = sum(
+            other.private_tokens
+            for other in self._plans.values()
+            if other.tools_running and not other.pin_until and other is not plan
+        )
+        room = stats.kv_slots_total - stats.kv_slots_used - stats.pinned_slots - warm - plan.private_tokens
+        allocated_per_s = stats.prefill_tokens_per_s + stats.decode_tokens_per_s
+        if room <= 0:
+            return 0.0
+        return room / allocated_per_s if allocated_per_s > 0 else math.inf
 
     def _unpin(self, plan: ProgramPlan, now: float) -> None:
         self.engine.hint("unpin", program_id=plan.program_id)
@@ -320,6 +349,7 @@ class Planner:
             counters["dedup_shared"] = self.dedup.deduplicated
         counters["prefill_s_per_token"] = self.durations.prefill_s_per_token
         counters["prefill_overhead_s"] = self.durations.prefill.overhead_s
+        counters["prefill_s_per_token_marginal"] = self.engine.stats().prefill_s_per_token_marginal
         counters["decode_s_per_token"] = self.durations.decode_s_per_token
         counters["tools"] = self.durations.tools.summary()
         return counters
