@@ -49,8 +49,16 @@ class CacheHints:
         self.cache.program_hints[program_id] = hint
         return True
 
-    def pin(self, ttl_s: float, program_id: str | None = None, prefix: list[int] | None = None) -> bool:
-        """Keep the nodes resident for ``ttl_s`` seconds, within the pin budget (refused, and counted, beyond it)."""
+    def pin(
+        self,
+        ttl_s: float,
+        program_id: str | None = None,
+        prefix: list[int] | None = None,
+        priority: tuple[float, ...] = (),
+    ) -> bool:
+        """Keep the nodes resident for ``ttl_s`` seconds, within the pin budget (refused, and counted, beyond it).
+        ``priority``: that of the program the KV is kept for (as ``priority_key`` gives it); a waiting request with a
+        lower one is not held back by this pin. The default, (), holds against every request."""
         nodes = [n for n in self._nodes(program_id, prefix) if n.device_slots is not None]
         if not nodes or ttl_s <= 0:
             return self._ignored()
@@ -66,6 +74,9 @@ class CacheHints:
             self.cache.counters.pins_refused += 1
             return False
         for node in closure:
+            # A node pinned already keeps the most important of its pinners' priorities.
+            held = self.cache._pin_active(node, now)
+            node.pin_priority = min(node.pin_priority, priority) if held else priority
             node.pin_until = max(node.pin_until, now + ttl_s)
             self.cache._pinned.add(node)
         return True
@@ -82,10 +93,13 @@ class CacheHints:
         for node in list(self.cache._pinned):
             ancestor = node.parent
             while ancestor is not None and ancestor is not self.cache.root:
-                if ancestor not in self.cache._pinned or ancestor.pin_until < node.pin_until:
-                    ancestor.pin_until = max(ancestor.pin_until, node.pin_until)
+                if ancestor not in self.cache._pinned:
+                    ancestor.pin_until, ancestor.pin_priority = node.pin_until, node.pin_priority
                     if ancestor.pin_until > now:
                         self.cache._pinned.add(ancestor)
+                else:
+                    ancestor.pin_until = max(ancestor.pin_until, node.pin_until)
+                    ancestor.pin_priority = min(ancestor.pin_priority, node.pin_priority)
                 ancestor = ancestor.parent
         return True
 

@@ -76,6 +76,10 @@ class PrefixCache(Protocol):
 
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int: ...
 
+    def strongest_pin_priority(self) -> tuple[float, ...] | None:
+        """The most important priority among running pins (``RadixCache``); None when nothing is pinned."""
+        ...
+
     def poll(self) -> None:
         """Finish background work (host-to-device loads) that has completed."""
         ...
@@ -119,6 +123,9 @@ class NoPrefixCache:
 
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
         return 0
+
+    def strongest_pin_priority(self) -> tuple[float, ...] | None:
+        return None
 
     def poll(self) -> None:
         return None

@@ -159,6 +159,7 @@ class RadixCache(HostTraffic):
             programs=set(node.programs),
             next_use=node.next_use,
             pin_until=node.pin_until,
+            pin_priority=node.pin_priority,
             from_host=node.from_host,
         )
         node.key = node.key[n:]
@@ -264,6 +265,11 @@ class RadixCache(HostTraffic):
     def pin_budget_used(self, now: float | None = None) -> int:
         """Slots of the pin budget in use: every running pin, also one loading or on host (it comes back pinned)."""
         return sum(len(n) for n in self._active_pins(now))
+
+    def strongest_pin_priority(self, now: float | None = None) -> tuple[float, ...] | None:
+        """The lowest (most important) priority among running pins on the device; None when there are none. A
+        request whose priority is lower still outranks every pin: pinned memory does not hold it back."""
+        return min((n.pin_priority for n in self._active_pins(now) if n.on_device), default=None)
 
     def _active_pins(self, now: float | None) -> set[RadixNode]:
         now = time.monotonic() if now is None else now

@@ -35,6 +35,9 @@ class RadixNode:
     programs: set[str] = field(default_factory=set)
     next_use: NextUse | None = None
     pin_until: float = 0.0
+    # The priority of the most important program pinning it (lower goes first, as for requests); () holds it against
+    # every request (a pin given without one).
+    pin_priority: tuple[float, ...] = ()
     from_host: bool = False  # loaded back and not matched since: the next match counts as a host hit
 
     def __len__(self) -> int:

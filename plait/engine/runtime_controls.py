@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from plait.cache import RadixCache
 from plait.engine.engine_setup import eviction_policy
+from plait.engine.request import priority_key
 
 if TYPE_CHECKING:
     from plait.cache import CacheHints, PrefixCache, SlotAllocator
@@ -55,9 +56,19 @@ class RuntimeControls:
         """The program's (or prefix's) KV is needed again in ``steps`` steps and/or ``seconds``."""
         return self._hint("next_use", program_id=program_id, prefix=prefix_token_ids, steps=steps, seconds=seconds)
 
-    def pin(self, ttl_s: float, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
-        """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget."""
-        return self._hint("pin", ttl_s=ttl_s, program_id=program_id, prefix=prefix_token_ids)
+    def pin(
+        self,
+        ttl_s: float,
+        program_id: str | None = None,
+        prefix_token_ids: list[int] | None = None,
+        priority: float | tuple[float, ...] | None = None,
+    ) -> bool:
+        """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget. With
+        ``priority`` (that of the program's next request), waiting requests of a lower (more important) priority are
+        not held back by it; without, the pin holds against every request. A malformed priority raises
+        ``ValueError``."""
+        key = () if priority is None else priority_key(priority)
+        return self._hint("pin", ttl_s=ttl_s, program_id=program_id, prefix=prefix_token_ids, priority=key)
 
     def unpin(self, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
         return self._hint("unpin", program_id=program_id, prefix=prefix_token_ids)

@@ -40,8 +40,9 @@ class SchedulerConfig:
     # after a cached head run faster side by side; agents sharing a 2k-token prompt do not).
     prefix_first: bool = True
     prefix_hold_min_tokens: int = 256
-    # Pins keep new prompts out (admission counts unpinned room only). Off: a pin only orders eviction (pinned KV goes
-    # last), and a new prompt may take pinned memory as a running prefill may.
+    # Pins keep new prompts out (admission counts unpinned room only), except a prompt whose priority beats every
+    # pin's. Off: a pin only orders eviction (pinned KV goes last), and a new prompt may take pinned memory as a
+    # running prefill may.
     pins_hold_admissions: bool = True
     # Admission keeps room for the tokens running sequences will still generate: all of them for a request that
     # ignores EOS, this fraction for one that may stop early. Over-admitting only to retract later wastes prefill.
@@ -110,6 +111,7 @@ class Scheduler:
         self.admission_stops: Counter[str] = Counter()
         self._refusal = ""  # why the last _admit returned False
         self._next_starvation_check = 0.0
+        self._pin_floor: tuple[float, ...] | None = None  # the most important running pin's priority, per pass
 
     # ---- queues ----------------------------------------------------------------------------------------------------
 
@@ -124,9 +126,14 @@ class Scheduler:
         """Slots free now or after eviction; pinned prefixes count only with ``allow_pinned`` (running requests)."""
         return self.allocator.num_free + self.prefix_cache.evictable_slots(allow_pinned)
 
-    def _admission_room(self) -> int:
-        """Slots a new prompt may take: pinned ones too unless pins hold admissions."""
-        return self.free_slots(allow_pinned=not self.config.pins_hold_admissions)
+    def _admission_room(self, seq: Sequence | None = None) -> int:
+        """Slots a new prompt (``seq``) may take: pinned ones too unless pins hold admissions, or if ``seq`` outranks
+        every pin (KV kept for a less important program's next call must not hold back a more important one)."""
+        return self.free_slots(allow_pinned=not self.config.pins_hold_admissions or self._outranks_pins(seq))
+
+    def _outranks_pins(self, seq: Sequence | None) -> bool:
+        floor = self._pin_floor
+        return seq is not None and floor is not None and seq.sort_key[0] < floor
 
     def _inflight_prefills(self) -> dict[tuple[int, ...], list[Sequence]]:
         """Running sequences still prefilling their prompt, by their first ``_SHARE_KEY`` tokens."""
@@ -185,6 +192,7 @@ class Scheduler:
                 self._next_starvation_check = now + min(0.05, self.config.max_queue_wait_s / 4)
                 self._promote_starving(now)
         batch = ScheduledBatch()
+        self._pin_floor = self.prefix_cache.strongest_pin_priority() if self.config.pins_hold_admissions else None
         while True:
             decodes = [s for s in self.running if s.is_decode and not s.will_finish]
             # Pins yield before a running request is retracted: memory held for the future never stalls the present.
@@ -219,8 +227,9 @@ class Scheduler:
                 break  # a victim of this step: it and everything behind it in priority order wait for the next one
             # Pins hold memory for the future: they keep new prompts out (admission counts unpinned room only) but
             # yield to a running prefill that has no other room left, one chunk at a time.
-            unpinned = self._admission_room()
-            takes_pinned = (unpinned <= 0 and not newly_admitted) or not self.config.pins_hold_admissions
+            unpinned = self._admission_room(seq)
+            pins_yield = not self.config.pins_hold_admissions or self._outranks_pins(seq)
+            takes_pinned = (unpinned <= 0 and not newly_admitted) or pins_yield
             room = self.free_slots(allow_pinned=True) if takes_pinned else unpinned
             if budget <= 0 or room <= 0:
                 stop = "token_budget" if budget <= 0 else self._memory_stop(0)
@@ -246,7 +255,7 @@ class Scheduler:
                 reserve += own
                 if holds_back and seq.num_prompt > _SHARE_KEY:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
-                room = self._admission_room()  # the prefix it matched is locked now: no longer free
+                room = self._admission_room(seq)  # the prefix it matched is locked now: no longer free
             chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, room)
             self._ensure_free(chunk, allow_pinned=takes_pinned)
             chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
@@ -339,14 +348,14 @@ class Scheduler:
             # that splits nodes, locks the path and gathers its slots, only to be undone). Without a host tier no
             # load can start, and the match could only find less room, so the answer is the same.
             uncached = len(seq.token_ids) - min(self._resident_length(seq), limit)
-            if uncached > self._admission_room() - keep:
+            if uncached > self._admission_room(seq) - keep:
                 self._refusal = self._memory_stop(uncached + keep - 1, "prompt_fit")
                 return False
         match = self.prefix_cache.match_prefix(seq.token_ids[:limit], seq.program_id)
         if match.loading:
             return None
         # Measured after the match: the cached prefix it locked is no longer evictable, so no longer free.
-        if keep is not None and len(seq.token_ids) - match.length > self._admission_room() - keep:
+        if keep is not None and len(seq.token_ids) - match.length > self._admission_room(seq) - keep:
             self._refusal = self._memory_stop(len(seq.token_ids) - match.length + keep - 1, "prompt_fit")
             self.prefix_cache.unmatch(match)
             return False

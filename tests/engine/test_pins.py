@@ -129,3 +129,47 @@ def test_pins_that_do_not_hold_admissions_let_a_prompt_take_pinned_memory(clock)
     assert len(tokens["second"][0]) == 4
     assert "pinned" not in core.stats().admission_stops and core.stats().waiting_rows == 0
     core.check_invariants()
+
+
+@pytest.mark.parametrize(("pin_priority", "held"), [((5.0,), False), ((-1.0,), True), (None, True)])
+def test_a_pin_holds_back_only_prompts_it_outranks(clock, pin_priority, held):
+    """A pin keeps memory for its program's next call, so it holds back only prompts that call would go after: the
+    second prompt (priority 0) starts at once beside a pin of priority 5, and waits behind one of priority -1 or one
+    given without a priority, as before priorities were passed."""
+    core = _core()
+    rng = random.Random(6)
+    agent = [rng.randrange(256) for _ in range(120)]
+    run_to_completion(core, [_request(agent, "agent", program="agent")])
+    assert core.pin(ttl_s=600.0, program_id="agent", priority=pin_priority)
+    expected = () if pin_priority is None else pin_priority
+    assert core.prefix_cache.strongest_pin_priority() == expected
+    big = _request([rng.randrange(256) for _ in range(300)], "big", max_tokens=8)
+    second = _request([rng.randrange(256) for _ in range(150)], "second")
+    tokens = run_to_completion(core, [big, second])
+    assert len(tokens["second"][0]) == 4
+    stats = core.stats()
+    assert ("pinned" in stats.admission_stops) is held and (stats.waiting_rows > 0) is held
+    core.check_invariants()
+
+
+def test_shared_pinned_nodes_keep_the_most_important_pinners_priority(clock):
+    """Two programs sharing a prefix pin their KV: the shared path holds the more important priority while both pins
+    run, and the remaining pin's once the other program unpins."""
+    core = _core()
+    rng = random.Random(7)
+    shared = [rng.randrange(256) for _ in range(64)]
+    for name in ("a", "b"):
+        run_to_completion(core, [_request(shared + [rng.randrange(256) for _ in range(16)], name, program=name)])
+    assert core.pin(ttl_s=60.0, program_id="a", priority=(2.0, 1.0))
+    assert core.pin(ttl_s=60.0, program_id="b", priority=1.0)
+    cache = core.prefix_cache
+    assert cache.strongest_pin_priority() == (1.0,)
+    shared_node = cache._walk(shared[:32])[-1]
+    assert shared_node.pin_priority == (1.0,)
+    assert core.unpin(program_id="b")
+    assert cache.strongest_pin_priority() == (2.0, 1.0) and shared_node.pin_priority == (2.0, 1.0)
+    assert cache.pinned_slots() > 0
+    clock.advance(61.0)
+    assert cache.strongest_pin_priority() is None
+    with pytest.raises(ValueError, match="priority"):
+        core.pin(ttl_s=1.0, program_id="a", priority=(float("nan"),))

@@ -233,6 +233,7 @@ class Planner:
         stats = self.engine.stats()
         # Pressure: the fraction of the pool requests use; full when requests are waiting for memory.
         pressure = 1.0 if stats.waiting else min(1.0, stats.kv_slots_used / max(stats.kv_slots_total, 1))
+        horizon_s = self._eviction_horizon_s(plan, stats)
         decision = choose_pin_ttl(
             self.durations.tools.distribution(node.tool),
             context_tokens=plan.private_tokens,
@@ -240,19 +241,30 @@ class Planner:
             pool_slots=stats.kv_slots_total,
             memory_pressure=pressure,
             max_ttl_s=self.config.max_pin_ttl_s,
-            eviction_horizon_s=self._eviction_horizon_s(plan, stats),
+            eviction_horizon_s=horizon_s,
         )
         if not decision.pin:
             self.counters.pins_declined += 1
             return
         now = time.monotonic()
-        self.engine.hint("pin", ttl_s=decision.ttl_s, program_id=plan.program_id)
+        # The pin holds memory for the program's next call: it keeps out only prompts that call would go after.
+        workflow = plan.workflow
+        after = [workflow.nodes[n] for n in workflow.graph.successors(node.id)]
+        next_call = next((n for n in after if isinstance(n, LLMCall)), None)
+        priority = None if next_call is None else self.request_options(plan.program_id, next_call).priority
+        self.engine.hint("pin", ttl_s=decision.ttl_s, program_id=plan.program_id, priority=priority)
         self.counters.pins += 1
         self.counters.pin_ttl_total_s += decision.ttl_s
         if plan.pin_span is not None:
             self.timeline.close_span(plan.pin_span, min(now, plan.pin_until))
         plan.pin_until = now + decision.ttl_s
-        args = {"tool": node.tool, "ttl_s": round(decision.ttl_s, 3), "why": decision.reason}
+        args = {
+            "tool": node.tool,
+            "ttl_s": round(decision.ttl_s, 3),
+            "why": decision.reason,
+            "own_tokens": plan.private_tokens,
+            "eviction_horizon_s": round(horizon_s, 3) if math.isfinite(horizon_s) else None,
+        }
         plan.pin_span = self.timeline.open_span(plan.program_id, TimelineKind.PINNED, now, args=args)
 
     def _eviction_horizon_s(self, plan: ProgramPlan, stats: EngineStats) -> float:
