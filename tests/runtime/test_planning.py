@@ -65,13 +65,13 @@ def test_priorities_compose():
         0.0,
         50.0,
     )
-    # The default: program FCFS; a generous deadline leaves the order alone.
-    plait = PlanConfig()
+    # The default: program FCFS, deadlines off; with them on, a generous deadline leaves the order alone.
+    plait = PlanConfig(deadline=True)
     assert call_priority(plait, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 50.0
     assert call_priority(plait, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 50.0
     # Shortest remaining: the expected finish had it run alone from its start (start + the remaining path); a tight
     # deadline moves the program up to its latest start, a generous one leaves that key.
-    sr = PlanConfig(shortest_remaining=True)
+    sr = PlanConfig(shortest_remaining=True, deadline=True)
     assert call_priority(sr, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 54.0
     assert call_priority(sr, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 54.0
     assert call_priority(sr, program_started_at=50.0, deadline_at=105.0, latest_start_at=52.0, **common)[2] == 52.0
@@ -89,7 +89,7 @@ def test_shortest_remaining_puts_near_done_and_short_programs_first_without_inte
     """Without deadlines the key is start + remaining expected path: a short program that started a little later
     goes ahead of a long one, a program near its end ahead of a newer one, and a program's key only falls as it
     advances, so a program that went ahead stays ahead."""
-    config = PlanConfig(shortest_remaining=True)
+    config = PlanConfig(shortest_remaining=True, deadline=True)
     common = {"user_priority": 0.0, "attained_service_s": 0.0, "deadline_at": None, "latest_start_at": None}
 
     def key(started: float, remaining: float, now: float) -> tuple[float, float, float]:
@@ -110,10 +110,20 @@ def test_a_new_program_does_not_cut_in_front_of_an_older_one_on_schedule():
     common = {"user_priority": 0.0, "attained_service_s": 0.0, "now": 100.0}
     # Both had 3x their expected time: the older started at 94 with 6 s of work, the newer at 100 with 6 s.
     older = call_priority(
-        PlanConfig(), program_started_at=94.0, deadline_at=112.0, latest_start_at=106.0, remaining_s=2.0, **common
+        PlanConfig(deadline=True),
+        program_started_at=94.0,
+        deadline_at=112.0,
+        latest_start_at=106.0,
+        remaining_s=2.0,
+        **common,
     )
     newer = call_priority(
-        PlanConfig(), program_started_at=100.0, deadline_at=118.0, latest_start_at=112.0, remaining_s=6.0, **common
+        PlanConfig(deadline=True),
+        program_started_at=100.0,
+        deadline_at=118.0,
+        latest_start_at=112.0,
+        remaining_s=6.0,
+        **common,
     )
     assert older < newer
 
@@ -121,12 +131,16 @@ def test_a_new_program_does_not_cut_in_front_of_an_older_one_on_schedule():
 def test_a_program_that_can_no_longer_make_its_deadline_goes_behind_those_that_can():
     """Under overload, serving the most urgent first would serve the hopeless first and make everyone late."""
     common = {"user_priority": 0.0, "attained_service_s": 0.0, "now": 100.0, "remaining_s": 4.0}
-    feasible = call_priority(PlanConfig(), program_started_at=90.0, deadline_at=110.0, latest_start_at=100.0, **common)
-    late = call_priority(PlanConfig(), program_started_at=80.0, deadline_at=103.0, latest_start_at=95.0, **common)
+    feasible = call_priority(
+        PlanConfig(deadline=True), program_started_at=90.0, deadline_at=110.0, latest_start_at=100.0, **common
+    )
+    late = call_priority(
+        PlanConfig(deadline=True), program_started_at=80.0, deadline_at=103.0, latest_start_at=95.0, **common
+    )
     assert late > feasible  # the late one is due sooner, yet waits
     assert late == (0.0, 1.0, 80.0)  # among the late: program order
     later_start = call_priority(
-        PlanConfig(), program_started_at=85.0, deadline_at=102.0, latest_start_at=96.0, **common
+        PlanConfig(deadline=True), program_started_at=85.0, deadline_at=102.0, latest_start_at=96.0, **common
     )
     assert late < later_start
 
@@ -366,7 +380,7 @@ def test_baseline_sends_no_hints_and_no_pins(tiny_engine):
 def test_deadline_programs_submit_urgent_priorities(tiny_engine):
     async def main():
         # Shortest remaining on: with program FCFS alone a feasible deadline never lies before the program's start.
-        executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False, shortest_remaining=True))
+        executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False, shortest_remaining=True, deadline=True))
         relaxed = executor.start(tool_chain("relaxed", "q1"), deadline_s=1000.0)
         path_s = remaining_paths(tool_chain("tight", "q2"), set(), executor.planner.durations)["think"]
         tight = executor.start(tool_chain("tight", "q2"), deadline_s=1.5 * path_s)
@@ -436,7 +450,7 @@ def test_a_tight_deadline_fixes_the_programs_order_at_its_latest_start():
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
-    config = PlanConfig(tool_pins=False, dedup=False, next_use_hints=False, shortest_remaining=True)
+    config = PlanConfig(tool_pins=False, dedup=False, next_use_hints=False, shortest_remaining=True, deadline=True)
     planner = Planner(_HintRecorder(), config)  # type: ignore[arg-type]
     workflow = tool_chain("p", "question")
     path_s = remaining_paths(workflow, set(), planner.durations)["think"]

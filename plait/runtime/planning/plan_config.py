@@ -37,7 +37,9 @@ class PlanConfig:
     program_fcfs: bool = True
     shortest_remaining: bool = False  # off: it defers long programs, the tail (see ordering.py)
     attained_service: bool = False
-    deadline: bool = True
+    # Off: over program FCFS a feasible deadline never moves a program, so it acts only by demoting programs that can
+    # no longer make theirs, and on the H200 that cost text2sql mean, p95 and SLO attainment alike (README, issue 8).
+    deadline: bool = False
     next_use_hints: bool = True
     tool_pins: bool = True
     prefetch: bool = True
