@@ -22,6 +22,8 @@ def engine_counters_delta(before: Any, after: Any) -> dict[str, float]:
         "generated_tokens": after.generated_tokens - before.generated_tokens,
         "retractions": after.retractions - before.retractions,
         "evictions": after.evictions - before.evictions,
+        "pins_refused": after.pins_refused - before.pins_refused,
+        "pinned_tokens_evicted": after.pinned_tokens_evicted - before.pinned_tokens_evicted,
         "promotions": after.promotions - before.promotions,
         "steps": after.steps - before.steps,
         "busy_s": after.busy_s - before.busy_s,  # wall time in engine steps

@@ -227,6 +227,11 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     for name, m in metrics.items():
         stops = ", ".join(f"{reason} {count}" for reason, count in (m.get("admission_stops") or {}).items())
         print(f"{name}: steps where admission stopped, by reason: {stops or 'none'}")
+        if m.get("pins_refused") or m.get("pinned_tokens_evicted"):
+            print(
+                f"{name}: pins refused beyond the budget {m.get('pins_refused', 0)}, pinned tokens running requests "
+                f"took {m.get('pinned_tokens_evicted', 0)}"
+            )
     for name, results in runs.items():
         error = next((r.first_error for r in results if r.first_error), None)
         if error:

@@ -325,6 +325,8 @@ class RadixCache(HostTraffic):
     def _evict_device(self, node: RadixNode) -> int:
         n = len(node)
         if node in self._pinned:  # only a forced eviction reaches a pinned node: the pin gives way for good
+            if self._pin_active(node, time.monotonic()):  # (the set may still hold a pin that just expired)
+                self.counters.pinned_tokens_evicted += n
             node.pin_until = 0.0
             self._pinned.discard(node)
         if self._write_back and self.host is not None and node.host_slots is None and self._make_host_room(n, node):

@@ -76,7 +76,8 @@ class CacheCounters:
     evicted_tokens: int = 0
     write_backs: int = 0
     loads: int = 0
-    pins_refused: int = 0
+    pins_refused: int = 0  # pin hints beyond the pin budget
+    pinned_tokens_evicted: int = 0  # pinned KV a running request needed (a pin gives way before a retraction)
     hints_ignored: int = 0
 
 

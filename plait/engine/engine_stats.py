@@ -34,6 +34,8 @@ class EngineStats:
     loads: int = 0
     bytes_moved: int = 0  # between the device and the host tier
     pinned_slots: int = 0
+    pins_refused: int = 0  # pin hints beyond the pin budget
+    pinned_tokens_evicted: int = 0  # pinned KV that running requests took (pins yield before a retraction)
     hints_ignored: int = 0
     promotions: int = 0  # waiting requests moved ahead of all priorities by the anti-starvation rule
     longest_queue_wait_s: float = 0.0  # the longest any request waited before its first admission
@@ -128,5 +130,7 @@ def cache_stats(cache: object, hints_ignored: int) -> dict[str, int]:
         "loads": c.loads,
         "bytes_moved": cache.host.bytes_moved if cache.host is not None else 0,
         "pinned_slots": cache.pinned_slots(),
+        "pins_refused": c.pins_refused,
+        "pinned_tokens_evicted": c.pinned_tokens_evicted,
         "hints_ignored": c.hints_ignored + hints_ignored,
     }

@@ -69,6 +69,7 @@ def test_pins_beyond_the_budget_are_refused(clock):
     assert core.pin(ttl_s=10.0, program_id="a")
     assert core.pin(ttl_s=10.0, program_id="b")
     assert not core.pin(ttl_s=10.0, program_id="c"), "a third 64-token pin exceeds the 128-slot budget"
+    assert core.stats().pins_refused == 1
     assert core.stats().pinned_slots <= core.prefix_cache.pin_budget
     assert not core.pin(ttl_s=10.0, program_id="unknown")
     assert core.stats().hints_ignored >= 1
@@ -82,8 +83,10 @@ def test_a_request_never_fails_because_memory_is_pinned(clock):
     assert core.pin(ttl_s=600.0, program_id="agent")
     # Needs 300 + 200 = 500 of the 512 slots: only possible if the pinned prefix gives way.
     big = _request([rng.randrange(256) for _ in range(300)], "big", max_tokens=200)
+    assert core.stats().pinned_tokens_evicted == 0
     tokens = run_to_completion(core, [big])
     assert len(tokens["big"][0]) == 200
+    assert 0 < core.stats().pinned_tokens_evicted <= 120 + 4  # the pin gave way: at most the agent's whole KV
     core.check_invariants()
     assert core.kv_in_use() == 0
 
