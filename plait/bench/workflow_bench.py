@@ -229,8 +229,8 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         print(f"{name}: steps where admission stopped, by reason: {stops or 'none'}")
         if m.get("pins_refused") or m.get("pinned_tokens_evicted"):
             print(
-                f"{name}: pins refused beyond the budget {m.get('pins_refused', 0)}, pinned tokens running requests "
-                f"took {m.get('pinned_tokens_evicted', 0)}"
+                f"{name}: pins refused beyond the budget {m.get('pins_refused', 0)}, pinned tokens evicted before "
+                f"their TTL {m.get('pinned_tokens_evicted', 0)}"
             )
     for name, results in runs.items():
         error = next((r.first_error for r in results if r.first_error), None)

@@ -57,8 +57,9 @@ class CacheHints:
         priority: tuple[float, ...] = (),
     ) -> bool:
         """Keep the nodes resident for ``ttl_s`` seconds, within the pin budget (refused, and counted, beyond it).
-        ``priority``: that of the program the KV is kept for (as ``priority_key`` gives it); a waiting request with a
-        lower one is not held back by this pin. The default, (), holds against every request."""
+        ``priority``: that of the program the KV is kept for (as ``priority_key`` gives it). Pinned memory holds
+        back a waiting request unless its priority is lower (more important) than that of every running pin on
+        evictable KV (``RadixCache.strongest_pin_priority``). The default, (), holds against every request."""
         nodes = [n for n in self._nodes(program_id, prefix) if n.device_slots is not None]
         if not nodes or ttl_s <= 0:
             return self._ignored()
@@ -74,9 +75,10 @@ class CacheHints:
             self.cache.counters.pins_refused += 1
             return False
         for node in closure:
-            # A node pinned already keeps the most important of its pinners' priorities.
-            held = self.cache._pin_active(node, now)
-            node.pin_priority = min(node.pin_priority, priority) if held else priority
+            # Each pinner keeps its own priority and expiry: a node shared by programs holds back what the most
+            # important of the pins still running outranks.
+            node.pinners = {p: until for p, until in node.pinners.items() if until > now}
+            node.pinners[priority] = max(node.pinners.get(priority, 0.0), now + ttl_s)
             node.pin_until = max(node.pin_until, now + ttl_s)
             self.cache._pinned.add(node)
         return True
@@ -87,19 +89,21 @@ class CacheHints:
             return self._ignored()
         for node in nodes:
             node.pin_until = 0.0
+            node.pinners.clear()
             self.cache._pinned.discard(node)
-        # Ancestors of pins that remain stay pinned: a pinned node is useless without its path to the root.
+        # Ancestors of pins that remain stay pinned, for those pins' pinners: a pinned node is useless without its
+        # path to the root.
         now = time.monotonic()
-        for node in list(self.cache._pinned):
+        for node in list(self.cache._active_pins(now)):
             ancestor = node.parent
             while ancestor is not None and ancestor is not self.cache.root:
                 if ancestor not in self.cache._pinned:
-                    ancestor.pin_until, ancestor.pin_priority = node.pin_until, node.pin_priority
-                    if ancestor.pin_until > now:
-                        self.cache._pinned.add(ancestor)
-                else:
-                    ancestor.pin_until = max(ancestor.pin_until, node.pin_until)
-                    ancestor.pin_priority = min(ancestor.pin_priority, node.pin_priority)
+                    ancestor.pinners = {}
+                    self.cache._pinned.add(ancestor)
+                for priority, until in node.pinners.items():
+                    if until > now:
+                        ancestor.pinners[priority] = max(ancestor.pinners.get(priority, 0.0), until)
+                ancestor.pin_until = max(ancestor.pin_until, node.pin_until)
                 ancestor = ancestor.parent
         return True
 

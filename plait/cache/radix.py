@@ -159,7 +159,7 @@ class RadixCache(HostTraffic):
             programs=set(node.programs),
             next_use=node.next_use,
             pin_until=node.pin_until,
-            pin_priority=node.pin_priority,
+            pinners=dict(node.pinners),
             from_host=node.from_host,
         )
         node.key = node.key[n:]
@@ -267,9 +267,12 @@ class RadixCache(HostTraffic):
         return sum(len(n) for n in self._active_pins(now))
 
     def strongest_pin_priority(self, now: float | None = None) -> tuple[float, ...] | None:
-        """The lowest (most important) priority among running pins on the device; None when there are none. A
-        request whose priority is lower still outranks every pin: pinned memory does not hold it back."""
-        return min((n.pin_priority for n in self._active_pins(now) if n.on_device), default=None)
+        """The lowest (most important) priority among running pins that hold evictable device KV (a node a running
+        request uses is not freed by unpinning it either); None when there are none. A request whose priority is
+        lower still outranks every such pin: pinned memory does not hold it back."""
+        now = time.monotonic() if now is None else now
+        priorities = (n.pin_priority(now) for n in self._active_pins(now) if n.on_device and n.lock_ref == 0)
+        return min((p for p in priorities if p is not None), default=None)
 
     def _active_pins(self, now: float | None) -> set[RadixNode]:
         now = time.monotonic() if now is None else now
@@ -328,6 +331,7 @@ class RadixCache(HostTraffic):
             if self._pin_active(node, time.monotonic()):  # (the set may still hold a pin that just expired)
                 self.counters.pinned_tokens_evicted += n
             node.pin_until = 0.0
+            node.pinners.clear()
             self._pinned.discard(node)
         if self._write_back and self.host is not None and node.host_slots is None and self._make_host_room(n, node):
             node.host_slots = self.host.write_back(node.device_slots)

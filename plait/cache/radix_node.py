@@ -35,13 +35,17 @@ class RadixNode:
     programs: set[str] = field(default_factory=set)
     next_use: NextUse | None = None
     pin_until: float = 0.0
-    # The priority of the most important program pinning it (lower goes first, as for requests); () holds it against
-    # every request (a pin given without one).
-    pin_priority: tuple[float, ...] = ()
+    # Who pins it: each pinner's priority (lower goes first, as for requests; () for a pin given without one, which
+    # holds against every request) and until when. pin_until is the latest of them.
+    pinners: dict[tuple[float, ...], float] = field(default_factory=dict)
     from_host: bool = False  # loaded back and not matched since: the next match counts as a host hit
 
     def __len__(self) -> int:
         return len(self.key)
+
+    def pin_priority(self, now: float) -> tuple[float, ...] | None:
+        """The most important priority among its pinners whose pins still run at ``now``; None when none does."""
+        return min((priority for priority, until in self.pinners.items() if until > now), default=None)
 
     @property
     def on_device(self) -> bool:
@@ -77,7 +81,7 @@ class CacheCounters:
     write_backs: int = 0
     loads: int = 0
     pins_refused: int = 0  # pin hints beyond the pin budget
-    pinned_tokens_evicted: int = 0  # pinned KV a running request needed (a pin gives way before a retraction)
+    pinned_tokens_evicted: int = 0  # pinned KV evicted before its TTL (a running request or an outranking prompt)
     hints_ignored: int = 0
 
 

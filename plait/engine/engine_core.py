@@ -237,6 +237,7 @@ class EngineCore(RuntimeControls, Scoring):
         lap("schedule")
         if not batch:
             if self._inflight is not None:
+                self.meter.cost_fit.idle()  # the device work in flight is waited for here, untimed
                 return deltas + self._resolve()
             self.grammars.wait_for_compiles(timeout=0.005)  # nothing can run until a grammar is compiled
             return deltas
@@ -250,6 +251,7 @@ class EngineCore(RuntimeControls, Scoring):
             self._prompt_logprobs.collect(logits[num_sampling:])
             logits = logits[:num_sampling]
         lap("commit")
+        read_back = self._inflight is not None  # this step waits for the previous one's tokens
         deltas += self._resolve()  # the previous step's tokens (overlap): read while this step computes
         lap("resolve")
         self._inflight = self._launch_sampling(batch, logits)
@@ -258,7 +260,7 @@ class EngineCore(RuntimeControls, Scoring):
         lap("sample")
         # Pinned slots no running request holds: what pins keep from new admissions.
         idle_pinned = self.scheduler.free_slots(allow_pinned=True) - self.scheduler.free_slots()
-        self.meter.account(batch, time.perf_counter() - started, len(self.scheduler.waiting), idle_pinned)
+        self.meter.account(batch, time.perf_counter() - started, len(self.scheduler.waiting), idle_pinned, read_back)
         return deltas
 
     def _can_admit(self, seq: Sequence) -> bool:

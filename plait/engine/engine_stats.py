@@ -35,7 +35,7 @@ class EngineStats:
     bytes_moved: int = 0  # between the device and the host tier
     pinned_slots: int = 0
     pins_refused: int = 0  # pin hints beyond the pin budget
-    pinned_tokens_evicted: int = 0  # pinned KV that running requests took (pins yield before a retraction)
+    pinned_tokens_evicted: int = 0  # pinned KV evicted before its TTL: running requests or prompts outranking the pin
     hints_ignored: int = 0
     promotions: int = 0  # waiting requests moved ahead of all priorities by the anti-starvation rule
     longest_queue_wait_s: float = 0.0  # the longest any request waited before its first admission
@@ -81,7 +81,16 @@ class ThroughputMeter:
         self.phase_s: dict[str, float] = {}
         self.cost_fit = StepCostFit(lagged=overlap)
 
-    def account(self, batch: ScheduledBatch, step_s: float = 0.0, waiting: int = 0, pinned_slots: int = 0) -> None:
+    def account(
+        self,
+        batch: ScheduledBatch,
+        step_s: float = 0.0,
+        waiting: int = 0,
+        pinned_slots: int = 0,
+        read_back: bool = True,
+    ) -> None:
+        """One step: its batch, wall time, queue beside it, idle pinned slots, and whether it waited to read back an
+        earlier step's tokens (the overlap loop; ``StepCostFit``)."""
         self.busy_s += step_s
         self.decode_rows += len(batch.decodes)
         self.prefill_rows += len(batch.extends)
@@ -91,7 +100,7 @@ class ThroughputMeter:
         self.longest_step_s = max(self.longest_step_s, step_s)
         generated = sum(1 for item in batch.seqs if item.samples)
         prefilled = sum(item.new_len for item in batch.extends)
-        self.cost_fit.observe(prefilled, len(batch.decodes), step_s)
+        self.cost_fit.observe(prefilled, len(batch.decodes), step_s, read_back)
         total_generated, total_prefilled, steps = self.totals
         self.totals = (total_generated + generated, total_prefilled + prefilled, steps + 1)
         now = time.perf_counter()

@@ -63,10 +63,11 @@ class RuntimeControls:
         prefix_token_ids: list[int] | None = None,
         priority: float | tuple[float, ...] | None = None,
     ) -> bool:
-        """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget. With
-        ``priority`` (that of the program's next request), waiting requests of a lower (more important) priority are
-        not held back by it; without, the pin holds against every request. A malformed priority raises
-        ``ValueError``."""
+        """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget. ``priority``:
+        that of the program's next request. A waiting request whose priority is lower (more important) than that of
+        every running pin may take pinned memory; a pin without one holds against every request. A malformed
+        priority raises ``ValueError`` here (through ``Engine.hint`` it is logged on the engine thread and the hint
+        ignored)."""
         key = () if priority is None else priority_key(priority)
         return self._hint("pin", ttl_s=ttl_s, program_id=program_id, prefix=prefix_token_ids, priority=key)
 

@@ -288,7 +288,7 @@ class Scheduler:
         if window <= 0 or len(waiting) < 2 or budget <= 0 or not self.prefix_cache.shares_prefixes:
             return list(waiting)
         if self._admission_room() <= 0:
-            return list(waiting)  # nothing will be admitted this step: skip the lookups
+            return list(waiting)  # no room outside pins: at most a prompt outranking them starts; skip the lookups
         head, rest = waiting[:_AFFINITY_SCAN], waiting[_AFFINITY_SCAN:]
         # Bands in queue order: a band starts at a sequence and takes those after it whose priorities differ only in
         # the last (time) component, by less than the window. Only the planner's (user, level, time) priorities

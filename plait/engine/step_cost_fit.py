@@ -5,8 +5,13 @@ least squares over the recent steps. ``a`` is what one more prompt token costs e
 re-prefill displaces. It differs from a prompt's own latency to its first token (several steps shared with decodes,
 plus any queueing), which over-states that work several times over.
 
-With the overlap loop a step's wall time is spent waiting for the *previous* step's device work, so the engine feeds
-the previous batch's sizes with it (``lagged``).
+With the overlap loop (``lagged``) a step's wall time is spent waiting for device work queued *before* it: the
+engine reads back the previous step's tokens while this step's batch computes. A step that had nothing to read back
+(the previous batch sampled no token: prompt chunks only) waits for nothing, and the work queued meanwhile is waited
+for at the next read-back. So the lagged fit sums wall times and batch sizes between read-backs and pairs them there:
+the time up to a read-back with the batches queued before it, as one observation of their mean (the model is
+linear, so the mean batch took the mean time, fixed part included). An idle engine drains what was in flight
+without a step to time, so ``idle`` drops what was pending.
 """
 
 from __future__ import annotations
@@ -22,20 +27,39 @@ class StepCostFit:
     def __init__(self, lagged: bool = False) -> None:
         self.lagged = lagged
         self.steps = 0
-        self._previous: tuple[float, float] | None = None
+        # Lagged: batch sizes queued on the device and not yet waited for, and wall time since the last read-back.
+        self._queued: tuple[float, float] | None = None
+        self._queued_batches = 0
+        self._waited_s = 0.0
         # Weighted sums of x x^T (x = (1, p, d)) and x y, kept as the 6 + 3 distinct entries.
         self._xx = [0.0] * 6  # 11, 1p, 1d, pp, pd, dd
         self._xy = [0.0] * 3
         self._with_prefill = 0.0  # weighted count of steps with prefill tokens
 
-    def observe(self, prefill_tokens: int, decode_rows: int, seconds: float) -> None:
-        """One step: its batch's sizes and its wall time (with ``lagged``, the sizes are paired with the next step's
-        time)."""
+    def observe(self, prefill_tokens: int, decode_rows: int, seconds: float, read_back: bool = True) -> None:
+        """One step: its batch's sizes and its wall time. With ``lagged``, ``read_back`` says whether the step waited
+        for an earlier step's tokens: its time (and that of the steps since the last read-back) is paired with the
+        batches queued before it, and its own batch waits for the next read-back."""
         sizes = (float(prefill_tokens), float(decode_rows))
-        if self.lagged:
-            sizes, self._previous = self._previous, sizes
-            if sizes is None:
-                return
+        if not self.lagged:
+            self._add(sizes, seconds)
+            return
+        self._waited_s += seconds
+        if read_back and self._queued is not None:
+            k = self._queued_batches
+            self._add((self._queued[0] / k, self._queued[1] / k), self._waited_s / k)
+            self.idle()
+        if self._queued is None:
+            self._queued = sizes
+        else:
+            self._queued = (self._queued[0] + sizes[0], self._queued[1] + sizes[1])
+        self._queued_batches += 1
+
+    def idle(self) -> None:
+        """The engine drained its in-flight work with no batch to time: what was pending cannot be paired."""
+        self._queued, self._queued_batches, self._waited_s = None, 0, 0.0
+
+    def _add(self, sizes: tuple[float, float], seconds: float) -> None:
         p, d = sizes
         xx, xy = self._xx, self._xy
         for i in range(6):
@@ -71,9 +95,10 @@ class StepCostFit:
         cpy = spy - sp * sy / n
         cdy = sdy - sd * sy / n
         det = cpp * cdd - cpd * cpd
-        if cpp <= 0:
+        # Relative thresholds: a size that never changed leaves only rounding residue after centring.
+        if cpp <= 1e-9 * spp:
             return None
-        if cdd <= 1e-9 * max(1.0, n):  # the decode count never changed: one regressor
+        if cdd <= 1e-9 * max(sdd, 1.0):  # the decode count never changed: one regressor
             slope = cpy / cpp
         elif det <= 1e-6 * cpp * cdd:  # collinear: the two effects cannot be told apart
             return None

@@ -76,6 +76,34 @@ def test_lagged_step_cost_fit_pairs_a_step_time_with_the_batch_before():
     assert unlagged.prefill_s_per_token is None or unlagged.prefill_s_per_token < 2e-6
 
 
+def test_lagged_fit_pairs_time_with_the_work_queued_before_a_read_back():
+    """Prompt chunks that sample nothing leave nothing to read back: the next step waits for nothing and the device
+    work queued meanwhile is waited for at the next read-back. Modelled as a device queue at low load (one prompt at
+    a time, chunked, then a few decodes), the fit still finds the per-token slope; so does an idle gap."""
+    from plait.engine.step_cost_fit import StepCostFit
+
+    rng = random.Random(9)
+    fit = StepCostFit(lagged=True)
+    host_s = 0.002
+    now = device_free = 0.0
+    pending_end: float | None = None  # when the last step whose tokens are still to be read back ends on the device
+    for _ in range(300):
+        prompt = rng.randrange(256, 3000)
+        steps = [(min(512, prompt - i), 0, i + 512 >= prompt) for i in range(0, prompt, 512)]
+        steps += [(0, 1, True)] * rng.randrange(2, 6)
+        for prefill, decodes, samples in steps:
+            started = now
+            device_free = max(now + host_s, device_free) + _step_time(prefill, decodes, rng)
+            read_back = pending_end is not None
+            now = max(now + host_s, pending_end) if read_back else now + host_s
+            pending_end = device_free if samples else None
+            fit.observe(prefill, decodes, now - started, read_back)
+        if rng.random() < 0.2:  # the engine goes idle: the last step is read back untimed
+            fit.idle()
+            now, pending_end = max(now, device_free) + 0.5, None
+    assert fit.prefill_s_per_token == pytest.approx(2e-5, rel=0.1)
+
+
 def test_step_cost_fit_says_nothing_without_prefills_or_with_a_flat_or_falling_cost():
     from plait.engine.step_cost_fit import StepCostFit
 
@@ -95,9 +123,14 @@ def test_step_cost_fit_says_nothing_without_prefills_or_with_a_flat_or_falling_c
         rows = rng.randrange(0, 32)
         collinear.observe(64 * rows, rows, _step_time(64 * rows, rows, rng))
     assert collinear.prefill_s_per_token is None  # prefill and decode sizes moved together: cannot be told apart
+    for prefill, decodes in ((512, 40), (3, 7), (1000, 1)):  # one size throughout: rounding residue, not a slope
+        constant = StepCostFit()
+        for _ in range(1000):
+            constant.observe(prefill, decodes, rng.uniform(0.01, 0.03))
+        assert constant.prefill_s_per_token is None
 
 
-def test_the_meter_feeds_the_fit_and_engine_stats_report_it():
+def test_the_meter_feeds_the_fit():
     meter = ThroughputMeter()
     rng = random.Random(6)
     for _ in range(200):

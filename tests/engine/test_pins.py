@@ -155,24 +155,28 @@ def test_a_pin_holds_back_only_prompts_it_outranks(clock, pin_priority, held):
     core.check_invariants()
 
 
-def test_shared_pinned_nodes_keep_the_most_important_pinners_priority(clock):
+def test_shared_pinned_nodes_keep_the_most_important_running_pinners_priority(clock):
     """Two programs sharing a prefix pin their KV: the shared path holds the more important priority while both pins
-    run, and the remaining pin's once the other program unpins."""
+    run, the remaining pin's once the other program unpins or once the other pin's TTL runs out."""
     core = _core()
     rng = random.Random(7)
     shared = [rng.randrange(256) for _ in range(64)]
     for name in ("a", "b"):
         run_to_completion(core, [_request(shared + [rng.randrange(256) for _ in range(16)], name, program=name)])
+    cache = core.prefix_cache
+    shared_node = cache._walk(shared[:32])[-1]
     assert core.pin(ttl_s=60.0, program_id="a", priority=(2.0, 1.0))
     assert core.pin(ttl_s=60.0, program_id="b", priority=1.0)
-    cache = core.prefix_cache
-    assert cache.strongest_pin_priority() == (1.0,)
-    shared_node = cache._walk(shared[:32])[-1]
-    assert shared_node.pin_priority == (1.0,)
+    assert cache.strongest_pin_priority() == (1.0,) and shared_node.pin_priority(clock.now) == (1.0,)
     assert core.unpin(program_id="b")
-    assert cache.strongest_pin_priority() == (2.0, 1.0) and shared_node.pin_priority == (2.0, 1.0)
+    assert cache.strongest_pin_priority() == (2.0, 1.0) and shared_node.pin_priority(clock.now) == (2.0, 1.0)
     assert cache.pinned_slots() > 0
-    clock.advance(61.0)
+    # A stronger pin that expires first stops holding back what only it outranked.
+    assert core.pin(ttl_s=5.0, program_id="b", priority=0.0)
+    assert cache.strongest_pin_priority() == (0.0,)
+    clock.advance(10.0)
+    assert cache.strongest_pin_priority() == (2.0, 1.0) and shared_node.pin_priority(clock.now) == (2.0, 1.0)
+    clock.advance(51.0)
     assert cache.strongest_pin_priority() is None
     with pytest.raises(ValueError, match="priority"):
         core.pin(ttl_s=1.0, program_id="a", priority=(float("nan"),))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -523,6 +524,29 @@ def test_a_pin_weighs_only_the_programs_own_kv_and_the_room_evicted_before_it():
     # Both programs read the prefix now: their own KV is what follows it.
     assert waiting.private_tokens == 156 - prefix_tokens
     assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156 - waiting.private_tokens) / 200)
-    waiting.pin_until = 5.0  # pinned KV is out of the room already (the engine's pinned slots)
+    waiting.pin_until = time.monotonic() + 5.0  # pinned KV is out of the room already (the engine's pinned slots)
     assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156) / 200)
+    waiting.pin_until = time.monotonic() - 1.0  # a pin that ran out: its KV is warm again, not pinned
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156 - waiting.private_tokens) / 200)
     assert planner.counters.hook_errors == 0
+
+
+def test_a_pin_carries_the_priority_of_the_programs_next_call(monkeypatch):
+    """The engine lets a prompt that outranks every running pin take pinned memory, so the planner's pin hint names
+    the priority the call after the tool will be submitted with."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    monkeypatch.setattr(Planner, "_eviction_horizon_s", lambda self, plan, stats: 0.0)  # the KV would be lost
+    engine = _PressuredEngine()
+    planner = Planner(engine, PlanConfig(dedup=False))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+    record.prompt_tokens, record.completion_tokens = 150, 6
+    planner.node_finished("p", workflow.nodes["think"], record)
+    planner.node_started("p", workflow.nodes["search"])
+    pins = [kwargs for method, kwargs in engine.hints if method == "pin"]
+    assert len(pins) == 1 and pins[0]["program_id"] == "p" and pins[0]["ttl_s"] > 0
+    assert pins[0]["priority"] == planner.request_options("p", workflow.nodes["answer"]).priority
+    assert planner.counters.pins == 1 and planner.counters.hook_errors == 0

@@ -20,6 +20,7 @@ from typing import Any
 
 from plait.dag import LLMCall, Node, ToolCall, Workflow, critical_path, steps_to_execution
 from plait.engine import Engine, EngineStats
+from plait.engine.request import priority_key
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
 from plait.runtime.planning.kv_reuse import SharedPrefixes, continues_across
@@ -250,8 +251,8 @@ class Planner:
         # The pin holds memory for the program's next call: it keeps out only prompts that call would go after.
         workflow = plan.workflow
         after = [workflow.nodes[n] for n in workflow.graph.successors(node.id)]
-        next_call = next((n for n in after if isinstance(n, LLMCall)), None)
-        priority = None if next_call is None else self.request_options(plan.program_id, next_call).priority
+        calls = [self.request_options(plan.program_id, n).priority for n in after if isinstance(n, LLMCall)]
+        priority = min(calls, key=priority_key) if calls else None
         self.engine.hint("pin", ttl_s=decision.ttl_s, program_id=plan.program_id, priority=priority)
         self.counters.pins += 1
         self.counters.pin_ttl_total_s += decision.ttl_s
@@ -270,11 +271,13 @@ class Planner:
     def _eviction_horizon_s(self, plan: ProgramPlan, stats: EngineStats) -> float:
         """Seconds until allocations would reach ``plan``'s KV if it is not pinned: the room evicted before it (free
         slots and unpinned cached KV, less its own KV and that of other programs waiting on tools, needed about as
-        soon) over the slots allocated per second lately (computed prompt tokens and generated tokens)."""
+        soon) over the slots allocated per second lately (computed prompt tokens and generated tokens). Pinned KV is
+        left out of the room whole, also where a running request holds it: an estimate that errs towards pinning."""
+        now = time.monotonic()
         warm = sum(
             other.private_tokens
             for other in self._plans.values()
-            if other.tools_running and not other.pin_until and other is not plan
+            if other.tools_running and other.pin_until <= now and other is not plan
         )
         room = stats.kv_slots_total - stats.kv_slots_used - stats.pinned_slots - warm - plan.private_tokens
         allocated_per_s = stats.prefill_tokens_per_s + stats.decode_tokens_per_s
