@@ -1,0 +1,68 @@
+"""Workflows and stand-in engines shared by the planning tests."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import plait
+from plait.dag import LLMCall, ToolCall, Workflow, var_ref
+from plait.semantic_vars import GenConstraints, Template
+
+PREFIX = "You are a careful assistant. Read the question and think step by step before answering it. "
+
+
+@plait.tool
+async def lookup(query: str, seconds: float = 0.05) -> str:
+    await asyncio.sleep(seconds)
+    return f"result for {query[:10]}"
+
+
+def tool_chain(name: str, question: str, seconds: float = 0.05) -> Workflow:
+    forced = GenConstraints(max_tokens=6, ignore_eos=True)
+    return Workflow.build(
+        [
+            LLMCall("think", Template(PREFIX + "Question: {{q}}\nThought:"), "thought", constraints=forced),
+            ToolCall("search", "lookup", "found", args={"query": var_ref("thought"), "seconds": seconds}),
+            LLMCall(
+                "answer",
+                Template(PREFIX + "Question: {{q}}\nThought:{{thought}}\nObservation: {{found}}\nAnswer:"),
+                "answer",
+                constraints=forced,
+            ),
+        ],
+        inputs={"q": question},
+        name=name,
+    )
+
+
+class HintRecorder:
+    """The engine surface the planner uses, recording hints."""
+
+    def __init__(self) -> None:
+        self.hints: list[tuple[str, dict]] = []
+        self.tokenizer = type("Tokenizer", (), {"encode": staticmethod(lambda text: list(text.encode()))})()
+
+    def hint(self, method: str, **kwargs: object) -> None:
+        self.hints.append((method, kwargs))
+
+    def cache_events(self) -> list:
+        return []
+
+    def stats(self):
+        raise AssertionError("not asked without pins")
+
+
+class PressuredEngine(HintRecorder):
+    """A 1000-slot pool: 200 slots held for requests, 200 slots allocated per second."""
+
+    def stats(self):
+        return SimpleNamespace(
+            waiting=0,
+            kv_slots_used=200,
+            kv_slots_total=1000,
+            pinned_slots=0,
+            prefill_tokens_per_s=150.0,
+            decode_tokens_per_s=50.0,
+            prefill_s_per_token_marginal=1e-3,
+        )

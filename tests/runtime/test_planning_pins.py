@@ -1,0 +1,180 @@
+"""Program-level planning, the KV side: which tool calls pin, what a pin weighs (the program's own tokens, the chance
+of losing them), the priority it carries, next-use hints, the timeline, and baseline mode sending none of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from plait.dag import LLMCall, ToolCall, Workflow, var_ref
+from plait.runtime import Executor
+from plait.runtime.planning import PlanConfig
+from plait.runtime.timeline import TimelineKind
+from plait.semantic_vars import GenConstraints, Template
+from tests.runtime.conftest import wait_for, wait_kv_free
+from tests.runtime.planning_fixtures import PREFIX, HintRecorder, PressuredEngine, lookup, tool_chain
+
+
+def test_pins_only_where_the_call_after_the_tool_reads_the_programs_kv():
+    from plait.runtime.planning.kv_reuse import continues_across
+
+    forced = GenConstraints(max_tokens=4, ignore_eos=True)
+
+    def chain(after: str) -> Workflow:
+        return Workflow.build(
+            [
+                LLMCall("think", Template(PREFIX + "Q: {{q}}\nThought:"), "thought", constraints=forced),
+                ToolCall("search", "lookup", "found", args={"query": var_ref("thought")}),
+                LLMCall("next", Template(after), "answer", constraints=forced),
+            ],
+            inputs={"q": "why"},
+            outputs=["answer"],
+        )
+
+    tool = ToolCall("search", "lookup", "found", args={"query": var_ref("thought")})
+    assert continues_across(chain(PREFIX + "Q: {{q}}\nThought:{{thought}}\nSeen: {{found}}\nAnswer:"), tool)
+    assert continues_across(chain(PREFIX + "Q: {{q}} again, given {{found}}:"), tool)  # shares the question
+    assert not continues_across(chain(PREFIX + "Judge {{thought}} and {{found}}:"), tool)  # fixed text only
+    assert not continues_across(chain("Another agent. {{found}}"), tool)
+
+
+def test_planner_pins_hints_and_records_a_timeline(tiny_engine, tmp_path, monkeypatch):
+    from plait.runtime.planning.planner import Planner
+
+    # A pool under pressure: unpinned KV would be evicted at once (the horizon is tested on its own below).
+    monkeypatch.setattr(Planner, "_eviction_horizon_s", lambda self, plan, stats: 0.0)
+
+    async def main():
+        executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False))
+        programs = [executor.start(tool_chain(f"p{i}", f"question {i}")) for i in range(3)]
+        for program in programs:
+            await program.wait()
+        await wait_kv_free(tiny_engine)
+        # The unpin travels through the engine's command queue after the answer's KV is already free.
+        await wait_for(lambda: tiny_engine.stats().pinned_slots == 0, timeout=2.0, what="the unpins")
+        return executor, programs
+
+    executor, programs = asyncio.run(main())
+    planner = executor.planner
+    assert planner.counters.pins == 3 and planner.counters.hook_errors == 0
+    assert planner.counters.next_use_hints > 0 and planner.counters.prefix_hints > 0
+    assert planner.stats()["tools"]["lookup"]["count"] == 3
+    events = planner.timeline.events(programs[0].program_id)
+    kinds = {event.kind for event in events}
+    assert {TimelineKind.QUEUED, TimelineKind.PREFILL, TimelineKind.DECODE, TimelineKind.TOOL} <= kinds
+    assert {TimelineKind.PINNED, TimelineKind.PROGRAM} <= kinds
+    pinned = next(e for e in events if e.kind is TimelineKind.PINNED)
+    assert pinned.args["tool"] == "lookup" and pinned.end is not None and pinned.end >= pinned.start
+    tool = next(e for e in events if e.kind is TimelineKind.TOOL)
+    assert tool.end is not None and pinned.end <= tool.end + 0.05  # the pin ends when the tool returns
+    path = planner.timeline.write_chrome_trace(tmp_path / "trace.json")
+    trace = json.loads(path.read_text())
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "process_name"}
+    assert {program.program_id for program in programs} <= names
+
+
+def test_baseline_sends_no_hints_and_no_pins(tiny_engine):
+    async def main():
+        executor = Executor(tiny_engine, [lookup], plan=PlanConfig.baseline())
+        program = executor.start(tool_chain("base", "question"))
+        await program.wait()
+        await wait_kv_free(tiny_engine)
+        return executor
+
+    planner = asyncio.run(main()).planner
+    assert planner.dedup is None
+    assert planner.counters.pins == planner.counters.next_use_hints == planner.counters.prefetches == 0
+
+
+def test_a_program_waiting_on_a_tool_hints_when_the_tool_should_return():
+    """Next-use hints carry the seconds until the program's tool is expected back (the tool's mean duration), so the
+    cache evicts the program whose tool returns last among programs the same steps away; none once it returned."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    engine = HintRecorder()
+    planner = Planner(engine, PlanConfig(tool_pins=False, dedup=False))  # type: ignore[arg-type]
+    for seconds in (2.0, 2.0, 2.0):
+        planner.durations.tools.record("lookup", seconds)
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
+    planner.node_started("p", workflow.nodes["search"])
+    method, kwargs = next(h for h in reversed(engine.hints) if h[1].get("program_id") == "p")
+    assert method == "next_use" and kwargs["steps"] == 1.0
+    expected = planner.durations.expected(workflow.nodes["search"])
+    assert expected > 0.5 and expected - 0.5 <= kwargs["seconds"] <= expected
+    record = NodeRecord(node_id="search", kind="tool", state=NodeState.DONE, started_at=0.0, finished_at=2.0)
+    planner.node_finished("p", workflow.nodes["search"], record)
+    method, kwargs = next(h for h in reversed(engine.hints) if h[1].get("program_id") == "p")
+    assert kwargs["steps"] == 0.0 and kwargs["seconds"] is None
+    assert planner.counters.hook_errors == 0
+
+
+def test_a_pin_weighs_only_the_programs_own_kv_and_the_room_evicted_before_it():
+    """A prompt prefix other live programs read is not the program's to hold or to save; the horizon is the room
+    evicted before the program's KV (free and cached slots less its own and other tool-waiting programs') over the
+    allocation rate."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    planner = Planner(PressuredEngine(), PlanConfig(dedup=False))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    think = workflow.nodes["think"]
+
+    def finish_think(program_id: str) -> None:
+        record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+        record.prompt_tokens, record.completion_tokens = 150, 6
+        planner.node_finished(program_id, think, record)
+
+    planner.program_started("alone", workflow)
+    finish_think("alone")
+    assert planner._plans["alone"].private_tokens == 156  # nobody else reads its prefix: all of it is its own
+    planner.program_started("other", tool_chain("other", "another question"))
+    finish_think("alone")
+    prefix_tokens = len(planner._prefix_token_ids(think.prompt.static_prefix))
+    assert prefix_tokens > 64
+    assert planner._plans["alone"].private_tokens == 156 - prefix_tokens
+    planner.program_finished("other", "done", 0.0, 1.0)
+    finish_think("alone")
+    assert planner._plans["alone"].private_tokens == 156  # the other program is gone: the prefix is its own again
+
+    stats = planner.engine.stats()
+    plan = planner._plans["alone"]
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156) / 200)
+    planner.program_started("waiting", workflow)
+    finish_think("waiting")
+    waiting = planner._plans["waiting"]
+    waiting.tools_running["search"] = 1.0  # waiting on its tool, unpinned: its KV is needed about as soon
+    # Both programs read the prefix now: their own KV is what follows it.
+    assert waiting.private_tokens == 156 - prefix_tokens
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156 - waiting.private_tokens) / 200)
+    waiting.pin_until = time.monotonic() + 5.0  # pinned KV is out of the room already (the engine's pinned slots)
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156) / 200)
+    waiting.pin_until = time.monotonic() - 1.0  # a pin that ran out: its KV is warm again, not pinned
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156 - waiting.private_tokens) / 200)
+    assert planner.counters.hook_errors == 0
+
+
+def test_a_pin_carries_the_priority_of_the_programs_next_call(monkeypatch):
+    """The engine lets a prompt that outranks every running pin take pinned memory, so the planner's pin hint names
+    the priority the call after the tool will be submitted with."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    monkeypatch.setattr(Planner, "_eviction_horizon_s", lambda self, plan, stats: 0.0)  # the KV would be lost
+    engine = PressuredEngine()
+    planner = Planner(engine, PlanConfig(dedup=False))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+    record.prompt_tokens, record.completion_tokens = 150, 6
+    planner.node_finished("p", workflow.nodes["think"], record)
+    planner.node_started("p", workflow.nodes["search"])
+    pins = [kwargs for method, kwargs in engine.hints if method == "pin"]
+    assert len(pins) == 1 and pins[0]["program_id"] == "p" and pins[0]["ttl_s"] > 0
+    assert pins[0]["priority"] == planner.request_options("p", workflow.nodes["answer"]).priority
+    assert planner.counters.pins == 1 and planner.counters.hook_errors == 0
