@@ -284,8 +284,11 @@ class RadixCache(HostTraffic):
         (a running request takes pinned memory before it would be retracted)."""
         if allow_pinned:
             return self.evictable_size
-        pinned_unlocked = sum(len(n) for n in self._active_pins(None) if n.on_device and n.lock_ref == 0)
-        return self.evictable_size - pinned_unlocked
+        return self.evictable_size - self.pinned_evictable_slots()
+
+    def pinned_evictable_slots(self, now: float | None = None) -> int:
+        """Device slots of running pins that no request holds: what the pins alone keep resident."""
+        return sum(len(n) for n in self._active_pins(now) if n.on_device and n.lock_ref == 0)
 
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
         """Free at least ``num_slots`` device slots if possible, in policy order; pinned nodes go last and only

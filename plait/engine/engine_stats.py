@@ -34,6 +34,7 @@ class EngineStats:
     loads: int = 0
     bytes_moved: int = 0  # between the device and the host tier
     pinned_slots: int = 0
+    pinned_idle_slots: int = 0  # ... of which no running request holds (the pins alone keep them)
     pins_refused: int = 0  # pin hints beyond the pin budget
     pinned_tokens_evicted: int = 0  # pinned KV evicted before its TTL: running requests or prompts outranking the pin
     hints_ignored: int = 0
@@ -139,6 +140,7 @@ def cache_stats(cache: object, hints_ignored: int) -> dict[str, int]:
         "loads": c.loads,
         "bytes_moved": cache.host.bytes_moved if cache.host is not None else 0,
         "pinned_slots": cache.pinned_slots(),
+        "pinned_idle_slots": cache.pinned_evictable_slots(),
         "pins_refused": c.pins_refused,
         "pinned_tokens_evicted": c.pinned_tokens_evicted,
         "hints_ignored": c.hints_ignored + hints_ignored,

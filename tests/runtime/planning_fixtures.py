@@ -62,6 +62,7 @@ class PressuredEngine(HintRecorder):
             kv_slots_used=200,
             kv_slots_total=1000,
             pinned_slots=0,
+            pinned_idle_slots=0,
             prefill_tokens_per_s=150.0,
             decode_tokens_per_s=50.0,
             prefill_s_per_token_marginal=1e-3,

@@ -271,15 +271,15 @@ class Planner:
     def _eviction_horizon_s(self, plan: ProgramPlan, stats: EngineStats) -> float:
         """Seconds until allocations would reach ``plan``'s KV if it is not pinned: the room evicted before it (free
         slots and unpinned cached KV, less its own KV and that of other programs waiting on tools, needed about as
-        soon) over the slots allocated per second lately (computed prompt tokens and generated tokens). Pinned KV is
-        left out of the room whole, also where a running request holds it: an estimate that errs towards pinning."""
+        soon) over the slots allocated per second lately (computed prompt tokens and generated tokens). Pinned KV
+        no request holds is out of the room (what requests hold is already in ``kv_slots_used``)."""
         now = time.monotonic()
         warm = sum(
             other.private_tokens
             for other in self._plans.values()
             if other.tools_running and other.pin_until <= now and other is not plan
         )
-        room = stats.kv_slots_total - stats.kv_slots_used - stats.pinned_slots - warm - plan.private_tokens
+        room = stats.kv_slots_total - stats.kv_slots_used - stats.pinned_idle_slots - warm - plan.private_tokens
         allocated_per_s = stats.prefill_tokens_per_s + stats.decode_tokens_per_s
         if room <= 0:
             return 0.0
