@@ -290,6 +290,15 @@ class RadixCache(HostTraffic):
         """Device slots of running pins that no request holds: what the pins alone keep resident."""
         return sum(len(n) for n in self._active_pins(now) if n.on_device and n.lock_ref == 0)
 
+    def pinned_slot_counts(self, now: float | None = None) -> tuple[int, int]:
+        """``(pinned_slots, pinned_evictable_slots)`` in one pass (engine stats read both every step)."""
+        held = idle = 0
+        for node in self._active_pins(now):
+            if node.on_device:
+                held += len(node)
+                idle += len(node) if node.lock_ref == 0 else 0
+        return held, idle
+
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
         """Free at least ``num_slots`` device slots if possible, in policy order; pinned nodes go last and only
         with ``allow_pinned`` (when a running request would otherwise be retracted)."""

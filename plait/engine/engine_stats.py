@@ -132,6 +132,7 @@ def cache_stats(cache: object, hints_ignored: int) -> dict[str, int]:
     if not isinstance(cache, RadixCache):
         return {"hints_ignored": hints_ignored}
     c = cache.counters
+    pinned, pinned_idle = cache.pinned_slot_counts()
     return {
         "cached_prefix_tokens": c.gpu_hit_tokens,
         "host_hit_tokens": c.host_hit_tokens,
@@ -139,8 +140,8 @@ def cache_stats(cache: object, hints_ignored: int) -> dict[str, int]:
         "write_backs": c.write_backs,
         "loads": c.loads,
         "bytes_moved": cache.host.bytes_moved if cache.host is not None else 0,
-        "pinned_slots": cache.pinned_slots(),
-        "pinned_idle_slots": cache.pinned_evictable_slots(),
+        "pinned_slots": pinned,
+        "pinned_idle_slots": pinned_idle,
         "pins_refused": c.pins_refused,
         "pinned_tokens_evicted": c.pinned_tokens_evicted,
         "hints_ignored": c.hints_ignored + hints_ignored,
