@@ -232,6 +232,7 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
                 f"{name}: pins refused beyond the budget {m.get('pins_refused', 0)}, pinned tokens evicted before "
                 f"their TTL {m.get('pinned_tokens_evicted', 0)}"
             )
+    _print_pin_decisions(runs)
     for name, results in runs.items():
         error = next((r.first_error for r in results if r.first_error), None)
         if error:
@@ -274,6 +275,18 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     output = args.output or default_output(f"workflow_{suite.name}")
     print(f"wrote {write_json(output, payload)}")
     return 0
+
+
+def _print_pin_decisions(runs: dict[str, list[Any]]) -> None:
+    """What each mode's planner decided about pins in its first round, and the prefill cost it weighed them with."""
+    for name, results in runs.items():
+        planner = results[0].planner if results else {}
+        taken, declined = planner.get("pins", 0), planner.get("pins_declined", 0)
+        if not taken and not declined:
+            continue
+        rate = planner.get("prefill_s_per_token_marginal")
+        cost = f"{rate:.2e} s per prefill token (fitted)" if rate else "no fitted prefill cost yet"
+        print(f"{name}: pins taken {taken}, declined {declined} by cost/benefit; {cost}")
 
 
 def _median_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -123,3 +123,22 @@ def test_repeats_alternate_the_mode_order_and_report_medians(tmp_path, capsys):
         assert len(mode["rounds"]) == 2 and isinstance(mode["metrics"]["completed"], int)
     assert "by round" in capsys.readouterr().out
     assert cli_main(["bench", "workflow", "--suite", "starvation", "--repeats", "0", "--model", "tiny"]) == 2
+
+
+def test_the_bench_reports_each_modes_pin_decisions(capsys):
+    """A line per mode that considered pins: taken, declined, and the fitted prefill cost they were weighed with."""
+    from types import SimpleNamespace
+
+    from plait.bench.workflow_bench import _print_pin_decisions
+
+    runs = {
+        "plait": [SimpleNamespace(planner={"pins": 12, "pins_declined": 353, "prefill_s_per_token_marginal": 1.7e-5})],
+        "cold": [SimpleNamespace(planner={"pins": 1, "pins_declined": 0, "prefill_s_per_token_marginal": None})],
+        "baseline": [SimpleNamespace(planner={"pins": 0, "pins_declined": 0})],
+    }
+    _print_pin_decisions(runs)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "plait: pins taken 12, declined 353 by cost/benefit; 1.70e-05 s per prefill token (fitted)",
+        "cold: pins taken 1, declined 0 by cost/benefit; no fitted prefill cost yet",
+    ]
