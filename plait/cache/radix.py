@@ -260,7 +260,7 @@ class RadixCache(HostTraffic):
 
     def pinned_slots(self, now: float | None = None) -> int:
         """Device slots that running pins hold now."""
-        return sum(len(n) for n in self._active_pins(now) if n.on_device)
+        return self.pinned_slot_counts(now)[0]
 
     def pin_budget_used(self, now: float | None = None) -> int:
         """Slots of the pin budget in use: every running pin, also one loading or on host (it comes back pinned)."""
@@ -284,14 +284,11 @@ class RadixCache(HostTraffic):
         (a running request takes pinned memory before it would be retracted)."""
         if allow_pinned:
             return self.evictable_size
-        return self.evictable_size - self.pinned_evictable_slots()
-
-    def pinned_evictable_slots(self, now: float | None = None) -> int:
-        """Device slots of running pins that no request holds: what the pins alone keep resident."""
-        return sum(len(n) for n in self._active_pins(now) if n.on_device and n.lock_ref == 0)
+        return self.evictable_size - self.pinned_slot_counts()[1]
 
     def pinned_slot_counts(self, now: float | None = None) -> tuple[int, int]:
-        """``(pinned_slots, pinned_evictable_slots)`` in one pass (engine stats read both every step)."""
+        """Device slots that running pins hold, and of those the ones no request holds (what the pins alone keep
+        resident), in one pass: engine stats read both every step."""
         held = idle = 0
         for node in self._active_pins(now):
             if node.on_device:

@@ -206,11 +206,12 @@ class Planner:
         if start is None or end is None:
             return 0.0
         plan.context_tokens = record.prompt_tokens + record.completion_tokens
-        prefix = _static_prefix(node)
-        shared_tokens = 0
-        if prefix is not None and self._shared_prefixes.is_shared(prefix):
-            shared_tokens = len(self._prefix_token_ids(prefix))
-        plan.private_tokens = max(0, plan.context_tokens - shared_tokens)
+        if self.config.tool_pins:  # what a pin would hold: only pins read it
+            prefix = _static_prefix(node)
+            shared_tokens = 0
+            if prefix is not None and self._shared_prefixes.is_shared(prefix):
+                shared_tokens = len(self._prefix_token_ids(prefix))
+            plan.private_tokens = max(0, plan.context_tokens - shared_tokens)
         pid, nid = plan.program_id, node.id
         if record.deduplicated:
             self.timeline.instant(pid, TimelineKind.DEDUPED, start, node=nid)
