@@ -24,6 +24,7 @@ def engine_counters_delta(before: Any, after: Any) -> dict[str, float]:
         "evictions": after.evictions - before.evictions,
         "pins_refused": after.pins_refused - before.pins_refused,
         "pinned_tokens_evicted": after.pinned_tokens_evicted - before.pinned_tokens_evicted,
+        "tool_wait_tokens_lost": after.tool_wait_tokens_lost - before.tool_wait_tokens_lost,
         "promotions": after.promotions - before.promotions,
         "steps": after.steps - before.steps,
         "busy_s": after.busy_s - before.busy_s,  # wall time in engine steps

@@ -286,7 +286,13 @@ def _print_pin_decisions(runs: dict[str, list[Any]]) -> None:
             continue
         rate = planner.get("prefill_s_per_token_marginal")
         cost = f"{rate:.2e} s per prefill token (fitted)" if rate else "no fitted prefill cost yet"
-        print(f"{name}: pins taken {taken}, declined {declined} by cost/benefit; {cost}")
+        horizon = planner.get("tool_wait_horizon_s")
+        learned = "not learned yet" if horizon is None else horizon if isinstance(horizon, str) else f"{horizon:.2f} s"
+        print(
+            f"{name}: pins taken {taken}, declined {declined} by cost/benefit; {cost}; eviction horizon of "
+            f"tool-waiting KV {learned} ({planner.get('tool_wait_lost_tokens', 0):.0f} tokens lost per "
+            f"{planner.get('tool_wait_exposure_token_s', 0):.0f} token-s waited, decayed)"
+        )
 
 
 def _median_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -80,6 +80,11 @@ class PrefixCache(Protocol):
         """The most important priority among running pins (``RadixCache``); None when nothing is pinned."""
         ...
 
+    def note_pins_held(self, num_slots: int) -> None:
+        """Admission needed ``num_slots`` more that only pinned KV could give (``RadixCache``: the pinned KV of
+        tool-waiting programs it would have taken counts as saved by its pins)."""
+        ...
+
     def poll(self) -> None:
         """Finish background work (host-to-device loads) that has completed."""
         ...
@@ -125,6 +130,9 @@ class NoPrefixCache:
         return 0
 
     def strongest_pin_priority(self) -> tuple[float, ...] | None:
+        return None
+
+    def note_pins_held(self, num_slots: int) -> None:
         return None
 
     def poll(self) -> None:

@@ -36,6 +36,7 @@ from plait.cache.radix_node import (
     device_nodes,
 )
 from plait.cache.slot_allocator import SlotAllocator
+from plait.cache.tool_wait_loss import count_evicted, count_held, count_passed
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 EVENT_LOG_SIZE = 8192
@@ -274,6 +275,10 @@ class RadixCache(HostTraffic):
         priorities = (n.pin_priority(now) for n in self._active_pins(now) if n.on_device and n.lock_ref == 0)
         return min((p for p in priorities if p is not None), default=None)
 
+    def pinned_nodes(self, now: float | None = None) -> set[RadixNode]:
+        """Nodes whose pins run at ``now`` (resident, loading or on the host)."""
+        return self._active_pins(now)
+
     def _active_pins(self, now: float | None) -> set[RadixNode]:
         now = time.monotonic() if now is None else now
         self._pinned.difference_update([n for n in self._pinned if not self._pin_active(n, now)])
@@ -322,20 +327,30 @@ class RadixCache(HostTraffic):
         for node in device_nodes(self.root):
             push(node)
         freed, released = 0, [_EMPTY]  # one allocator call for the whole eviction (each call costs host tensor ops)
+        frontier = None  # the policy key of the last unpinned node evicted
         while freed < target and heap:
-            (pinned, _), _, node = heapq.heappop(heap)
+            (pinned, key), _, node = heapq.heappop(heap)
             if pinned and (not allow_pinned or freed >= num_slots):
                 break
+            if not pinned:
+                frontier = key
             parent = node.parent
             released.append(node.device_slots)
             freed += self._evict_device(node)
             if parent is not None:
                 push(parent)
         self.allocator.release(torch.cat(released))
+        if frontier is not None and self._pinned:
+            count_passed(self, frontier, now)
         return freed
+
+    def note_pins_held(self, num_slots: int) -> None:
+        """Admission needed ``num_slots`` more that only pinned KV could give (``tool_wait_loss.count_held``)."""
+        count_held(self, num_slots, time.monotonic())
 
     def _evict_device(self, node: RadixNode) -> int:
         n = len(node)
+        count_evicted(self, node)
         if node in self._pinned:  # only a forced eviction reaches a pinned node: the pin gives way for good
             if self._pin_active(node, time.monotonic()):  # (the set may still hold a pin that just expired)
                 self.counters.pinned_tokens_evicted += n

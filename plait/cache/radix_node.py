@@ -39,6 +39,8 @@ class RadixNode:
     # holds against every request) and until when. pin_until is the latest of them.
     pinners: dict[tuple[float, ...], float] = field(default_factory=dict)
     from_host: bool = False  # loaded back and not matched since: the next match counts as a host hit
+    # The pin_until of the pin whose KV was last counted in ``CacheCounters.tool_wait_tokens_lost`` (once per pin).
+    loss_counted_until: float = 0.0
 
     def __len__(self) -> int:
         return len(self.key)
@@ -82,6 +84,9 @@ class CacheCounters:
     loads: int = 0
     pins_refused: int = 0  # pin hints beyond the pin budget
     pinned_tokens_evicted: int = 0  # pinned KV evicted before its TTL (a running request or an outranking prompt)
+    # KV of programs waiting on a tool that eviction took, or reached in its order but kept because it was pinned:
+    # what such KV loses without a pin (the planner learns the chance of loss from it; see RadixCache.evict).
+    tool_wait_tokens_lost: int = 0
     hints_ignored: int = 0
 
 

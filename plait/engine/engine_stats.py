@@ -37,6 +37,7 @@ class EngineStats:
     pinned_idle_slots: int = 0  # ... of which no running request holds (the pins alone keep them)
     pins_refused: int = 0  # pin hints beyond the pin budget
     pinned_tokens_evicted: int = 0  # pinned KV evicted before its TTL: running requests or prompts outranking the pin
+    tool_wait_tokens_lost: int = 0  # KV of tool-waiting programs evicted, or kept only by a pin (CacheCounters)
     hints_ignored: int = 0
     promotions: int = 0  # waiting requests moved ahead of all priorities by the anti-starvation rule
     longest_queue_wait_s: float = 0.0  # the longest any request waited before its first admission
@@ -144,5 +145,6 @@ def cache_stats(cache: object, hints_ignored: int) -> dict[str, int]:
         "pinned_idle_slots": pinned_idle,
         "pins_refused": c.pins_refused,
         "pinned_tokens_evicted": c.pinned_tokens_evicted,
+        "tool_wait_tokens_lost": c.tool_wait_tokens_lost,
         "hints_ignored": c.hints_ignored + hints_ignored,
     }

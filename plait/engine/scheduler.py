@@ -274,8 +274,12 @@ class Scheduler:
         return batch
 
     def _memory_stop(self, needed: int, reason: str = "memory") -> str:
-        """``reason``, or "pinned" when more than ``needed`` slots would be free if pinned prefixes counted."""
-        return "pinned" if self.free_slots(allow_pinned=True) > needed else reason
+        """``reason``, or "pinned" when more than ``needed`` slots would be free if pinned prefixes counted (the cache
+        then learns which pinned KV kept the prompt out: what those pins saved)."""
+        if self.free_slots(allow_pinned=True) <= needed:
+            return reason
+        self.prefix_cache.note_pins_held(needed + 1 - self.free_slots())
+        return "pinned"
 
     def _admission_order(self, budget: int) -> list[Sequence]:
         """The waiting queue in the order admission tries it: priority order, except that with cache affinity the

@@ -54,7 +54,10 @@ class HintRecorder:
 
 
 class PressuredEngine(HintRecorder):
-    """A 1000-slot pool: 200 slots held for requests, 200 slots allocated per second."""
+    """A 1000-slot pool: 200 slots held for requests, 200 slots allocated per second; ``lost``: the cache's count of
+    tool-waiting KV lost (``tool_wait_tokens_lost``)."""
+
+    lost = 0
 
     def stats(self):
         return SimpleNamespace(
@@ -66,4 +69,5 @@ class PressuredEngine(HintRecorder):
             prefill_tokens_per_s=150.0,
             decode_tokens_per_s=50.0,
             prefill_s_per_token_marginal=1e-3,
+            tool_wait_tokens_lost=self.lost,
         )

@@ -178,3 +178,36 @@ def test_a_pin_carries_the_priority_of_the_programs_next_call(monkeypatch):
     assert len(pins) == 1 and pins[0]["program_id"] == "p" and pins[0]["ttl_s"] > 0
     assert pins[0]["priority"] == planner.request_options("p", workflow.nodes["answer"]).priority
     assert planner.counters.pins == 1 and planner.counters.hook_errors == 0
+
+
+def test_the_eviction_horizon_is_learned_from_what_the_cache_loses_once_waits_are_seen():
+    """Each tool wait exposes the program's own KV for its duration; the cache counts what such KV lost (or would
+    have, but for a pin). Once enough waits are seen, their ratio replaces the snapshot of free room."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    engine = PressuredEngine()
+    planner = Planner(engine, PlanConfig(dedup=False))  # type: ignore[arg-type]
+    planner.tool_wait_loss.min_waits = 0.5  # one wait is enough here (decay leaves a hair less than 1)
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+    record.prompt_tokens, record.completion_tokens = 150, 6
+    planner.node_finished("p", workflow.nodes["think"], record)
+    plan = planner._plans["p"]
+    stats = engine.stats()
+    assert planner._eviction_horizon_s(plan, stats) == pytest.approx((800 - 156) / 200)  # no waits yet: snapshot
+
+    planner.node_started("p", workflow.nodes["search"])
+    plan.waiting_since -= 2.0  # the tool ran two seconds
+    tool = NodeRecord(node_id="search", kind="tool", state=NodeState.DONE, started_at=0.0, finished_at=2.0)
+    planner.node_finished("p", workflow.nodes["search"], tool)
+    assert planner.tool_wait_loss.exposure_token_s == pytest.approx(156 * 2.0, rel=0.01)
+    assert planner._eviction_horizon_s(plan, engine.stats()) == float("inf")  # nothing was lost: pins save nothing
+    engine.lost = 78  # the cache lost (or kept only by pins) 78 tokens of tool-waiting KV since
+    assert planner._eviction_horizon_s(plan, engine.stats()) == pytest.approx(156 * 2.0 / 78, rel=0.01)
+    answer = NodeRecord(node_id="answer", kind="llm", state=NodeState.DONE, started_at=2.0, finished_at=3.0)
+    answer.prompt_tokens, answer.completion_tokens = 170, 6
+    planner.node_finished("p", workflow.nodes["answer"], answer)
+    assert plan.own_kv == {"answer": 176}, "the answer continues the thought's conversation: its KV replaces it"
+    assert planner.counters.hook_errors == 0

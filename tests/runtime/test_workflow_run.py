@@ -131,14 +131,24 @@ def test_the_bench_reports_each_modes_pin_decisions(capsys):
 
     from plait.bench.workflow_bench import _print_pin_decisions
 
+    learned = {"tool_wait_horizon_s": 2.5, "tool_wait_lost_tokens": 400.0, "tool_wait_exposure_token_s": 1000.0}
     runs = {
-        "plait": [SimpleNamespace(planner={"pins": 12, "pins_declined": 353, "prefill_s_per_token_marginal": 1.7e-5})],
+        "plait": [
+            SimpleNamespace(
+                planner={"pins": 12, "pins_declined": 353, "prefill_s_per_token_marginal": 1.7e-5, **learned}
+            )
+        ],
+        "idle": [SimpleNamespace(planner={"pins": 0, "pins_declined": 9, "tool_wait_horizon_s": "inf"})],
         "cold": [SimpleNamespace(planner={"pins": 1, "pins_declined": 0, "prefill_s_per_token_marginal": None})],
         "baseline": [SimpleNamespace(planner={"pins": 0, "pins_declined": 0})],
     }
     _print_pin_decisions(runs)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "plait: pins taken 12, declined 353 by cost/benefit; 1.70e-05 s per prefill token (fitted)",
-        "cold: pins taken 1, declined 0 by cost/benefit; no fitted prefill cost yet",
+        "plait: pins taken 12, declined 353 by cost/benefit; 1.70e-05 s per prefill token (fitted); eviction horizon "
+        "of tool-waiting KV 2.50 s (400 tokens lost per 1000 token-s waited, decayed)",
+        "idle: pins taken 0, declined 9 by cost/benefit; no fitted prefill cost yet; eviction horizon of tool-waiting "
+        "KV inf (0 tokens lost per 0 token-s waited, decayed)",
+        "cold: pins taken 1, declined 0 by cost/benefit; no fitted prefill cost yet; eviction horizon of tool-waiting "
+        "KV not learned yet (0 tokens lost per 0 token-s waited, decayed)",
     ]

@@ -18,11 +18,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
+
 from plait.dag import LLMCall, Node, ToolCall, Workflow, critical_path, steps_to_execution
 from plait.engine import Engine, EngineStats
 from plait.engine.request import priority_key
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
+from plait.runtime.planning.kv_loss import ToolWaitLoss
 from plait.runtime.planning.kv_reuse import SharedPrefixes, continues_across
 from plait.runtime.planning.ordering import call_priority, latest_start, remaining_paths
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
@@ -59,6 +62,10 @@ class ProgramPlan:
     pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
     prefixes: dict[str, float] = field(default_factory=dict)  # static prefix -> steps to its next use here
     tools_running: dict[str, float] = field(default_factory=dict)  # tool node -> when it is expected to return
+    waiting_since: float = 0.0  # when its first running tool started (exposure of its KV: ToolWaitLoss)
+    # Its own KV per finished LLM call that no later call continues (a fan-out's branches each hold theirs): what the
+    # cache counts as the program's when it evicts or spares it.
+    own_kv: dict[str, int] = field(default_factory=dict)
     # Each node's remaining expected path, for the (finished, nodes) counts it was computed at: calls submitted
     # together (a fan-out's branches) share one pass over the graph.
     remaining: tuple[tuple[int, int], dict[str, float]] | None = None
@@ -99,6 +106,7 @@ class Planner:
         self._prefix_sent: dict[str, float] = {}  # prefix -> the steps last hinted
         self._prefix_ids: dict[str, list[int]] = {}
         self._shared_prefixes = SharedPrefixes()
+        self.tool_wait_loss = ToolWaitLoss()
 
     # ---- programs --------------------------------------------------------------------------------------------------
 
@@ -165,7 +173,10 @@ class Planner:
         if plan is None:
             return
         if isinstance(node, ToolCall):
-            plan.tools_running[node.id] = time.monotonic() + self.durations.expected(node)
+            now = time.monotonic()
+            if not plan.tools_running:
+                plan.waiting_since = now
+            plan.tools_running[node.id] = now + self.durations.expected(node)
             if self.config.tool_pins and plan.private_tokens:
                 self._pin_for_tool(plan, node)
         if self.config.next_use_hints:
@@ -186,6 +197,10 @@ class Planner:
             self.timeline.span(program_id, TimelineKind.TOOL, record.started_at, end, node=node.id)
             if record.state.value == "done":
                 self.durations.tools.record(node.tool, record.run_s)
+            if not plan.tools_running and plan.waiting_since:  # its KV's exposure to eviction while tools ran
+                now = time.monotonic()
+                self.tool_wait_loss.observe_wait(sum(plan.own_kv.values()), now - plan.waiting_since, now)
+                plan.waiting_since = 0.0
             if plan.pin_until and not plan.tools_running:
                 # The pin's job is done: the next call finds the KV cached (its next use is now the nearest, so it
                 # is evicted last) without the pin keeping other programs' prompts out while that call queues.
@@ -212,6 +227,12 @@ class Planner:
             if prefix is not None and self._shared_prefixes.is_shared(prefix):
                 shared_tokens = len(self._prefix_token_ids(prefix))
             plan.private_tokens = max(0, plan.context_tokens - shared_tokens)
+            # A call continuing an earlier call's conversation (same static prefix, after it in the graph) holds
+            # that call's KV too: it replaces it.
+            for earlier in nx.ancestors(plan.workflow.graph, node.id) & plan.own_kv.keys():
+                if _static_prefix(plan.workflow.nodes[earlier]) == prefix:
+                    del plan.own_kv[earlier]
+            plan.own_kv[node.id] = plan.private_tokens
         pid, nid = plan.program_id, node.id
         if record.deduplicated:
             self.timeline.instant(pid, TimelineKind.DEDUPED, start, node=nid)
@@ -270,11 +291,16 @@ class Planner:
         plan.pin_span = self.timeline.open_span(plan.program_id, TimelineKind.PINNED, now, args=args)
 
     def _eviction_horizon_s(self, plan: ProgramPlan, stats: EngineStats) -> float:
-        """Seconds until allocations would reach ``plan``'s KV if it is not pinned: the room evicted before it (free
-        slots and unpinned cached KV, less its own KV and that of other programs waiting on tools, needed about as
-        soon) over the slots allocated per second lately (computed prompt tokens and generated tokens). Pinned KV
-        no request holds is out of the room (what requests hold is already in ``kv_slots_used``)."""
+        """Seconds over which ``plan``'s KV would likely be evicted if it is not pinned. Learned from what the cache
+        evicts once enough tool waits were seen (``ToolWaitLoss``). Before that, a snapshot: the room evicted before
+        it (free slots and unpinned cached KV, less its own KV and that of other programs waiting on tools, needed
+        about as soon) over the slots allocated per second lately (computed prompt tokens and generated tokens).
+        Pinned KV no request holds is out of the room (what requests hold is already in ``kv_slots_used``)."""
         now = time.monotonic()
+        self.tool_wait_loss.observe_lost(stats.tool_wait_tokens_lost, now)
+        learned = self.tool_wait_loss.horizon_s()
+        if learned is not None:
+            return learned
         warm = sum(
             other.private_tokens
             for other in self._plans.values()
@@ -367,6 +393,10 @@ class Planner:
         counters["prefill_overhead_s"] = self.durations.prefill.overhead_s
         counters["prefill_s_per_token_marginal"] = self.engine.stats().prefill_s_per_token_marginal
         counters["decode_s_per_token"] = self.durations.decode_s_per_token
+        learned = self.tool_wait_loss.horizon_s()
+        counters["tool_wait_horizon_s"] = learned if learned is None or math.isfinite(learned) else "inf"
+        counters["tool_wait_exposure_token_s"] = self.tool_wait_loss.exposure_token_s
+        counters["tool_wait_lost_tokens"] = self.tool_wait_loss.lost_tokens
         counters["tools"] = self.durations.tools.summary()
         return counters
 

@@ -1,0 +1,63 @@
+"""What the KV of tool-waiting programs loses to eviction, or would lose but for its pins (``RadixCache`` counts it
+in ``CacheCounters.tool_wait_tokens_lost``; the planner learns from it whether a pin pays).
+
+A program waits on a tool while its next-use hint says when the tool is expected back (``NextUse.seconds``). Its KV
+counts as lost when:
+- eviction takes it (``count_evicted``);
+- eviction takes an unpinned node that its policy puts after this pinned KV: without the pin this KV would have gone
+  first (``count_passed``);
+- a prompt stays out because only pinned memory was left, and evicting this pinned KV, in policy order, would have
+  made that room (``count_held``).
+A pinned node is counted at most once per pin (``RadixNode.loss_counted_until``), so each wait counts its KV once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plait.cache.radix import RadixCache
+    from plait.cache.radix_node import RadixNode
+
+
+def waits_on_tool(cache: RadixCache, node: RadixNode) -> bool:
+    """Whether every program reading ``node`` waits on a tool."""
+    if not node.programs:
+        return False
+    for program in node.programs:  # stops at the first that does not: a shared prefix ends the loop at once
+        hint = cache.program_hints.get(program)
+        if hint is None or hint.seconds is None:
+            return False
+    return True
+
+
+def _count_once(cache: RadixCache, node: RadixNode) -> None:
+    if node.loss_counted_until < node.pin_until and waits_on_tool(cache, node):
+        cache.counters.tool_wait_tokens_lost += len(node)
+        node.loss_counted_until = node.pin_until
+
+
+def count_evicted(cache: RadixCache, node: RadixNode) -> None:
+    """``node`` is being evicted (before its pin state is cleared)."""
+    # Counted as passed or held under its current (or last) pin: counted for this wait already.
+    if not 0 < node.pin_until <= node.loss_counted_until and waits_on_tool(cache, node):
+        cache.counters.tool_wait_tokens_lost += len(node)
+
+
+def count_passed(cache: RadixCache, frontier: tuple[float, ...], now: float) -> None:
+    """An eviction took unpinned nodes up to policy key ``frontier``: pinned KV ordered before it was spared."""
+    for node in cache.pinned_nodes(now):
+        spared = node.on_device and not node.lock_ref and cache.policy.key(node, now) < frontier
+        if node.loss_counted_until < node.pin_until and spared:
+            _count_once(cache, node)
+
+
+def count_held(cache: RadixCache, num_slots: int, now: float) -> None:
+    """Admission needed ``num_slots`` more that only pinned KV could give."""
+    candidates = [n for n in cache.pinned_nodes(now) if n.on_device and not n.lock_ref]
+    taken = 0
+    for node in sorted(candidates, key=lambda n: cache.policy.key(n, now)):
+        if taken >= num_slots:
+            break
+        taken += len(node)
+        _count_once(cache, node)
