@@ -75,6 +75,8 @@ class CacheHints:
             self.cache.counters.pins_refused += 1
             return False
         for node in closure:
+            if not self.cache._pin_active(node, now):
+                node.loss_counted = False  # a new pin, not an extension: its KV has not been counted as lost
             # Each pinner keeps its own priority and expiry: a node shared by programs holds back what the most
             # important of the pins still running outranks.
             node.pinners = {p: until for p, until in node.pinners.items() if until > now}
@@ -90,6 +92,7 @@ class CacheHints:
         for node in nodes:
             node.pin_until = 0.0
             node.pinners.clear()
+            node.loss_counted = False
             self.cache._pinned.discard(node)
         # Ancestors of pins that remain stay pinned, for those pins' pinners: a pinned node is useless without its
         # path to the root.

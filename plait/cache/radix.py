@@ -162,6 +162,7 @@ class RadixCache(HostTraffic):
             pin_until=node.pin_until,
             pinners=dict(node.pinners),
             from_host=node.from_host,
+            loss_counted=node.loss_counted,
         )
         node.key = node.key[n:]
         node.device_slots = None if node.device_slots is None else node.device_slots[n:]
@@ -332,8 +333,8 @@ class RadixCache(HostTraffic):
             (pinned, key), _, node = heapq.heappop(heap)
             if pinned and (not allow_pinned or freed >= num_slots):
                 break
-            if not pinned:
-                frontier = key
+            if not pinned:  # (a parent pushed after its child may order before it: the frontier only advances)
+                frontier = key if frontier is None else max(frontier, key)
             parent = node.parent
             released.append(node.device_slots)
             freed += self._evict_device(node)

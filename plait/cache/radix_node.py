@@ -39,8 +39,9 @@ class RadixNode:
     # holds against every request) and until when. pin_until is the latest of them.
     pinners: dict[tuple[float, ...], float] = field(default_factory=dict)
     from_host: bool = False  # loaded back and not matched since: the next match counts as a host hit
-    # The pin_until of the pin whose KV was last counted in ``CacheCounters.tool_wait_tokens_lost`` (once per pin).
-    loss_counted_until: float = 0.0
+    # Counted in ``CacheCounters.tool_wait_tokens_lost`` under its current pin (reset when a pin starts on it afresh
+    # or is taken off): a wait counts its KV once however often eviction passes over it or the pin is extended.
+    loss_counted: bool = False
 
     def __len__(self) -> int:
         return len(self.key)

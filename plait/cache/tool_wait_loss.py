@@ -8,7 +8,8 @@ counts as lost when:
   first (``count_passed``);
 - a prompt stays out because only pinned memory was left, and evicting this pinned KV, in policy order, would have
   made that room (``count_held``).
-A pinned node is counted at most once per pin (``RadixNode.loss_counted_until``), so each wait counts its KV once.
+A pinned node is counted at most once per pin (``RadixNode.loss_counted``, reset when a pin starts afresh or is
+taken off), so each wait counts its KV once however often eviction passes over it or its pin is extended.
 """
 
 from __future__ import annotations
@@ -32,29 +33,33 @@ def waits_on_tool(cache: RadixCache, node: RadixNode) -> bool:
 
 
 def _count_once(cache: RadixCache, node: RadixNode) -> None:
-    if node.loss_counted_until < node.pin_until and waits_on_tool(cache, node):
+    if not node.loss_counted and waits_on_tool(cache, node):
         cache.counters.tool_wait_tokens_lost += len(node)
-        node.loss_counted_until = node.pin_until
+        node.loss_counted = True
 
 
 def count_evicted(cache: RadixCache, node: RadixNode) -> None:
-    """``node`` is being evicted (before its pin state is cleared)."""
-    # Counted as passed or held under its current (or last) pin: counted for this wait already.
-    if not 0 < node.pin_until <= node.loss_counted_until and waits_on_tool(cache, node):
+    """``node`` is being evicted (before its pin state is cleared); counted already if passed or held under its
+    current (or last, expired) pin in this wait. The flag is not set here: the node leaves the device, and a copy
+    loaded back from the host tier may be lost again in a later wait."""
+    if not node.loss_counted and waits_on_tool(cache, node):
         cache.counters.tool_wait_tokens_lost += len(node)
 
 
 def count_passed(cache: RadixCache, frontier: tuple[float, ...], now: float) -> None:
     """An eviction took unpinned nodes up to policy key ``frontier``: pinned KV ordered before it was spared."""
     for node in cache.pinned_nodes(now):
-        spared = node.on_device and not node.lock_ref and cache.policy.key(node, now) < frontier
-        if node.loss_counted_until < node.pin_until and spared:
+        if node.loss_counted or not node.on_device or node.lock_ref:
+            continue
+        if cache.policy.key(node, now) < frontier:
             _count_once(cache, node)
 
 
 def count_held(cache: RadixCache, num_slots: int, now: float) -> None:
     """Admission needed ``num_slots`` more that only pinned KV could give."""
     candidates = [n for n in cache.pinned_nodes(now) if n.on_device and not n.lock_ref]
+    if all(n.loss_counted for n in candidates):
+        return
     taken = 0
     for node in sorted(candidates, key=lambda n: cache.policy.key(n, now)):
         if taken >= num_slots:

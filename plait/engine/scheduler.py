@@ -232,7 +232,8 @@ class Scheduler:
             takes_pinned = (unpinned <= 0 and not newly_admitted) or pins_yield
             room = self.free_slots(allow_pinned=True) if takes_pinned else unpinned
             if budget <= 0 or room <= 0:
-                stop = "token_budget" if budget <= 0 else self._memory_stop(0)
+                wanted = min(seq.num_uncomputed, self.config.chunk_size)  # what pinned KV held out: its next chunk
+                stop = "token_budget" if budget <= 0 else self._memory_stop(0, wanted=wanted)
                 break
             if newly_admitted:
                 own = self._future_decode(seq)
@@ -273,12 +274,13 @@ class Scheduler:
                 self.admission_stops["held"] += 1
         return batch
 
-    def _memory_stop(self, needed: int, reason: str = "memory") -> str:
-        """``reason``, or "pinned" when more than ``needed`` slots would be free if pinned prefixes counted (the cache
-        then learns which pinned KV kept the prompt out: what those pins saved)."""
+    def _memory_stop(self, needed: int, reason: str = "memory", wanted: int = 0) -> str:
+        """``reason``, or "pinned" when more than ``needed`` slots would be free if pinned prefixes counted. The cache
+        then learns which pinned KV kept the prompt out (what those pins saved): enough for ``needed`` + 1 slots, or
+        ``wanted`` if more."""
         if self.free_slots(allow_pinned=True) <= needed:
             return reason
-        self.prefix_cache.note_pins_held(needed + 1 - self.free_slots())
+        self.prefix_cache.note_pins_held(max(needed + 1, wanted) - self.free_slots())
         return "pinned"
 
     def _admission_order(self, budget: int) -> list[Sequence]:

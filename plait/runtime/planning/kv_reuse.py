@@ -19,12 +19,18 @@ def continues_across(workflow: Workflow, tool: ToolCall) -> bool:
     earlier = [workflow.nodes[n] for n in graph.predecessors(tool.id)]
     later = [workflow.nodes[n] for n in graph.successors(tool.id)]
     return any(
-        "{{" in _common_prefix(before.prompt.text, after.prompt.text)
+        continues(before, after)
         for before in earlier
         if isinstance(before, LLMCall)
         for after in later
         if isinstance(after, LLMCall)
     )
+
+
+def continues(before: LLMCall, after: LLMCall) -> bool:
+    """Whether ``after``'s prompt starts with KV of ``before``'s that carries the program's own values: the two
+    templates share a leading text holding a slot (see ``continues_across``)."""
+    return "{{" in _common_prefix(before.prompt.text, after.prompt.text)
 
 
 def _common_prefix(a: str, b: str) -> str:

@@ -26,7 +26,7 @@ from plait.engine.request import priority_key
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
 from plait.runtime.planning.kv_loss import ToolWaitLoss
-from plait.runtime.planning.kv_reuse import SharedPrefixes, continues_across
+from plait.runtime.planning.kv_reuse import SharedPrefixes, continues, continues_across
 from plait.runtime.planning.ordering import call_priority, latest_start, remaining_paths
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
 from plait.runtime.planning.plan_config import PlanConfig
@@ -227,10 +227,11 @@ class Planner:
             if prefix is not None and self._shared_prefixes.is_shared(prefix):
                 shared_tokens = len(self._prefix_token_ids(prefix))
             plan.private_tokens = max(0, plan.context_tokens - shared_tokens)
-            # A call continuing an earlier call's conversation (same static prefix, after it in the graph) holds
-            # that call's KV too: it replaces it.
+            # A call continuing an earlier call's conversation (after it in the graph, their templates sharing a
+            # leading text that holds a slot) holds that call's KV too: it replaces it.
             for earlier in nx.ancestors(plan.workflow.graph, node.id) & plan.own_kv.keys():
-                if _static_prefix(plan.workflow.nodes[earlier]) == prefix:
+                before = plan.workflow.nodes[earlier]
+                if isinstance(before, LLMCall) and continues(before, node):
                     del plan.own_kv[earlier]
             plan.own_kv[node.id] = plan.private_tokens
         pid, nid = plan.program_id, node.id
@@ -297,8 +298,12 @@ class Planner:
         about as soon) over the slots allocated per second lately (computed prompt tokens and generated tokens).
         Pinned KV no request holds is out of the room (what requests hold is already in ``kv_slots_used``)."""
         now = time.monotonic()
-        self.tool_wait_loss.observe_lost(stats.tool_wait_tokens_lost, now)
-        learned = self.tool_wait_loss.horizon_s()
+        # The cache tells a tool-waiting program's KV by its next-use hint (the seconds until the tool is back):
+        # without hints nothing is counted as lost, and the learned horizon would say pins never pay.
+        learned = None
+        if self.config.next_use_hints:
+            self.tool_wait_loss.observe_lost(stats.tool_wait_tokens_lost, now)
+            learned = self.tool_wait_loss.horizon_s()
         if learned is not None:
             return learned
         warm = sum(
@@ -393,7 +398,7 @@ class Planner:
         counters["prefill_overhead_s"] = self.durations.prefill.overhead_s
         counters["prefill_s_per_token_marginal"] = self.engine.stats().prefill_s_per_token_marginal
         counters["decode_s_per_token"] = self.durations.decode_s_per_token
-        learned = self.tool_wait_loss.horizon_s()
+        learned = self.tool_wait_loss.horizon_s() if self.config.next_use_hints else None
         counters["tool_wait_horizon_s"] = learned if learned is None or math.isfinite(learned) else "inf"
         counters["tool_wait_exposure_token_s"] = self.tool_wait_loss.exposure_token_s
         counters["tool_wait_lost_tokens"] = self.tool_wait_loss.lost_tokens
