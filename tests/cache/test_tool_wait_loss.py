@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from plait.cache import NextUse
 from tests.cache.test_radix_pins_and_hints import A, B, C, make_env
 from tests.conftest import FakeClock, patch_cache_clock
 
@@ -77,3 +78,38 @@ def test_kv_of_programs_not_waiting_on_a_tool_is_never_counted():
     env.cache.evict(16)
     assert env.resident(A) == env.resident(B) == 0
     assert _lost(env) == 0
+
+
+def test_a_new_pin_after_an_unpin_counts_again_and_an_extended_pin_does_not():
+    env = make_env(num_slots=32, policy="next-use", pin_budget_fraction=0.5)
+    env.serve(A, program="far")
+    assert env.hints.next_use(program_id="far", steps=1, seconds=50.0)
+    assert env.hints.pin(30.0, program_id="far")
+    env.cache.note_pins_held(4)
+    assert _lost(env) == len(A)
+    assert env.hints.pin(40.0, program_id="far")  # a second tool of the same wait extends the pin
+    env.cache.note_pins_held(4)
+    assert _lost(env) == len(A), "an extended pin is the same wait"
+    assert env.hints.unpin(program_id="far")  # the tools returned; the next wait pins for less time than before
+    assert env.hints.pin(5.0, program_id="far")
+    env.cache.note_pins_held(4)
+    assert _lost(env) == 2 * len(A), "a new wait counts its KV again"
+
+
+def test_a_split_node_keeps_its_counted_mark():
+    env = make_env(num_slots=32, policy="next-use", pin_budget_fraction=0.5)
+    env.serve(A, program="far")
+    assert env.hints.next_use(program_id="far", steps=1, seconds=50.0)
+    assert env.hints.pin(30.0, program_id="far")
+    env.cache.note_pins_held(4)
+    env.cache.unmatch(env.cache.match_prefix([*A[:4], 99]))  # splits A's node in two
+    env.cache.note_pins_held(8)
+    assert _lost(env) == len(A)
+
+
+def test_evicting_unpinned_kv_under_lru_counts_it_too():
+    env = make_env(num_slots=32, policy="lru")
+    env.serve(A, program="waits")
+    env.program_hints["waits"] = NextUse(steps=1, seconds=5.0)  # LRU ignores hints; the count still reads them
+    env.cache.evict(8)
+    assert _lost(env) == len(A)

@@ -211,3 +211,49 @@ def test_the_eviction_horizon_is_learned_from_what_the_cache_loses_once_waits_ar
     planner.node_finished("p", workflow.nodes["answer"], answer)
     assert plan.own_kv == {"answer": 176}, "the answer continues the thought's conversation: its KV replaces it"
     assert planner.counters.hook_errors == 0
+
+
+def test_without_next_use_hints_the_horizon_is_not_learned():
+    """The cache tells tool-waiting KV by its next-use hint; without hints it counts no loss, and a learned horizon
+    would say pins never pay. The snapshot stands in."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    engine = PressuredEngine()
+    planner = Planner(engine, PlanConfig(dedup=False, next_use_hints=False))  # type: ignore[arg-type]
+    planner.tool_wait_loss.min_waits = 0.0
+    planner.tool_wait_loss.observe_wait(100, 1.0, now=time.monotonic())
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+    record.prompt_tokens, record.completion_tokens = 150, 6
+    planner.node_finished("p", workflow.nodes["think"], record)
+    assert planner._eviction_horizon_s(planner._plans["p"], engine.stats()) == pytest.approx((800 - 156) / 200)
+    assert planner.stats()["tool_wait_horizon_s"] is None
+
+
+def test_own_kv_is_replaced_only_by_a_call_that_continues_it():
+    """Two calls that share only fixed text (a preamble) hold separate KV; a revision continuing a draft (their
+    templates share a leading text holding a slot) holds the draft's KV too."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    forced = GenConstraints(max_tokens=4, ignore_eos=True)
+    draft = Template(PREFIX + "Question: {{q}}\nDraft:")
+    workflow = Workflow.build(
+        [
+            LLMCall("draft", draft, "d", constraints=forced),
+            LLMCall("critic", Template(PREFIX + "Critique this draft: {{d}}"), "c", constraints=forced),
+            LLMCall("revise", Template(PREFIX + "Question: {{q}}\nDraft:{{d}}\nCritique: {{c}}\nRevised:"), "r",
+                    constraints=forced),
+        ],
+        inputs={"q": "?"},
+        outputs=["r"],
+    )  # fmt: skip
+    planner = Planner(HintRecorder(), PlanConfig(dedup=False))  # type: ignore[arg-type]
+    planner.program_started("p", workflow)
+    for node_id, tokens in (("draft", 40), ("critic", 30), ("revise", 60)):
+        record = NodeRecord(node_id=node_id, kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+        record.prompt_tokens, record.completion_tokens = tokens, 4
+        planner.node_finished("p", workflow.nodes[node_id], record)
+    assert planner._plans["p"].own_kv == {"critic": 34, "revise": 64}
