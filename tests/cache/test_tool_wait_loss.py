@@ -80,13 +80,19 @@ def test_kv_of_programs_not_waiting_on_a_tool_is_never_counted():
     assert _lost(env) == 0
 
 
-def test_a_new_pin_after_an_unpin_counts_again_and_an_extended_pin_does_not():
+def _held_pin():
+    """A program waiting on a tool with its KV (A) pinned, counted once as holding a prompt out."""
     env = make_env(num_slots=32, policy="next-use", pin_budget_fraction=0.5)
     env.serve(A, program="far")
     assert env.hints.next_use(program_id="far", steps=1, seconds=50.0)
     assert env.hints.pin(30.0, program_id="far")
     env.cache.note_pins_held(4)
     assert _lost(env) == len(A)
+    return env
+
+
+def test_a_new_pin_after_an_unpin_counts_again_and_an_extended_pin_does_not():
+    env = _held_pin()
     assert env.hints.pin(40.0, program_id="far")  # a second tool of the same wait extends the pin
     env.cache.note_pins_held(4)
     assert _lost(env) == len(A), "an extended pin is the same wait"
@@ -97,11 +103,7 @@ def test_a_new_pin_after_an_unpin_counts_again_and_an_extended_pin_does_not():
 
 
 def test_a_split_node_keeps_its_counted_mark():
-    env = make_env(num_slots=32, policy="next-use", pin_budget_fraction=0.5)
-    env.serve(A, program="far")
-    assert env.hints.next_use(program_id="far", steps=1, seconds=50.0)
-    assert env.hints.pin(30.0, program_id="far")
-    env.cache.note_pins_held(4)
+    env = _held_pin()
     env.cache.unmatch(env.cache.match_prefix([*A[:4], 99]))  # splits A's node in two
     env.cache.note_pins_held(8)
     assert _lost(env) == len(A)
