@@ -32,18 +32,17 @@ def waits_on_tool(cache: RadixCache, node: RadixNode) -> bool:
     return True
 
 
-def _count_once(cache: RadixCache, node: RadixNode) -> None:
+def _count_once(cache: RadixCache, node: RadixNode, mark: bool = True) -> None:
     if not node.loss_counted and waits_on_tool(cache, node):
         cache.counters.tool_wait_tokens_lost += len(node)
-        node.loss_counted = True
+        node.loss_counted = mark
 
 
 def count_evicted(cache: RadixCache, node: RadixNode) -> None:
     """``node`` is being evicted (before its pin state is cleared); counted already if passed or held under its
     current (or last, expired) pin in this wait. The flag is not set here: the node leaves the device, and a copy
     loaded back from the host tier may be lost again in a later wait."""
-    if not node.loss_counted and waits_on_tool(cache, node):
-        cache.counters.tool_wait_tokens_lost += len(node)
+    _count_once(cache, node, mark=False)
 
 
 def count_passed(cache: RadixCache, frontier: tuple[float, ...], now: float) -> None:

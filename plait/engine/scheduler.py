@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 from plait.cache import PrefixCache, ReqToTokenPool, ResidencyMark, SlotAllocator
+from plait.engine.cache_affinity import affinity_order
 from plait.engine.sequence import SeqStatus, Sequence
 
-_AFFINITY_SCAN = 32  # cache affinity reorders at most this many sequences at the head of the queue
 _SHARE_KEY = 32  # prompts sharing fewer leading tokens than this are not worth holding back for each other
 
 
@@ -295,32 +295,7 @@ class Scheduler:
             return list(waiting)
         if self._admission_room() <= 0:
             return list(waiting)  # no room outside pins: at most a prompt outranking them starts; skip the lookups
-        head, rest = waiting[:_AFFINITY_SCAN], waiting[_AFFINITY_SCAN:]
-        # Bands in queue order: a band starts at a sequence and takes those after it whose priorities differ only in
-        # the last (time) component, by less than the window. Only the planner's (user, level, time) priorities
-        # band; a plain priority, or a promoted sequence, is a band of its own (its place is kept).
-        bands: list[int] = []
-        start: tuple[float, ...] | None = None
-        for seq in head:
-            priority = seq.state.priority
-            joins = (
-                start is not None
-                and not seq.promoted
-                and len(priority) >= 3
-                and priority[:-1] == start[:-1]
-                and priority[-1] - start[-1] < window
-            )
-            if not joins:
-                start = priority if len(priority) >= 3 and not seq.promoted else None
-            bands.append(bands[-1] + (not joins) if bands else 0)
-        if bands[-1] == len(head) - 1:
-            return list(waiting)  # every band holds one sequence: nothing to reorder
-        # Residency is looked up only where it can reorder: in bands of more than one sequence (a radix walk each).
-        sizes = Counter(bands)
-        resident = [self._resident_length(seq) if sizes[band] > 1 else 0 for seq, band in zip(head, bands, strict=True)]
-        # sorted() is stable: inside a band with equal residency the priority order stands.
-        order = sorted(range(len(head)), key=lambda i: (bands[i], -resident[i]))
-        return [head[i] for i in order] + rest
+        return affinity_order(waiting, window, self._resident_length)
 
     def _resident_length(self, seq: Sequence) -> int:
         """Leading tokens of ``seq`` on the device now; the walk resumes where the last one stopped (its mark)."""
