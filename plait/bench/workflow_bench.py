@@ -286,6 +286,9 @@ def _print_pin_decisions(runs: dict[str, list[Any]]) -> None:
             continue
         rate = planner.get("prefill_s_per_token_marginal")
         cost = f"{rate:.2e} s per prefill token (fitted)" if rate else "no fitted prefill cost yet"
+        share = planner.get("step_fixed_share")
+        if share is not None:
+            cost += f", {share:.2f} of a step fixed"
         horizon = planner.get("tool_wait_horizon_s")
         learned = "not learned yet" if horizon is None else horizon if isinstance(horizon, str) else f"{horizon:.2f} s"
         print(

@@ -421,6 +421,7 @@ class EngineCore(RuntimeControls, Scoring):
             slow_steps=self.meter.slow_steps,
             longest_step_s=self.meter.longest_step_s,
             prefill_s_per_token_marginal=self.meter.cost_fit.prefill_s_per_token,
+            step_fixed_share=self.meter.cost_fit.fixed_share,
             modelled_device_s=getattr(self.runner, "device_seconds", 0.0),
             decode_rows=self.meter.decode_rows,
             prefill_rows=self.meter.prefill_rows,

@@ -47,6 +47,9 @@ class EngineStats:
     longest_step_s: float = 0.0
     # Marginal step seconds per prefill token, fitted over recent steps (``StepCostFit``); None until it can be told.
     prefill_s_per_token_marginal: float | None = None
+    # The share of the mean step's time that does not grow with its batch (``StepCostFit.fixed_share``); None until
+    # it can be told.
+    step_fixed_share: float | None = None
     # Per-step sums since start (divide by ``steps`` for means): batch composition, the queue beside it, and where a
     # step's wall time goes on the host (planning the batch; blocked reading the previous step's tokens).
     decode_rows: int = 0

@@ -1,9 +1,10 @@
-"""The marginal device time of a prefill token, fitted online from the steps the engine ran.
+"""The marginal device time of a prefill token, and the fixed share of a step, fitted online from the steps run.
 
 A step's time is modelled as ``fixed + a * prefill_tokens + b * decode_rows`` and fitted by exponentially weighted
 least squares over the recent steps. ``a`` is what one more prompt token costs everyone in the batch: the GPU work a
 re-prefill displaces. It differs from a prompt's own latency to its first token (several steps shared with decodes,
-plus any queueing), which over-states that work several times over.
+plus any queueing), which over-states that work several times over. ``fixed`` over the mean step time is what memory
+that keeps decode rows out costs: the same rows run over more steps, and only the fixed part is paid again.
 
 With the overlap loop (``lagged``) a step's wall time is spent waiting for device work queued *before* it: the
 engine reads back the previous step's tokens while this step's batch computes. A step that had nothing to read back
@@ -83,12 +84,37 @@ class StepCostFit:
     def prefill_s_per_token(self) -> float | None:
         """Marginal seconds per prefill token, or None until the steps seen can separate it (too few steps, too few
         with prefills, prefill sizes that always moved with the decode count, or a non-positive slope)."""
+        slopes = self._slopes()
+        if slopes is None or slopes[0] is None or slopes[0] <= 0:
+            return None
+        return slopes[0]
+
+    @property
+    def fixed_share(self) -> float | None:
+        """The share of the mean step's time that does not grow with its batch: ``fixed / mean step seconds``, in
+        [0, 1]. A step with fewer decode rows costs that much less, so memory that keeps rows out displaces only this
+        share of the GPU work the rows would have done (spread over more steps, each paying the fixed part). None
+        until both slopes can be told apart (see ``prefill_s_per_token``) and the decode count has varied."""
+        slopes = self._slopes()
+        if slopes is None or slopes[0] is None or slopes[1] is None:
+            return None
+        n, sp, sd = self._xx[:3]
+        mean_s = self._xy[0] / n
+        if mean_s <= 0:
+            return None
+        fixed = mean_s - slopes[0] * sp / n - slopes[1] * sd / n
+        return min(1.0, max(0.0, fixed / mean_s))
+
+    def _slopes(self) -> tuple[float | None, float | None] | None:
+        """(seconds per prefill token, seconds per decode row) by least squares on the centred sums; a slope is None
+        where the data cannot tell it (that size never varied, or moved with the other). None until enough steps,
+        enough of them with prefills, were seen."""
         xx = self._xx
         if self.steps < _MIN_STEPS or self._with_prefill < _MIN_PREFILL_SHARE * xx[0]:
             return None
         n, sp, sd, spp, spd, sdd = xx
         sy, spy, sdy = self._xy
-        # Centre on the means; the slope on prefill tokens from the 2x2 normal equations (Cramer's rule).
+        # Centre on the means; the slopes from the 2x2 normal equations (Cramer's rule).
         cpp = spp - sp * sp / n
         cpd = spd - sp * sd / n
         cdd = sdd - sd * sd / n
@@ -99,9 +125,7 @@ class StepCostFit:
         if cpp <= 1e-9 * spp:
             return None
         if cdd <= 1e-9 * max(sdd, 1.0):  # the decode count never changed: one regressor
-            slope = cpy / cpp
-        elif det <= 1e-6 * cpp * cdd:  # collinear: the two effects cannot be told apart
+            return cpy / cpp, None
+        if det <= 1e-6 * cpp * cdd:  # collinear: the two effects cannot be told apart
             return None
-        else:
-            slope = (cpy * cdd - cdy * cpd) / det
-        return slope if slope > 0 else None
+        return (cpy * cdd - cdy * cpd) / det, (cdy * cpp - cpy * cpd) / det

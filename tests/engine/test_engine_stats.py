@@ -58,6 +58,30 @@ def test_step_cost_fit_finds_the_per_token_slope_beside_decodes():
     assert fit.prefill_s_per_token == pytest.approx(2e-5, rel=0.05)
 
 
+def test_step_cost_fit_finds_the_fixed_share_of_a_step():
+    """5 ms fixed out of a mean step of 5 ms + 20 us per prefill token + 0.1 ms per decode row: the fixed share is
+    5 ms over the mean step time; it needs both slopes, so a decode count that never varies leaves it unknown."""
+    from plait.engine.step_cost_fit import StepCostFit
+
+    rng = random.Random(5)
+    fit, constant_rows = StepCostFit(), StepCostFit()
+    times = []
+    for i in range(400):
+        prefill = rng.choice([0, 0, 0, rng.randrange(64, 4096)])
+        decodes = rng.randrange(20, 80) - prefill // 200
+        seconds = _step_time(prefill, decodes, rng)
+        times.append(seconds)
+        fit.observe(prefill, decodes, seconds)
+        constant_rows.observe(prefill, 40, _step_time(prefill, 40, rng))
+        if i < 63:
+            assert fit.fixed_share is None  # too few steps to trust
+    # The fit weights recent steps more; the plain mean of the last ~500 steps is close to its weighted mean.
+    assert fit.fixed_share == pytest.approx(0.005 / (sum(times) / len(times)), rel=0.1)
+    assert 0.0 < fit.fixed_share < 1.0
+    assert constant_rows.prefill_s_per_token == pytest.approx(2e-5, rel=0.05)
+    assert constant_rows.fixed_share is None
+
+
 def test_lagged_step_cost_fit_pairs_a_step_time_with_the_batch_before():
     """With the overlap loop a step waits for the previous batch's device work: fed as it happens (sizes of step k
     with the time of step k, which is the work of step k - 1), the lagged fit recovers the slope, the unlagged none."""

@@ -55,9 +55,11 @@ class HintRecorder:
 
 class PressuredEngine(HintRecorder):
     """A 1000-slot pool: 200 slots held for requests, 200 slots allocated per second; ``lost``: the cache's count of
-    tool-waiting KV lost (``tool_wait_tokens_lost``)."""
+    tool-waiting KV lost (``tool_wait_tokens_lost``); ``fixed_share``: the engine's fitted share of a step that does
+    not grow with its batch."""
 
     lost = 0
+    fixed_share: float | None = None  # the engine's fitted step_fixed_share
 
     def stats(self):
         return SimpleNamespace(
@@ -70,4 +72,5 @@ class PressuredEngine(HintRecorder):
             decode_tokens_per_s=50.0,
             prefill_s_per_token_marginal=1e-3,
             tool_wait_tokens_lost=self.lost,
+            step_fixed_share=self.fixed_share,
         )

@@ -145,6 +145,8 @@ def test_distribution_matches_brute_force():
         (dict(memory_pressure=float("nan")), "memory_pressure"),
         (dict(reload_cost_s=-0.5), "reload_cost_s"),
         (dict(max_ttl_s=-1.0), "max_ttl_s"),
+        (dict(step_fixed_share=1.5), "step_fixed_share"),
+        (dict(step_fixed_share=float("nan")), "step_fixed_share"),
     ],
 )
 def test_invalid_arguments_name_the_argument(kwargs, name):
@@ -201,3 +203,21 @@ def test_a_pin_pays_only_where_the_kv_would_be_lost_without_it():
     assert benefits[-1] == pytest.approx(0.5 * sum(v / 4.0 * w for v, w in zip(dist.values, dist.weights, strict=True)))
     with pytest.raises(ValueError, match="eviction_horizon_s"):
         choose_pin_ttl(dist, **args, eviction_horizon_s=-1.0)
+
+
+def test_a_smaller_fixed_share_of_the_step_makes_holding_cheaper():
+    """Memory held away from decode rows costs only the share of a step that does not grow with its batch: the cost
+    scales with it, the saving does not, so a pin declined at share 1 may pay at a smaller share, with a TTL never
+    shorter."""
+    rng = random.Random(8)
+    stats = _stats("search", [rng.uniform(0.5, 4.0) for _ in range(200)])
+    args = dict(**CTX, reload_cost_s=0.4, memory_pressure=1.0)
+    whole = choose_pin_ttl(stats.distribution("search"), **args)
+    third = choose_pin_ttl(stats.distribution("search"), **args, step_fixed_share=1 / 3)
+    assert not whole.pin and third.pin, (whole.reason, third.reason)
+    for t in (0.5, 1.0, 2.0):
+        a = choose_pin_ttl(stats.distribution("search"), **args, max_ttl_s=t)
+        b = choose_pin_ttl(stats.distribution("search"), **args, max_ttl_s=t, step_fixed_share=0.5)
+        assert b.ttl_s >= a.ttl_s
+    free = choose_pin_ttl(stats.distribution("search"), **args, step_fixed_share=0.0)
+    assert free.expected_cost_s == 0.0 and "(memory is free)" in free.reason

@@ -257,3 +257,35 @@ def test_own_kv_is_replaced_only_by_a_call_that_continues_it():
         record.prompt_tokens, record.completion_tokens = tokens, 4
         planner.node_finished("p", workflow.nodes[node_id], record)
     assert planner._plans["p"].own_kv == {"critic": 34, "revise": 64}
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_a_pin_is_charged_the_engines_fixed_share_of_a_step_when_asked(monkeypatch, switch):
+    """With ``pin_cost_fixed_share`` the planner weighs a pin's memory at the engine's fitted fixed share of a step;
+    off, or before the engine can tell it, the whole step."""
+    from plait.runtime.planning import planner as planner_module
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    seen: list[float] = []
+    real = planner_module.choose_pin_ttl
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["step_fixed_share"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(planner_module, "choose_pin_ttl", spy)
+    engine = PressuredEngine()
+    planner = Planner(engine, PlanConfig(dedup=False, pin_cost_fixed_share=switch))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    for fixed_share in (None, 0.3):
+        engine.fixed_share = fixed_share
+        program = f"p{fixed_share}"
+        planner.program_started(program, workflow)
+        record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+        record.prompt_tokens, record.completion_tokens = 150, 6
+        planner.node_finished(program, workflow.nodes["think"], record)
+        planner.node_started(program, workflow.nodes["search"])
+    assert seen == ([1.0, 0.3] if switch else [1.0, 1.0])
+    assert planner.stats()["step_fixed_share"] == 0.3
+    assert planner.counters.hook_errors == 0

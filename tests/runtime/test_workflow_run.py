@@ -135,7 +135,13 @@ def test_the_bench_reports_each_modes_pin_decisions(capsys):
     runs = {
         "plait": [
             SimpleNamespace(
-                planner={"pins": 12, "pins_declined": 353, "prefill_s_per_token_marginal": 1.7e-5, **learned}
+                planner={
+                    "pins": 12,
+                    "pins_declined": 353,
+                    "prefill_s_per_token_marginal": 1.7e-5,
+                    "step_fixed_share": 0.34,
+                    **learned,
+                }
             )
         ],
         "idle": [SimpleNamespace(planner={"pins": 0, "pins_declined": 9, "tool_wait_horizon_s": "inf"})],
@@ -145,8 +151,8 @@ def test_the_bench_reports_each_modes_pin_decisions(capsys):
     _print_pin_decisions(runs)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "plait: pins taken 12, declined 353 by cost/benefit; 1.70e-05 s per prefill token (fitted); eviction horizon "
-        "of tool-waiting KV 2.50 s (400 tokens lost per 1000 token-s waited, decayed)",
+        "plait: pins taken 12, declined 353 by cost/benefit; 1.70e-05 s per prefill token (fitted), 0.34 of a step "
+        "fixed; eviction horizon of tool-waiting KV 2.50 s (400 tokens lost per 1000 token-s waited, decayed)",
         "idle: pins taken 0, declined 9 by cost/benefit; no fitted prefill cost yet; eviction horizon of tool-waiting "
         "KV inf (0 tokens lost per 0 token-s waited, decayed)",
         "cold: pins taken 1, declined 0 by cost/benefit; no fitted prefill cost yet; eviction horizon of tool-waiting "

@@ -12,9 +12,12 @@ whichever comes first (the TTL clock starts when the tool starts), so:
   allocation rate, and ``q(D) = min(1, D / horizon)``: certain loss for a tool outlasting the horizon, a chance
   growing with D below it (allocation comes in bursts: admissions). A horizon of 0 means the KV is lost at once
   (q = 1), an infinite one that nothing would evict it (no pin pays);
-* cost(t) = f * p * E[min(D, t)], with f = context_tokens / pool_slots the fraction of KV memory held and p the
-  memory pressure (fraction of the pool that others are using or waiting for). Holding fraction f of the memory for
-  s seconds while it is under pressure p displaces about f * p * s seconds of other GPU work.
+* cost(t) = f * p * r * E[min(D, t)], with f = context_tokens / pool_slots the fraction of KV memory held, p the
+  memory pressure (fraction of the pool that others are using or waiting for) and r the share of a step's time that
+  does not grow with its batch (``step_fixed_share``; 1 by default). Holding fraction f of the memory for s seconds
+  while it is under pressure p keeps about that fraction of the decode rows out; the rows still run, over more steps,
+  and each extra step pays the fixed part again: about f * p * r * s seconds of GPU work displaced. r = 1 charges
+  the whole step, as if every row's work were lost.
 
 Both sides are in seconds of GPU work. The TTL maximises benefit - cost over the candidates {0} and the support
 points of the distribution up to ``max_ttl_s`` (between two support points the benefit is flat while the cost
@@ -54,7 +57,16 @@ class PinDecision:
         return self.expected_benefit_s - self.expected_cost_s
 
 
-def _validate(context_tokens: int, reload_cost_s: float, pool_slots: int, memory_pressure: float, max_ttl_s: float):
+def _validate(
+    context_tokens: int,
+    reload_cost_s: float,
+    pool_slots: int,
+    memory_pressure: float,
+    max_ttl_s: float,
+    step_fixed_share: float,
+):
+    if not 0.0 <= step_fixed_share <= 1.0:  # also rejects NaN
+        raise ValueError(f"step_fixed_share must be in [0, 1], got {step_fixed_share}")
     if context_tokens < 0:
         raise ValueError(f"context_tokens must be >= 0, got {context_tokens}")
     if pool_slots <= 0:
@@ -76,20 +88,22 @@ def choose_pin_ttl(
     memory_pressure: float,
     max_ttl_s: float = 60.0,
     eviction_horizon_s: float = 0.0,
+    step_fixed_share: float = 1.0,
 ) -> PinDecision:
     """Choose the pin TTL maximising expected reload time saved minus expected GPU work displaced (module doc).
 
     ``distribution``: the tool's durations (``ToolDurationStats.distribution``); ``context_tokens``: KV slots the
     program holds; ``reload_cost_s``: GPU seconds to rebuild that KV if it is dropped; ``pool_slots``: KV slots in
     the pool; ``memory_pressure``: in [0, 1]; ``max_ttl_s``: the longest pin allowed; ``eviction_horizon_s``: seconds
-    until the KV would be evicted without a pin (module doc; 0: at once). Raises ``ValueError`` naming the first
-    invalid argument.
+    until the KV would be evicted without a pin (module doc; 0: at once); ``step_fixed_share``: in [0, 1], the share of
+    a step's time memory held away from decode rows costs (module doc; 1: all of it). Raises ``ValueError`` naming the
+    first invalid argument.
     """
-    _validate(context_tokens, reload_cost_s, pool_slots, memory_pressure, max_ttl_s)
+    _validate(context_tokens, reload_cost_s, pool_slots, memory_pressure, max_ttl_s, step_fixed_share)
     if not eviction_horizon_s >= 0:  # also rejects NaN; infinity is allowed (nothing would evict it)
         raise ValueError(f"eviction_horizon_s must be >= 0, got {eviction_horizon_s}")
     # A program cannot hold more than the whole pool, so the held fraction is capped at 1.
-    hold_price = min(1.0, context_tokens / pool_slots) * memory_pressure
+    hold_price = min(1.0, context_tokens / pool_slots) * memory_pressure * step_fixed_share
     # Tolerance for comparing nets: prefix sums carry rounding error, and a mere rounding gain must not buy a pin.
     eps = 1e-12 * max(1.0, reload_cost_s)
 

@@ -59,6 +59,10 @@ class PlanConfig:
     max_pin_ttl_s: float = 60.0
     # Pinned KV keeps new prompts out while its tool runs; off, a pin only makes that KV the last to be evicted.
     pins_hold_admissions: bool = True
+    # A pin's cost charges only the share of a step that does not grow with its batch (the engine's fitted
+    # ``step_fixed_share``; pin_ttl.py): memory held keeps decode rows out, and they run later over more steps. Off:
+    # the whole step is charged.
+    pin_cost_fixed_share: bool = False
     name: str = "plait"
 
     def __post_init__(self) -> None:

@@ -258,6 +258,7 @@ class Planner:
         # Pressure: the fraction of the pool requests use; full when requests are waiting for memory.
         pressure = 1.0 if stats.waiting else min(1.0, stats.kv_slots_used / max(stats.kv_slots_total, 1))
         horizon_s = self._eviction_horizon_s(plan, stats)
+        fixed_share = stats.step_fixed_share if self.config.pin_cost_fixed_share else None
         decision = choose_pin_ttl(
             self.durations.tools.distribution(node.tool),
             context_tokens=plan.private_tokens,
@@ -266,6 +267,7 @@ class Planner:
             memory_pressure=pressure,
             max_ttl_s=self.config.max_pin_ttl_s,
             eviction_horizon_s=horizon_s,
+            step_fixed_share=1.0 if fixed_share is None else fixed_share,
         )
         if not decision.pin:
             self.counters.pins_declined += 1
@@ -396,7 +398,9 @@ class Planner:
             counters["dedup_shared"] = self.dedup.deduplicated
         counters["prefill_s_per_token"] = self.durations.prefill_s_per_token
         counters["prefill_overhead_s"] = self.durations.prefill.overhead_s
-        counters["prefill_s_per_token_marginal"] = self.engine.stats().prefill_s_per_token_marginal
+        engine_stats = self.engine.stats()
+        counters["prefill_s_per_token_marginal"] = engine_stats.prefill_s_per_token_marginal
+        counters["step_fixed_share"] = engine_stats.step_fixed_share
         counters["decode_s_per_token"] = self.durations.decode_s_per_token
         learned = self.tool_wait_loss.horizon_s() if self.config.next_use_hints else None
         counters["tool_wait_horizon_s"] = learned if learned is None or math.isfinite(learned) else "inf"
