@@ -92,8 +92,8 @@ class StepCostFit:
     @property
     def fixed_share(self) -> float | None:
         """The share of the mean step's time that does not grow with its batch: ``fixed / mean step seconds``, in
-        [0, 1]. A step with fewer decode rows costs that much less, so memory that keeps rows out displaces only this
-        share of the GPU work the rows would have done (spread over more steps, each paying the fixed part). None
+        [0, 1]. Rows that memory keeps out of a step still run later, over more steps, and only the fixed part of
+        each extra step is paid again: that memory displaces this share of the GPU work, not all of it. None
         until both slopes can be told apart (see ``prefill_s_per_token``) and the decode count has varied."""
         slopes = self._slopes()
         if slopes is None or slopes[0] is None or slopes[1] is None:
