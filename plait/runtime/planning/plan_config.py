@@ -61,8 +61,9 @@ class PlanConfig:
     pins_hold_admissions: bool = True
     # A pin's cost charges only the share of a step that does not grow with its batch (the engine's fitted
     # ``step_fixed_share``; pin_ttl.py): memory held keeps decode rows out, and they run later over more steps. Off:
-    # the whole step is charged.
-    pin_cost_fixed_share: bool = False
+    # the whole step is charged. On: better in every round on the H200 (react 3 of 3, text2sql 2 of 2;
+    # bench/results/h200_2026-12-04g).
+    pin_cost_fixed_share: bool = True
     name: str = "plait"
 
     def __post_init__(self) -> None:
