@@ -109,12 +109,14 @@ class RadixCache(HostTraffic):
         lock, no load, no access time).
 
         ``mark`` (kept by the caller for one token list, which may only grow at its end) resumes the walk where the
-        last one left the tree: residency only shrinks by eviction, so while no node was evicted the whole nodes
-        matched then are still resident (a split keeps the lower node's end where it was). Asking for the same queue
-        every step then costs a child lookup per sequence instead of a walk over thousands of tokens."""
+        last one left the tree. The device nodes form a subtree under the root (eviction takes device leaves first, a
+        load brings back the whole path), so while the node matched last is still in the tree and resident, so is
+        the whole path above it (a split keeps the lower node's end where it was). Asking for the same queue every
+        step then costs a child lookup per sequence instead of a walk over thousands of tokens, also while other
+        programs' KV is being evicted."""
         node, end = self.root, 0  # the deepest whole node matched, and the position after it
-        last = mark.node if mark is not None and mark.evictions == self.counters.evictions else None
-        if mark is not None and last is not None and last.attached():  # not evicted since, nor deleted
+        last = mark.node if mark is not None else None
+        if last is not None and last.attached() and last.on_device:  # not evicted since, nor deleted
             node, end = last, mark.end
         i = end
         while i < len(token_ids):
@@ -128,7 +130,7 @@ class RadixCache(HostTraffic):
             node, i = child, i + n
             end = i
         if mark is not None:
-            mark.node, mark.end, mark.evictions = node, end, self.counters.evictions
+            mark.node, mark.end = node, end
         return i
 
     def _walk(self, token_ids: list[int]) -> list[RadixNode]:

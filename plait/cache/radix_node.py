@@ -67,11 +67,10 @@ class RadixNode:
 @dataclass(eq=False)
 class ResidencyMark:
     """Where a ``RadixCache.resident_length`` walk of one token list left the tree: the deepest whole node it matched,
-    the position after it, and the eviction count then (an eviction may have shortened the path since)."""
+    and the position after it."""
 
     node: RadixNode | None = None
     end: int = 0
-    evictions: int = -1
 
 
 @dataclass

@@ -381,7 +381,7 @@ class Scheduler:
         and offer each prefill chunk to the prefix cache so later requests can share it at once."""
         for item in batch.seqs:
             seq = item.seq
-            seq.slots = torch.cat([seq.slots, item.slots]) if seq.slots.numel() else item.slots
+            seq.append_slots(item.slots)
             seq.num_computed += item.new_len
         for item in batch.extends:
             seq = item.seq

@@ -646,3 +646,29 @@ def test_flush_drops_device_kv_and_host_copies_but_keeps_what_is_in_use() -> Non
     env.cache.unmatch(locked)
     env.cache.flush()
     assert env.allocator.num_free == 32 and env.known(in_use) == 0
+
+
+def test_a_residency_walk_resumes_after_other_prompts_are_evicted(clock: FakeClock, monkeypatch) -> None:
+    """Cache affinity asks every waiting prompt's residency every step. A walk resumes at the node it matched last
+    while that node is still resident, also after an eviction of other KV; once its own KV goes, it walks again and
+    sees the shorter residency."""
+    from plait.cache import radix as radix_module
+    from plait.cache.radix_node import ResidencyMark
+
+    env = make_env(num_slots=32)
+    env.cache.min_eviction = 8
+    for prompt in (A, B, C):
+        env.serve(prompt)
+    mark = ResidencyMark()
+    prompt = [*C, 99]
+    assert env.cache.resident_length(prompt, mark) == 8
+    compares: list[int] = []
+    real = radix_module.common_prefix_length
+    monkeypatch.setattr(radix_module, "common_prefix_length", lambda a, b: compares.append(1) or real(a, b))
+    assert env.cache.evict(1) == 8 and env.resident(A) == 0  # the least recently used prompt, not this one
+    assert env.cache.resident_length(prompt, mark) == 8
+    assert compares == []  # resumed at C's node: one child lookup, no token comparison
+    env.cache.evict(16)  # B, then C
+    assert env.resident(C) == 0
+    assert env.cache.resident_length(prompt, mark) == 0 == env.cache.resident_length(prompt)
+    env.check()
