@@ -284,7 +284,9 @@ class RadixCache(HostTraffic):
 
     def _active_pins(self, now: float | None) -> set[RadixNode]:
         now = time.monotonic() if now is None else now
-        self._pinned.difference_update([n for n in self._pinned if not self._pin_active(n, now)])
+        expired = [n for n in self._pinned if n.pin_until <= now]  # (``_pin_active``, inlined: a per-step path)
+        if expired:
+            self._pinned.difference_update(expired)
         return self._pinned
 
     def evictable_slots(self, allow_pinned: bool = False) -> int:
@@ -298,10 +300,12 @@ class RadixCache(HostTraffic):
         """Device slots that running pins hold, and of those the ones no request holds (what the pins alone keep
         resident), in one pass: engine stats read both every step."""
         held = idle = 0
-        for node in self._active_pins(now):
-            if node.on_device:
-                held += len(node)
-                idle += len(node) if node.lock_ref == 0 else 0
+        for node in self._active_pins(now):  # the scheduler asks several times per step: attributes read directly
+            if node.device_slots is not None and node.load is None:  # on_device
+                n = len(node.key)
+                held += n
+                if node.lock_ref == 0:
+                    idle += n
         return held, idle
 
     def evict(self, num_slots: int, allow_pinned: bool = False) -> int:

@@ -305,8 +305,13 @@ class Scheduler:
 
     def _future_decode(self, seq: Sequence) -> int:
         """Slots ``seq`` is expected to take for tokens it has not generated yet."""
-        remaining = max(0, seq.state.max_new_tokens - seq.num_generated) * seq.state.sampling.n
-        return remaining if seq.state.sampling.ignore_eos else int(remaining * self.config.decode_reserve_ratio)
+        state = seq.state  # (asked for every running sequence on every step that may admit: attributes read once)
+        sampling = state.request.sampling
+        remaining = state.max_new_tokens - (len(seq.token_ids) - len(state.prompt_ids))
+        if remaining <= 0:
+            return 0
+        remaining *= sampling.n
+        return remaining if sampling.ignore_eos else int(remaining * self.config.decode_reserve_ratio)
 
     def _admit(self, seq: Sequence, keep: int | None = None) -> bool | None:
         """Move a waiting sequence to running if a row (``n`` rows for a group about to fan out) is free and, with
