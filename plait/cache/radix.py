@@ -33,7 +33,7 @@ from plait.cache.radix_node import (
     ResidencyMark,
     all_nodes,
     common_prefix_length,
-    device_nodes,
+    evictable_device_leaves,
 )
 from plait.cache.slot_allocator import SlotAllocator
 from plait.cache.tool_wait_loss import count_evicted, count_held, count_passed
@@ -325,14 +325,16 @@ class RadixCache(HostTraffic):
         target = max(num_slots, self.min_eviction)
         now = time.monotonic()
         order = itertools.count()
-        heap: list[tuple[Any, int, RadixNode]] = []
+        # Every evictable leaf at once, ordered in O(n) (the same order as pushing them one by one: keys are unique).
+        heap = [
+            ((n.pin_until > now, self.policy.key(n, now)), next(order), n) for n in evictable_device_leaves(self.root)
+        ]
+        heapq.heapify(heap)
 
-        def push(node: RadixNode) -> None:
+        def push(node: RadixNode) -> None:  # a parent whose last device child went: a leaf now
             if node is not self.root and node.on_device and node.lock_ref == 0 and node.is_device_leaf():
                 heapq.heappush(heap, ((self._pin_active(node, now), self.policy.key(node, now)), next(order), node))
 
-        for node in device_nodes(self.root):
-            push(node)
         freed, released = 0, [_EMPTY]  # one allocator call for the whole eviction (each call costs host tensor ops)
         frontier = None  # the policy key of the last unpinned node evicted
         while freed < target and heap:

@@ -115,13 +115,17 @@ def all_nodes(root: RadixNode) -> list[RadixNode]:
     return nodes
 
 
-def device_nodes(root: RadixNode) -> list[RadixNode]:
-    """Every node below ``root`` with device slots (resident or loading). They form a subtree under the root
-    (eviction takes device leaves first, a load brings back the whole path), so a node without device slots ends the
-    walk down its branch: host-only branches, which grow with the host tier, are never visited."""
-    nodes, stack = [], [n for n in root.children.values() if n.device_slots is not None]
+def evictable_device_leaves(root: RadixNode) -> list[RadixNode]:
+    """Resident, unlocked nodes below ``root`` with no child holding device slots: what an eviction may take first.
+    The device nodes form a subtree under the root (eviction takes device leaves first, a load brings back the whole
+    path), so a node without device slots ends the walk down its branch: host-only branches, which grow with the host
+    tier, are never visited. One walk finds the leaves (each node's children are looked at once)."""
+    leaves, stack = [], [n for n in root.children.values() if n.device_slots is not None]
     while stack:
         node = stack.pop()
-        nodes.append(node)
-        stack.extend(child for child in node.children.values() if child.device_slots is not None)
-    return nodes
+        below = [child for child in node.children.values() if child.device_slots is not None]
+        if below:
+            stack.extend(below)
+        elif node.load is None and node.lock_ref == 0:
+            leaves.append(node)
+    return leaves
