@@ -384,9 +384,13 @@ class Scheduler:
     def commit(self, batch: ScheduledBatch) -> None:
         """Record that the scheduled tokens' KV is now in the pool (the runner wrote their req_to_token entries),
         and offer each prefill chunk to the prefix cache so later requests can share it at once."""
-        for item in batch.seqs:
+        if batch.decodes:  # one slot each, read back as ints in one call
+            for item, slot in zip(batch.decodes, torch.cat([d.slots for d in batch.decodes]).tolist(), strict=True):
+                item.seq.append_slot(slot)
+                item.seq.num_computed += 1
+        for item in batch.extends:
             seq = item.seq
-            seq.append_slots(item.slots)
+            seq.slots = torch.cat([seq.slots, item.slots]) if seq.slots.numel() else item.slots
             seq.num_computed += item.new_len
         for item in batch.extends:
             seq = item.seq

@@ -55,10 +55,11 @@ class Sequence:
     output: TextOutput
     status: SeqStatus = SeqStatus.WAITING
     num_computed: int = 0
-    # ``slots`` is ``_slots`` followed by ``_slot_tail``: a decode step appends its one slot to the tail (a list
-    # append), and the tensor is joined only when read (release, retraction, a prefill chunk), not once per token.
+    # ``slots`` is ``_slots`` followed by ``_slot_tail``: a decode step appends its one slot to the tail as an int
+    # (no tensor view that would keep the allocator's free list alive), and the tensor is joined only when read
+    # (release, retraction, a prefill chunk), not once per token.
     _slots: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64), repr=False)
-    _slot_tail: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _slot_tail: list[int] = field(default_factory=list, repr=False)
     req_row: int | None = None
     siblings_spawned: bool = False  # n > 1: sample 0 spawns the others once the prompt is prefilled
     sibling_rows: list[int] = field(default_factory=list)  # req_to_token rows held for them until then
@@ -80,7 +81,7 @@ class Sequence:
     def slots(self) -> torch.Tensor:
         """The KV slots of ``token_ids[:num_computed]``, in order."""
         if self._slot_tail:
-            self._slots = torch.cat([self._slots, *self._slot_tail])
+            self._slots = torch.cat([self._slots, torch.tensor(self._slot_tail, dtype=torch.int64)])
             self._slot_tail.clear()
         return self._slots
 
@@ -89,12 +90,9 @@ class Sequence:
         self._slots = value
         self._slot_tail.clear()
 
-    def append_slots(self, slots: torch.Tensor) -> None:
-        """Extend ``slots`` by the slots of newly computed tokens (joined lazily, on the next read)."""
-        if self._slots.numel() or self._slot_tail:
-            self._slot_tail.append(slots)
-        else:
-            self._slots = slots
+    def append_slot(self, slot: int) -> None:
+        """Extend ``slots`` by the slot of one newly computed token (joined lazily, on the next read)."""
+        self._slot_tail.append(slot)
 
     @property
     def request_id(self) -> str:

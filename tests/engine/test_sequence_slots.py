@@ -17,17 +17,29 @@ def make_sequence() -> Sequence:
 
 def test_appended_slots_join_in_order_on_read_and_a_set_replaces_them() -> None:
     seq = make_sequence()
-    prompt = torch.tensor([7, 8, 9])
-    seq.append_slots(prompt)
-    assert seq.slots is prompt  # the first chunk is taken as it is: nothing to join
+    seq.slots = torch.tensor([7, 8, 9])
     for slot in (10, 11, 12):
-        seq.append_slots(torch.tensor([slot]))
-    assert len(seq._slot_tail) == 3  # not joined yet
+        seq.append_slot(slot)
+    assert seq._slot_tail == [10, 11, 12]  # plain ints, not joined yet
     assert seq.slots.tolist() == [7, 8, 9, 10, 11, 12]
     assert seq._slot_tail == []
-    seq.append_slots(torch.tensor([13]))
-    seq.slots = torch.tensor([1])  # a setter drops what was appended before it
+    seq.append_slot(13)
+    seq.slots = torch.tensor([1])  # a set drops what was appended before it
     assert seq.slots.tolist() == [1]
-    seq.slots = torch.empty(0, dtype=torch.int64)
-    seq.append_slots(torch.tensor([5, 6]))
-    assert seq.slots.tolist() == [5, 6]
+
+
+def test_a_decode_step_keeps_no_view_of_the_allocators_free_list() -> None:
+    """A decode's slot comes from a view of the allocator's free list; kept as a view it would keep each free-list
+    tensor the allocator has since replaced alive until the sequence ends."""
+    from plait.engine.scheduler import ScheduledBatch, ScheduledSeq, Scheduler
+
+    seq = make_sequence()
+    seq.slots = torch.tensor([1, 2, 3])
+    seq.num_computed = 3
+    seq.token_ids.append(4)
+    free_list = torch.arange(100, 200)
+    batch = ScheduledBatch(decodes=[ScheduledSeq(seq, 1, free_list[5:6])])
+    Scheduler.commit(None, batch)  # type: ignore[arg-type]  # decodes only: the scheduler's state is not read
+    assert seq._slot_tail == [105] and seq.num_computed == 4
+    assert seq.slots.tolist() == [1, 2, 3, 105]
+    assert seq.slots.untyped_storage().data_ptr() != free_list.untyped_storage().data_ptr()
