@@ -99,18 +99,24 @@ class HostTraffic:
         return True
 
     def poll(self) -> None:
-        """Make nodes whose host-to-device load finished usable again."""
-        still = []
-        for node in self._loading:
-            if node.load is not None and not node.load.done():
-                still.append(node)
-                continue
-            if node.load is not None:
-                node.load = None
-                node.from_host = True
-                if node.lock_ref == 0 and node.device_slots is not None:
-                    self.evictable_size += len(node)
-        self._loading = still
+        """Make nodes whose host-to-device load finished usable again, each only once its parent is: a resident
+        node's path is resident (``resident_length`` resumes its walks on that)."""
+        pending, changed = self._loading, True
+        while changed:  # a parent finished in this pass frees its children in the next one
+            changed, still = False, []
+            for node in pending:
+                parent_loading = node.parent is not None and node.parent.load is not None
+                if node.load is not None and (parent_loading or not node.load.done()):
+                    still.append(node)
+                    continue
+                if node.load is not None:
+                    node.load = None
+                    node.from_host = True
+                    changed = True
+                    if node.lock_ref == 0 and node.device_slots is not None:
+                        self.evictable_size += len(node)
+            pending = still
+        self._loading = pending
 
     def wait_for_loads(self) -> None:
         for node in self._loading:

@@ -672,3 +672,36 @@ def test_a_residency_walk_resumes_after_other_prompts_are_evicted(clock: FakeClo
     assert env.resident(C) == 0
     assert env.cache.resident_length(prompt, mark) == 0 == env.cache.resident_length(prompt)
     env.check()
+
+
+def test_a_loaded_node_becomes_usable_only_after_its_parent(clock: FakeClock) -> None:
+    """Loads finish one by one; a node whose copy landed while its parent's has not stays loading, so a resident
+    node's whole path is resident (residency walks resume on that)."""
+
+    class Job:
+        def __init__(self, done: bool) -> None:
+            self.finished = done
+
+        def done(self) -> bool:
+            return self.finished
+
+        def wait(self) -> None:
+            self.finished = True
+
+    env = make_env(num_slots=32)
+    env.serve([*A, *B])
+    env.serve([*A, *C])  # splits [A, B] at A: A is the parent of B and of C
+    parent = env.node([*A])
+    child = env.node([*A, *B])
+    assert child.parent is parent
+    parent_job, child_job = Job(done=False), Job(done=True)
+    for node, job in ((child, child_job), (parent, parent_job)):
+        node.load = job  # as a load starts: loading KV is not evictable
+        env.cache.evictable_size -= len(node)
+        env.cache._loading.append(node)
+    env.cache.poll()
+    assert child.load is child_job and not child.on_device  # its copy landed, its parent's has not
+    parent_job.finished = True
+    env.cache.poll()
+    assert parent.on_device and child.on_device and env.cache._loading == []
+    env.check()
