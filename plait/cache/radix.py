@@ -325,15 +325,17 @@ class RadixCache(HostTraffic):
         target = max(num_slots, self.min_eviction)
         now = time.monotonic()
         order = itertools.count()
+
+        def entry(node: RadixNode) -> tuple[Any, int, RadixNode]:
+            return (self._pin_active(node, now), self.policy.key(node, now)), next(order), node
+
         # Every evictable leaf at once, ordered in O(n) (the same order as pushing them one by one: keys are unique).
-        heap = [
-            ((n.pin_until > now, self.policy.key(n, now)), next(order), n) for n in evictable_device_leaves(self.root)
-        ]
+        heap = [entry(node) for node in evictable_device_leaves(self.root)]
         heapq.heapify(heap)
 
         def push(node: RadixNode) -> None:  # a parent whose last device child went: a leaf now
             if node is not self.root and node.on_device and node.lock_ref == 0 and node.is_device_leaf():
-                heapq.heappush(heap, ((self._pin_active(node, now), self.policy.key(node, now)), next(order), node))
+                heapq.heappush(heap, entry(node))
 
         freed, released = 0, [_EMPTY]  # one allocator call for the whole eviction (each call costs host tensor ops)
         frontier = None  # the policy key of the last unpinned node evicted

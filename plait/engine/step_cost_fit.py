@@ -36,6 +36,9 @@ class StepCostFit:
         self._xx = [0.0] * 6  # 11, 1p, 1d, pp, pd, dd
         self._xy = [0.0] * 3
         self._with_prefill = 0.0  # weighted count of steps with prefill tokens
+        # The slopes solved at step ``_solved_at``: engine stats read both fitted values every step.
+        self._solved: tuple[float | None, float | None] | None = None
+        self._solved_at = -1
 
     def observe(self, prefill_tokens: int, decode_rows: int, seconds: float, read_back: bool = True) -> None:
         """One step: its batch's sizes and its wall time. With ``lagged``, ``read_back`` says whether the step waited
@@ -108,7 +111,12 @@ class StepCostFit:
     def _slopes(self) -> tuple[float | None, float | None] | None:
         """(seconds per prefill token, seconds per decode row) by least squares on the centred sums; a slope is None
         where the data cannot tell it (that size never varied, or moved with the other). None until enough steps,
-        enough of them with prefills, were seen."""
+        enough of them with prefills, were seen. Solved once per step added."""
+        if self._solved_at != self.steps:
+            self._solved, self._solved_at = self._solve(), self.steps
+        return self._solved
+
+    def _solve(self) -> tuple[float | None, float | None] | None:
         xx = self._xx
         if self.steps < _MIN_STEPS or self._with_prefill < _MIN_PREFILL_SHARE * xx[0]:
             return None
