@@ -57,9 +57,10 @@ class CacheHints:
         priority: tuple[float, ...] = (),
     ) -> bool:
         """Keep the nodes resident for ``ttl_s`` seconds, within the pin budget (refused, and counted, beyond it).
-        ``priority``: that of the program the KV is kept for (as ``priority_key`` gives it). Pinned memory holds
-        back a waiting request unless its priority is lower (more important) than that of every running pin on
-        evictable KV (``RadixCache.strongest_pin_priority``). The default, (), holds against every request."""
+        ``priority``: that of the program the KV is kept for (as ``priority_key`` gives it). Pinned KV holds back a
+        waiting request unless the request's priority is lower (more important) than that of every running pinner
+        of that KV (``RadixCache.evictable_slots``): a pin yields to calls its program's next call would go after.
+        The default, (), holds against every request."""
         nodes = [n for n in self._nodes(program_id, prefix) if n.device_slots is not None]
         if not nodes or ttl_s <= 0:
             return self._ignored()

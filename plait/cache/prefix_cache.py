@@ -20,6 +20,10 @@ import torch
 
 from plait.cache.slot_allocator import SlotAllocator
 
+# A request's or a pin's priority: lower goes first (``plait.engine.request.priority_key``). Pinned KV holds back an
+# admission only for pinners the admission does not outrank.
+Priority = tuple[float, ...]
+
 
 @dataclass
 class PrefixMatch:
@@ -65,8 +69,9 @@ class PrefixCache(Protocol):
         """Give back a match that will not be used (unlock, release its slots, uncount its hit)."""
         ...
 
-    def evictable_slots(self, allow_pinned: bool = False) -> int:
-        """Device slots ``evict`` could free (pinned prefixes only with ``allow_pinned``)."""
+    def evictable_slots(self, allow_pinned: bool = False, priority: Priority | None = None) -> int:
+        """Device slots ``evict`` could free (pinned prefixes only with ``allow_pinned``, or those whose pinners an
+        admission of ``priority`` outranks)."""
         ...
 
     def resident_length(self, token_ids: list[int], mark: Any = None) -> int:
@@ -74,11 +79,7 @@ class PrefixCache(Protocol):
         per token list so that asking again resumes the walk (``RadixCache``; ignored where there is no tree)."""
         ...
 
-    def evict(self, num_slots: int, allow_pinned: bool = False) -> int: ...
-
-    def strongest_pin_priority(self) -> tuple[float, ...] | None:
-        """The most important priority among running pins (``RadixCache``); None when nothing is pinned."""
-        ...
+    def evict(self, num_slots: int, allow_pinned: bool = False, priority: Priority | None = None) -> int: ...
 
     def note_pins_held(self, num_slots: int) -> None:
         """Admission needed ``num_slots`` more that only pinned KV could give (``RadixCache``: the pinned KV of
@@ -123,14 +124,11 @@ class NoPrefixCache:
     def unmatch(self, match: PrefixMatch) -> None:
         self.allocator.release(match.slots)
 
-    def evictable_slots(self, allow_pinned: bool = False) -> int:
+    def evictable_slots(self, allow_pinned: bool = False, priority: Priority | None = None) -> int:
         return 0
 
-    def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
+    def evict(self, num_slots: int, allow_pinned: bool = False, priority: Priority | None = None) -> int:
         return 0
-
-    def strongest_pin_priority(self) -> tuple[float, ...] | None:
-        return None
 
     def note_pins_held(self, num_slots: int) -> None:
         return None

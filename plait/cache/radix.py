@@ -23,7 +23,7 @@ import torch
 
 from plait.cache.eviction_policy import EvictionPolicy, LRUPolicy, NextUse
 from plait.cache.host_tier import HostTier
-from plait.cache.prefix_cache import PrefixMatch
+from plait.cache.prefix_cache import PrefixMatch, Priority
 from plait.cache.radix_host import HostTraffic
 from plait.cache.radix_invariants import check_radix
 from plait.cache.radix_node import (
@@ -270,14 +270,6 @@ class RadixCache(HostTraffic):
         """Slots of the pin budget in use: every running pin, also one loading or on host (it comes back pinned)."""
         return sum(len(n) for n in self._active_pins(now))
 
-    def strongest_pin_priority(self, now: float | None = None) -> tuple[float, ...] | None:
-        """The lowest (most important) priority among running pins that hold evictable device KV (a node a running
-        request uses is not freed by unpinning it either); None when there are none. A request whose priority is
-        lower still outranks every such pin: pinned memory does not hold it back."""
-        now = time.monotonic() if now is None else now
-        priorities = (n.pin_priority(now) for n in self._active_pins(now) if n.on_device and n.lock_ref == 0)
-        return min((p for p in priorities if p is not None), default=None)
-
     def pinned_nodes(self, now: float | None = None) -> set[RadixNode]:
         """Nodes whose pins run at ``now`` (resident, loading or on the host)."""
         return self._active_pins(now)
@@ -289,38 +281,51 @@ class RadixCache(HostTraffic):
             self._pinned.difference_update(expired)
         return self._pinned
 
-    def evictable_slots(self, allow_pinned: bool = False) -> int:
-        """What ``evict`` may free: for a new admission pinned prefixes are excluded, ``allow_pinned`` counts them
-        (a running request takes pinned memory before it would be retracted)."""
+    def evictable_slots(self, allow_pinned: bool = False, priority: Priority | None = None) -> int:
+        """What ``evict`` may free: for a new admission pinned prefixes are excluded, except those whose every running
+        pinner the admission's ``priority`` outranks (KV kept for a less important program's next call does not hold
+        back a more important call); ``allow_pinned`` counts them all (a running request takes pinned memory before it
+        would be retracted)."""
         if allow_pinned:
             return self.evictable_size
-        return self.evictable_size - self.pinned_slot_counts()[1]
+        return self.evictable_size - self.pinned_slot_counts(against=priority)[1]
 
-    def pinned_slot_counts(self, now: float | None = None) -> tuple[int, int]:
+    def pinned_slot_counts(self, now: float | None = None, against: Priority | None = None) -> tuple[int, int]:
         """Device slots that running pins hold, and of those the ones no request holds (what the pins alone keep
-        resident), in one pass: engine stats read both every step."""
+        resident), in one pass: engine stats read both every step. With ``against`` (a request's priority) the second
+        counts only pins that hold against it: pins with a pinner it does not outrank."""
+        now = time.monotonic() if now is None else now
         held = idle = 0
         for node in self._active_pins(now):  # the scheduler asks several times per step: attributes read directly
             if node.device_slots is not None and node.load is None:  # on_device
                 n = len(node.key)
                 held += n
-                if node.lock_ref == 0:
+                if node.lock_ref == 0 and (against is None or not self._pin_yields(node, against, now)):
                     idle += n
         return held, idle
 
-    def evict(self, num_slots: int, allow_pinned: bool = False) -> int:
+    @staticmethod
+    def _pin_yields(node: RadixNode, priority: Priority, now: float) -> bool:
+        """True if a request of ``priority`` outranks every running pinner of ``node`` (a pin given without a priority,
+        (), holds against every request). A node's pinners include its pinned descendants', so what yields is closed
+        under descendants and eviction can reach it leaf first."""
+        strongest = node.pin_priority(now)
+        return strongest is not None and priority < strongest
+
+    def evict(self, num_slots: int, allow_pinned: bool = False, priority: Priority | None = None) -> int:
         """Free at least ``num_slots`` device slots if possible, in policy order; pinned nodes go last and only
-        with ``allow_pinned`` (when a running request would otherwise be retracted)."""
-        freed = self._evict_once(num_slots, allow_pinned)
+        with ``allow_pinned`` (when a running request would otherwise be retracted), or those whose pinners all
+        yield to ``priority`` (an admission's; see ``evictable_slots``)."""
+        freed = self._evict_once(num_slots, allow_pinned, priority)
         if freed < num_slots and self._loading:
             # Loads in flight sit below evictable nodes and keep them from being leaves: let them land, retry.
             self.wait_for_loads()
-            freed += self._evict_once(num_slots - freed, allow_pinned)
+            freed += self._evict_once(num_slots - freed, allow_pinned, priority)
         if self.host is not None:
             self.host.flush_writes()  # one gather for every node written back, before its slots are reused
         return freed
 
-    def _evict_once(self, num_slots: int, allow_pinned: bool) -> int:
+    def _evict_once(self, num_slots: int, allow_pinned: bool, priority: Priority | None) -> int:
         self.poll()
         target = max(num_slots, self.min_eviction)
         now = time.monotonic()
@@ -341,7 +346,12 @@ class RadixCache(HostTraffic):
         frontier = None  # the policy key of the last unpinned node evicted
         while freed < target and heap:
             (pinned, key), _, node = heapq.heappop(heap)
-            if pinned and (not allow_pinned or freed >= num_slots):
+            if pinned and not allow_pinned:
+                if priority is None or freed >= num_slots:
+                    break  # pinned entries come after every unpinned one: nothing else may go
+                if not self._pin_yields(node, priority, now):
+                    continue  # holds against this admission (and so do its ancestors: they are not pushed)
+            elif pinned and freed >= num_slots:
                 break
             if not pinned:  # (a parent pushed after its child may order before it: the frontier only advances)
                 frontier = key if frontier is None else max(frontier, key)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from plait.cache.prefix_cache import Priority
 from plait.cache.radix_node import CacheEvent, RadixNode, all_nodes
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class HostTraffic:
 
         def lock(self, handle: object) -> None: ...
         def unlock(self, handle: object) -> None: ...
-        def evict(self, num_slots: int, allow_pinned: bool = False) -> int: ...
+        def evict(self, num_slots: int, allow_pinned: bool = False, priority: Priority | None = None) -> int: ...
         def _delete_subtree(self, node: RadixNode) -> None: ...
 
     def _make_host_room(self, n: int, keep: RadixNode) -> bool:

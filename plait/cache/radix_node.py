@@ -8,6 +8,7 @@ import torch
 
 from plait.cache.eviction_policy import NextUse
 from plait.cache.host_tier import LoadJob
+from plait.cache.prefix_cache import Priority
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class RadixNode:
     pin_until: float = 0.0
     # Who pins it: each pinner's priority (lower goes first, as for requests; () for a pin given without one, which
     # holds against every request) and until when. pin_until is the latest of them.
-    pinners: dict[tuple[float, ...], float] = field(default_factory=dict)
+    pinners: dict[Priority, float] = field(default_factory=dict)
     from_host: bool = False  # loaded back and not matched since: the next match counts as a host hit
     # Counted in ``CacheCounters.tool_wait_tokens_lost`` under its current pin (reset when a pin starts on it afresh
     # or is taken off): a wait counts its KV once however often eviction passes over it or the pin is extended.
@@ -46,7 +47,7 @@ class RadixNode:
     def __len__(self) -> int:
         return len(self.key)
 
-    def pin_priority(self, now: float) -> tuple[float, ...] | None:
+    def pin_priority(self, now: float) -> Priority | None:
         """The most important priority among its pinners whose pins still run at ``now``; None when none does."""
         return min((priority for priority, until in self.pinners.items() if until > now), default=None)
 

@@ -40,8 +40,9 @@ class SchedulerConfig:
     # after a cached head run faster side by side; agents sharing a 2k-token prompt do not).
     prefix_first: bool = True
     prefix_hold_min_tokens: int = 256
-    # Pins keep new prompts out (admission counts unpinned room only), except a prompt whose priority beats every
-    # pin's. Off: a pin only orders eviction (pinned KV goes last), and a new prompt may take pinned memory as a
+    # Pins keep new prompts out (admission counts unpinned room only), except from KV whose every pinner the prompt's
+    # priority beats: a pin keeps memory for its program's next call, so it holds back only prompts that call would
+    # go after. Off: a pin only orders eviction (pinned KV goes last), and a new prompt may take pinned memory as a
     # running prefill may.
     pins_hold_admissions: bool = True
     # Admission keeps room for the tokens running sequences will still generate: all of them for a request that
@@ -111,7 +112,6 @@ class Scheduler:
         self.admission_stops: Counter[str] = Counter()
         self._refusal = ""  # why the last _admit returned False
         self._next_starvation_check = 0.0
-        self._pin_floor: tuple[float, ...] | None = None  # the most important running pin's priority, per pass
 
     # ---- queues ----------------------------------------------------------------------------------------------------
 
@@ -127,13 +127,13 @@ class Scheduler:
         return self.allocator.num_free + self.prefix_cache.evictable_slots(allow_pinned)
 
     def _admission_room(self, seq: Sequence | None = None) -> int:
-        """Slots a new prompt (``seq``) may take: pinned ones too unless pins hold admissions, or if ``seq`` outranks
-        every pin (KV kept for a less important program's next call must not hold back a more important one)."""
-        return self.free_slots(allow_pinned=not self.config.pins_hold_admissions or self._outranks_pins(seq))
-
-    def _outranks_pins(self, seq: Sequence | None) -> bool:
-        floor = self._pin_floor
-        return seq is not None and floor is not None and seq.sort_key[0] < floor
+        """Slots a new prompt (``seq``) may take: pinned ones too unless pins hold admissions, else those whose every
+        pinner ``seq`` outranks (KV kept for a less important program's next call must not hold back a more
+        important one)."""
+        if not self.config.pins_hold_admissions:
+            return self.free_slots(allow_pinned=True)
+        priority = None if seq is None else seq.sort_key[0]
+        return self.allocator.num_free + self.prefix_cache.evictable_slots(priority=priority)
 
     def _inflight_prefills(self) -> dict[tuple[int, ...], list[Sequence]]:
         """Running sequences still prefilling their prompt, by their first ``_SHARE_KEY`` tokens."""
@@ -192,7 +192,6 @@ class Scheduler:
                 self._next_starvation_check = now + min(0.05, self.config.max_queue_wait_s / 4)
                 self._promote_starving(now)
         batch = ScheduledBatch()
-        self._pin_floor = self.prefix_cache.strongest_pin_priority() if self.config.pins_hold_admissions else None
         while True:
             decodes = [s for s in self.running if s.is_decode and not s.will_finish]
             # Pins yield before a running request is retracted: memory held for the future never stalls the present.
@@ -225,21 +224,21 @@ class Scheduler:
             if newly_admitted and any(seq is r for r in excluded):
                 stop = "retracted"
                 break  # a victim of this step: it and everything behind it in priority order wait for the next one
-            # Pins hold memory for the future: they keep new prompts out (admission counts unpinned room only) but
-            # yield to a running prefill that has no other room left, one chunk at a time.
+            # Pins hold memory for the future: they keep new prompts out (admission counts unpinned room only, and
+            # what pins ``seq`` outranks hold) but yield to a running prefill that has no other room left, one chunk
+            # at a time.
             unpinned = self._admission_room(seq)
-            pins_yield = not self.config.pins_hold_admissions or self._outranks_pins(seq)
-            takes_pinned = (unpinned <= 0 and not newly_admitted) or pins_yield
+            takes_pinned = (unpinned <= 0 and not newly_admitted) or not self.config.pins_hold_admissions
             room = self.free_slots(allow_pinned=True) if takes_pinned else unpinned
             if budget <= 0 or room <= 0:
                 wanted = min(seq.num_uncomputed, self.config.chunk_size)  # what pinned KV held out: its next chunk
-                stop = "token_budget" if budget <= 0 else self._memory_stop(0, wanted=wanted)
+                stop = "token_budget" if budget <= 0 else self._memory_stop(0, wanted=wanted, seq=seq)
                 break
             if newly_admitted:
                 own = self._future_decode(seq)
                 first_chunk = min(seq.num_uncomputed, self.config.chunk_size)
                 if self.config.reserve_decode and self.running and unpinned - reserve < first_chunk + own:
-                    stop = self._memory_stop(reserve + first_chunk + own - 1, "decode_reserve")
+                    stop = self._memory_stop(reserve + first_chunk + own - 1, "decode_reserve", seq=seq)
                     break  # admitting it would leave the running sequences no room to decode (a retraction later)
                 held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
                 any_held = any_held or held
@@ -258,14 +257,15 @@ class Scheduler:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
                 room = self._admission_room(seq)  # the prefix it matched is locked now: no longer free
             chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, room)
-            self._ensure_free(chunk, allow_pinned=takes_pinned)
+            priority = seq.sort_key[0]
+            self._ensure_free(chunk, allow_pinned=takes_pinned, priority=priority)
             chunk = min(chunk, self.allocator.num_free)  # what eviction could really free
             if chunk <= 0:
                 stop = "memory"
                 break
             # The reserve counts each prefill's remaining prompt: this chunk is no longer to come, the rest still is.
             reserve += seq.num_uncomputed - chunk if newly_admitted else -chunk
-            batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk, allow_pinned=takes_pinned)))
+            batch.extends.append(ScheduledSeq(seq, chunk, self._alloc(chunk, takes_pinned, priority)))
             budget -= chunk
         if self.waiting:
             if stop:
@@ -274,13 +274,13 @@ class Scheduler:
                 self.admission_stops["held"] += 1
         return batch
 
-    def _memory_stop(self, needed: int, reason: str = "memory", wanted: int = 0) -> str:
+    def _memory_stop(self, needed: int, reason: str = "memory", wanted: int = 0, seq: Sequence | None = None) -> str:
         """``reason``, or "pinned" when more than ``needed`` slots would be free if pinned prefixes counted. The cache
-        then learns which pinned KV kept the prompt out (what those pins saved): enough for ``needed`` + 1 slots, or
-        ``wanted`` if more."""
+        then learns which pinned KV kept the prompt ``seq`` out (what those pins saved): enough for ``needed`` + 1
+        slots, or ``wanted`` if more."""
         if self.free_slots(allow_pinned=True) <= needed:
             return reason
-        self.prefix_cache.note_pins_held(max(needed + 1, wanted) - self.free_slots())
+        self.prefix_cache.note_pins_held(max(needed + 1, wanted) - self._admission_room(seq))
         return "pinned"
 
     def _admission_order(self, budget: int) -> list[Sequence]:
@@ -335,14 +335,14 @@ class Scheduler:
             # load can start, and the match could only find less room, so the answer is the same.
             uncached = len(seq.token_ids) - min(self._resident_length(seq), limit)
             if uncached > self._admission_room(seq) - keep:
-                self._refusal = self._memory_stop(uncached + keep - 1, "prompt_fit")
+                self._refusal = self._memory_stop(uncached + keep - 1, "prompt_fit", seq=seq)
                 return False
         match = self.prefix_cache.match_prefix(seq.token_ids[:limit], seq.program_id)
         if match.loading:
             return None
         # Measured after the match: the cached prefix it locked is no longer evictable, so no longer free.
         if keep is not None and len(seq.token_ids) - match.length > self._admission_room(seq) - keep:
-            self._refusal = self._memory_stop(len(seq.token_ids) - match.length + keep - 1, "prompt_fit")
+            self._refusal = self._memory_stop(len(seq.token_ids) - match.length + keep - 1, "prompt_fit", seq=seq)
             self.prefix_cache.unmatch(match)
             return False
         seq.cache_handle = match.handle
@@ -362,13 +362,15 @@ class Scheduler:
             self.longest_queue_wait_s = max(self.longest_queue_wait_s, seq.admitted_at - seq.state.submitted_at)
         return True
 
-    def _ensure_free(self, n: int, allow_pinned: bool = False) -> bool:
+    def _ensure_free(self, n: int, allow_pinned: bool = False, priority: tuple[float, ...] | None = None) -> bool:
+        """Evict until ``n`` slots are free, if possible: pinned KV only with ``allow_pinned`` or where its pinners
+        yield to ``priority`` (an admitted prompt's)."""
         if self.allocator.num_free < n:
-            self.prefix_cache.evict(n - self.allocator.num_free, allow_pinned)
+            self.prefix_cache.evict(n - self.allocator.num_free, allow_pinned, priority)
         return self.allocator.num_free >= n
 
-    def _alloc(self, n: int, allow_pinned: bool = False) -> torch.Tensor:
-        self._ensure_free(n, allow_pinned)
+    def _alloc(self, n: int, allow_pinned: bool = False, priority: tuple[float, ...] | None = None) -> torch.Tensor:
+        self._ensure_free(n, allow_pinned, priority)
         return self.allocator.alloc(n)
 
     def _retract_lowest(self) -> Sequence:

@@ -52,6 +52,8 @@ PREFETCH_DETACHES_NODES = False  # CacheHints.prefetch over >= 2 host-only nodes
 FORCED_EVICTION_KEEPS_PIN = False  # evict(allow_pinned=True) keeps the pin of a node sent to host: budget overrun
 EVICTABLE_SLOTS_OVERCOUNTS = False  # after a partial unpin, evictable_slots() counts ancestors of pinned nodes
 
+# Pin priorities (lower goes first); () is a pin given without one, which holds against every admission.
+PRIORITIES: tuple[tuple[float, ...], ...] = ((), (1.0,), (2.0,), (3.0,))
 NUM_LAYERS, NUM_KV_HEADS, HEAD_DIM = 2, 1, 4
 ALPHABET = 6
 MAX_PROMPT = 20
@@ -368,10 +370,29 @@ class RadixCacheMachine(RuleBasedStateMachine):
     def _counts(self) -> tuple[int, int]:
         return self.cache.counters.hints_ignored, self.cache.counters.pins_refused
 
-    @rule(data=st.data(), ttl=st.sampled_from((0.0, 1.0, 5.0, 30.0, 120.0)))
-    def pin(self, data: st.DataObject, ttl: float) -> None:
+    @rule(data=st.data(), ttl=st.sampled_from((0.0, 1.0, 5.0, 30.0, 120.0)), priority=st.sampled_from(PRIORITIES))
+    def pin(self, data: st.DataObject, ttl: float, priority: tuple[float, ...]) -> None:
         program, prefix = self._draw_target(data)
-        self._pin(program, prefix, ttl)
+        self._pin(program, prefix, ttl, priority)
+
+    @rule(n=st.one_of(st.integers(1, 16), st.just(1000)), priority=st.sampled_from(PRIORITIES[1:]))
+    def evict_for_admission(self, n: int, priority: tuple[float, ...]) -> None:
+        """An admission of ``priority`` makes room: it may take exactly the pinned KV whose every running pinner it
+        outranks, and gets at least what ``evictable_slots(priority=...)`` promised."""
+        n = min(n, self.DEVICE_SLOTS)
+        now = CLOCK.now
+        promised = self.cache.evictable_slots(priority=priority)
+        assert self.cache.evictable_slots() <= promised <= self.cache.evictable_slots(allow_pinned=True)
+        holding = [
+            node
+            for node in self.cache._pinned
+            if node.on_device and node.pin_until > now and not priority < (node.pin_priority(now) or ())
+        ]
+        freed = self.cache.evict(n, priority=priority)
+        assert freed >= min(n, promised), (
+            f"evict({n}) for {priority} freed {freed}, evictable_slots promised {promised}"
+        )
+        assert all(node.on_device for node in holding), "a pin the admission does not outrank was evicted"
 
     @rule(data=st.data(), kind=st.sampled_from(("next_use", "unpin", "prefetch", "forget_program")))
     def hint(self, data: st.DataObject, kind: str) -> None:
@@ -401,9 +422,9 @@ class RadixCacheMachine(RuleBasedStateMachine):
         elif program == "unknown":
             assert not accepted
 
-    def _pin(self, program: str | None, prefix: list[int] | None, ttl: float) -> None:
+    def _pin(self, program: str | None, prefix: list[int] | None, ttl: float, priority: tuple[float, ...] = ()) -> None:
         before = self._counts()
-        accepted = self.hints.pin(ttl, program_id=program, prefix=prefix)
+        accepted = self.hints.pin(ttl, program_id=program, prefix=prefix, priority=priority)
         self._hint_result(before, accepted, refusable=True)
         if accepted and prefix is not None:
             for node in path_nodes(self.cache, prefix):

@@ -146,8 +146,8 @@ def test_a_pin_holds_back_only_prompts_it_outranks(clock, pin_priority, held):
     agent = [rng.randrange(256) for _ in range(120)]
     run_to_completion(core, [_request(agent, "agent", program="agent")])
     assert core.pin(ttl_s=600.0, program_id="agent", priority=pin_priority)
-    expected = () if pin_priority is None else pin_priority
-    assert core.prefix_cache.strongest_pin_priority() == expected
+    cache = core.prefix_cache
+    assert (cache.evictable_slots(priority=(0.0,)) == cache.evictable_slots(allow_pinned=True)) is not held
     big = _request([rng.randrange(256) for _ in range(300)], "big", max_tokens=8)
     second = _request([rng.randrange(256) for _ in range(150)], "second")
     tokens = run_to_completion(core, [big, second])
@@ -157,9 +157,37 @@ def test_a_pin_holds_back_only_prompts_it_outranks(clock, pin_priority, held):
     core.check_invariants()
 
 
+def test_a_prompt_takes_the_pins_it_outranks_while_a_more_important_pin_holds(clock):
+    """Pins are weighed one by one: a call of priority 3 takes the memory pinned for a priority-5 program's next call
+    (and only that) while a priority-1 program's pin keeps its KV. Counting pinned memory only when the prompt
+    outranks every pin kept it waiting behind the less important program's pin."""
+    core = EngineCore(
+        EngineConfig(
+            model="tiny", weights="dummy", device="cpu", dtype="float32", kv_slots=512, max_context=512,
+            pin_budget_fraction=0.5,
+        )
+    )  # fmt: skip
+    rng = random.Random(8)
+    older, younger = ([rng.randrange(256) for _ in range(n)] for n in (60, 120))
+    run_to_completion(core, [_request(older, "older", program="older"), _request(younger, "younger", program="y")])
+    assert core.pin(ttl_s=600.0, program_id="older", priority=1.0)
+    assert core.pin(ttl_s=600.0, program_id="y", priority=5.0)
+    big = _request([rng.randrange(256) for _ in range(300)], "big", max_tokens=8)  # priority 0: leaves both pins
+    call = _request([rng.randrange(256) for _ in range(100)], "call")
+    call.priority = 3.0
+    tokens = run_to_completion(core, [big, call])
+    assert len(tokens["call"][0]) == 4
+    stats = core.stats()
+    assert "pinned" not in stats.admission_stops and stats.waiting_rows == 0, "the call waited behind a pin"
+    assert 0 < stats.pinned_tokens_evicted <= 124, "only the less important program's pinned KV gave way"
+    assert all(node.on_device for node in core.prefix_cache._walk(older))
+    core.check_invariants()
+
+
 def test_shared_pinned_nodes_keep_the_most_important_running_pinners_priority(clock):
     """Two programs sharing a prefix pin their KV: the shared path holds the more important priority while both pins
-    run, the remaining pin's once the other program unpins or once the other pin's TTL runs out."""
+    run, the remaining pin's once the other program unpins or once the other pin's TTL runs out. An admission counts
+    as room exactly the pinned KV whose every running pinner it outranks."""
     core = _core()
     rng = random.Random(7)
     shared = [rng.randrange(256) for _ in range(64)]
@@ -167,18 +195,24 @@ def test_shared_pinned_nodes_keep_the_most_important_running_pinners_priority(cl
         run_to_completion(core, [_request(shared + [rng.randrange(256) for _ in range(16)], name, program=name)])
     cache = core.prefix_cache
     shared_node = cache._walk(shared[:32])[-1]
+    nodes = cache._program_nodes
+    own = {name: sum(len(n) for n in nodes[name] - nodes[other]) for name, other in (("a", "b"), ("b", "a"))}
+
+    def room(priority: tuple[float, ...]) -> int:  # pinned slots an admission of ``priority`` may take
+        return cache.evictable_slots(priority=priority) - cache.evictable_slots()
+
     assert core.pin(ttl_s=60.0, program_id="a", priority=(2.0, 1.0))
     assert core.pin(ttl_s=60.0, program_id="b", priority=1.0)
-    assert cache.strongest_pin_priority() == (1.0,) and shared_node.pin_priority(clock.now) == (1.0,)
+    assert shared_node.pin_priority(clock.now) == (1.0,)
+    assert room((0.0,)) == cache.pinned_slots() and room((1.0,)) == own["a"] and room((3.0,)) == 0
     assert core.unpin(program_id="b")
-    assert cache.strongest_pin_priority() == (2.0, 1.0) and shared_node.pin_priority(clock.now) == (2.0, 1.0)
-    assert cache.pinned_slots() > 0
+    assert shared_node.pin_priority(clock.now) == (2.0, 1.0) and room((1.0,)) == cache.pinned_slots() > 0
     # A stronger pin that expires first stops holding back what only it outranked.
     assert core.pin(ttl_s=5.0, program_id="b", priority=0.0)
-    assert cache.strongest_pin_priority() == (0.0,)
+    assert room((1.0,)) == own["a"]
     clock.advance(10.0)
-    assert cache.strongest_pin_priority() == (2.0, 1.0) and shared_node.pin_priority(clock.now) == (2.0, 1.0)
+    assert shared_node.pin_priority(clock.now) == (2.0, 1.0) and room((1.0,)) == cache.pinned_slots()
     clock.advance(51.0)
-    assert cache.strongest_pin_priority() is None
+    assert cache.pinned_slots() == 0 and room((3.0,)) == 0
     with pytest.raises(ValueError, match="priority"):
         core.pin(ttl_s=1.0, program_id="a", priority=(float("nan"),))
