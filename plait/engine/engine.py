@@ -34,6 +34,8 @@ _HINT_METHODS = {
     "unpin": "unpin",
     "prefetch": "prefetch",
     "forget_program": "forget_program",
+    "reserve": "reserve",
+    "unreserve": "unreserve",
 }
 
 
@@ -172,9 +174,10 @@ class Engine:
         self._commands.put(("abort", request_id))
 
     def hint(self, method: str, **kwargs: object) -> None:
-        """Pass a KV hint to the cache on the engine thread: ``next_use``, ``pin``, ``unpin``, ``prefetch`` or
-        ``forget_program``, with the keyword arguments of the ``EngineCore`` method of that name (``hint_next_use``
-        for ``next_use``). Hints are advice: unknown targets are ignored and counted in ``stats().hints_ignored``."""
+        """Pass a KV hint to the engine thread: ``next_use``, ``pin``, ``unpin``, ``prefetch``, ``forget_program``,
+        ``reserve`` or ``unreserve``, with the keyword arguments of the ``EngineCore`` method of that name
+        (``hint_next_use`` for ``next_use``). Hints are advice: unknown targets are ignored and counted in
+        ``stats().hints_ignored``."""
         if method not in _HINT_METHODS:
             raise InvalidRequestError("hint", f"unknown hint '{method}'; choose one of {', '.join(_HINT_METHODS)}")
         self._commands.put(("hint", (_HINT_METHODS[method], kwargs)))

@@ -1,5 +1,6 @@
 """What the runtime may do to a running engine besides submitting requests: KV hints (next use, pins, prefetch),
-flushing the prefix cache, and switching scheduling settings between benchmark runs. Engine thread only.
+memory reserved for a program's next call, flushing the prefix cache, and switching scheduling settings between
+benchmark runs. Engine thread only.
 
 ``EngineCore`` inherits these; they touch only its prefix cache, allocator, scheduler and config.
 """
@@ -77,6 +78,23 @@ class RuntimeControls:
     def prefetch(self, program_id: str | None = None, prefix_token_ids: list[int] | None = None) -> bool:
         """Start loading the program's (or prefix's) KV back from the host tier before it is needed."""
         return self._hint("prefetch", program_id=program_id, prefix=prefix_token_ids)
+
+    def reserve(
+        self, program_id: str, slots: int, priority: float | tuple[float, ...] | None = None, ttl_s: float = 60.0
+    ) -> bool:
+        """Hold ``slots`` of KV memory for ``program_id``'s next call (its program waits on a tool) out of every
+        admission that call would go before, until a request of the program is admitted, ``unreserve``, or
+        ``ttl_s``. ``priority``: that of the next call (None: it holds against every admission). A malformed
+        priority or a negative size raises ``ValueError``."""
+        if slots < 0 or not ttl_s >= 0:
+            raise ValueError(f"reserve needs slots >= 0 and ttl_s >= 0, got {slots} and {ttl_s}")
+        key = () if priority is None else priority_key(priority)
+        self.scheduler.reservations.reserve(program_id, min(int(slots), self.kv_slots), key, ttl_s)
+        return True
+
+    def unreserve(self, program_id: str) -> bool:
+        self.scheduler.reservations.release(program_id)
+        return True
 
     def forget_program(self, program_id: str) -> None:
         if self.cache_hints is not None:

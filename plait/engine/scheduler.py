@@ -22,6 +22,7 @@ import torch
 
 from plait.cache import PrefixCache, ReqToTokenPool, ResidencyMark, SlotAllocator
 from plait.engine.cache_affinity import affinity_order
+from plait.engine.reservations import Reservations
 from plait.engine.sequence import SeqStatus, Sequence
 
 _SHARE_KEY = 32  # prompts sharing fewer leading tokens than this are not worth holding back for each other
@@ -111,6 +112,7 @@ class Scheduler:
         # some prompt back for a prefix in flight. A diagnostic for "why do my requests wait?".
         self.admission_stops: Counter[str] = Counter()
         self._refusal = ""  # why the last _admit returned False
+        self.reservations = Reservations()  # memory held for the next calls of programs waiting on tools
         self._next_starvation_check = 0.0
 
     # ---- queues ----------------------------------------------------------------------------------------------------
@@ -130,10 +132,15 @@ class Scheduler:
         """Slots a new prompt (``seq``) may take: pinned ones too unless pins hold admissions, else those whose every
         pinner ``seq`` outranks (KV kept for a less important program's next call must not hold back a more
         important one)."""
-        if not self.config.pins_hold_admissions:
-            return self.free_slots(allow_pinned=True)
-        priority = None if seq is None else seq.sort_key[0]
-        return self.allocator.num_free + self.prefix_cache.evictable_slots(priority=priority)
+        if seq is None:
+            return self.free_slots(allow_pinned=not self.config.pins_hold_admissions)
+        priority = seq.sort_key[0]
+        if self.config.pins_hold_admissions:
+            room = self.allocator.num_free + self.prefix_cache.evictable_slots(priority=priority)
+        else:
+            room = self.free_slots(allow_pinned=True)
+        # Memory reserved for the next call of a program waiting on a tool, if that call would go before this one.
+        return room - self.reservations.held_against(priority, seq.program_id)
 
     def _inflight_prefills(self) -> dict[tuple[int, ...], list[Sequence]]:
         """Running sequences still prefilling their prompt, by their first ``_SHARE_KEY`` tokens."""
@@ -275,12 +282,17 @@ class Scheduler:
         return batch
 
     def _memory_stop(self, needed: int, reason: str = "memory", wanted: int = 0, seq: Sequence | None = None) -> str:
-        """``reason``, or "pinned" when more than ``needed`` slots would be free if pinned prefixes counted. The cache
-        then learns which pinned KV kept the prompt ``seq`` out (what those pins saved): enough for ``needed`` + 1
-        slots, or ``wanted`` if more."""
+        """``reason``; "reserved" when the prompt ``seq`` would have fitted without other programs' reservations
+        (``needed`` + 1 slots, or ``wanted`` if more); "pinned" when it would have with pinned prefixes counted. The
+        cache then learns which pinned KV kept the prompt out (what those pins saved)."""
+        room = self._admission_room(seq)
+        reserved = self.reservations.held_against(seq.sort_key[0], seq.program_id) if seq is not None else 0
+        want = max(needed + 1, wanted)
+        if reserved and room + reserved >= want:
+            return "reserved"
         if self.free_slots(allow_pinned=True) <= needed:
             return reason
-        self.prefix_cache.note_pins_held(max(needed + 1, wanted) - self._admission_room(seq))
+        self.prefix_cache.note_pins_held(want - room - reserved)
         return "pinned"
 
     def _admission_order(self, budget: int) -> list[Sequence]:
@@ -356,6 +368,7 @@ class Scheduler:
         self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
+        self.reservations.release(seq.program_id)  # its memory is in use now, no longer held for it
         if seq.admitted_at is None:
             seq.admitted_at = time.monotonic()
             seq.cached_tokens = match.length

@@ -289,3 +289,62 @@ def test_a_pin_is_charged_the_engines_fixed_share_of_a_step_when_asked(monkeypat
     assert seen == ([1.0, 0.3] if switch else [1.0, 1.0])
     assert planner.stats()["step_fixed_share"] == 0.3
     assert planner.counters.hook_errors == 0
+
+
+def test_a_tool_reserves_what_the_next_call_will_add_learned_per_tool(monkeypatch):
+    """At a tool's start the planner reserves, at the next call's priority, the slots that call will take: the
+    prompt growth learned for that tool, its output (max_tokens: it ignores EOS) and, while no pin keeps it, the
+    program's own context. The growth is learned from the call after the tool; baseline mode reserves nothing."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    monkeypatch.setattr(Planner, "_eviction_horizon_s", lambda self, plan, stats: 0.0)  # the KV would be lost
+    engine = PressuredEngine()
+    planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False))  # type: ignore[arg-type]
+
+    def run(program: str, answer_prompt: int) -> tuple[list[dict], object]:
+        workflow = tool_chain(program, "question")
+        planner.program_started(program, workflow)
+        record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+        record.prompt_tokens, record.completion_tokens = 150, 6
+        planner.node_finished(program, workflow.nodes["think"], record)
+        planner.node_started(program, workflow.nodes["search"])
+        priority = planner.request_options(program, workflow.nodes["answer"]).priority
+        tool = NodeRecord(node_id="search", kind="tool", state=NodeState.DONE, started_at=1.0, finished_at=2.0)
+        planner.node_finished(program, workflow.nodes["search"], tool)
+        planner.node_started(program, workflow.nodes["answer"])
+        record = NodeRecord(node_id="answer", kind="llm", state=NodeState.DONE, started_at=2.0, finished_at=3.0)
+        record.prompt_tokens, record.completion_tokens = answer_prompt, 6
+        planner.node_finished(program, workflow.nodes["answer"], record)
+        planner.program_finished(program, "done", 0.0, 3.0)
+        return [kwargs for method, kwargs in engine.hints if method == "reserve"], priority
+
+    first, priority = run("p", answer_prompt=156 + 40)  # nothing learned yet: its output and its unpinned context
+    assert first[-1]["slots"] == 6 + 156 and first[-1]["program_id"] == "p"
+    assert first[-1]["priority"] == priority and priority != 0
+    assert planner.next_call_growth.prompt_growth("lookup") == 40
+    assert ("unreserve", {"program_id": "p"}) not in engine.hints  # the admitted call ended it in the engine
+    second, _ = run("q", answer_prompt=156 + 40)
+    assert second[-1]["slots"] == 40 + 6 + 156 and planner.counters.reservations == 2
+    assert planner.counters.hook_errors == 0
+
+    baseline = Planner(HintRecorder(), PlanConfig.baseline())  # type: ignore[arg-type]
+    workflow = tool_chain("b", "question")
+    baseline.program_started("b", workflow)
+    baseline.node_started("b", workflow.nodes["search"])
+    assert not [m for m, _ in baseline.engine.hints if m == "reserve"]
+
+
+def test_a_program_that_ends_in_its_tool_takes_its_reservation_back():
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    engine = HintRecorder()
+    planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
+    planner.node_started("p", workflow.nodes["search"])
+    assert [m for m, _ in engine.hints].count("reserve") == 1  # the answer's output, learned growth 0
+    planner.program_finished("p", "failed", 0.0, 1.0)
+    assert ("unreserve", {"program_id": "p"}) in engine.hints

@@ -18,6 +18,7 @@ FEATURES = (
     "deadline",  # a tight deadline moves a program up to its latest start; a hopeless one goes behind the rest
     "next_use_hints",  # KV whose next use (steps away in the graph) is farthest is evicted first
     "tool_pins",  # a program's KV stays while its tool runs, for a TTL chosen from the tool's durations
+    "reserve_next_call",  # memory for a tool-waiting program's next call is held from calls that would go after it
     "prefetch",  # a program's KV is loaded back from host memory as its tool finishes
     "dedup",  # identical temperature-0 calls across programs run once
     "prefix_first",  # a prompt waits for a running prefill that computes its prefix (fan-outs warm the prefix once)
@@ -42,6 +43,7 @@ class PlanConfig:
     deadline: bool = False
     next_use_hints: bool = True
     tool_pins: bool = True
+    reserve_next_call: bool = True
     prefetch: bool = True
     dedup: bool = True
     prefix_first: bool = True

@@ -27,6 +27,7 @@ from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
 from plait.runtime.planning.kv_loss import ToolWaitLoss
 from plait.runtime.planning.kv_reuse import SharedPrefixes, continues, continues_across
+from plait.runtime.planning.next_call import NextCallGrowth
 from plait.runtime.planning.ordering import call_priority, latest_start, remaining_paths
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
 from plait.runtime.planning.plan_config import PlanConfig
@@ -59,6 +60,9 @@ class ProgramPlan:
     static_prefixes: frozenset[str] = frozenset()  # the static prompt prefixes its calls start with
     pin_until: float = 0.0
     pin_span: int | None = None
+    reserved: bool = False  # the engine holds memory for its next call (NextCallGrowth)
+    # Calls after a running tool -> (that tool, the program's context when it started): their prompt's growth.
+    growth_from: dict[str, tuple[str, int]] = field(default_factory=dict)
     pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
     prefixes: dict[str, float] = field(default_factory=dict)  # static prefix -> steps to its next use here
     tools_running: dict[str, float] = field(default_factory=dict)  # tool node -> when it is expected to return
@@ -86,6 +90,8 @@ class ProgramPlan:
 class PlannerCounters:
     pins: int = 0
     pins_declined: int = 0  # the cost/benefit said no
+    reservations: int = 0
+    reserved_slots: int = 0  # summed over reservations
     pin_ttl_total_s: float = 0.0
     prefetches: int = 0
     next_use_hints: int = 0
@@ -107,6 +113,7 @@ class Planner:
         self._prefix_ids: dict[str, list[int]] = {}
         self._shared_prefixes = SharedPrefixes()
         self.tool_wait_loss = ToolWaitLoss()
+        self.next_call_growth = NextCallGrowth()
 
     # ---- programs --------------------------------------------------------------------------------------------------
 
@@ -116,7 +123,7 @@ class Planner:
         now = time.monotonic()
         deadline_at = now + deadline_s if deadline_s is not None else None
         plan = ProgramPlan(program_id, workflow, now, deadline_at, float(user_priority))
-        if self.config.tool_pins:
+        if self.config.tool_pins or self.config.reserve_next_call:
             plan.static_prefixes = frozenset(p for n in workflow.nodes.values() if (p := _static_prefix(n)))
             self._shared_prefixes.add(plan.static_prefixes)
         if deadline_at is not None and self.config.deadline:
@@ -134,6 +141,8 @@ class Planner:
         self.timeline.span(program_id, TimelineKind.PROGRAM, created_at, finished_at, args={"state": state})
         if plan.pin_until:
             self.engine.hint("unpin", program_id=program_id)
+        if plan.reserved:
+            self.engine.hint("unreserve", program_id=program_id)
         self.engine.hint("forget_program", program_id=program_id)
         for prefix in plan.prefixes:
             self._prefix_users[prefix].pop(program_id, None)
@@ -179,6 +188,8 @@ class Planner:
             plan.tools_running[node.id] = now + self.durations.expected(node)
             if self.config.tool_pins and plan.private_tokens:
                 self._pin_for_tool(plan, node)
+            if self.config.reserve_next_call:
+                self._reserve_next_call(plan, node)
         if self.config.next_use_hints:
             self._hint_next_use(plan)
 
@@ -217,11 +228,15 @@ class Planner:
         """Timeline spans, learned rates and the unpin that follows an LLM call; returns its engine service time."""
         if plan.pin_until:
             self._unpin(plan, time.monotonic())
+        plan.reserved = False  # the engine dropped it when the call was admitted
         start, end = record.started_at, record.finished_at
         if start is None or end is None:
             return 0.0
+        after = plan.growth_from.pop(node.id, None)
+        if after is not None and record.prompt_tokens:
+            self.next_call_growth.observe(after[0], record.prompt_tokens - after[1])
         plan.context_tokens = record.prompt_tokens + record.completion_tokens
-        if self.config.tool_pins:  # what a pin would hold: only pins read it
+        if self.config.tool_pins or self.config.reserve_next_call:  # what a pin would hold, or a reservation
             prefix = _static_prefix(node)
             shared_tokens = 0
             if prefix is not None and self._shared_prefixes.is_shared(prefix):
@@ -274,10 +289,7 @@ class Planner:
             return
         now = time.monotonic()
         # The pin holds memory for the program's next call: it keeps out only prompts that call would go after.
-        workflow = plan.workflow
-        after = [workflow.nodes[n] for n in workflow.graph.successors(node.id)]
-        calls = [self.request_options(plan.program_id, n).priority for n in after if isinstance(n, LLMCall)]
-        priority = min(calls, key=priority_key) if calls else None
+        priority = self._next_call_priority(plan, self._calls_after(plan, node))
         self.engine.hint("pin", ttl_s=decision.ttl_s, program_id=plan.program_id, priority=priority)
         self.counters.pins += 1
         self.counters.pin_ttl_total_s += decision.ttl_s
@@ -292,6 +304,43 @@ class Planner:
             "eviction_horizon_s": round(horizon_s, 3) if math.isfinite(horizon_s) else None,
         }
         plan.pin_span = self.timeline.open_span(plan.program_id, TimelineKind.PINNED, now, args=args)
+
+    def _calls_after(self, plan: ProgramPlan, tool: ToolCall) -> list[LLMCall]:
+        workflow = plan.workflow
+        return [n for s in workflow.graph.successors(tool.id) if isinstance(n := workflow.nodes[s], LLMCall)]
+
+    def _next_call_priority(self, plan: ProgramPlan, calls: list[LLMCall]) -> Any:
+        """The most important priority among ``calls`` (None when there are none)."""
+        priorities = [self.request_options(plan.program_id, call).priority for call in calls]
+        return min(priorities, key=priority_key) if priorities else None
+
+    def _reserve_next_call(self, plan: ProgramPlan, tool: ToolCall) -> None:
+        """Ask the engine to hold the memory the calls that ``tool`` makes ready will take when they are admitted (the
+        tool's result in their prompts and their outputs, plus the program's context unless a pin keeps it) out of
+        the admissions those calls would go before (``engine.reservations``). A call that still waits for other
+        unfinished nodes is not next. Called after the pin decision."""
+        graph = plan.workflow.graph
+        calls = [
+            call
+            for call in self._calls_after(plan, tool)
+            if all(p == tool.id or p in plan.finished for p in graph.predecessors(call.id))
+        ]
+        for call in calls:
+            plan.growth_from[call.id] = (tool.tool, plan.context_tokens)
+        if not calls:
+            return
+        slots = sum(self.next_call_growth.slots(tool.tool, call) for call in calls)
+        if plan.pin_until <= time.monotonic():
+            # Unpinned, its context may be evicted before it returns and then be computed again: hold that too.
+            slots += plan.private_tokens
+        if slots <= 0:
+            return
+        priority = self._next_call_priority(plan, calls)
+        ttl_s = self.config.max_pin_ttl_s
+        self.engine.hint("reserve", program_id=plan.program_id, slots=slots, priority=priority, ttl_s=ttl_s)
+        plan.reserved = True
+        self.counters.reservations += 1
+        self.counters.reserved_slots += slots
 
     def _eviction_horizon_s(self, plan: ProgramPlan, stats: EngineStats) -> float:
         """Seconds over which ``plan``'s KV would likely be evicted if it is not pinned. Learned from what the cache
@@ -407,6 +456,7 @@ class Planner:
         counters["tool_wait_exposure_token_s"] = self.tool_wait_loss.exposure_token_s
         counters["tool_wait_lost_tokens"] = self.tool_wait_loss.lost_tokens
         counters["tools"] = self.durations.tools.summary()
+        counters["next_call_prompt_growth"] = self.next_call_growth.snapshot()
         return counters
 
     def _guard(self, fn: Any, *args: Any) -> None:

@@ -1,0 +1,82 @@
+"""Memory reserved for a tool-waiting program's next call: it keeps out exactly the admissions that call would go
+before, and ends when the program's call is admitted, when it is taken back, or when it lapses."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
+from plait.engine.reservations import Reservations
+from tests.conftest import run_to_completion
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _core() -> EngineCore:
+    return EngineCore(
+        EngineConfig(model="tiny", weights="dummy", device="cpu", dtype="float32", kv_slots=512, max_context=512)
+    )
+
+
+def _request(n: int, request_id: str, rng: random.Random, priority: float = 0.0, program: str | None = None):
+    sampling = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    prompt = [rng.randrange(256) for _ in range(n)]
+    return GenerateRequest(
+        prompt_token_ids=prompt, sampling=sampling, request_id=request_id, priority=priority, program_id=program
+    )
+
+
+def test_a_reservation_holds_against_what_it_outranks_only(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("plait.engine.reservations.time.monotonic", lambda: clock[0])
+    reservations = Reservations()
+    reservations.reserve("a", 100, (1.0,), ttl_s=10.0)
+    reservations.reserve("b", 40, (5.0,), ttl_s=2.0)
+    assert reservations.held_against((0.0,), "x") == 0  # outranks both
+    assert reservations.held_against((3.0,), "x") == 100  # outranks b only
+    assert reservations.held_against((5.0,), "x") == 140  # an equal priority does not outrank
+    assert reservations.held_against((9.0,), "a") == 40  # a program's own reservation never holds it back
+    clock[0] += 3.0  # b lapses
+    assert reservations.held_against((9.0,), "x") == 100 and len(reservations) == 1
+    reservations.reserve("a", 0, (1.0,), ttl_s=10.0)  # nothing to hold: dropped
+    assert reservations.held_against((9.0,), "x") == 0 and reservations.total() == 0
+    reservations.reserve("c", 10, (), ttl_s=5.0)  # no priority: holds against every admission
+    assert reservations.held_against((-1e9,), "x") == 10
+    reservations.release("c")
+    reservations.release(None)
+    assert len(reservations) == 0
+
+
+@pytest.mark.parametrize(("call_priority", "held"), [(3.0, True), (0.5, False)])
+def test_a_reserved_next_call_keeps_a_later_prompt_out_until_it_is_admitted(call_priority, held):
+    """A big running prompt leaves 212 of 512 slots; the agent's next call (priority 1) has 150 of them reserved.
+    A 150-token prompt that would go after it waits until the agent's call is admitted; one that outranks the
+    reservation starts at once."""
+    core = _core()
+    rng = random.Random(11)
+    assert core.reserve("agent", 150, priority=1.0, ttl_s=60.0)
+    big = _request(296, "big", rng)  # priority 0: outranks the reservation
+    late = _request(150, "late", rng, priority=call_priority)
+    core.add_request(big)
+    core.step()  # big is admitted beside the reservation
+    core.add_request(late)
+    core.step()
+    stats = core.stats()
+    assert ("reserved" in stats.admission_stops) is held
+    assert any(s.request_id == "late" for s in core.scheduler.running) is not held
+    # The agent's call arrives and is admitted: its reservation ends with it.
+    agent = _request(100, "agent-call", rng, priority=1.0, program="agent")
+    tokens = run_to_completion(core, [agent])
+    assert len(tokens["agent-call"][0]) == 4 and len(core.scheduler.reservations) == 0
+    core.check_invariants()
+
+
+def test_reserve_rejects_a_bad_size_or_priority():
+    core = _core()
+    with pytest.raises(ValueError, match="slots"):
+        core.reserve("p", -1)
+    with pytest.raises(ValueError, match="priority"):
+        core.reserve("p", 10, priority=(float("nan"),))
+    assert core.unreserve("unknown")
