@@ -42,19 +42,6 @@ _STEP_COLUMNS = [
 ]
 # Host milliseconds per step in each phase of the engine loop (EngineStats.phase_s).
 _PHASES = ("schedule", "prepare", "forward", "commit", "resolve", "readback_wait", "sample", "deliver", "commands")
-_ABLATION = (
-    "program_fcfs",
-    "shortest_remaining",
-    "attained_service",
-    "deadline",
-    "next_use_hints",
-    "tool_pins",
-    "prefetch",
-    "dedup",
-    "prefix_first",
-    "cache_affinity",
-    "shared_prefix_decode",
-)
 
 
 # The suites' names, here so that ``--help`` needs no import of the suites (and of torch); a test keeps them equal to
@@ -124,6 +111,7 @@ def register(benches: argparse._SubParsersAction) -> None:
 
 def _modes(args: argparse.Namespace) -> list[Any]:
     from plait.runtime.planning import PlanConfig
+    from plait.runtime.planning.plan_config import FEATURES
 
     plait_mode = PlanConfig().with_overrides(args.plan)  # ValueError names the bad item
     if args.max_queue_wait is not None:
@@ -132,9 +120,9 @@ def _modes(args: argparse.Namespace) -> list[Any]:
     if args.compare == "baseline" or args.ablation:
         modes.append(PlanConfig.baseline())
     if args.ablation:
-        modes += [PlanConfig.only(feature) for feature in _ABLATION]
+        modes += [PlanConfig.only(feature) for feature in FEATURES]
     if args.leave_one_out:
-        modes += [plait_mode.without(feature) for feature in _ABLATION if getattr(plait_mode, feature)]
+        modes += [plait_mode.without(feature) for feature in FEATURES if getattr(plait_mode, feature)]
     modes += [PlanConfig.only(feature) for feature in getattr(args, "only", [])]  # ValueError names a bad one
     modes += [plait_mode.without(feature) for feature in getattr(args, "without", [])]
     for variant in getattr(args, "variant", []):

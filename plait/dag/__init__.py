@@ -7,6 +7,7 @@ May import: ``plait.semantic_vars``.
 from __future__ import annotations
 
 from plait.dag.analysis import (
+    calls_made_ready,
     critical_path,
     levels,
     prefix_groups,
@@ -50,6 +51,7 @@ __all__ = [
     "WorkflowSpec",
     "accepts_schema",
     "accepts_value",
+    "calls_made_ready",
     "critical_path",
     "decode_workflow",
     "encode_workflow",

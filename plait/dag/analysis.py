@@ -94,3 +94,15 @@ def prefix_steps_to_execution(workflow: Workflow, finished: Collection[str] = ()
 
 def _prefix_key(node: LLMCall) -> str:
     return node.prompt.static_prefix
+
+
+def calls_made_ready(workflow: Workflow, node_id: str, finished: Collection[str]) -> list[LLMCall]:
+    """The LLM calls that can start once ``node_id`` finishes: its successors whose every other predecessor is in
+    ``finished``."""
+    graph = workflow.graph
+    return [
+        call
+        for s in graph.successors(node_id)
+        if isinstance(call := workflow.nodes[s], LLMCall)
+        and all(p == node_id or p in finished for p in graph.predecessors(s))
+    ]

@@ -51,12 +51,19 @@ class Reservations:
         it does not outrank."""
         if not self._by_program:
             return 0
-        now = time.monotonic()
-        lapsed = [p for p, r in self._by_program.items() if r.until <= now]
-        for program in lapsed:
-            del self._by_program[program]
+        self._drop_lapsed(time.monotonic())
         return sum(r.slots for p, r in self._by_program.items() if p != program_id and not priority < r.priority)
 
     def total(self) -> int:
-        """Slots reserved now (lapsed reservations included until the next admission drops them)."""
+        """Slots reserved now (lapsed reservations are dropped first)."""
+        self._drop_lapsed(time.monotonic())
         return sum(r.slots for r in self._by_program.values())
+
+    def clear(self) -> None:
+        """Drop every reservation (between benchmark runs, with the prefix cache)."""
+        self._by_program.clear()
+
+    def _drop_lapsed(self, now: float) -> None:
+        lapsed = [p for p, r in self._by_program.items() if r.until <= now]
+        for program in lapsed:
+            del self._by_program[program]

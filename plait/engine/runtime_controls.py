@@ -65,8 +65,8 @@ class RuntimeControls:
         priority: float | tuple[float, ...] | None = None,
     ) -> bool:
         """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget. ``priority``:
-        that of the program's next request. A waiting request whose priority is lower (more important) than that of
-        every running pin may take pinned memory; a pin without one holds against every request. A malformed
+        that of the program's next request. A waiting request may take the pinned KV whose every running pinner's
+        priority is higher (less important) than its own; a pin without one holds against every request. A malformed
         priority raises ``ValueError`` here (through ``Engine.hint`` it is logged on the engine thread and the hint
         ignored)."""
         key = () if priority is None else priority_key(priority)
@@ -106,7 +106,9 @@ class RuntimeControls:
         return self.allocator.num_used - cached
 
     def flush_prefix_cache(self) -> int:
-        """Drop every unlocked cached prefix (pinned ones too, host copies too); returns the device slots freed."""
+        """Drop every unlocked cached prefix (pinned ones too, host copies too) and every reservation; returns the
+        device slots freed."""
+        self.scheduler.reservations.clear()
         if isinstance(self.prefix_cache, RadixCache):
             return self.prefix_cache.flush()
         return self.prefix_cache.evict(self.kv_slots, allow_pinned=True)

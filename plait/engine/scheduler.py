@@ -128,19 +128,25 @@ class Scheduler:
         """Slots free now or after eviction; pinned prefixes count only with ``allow_pinned`` (running requests)."""
         return self.allocator.num_free + self.prefix_cache.evictable_slots(allow_pinned)
 
-    def _admission_room(self, seq: Sequence | None = None) -> int:
+    def _admission_room(self, seq: Sequence | None = None, reserved: bool = True) -> int:
         """Slots a new prompt (``seq``) may take: pinned ones too unless pins hold admissions, else those whose every
         pinner ``seq`` outranks (KV kept for a less important program's next call must not hold back a more
-        important one)."""
+        important one). ``reserved``: less what is reserved for calls ``seq`` would go after (an admission; the
+        chunks of a prompt already admitted are not held back by reservations)."""
         if seq is None:
             return self.free_slots(allow_pinned=not self.config.pins_hold_admissions)
-        priority = seq.sort_key[0]
         if self.config.pins_hold_admissions:
-            room = self.allocator.num_free + self.prefix_cache.evictable_slots(priority=priority)
+            room = self.allocator.num_free + self.prefix_cache.evictable_slots(priority=seq.sort_key[0])
         else:
             room = self.free_slots(allow_pinned=True)
-        # Memory reserved for the next call of a program waiting on a tool, if that call would go before this one.
-        return room - self.reservations.held_against(priority, seq.program_id)
+        return room - self._reserved_against(seq) if reserved else room
+
+    def _reserved_against(self, seq: Sequence | None) -> int:
+        """Slots reserved for the next calls of programs waiting on tools that ``seq`` would go after. None while
+        nothing runs: an idle engine does not wait for calls that are not there yet."""
+        if seq is None or not self.running or not len(self.reservations):
+            return 0
+        return self.reservations.held_against(seq.sort_key[0], seq.program_id)
 
     def _inflight_prefills(self) -> dict[tuple[int, ...], list[Sequence]]:
         """Running sequences still prefilling their prompt, by their first ``_SHARE_KEY`` tokens."""
@@ -234,9 +240,10 @@ class Scheduler:
             # Pins hold memory for the future: they keep new prompts out (admission counts unpinned room only, and
             # what pins ``seq`` outranks hold) but yield to a running prefill that has no other room left, one chunk
             # at a time.
-            unpinned = self._admission_room(seq)
+            unpinned = self._admission_room(seq, reserved=newly_admitted)
             takes_pinned = (unpinned <= 0 and not newly_admitted) or not self.config.pins_hold_admissions
-            room = self.free_slots(allow_pinned=True) if takes_pinned else unpinned
+            # A new prompt's room leaves other programs' reservations out whether or not pins hold admissions.
+            room = self.free_slots(allow_pinned=True) if takes_pinned and not newly_admitted else unpinned
             if budget <= 0 or room <= 0:
                 wanted = min(seq.num_uncomputed, self.config.chunk_size)  # what pinned KV held out: its next chunk
                 stop = "token_budget" if budget <= 0 else self._memory_stop(0, wanted=wanted, seq=seq)
@@ -262,7 +269,9 @@ class Scheduler:
                 reserve += own
                 if holds_back and seq.num_prompt > _SHARE_KEY:
                     inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
-                room = self._admission_room(seq)  # the prefix it matched is locked now: no longer free
+                # The prefix it matched is locked now, no longer free. Its chunks are those of a running request: the
+                # admission above respected the reservations (with anything running, for its whole prompt).
+                room = self._admission_room(seq, reserved=False)
             chunk = min(seq.num_uncomputed, budget, self.config.chunk_size, room)
             priority = seq.sort_key[0]
             self._ensure_free(chunk, allow_pinned=takes_pinned, priority=priority)
@@ -286,13 +295,13 @@ class Scheduler:
         (``needed`` + 1 slots, or ``wanted`` if more); "pinned" when it would have with pinned prefixes counted. The
         cache then learns which pinned KV kept the prompt out (what those pins saved)."""
         room = self._admission_room(seq)
-        reserved = self.reservations.held_against(seq.sort_key[0], seq.program_id) if seq is not None else 0
+        reserved = self._reserved_against(seq)
         want = max(needed + 1, wanted)
         if reserved and room + reserved >= want:
             return "reserved"
-        if self.free_slots(allow_pinned=True) <= needed:
+        if self.free_slots(allow_pinned=True) - reserved <= needed:
             return reason
-        self.prefix_cache.note_pins_held(want - room - reserved)
+        self.prefix_cache.note_pins_held(want - room)  # what pins had to give: the reservations stay
         return "pinned"
 
     def _admission_order(self, budget: int) -> list[Sequence]:

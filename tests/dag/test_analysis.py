@@ -11,6 +11,7 @@ from plait.dag import (
     ToolCall,
     ToolSpec,
     Workflow,
+    calls_made_ready,
     critical_path,
     levels,
     prefix_groups,
@@ -331,3 +332,21 @@ def test_empty_workflow() -> None:
     assert steps_to_execution(workflow) == {}
     assert prefix_groups(workflow) == {}
     assert prefix_steps_to_execution(workflow) == {}
+
+
+def test_calls_made_ready_are_the_calls_a_node_unblocks():
+    """In a two-turn agent the first tool unblocks the second thought, not the final answer (which also reads the
+    second turn); the second tool unblocks the answer once everything before it is finished."""
+    nodes = [
+        LLMCall("think_1", Template("Q: {{q}} T1:"), "t1"),
+        ToolCall("act_1", "search", "o1", args={"query": var_ref("t1")}),
+        LLMCall("think_2", Template("Q: {{q}} T1:{{t1}} O1:{{o1}} T2:"), "t2"),
+        ToolCall("act_2", "search", "o2", args={"query": var_ref("t2")}),
+        LLMCall("answer", Template("Q: {{q}} {{t1}} {{o1}} {{t2}} {{o2}} A:"), "a"),
+    ]
+    workflow = Workflow.build(nodes, inputs={"q": "why"}, outputs=["a"])
+    assert [c.id for c in calls_made_ready(workflow, "act_1", {"think_1"})] == ["think_2"]
+    assert calls_made_ready(workflow, "act_2", {"think_1", "act_1"}) == []  # think_2 not finished yet
+    done = {"think_1", "act_1", "think_2"}
+    assert [c.id for c in calls_made_ready(workflow, "act_2", done)] == ["answer"]
+    assert calls_made_ready(workflow, "answer", done | {"act_2"}) == []

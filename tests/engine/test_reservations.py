@@ -80,3 +80,35 @@ def test_reserve_rejects_a_bad_size_or_priority():
     with pytest.raises(ValueError, match="priority"):
         core.reserve("p", 10, priority=(float("nan"),))
     assert core.unreserve("unknown")
+
+
+@pytest.mark.parametrize("pins_hold", [True, False])
+def test_reservations_never_keep_an_idle_engine_idle(pins_hold):
+    """With nothing running, a waiting prompt starts whatever is reserved (the reserved-for call is not there yet),
+    and its chunks are a running request's: a cached prefix that takes the room left does not retract it each step."""
+    core = _core()
+    core.configure(pins_hold_admissions=pins_hold)
+    rng = random.Random(12)
+    sampling = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    prefix = [rng.randrange(256) for _ in range(100)]
+    run_to_completion(core, [GenerateRequest(prompt_token_ids=prefix, sampling=sampling, request_id="warm")])
+    assert core.reserve("agent", core.scheduler.free_slots() - 50, priority=0.0, ttl_s=60.0)
+    late = GenerateRequest(
+        prompt_token_ids=prefix + [rng.randrange(256) for _ in range(20)], sampling=sampling, request_id="late",
+        priority=1.0,
+    )  # fmt: skip
+    tokens = run_to_completion(core, [late])
+    assert len(tokens["late"][0]) == 4
+    assert core.scheduler.num_retractions == 0 and "reserved" not in core.scheduler.admission_stops
+    assert core.reserve("agent", 10_000, priority=0.0, ttl_s=60.0)  # more than the pool: clamped, still not idle
+    tokens = run_to_completion(core, [_request(50, "later", rng, priority=1.0)])
+    assert len(tokens["later"][0]) == 4
+    core.check_invariants()
+
+
+def test_flushing_the_cache_drops_reservations():
+    """Benchmarks flush between modes: a reservation of one run must not hold memory in the next."""
+    core = _core()
+    assert core.reserve("agent", 100, priority=0.0, ttl_s=60.0)
+    core.flush_prefix_cache()
+    assert len(core.scheduler.reservations) == 0

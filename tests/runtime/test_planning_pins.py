@@ -160,7 +160,7 @@ def test_a_pin_weighs_only_the_programs_own_kv_and_the_room_evicted_before_it():
 
 
 def test_a_pin_carries_the_priority_of_the_programs_next_call(monkeypatch):
-    """The engine lets a prompt that outranks every running pin take pinned memory, so the planner's pin hint names
+    """The engine lets a prompt take the pinned memory of pins it outranks, so the planner's pin hint names
     the priority the call after the tool will be submitted with."""
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
@@ -323,7 +323,7 @@ def test_a_tool_reserves_what_the_next_call_will_add_learned_per_tool(monkeypatc
     assert first[-1]["slots"] == 6 + 156 and first[-1]["program_id"] == "p"
     assert first[-1]["priority"] == priority and priority != 0
     assert planner.next_call_growth.prompt_growth("lookup") == 40
-    assert ("unreserve", {"program_id": "p"}) not in engine.hints  # the admitted call ended it in the engine
+    assert ("unreserve", {"program_id": "p"}) in engine.hints  # at the program's end (a no-op once admitted)
     second, _ = run("q", answer_prompt=156 + 40)
     assert second[-1]["slots"] == 40 + 6 + 156 and planner.counters.reservations == 2
     assert planner.counters.hook_errors == 0
@@ -348,3 +348,27 @@ def test_a_program_that_ends_in_its_tool_takes_its_reservation_back():
     assert [m for m, _ in engine.hints].count("reserve") == 1  # the answer's output, learned growth 0
     planner.program_finished("p", "failed", 0.0, 1.0)
     assert ("unreserve", {"program_id": "p"}) in engine.hints
+
+
+@pytest.mark.parametrize("how", ["skipped", "deduplicated"])
+def test_a_reservation_is_taken_back_when_its_call_never_reaches_the_engine(how):
+    """The engine ends a reservation when the program's call is admitted. A call skipped after a failed tool, or
+    answered by deduplication, never is: the planner takes the reservation back itself, at once."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    engine = HintRecorder()
+    planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
+    planner.node_started("p", workflow.nodes["search"])
+    assert [m for m, _ in engine.hints].count("reserve") == 1
+    if how == "skipped":
+        record = NodeRecord(node_id="answer", kind="llm", state=NodeState.SKIPPED)
+    else:
+        record = NodeRecord(node_id="answer", kind="llm", state=NodeState.DONE, started_at=1.0, finished_at=1.0)
+        record.deduplicated = True
+    planner.node_finished("p", workflow.nodes["answer"], record)
+    assert ("unreserve", {"program_id": "p"}) in engine.hints
+    assert not planner._plans["p"].reserved and planner.counters.hook_errors == 0

@@ -4,7 +4,8 @@ The call's prompt is the program's context so far plus what the tool returned (a
 output as text); then it decodes. The prompt's growth is learned per tool, as an exponentially weighted average of
 what the calls after that tool added to their program's context; before the first observation nothing is reserved
 for it. The output is the call's ``max_tokens`` when it ignores the end-of-sequence token, else half of it (as the
-engine's admission reserve counts a running request that may stop early).
+engine's admission reserve counts a running request that may stop early), once per sample. A call mapped over a list
+is counted once (how many items the list will hold is not known before the tool returns).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class NextCallGrowth:
         """Slots ``call`` (run after ``tool``) is expected to add to its program's KV: prompt growth plus output."""
         constraints = call.constraints
         output = constraints.max_tokens * (1.0 if constraints.ignore_eos else _MAY_STOP_EARLY)
-        return int(self.prompt_growth(tool) + output)
+        return int(self.prompt_growth(tool) + output * call.n)
 
     def snapshot(self) -> dict[str, float]:
         """Learned prompt growth per tool (for the bench's planner stats)."""

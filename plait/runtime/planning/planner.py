@@ -20,7 +20,7 @@ from typing import Any
 
 import networkx as nx
 
-from plait.dag import LLMCall, Node, ToolCall, Workflow, critical_path, steps_to_execution
+from plait.dag import LLMCall, Node, ToolCall, Workflow, calls_made_ready, critical_path, steps_to_execution
 from plait.engine import Engine, EngineStats
 from plait.engine.request import priority_key
 from plait.runtime.planning.call_dedup import CallDeduplicator
@@ -60,7 +60,9 @@ class ProgramPlan:
     static_prefixes: frozenset[str] = frozenset()  # the static prompt prefixes its calls start with
     pin_until: float = 0.0
     pin_span: int | None = None
-    reserved: bool = False  # the engine holds memory for its next call (NextCallGrowth)
+    # A reservation was sent that the engine may still hold (it ends it itself when one of the program's requests is
+    # admitted; the planner takes it back when the call never reaches the engine, and at the program's end).
+    reserved: bool = False
     # Calls after a running tool -> (that tool, the program's context when it started): their prompt's growth.
     growth_from: dict[str, tuple[str, int]] = field(default_factory=dict)
     pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
@@ -228,12 +230,16 @@ class Planner:
         """Timeline spans, learned rates and the unpin that follows an LLM call; returns its engine service time."""
         if plan.pin_until:
             self._unpin(plan, time.monotonic())
-        plan.reserved = False  # the engine dropped it when the call was admitted
+        after = plan.growth_from.pop(node.id, None)
+        if plan.reserved and after is not None and (record.deduplicated or record.state.value != "done"):
+            # The call the memory was held for never reached the engine (deduplicated, skipped after a failed tool,
+            # or failed before it was submitted), so no admission ended the reservation.
+            self.engine.hint("unreserve", program_id=plan.program_id)
+            plan.reserved = False
         start, end = record.started_at, record.finished_at
         if start is None or end is None:
             return 0.0
-        after = plan.growth_from.pop(node.id, None)
-        if after is not None and record.prompt_tokens:
+        if after is not None and record.prompt_tokens and not record.deduplicated:
             self.next_call_growth.observe(after[0], record.prompt_tokens - after[1])
         plan.context_tokens = record.prompt_tokens + record.completion_tokens
         if self.config.tool_pins or self.config.reserve_next_call:  # what a pin would hold, or a reservation
@@ -289,7 +295,9 @@ class Planner:
             return
         now = time.monotonic()
         # The pin holds memory for the program's next call: it keeps out only prompts that call would go after.
-        priority = self._next_call_priority(plan, self._calls_after(plan, node))
+        graph, nodes = plan.workflow.graph, plan.workflow.nodes
+        after = [nodes[n] for n in graph.successors(node.id) if isinstance(nodes[n], LLMCall)]
+        priority = self._next_call_priority(plan, after)
         self.engine.hint("pin", ttl_s=decision.ttl_s, program_id=plan.program_id, priority=priority)
         self.counters.pins += 1
         self.counters.pin_ttl_total_s += decision.ttl_s
@@ -305,10 +313,6 @@ class Planner:
         }
         plan.pin_span = self.timeline.open_span(plan.program_id, TimelineKind.PINNED, now, args=args)
 
-    def _calls_after(self, plan: ProgramPlan, tool: ToolCall) -> list[LLMCall]:
-        workflow = plan.workflow
-        return [n for s in workflow.graph.successors(tool.id) if isinstance(n := workflow.nodes[s], LLMCall)]
-
     def _next_call_priority(self, plan: ProgramPlan, calls: list[LLMCall]) -> Any:
         """The most important priority among ``calls`` (None when there are none)."""
         priorities = [self.request_options(plan.program_id, call).priority for call in calls]
@@ -319,12 +323,7 @@ class Planner:
         tool's result in their prompts and their outputs, plus the program's context unless a pin keeps it) out of
         the admissions those calls would go before (``engine.reservations``). A call that still waits for other
         unfinished nodes is not next. Called after the pin decision."""
-        graph = plan.workflow.graph
-        calls = [
-            call
-            for call in self._calls_after(plan, tool)
-            if all(p == tool.id or p in plan.finished for p in graph.predecessors(call.id))
-        ]
+        calls = calls_made_ready(plan.workflow, tool.id, plan.finished)
         for call in calls:
             plan.growth_from[call.id] = (tool.tool, plan.context_tokens)
         if not calls:
