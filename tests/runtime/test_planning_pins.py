@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -335,7 +336,8 @@ def test_a_tool_reserves_what_the_next_call_will_add_learned_per_tool(monkeypatc
     assert not [m for m, _ in baseline.engine.hints if m == "reserve"]
 
 
-def test_a_program_that_ends_in_its_tool_takes_its_reservation_back():
+def _planner_in_tool() -> tuple[HintRecorder, Any, Workflow]:
+    """A planner (no pins) whose program ``p`` has thought and started its tool: one reservation sent."""
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
@@ -346,6 +348,11 @@ def test_a_program_that_ends_in_its_tool_takes_its_reservation_back():
     planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
     planner.node_started("p", workflow.nodes["search"])
     assert [m for m, _ in engine.hints].count("reserve") == 1  # the answer's output, learned growth 0
+    return engine, planner, workflow
+
+
+def test_a_program_that_ends_in_its_tool_takes_its_reservation_back():
+    engine, planner, _ = _planner_in_tool()
     planner.program_finished("p", "failed", 0.0, 1.0)
     assert ("unreserve", {"program_id": "p"}) in engine.hints
 
@@ -354,16 +361,9 @@ def test_a_program_that_ends_in_its_tool_takes_its_reservation_back():
 def test_a_reservation_is_taken_back_when_its_call_never_reaches_the_engine(how):
     """The engine ends a reservation when the program's call is admitted. A call skipped after a failed tool, or
     answered by deduplication, never is: the planner takes the reservation back itself, at once."""
-    from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
-    engine = HintRecorder()
-    planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False))  # type: ignore[arg-type]
-    workflow = tool_chain("p", "question")
-    planner.program_started("p", workflow)
-    planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
-    planner.node_started("p", workflow.nodes["search"])
-    assert [m for m, _ in engine.hints].count("reserve") == 1
+    engine, planner, workflow = _planner_in_tool()
     if how == "skipped":
         record = NodeRecord(node_id="answer", kind="llm", state=NodeState.SKIPPED)
     else:

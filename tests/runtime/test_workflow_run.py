@@ -78,7 +78,8 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
     plait_mode, baseline, *without = modes
     assert not plait_mode.deadline and plait_mode.tool_pins and baseline.name == "baseline"
     assert [m.name for m in without] == [f"plait without {f}" for f in ("program_fcfs",
-        "next_use_hints", "tool_pins", "prefetch", "dedup", "prefix_first", "cache_affinity")]  # fmt: skip
+        "next_use_hints", "tool_pins", "reserve_next_call", "prefetch", "dedup", "prefix_first",
+        "cache_affinity")]  # fmt: skip
     assert all(not getattr(m, m.name.rsplit(" ", 1)[1]) for m in without)
     picked = _modes(args(without=["tool_pins", "prefix_first"]))
     assert [m.name for m in picked[2:]] == ["plait without tool_pins", "plait without prefix_first"]
