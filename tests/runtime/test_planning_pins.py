@@ -372,3 +372,22 @@ def test_a_reservation_is_taken_back_when_its_call_never_reaches_the_engine(how)
     planner.node_finished("p", workflow.nodes["answer"], record)
     assert ("unreserve", {"program_id": "p"}) in engine.hints
     assert not planner._plans["p"].reserved and planner.counters.hook_errors == 0
+
+
+def test_under_request_fcfs_a_reservation_carries_the_priority_its_call_will_be_submitted_with():
+    """Without program FCFS a call's key is its submission time: the reservation made at the tool's start names the
+    time the tool is expected back, so it does not hold against calls submitted before its own."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    engine = HintRecorder()
+    planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False, program_fcfs=False))  # type: ignore[arg-type]
+    planner.durations.tools.record("lookup", 5.0)
+    workflow = tool_chain("p", "question")
+    planner.program_started("p", workflow)
+    planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
+    started = time.monotonic()
+    planner.node_started("p", workflow.nodes["search"])
+    (reserve,) = [kwargs for method, kwargs in engine.hints if method == "reserve"]
+    expected_back = started + planner.durations.expected(workflow.nodes["search"])
+    assert reserve["priority"][-1] == pytest.approx(expected_back, abs=0.5) and expected_back > started + 1.0

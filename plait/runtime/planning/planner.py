@@ -152,12 +152,13 @@ class Planner:
 
     # ---- nodes -----------------------------------------------------------------------------------------------------
 
-    def request_options(self, program_id: str, node: LLMCall) -> RequestOptions:
-        """The engine request settings for ``node`` now: program id and priority."""
+    def request_options(self, program_id: str, node: LLMCall, at: float | None = None) -> RequestOptions:
+        """The engine request settings for ``node`` submitted now (or at ``at``, a ``time.monotonic()`` value):
+        program id and priority."""
         plan = self._plans.get(program_id)
         if plan is None:
             return RequestOptions(program_id)
-        now = time.monotonic()
+        now = time.monotonic() if at is None else at
         remaining_s = 0.0
         if self.config.shortest_remaining or (self.config.deadline and plan.deadline_at is not None):
             remaining_s = plan.remaining_s(node.id, self.durations)
@@ -297,7 +298,7 @@ class Planner:
         # The pin holds memory for the program's next call: it keeps out only prompts that call would go after.
         graph, nodes = plan.workflow.graph, plan.workflow.nodes
         after = [nodes[n] for n in graph.successors(node.id) if isinstance(nodes[n], LLMCall)]
-        priority = self._next_call_priority(plan, after)
+        priority = self._next_call_priority(plan, after, node)
         self.engine.hint("pin", ttl_s=decision.ttl_s, program_id=plan.program_id, priority=priority)
         self.counters.pins += 1
         self.counters.pin_ttl_total_s += decision.ttl_s
@@ -313,9 +314,11 @@ class Planner:
         }
         plan.pin_span = self.timeline.open_span(plan.program_id, TimelineKind.PINNED, now, args=args)
 
-    def _next_call_priority(self, plan: ProgramPlan, calls: list[LLMCall]) -> Any:
-        """The most important priority among ``calls`` (None when there are none)."""
-        priorities = [self.request_options(plan.program_id, call).priority for call in calls]
+    def _next_call_priority(self, plan: ProgramPlan, calls: list[LLMCall], tool: ToolCall) -> Any:
+        """The most important priority among ``calls`` (None when there are none), as they will be submitted when
+        ``tool`` is expected back (under request FCFS a call's key is its submission time, not the tool's start)."""
+        at = time.monotonic() + self.durations.expected(tool)
+        priorities = [self.request_options(plan.program_id, call, at).priority for call in calls]
         return min(priorities, key=priority_key) if priorities else None
 
     def _reserve_next_call(self, plan: ProgramPlan, tool: ToolCall) -> None:
@@ -334,7 +337,7 @@ class Planner:
             slots += plan.private_tokens
         if slots <= 0:
             return
-        priority = self._next_call_priority(plan, calls)
+        priority = self._next_call_priority(plan, calls, tool)
         ttl_s = self.config.max_pin_ttl_s
         self.engine.hint("reserve", program_id=plan.program_id, slots=slots, priority=priority, ttl_s=ttl_s)
         plan.reserved = True
