@@ -22,10 +22,9 @@ import torch
 
 from plait.cache import PrefixCache, ReqToTokenPool, ResidencyMark, SlotAllocator
 from plait.engine.cache_affinity import affinity_order
+from plait.engine.prefix_hold import InflightPrefixes
 from plait.engine.reservations import Reservations
 from plait.engine.sequence import SeqStatus, Sequence
-
-_SHARE_KEY = 32  # prompts sharing fewer leading tokens than this are not worth holding back for each other
 
 
 @dataclass
@@ -148,29 +147,6 @@ class Scheduler:
             return 0
         return self.reservations.held_against(seq.sort_key[0], seq.program_id)
 
-    def _inflight_prefills(self) -> dict[tuple[int, ...], list[Sequence]]:
-        """Running sequences still prefilling their prompt, by their first ``_SHARE_KEY`` tokens."""
-        inflight: dict[tuple[int, ...], list[Sequence]] = {}
-        for other in self.running:
-            if other.num_computed < other.num_prompt and other.num_prompt > _SHARE_KEY:
-                inflight.setdefault(tuple(other.token_ids[:_SHARE_KEY]), []).append(other)
-        return inflight
-
-    def _shares_inflight_prefix(self, seq: Sequence, inflight: dict[tuple[int, ...], list[Sequence]]) -> bool:
-        """True if a running prefill will still compute at least ``prefix_hold_min_tokens`` of ``seq``'s prompt:
-        waiting for its chunks to be cached computes that shared part once instead of twice."""
-        need = max(1, self.config.prefix_hold_min_tokens)
-        for other in inflight.get(tuple(seq.token_ids[:_SHARE_KEY]), ()):
-            done = other.num_computed
-            end = done + need  # the shared part still to come must reach this far
-            if (
-                end <= min(other.num_prompt, len(seq.token_ids) - 1)
-                and other.token_ids[done:end] == seq.token_ids[done:end]
-                and other.token_ids[:done] == seq.token_ids[:done]
-            ):
-                return True
-        return False
-
     # ---- one step --------------------------------------------------------------------------------------------------
 
     def _promote_starving(self, now: float) -> None:
@@ -223,7 +199,9 @@ class Scheduler:
         rows_free = len(self.running) < self.config.max_running and self.req_to_token.num_free_rows > 0
         candidates = partial + (self._admission_order(budget) if rows_free and self.waiting else [])
         holds_back = self.prefix_cache.shares_prefixes and self.config.prefix_first
-        inflight = self._inflight_prefills() if holds_back and candidates else {}
+        inflight = None  # (built only when something may be admitted: a pass over the running sequences)
+        if holds_back and candidates:
+            inflight = InflightPrefixes(self.running, self.config.prefix_hold_min_tokens)
         # Room the running sequences will still take: tokens to generate, and the rest of partial prefills' prompts
         # (admitting beside a long prefill that later fills the pool would retract a decode). Only prefills use it.
         reserve = 0
@@ -254,7 +232,9 @@ class Scheduler:
                 if self.config.reserve_decode and self.running and unpinned - reserve < first_chunk + own:
                     stop = self._memory_stop(reserve + first_chunk + own - 1, "decode_reserve", seq=seq)
                     break  # admitting it would leave the running sequences no room to decode (a retraction later)
-                held = self._shares_inflight_prefix(seq, inflight) or (self.ready is not None and not self.ready(seq))
+                held = (inflight is not None and inflight.computes_prefix_of(seq)) or (
+                    self.ready is not None and not self.ready(seq)
+                )
                 any_held = any_held or held
                 # The whole uncached prompt must fit beside what running sequences still take. With nothing running
                 # only its first chunk must fit; its later chunks may take pinned memory (a pin does not hold an
@@ -267,8 +247,8 @@ class Scheduler:
                     stop = self._refusal
                     break  # strict priority order: later sequences wait behind this one
                 reserve += own
-                if holds_back and seq.num_prompt > _SHARE_KEY:
-                    inflight.setdefault(tuple(seq.token_ids[:_SHARE_KEY]), []).append(seq)  # admitted this step
+                if inflight is not None:
+                    inflight.add(seq)  # admitted this step: it computes its prefix now
                 # The prefix it matched is locked now, no longer free. Its chunks are those of a running request: the
                 # admission above respected the reservations (with anything running, for its whole prompt).
                 room = self._admission_room(seq, reserved=False)

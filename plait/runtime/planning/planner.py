@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -28,9 +27,10 @@ from plait.runtime.planning.durations import DurationModel
 from plait.runtime.planning.kv_loss import ToolWaitLoss
 from plait.runtime.planning.kv_reuse import SharedPrefixes, continues, continues_across
 from plait.runtime.planning.next_call import NextCallGrowth
-from plait.runtime.planning.ordering import call_priority, latest_start, remaining_paths
+from plait.runtime.planning.ordering import call_priority, latest_start
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
 from plait.runtime.planning.plan_config import PlanConfig
+from plait.runtime.planning.program_plan import PlannerCounters, ProgramPlan
 from plait.runtime.request_options import RequestOptions
 from plait.runtime.states import NodeRecord
 from plait.runtime.timeline import Timeline, TimelineKind
@@ -41,64 +41,6 @@ logger = logging.getLogger(__name__)
 _FAR = 1e9  # "no next use known": steps sent to clear an earlier hint
 _MIN_PREFIX_CHARS = 64  # shorter static prefixes are not worth a hint
 _BOUNDARY_TOKENS = 2  # a prefix's last tokens may merge with what follows when the whole prompt is tokenized
-
-
-@dataclass
-class ProgramPlan:
-    """What the planner knows about one running program."""
-
-    program_id: str
-    workflow: Workflow
-    started_at: float
-    deadline_at: float | None
-    user_priority: float
-    latest_start_at: float | None = None  # deadline minus the expected critical path at the start
-    finished: set[str] = field(default_factory=set)
-    attained: dict[str, float] = field(default_factory=dict)  # node -> engine seconds along the best path to it
-    context_tokens: int = 0  # the KV its last LLM call left: prompt + completion
-    private_tokens: int = 0  # ... less the prompt prefix other live programs share (kv_reuse.SharedPrefixes)
-    static_prefixes: frozenset[str] = frozenset()  # the static prompt prefixes its calls start with
-    pin_until: float = 0.0
-    pin_span: int | None = None
-    # A reservation was sent that the engine may still hold (it ends it itself when one of the program's requests is
-    # admitted; the planner takes it back when the call never reaches the engine, and at the program's end).
-    reserved: bool = False
-    # Calls after a running tool -> (that tool, the program's context when it started): their prompt's growth.
-    growth_from: dict[str, tuple[str, int]] = field(default_factory=dict)
-    pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
-    prefixes: dict[str, float] = field(default_factory=dict)  # static prefix -> steps to its next use here
-    tools_running: dict[str, float] = field(default_factory=dict)  # tool node -> when it is expected to return
-    waiting_since: float = 0.0  # when its first running tool started (exposure of its KV: ToolWaitLoss)
-    # Its own KV per finished LLM call that no later call continues (a fan-out's branches each hold theirs): what the
-    # cache counts as the program's when it evicts or spares it.
-    own_kv: dict[str, int] = field(default_factory=dict)
-    # Each node's remaining expected path, for the (finished, nodes) counts it was computed at: calls submitted
-    # together (a fan-out's branches) share one pass over the graph.
-    remaining: tuple[tuple[int, int], dict[str, float]] | None = None
-
-    def remaining_s(self, node_id: str, durations: DurationModel) -> float:
-        """Expected seconds of the longest unfinished chain from ``node_id`` (``ordering.remaining_paths``)."""
-        key = (len(self.finished), len(self.workflow.nodes))
-        if self.remaining is None or self.remaining[0] != key or node_id not in self.remaining[1]:
-            self.remaining = (key, remaining_paths(self.workflow, self.finished, durations))
-        return self.remaining[1][node_id]
-
-    @property
-    def attained_s(self) -> float:
-        return max(self.attained.values(), default=0.0)
-
-
-@dataclass
-class PlannerCounters:
-    pins: int = 0
-    pins_declined: int = 0  # the cost/benefit said no
-    reservations: int = 0
-    reserved_slots: int = 0  # summed over reservations
-    pin_ttl_total_s: float = 0.0
-    prefetches: int = 0
-    next_use_hints: int = 0
-    prefix_hints: int = 0
-    hook_errors: int = 0
 
 
 class Planner:
@@ -116,6 +58,9 @@ class Planner:
         self._shared_prefixes = SharedPrefixes()
         self.tool_wait_loss = ToolWaitLoss()
         self.next_call_growth = NextCallGrowth()
+        # A program's own KV (its context less the prefixes live programs share) is what a pin holds and what a
+        # reservation adds for an unpinned program: tracked when either is on.
+        self._sizes_own_kv = self.config.tool_pins or self.config.reserve_next_call
 
     # ---- programs --------------------------------------------------------------------------------------------------
 
@@ -125,7 +70,7 @@ class Planner:
         now = time.monotonic()
         deadline_at = now + deadline_s if deadline_s is not None else None
         plan = ProgramPlan(program_id, workflow, now, deadline_at, float(user_priority))
-        if self.config.tool_pins or self.config.reserve_next_call:
+        if self._sizes_own_kv:
             plan.static_prefixes = frozenset(p for n in workflow.nodes.values() if (p := _static_prefix(n)))
             self._shared_prefixes.add(plan.static_prefixes)
         if deadline_at is not None and self.config.deadline:
@@ -243,7 +188,7 @@ class Planner:
         if after is not None and record.prompt_tokens and not record.deduplicated:
             self.next_call_growth.observe(after[0], record.prompt_tokens - after[1])
         plan.context_tokens = record.prompt_tokens + record.completion_tokens
-        if self.config.tool_pins or self.config.reserve_next_call:  # what a pin would hold, or a reservation
+        if self._sizes_own_kv:
             prefix = _static_prefix(node)
             shared_tokens = 0
             if prefix is not None and self._shared_prefixes.is_shared(prefix):

@@ -1,0 +1,67 @@
+"""What the planner keeps per running program, and its counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from plait.dag import Workflow
+from plait.runtime.planning.durations import DurationModel
+from plait.runtime.planning.ordering import remaining_paths
+
+
+@dataclass
+class ProgramPlan:
+    """What the planner knows about one running program."""
+
+    program_id: str
+    workflow: Workflow
+    started_at: float
+    deadline_at: float | None
+    user_priority: float
+    latest_start_at: float | None = None  # deadline minus the expected critical path at the start
+    finished: set[str] = field(default_factory=set)
+    attained: dict[str, float] = field(default_factory=dict)  # node -> engine seconds along the best path to it
+    context_tokens: int = 0  # the KV its last LLM call left: prompt + completion
+    private_tokens: int = 0  # ... less the prompt prefix other live programs share (kv_reuse.SharedPrefixes)
+    static_prefixes: frozenset[str] = frozenset()  # the static prompt prefixes its calls start with
+    pin_until: float = 0.0
+    pin_span: int | None = None
+    # A reservation was sent that the engine may still hold (it ends it itself when one of the program's requests is
+    # admitted; the planner takes it back when the call never reaches the engine, and at the program's end).
+    reserved: bool = False
+    # Calls after a running tool -> (that tool, the program's context when it started): their prompt's growth.
+    growth_from: dict[str, tuple[str, int]] = field(default_factory=dict)
+    pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
+    prefixes: dict[str, float] = field(default_factory=dict)  # static prefix -> steps to its next use here
+    tools_running: dict[str, float] = field(default_factory=dict)  # tool node -> when it is expected to return
+    waiting_since: float = 0.0  # when its first running tool started (exposure of its KV: ToolWaitLoss)
+    # Its own KV per finished LLM call that no later call continues (a fan-out's branches each hold theirs): what the
+    # cache counts as the program's when it evicts or spares it.
+    own_kv: dict[str, int] = field(default_factory=dict)
+    # Each node's remaining expected path, for the (finished, nodes) counts it was computed at: calls submitted
+    # together (a fan-out's branches) share one pass over the graph.
+    remaining: tuple[tuple[int, int], dict[str, float]] | None = None
+
+    def remaining_s(self, node_id: str, durations: DurationModel) -> float:
+        """Expected seconds of the longest unfinished chain from ``node_id`` (``ordering.remaining_paths``)."""
+        key = (len(self.finished), len(self.workflow.nodes))
+        if self.remaining is None or self.remaining[0] != key or node_id not in self.remaining[1]:
+            self.remaining = (key, remaining_paths(self.workflow, self.finished, durations))
+        return self.remaining[1][node_id]
+
+    @property
+    def attained_s(self) -> float:
+        return max(self.attained.values(), default=0.0)
+
+
+@dataclass
+class PlannerCounters:
+    pins: int = 0
+    pins_declined: int = 0  # the cost/benefit said no
+    reservations: int = 0
+    reserved_slots: int = 0  # summed over reservations
+    pin_ttl_total_s: float = 0.0
+    prefetches: int = 0
+    next_use_hints: int = 0
+    prefix_hints: int = 0
+    hook_errors: int = 0
