@@ -84,6 +84,13 @@ def register(benches: argparse._SubParsersAction) -> None:
         help="also run plait mode with these PlanConfig overrides (repeatable; e.g. pins_hold_admissions=off)",
     )
     add_plan_argument(parser)
+    parser.add_argument(
+        "--every-mode",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a PlanConfig field in every mode, the baseline too (repeatable; e.g. splice_outputs=off)",
+    )
     parser.add_argument("--programs", type=int, default=None, help="number of programs (default: the suite's)")
     parser.add_argument("--rate", type=float, default=None, help="arrivals per second (0: all at once)")
     parser.add_argument("--seed", type=int, default=0)
@@ -128,7 +135,8 @@ def _modes(args: argparse.Namespace) -> list[Any]:
     for variant in getattr(args, "variant", []):
         overrides = [item.strip() for item in variant.split(",") if item.strip()]
         modes.append(dataclasses.replace(plait_mode.with_overrides(overrides), name=f"plait {','.join(overrides)}"))
-    return modes
+    every = getattr(args, "every_mode", [])
+    return [mode.with_overrides(every) for mode in modes] if every else modes
 
 
 def main(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from plait.engine.request import (
     TokenLogprob,
 )
 from plait.engine.sampling_params import SamplingParams
+from plait.engine.tokenizer import Tokenizer
 
 __all__ = [
     "DUMMY_SHAPES",
@@ -50,6 +51,7 @@ __all__ = [
     "ParsedToolOutput",
     "SamplingParams",
     "TokenLogprob",
+    "Tokenizer",
     "ToolCall",
     "default_model_path",
     "parse_tool_calls",

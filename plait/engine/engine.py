@@ -212,11 +212,16 @@ class Engine:
         return int(await self._on_engine_thread(self.core.flush_prefix_cache))
 
     async def _prompt_ids_off_loop(self, request: GenerateRequest) -> list[int] | None:
-        """The prompt's ids from the tokenizer thread for chat messages (a template to render) and for prompt text long
-        enough to hold the loop up; None (``prepare`` tokenizes inline, or takes the ids given) otherwise, where a
-        thread hop would cost more than it saves."""
-        text = request.prompt if isinstance(request.prompt, str) else None
-        if request.messages is None and (text is None or len(text) < _OFF_LOOP_CHARS):
+        """The prompt's ids from the tokenizer thread for chat messages (a template to render) and for prompt text (or
+        pieces) long enough to hold the loop up; None (``prepare`` tokenizes inline, or takes the ids given) otherwise,
+        where a thread hop would cost more than it saves."""
+        if isinstance(request.prompt, str):
+            chars = len(request.prompt)
+        elif isinstance(request.prompt_pieces, list):
+            chars = sum(len(piece) for piece in request.prompt_pieces if isinstance(piece, str))
+        else:
+            chars = 0
+        if request.messages is None and chars < _OFF_LOOP_CHARS:
             return None
         try:
             return await asyncio.get_running_loop().run_in_executor(self._tokenize, self.core.prompt_ids, request)

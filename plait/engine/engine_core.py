@@ -137,11 +137,15 @@ class EngineCore(RuntimeControls, Scoring):
         return state
 
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
-        """The prompt's token ids (``prompt`` tokenized, ``messages`` rendered and tokenized, or the ids given)."""
-        given = [name for name in ("prompt", "prompt_token_ids", "messages") if getattr(request, name) is not None]
+        """The prompt's token ids (``prompt`` tokenized, ``messages`` rendered and tokenized, ``prompt_pieces``
+        assembled, or the ids given)."""
+        fields = ("prompt", "prompt_token_ids", "prompt_pieces", "messages")
+        given = [name for name in fields if getattr(request, name) is not None]
         if len(given) != 1:
-            raise InvalidRequestError("prompt", f"give exactly one of prompt, prompt_token_ids, messages (got {given})")
-        if request.messages is not None:
+            raise InvalidRequestError("prompt", f"give exactly one of {', '.join(fields)} (got {given})")
+        if request.prompt_pieces is not None:
+            prompt_ids = self._assemble_pieces(request.prompt_pieces)
+        elif request.messages is not None:
             text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True)
             prompt_ids = self.tokenizer.encode(text)
         elif request.prompt is not None:
@@ -152,13 +156,33 @@ class EngineCore(RuntimeControls, Scoring):
             prompt_ids = list(request.prompt_token_ids or [])
             if not prompt_ids:
                 raise InvalidRequestError("prompt_token_ids", "must be a non-empty list of token ids")
-            vocab = self.model_config.vocab_size
-            bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab]
-            if bad:
-                raise InvalidRequestError("prompt_token_ids", f"ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+            self._check_ids("prompt_token_ids", prompt_ids)
         if not prompt_ids:
             raise InvalidRequestError("prompt", "the prompt is empty")
         return prompt_ids
+
+    def _assemble_pieces(self, pieces: list[str | list[int]]) -> list[int]:
+        """Texts tokenized one by one (special tokens only for a text first), id lists as given, concatenated."""
+        if not isinstance(pieces, list) or not pieces:
+            raise InvalidRequestError("prompt_pieces", "must be a non-empty list of texts and token id lists")
+        ids: list[int] = []
+        for index, piece in enumerate(pieces):
+            if isinstance(piece, str):
+                ids += self.tokenizer.encode(piece, add_special_tokens=index == 0)
+            elif isinstance(piece, list):
+                self._check_ids(f"prompt_pieces[{index}]", piece)
+                ids += piece
+            else:
+                raise InvalidRequestError(
+                    f"prompt_pieces[{index}]", f"must be a text or a list of token ids, got {type(piece).__name__}"
+                )
+        return ids
+
+    def _check_ids(self, field: str, ids: list[int]) -> None:
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(field, f"ids outside the vocabulary [0, {vocab}): {bad[:5]}")
 
     def add(self, state: RequestState) -> None:
         """Queue a prepared request (engine thread only)."""

@@ -72,7 +72,7 @@ def build_runner(core: EngineCore, mc: ModelConfig) -> ModelRunner:
     config = core.config
     if config.simulated:
         cost = StepCostModel(mc, gpu_profile(config.simulate))
-        filler = core.tokenizer.encode("x")
+        filler = core.tokenizer.encode("x", add_special_tokens=False)  # not BOS: outputs decode to "xxx..."
         return SimulatedRunner(cost, core.kv_pool, core.req_to_token, filler[0] if filler else 0)
     assert core.model is not None
     attention = create_backend(core.attention_backend, core.kv_pool, core.req_to_token, mc.head_dim**-0.5)

@@ -17,7 +17,13 @@ def new_request_id() -> str:
 
 @dataclass
 class GenerateRequest:
-    """One generation. Give exactly one of ``prompt`` (text), ``prompt_token_ids`` or ``messages`` (chat).
+    """One generation. Give exactly one of ``prompt`` (text), ``prompt_token_ids``, ``prompt_pieces`` or ``messages``
+    (chat).
+
+    ``prompt_pieces``: the prompt as texts and id lists in order. Each text is tokenized on its own (the first piece
+    with the tokenizer's special tokens, such as BOS); each id list is used as given. A runtime splices an earlier
+    call's generated ids into a later prompt this way, so the prompt matches the KV computed while generating them
+    (re-tokenizing the text can split it into other tokens).
 
     ``priority``: lower values are served first; equal priorities are first-come first-served. A tuple of numbers
     compares element by element (the runtime's program-level policies give ``(service level, virtual time)``).
@@ -27,6 +33,7 @@ class GenerateRequest:
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
     messages: list[dict[str, Any]] | None = None
+    prompt_pieces: list[str | list[int]] | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     priority: float | tuple[float, ...] = 0
     request_id: str = field(default_factory=new_request_id)

@@ -81,6 +81,7 @@ class Tokenizer:
             stops.add(eos_token_id)
         self._stop_token_ids = frozenset(stops)
         self._token_strings: list[str] | None = None
+        self._joins_pieces: bool | None = None
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
@@ -226,6 +227,17 @@ class Tokenizer:
             assert self._bos_token_id is not None  # _add_bos implies it
             ids.insert(0, self._bos_token_id)
         return ids
+
+    @property
+    def joins_pieces(self) -> bool:
+        """Whether texts tokenized one by one and concatenated decode to the texts joined, so a prompt can be assembled
+        from tokenized pieces and generated ids. True for byte-level BPE; False for a tokenizer that puts a space
+        before every text it encodes (SentencePiece's dummy prefix), which would insert spaces at the seams."""
+        if self._joins_pieces is None:
+            pieces = ("Answer:", " yes", "\n", "x")
+            ids = [token for i, piece in enumerate(pieces) for token in self.encode(piece, add_special_tokens=i == 0)]
+            self._joins_pieces = self.decode(ids, skip_special_tokens=True) == "".join(pieces)
+        return self._joins_pieces
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids``; invalid UTF-8 becomes U+FFFD and ids without a string decode to nothing."""

@@ -157,15 +157,29 @@ class ProgramExecution:
                 self.planner.node_finished(self.program_id, node, record)
             return
         values = {variable.name: variable.value for variable in inputs}
+        generated = (
+            {variable.name: variable.token_ids for variable in inputs if variable.token_ids is not None}
+            if self._splices_outputs
+            else None
+        )
         record.state = NodeState.RUNNING
         record.started_at = time.monotonic()
         self._emit("node_started", node_id)
-        task = asyncio.get_running_loop().create_task(self._run(node, values), name=f"{self.program_id}/{node_id}")
+        task = asyncio.get_running_loop().create_task(
+            self._run(node, values, generated), name=f"{self.program_id}/{node_id}"
+        )
         self._tasks[node_id] = task
 
     # ---- running a node --------------------------------------------------------------------------------------------
 
-    async def _run(self, node: Node, values: dict[str, Any]) -> None:
+    @property
+    def _splices_outputs(self) -> bool:
+        """Whether prompts carry the generated ids of the values they embed (``PlanConfig.splice_outputs``, and a
+        tokenizer whose pieces join exactly)."""
+        planner = self.planner
+        return (planner is None or planner.config.splice_outputs) and self.services.engine.tokenizer.joins_pieces
+
+    async def _run(self, node: Node, values: dict[str, Any], generated: dict[str, list[int]] | None = None) -> None:
         record = self.nodes[node.id]
         output = self.workflow.variables[node.output]
         planner = self.planner
@@ -178,7 +192,9 @@ class ProgramExecution:
                     options = planner.request_options(self.program_id, node)
                     options.hints = dict(self.options.hints)
                 dedup = planner.dedup if planner is not None else None
-                value = await run_llm_call(self.services.engine, node, values, output, record, options, dedup)
+                value = await run_llm_call(
+                    self.services.engine, node, values, output, record, options, dedup, generated
+                )
             else:
                 value = await self._run_tool(node, values, record)
         except asyncio.CancelledError:

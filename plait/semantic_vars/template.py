@@ -89,14 +89,19 @@ class Template:
 
     def render(self, values: Mapping[str, Any]) -> str:
         """Fill every slot from ``values``; a missing slot raises ``SemanticVarError`` naming it."""
-        out = [self._parts[0]]
+        return "".join(text for _, text in self.render_parts(values))
+
+    def render_parts(self, values: Mapping[str, Any]) -> list[tuple[str | None, str]]:
+        """``render`` in parts, in order: ``(None, literal text)`` and ``(slot name, the value's text)``; empty
+        literals are left out. Joined, the texts are ``render(values)``."""
+        out: list[tuple[str | None, str]] = [(None, self._parts[0])]
         for index in range(1, len(self._parts), 2):
             name = self._parts[index]
             if name not in values:
                 raise SemanticVarError(name, "the template names this variable but no value is bound to it")
-            out.append(render_value(values[name]))
-            out.append(self._parts[index + 1])
-        return "".join(out)
+            out.append((name, render_value(values[name])))
+            out.append((None, self._parts[index + 1]))
+        return [(slot, text) for slot, text in out if slot is not None or text]
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class SemanticVariable:
         self.state = VarState.UNBOUND
         self.error: VariableFailedError | None = None
         self.metadata: dict[str, Any] = {}  # e.g. scores of a select, finish reasons
+        # The token ids an LLM call generated the value as, when they decode to it exactly (set before binding). A
+        # later prompt that embeds the value uses these ids, so it matches the KV computed while generating them.
+        self.token_ids: list[int] | None = None
         self.observed = False
         self._value: Any = None
         self._text: list[str] = []  # streamed text so far

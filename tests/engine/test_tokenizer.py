@@ -313,3 +313,24 @@ def test_byte_tokenizer() -> None:
     assert ByteTokenizer(add_bos=True).encode("<s>a") == [256, 97]
     with pytest.raises(ModelLoadError):
         ByteTokenizer(100)
+
+
+# -- Joining pieces ---------------------------------------------------------------------------------------------
+
+
+def test_byte_level_tokenizers_join_pieces(smol: Tokenizer) -> None:
+    assert ByteTokenizer().joins_pieces and smol.joins_pieces
+
+
+def test_a_tokenizer_that_prefixes_a_space_does_not_join_pieces() -> None:
+    """SentencePiece's dummy prefix puts a space before every encoded text: pieces would gain spaces at the seams."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, **{char: i + 1 for i, char in enumerate("▁Answer:yes\nx")}}
+    backend = Backend(models.BPE(vocab, [], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(prepend_scheme="always")
+    tokenizer = Tokenizer(backend)
+    assert tokenizer.decode(tokenizer.encode("x")) == "x"  # a single text round-trips
+    assert not tokenizer.joins_pieces

@@ -190,3 +190,12 @@ def test_unclosed_slot_is_an_error_with_its_line(text: str) -> None:
 def test_chat_prefix_of_a_leading_slot_message_is_empty() -> None:
     chat = ChatPrompt.from_dicts([{"role": "user", "content": "{{q}} please"}])
     assert chat.static_prefix == ""
+
+
+def test_render_parts_name_each_slot_and_join_to_the_rendering() -> None:
+    template = Template("Q: {{q}}\n{{a}}{{b}} end")
+    values = {"q": "why?", "a": ["x", "y"], "b": {"k": 1}}
+    parts = template.render_parts(values)
+    assert parts == [(None, "Q: "), ("q", "why?"), (None, "\n"), ("a", "x\ny"), ("b", '{"k":1}'), (None, " end")]
+    assert "".join(text for _, text in parts) == template.render(values)
+    assert Template("{{q}}").render_parts({"q": "v"}) == [("q", "v")]  # empty literals are left out

@@ -38,6 +38,7 @@ def scoring_requests(
                 request,
                 prompt=None,
                 messages=None,
+                prompt_pieces=None,
                 prompt_token_ids=prompt_ids + choice_ids,
                 sampling=sampling,
                 request_id=f"{request.request_id}-choice{i}",

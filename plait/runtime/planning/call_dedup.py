@@ -32,7 +32,7 @@ def dedup_key(request: GenerateRequest) -> bytes | None:
         return None
     settings = dataclasses.asdict(sampling)
     settings.pop("seed", None)  # greedy decoding does not read the seed
-    prompt = (request.prompt, request.prompt_token_ids, request.messages)
+    prompt = (request.prompt, request.prompt_token_ids, request.prompt_pieces, request.messages)
     return msgspec.json.encode([prompt, sorted(settings.items(), key=lambda item: item[0])], enc_hook=repr)
 
 

@@ -66,6 +66,11 @@ class PlanConfig:
     # the whole step is charged. On: better in every round on the H200 (react 3 of 3, text2sql 2 of 2;
     # bench/results/h200_2026-12-04g).
     pin_cost_fixed_share: bool = True
+    # Not a planning feature, so the baseline keeps it: a prompt that embeds an earlier call's output carries the ids
+    # that call generated, and matches their cached KV. Re-tokenized text can split into other tokens: a model's own
+    # output rarely does, except at the seams, but the random tokens of dummy weights almost always do, so without it
+    # benchmarks with dummy weights would recompute every generated value in both modes.
+    splice_outputs: bool = True
     name: str = "plait"
 
     def __post_init__(self) -> None:
