@@ -157,7 +157,7 @@ class Engine:
         in the shared batch; the prompt is computed once and shared through the prefix cache. Raises
         ``InvalidRequestError`` before anything runs if the prompt or a choice is malformed.
         """
-        prompt_ids = self.core.prompt_ids(request)
+        prompt_ids = await self._prompt_ids_off_loop(request) or self.core.prompt_ids(request)
         scoring = scoring_requests(request, prompt_ids, choices, self.tokenizer)
         for r in scoring:  # validate every one before any starts
             self.core.prepare(r)
@@ -217,8 +217,9 @@ class Engine:
         where a thread hop would cost more than it saves."""
         if isinstance(request.prompt, str):
             chars = len(request.prompt)
-        elif isinstance(request.prompt_pieces, list):
-            chars = sum(len(piece) for piece in request.prompt_pieces if isinstance(piece, str))
+        elif isinstance(request.prompt_pieces, list):  # an id is checked in Python: count it as a few characters
+            pieces = request.prompt_pieces
+            chars = sum(len(p) if isinstance(p, str) else 4 * len(p) if isinstance(p, list) else 0 for p in pieces)
         else:
             chars = 0
         if request.messages is None and chars < _OFF_LOOP_CHARS:

@@ -163,18 +163,19 @@ class EngineCore(RuntimeControls, Scoring):
 
     def _assemble_pieces(self, pieces: list[str | list[int]]) -> list[int]:
         """Texts tokenized one by one (special tokens only for a text first), id lists as given, concatenated."""
-        if not isinstance(pieces, list) or not pieces:
-            raise InvalidRequestError("prompt_pieces", "must be a non-empty list of texts and token id lists")
+        if not isinstance(pieces, list) or not any(pieces):
+            raise InvalidRequestError("prompt_pieces", "must be a list of texts and token id lists, not all empty")
         ids: list[int] = []
         for index, piece in enumerate(pieces):
             if isinstance(piece, str):
                 ids += self.tokenizer.encode(piece, add_special_tokens=index == 0)
-            elif isinstance(piece, list):
+            elif isinstance(piece, list) and piece:
                 self._check_ids(f"prompt_pieces[{index}]", piece)
                 ids += piece
             else:
+                shown = "an empty list" if isinstance(piece, list) else type(piece).__name__
                 raise InvalidRequestError(
-                    f"prompt_pieces[{index}]", f"must be a text or a list of token ids, got {type(piece).__name__}"
+                    f"prompt_pieces[{index}]", f"must be a text or a non-empty list of token ids, got {shown}"
                 )
         return ids
 

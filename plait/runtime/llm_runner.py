@@ -13,12 +13,15 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from plait.dag import ChoiceMode, LLMCall
-from plait.engine import Engine, GenerateRequest, SamplingParams, Tokenizer
+from plait.engine import Engine, GenerateRequest, SamplingParams
 from plait.runtime.errors import NodeError
+from plait.runtime.output_splicing import generation_of, prompt_pieces, request_pieces, spliceable_slots
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.request_options import RequestOptions
 from plait.runtime.states import NodeRecord
-from plait.semantic_vars import GenConstraints, SemanticVariable, Template
+from plait.semantic_vars import GenConstraints, Generation, SemanticVariable
+
+_NO_ITEM = object()  # _run_one of an unmapped call
 
 
 def sampling_params(constraints: GenConstraints, n: int = 1) -> SamplingParams:
@@ -43,16 +46,16 @@ def build_request(
     values: dict[str, Any],
     options: RequestOptions,
     n: int = 1,
-    generated: Mapping[str, list[int]] | None = None,
+    generated: Mapping[str, Generation] | None = None,
 ) -> GenerateRequest:
-    """The engine request of one call. ``generated``: the token ids of slots whose values an earlier call generated
-    (``spliceable_slots``); a text prompt then goes as pieces with those ids spliced in."""
+    """The engine request of one call. ``generated``: slot -> the generation of its value (``spliceable_slots``); a
+    text prompt that continues a producer's prompt with its value goes as pieces with the generated ids spliced in."""
     prompt_fields: dict[str, Any]
     if node.is_chat:
         prompt_fields = {"messages": node.prompt.render(values)}
     else:
-        pieces = _prompt_pieces(node.prompt, values, generated or {})  # type: ignore[arg-type]
-        prompt_fields = {"prompt_pieces": pieces} if pieces is not None else {"prompt": node.prompt.render(values)}
+        pieces = prompt_pieces(node.prompt, values, generated or {})  # type: ignore[arg-type]
+        prompt_fields = {"prompt": pieces[0]} if len(pieces) == 1 else {"prompt_pieces": pieces}
     return GenerateRequest(
         **prompt_fields,
         sampling=sampling_params(node.constraints, n),
@@ -60,51 +63,6 @@ def build_request(
         program_id=options.program_id,
         hints=dict(options.hints),
     )
-
-
-def _prompt_pieces(
-    template: Template, values: dict[str, Any], generated: Mapping[str, list[int]]
-) -> list[str | list[int]] | None:
-    """The rendered prompt as texts and generated id lists (a spliced slot's ids in place of its text), or None when
-    no slot is spliced. Literal text and other values between two spliced slots form one text piece, so the pieces
-    of a prompt that extends an earlier one start with the earlier prompt's pieces, tokenized the same."""
-    if not generated:
-        return None
-    pieces: list[str | list[int]] = []
-    text: list[str] = []
-    for slot, part in template.render_parts(values):
-        ids = generated.get(slot) if slot is not None else None
-        if ids is None:
-            text.append(part)
-            continue
-        if text:
-            pieces.append("".join(text))
-            text = []
-        pieces.append(list(ids))
-    if text:
-        pieces.append("".join(text))
-    return pieces
-
-
-def spliceable_slots(node: LLMCall, generated: Mapping[str, list[int]]) -> dict[str, list[int]]:
-    """``node``'s prompt slots bound to one variable whose generated ids are known (``generated``: variable name ->
-    ids), each with those ids. Only text prompts splice; a chat prompt is re-rendered by the chat template."""
-    if node.is_chat or not generated:
-        return {}
-    spliced = {}
-    for slot in node.prompt.slots:
-        bound = node.slot_binding(slot)
-        if slot != node.map_over and isinstance(bound, str) and bound in generated:
-            spliced[slot] = generated[bound]
-    return spliced
-
-
-def generated_ids(tokenizer: Tokenizer, value: Any, token_ids: list[int]) -> list[int] | None:
-    """``token_ids`` when they decode exactly to ``value`` (a string), so a prompt may carry them in its place; None
-    otherwise (a stop string cut the text, an end-of-sequence token, JSON decoded to an object, invalid UTF-8)."""
-    if not isinstance(value, str) or not value or not token_ids:
-        return None
-    return token_ids if tokenizer.decode(token_ids) == value else None
 
 
 async def run_llm_call(
@@ -115,35 +73,36 @@ async def run_llm_call(
     record: NodeRecord,
     options: RequestOptions,
     dedup: CallDeduplicator | None = None,
-    generated: Mapping[str, list[int]] | None = None,
+    generated: Mapping[str, Generation] | None = None,
 ) -> Any:
     """The value to bind to ``node``'s output: a string (or decoded JSON), a list for ``n > 1`` or a mapped call.
 
     With ``dedup``, a deterministic call identical to one another program is running (or ran) shares its result.
-    ``generated``: variable name -> the ids its value was generated as. With it, slots bound to those variables splice
-    the ids into the prompt, and the output's own ids are recorded (``output.token_ids``) for the calls after it."""
+    ``generated``: variable name -> how an LLM call generated its value (``output_splicing``). With it, a prompt that
+    continues such a call's prompt carries its generated ids, and the output's own generation is recorded
+    (``output.generation``) for the calls after it."""
+    spliced = spliceable_slots(node, generated or {})
     if node.map_over is None:
-        spliced = spliceable_slots(node, generated or {})
-        value, token_ids = await _run_one(
+        value, token_ids, request = await _run_one(
             engine, node, values, output, record, options, stream=True, dedup=dedup, generated=spliced
         )
-        if generated is not None and node.n == 1:
-            output.token_ids = generated_ids(engine.tokenizer, value, token_ids)
+        if generated is not None and node.n == 1 and request is not None:
+            output.generation = generation_of(engine.tokenizer, request_pieces(request), value, token_ids)
         return value
     items = values[node.slot_binding(node.map_over)]  # type: ignore[index]
     if not isinstance(items, list):
         raise NodeError(
             node.id, "upstream", f"map_over slot {node.map_over!r} must hold a list, got {type(items).__name__}"
         )
-    per_item = [{**values, node.map_over: item} for item in items]
-    spliced = spliceable_slots(node, generated or {})
     results = await _all_or_none(
         [
-            _run_one(engine, node, v, output, record, options, stream=False, dedup=dedup, generated=spliced)
-            for v in per_item
+            _run_one(
+                engine, node, values, output, record, options, stream=False, dedup=dedup, generated=spliced, item=i
+            )
+            for i in items
         ]
     )
-    return [value for value, _ in results]
+    return [value for value, _, _ in results]
 
 
 async def _all_or_none(coroutines: list[Coroutine[Any, Any, Any]]) -> list[Any]:
@@ -169,12 +128,14 @@ async def _run_one(
     *,
     stream: bool,
     dedup: CallDeduplicator | None = None,
-    generated: Mapping[str, list[int]] | None = None,
-) -> tuple[Any, list[int]]:
-    """One engine request: its value, and the first sample's generated token ids."""
-    slot_values = {slot: _slot_value(node, slot, values) for slot in node.prompt.slots}
+    generated: Mapping[str, Generation] | None = None,
+    item: Any = _NO_ITEM,
+) -> tuple[Any, list[int], GenerateRequest | None]:
+    """One engine request (for one ``item`` of a mapped call): its value, the first sample's generated ids, and the
+    request (None for a scored choice, which generates nothing)."""
+    slot_values = {slot: _slot_value(node, slot, values, item) for slot in node.prompt.slots}
     if node.constraints.choices is not None and node.choice_mode is ChoiceMode.SCORE:
-        return await _score_choices(engine, node, slot_values, output, record, options, generated), []
+        return await _score_choices(engine, node, slot_values, output, record, options, generated), [], None
     request = build_request(node, slot_values, options, n=node.n, generated=generated)
     record.request_ids.append(request.request_id)
     texts: dict[int, list[str]] = {index: [] for index in range(node.n)}
@@ -208,12 +169,12 @@ async def _run_one(
         record.engine_s += time.monotonic() - started
     outputs = [_decode(node, "".join(texts[i]), reasons.get(i)) for i in range(node.n)]
     output.metadata.setdefault("finish_reasons", []).extend(reasons.get(i) for i in range(node.n))
-    return (outputs[0] if node.n == 1 else outputs), first_ids
+    return (outputs[0] if node.n == 1 else outputs), first_ids, request
 
 
-def _slot_value(node: LLMCall, slot: str, values: dict[str, Any]) -> Any:
-    if node.map_over == slot and slot in values:
-        return values[slot]
+def _slot_value(node: LLMCall, slot: str, values: dict[str, Any], item: Any = _NO_ITEM) -> Any:
+    if node.map_over == slot and item is not _NO_ITEM:
+        return item
     bound = node.slot_binding(slot)
     return [values[name] for name in bound] if isinstance(bound, list) else values[bound]
 
@@ -238,7 +199,7 @@ async def _score_choices(
     output: SemanticVariable,
     record: NodeRecord,
     options: RequestOptions,
-    generated: Mapping[str, list[int]] | None = None,
+    generated: Mapping[str, Generation] | None = None,
 ) -> str:
     """Pick the choice with the highest mean token log-probability given the prompt; keep every score."""
     choices = list(node.constraints.choices or [])

@@ -29,7 +29,7 @@ from plait.runtime.request_options import RequestOptions
 from plait.runtime.states import NodeRecord, NodeState, ProgramRecord, ProgramState
 from plait.runtime.tool_executor import ToolExecutor
 from plait.runtime.tools import ToolRegistry
-from plait.semantic_vars import SemanticVariable, VarState
+from plait.semantic_vars import Generation, SemanticVariable, VarState
 
 
 @dataclass
@@ -158,7 +158,7 @@ class ProgramExecution:
             return
         values = {variable.name: variable.value for variable in inputs}
         generated = (
-            {variable.name: variable.token_ids for variable in inputs if variable.token_ids is not None}
+            {variable.name: variable.generation for variable in inputs if variable.generation is not None}
             if self._splices_outputs
             else None
         )
@@ -179,7 +179,7 @@ class ProgramExecution:
         planner = self.planner
         return (planner is None or planner.config.splice_outputs) and self.services.engine.tokenizer.joins_pieces
 
-    async def _run(self, node: Node, values: dict[str, Any], generated: dict[str, list[int]] | None = None) -> None:
+    async def _run(self, node: Node, values: dict[str, Any], generated: dict[str, Generation] | None = None) -> None:
         record = self.nodes[node.id]
         output = self.workflow.variables[node.output]
         planner = self.planner

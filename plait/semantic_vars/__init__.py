@@ -9,7 +9,7 @@ from __future__ import annotations
 from plait.semantic_vars.constraints import OUTPUT_CONSTRAINTS, SAMPLING_FIELDS, TEXT_OUTPUT, GenConstraints
 from plait.semantic_vars.errors import SemanticVarError, VariableFailedError
 from plait.semantic_vars.template import CHAT_ROLES, ChatPrompt, Message, Prompt, Template, render_value
-from plait.semantic_vars.variable import SemanticVariable, VarState
+from plait.semantic_vars.variable import Generation, SemanticVariable, VarState
 
 __all__ = [
     "CHAT_ROLES",
@@ -18,6 +18,7 @@ __all__ = [
     "TEXT_OUTPUT",
     "ChatPrompt",
     "GenConstraints",
+    "Generation",
     "Message",
     "Prompt",
     "SemanticVarError",

@@ -11,10 +11,20 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 from plait.semantic_vars.errors import VariableFailedError
 from plait.semantic_vars.template import render_value
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generated value's provenance: the prompt the call continued, as pieces (texts and token id lists, the form of
+    ``GenerateRequest.prompt_pieces``), and the ids it generated, which decode exactly to the value."""
+
+    prompt: list[str | list[int]]
+    token_ids: list[int]
 
 
 class VarState(enum.Enum):
@@ -44,9 +54,9 @@ class SemanticVariable:
         self.state = VarState.UNBOUND
         self.error: VariableFailedError | None = None
         self.metadata: dict[str, Any] = {}  # e.g. scores of a select, finish reasons
-        # The token ids an LLM call generated the value as, when they decode to it exactly (set before binding). A
-        # later prompt that embeds the value uses these ids, so it matches the KV computed while generating them.
-        self.token_ids: list[int] | None = None
+        # How an LLM call generated the value, when its ids decode to it exactly (set by the runtime before binding):
+        # a later prompt that continues the same prompt with the value carries these ids, and matches their KV.
+        self.generation: Generation | None = None
         self.observed = False
         self._value: Any = None
         self._text: list[str] = []  # streamed text so far

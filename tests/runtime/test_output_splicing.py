@@ -11,10 +11,11 @@ from plait.dag import LLMCall, Workflow
 from plait.engine import GenerateRequest, InvalidRequestError
 from plait.engine.tokenizer import ByteTokenizer
 from plait.runtime import Executor
-from plait.runtime.llm_runner import _prompt_pieces, build_request, generated_ids, spliceable_slots
+from plait.runtime.llm_runner import build_request
+from plait.runtime.output_splicing import generation_of, prompt_pieces, spliceable_slots
 from plait.runtime.planning import PlanConfig
 from plait.runtime.request_options import RequestOptions
-from plait.semantic_vars import ChatPrompt, GenConstraints, Template
+from plait.semantic_vars import ChatPrompt, GenConstraints, Generation, Template
 from tests.conftest import tiny_core
 from tests.runtime.conftest import wait_kv_free
 
@@ -47,8 +48,9 @@ def _run(engine, plan: PlanConfig, constraints: GenConstraints = GREEDY) -> tupl
 def test_a_prompt_that_embeds_an_earlier_output_matches_its_generated_kv(tiny_engine):
     spliced_workflow, spliced = _run(tiny_engine, PlanConfig())
     thought = spliced_workflow.variables["thought_1"]
-    assert thought.token_ids is not None and len(thought.token_ids) == 16
-    assert tiny_engine.tokenizer.decode(thought.token_ids) == thought.value
+    assert thought.generation is not None and len(thought.generation.token_ids) == 16
+    assert thought.generation.prompt == [HEAD]
+    assert tiny_engine.tokenizer.decode(thought.generation.token_ids) == thought.value
     first_prompt = spliced["think_1"].prompt_tokens
     # Everything the first call computed is reused: its prompt and its output but the last token (never fed back).
     assert spliced["think_2"].cached_tokens == first_prompt + 15
@@ -57,7 +59,7 @@ def test_a_prompt_that_embeds_an_earlier_output_matches_its_generated_kv(tiny_en
 
     # Off: the output goes back as text, and is tokenized again (bytes: the same ids, so the same reuse).
     text_workflow, text = _run(tiny_engine, PlanConfig(splice_outputs=False))
-    assert text_workflow.variables["thought_1"].token_ids is None
+    assert text_workflow.variables["thought_1"].generation is None
     rendered = HEAD + text_workflow.variables["thought_1"].value + "\nObservation 1: 42\nThought 2:"
     assert text["think_2"].prompt_tokens == len(tiny_engine.tokenizer.encode(rendered))
 
@@ -89,51 +91,75 @@ def test_the_baseline_splices_too():
 
 def test_pieces_of_a_growing_prompt_start_with_the_previous_prompts_pieces():
     head = "System.\n\nQuestion: {{question}}\n"
+    turn_1 = Template(head + "Thought 1:")
     turn_2 = Template(head + "Thought 1:{{thought_1}}\nObservation 1:{{obs_1}}\nThought 2:")
     turn_3 = Template(
         head + "Thought 1:{{thought_1}}\nObservation 1:{{obs_1}}\nThought 2:{{thought_2}}\nObservation 2:{{obs_2}}\n"
     )
     values = {"question": "why?", "thought_1": "a", "obs_1": "sunny", "thought_2": "b", "obs_2": "rain"}
-    generated = {"thought_1": [7, 8], "thought_2": [9]}
-    second = _prompt_pieces(turn_2, values, generated)
-    third = _prompt_pieces(turn_3, values, generated)
-    assert second == ["System.\n\nQuestion: why?\nThought 1:", [7, 8], "\nObservation 1:sunny\nThought 2:"]
-    assert third[: len(second)] == second
-    assert third[len(second) :] == [[9], "\nObservation 2:rain\n"]
-    assert _prompt_pieces(turn_2, values, {}) is None  # nothing generated: the prompt goes as text
+    first = prompt_pieces(turn_1, values, {})
+    assert first == ["System.\n\nQuestion: why?\nThought 1:"]  # nothing generated: one text piece
+    generated = {"thought_1": Generation(first, [7, 8])}
+    second = prompt_pieces(turn_2, values, generated)
+    assert second == [*first, [7, 8], "\nObservation 1:sunny\nThought 2:"]
+    generated["thought_2"] = Generation(second, [9])
+    third = prompt_pieces(turn_3, values, generated)
+    assert third == [*second, [9], "\nObservation 2:rain\n"]
 
 
-def test_a_slot_at_either_end_and_two_adjacent_slots():
-    template = Template("{{a}}{{b}} and {{c}}")
-    pieces = _prompt_pieces(template, {"a": "x", "b": "y", "c": "z"}, {"a": [1], "b": [2], "c": [3]})
-    assert pieces == [[1], [2], " and ", [3]]
+def test_a_value_is_spliced_only_where_its_producers_prompt_precedes_it():
+    """Elsewhere its ids could match no cached KV, and the prompt keeps the tokenization of its text."""
+    generation = Generation(["Draft:"], [1, 2])
+    assert prompt_pieces(Template("Draft:{{d}} Revise:"), {"d": "xy"}, {"d": generation}) == [
+        "Draft:",
+        [1, 2],
+        " Revise:",
+    ]
+    assert prompt_pieces(Template("Review:{{d}}"), {"d": "xy"}, {"d": generation}) == ["Review:xy"]
+    # Never at the start: no producer's prompt is empty, so a spliced prompt always begins with text (and BOS).
+    assert prompt_pieces(Template("{{d}} ok"), {"d": "xy"}, {"d": Generation([""], [1])}) == ["xy ok"]
+    # The earlier slot went as text, so the later one's producer prompt (with ids) is not what precedes it.
+    chained = {"a": Generation(["Q:"], [5]), "b": Generation(["Q:", [5], " then"], [6])}
+    assert prompt_pieces(Template("Q:{{a}} then{{b}}"), {"a": "x", "b": "y"}, chained) == ["Q:", [5], " then", [6]]
+    assert prompt_pieces(Template("R:{{a}} then{{b}}"), {"a": "x", "b": "y"}, chained) == ["R:x theny"]
 
 
 def test_only_text_slots_bound_to_one_generated_variable_splice():
-    generated = {"g": [5, 6], "h": [7]}
+    generation = Generation(["p"], [5, 6])
+    generated = {"g": generation, "h": Generation(["q"], [7])}
     plain = LLMCall("n", Template("{{x}} {{y}} {{z}}"), "out", bindings={"x": "g", "y": ["g", "h"], "z": "other"})
-    assert spliceable_slots(plain, generated) == {"x": [5, 6]}  # a fan-in renders a list: no single id run
+    assert spliceable_slots(plain, generated) == {"x": generation}  # a fan-in renders a list: no single id run
     mapped = LLMCall("m", Template("{{item}} then {{x}}"), "out", bindings={"item": "g", "x": "h"}, map_over="item")
-    assert spliceable_slots(mapped, generated) == {"x": [7]}  # each item is one element of the list, not its ids
+    assert spliceable_slots(mapped, generated) == {"x": generated["h"]}  # one item of the list, not its ids
+    # A slot bound to a variable named like the mapped slot is not confused with the item.
+    named = LLMCall(
+        "k", Template("{{item}} {{other}}"), "out", bindings={"item": "h", "other": "item"}, map_over="item"
+    )
+    assert spliceable_slots(named, {**generated, "item": generation}) == {}
     chat = LLMCall("c", ChatPrompt.from_dicts([{"role": "user", "content": "{{g}}"}]), "out")
     assert spliceable_slots(chat, generated) == {}  # the chat template re-renders messages
     assert spliceable_slots(plain, {}) == {}
 
 
-def test_generated_ids_are_kept_only_when_they_decode_to_the_value():
+def test_a_generation_keeps_the_ids_that_decode_to_the_value():
     tokenizer = ByteTokenizer()
     ids = tokenizer.encode("hello", add_special_tokens=False)
-    assert generated_ids(tokenizer, "hello", ids) == ids
-    assert generated_ids(tokenizer, "hell", ids) is None  # a stop string cut the text
-    assert generated_ids(tokenizer, "hello", [*ids, 257]) is None  # an end-of-sequence token the text skips
-    assert generated_ids(tokenizer, {"a": 1}, ids) is None  # a JSON output decoded to an object
-    assert generated_ids(tokenizer, "", []) is None
+    prompt = ["Say:"]
+    assert generation_of(tokenizer, prompt, "hello", ids) == Generation(prompt, ids)
+    # A stop trims the tail: an end-of-sequence token the text skips, a stop string cut from the text.
+    assert generation_of(tokenizer, prompt, "hello", [*ids, 257]) == Generation(prompt, ids)
+    assert generation_of(tokenizer, prompt, "hell", ids) == Generation(prompt, ids[:4])
+    assert generation_of(tokenizer, prompt, "help", ids) is None  # no run of the ids decodes to it
+    assert generation_of(tokenizer, prompt, "hello", [257, *ids]) is None  # a special token inside
+    assert generation_of(tokenizer, prompt, {"a": 1}, ids) is None  # a JSON output decoded to an object
+    assert generation_of(tokenizer, None, "hello", ids) is None  # a chat prompt
+    assert generation_of(tokenizer, prompt, "", []) is None
 
 
 def test_build_request_sends_pieces_only_when_something_is_spliced():
     node = LLMCall("n", Template("Q: {{g}} A:"), "out")
     options = RequestOptions("prog-test")
-    spliced = build_request(node, {"g": "hi"}, options, generated={"g": [104, 105]})
+    spliced = build_request(node, {"g": "hi"}, options, generated={"g": Generation(["Q: "], [104, 105])})
     assert spliced.prompt is None and spliced.prompt_pieces == ["Q: ", [104, 105], " A:"]
     plain = build_request(node, {"g": "hi"}, options)
     assert plain.prompt == "Q: hi A:" and plain.prompt_pieces is None
@@ -150,8 +176,10 @@ def test_the_engine_assembles_pieces_with_special_tokens_only_at_the_start():
 @pytest.mark.parametrize(
     ("request_fields", "field", "fragment"),
     [
-        ({"prompt_pieces": []}, "prompt_pieces", "non-empty"),
-        ({"prompt_pieces": ["a", 3.5]}, "prompt_pieces[1]", "text or a list of token ids"),
+        ({"prompt_pieces": []}, "prompt_pieces", "not all empty"),
+        ({"prompt_pieces": ["", []]}, "prompt_pieces", "not all empty"),
+        ({"prompt_pieces": ["a", []]}, "prompt_pieces[1]", "an empty list"),
+        ({"prompt_pieces": ["a", 3.5]}, "prompt_pieces[1]", "non-empty list of token ids"),
         ({"prompt_pieces": ["a", [10**9]]}, "prompt_pieces[1]", "outside the vocabulary"),
         ({"prompt_pieces": [[True]]}, "prompt_pieces[0]", "outside the vocabulary"),
         ({"prompt_pieces": ["a"], "prompt": "a"}, "prompt", "exactly one of"),
