@@ -274,9 +274,14 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
 
 
 def _print_pin_decisions(runs: dict[str, list[Any]]) -> None:
-    """What each mode's planner decided about pins in its first round, and the prefill cost it weighed them with."""
+    """What each mode's planner decided about pins in its first round, and the prefill cost it weighed them with; and
+    how many calls carried generated ids (``splice_outputs``)."""
     for name, results in runs.items():
         planner = results[0].planner if results else {}
+        if planner.get("spliced_calls"):
+            print(
+                f"{name}: {planner['spliced_calls']} calls carried {planner['spliced_tokens']} generated tokens as ids"
+            )
         taken, declined = planner.get("pins", 0), planner.get("pins_declined", 0)
         if not taken and not declined:
             continue

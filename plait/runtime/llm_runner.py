@@ -15,7 +15,13 @@ from typing import Any
 from plait.dag import ChoiceMode, LLMCall
 from plait.engine import Engine, GenerateRequest, SamplingParams
 from plait.runtime.errors import NodeError
-from plait.runtime.output_splicing import generation_of, prompt_pieces, request_pieces, spliceable_slots
+from plait.runtime.output_splicing import (
+    generation_of,
+    prompt_pieces,
+    request_pieces,
+    spliceable_slots,
+    spliced_token_count,
+)
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.request_options import RequestOptions
 from plait.runtime.states import NodeRecord
@@ -138,6 +144,7 @@ async def _run_one(
         return await _score_choices(engine, node, slot_values, output, record, options, generated), [], None
     request = build_request(node, slot_values, options, n=node.n, generated=generated)
     record.request_ids.append(request.request_id)
+    record.spliced_tokens += spliced_token_count(request)
     texts: dict[int, list[str]] = {index: [] for index in range(node.n)}
     first_ids: list[int] = []
     reasons: dict[int, str | None] = {}

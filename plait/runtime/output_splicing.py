@@ -65,6 +65,11 @@ def request_pieces(request: GenerateRequest) -> PromptPieces | None:
     return [request.prompt] if isinstance(request.prompt, str) else None
 
 
+def spliced_token_count(request: GenerateRequest) -> int:
+    """Prompt tokens that go as generated ids."""
+    return sum(len(piece) for piece in request.prompt_pieces or () if isinstance(piece, list))
+
+
 def generation_of(
     tokenizer: Tokenizer, prompt: PromptPieces | None, value: Any, token_ids: list[int]
 ) -> Generation | None:

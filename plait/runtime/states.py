@@ -45,6 +45,7 @@ class NodeRecord:
     engine_s: float = 0.0  # summed wall time of this node's engine requests, submit to last token
     prompt_tokens: int = 0
     cached_tokens: int = 0  # of which the prefix cache held (not computed)
+    spliced_tokens: int = 0  # of which went as the ids an earlier call generated (``output_splicing``)
     completion_tokens: int = 0
     attempts: int = 0  # tool attempts (retries + 1)
     error: str | None = None
@@ -73,6 +74,7 @@ class NodeRecord:
             "queued_s": (self.started_at - self.created_at) if self.started_at is not None else None,
             "ttft_s": (self.first_token_at - self.started_at) if self.first_token_at and self.started_at else None,
             "prompt_tokens": self.prompt_tokens,
+            "spliced_tokens": self.spliced_tokens,
             "completion_tokens": self.completion_tokens,
             "attempts": self.attempts,
             "error": self.error,

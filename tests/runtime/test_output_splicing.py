@@ -36,11 +36,17 @@ def _two_turns(constraints: GenConstraints) -> Workflow:
 def _run(engine, plan: PlanConfig, constraints: GenConstraints = GREEDY) -> tuple[Workflow, dict]:
     async def main():
         workflow = _two_turns(constraints)
-        program = Executor(engine, plan=plan).start(workflow)
+        executor = Executor(engine, plan=plan)
+        program = executor.start(workflow)
         await program.wait()
         await wait_kv_free(engine)
         await engine.flush_prefix_cache()
-        return workflow, {node_id: record for node_id, record in program.nodes.items()}
+        records = {node_id: record for node_id, record in program.nodes.items()}
+        stats = executor.planner.stats()
+        assert (stats["spliced_calls"], stats["spliced_tokens"]) == (
+            (1, records["think_2"].spliced_tokens) if records["think_2"].spliced_tokens else (0, 0)
+        )
+        return workflow, records
 
     return asyncio.run(main())
 
@@ -56,12 +62,14 @@ def test_a_prompt_that_embeds_an_earlier_output_matches_its_generated_kv(tiny_en
     assert spliced["think_2"].cached_tokens == first_prompt + 15
     suffix = tiny_engine.tokenizer.encode("\nObservation 1: 42\nThought 2:", add_special_tokens=False)
     assert spliced["think_2"].prompt_tokens == first_prompt + 16 + len(suffix)
+    assert (spliced["think_1"].spliced_tokens, spliced["think_2"].spliced_tokens) == (0, 16)
 
     # Off: the output goes back as text, and is tokenized again (bytes: the same ids, so the same reuse).
     text_workflow, text = _run(tiny_engine, PlanConfig(splice_outputs=False))
     assert text_workflow.variables["thought_1"].generation is None
     rendered = HEAD + text_workflow.variables["thought_1"].value + "\nObservation 1: 42\nThought 2:"
     assert text["think_2"].prompt_tokens == len(tiny_engine.tokenizer.encode(rendered))
+    assert text["think_2"].spliced_tokens == 0
 
 
 def test_with_a_merging_tokenizer_only_splicing_reuses_the_output(shared_data):

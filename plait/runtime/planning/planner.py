@@ -147,6 +147,9 @@ class Planner:
             return
         plan.finished.add(node.id)
         plan.tools_running.pop(node.id, None)
+        if record.spliced_tokens:
+            self.counters.spliced_calls += 1
+            self.counters.spliced_tokens += record.spliced_tokens
         before = max((plan.attained.get(p, 0.0) for p in plan.workflow.graph.predecessors(node.id)), default=0.0)
         service = 0.0
         if isinstance(node, LLMCall):

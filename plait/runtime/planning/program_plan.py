@@ -64,4 +64,6 @@ class PlannerCounters:
     prefetches: int = 0
     next_use_hints: int = 0
     prefix_hints: int = 0
+    spliced_calls: int = 0  # LLM calls whose prompts carried an earlier call's generated ids
+    spliced_tokens: int = 0
     hook_errors: int = 0
