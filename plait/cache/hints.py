@@ -11,6 +11,7 @@ import time
 
 from plait.cache.eviction_policy import NextUse
 from plait.cache.radix import RadixCache, RadixNode
+from plait.cache.radix_node import CacheEvent
 
 
 class CacheHints:
@@ -74,6 +75,8 @@ class CacheHints:
         extra = sum(len(n) for n in closure if not self.cache._pin_active(n, now))
         if self.cache.pin_budget_used(now) + extra > self.cache.pin_budget:
             self.cache.counters.pins_refused += 1
+            if program_id is not None:  # the runtime learns its program's KV is not kept (``CacheEvent``)
+                self.cache.events.append(CacheEvent(now, "pin_refused", (program_id,), extra))
             return False
         for node in closure:
             if not self.cache._pin_active(node, now):

@@ -13,8 +13,9 @@ from plait.cache.prefix_cache import Priority
 
 @dataclass(frozen=True)
 class CacheEvent:
-    """Something the cache did to KV that programs own (read by the runtime's timeline): ``evicted`` (off the
-    device; ``to_host`` when a copy was written back) or ``loaded`` (host to device: a prefetch or a hit)."""
+    """Something the cache did to KV that programs own (read by the runtime's planner and timeline): ``evicted`` (off
+    the device; ``to_host`` when a copy was written back), ``loaded`` (host to device: a prefetch or a hit) or
+    ``pin_refused`` (a program's pin hint was beyond the pin budget; ``tokens``: what it would have added)."""
 
     at: float  # time.monotonic()
     kind: str

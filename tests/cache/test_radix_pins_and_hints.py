@@ -256,9 +256,12 @@ def test_pins_beyond_the_budget_are_refused(clock: FakeClock) -> None:
     env.serve(longer)
     assert env.hints.pin(30.0, prefix=longer), "the 2 extra tokens fit exactly"
     assert env.cache.pinned_slots() == 8
+    assert not [e for e in env.cache.events if e.kind == "pin_refused"]  # a prefix pin names no program
     env.serve([4] * 1, program="p")
     assert not env.hints.pin(30.0, program_id="p")
     assert env.cache.counters.pins_refused == 2
+    (refused,) = [e for e in env.cache.events if e.kind == "pin_refused"]  # the runtime learns that p is not kept
+    assert refused.programs == ("p",) and refused.tokens == 1
     assert env.cache.counters.hints_ignored == 0
     assert env.cache.pinned_slots() <= env.cache.pin_budget
     clock.advance(31.0)

@@ -181,6 +181,46 @@ def test_a_pin_carries_the_priority_of_the_programs_next_call(monkeypatch):
     assert planner.counters.pins == 1 and planner.counters.hook_errors == 0
 
 
+def test_a_refused_pin_brings_the_context_back_into_the_reservation(monkeypatch):
+    """A pin beyond the engine's budget is refused, and the engine says so (a ``pin_refused`` cache event). The
+    planner then stops counting the context as kept: the reservation, which left the context to the pin, takes it in
+    again while the tool runs, and no unpin follows."""
+    from plait.cache.radix_node import CacheEvent
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    monkeypatch.setattr(Planner, "_eviction_horizon_s", lambda self, plan, stats: 0.0)  # the KV would be lost
+    engine = PressuredEngine()
+    events: list[CacheEvent] = []
+    engine.cache_events = lambda: [events.pop() for _ in range(len(events))]  # type: ignore[method-assign]
+    planner = Planner(engine, PlanConfig(dedup=False))  # type: ignore[arg-type]
+    for program in ("p", "q"):
+        workflow = tool_chain(program, "question")
+        planner.program_started(program, workflow)
+        record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+        record.prompt_tokens, record.completion_tokens = 150, 6
+        planner.node_finished(program, workflow.nodes["think"], record)
+    workflow = planner._plans["p"].workflow
+    planner.node_started("p", workflow.nodes["search"])
+    (reserve,) = [kwargs for method, kwargs in engine.hints if method == "reserve"]
+    context = planner._plans["p"].private_tokens
+    assert planner.counters.pins == 1 and context > 0
+
+    events.append(CacheEvent(time.monotonic(), "pin_refused", ("p",), context))
+    other = planner._plans["q"].workflow
+    planner.node_started("q", other.nodes["search"])  # any later hook reads the engine's events
+    planner.node_finished("q", other.nodes["search"], NodeRecord(node_id="search", kind="tool", state=NodeState.DONE))
+    again = [kwargs for method, kwargs in engine.hints if method == "reserve" and kwargs["program_id"] == "p"]
+    assert again[-1] == {**reserve, "slots": reserve["slots"] + context}
+    assert planner._plans["p"].pin_until == 0.0 and planner.counters.pins_refused == 1
+
+    before = len(engine.hints)
+    tool = NodeRecord(node_id="search", kind="tool", state=NodeState.DONE, started_at=1.0, finished_at=2.0)
+    planner.node_finished("p", workflow.nodes["search"], tool)
+    assert ("unpin", {"program_id": "p"}) not in engine.hints[before:]  # nothing is pinned to take back
+    assert planner.counters.hook_errors == 0
+
+
 def test_the_eviction_horizon_is_learned_from_what_the_cache_loses_once_waits_are_seen():
     """Each tool wait exposes the program's own KV for its duration; the cache counts what such KV lost (or would
     have, but for a pin). Once enough waits are seen, their ratio replaces the snapshot of free room."""

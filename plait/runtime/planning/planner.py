@@ -280,14 +280,16 @@ class Planner:
         if not calls:
             return
         slots = sum(self.next_call_growth.slots(tool.tool, call) for call in calls)
-        if plan.pin_until <= time.monotonic():
+        pinned = plan.pin_until > time.monotonic()
+        if not pinned:
             # Unpinned, its context may be evicted before it returns and then be computed again: hold that too.
             slots += plan.private_tokens
         if slots <= 0:
             return
         priority = self._next_call_priority(plan, calls, tool)
-        ttl_s = self.config.max_pin_ttl_s
-        self.engine.hint("reserve", program_id=plan.program_id, slots=slots, priority=priority, ttl_s=ttl_s)
+        hint = {"program_id": plan.program_id, "slots": slots, "priority": priority, "ttl_s": self.config.max_pin_ttl_s}
+        self.engine.hint("reserve", **hint)
+        plan.reservation_without_context = hint if pinned else None
         plan.reserved = True
         self.counters.reservations += 1
         self.counters.reserved_slots += slots
@@ -317,6 +319,22 @@ class Planner:
         if room <= 0:
             return 0.0
         return room / allocated_per_s if allocated_per_s > 0 else math.inf
+
+    def _pin_refused(self, program_id: str, at: float) -> None:
+        """The engine refused ``program_id``'s pin (beyond its budget): its context is not kept, so a reservation that
+        left the context to the pin takes it in again, while the tool still runs."""
+        plan = self._plans.get(program_id)
+        if plan is None or not plan.pin_until:
+            return
+        self.counters.pins_refused += 1
+        if plan.pin_span is not None:
+            self.timeline.close_span(plan.pin_span, at, args={"refused": True})
+        plan.pin_until, plan.pin_span = 0.0, None
+        hint = plan.reservation_without_context
+        plan.reservation_without_context = None
+        if hint is not None and plan.reserved and plan.tools_running and plan.private_tokens:
+            self.engine.hint("reserve", **{**hint, "slots": hint["slots"] + plan.private_tokens})
+            self.counters.reserved_slots += plan.private_tokens
 
     def _unpin(self, plan: ProgramPlan, now: float) -> None:
         self.engine.hint("unpin", program_id=plan.program_id)
@@ -382,6 +400,10 @@ class Planner:
 
     def _poll_cache_events(self) -> None:
         for event in self.engine.cache_events():
+            if event.kind == "pin_refused":
+                for program_id in event.programs:
+                    self._pin_refused(program_id, event.at)
+                continue
             kind = TimelineKind.EVICTED if event.kind == "evicted" else TimelineKind.PREFETCHED
             args: dict[str, Any] = {"tokens": event.tokens}
             if event.kind == "evicted":

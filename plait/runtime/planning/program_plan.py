@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from plait.dag import Workflow
 from plait.runtime.planning.durations import DurationModel
@@ -29,6 +30,9 @@ class ProgramPlan:
     # A reservation was sent that the engine may still hold (it ends it itself when one of the program's requests is
     # admitted; the planner takes it back when the call never reaches the engine, and at the program's end).
     reserved: bool = False
+    # The last reservation's hint arguments, when they left the program's context out because a pin kept it: a pin
+    # the engine refuses brings the context back into the reservation.
+    reservation_without_context: dict[str, Any] | None = None
     # Calls after a running tool -> (that tool, the program's context when it started): their prompt's growth.
     growth_from: dict[str, tuple[str, int]] = field(default_factory=dict)
     pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
@@ -64,6 +68,7 @@ class PlannerCounters:
     prefetches: int = 0
     next_use_hints: int = 0
     prefix_hints: int = 0
+    pins_refused: int = 0  # pins the engine refused beyond its budget (learned from its cache events)
     spliced_calls: int = 0  # LLM calls whose prompts carried an earlier call's generated ids
     spliced_tokens: int = 0
     hook_errors: int = 0
