@@ -30,6 +30,7 @@ from plait.engine.host_copy import to_device
 from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_ops import TORCH_OPS, triton_ops
+from plait.engine.prompt_tokens import request_prompt_ids
 from plait.engine.request import GenerateDelta, GenerateRequest
 from plait.engine.runtime_controls import RuntimeControls
 from plait.engine.sampler import SampleRow, logprob_tensors, logprobs_to_host, sample_on_device
@@ -138,52 +139,8 @@ class EngineCore(RuntimeControls, Scoring):
 
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         """The prompt's token ids (``prompt`` tokenized, ``messages`` rendered and tokenized, ``prompt_pieces``
-        assembled, or the ids given)."""
-        fields = ("prompt", "prompt_token_ids", "prompt_pieces", "messages")
-        given = [name for name in fields if getattr(request, name) is not None]
-        if len(given) != 1:
-            raise InvalidRequestError("prompt", f"give exactly one of {', '.join(fields)} (got {given})")
-        if request.prompt_pieces is not None:
-            prompt_ids = self._assemble_pieces(request.prompt_pieces)
-        elif request.messages is not None:
-            text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True)
-            prompt_ids = self.tokenizer.encode(text)
-        elif request.prompt is not None:
-            if not isinstance(request.prompt, str) or not request.prompt:
-                raise InvalidRequestError("prompt", "must be a non-empty string")
-            prompt_ids = self.tokenizer.encode(request.prompt)
-        else:
-            prompt_ids = list(request.prompt_token_ids or [])
-            if not prompt_ids:
-                raise InvalidRequestError("prompt_token_ids", "must be a non-empty list of token ids")
-            self._check_ids("prompt_token_ids", prompt_ids)
-        if not prompt_ids:
-            raise InvalidRequestError("prompt", "the prompt is empty")
-        return prompt_ids
-
-    def _assemble_pieces(self, pieces: list[str | list[int]]) -> list[int]:
-        """Texts tokenized one by one (special tokens only for a text first), id lists as given, concatenated."""
-        if not isinstance(pieces, list) or not any(pieces):
-            raise InvalidRequestError("prompt_pieces", "must be a list of texts and token id lists, not all empty")
-        ids: list[int] = []
-        for index, piece in enumerate(pieces):
-            if isinstance(piece, str):
-                ids += self.tokenizer.encode(piece, add_special_tokens=index == 0)
-            elif isinstance(piece, list) and piece:
-                self._check_ids(f"prompt_pieces[{index}]", piece)
-                ids += piece
-            else:
-                shown = "an empty list" if isinstance(piece, list) else type(piece).__name__
-                raise InvalidRequestError(
-                    f"prompt_pieces[{index}]", f"must be a text or a non-empty list of token ids, got {shown}"
-                )
-        return ids
-
-    def _check_ids(self, field: str, ids: list[int]) -> None:
-        vocab = self.model_config.vocab_size
-        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError(field, f"ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        assembled, or the ids given); see ``prompt_tokens.request_prompt_ids``."""
+        return request_prompt_ids(request, self.tokenizer, self.model_config.vocab_size)
 
     def add(self, state: RequestState) -> None:
         """Queue a prepared request (engine thread only)."""

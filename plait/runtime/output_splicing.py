@@ -79,7 +79,12 @@ def generation_of(
     middle, invalid UTF-8). The trimmed tail's KV is never reused anyway: the last token is never fed back."""
     if prompt is None or not isinstance(value, str) or not value or not token_ids:
         return None
-    for end in range(len(token_ids), max(0, len(token_ids) - _MAX_TRIMMED_TOKENS), -1):
+    whole = tokenizer.decode(token_ids)
+    if whole == value:
+        return Generation(prompt, token_ids)
+    if not whole.startswith(value):  # something inside differs: no shorter run can match (one decode, not 16)
+        return None
+    for end in range(len(token_ids) - 1, max(0, len(token_ids) - _MAX_TRIMMED_TOKENS), -1):
         if tokenizer.decode(token_ids[:end]) == value:
             return Generation(prompt, token_ids[:end])
     return None
