@@ -27,7 +27,8 @@ class GenerateRequest:
 
     ``priority``: lower values are served first; equal priorities are first-come first-served. A tuple of numbers
     compares element by element (the runtime's program-level policies give ``(service level, virtual time)``).
-    ``program_id`` and ``hints`` are plain data from the runtime (the engine never sees workflow objects).
+    ``program_id``, ``call_id`` (which call of the program this is: a reservation made for that call ends when it is
+    admitted) and ``hints`` are plain data from the runtime (the engine never sees workflow objects).
     """
 
     prompt: str | None = None
@@ -38,6 +39,7 @@ class GenerateRequest:
     priority: float | tuple[float, ...] = 0
     request_id: str = field(default_factory=new_request_id)
     program_id: str | None = None
+    call_id: str | None = None
     hints: dict[str, Any] = field(default_factory=dict)
 
 

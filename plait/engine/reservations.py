@@ -8,6 +8,10 @@ holds that many slots out of the room of every admission the program's next call
 outranks it, the program's own call, and running requests are not held back. It ends when the program's next call is
 admitted, when the planner takes it back, or when its TTL runs out (a tool that never returns does not hold memory
 for ever).
+
+A program waiting on several tools at once (a fan-out whose branches each call one) has one reservation per call,
+keyed by the call's id (``GenerateRequest.call_id``): admitting one branch's call ends that call's reservation only.
+A reservation without a call id is the program's, and any admission of the program ends it.
 """
 
 from __future__ import annotations
@@ -26,44 +30,61 @@ class Reservation:
 
 
 class Reservations:
-    """The reservations of programs waiting on tools, by program id."""
+    """The reservations of programs waiting on tools, by (program id, call id or None)."""
 
     def __init__(self) -> None:
-        self._by_program: dict[str, Reservation] = {}
+        self._held: dict[tuple[str, str | None], Reservation] = {}
 
     def __len__(self) -> int:
-        return len(self._by_program)
+        return len(self._held)
 
-    def reserve(self, program_id: str, slots: int, priority: Priority, ttl_s: float) -> None:
-        """Hold ``slots`` for ``program_id``'s next call (replacing an earlier reservation) for at most ``ttl_s``."""
+    def reserve(
+        self, program_id: str, slots: int, priority: Priority, ttl_s: float, call_id: str | None = None
+    ) -> None:
+        """Hold ``slots`` for ``program_id``'s next call ``call_id`` (None: any call of the program; replacing an
+        earlier reservation of that call) for at most ``ttl_s``."""
+        key = (program_id, call_id)
         if slots <= 0 or ttl_s <= 0:
-            self._by_program.pop(program_id, None)
+            self._held.pop(key, None)
             return
-        self._by_program[program_id] = Reservation(priority, slots, time.monotonic() + ttl_s)
+        self._held[key] = Reservation(priority, slots, time.monotonic() + ttl_s)
 
-    def release(self, program_id: str | None) -> None:
-        """The program's call was admitted, or the program no longer needs the memory."""
-        if program_id is not None and self._by_program:
-            self._by_program.pop(program_id, None)
+    def release(self, program_id: str | None, call_id: str | None = None) -> None:
+        """A call of the program was admitted (``call_id``: which one; it ends that call's reservation and the
+        program's), or the program no longer needs the memory (None: every reservation of the program ends)."""
+        if program_id is None or not self._held:
+            return
+        if call_id is None:
+            for key in [key for key in self._held if key[0] == program_id]:
+                del self._held[key]
+        else:
+            self._held.pop((program_id, call_id), None)
+            self._held.pop((program_id, None), None)
+
+    def cancel(self, program_id: str, call_id: str | None = None) -> None:
+        """The planner takes ``call_id``'s reservation back (None: every reservation of the program)."""
+        if call_id is None:
+            self.release(program_id)
+        else:
+            self._held.pop((program_id, call_id), None)
 
     def held_against(self, priority: Priority, program_id: str | None) -> int:
         """Slots an admission of ``priority`` (for ``program_id``) must leave: every other program's reservation that
         it does not outrank."""
-        if not self._by_program:
+        if not self._held:
             return 0
         self._drop_lapsed(time.monotonic())
-        return sum(r.slots for p, r in self._by_program.items() if p != program_id and not priority < r.priority)
+        return sum(r.slots for (p, _), r in self._held.items() if p != program_id and not priority < r.priority)
 
     def total(self) -> int:
         """Slots reserved now (lapsed reservations are dropped first)."""
         self._drop_lapsed(time.monotonic())
-        return sum(r.slots for r in self._by_program.values())
+        return sum(r.slots for r in self._held.values())
 
     def clear(self) -> None:
         """Drop every reservation (between benchmark runs, with the prefix cache)."""
-        self._by_program.clear()
+        self._held.clear()
 
     def _drop_lapsed(self, now: float) -> None:
-        lapsed = [p for p, r in self._by_program.items() if r.until <= now]
-        for program in lapsed:
-            del self._by_program[program]
+        for key in [key for key, r in self._held.items() if r.until <= now]:
+            del self._held[key]

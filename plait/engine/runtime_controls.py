@@ -80,20 +80,26 @@ class RuntimeControls:
         return self._hint("prefetch", program_id=program_id, prefix=prefix_token_ids)
 
     def reserve(
-        self, program_id: str, slots: int, priority: float | tuple[float, ...] | None = None, ttl_s: float = 60.0
+        self,
+        program_id: str,
+        slots: int,
+        priority: float | tuple[float, ...] | None = None,
+        ttl_s: float = 60.0,
+        call_id: str | None = None,
     ) -> bool:
         """Hold ``slots`` of KV memory for ``program_id``'s next call (its program waits on a tool) out of every
-        admission that call would go before, until a request of the program is admitted, ``unreserve``, or
-        ``ttl_s``. ``priority``: that of the next call (None: it holds against every admission). A malformed
-        priority or a negative size raises ``ValueError``."""
+        admission that call would go before, until that call is admitted (the request whose ``call_id`` it names;
+        None: any request of the program), ``unreserve``, or ``ttl_s``. ``priority``: that of the next call (None:
+        it holds against every admission). A malformed priority or a negative size raises ``ValueError``."""
         if slots < 0 or not ttl_s >= 0:
             raise ValueError(f"reserve needs slots >= 0 and ttl_s >= 0, got {slots} and {ttl_s}")
         key = () if priority is None else priority_key(priority)
-        self.scheduler.reservations.reserve(program_id, min(int(slots), self.kv_slots), key, ttl_s)
+        self.scheduler.reservations.reserve(program_id, min(int(slots), self.kv_slots), key, ttl_s, call_id)
         return True
 
-    def unreserve(self, program_id: str) -> bool:
-        self.scheduler.reservations.release(program_id)
+    def unreserve(self, program_id: str, call_id: str | None = None) -> bool:
+        """End ``call_id``'s reservation (None: every reservation of the program)."""
+        self.scheduler.reservations.cancel(program_id, call_id)
         return True
 
     def forget_program(self, program_id: str) -> None:

@@ -357,7 +357,7 @@ class Scheduler:
         self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
-        self.reservations.release(seq.program_id)  # its memory is in use now, no longer held for it
+        self.reservations.release(seq.program_id, seq.call_id)  # its memory is in use now, no longer held for it
         if seq.admitted_at is None:
             seq.admitted_at = time.monotonic()
             seq.cached_tokens = match.length

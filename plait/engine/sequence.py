@@ -103,6 +103,10 @@ class Sequence:
         return self.state.request.program_id
 
     @property
+    def call_id(self) -> str | None:
+        return self.state.request.call_id
+
+    @property
     def sort_key(self) -> tuple[tuple[float, ...], int, int]:
         """Lower runs first: priority (promoted sequences before all), then arrival, then sample index."""
         return (_PROMOTED if self.promoted else self.state.priority, self.state.arrival, self.index)

@@ -67,6 +67,7 @@ def build_request(
         sampling=sampling_params(node.constraints, n),
         priority=options.priority,
         program_id=options.program_id,
+        call_id=node.id,
         hints=dict(options.hints),
     )
 

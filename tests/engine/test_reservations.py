@@ -112,3 +112,42 @@ def test_flushing_the_cache_drops_reservations():
     assert core.reserve("agent", 100, priority=0.0, ttl_s=60.0)
     core.flush_prefix_cache()
     assert len(core.scheduler.reservations) == 0
+
+
+def test_reservations_of_one_program_stand_side_by_side_per_call():
+    """A program waiting on two tools at once reserves for each branch's call: admitting one branch's call ends that
+    reservation only. A reservation without a call id is the program's and any admission ends it."""
+    reservations = Reservations()
+    reservations.reserve("a", 100, (1.0,), ttl_s=60.0, call_id="left")
+    reservations.reserve("a", 30, (1.0,), ttl_s=60.0, call_id="right")
+    reservations.reserve("a", 5, (1.0,), ttl_s=60.0, call_id="right")  # the same call again replaces it
+    assert reservations.held_against((9.0,), "x") == 105 and len(reservations) == 2
+    reservations.release("a", "left")  # the left call was admitted
+    assert reservations.held_against((9.0,), "x") == 5
+    reservations.reserve("a", 40, (1.0,), ttl_s=60.0)  # the program's own, for whichever call comes
+    reservations.release("a", "unknown")  # any call of the program ends the program's reservation
+    assert reservations.total() == 5
+    reservations.cancel("a", "right")
+    assert len(reservations) == 0
+    reservations.reserve("a", 10, (1.0,), ttl_s=60.0, call_id="left")
+    reservations.reserve("a", 10, (1.0,), ttl_s=60.0, call_id="right")
+    reservations.release("a")  # a request with no call id ends every reservation of its program
+    assert len(reservations) == 0
+
+
+def test_an_admitted_call_ends_its_own_reservation_and_leaves_its_siblings():
+    """Through the engine: the request's ``call_id`` names the reservation its admission ends; ``unreserve`` with a
+    call id takes one back, without one every reservation of the program."""
+    core = _core()
+    rng = random.Random(13)
+    assert core.reserve("agent", 60, priority=1.0, ttl_s=60.0, call_id="left")
+    assert core.reserve("agent", 40, priority=1.0, ttl_s=60.0, call_id="right")
+    request = _request(20, "left-call", rng, priority=1.0, program="agent")
+    request.call_id = "left"
+    tokens = run_to_completion(core, [request])
+    assert len(tokens["left-call"][0]) == 4
+    assert core.scheduler.reservations.total() == 40  # the right branch's call is still to come
+    assert core.reserve("agent", 10, priority=1.0, ttl_s=60.0, call_id="more")
+    assert core.unreserve("agent", call_id="right") and core.scheduler.reservations.total() == 10
+    assert core.unreserve("agent") and len(core.scheduler.reservations) == 0
+    core.check_invariants()

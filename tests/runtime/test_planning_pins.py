@@ -364,7 +364,9 @@ def test_a_tool_reserves_what_the_next_call_will_add_learned_per_tool(monkeypatc
     assert first[-1]["slots"] == 6 + 156 and first[-1]["program_id"] == "p"
     assert first[-1]["priority"] == priority and priority != 0
     assert planner.next_call_growth.prompt_growth("lookup") == 40
-    assert ("unreserve", {"program_id": "p"}) in engine.hints  # at the program's end (a no-op once admitted)
+    assert first[-1]["call_id"] == "answer"
+    # The answer's admission ended its reservation in the engine, so the program's end has nothing to take back.
+    assert "unreserve" not in [method for method, _ in engine.hints]
     second, _ = run("q", answer_prompt=156 + 40)
     assert second[-1]["slots"] == 40 + 6 + 156 and planner.counters.reservations == 2
     assert planner.counters.hook_errors == 0
@@ -410,7 +412,7 @@ def test_a_reservation_is_taken_back_when_its_call_never_reaches_the_engine(how)
         record = NodeRecord(node_id="answer", kind="llm", state=NodeState.DONE, started_at=1.0, finished_at=1.0)
         record.deduplicated = True
     planner.node_finished("p", workflow.nodes["answer"], record)
-    assert ("unreserve", {"program_id": "p"}) in engine.hints
+    assert ("unreserve", {"program_id": "p", "call_id": "answer"}) in engine.hints
     assert not planner._plans["p"].reserved and planner.counters.hook_errors == 0
 
 
@@ -431,3 +433,54 @@ def test_under_request_fcfs_a_reservation_carries_the_priority_its_call_will_be_
     (reserve,) = [kwargs for method, kwargs in engine.hints if method == "reserve"]
     expected_back = started + planner.durations.expected(workflow.nodes["search"])
     assert reserve["priority"][-1] == pytest.approx(expected_back, abs=0.5) and expected_back > started + 1.0
+
+
+def _two_branches() -> Workflow:
+    """think -> two tools in parallel -> a call after each (text2sql's candidates, each executed and revised)."""
+    forced = GenConstraints(max_tokens=6, ignore_eos=True)
+    nodes: list = [LLMCall("think", Template(PREFIX + "Question: {{q}}\nThought:"), "thought", constraints=forced)]
+    for side in ("left", "right"):
+        nodes.append(ToolCall(f"tool_{side}", "lookup", f"found_{side}", args={"query": var_ref("thought")}))
+        found = "{{found_" + side + "}}"
+        text = PREFIX + "Question: {{q}}\nThought:{{thought}}\nObservation: " + found + "\nAnswer:"
+        nodes.append(LLMCall(f"call_{side}", Template(text), f"answer_{side}", constraints=forced))
+    return Workflow.build(nodes, inputs={"q": "why"}, name="branches")
+
+
+def test_parallel_tools_of_one_program_each_keep_their_calls_reservation():
+    """Two tools of one program run at once: each reserves for the call after it under that call's id, so the
+    second does not overwrite the first, and the engine holds both until each call is admitted."""
+    from plait.engine.reservations import Reservations
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
+
+    engine = HintRecorder()
+    planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False))  # type: ignore[arg-type]
+    workflow = _two_branches()
+    planner.program_started("p", workflow)
+    record = NodeRecord(node_id="think", kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
+    record.prompt_tokens, record.completion_tokens = 150, 6
+    planner.node_finished("p", workflow.nodes["think"], record)
+    planner.node_started("p", workflow.nodes["tool_left"])
+    planner.node_started("p", workflow.nodes["tool_right"])
+    held = Reservations()
+    for method, kwargs in engine.hints:
+        if method == "reserve":
+            held.reserve(kwargs["program_id"], kwargs["slots"], (0.0,), kwargs["ttl_s"], kwargs.get("call_id"))
+    reserves = [kwargs for method, kwargs in engine.hints if method == "reserve"]
+    assert [r["call_id"] for r in reserves] == ["call_left", "call_right"]
+    assert held.total() == sum(r["slots"] for r in reserves) and len(held) == 2
+    held.release("p", "call_left")  # the left call is admitted: the right one's memory stays held
+    assert held.total() == reserves[1]["slots"]
+    assert planner._plans["p"].reserved == {"call_left", "call_right"} and planner.counters.hook_errors == 0
+
+
+def test_an_engine_request_names_its_program_and_call():
+    """The engine ends a call's reservation when the request naming that call is admitted."""
+    from plait.runtime.llm_runner import build_request
+    from plait.runtime.request_options import RequestOptions
+
+    workflow = _two_branches()
+    request = build_request(workflow.nodes["call_left"], {"q": "why", "thought": "t", "found_left": "f"},
+                            RequestOptions("p"))  # fmt: skip
+    assert (request.program_id, request.call_id) == ("p", "call_left")

@@ -180,11 +180,12 @@ class Planner:
         if plan.pin_until:
             self._unpin(plan, time.monotonic())
         after = plan.growth_from.pop(node.id, None)
-        if plan.reserved and after is not None and (record.deduplicated or record.state.value != "done"):
-            # The call the memory was held for never reached the engine (deduplicated, skipped after a failed tool,
-            # or failed before it was submitted), so no admission ended the reservation.
-            self.engine.hint("unreserve", program_id=plan.program_id)
-            plan.reserved = False
+        if node.id in plan.reserved:
+            plan.reserved.discard(node.id)  # its admission ended the reservation in the engine
+            if record.deduplicated or record.state.value != "done":
+                # The call the memory was held for never reached the engine (deduplicated, skipped after a failed
+                # tool, or failed before it was submitted), so no admission ended the reservation.
+                self.engine.hint("unreserve", program_id=plan.program_id, call_id=node.id)
         start, end = record.started_at, record.finished_at
         if start is None or end is None:
             return 0.0
@@ -270,29 +271,33 @@ class Planner:
         return min(priorities, key=priority_key) if priorities else None
 
     def _reserve_next_call(self, plan: ProgramPlan, tool: ToolCall) -> None:
-        """Ask the engine to hold the memory the calls that ``tool`` makes ready will take when they are admitted (the
-        tool's result in their prompts and their outputs, plus the program's context unless a pin keeps it) out of
-        the admissions those calls would go before (``engine.reservations``). A call that still waits for other
+        """Ask the engine to hold the memory each call that ``tool`` makes ready will take when it is admitted (the
+        tool's result in its prompt and its output, plus, on the first of them, the program's context unless a pin
+        keeps it) out of the admissions that call would go before (``engine.reservations``), keyed by the call, so
+        the reservations of parallel tools of one program stand side by side. A call that still waits for other
         unfinished nodes is not next. Called after the pin decision."""
         calls = calls_made_ready(plan.workflow, tool.id, plan.finished)
-        for call in calls:
-            plan.growth_from[call.id] = (tool.tool, plan.context_tokens)
         if not calls:
             return
-        slots = sum(self.next_call_growth.slots(tool.tool, call) for call in calls)
         pinned = plan.pin_until > time.monotonic()
-        if not pinned:
-            # Unpinned, its context may be evicted before it returns and then be computed again: hold that too.
-            slots += plan.private_tokens
-        if slots <= 0:
-            return
-        priority = self._next_call_priority(plan, calls, tool)
-        hint = {"program_id": plan.program_id, "slots": slots, "priority": priority, "ttl_s": self.config.max_pin_ttl_s}
-        self.engine.hint("reserve", **hint)
-        plan.reservation_without_context = hint if pinned else None
-        plan.reserved = True
-        self.counters.reservations += 1
-        self.counters.reserved_slots += slots
+        # Unpinned, its context may be evicted before the tool returns and then be computed again: hold that too.
+        context = 0 if pinned else plan.private_tokens
+        plan.reservation_without_context = None
+        for call in calls:
+            plan.growth_from[call.id] = (tool.tool, plan.context_tokens)
+            slots = self.next_call_growth.slots(tool.tool, call) + context
+            if slots <= 0:
+                continue
+            priority = self._next_call_priority(plan, [call], tool)
+            hint = {"program_id": plan.program_id, "call_id": call.id, "slots": slots, "priority": priority}
+            hint["ttl_s"] = self.config.max_pin_ttl_s
+            self.engine.hint("reserve", **hint)
+            if pinned and plan.reservation_without_context is None:
+                plan.reservation_without_context = hint
+            context = 0
+            plan.reserved.add(call.id)
+            self.counters.reservations += 1
+            self.counters.reserved_slots += slots
 
     def _eviction_horizon_s(self, plan: ProgramPlan, stats: EngineStats) -> float:
         """Seconds over which ``plan``'s KV would likely be evicted if it is not pinned. Learned from what the cache
@@ -332,7 +337,7 @@ class Planner:
         plan.pin_until, plan.pin_span = 0.0, None
         hint = plan.reservation_without_context
         plan.reservation_without_context = None
-        if hint is not None and plan.reserved and plan.tools_running and plan.private_tokens:
+        if hint is not None and hint["call_id"] in plan.reserved and plan.tools_running and plan.private_tokens:
             self.engine.hint("reserve", **{**hint, "slots": hint["slots"] + plan.private_tokens})
             self.counters.reserved_slots += plan.private_tokens
 

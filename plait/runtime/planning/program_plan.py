@@ -27,9 +27,9 @@ class ProgramPlan:
     static_prefixes: frozenset[str] = frozenset()  # the static prompt prefixes its calls start with
     pin_until: float = 0.0
     pin_span: int | None = None
-    # A reservation was sent that the engine may still hold (it ends it itself when one of the program's requests is
-    # admitted; the planner takes it back when the call never reaches the engine, and at the program's end).
-    reserved: bool = False
+    # Calls with a reservation the engine may still hold (it ends one itself when that call's request is admitted;
+    # the planner takes it back when the call never reaches the engine, and all of them at the program's end).
+    reserved: set[str] = field(default_factory=set)
     # The last reservation's hint arguments, when they left the program's context out because a pin kept it: a pin
     # the engine refuses brings the context back into the reservation.
     reservation_without_context: dict[str, Any] | None = None
