@@ -449,7 +449,8 @@ def _two_branches() -> Workflow:
 
 def test_parallel_tools_of_one_program_each_keep_their_calls_reservation():
     """Two tools of one program run at once: each reserves for the call after it under that call's id, so the
-    second does not overwrite the first, and the engine holds both until each call is admitted."""
+    second does not overwrite the first, and the engine holds both until each call is admitted. The context both
+    calls continue is held once."""
     from plait.engine.reservations import Reservations
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
@@ -469,6 +470,9 @@ def test_parallel_tools_of_one_program_each_keep_their_calls_reservation():
             held.reserve(kwargs["program_id"], kwargs["slots"], (0.0,), kwargs["ttl_s"], kwargs.get("call_id"))
     reserves = [kwargs for method, kwargs in engine.hints if method == "reserve"]
     assert [r["call_id"] for r in reserves] == ["call_left", "call_right"]
+    context = planner._plans["p"].private_tokens
+    # Each call's output (6, nothing learned yet); the program's context is held once, with the first call.
+    assert [r["slots"] for r in reserves] == [6 + context, 6] and context > 0
     assert held.total() == sum(r["slots"] for r in reserves) and len(held) == 2
     held.release("p", "call_left")  # the left call is admitted: the right one's memory stays held
     assert held.total() == reserves[1]["slots"]

@@ -16,8 +16,9 @@ the load; until enough waits are seen, there is none.
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["ToolWaitLoss"]
+__all__ = ["ToolWaitLoss", "snapshot_horizon_s"]
 
 
 class ToolWaitLoss:
@@ -65,3 +66,15 @@ class ToolWaitLoss:
         if self.lost_tokens <= 0:
             return math.inf
         return self.exposure_token_s / self.lost_tokens
+
+
+def snapshot_horizon_s(stats: Any, kept_tokens: int) -> float:
+    """The planner's fallback before enough waits were seen: the room evicted before ``kept_tokens`` of tool-waiting
+    KV (free slots and unpinned cached KV less those tokens) over the slots allocated per second lately (computed
+    prompt tokens and generated tokens). ``stats``: the engine's ``EngineStats``. Pinned KV no request holds is out of
+    the room (what requests hold is already in ``kv_slots_used``)."""
+    room = stats.kv_slots_total - stats.kv_slots_used - stats.pinned_idle_slots - kept_tokens
+    allocated_per_s = stats.prefill_tokens_per_s + stats.decode_tokens_per_s
+    if room <= 0:
+        return 0.0
+    return room / allocated_per_s if allocated_per_s > 0 else math.inf

@@ -24,7 +24,7 @@ from plait.engine import Engine, EngineStats
 from plait.engine.request import priority_key
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
-from plait.runtime.planning.kv_loss import ToolWaitLoss
+from plait.runtime.planning.kv_loss import ToolWaitLoss, snapshot_horizon_s
 from plait.runtime.planning.kv_reuse import SharedPrefixes, continues, continues_across
 from plait.runtime.planning.next_call import NextCallGrowth
 from plait.runtime.planning.ordering import call_priority, latest_start
@@ -280,8 +280,10 @@ class Planner:
         if not calls:
             return
         pinned = plan.pin_until > time.monotonic()
-        # Unpinned, its context may be evicted before the tool returns and then be computed again: hold that too.
-        context = 0 if pinned else plan.private_tokens
+        # Unpinned, its context may be evicted before the tool returns and then be computed again: hold that too,
+        # once per program (parallel tools' calls continue one context; the first admitted of them brings it back).
+        context_held = plan.context_reserved_by in plan.reserved
+        context = 0 if pinned or context_held else plan.private_tokens
         plan.reservation_without_context = None
         for call in calls:
             plan.growth_from[call.id] = (tool.tool, plan.context_tokens)
@@ -292,19 +294,18 @@ class Planner:
             hint = {"program_id": plan.program_id, "call_id": call.id, "slots": slots, "priority": priority}
             hint["ttl_s"] = self.config.max_pin_ttl_s
             self.engine.hint("reserve", **hint)
-            if pinned and plan.reservation_without_context is None:
+            if pinned and plan.reservation_without_context is None and not context_held:
                 plan.reservation_without_context = hint
-            context = 0
+            if context:
+                plan.context_reserved_by, context = call.id, 0
             plan.reserved.add(call.id)
             self.counters.reservations += 1
             self.counters.reserved_slots += slots
 
     def _eviction_horizon_s(self, plan: ProgramPlan, stats: EngineStats) -> float:
         """Seconds over which ``plan``'s KV would likely be evicted if it is not pinned. Learned from what the cache
-        evicts once enough tool waits were seen (``ToolWaitLoss``). Before that, a snapshot: the room evicted before
-        it (free slots and unpinned cached KV, less its own KV and that of other programs waiting on tools, needed
-        about as soon) over the slots allocated per second lately (computed prompt tokens and generated tokens).
-        Pinned KV no request holds is out of the room (what requests hold is already in ``kv_slots_used``)."""
+        evicts once enough tool waits were seen (``ToolWaitLoss``). Before that, a snapshot (``snapshot_horizon_s``)
+        that leaves out its own KV and that of other unpinned programs waiting on tools, needed about as soon."""
         now = time.monotonic()
         # The cache tells a tool-waiting program's KV by its next-use hint (the seconds until the tool is back):
         # without hints nothing is counted as lost, and the learned horizon would say pins never pay.
@@ -319,11 +320,7 @@ class Planner:
             for other in self._plans.values()
             if other.tools_running and other.pin_until <= now and other is not plan
         )
-        room = stats.kv_slots_total - stats.kv_slots_used - stats.pinned_idle_slots - warm - plan.private_tokens
-        allocated_per_s = stats.prefill_tokens_per_s + stats.decode_tokens_per_s
-        if room <= 0:
-            return 0.0
-        return room / allocated_per_s if allocated_per_s > 0 else math.inf
+        return snapshot_horizon_s(stats, plan.private_tokens + warm)
 
     def _pin_refused(self, program_id: str, at: float) -> None:
         """The engine refused ``program_id``'s pin (beyond its budget): its context is not kept, so a reservation that
@@ -338,6 +335,7 @@ class Planner:
         hint = plan.reservation_without_context
         plan.reservation_without_context = None
         if hint is not None and hint["call_id"] in plan.reserved and plan.tools_running and plan.private_tokens:
+            plan.context_reserved_by = hint["call_id"]
             self.engine.hint("reserve", **{**hint, "slots": hint["slots"] + plan.private_tokens})
             self.counters.reserved_slots += plan.private_tokens
 

@@ -30,6 +30,7 @@ class ProgramPlan:
     # Calls with a reservation the engine may still hold (it ends one itself when that call's request is admitted;
     # the planner takes it back when the call never reaches the engine, and all of them at the program's end).
     reserved: set[str] = field(default_factory=set)
+    context_reserved_by: str | None = None  # the call whose reservation holds the program's context as well
     # The last reservation's hint arguments, when they left the program's context out because a pin kept it: a pin
     # the engine refuses brings the context back into the reservation.
     reservation_without_context: dict[str, Any] | None = None
