@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PLAIT = REPO_ROOT / "plait"
 
 ALLOWED: dict[str, set[str]] = {
+    "server": {"sdk", "runtime", "dag", "semantic_vars", "engine"},
     "cache": set(),
     "engine": {"cache"},
     "semantic_vars": set(),
@@ -26,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "sdk": {"runtime", "dag", "semantic_vars"},
 }
 UNRESTRICTED = ("cli", "bench")
-DOCUMENTED_LAYERS = ("sdk", "semantic_vars", "dag", "runtime", "engine", "cache", "bench")
+DOCUMENTED_LAYERS = ("server", "sdk", "semantic_vars", "dag", "runtime", "engine", "cache", "bench")
 
 
 def _module_name(path: Path, root: Path) -> str:

@@ -208,10 +208,10 @@ def default_output(model_id: str) -> Path:
 
 def start_server(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """An in-process server sized for the load; ``(runner, state, base_url)``."""
-    from plait.runtime.server import ServerConfig, create_app
-    from plait.runtime.server.app import build_state
-    from plait.runtime.server.config import TenantLimits
-    from plait.runtime.server.uvicorn_thread import UvicornThread
+    from plait.server import ServerConfig, create_app
+    from plait.server.app import build_state
+    from plait.server.config import TenantLimits
+    from plait.server.uvicorn_thread import UvicornThread
 
     programs = args.chats + args.workflows
     limits = TenantLimits(

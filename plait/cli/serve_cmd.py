@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_config(args: argparse.Namespace):  # -> ServerConfig
     """The settings from the file, the environment and the flags; ``ValueError`` naming the bad setting."""
-    from plait.runtime.server.config import ServerConfig, parse_api_keys
+    from plait.server.config import ServerConfig, parse_api_keys
 
     try:
         config = ServerConfig.load(args.config, host=args.host, port=args.port)
@@ -74,8 +74,8 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from plait.engine import EngineError
-    from plait.runtime.server import create_app
-    from plait.runtime.server.app import build_state
+    from plait.server import create_app
+    from plait.server.app import build_state
 
     try:
         state = build_state(config, engine_config_from_args(args))

@@ -1,6 +1,6 @@
-"""Runtime: the planner that turns ready nodes into engine requests and tool runs, policies, tools, the server.
+"""Runtime: the executor and planner that turn ready nodes into engine requests and tool runs, policies, tools.
 
-Owns: program execution, ordering policies, tool executor, REST / OpenAI-compatible server, journal.
+Owns: program execution, ordering policies, the planner, tool executor.
 May import: ``plait.dag``, ``plait.semantic_vars``, ``plait.engine`` (through its public API and plain-data hints).
 """
 

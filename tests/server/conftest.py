@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from plait.runtime.server.uvicorn_thread import UvicornThread
+from plait.server.uvicorn_thread import UvicornThread
 
 API_KEY_A = "test-key-a"
 API_KEY_B = "test-key-b"
@@ -26,7 +26,7 @@ class LiveServer:
     """A running server: where to reach it and its shared state."""
 
     base_url: str  # "http://127.0.0.1:PORT" (no trailing slash)
-    state: Any  # plait.runtime.server.ServerState
+    state: Any  # plait.server.ServerState
     app: Any  # the FastAPI application
 
     def headers(self, api_key: str) -> dict[str, str]:
@@ -52,8 +52,8 @@ def live_server(default_gguf) -> Iterator[LiveServer]:
     The server owns its engine and closes it at shutdown (after draining).
     """
     from plait.engine import EngineConfig
-    from plait.runtime.server import ServerConfig, create_app
-    from plait.runtime.server.app import build_state
+    from plait.server import ServerConfig, create_app
+    from plait.server.app import build_state
 
     config = ServerConfig(api_keys={API_KEY_A: "a", API_KEY_B: "b"}, shutdown_grace_s=2.0)
     config.validate()

@@ -12,7 +12,7 @@ import pytest
 
 import plait
 from plait.runtime import ProgramCancelledError, ProgramFailedError
-from plait.runtime.server.uvicorn_thread import UvicornThread
+from plait.server.uvicorn_thread import UvicornThread
 from tests.sdk.program_fixtures import research
 from tests.server.conftest import wait_engine_idle
 
@@ -23,8 +23,8 @@ API_KEY = "client-test-key"
 def fp32_server(default_gguf) -> Iterator[tuple[str, Any]]:
     """A server of its own on a float32 engine (the session's shares a bfloat16 one): ``(base_url, state)``."""
     from plait.engine import Engine, EngineConfig
-    from plait.runtime.server import ServerConfig, create_app
-    from plait.runtime.server.app import build_state
+    from plait.server import ServerConfig, create_app
+    from plait.server.app import build_state
 
     engine = Engine(EngineConfig(model=str(default_gguf), dtype="float32", device="cpu"))
     state = build_state(ServerConfig(api_keys={API_KEY: "c"}, shutdown_grace_s=1.0), engine, tools=[server_upper])

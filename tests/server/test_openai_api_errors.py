@@ -13,7 +13,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from plait.runtime.server import Tenant
+from plait.server import Tenant
 from tests.server.conftest import wait_engine_idle, wait_tenants_released
 
 CHAT = "/v1/chat/completions"
@@ -156,7 +156,7 @@ def test_rate_limited_tenant_gets_429_with_retry_after(live_server, api_key_a, a
 def small_server(live_server):
     """A second app on the same engine (not owned, so not closed) with tiny limits, through ``TestClient``."""
     from plait.runtime.executor import Executor
-    from plait.runtime.server import ServerConfig, ServerState, TenantLimits, create_app
+    from plait.server import ServerConfig, ServerState, TenantLimits, create_app
 
     engine = live_server.state.engine
     config = ServerConfig(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.openai_messages import template_messages
-from plait.runtime.server.openai_models import model_slug
-from plait.runtime.server.openai_params import chat_plan
-from plait.runtime.server.openai_protocol import ChatCompletionRequest, ChatMessage, ChatTool
-from plait.runtime.server.openai_tool_stream import ToolCallStream
+from plait.server.errors import APIError
+from plait.server.openai.messages import template_messages
+from plait.server.openai.models import model_slug
+from plait.server.openai.params import chat_plan
+from plait.server.openai.protocol import ChatCompletionRequest, ChatMessage, ChatTool
+from plait.server.openai.tool_stream import ToolCallStream
 
 CALL = '<tool_call>{"name": "search", "arguments": {"query": "plait"}}</tool_call>'
 TOOL = ChatTool.model_validate({"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}})

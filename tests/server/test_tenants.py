@@ -10,7 +10,7 @@ import httpx
 import pytest
 from workflow_fixtures import WorkflowServer, client_tool_workflow, wait_for, workflow_server
 
-from plait.runtime.server import TenantLimits
+from plait.server import TenantLimits
 from tests.server.conftest import wait_tenants_released
 
 

@@ -9,12 +9,12 @@ import pytest
 
 from plait.dag import LLMCall, ToolSpec, Workflow
 from plait.runtime import ToolRegistry
-from plait.runtime.server import ServerConfig
-from plait.runtime.server.client_tools import ClientTool, ProgramTools
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.workflow_events import EventLog
-from plait.runtime.server.workflow_requests import ClientToolDecl
-from plait.runtime.server.workflow_service import declare_client_tools
+from plait.server import ServerConfig
+from plait.server.workflows.client_tools import ClientTool, ProgramTools
+from plait.server.errors import APIError
+from plait.server.workflows.events import EventLog
+from plait.server.workflows.protocol import ClientToolDecl
+from plait.server.workflows.serving import declare_client_tools
 from plait.sdk.server_events import parse_events
 from plait.semantic_vars import SemanticVariable, Template
 

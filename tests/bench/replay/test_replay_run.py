@@ -135,9 +135,9 @@ def test_unreachable_target_says_what_to_fix():
 @pytest.fixture(scope="module")
 def tiny_server():
     from plait.engine import Engine, EngineConfig
-    from plait.runtime.server import ServerConfig, create_app
-    from plait.runtime.server.app import build_state
-    from plait.runtime.server.uvicorn_thread import UvicornThread
+    from plait.server import ServerConfig, create_app
+    from plait.server.app import build_state
+    from plait.server.uvicorn_thread import UvicornThread
     from tests.conftest import TINY
 
     engine = Engine(EngineConfig(**TINY))

@@ -25,11 +25,11 @@ import msgspec
 
 from plait.dag import LLMCall
 from plait.runtime.program_execution import ProgramEvent
-from plait.runtime.server.client_tools import PendingToolCall
-from plait.runtime.server.workflow_views import final_event_data, jsonable, node_finished_data
+from plait.server.workflows.client_tools import PendingToolCall
+from plait.server.workflows.views import final_event_data, jsonable, node_finished_data
 
 if TYPE_CHECKING:
-    from plait.runtime.server.workflow_registry import WorkflowEntry
+    from plait.server.workflows.registry import WorkflowEntry
 
 FINAL_EVENTS = ("done", "failed", "cancelled")
 

@@ -19,15 +19,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from plait.engine import GenerateRequest, InvalidRequestError
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.openai_chat_output import ChatOutput
-from plait.runtime.server.openai_completion_output import CompletionOutput
-from plait.runtime.server.openai_generation import Generation, GenerationFailed, SampleUpdate
-from plait.runtime.server.openai_logprobs import TokenTexts
-from plait.runtime.server.openai_models import check_model, model_card
-from plait.runtime.server.openai_params import DEFAULT_MAX_TOKENS, GenerationPlan, chat_plan, completion_plan
-from plait.runtime.server.openai_protocol import ChatCompletionRequest, CompletionRequest
-from plait.runtime.server.openai_responses import (
+from plait.server.errors import APIError
+from plait.server.openai.chat_output import ChatOutput
+from plait.server.openai.completion_output import CompletionOutput
+from plait.server.openai.generation import Generation, GenerationFailed, SampleUpdate
+from plait.server.openai.logprobs import TokenTexts
+from plait.server.openai.models import check_model, model_card
+from plait.server.openai.params import DEFAULT_MAX_TOKENS, GenerationPlan, chat_plan, completion_plan
+from plait.server.openai.protocol import ChatCompletionRequest, CompletionRequest
+from plait.server.openai.responses import (
     ChatCompletion,
     ChatCompletionChunk,
     ErrorResponse,
@@ -36,9 +36,9 @@ from plait.runtime.server.openai_responses import (
     TextCompletion,
     dump,
 )
-from plait.runtime.server.openai_stream import CLIENT_CLOSED, EventStream
-from plait.runtime.server.state import ServerState
-from plait.runtime.server.tenants import Tenant, current_tenant
+from plait.server.openai.stream import CLIENT_CLOSED, EventStream
+from plait.server.state import ServerState
+from plait.server.tenants import Tenant, current_tenant
 
 router = APIRouter(tags=["openai"])
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

@@ -20,9 +20,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from plait.runtime.server.errors import error_body
-from plait.runtime.server.openai_generation import Generation, GenerationFailed, SampleUpdate
-from plait.runtime.server.openai_responses import dump
+from plait.server.errors import error_body
+from plait.server.openai.generation import Generation, GenerationFailed, SampleUpdate
+from plait.server.openai.responses import dump
 
 logger = logging.getLogger("plait.server")
 DONE = b"data: [DONE]\n\n"

@@ -11,9 +11,9 @@ from typing import Any
 
 from plait.engine import Engine
 from plait.runtime.executor import Executor
-from plait.runtime.server.config import ServerConfig
-from plait.runtime.server.metrics import ServerMetrics
-from plait.runtime.server.tenants import TenantUsage
+from plait.server.config import ServerConfig
+from plait.server.metrics import ServerMetrics
+from plait.server.tenants import TenantUsage
 
 
 @dataclass

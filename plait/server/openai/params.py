@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.engine import InvalidRequestError, SamplingParams
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.openai_messages import template_messages
-from plait.runtime.server.openai_protocol import (
+from plait.server.errors import APIError
+from plait.server.openai.messages import template_messages
+from plait.server.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     ResponseFormatJSONObject,

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from plait.engine import TokenLogprob
-from plait.runtime.server.openai_responses import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from plait.server.openai.responses import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 
 _FLOOR = -9999.0  # JSON has no -inf: a token the model gives zero probability (possible under a grammar) reads this
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from plait.runtime.executor import FINISHED_HISTORY
 from plait.runtime.program_execution import ProgramExecution
-from plait.runtime.server.client_tools import ClientToolExecutor, ProgramTools
-from plait.runtime.server.errors import APIError, not_found
-from plait.runtime.server.workflow_events import EventLog
+from plait.server.workflows.client_tools import ClientToolExecutor, ProgramTools
+from plait.server.errors import APIError, not_found
+from plait.server.workflows.events import EventLog
 
 
 @dataclass(eq=False)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from plait.runtime.server.openai_chat_output import usage_of
-from plait.runtime.server.openai_generation import Generation, SampleUpdate
-from plait.runtime.server.openai_logprobs import TokenTexts, completion_logprobs
-from plait.runtime.server.openai_responses import CompletionChoice, TextCompletion
+from plait.server.openai.chat_output import usage_of
+from plait.server.openai.generation import Generation, SampleUpdate
+from plait.server.openai.logprobs import TokenTexts, completion_logprobs
+from plait.server.openai.responses import CompletionChoice, TextCompletion
 
 
 class CompletionOutput:

@@ -25,11 +25,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from plait.dag import ToolCall
-from plait.runtime.server.client_tools import ToolCallStateError
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.tenants import Tenant, current_tenant
-from plait.runtime.server.workflow_registry import WorkflowEntry, registry_of
-from plait.runtime.server.workflow_requests import (
+from plait.server.workflows.client_tools import ToolCallStateError
+from plait.server.errors import APIError
+from plait.server.tenants import Tenant, current_tenant
+from plait.server.workflows.registry import WorkflowEntry, registry_of
+from plait.server.workflows.protocol import (
     CloseRequest,
     NodeBatch,
     ToolResult,
@@ -40,13 +40,13 @@ from plait.runtime.server.workflow_requests import (
     path_pointer,
     read_json,
 )
-from plait.runtime.server.workflow_service import (
+from plait.server.workflows.serving import (
     add_nodes,
     cancel_workflow,
     close_workflow,
     start_workflow,
 )
-from plait.runtime.server.workflow_views import json_response, workflow_status, workflow_summary
+from plait.server.workflows.views import json_response, workflow_status, workflow_summary
 
 router = APIRouter(prefix="/v1", tags=["workflows"])
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from plait.runtime.server.errors import error_body
+from plait.server.errors import error_body
 
 Scope = dict[str, Any]
 

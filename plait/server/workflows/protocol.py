@@ -16,7 +16,7 @@ import msgspec
 from fastapi import Request
 
 from plait.dag import LLMCallSpec, Problem, ToolCallSpec, WorkflowError, WorkflowSpec, decode_workflow
-from plait.runtime.server.errors import APIError
+from plait.server.errors import APIError
 
 T = TypeVar("T")
 

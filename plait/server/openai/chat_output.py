@@ -12,9 +12,9 @@ import secrets
 import time
 
 from plait.engine import ToolCall
-from plait.runtime.server.openai_generation import Generation, Sample, SampleUpdate
-from plait.runtime.server.openai_logprobs import TokenTexts, chat_logprobs
-from plait.runtime.server.openai_responses import (
+from plait.server.openai.generation import Generation, Sample, SampleUpdate
+from plait.server.openai.logprobs import TokenTexts, chat_logprobs
+from plait.server.openai.responses import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,

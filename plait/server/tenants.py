@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from plait.runtime.server.config import DEFAULT_TENANT, ServerConfig, TenantLimits
-from plait.runtime.server.errors import APIError
+from plait.server.config import DEFAULT_TENANT, ServerConfig, TenantLimits
+from plait.server.errors import APIError
 
 RETRY_AFTER_S = 1  # what 429 answers suggest; work finishes on the scale of seconds
 

@@ -14,8 +14,8 @@ import json
 from typing import Any
 
 from plait.engine.grammar import TOOL_CALL_BEGIN, TOOL_CALL_END
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.openai_protocol import ChatMessage, ChatTool
+from plait.server.errors import APIError
+from plait.server.openai.protocol import ChatMessage, ChatTool
 
 _TEXT_PART_TYPES = ("text", "input_text")
 

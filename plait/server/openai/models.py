@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 from plait.engine import DUMMY_SHAPES
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.openai_responses import ModelCard
-from plait.runtime.server.state import ServerState
+from plait.server.errors import APIError
+from plait.server.openai.responses import ModelCard
+from plait.server.state import ServerState
 
 DEFAULT_ALIAS = "default"  # always accepted as ``model``
 

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from plait.engine import Engine, EngineStoppedError, GenerateDelta, GenerateRequest, TokenLogprob, ToolCall
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.openai_params import GenerationPlan
-from plait.runtime.server.openai_tool_stream import ToolCallStream
-from plait.runtime.server.state import ServerState
-from plait.runtime.server.tenants import Admission
+from plait.server.errors import APIError
+from plait.server.openai.params import GenerationPlan
+from plait.server.openai.tool_stream import ToolCallStream
+from plait.server.state import ServerState
+from plait.server.tenants import Admission
 
 
 class GenerationFailed(Exception):

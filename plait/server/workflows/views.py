@@ -16,7 +16,7 @@ from plait.runtime.program_execution import ProgramExecution
 from plait.semantic_vars import VarState
 
 if TYPE_CHECKING:
-    from plait.runtime.server.workflow_registry import WorkflowEntry
+    from plait.server.workflows.registry import WorkflowEntry
 
 
 def jsonable(value: Any) -> Any:

@@ -26,14 +26,14 @@ from plait.dag import (
     to_workflow,
 )
 from plait.runtime.program_execution import ExecutionServices
-from plait.runtime.server.client_tools import ClientTool, ClientToolExecutor, ProgramTools
-from plait.runtime.server.config import ServerConfig
-from plait.runtime.server.errors import APIError
-from plait.runtime.server.state import ServerState
-from plait.runtime.server.tenants import Tenant
-from plait.runtime.server.workflow_events import EventLog, EventRecorder
-from plait.runtime.server.workflow_registry import WorkflowEntry, registry_of
-from plait.runtime.server.workflow_requests import (
+from plait.server.workflows.client_tools import ClientTool, ClientToolExecutor, ProgramTools
+from plait.server.config import ServerConfig
+from plait.server.errors import APIError
+from plait.server.state import ServerState
+from plait.server.tenants import Tenant
+from plait.server.workflows.events import EventLog, EventRecorder
+from plait.server.workflows.registry import WorkflowEntry, registry_of
+from plait.server.workflows.protocol import (
     ClientToolDecl,
     NodeBatch,
     SubmissionOptions,

@@ -18,11 +18,13 @@ from fastapi.responses import JSONResponse
 from plait import __version__
 from plait.runtime.engine_source import open_engine
 from plait.runtime.executor import Executor
-from plait.runtime.server import health_routes, openai_routes, workflow_routes
-from plait.runtime.server.body_limit import BodyLimitMiddleware
-from plait.runtime.server.config import ServerConfig
-from plait.runtime.server.errors import error_body, install_error_handlers
-from plait.runtime.server.state import ServerState
+from plait.server import health_routes
+from plait.server.openai import api_router as openai_api
+from plait.server.workflows import api_router as workflows_api
+from plait.server.body_limit import BodyLimitMiddleware
+from plait.server.config import ServerConfig
+from plait.server.errors import error_body, install_error_handlers
+from plait.server.state import ServerState
 
 logger = logging.getLogger("plait.server")
 _DRAIN_EXEMPT = ("/health", "/ready", "/metrics")
@@ -73,8 +75,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.config.max_body_bytes)
     app.include_router(health_routes.router)
-    app.include_router(openai_routes.router)
-    app.include_router(workflow_routes.router)
+    app.include_router(openai_api.router)
+    app.include_router(workflows_api.router)
     return app
 
 

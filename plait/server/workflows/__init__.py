@@ -1,0 +1,1 @@
+"""The REST workflows API (submit, observe, cancel, grow programs; client-side tools)."""
