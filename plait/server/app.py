@@ -19,12 +19,12 @@ from plait import __version__
 from plait.runtime.engine_source import open_engine
 from plait.runtime.executor import Executor
 from plait.server import health_routes
-from plait.server.openai import api_router as openai_api
-from plait.server.workflows import api_router as workflows_api
 from plait.server.body_limit import BodyLimitMiddleware
 from plait.server.config import ServerConfig
 from plait.server.errors import error_body, install_error_handlers
+from plait.server.openai import api_router as openai_api
 from plait.server.state import ServerState
+from plait.server.workflows import api_router as workflows_api
 
 logger = logging.getLogger("plait.server")
 _DRAIN_EXEMPT = ("/health", "/ready", "/metrics")

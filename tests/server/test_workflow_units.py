@@ -9,14 +9,14 @@ import pytest
 
 from plait.dag import LLMCall, ToolSpec, Workflow
 from plait.runtime import ToolRegistry
+from plait.sdk.server_events import parse_events
+from plait.semantic_vars import SemanticVariable, Template
 from plait.server import ServerConfig
-from plait.server.workflows.client_tools import ClientTool, ProgramTools
 from plait.server.errors import APIError
+from plait.server.workflows.client_tools import ClientTool, ProgramTools
 from plait.server.workflows.events import EventLog
 from plait.server.workflows.protocol import ClientToolDecl
 from plait.server.workflows.serving import declare_client_tools
-from plait.sdk.server_events import parse_events
-from plait.semantic_vars import SemanticVariable, Template
 
 
 def test_event_log_replays_resumes_and_merges_tokens() -> None:

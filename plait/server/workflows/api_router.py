@@ -25,10 +25,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from plait.dag import ToolCall
-from plait.server.workflows.client_tools import ToolCallStateError
 from plait.server.errors import APIError
 from plait.server.tenants import Tenant, current_tenant
-from plait.server.workflows.registry import WorkflowEntry, registry_of
+from plait.server.workflows.client_tools import ToolCallStateError
 from plait.server.workflows.protocol import (
     CloseRequest,
     NodeBatch,
@@ -40,6 +39,7 @@ from plait.server.workflows.protocol import (
     path_pointer,
     read_json,
 )
+from plait.server.workflows.registry import WorkflowEntry, registry_of
 from plait.server.workflows.serving import (
     add_nodes,
     cancel_workflow,

@@ -15,8 +15,8 @@ from typing import Any
 
 from plait.runtime.executor import FINISHED_HISTORY
 from plait.runtime.program_execution import ProgramExecution
-from plait.server.workflows.client_tools import ClientToolExecutor, ProgramTools
 from plait.server.errors import APIError, not_found
+from plait.server.workflows.client_tools import ClientToolExecutor, ProgramTools
 from plait.server.workflows.events import EventLog
 
 

@@ -26,13 +26,13 @@ from plait.dag import (
     to_workflow,
 )
 from plait.runtime.program_execution import ExecutionServices
-from plait.server.workflows.client_tools import ClientTool, ClientToolExecutor, ProgramTools
+from plait.semantic_vars import SemanticVarError, VarState
 from plait.server.config import ServerConfig
 from plait.server.errors import APIError
 from plait.server.state import ServerState
 from plait.server.tenants import Tenant
+from plait.server.workflows.client_tools import ClientTool, ClientToolExecutor, ProgramTools
 from plait.server.workflows.events import EventLog, EventRecorder
-from plait.server.workflows.registry import WorkflowEntry, registry_of
 from plait.server.workflows.protocol import (
     ClientToolDecl,
     NodeBatch,
@@ -40,7 +40,7 @@ from plait.server.workflows.protocol import (
     WorkflowRejected,
     estimate_tokens,
 )
-from plait.semantic_vars import SemanticVarError, VarState
+from plait.server.workflows.registry import WorkflowEntry, registry_of
 
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 
