@@ -1,6 +1,7 @@
 """plait: a serving runtime for agent programs.
 
-Layers (imports point downwards only): ``sdk -> runtime -> dag / semantic_vars``, ``runtime -> engine -> cache``.
+Layers (imports point downwards only): ``server -> sdk -> runtime -> dag / semantic_vars``,
+``runtime -> engine -> cache``.
 ``bench`` sits beside the top and may import any layer.
 
 The SDK's names are available here (``plait.Runtime``, ``plait.program``, ``plait.tool``, ...), loaded on first
@@ -27,6 +28,8 @@ _LAZY = {
     "Workflow": "plait.dag",
     "WorkflowError": "plait.dag",
     "EngineConfig": "plait.runtime",
+    "EnginePolicy": "plait.runtime",
+    "PlanConfig": "plait.runtime",
     "ProgramFailedError": "plait.runtime",
     "ProgramCancelledError": "plait.runtime",
     "NodeError": "plait.runtime",

@@ -1,8 +1,10 @@
-"""Shared fixtures: the default model (skipped with a reason when its wheel is missing) and HF's reference model."""
+"""Shared fixtures: the default model (skipped with a reason when its wheel is missing) and HF's reference model;
+every test fails when a planner hook raised during it."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,36 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The planner's module logger: ``Planner`` logs a hook that raised there, at ERROR, and goes on (planning is advice).
+PLANNER_LOGGER = "plait.runtime.planning.planner"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def planner_hook_failures() -> Iterator[list[logging.LogRecord]]:
+    """Every test: a planner hook that raised fails it (programs go on without the hook's bookkeeping, so only the
+    log would show it otherwise). A test that breaks a hook on purpose takes this list and clears it."""
+    handler = _Records()
+    logger = logging.getLogger(PLANNER_LOGGER)
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+    if handler.records:
+        failures = "\n".join(
+            f"{record.getMessage()}: {record.exc_info[1]!r}" if record.exc_info else record.getMessage()
+            for record in handler.records
+        )
+        pytest.fail(f"{len(handler.records)} planner hook failure(s) during the test:\n{failures}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -122,14 +122,14 @@ def _modes(args: argparse.Namespace) -> list[Any]:
 
     plait_mode = PlanConfig().with_overrides(args.plan)  # ValueError names the bad item
     if args.max_queue_wait is not None:
-        plait_mode = dataclasses.replace(plait_mode, max_queue_wait_s=args.max_queue_wait)
+        plait_mode = plait_mode.with_overrides([f"max_queue_wait_s={args.max_queue_wait}"])
     modes = [plait_mode]
     if args.compare == "baseline" or args.ablation:
         modes.append(PlanConfig.baseline())
     if args.ablation:
         modes += [PlanConfig.only(feature) for feature in FEATURES]
     if args.leave_one_out:
-        modes += [plait_mode.without(feature) for feature in FEATURES if getattr(plait_mode, feature)]
+        modes += [plait_mode.without(feature) for feature in FEATURES if plait_mode.uses(feature)]
     modes += [PlanConfig.only(feature) for feature in getattr(args, "only", [])]  # ValueError names a bad one
     modes += [plait_mode.without(feature) for feature in getattr(args, "without", [])]
     for variant in getattr(args, "variant", []):
@@ -166,7 +166,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     config.kv_slots = config.kv_slots or suite.kv_slots
     # Capture the shared-prefix decode graphs when some mode uses it (each mode switches it on or off at run time).
-    config.shared_prefix_decode = any(mode.shared_prefix_decode for mode in args.modes)
+    shared = any(mode.engine.shared_prefix_decode for mode in args.modes)
+    config.policy = dataclasses.replace(config.policy, shared_prefix_decode=shared)
     return asyncio.run(_run(args, config, suite, lambda: build_suite(args.suite, options), profile))
 
 

@@ -1,8 +1,8 @@
 """One run of a workflow suite in one planning mode, on a shared engine: open-loop arrivals, measured outcomes.
 
-Each mode starts from the same state: the prefix cache is flushed, the engine's scheduling settings are switched to
-the mode's (``PlanConfig.engine_settings``) and a fresh executor with the mode's planner runs a freshly built copy of
-the suite (workflows hold their variables' values, so a copy is never reused across modes).
+Each mode starts from the same state: the prefix cache is flushed and a fresh executor with the mode's planner (which
+applies the mode's engine policy, as every executor does) runs a freshly built copy of the suite (workflows hold
+their variables' values, so a copy is never reused across modes).
 """
 
 from __future__ import annotations
@@ -95,7 +95,6 @@ async def run_mode(
     reported as not finished (``state == 'timeout'``)."""
     suite = build()
     await engine.flush_prefix_cache()
-    await engine.configure(**config.engine_settings())
     executor = Executor(engine, suite.tools, plan=config)
     before = engine.stats()
     start = time.monotonic()

@@ -30,13 +30,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="host-memory KV tier in tokens: evicted prefixes are copied there and loaded back instead of recomputed "
         "(0: none; page-locked memory on a GPU machine)",
     )
-    group.add_argument(
-        "--pin-budget",
-        type=float,
-        default=0.25,
-        metavar="FRACTION",
-        help="most of the KV pool that pins may hold at once; pins beyond it are refused (0 to 1)",
-    )
     group.add_argument("--max-context", type=int, default=0, help="context window cap in tokens (0: the model's)")
     group.add_argument("--max-batch-tokens", type=int, default=2048, help="tokens per forward pass")
     group.add_argument("--chunk-size", type=int, default=512, help="longest prefill chunk per sequence per step")
@@ -84,7 +77,8 @@ def add_plan_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a field of plait mode's PlanConfig, e.g. attained_service=on, deadline=on, max_queue_wait_s=10",
+        help="override a field of plait mode's PlanConfig or its engine policy, or switch a feature: e.g. "
+        "attained_service=on, max_queue_wait_s=10, pin_budget_fraction=0.5, cache_affinity=off",
     )
 
 
@@ -99,7 +93,6 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         kv_slots=args.kv_slots,
         host_kv_slots=getattr(args, "host_kv_slots", 0),
-        pin_budget_fraction=getattr(args, "pin_budget", 0.25),
         max_context=args.max_context,
         max_batch_tokens=args.max_batch_tokens,
         chunk_size=args.chunk_size,

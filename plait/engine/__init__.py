@@ -11,6 +11,7 @@ from plait.engine.default_model import default_model_path
 from plait.engine.engine import Engine
 from plait.engine.engine_config import EngineConfig
 from plait.engine.engine_core import EngineCore, EngineStats
+from plait.engine.engine_policy import EnginePolicy
 from plait.engine.errors import (
     EngineError,
     EngineStoppedError,
@@ -39,6 +40,7 @@ __all__ = [
     "EngineConfig",
     "EngineCore",
     "EngineError",
+    "EnginePolicy",
     "EngineStats",
     "EngineStoppedError",
     "GenerateDelta",

@@ -20,10 +20,11 @@ from typing import Any
 from plait.cache import CacheEvent
 from plait.engine.engine_config import EngineConfig
 from plait.engine.engine_core import EngineCore, EngineStats
+from plait.engine.engine_policy import EnginePolicy
 from plait.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
 from plait.engine.grammar import choice_score, scoring_requests
+from plait.engine.model_config import ModelConfig
 from plait.engine.request import ChoiceScore, Completion, GenerateDelta, GenerateRequest, GenerateResult
-from plait.engine.runtime_controls import CONFIGURABLE
 from plait.engine.sequence import RequestState
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Engine:
         self._sinks: dict[str, _Sink] = {}
         self._lock = threading.Lock()  # guards _sinks and _stats between the loop thread and callers
         self._stats = self.core.stats()
+        self._policy = self.core.policy
         self._stopped = threading.Event()
         # Long prompts are tokenized here, off the caller's event loop: the tokenizer releases the GIL, but the loop
         # (other programs' deltas and next calls) would wait milliseconds per prompt. One worker keeps their order.
@@ -198,14 +200,62 @@ class Engine:
                 break
         return drained
 
-    async def configure(self, **settings: object) -> None:
-        """Change scheduling settings between runs (applied on the engine thread, before later requests):
-        ``max_queue_wait_s``, ``prefix_first``, ``eviction_policy`` (``lru`` or ``next-use``), ``affinity_window_s``
-        and ``shared_prefix_decode``."""
-        unknown = set(settings) - set(CONFIGURABLE)
-        if unknown:
-            raise InvalidRequestError("configure", f"unknown settings {sorted(unknown)}; choose from {CONFIGURABLE}")
-        await self._on_engine_thread(lambda: self.core.configure(**settings))
+    @property
+    def config(self) -> EngineConfig:
+        """The settings the engine was started with (its own copy; ``policy`` is the run-time policy now)."""
+        return self.core.config
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.core.model_config
+
+    @property
+    def max_context(self) -> int:
+        """The context window in tokens: prompt plus generated tokens of one sequence."""
+        return self.core.max_context
+
+    def prompt_ids(self, request: GenerateRequest) -> list[int]:
+        """The token ids ``request``'s prompt becomes (chat template applied); thread-safe."""
+        return self.core.prompt_ids(request)
+
+    def effective_settings(self) -> dict[str, Any]:
+        """What the engine runs with, ``auto`` values resolved: model, device, dtype, memory, batch limits, fast-path
+        switches and the run-time policy."""
+        core = self.core
+        config = core.config
+        return {
+            "model": config.model,
+            "model_name": core.model_config.name,
+            "weights": config.weights,
+            "device": str(core.device),
+            "dtype": str(core.dtype).removeprefix("torch."),
+            "max_context": core.max_context,
+            "kv_slots": core.kv_slots,
+            "host_kv_slots": config.host_kv_slots,
+            "prefix_cache": config.prefix_cache,
+            "max_running": config.max_running,
+            "max_batch_tokens": config.max_batch_tokens,
+            "chunk_size": config.chunk_size,
+            "attention_backend": core.attention_backend,
+            "fused_ops": config.resolve_fused_ops(core.device),
+            "cuda_graphs": core.runner.graphs is not None,
+            "overlap": core.overlap,
+            "simulate": config.simulate or None,
+            "policy": self.policy.to_dict(),
+        }
+
+    @property
+    def policy(self) -> EnginePolicy:
+        """The run-time policy: the one last given to ``set_policy`` (every request submitted since runs under it)."""
+        return self._policy
+
+    def set_policy(self, policy: EnginePolicy) -> None:
+        """Schedule and evict under ``policy`` (thread-safe, returns at once). Commands are applied in order, so
+        every request submitted after this call is scheduled under it. Raises ``InvalidRequestError`` on a bad
+        value, before anything changes."""
+        policy.validate()
+        self._policy = policy
+        self._commands.put(("policy", policy))
 
     async def flush_prefix_cache(self) -> int:
         """Drop every cached prefix not in use (between benchmark runs); returns the device slots freed."""
@@ -316,6 +366,8 @@ class Engine:
                     self._fail_request(payload, str(error))
             elif kind == "abort":
                 self._deliver(self.core.abort(str(payload)))
+            elif kind == "policy":
+                self.core.set_policy(payload)  # type: ignore[arg-type]  (validated by set_policy)
             elif kind == "call":
                 fn, future = payload  # type: ignore[misc]
                 try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from plait.engine.engine_policy import EnginePolicy
 from plait.engine.errors import InvalidRequestError
 
 DEFAULT_CPU_KV_SLOTS = 16384
@@ -52,18 +53,14 @@ class EngineConfig:
     cuda_graph_max_batch: int = 0  # largest decode batch captured; 0 = min(max_running, 256)
     seed: int = 0
     prefix_cache: str = "radix"  # radix | none
-    eviction_policy: str = "lru"  # lru | next-use (acts on the runtime's next-use hints)
     host_kv_slots: int = 0  # host (CPU) tier size in tokens; 0 = no host tier
-    pin_budget_fraction: float = 0.25  # at most this fraction of the KV pool may be pinned
-    max_queue_wait_s: float = 0.0  # anti-starvation: a request waiting longer goes ahead of all priorities (0: off)
-    prefix_first: bool = True  # hold a prompt back while a running prefill computes its prefix (compute it once)
-    pins_hold_admissions: bool = True  # pinned KV keeps new prompts out (off: pins only order eviction)
-    affinity_window_s: float = 0.0  # cache affinity: reorder admission by resident prefix within this window (0: off)
-    # Decodes sharing a cached prefix attend it together, reading it once per tile (triton backend; prefix_groups.py).
-    # Off by default: on an H200 it sped the attention up 1.2-2.3x at batch 48-256 on 2.5k-3.3k shared tokens but
-    # slowed it at batch 64 (0.85x), and moved no workflow suite (bench/results/h200_2026-11-22g). Set at start, it
-    # also captures the shared-prefix decode graphs; configure() switches it at run time.
-    shared_prefix_decode: bool = False
+    # Admission keeps room for the tokens running sequences will still generate: all of them for a request that
+    # ignores EOS, this fraction for one that may stop early. Over-admitting only to retract later wastes prefill.
+    decode_reserve_ratio: float = 0.5
+    reserve_decode: bool = True  # off: admit whenever the prompt fits (tests use it to force retractions)
+    # The run-time policy the engine starts with (eviction, prefix holds, affinity, aging, pins); an executor
+    # replaces it with its plan's (``Engine.set_policy``).
+    policy: EnginePolicy = field(default_factory=EnginePolicy)
     simulate: str = ""  # a GPU profile (simulated_gpu.PROFILES): model the forward pass's time on CPU, fixed logits
 
     @property
@@ -105,8 +102,6 @@ class EngineConfig:
             raise InvalidRequestError("kv_slots", "kv_slots and max_context must be >= 0 (0 = automatic)")
         if self.prefix_cache not in ("radix", "none"):
             raise InvalidRequestError("prefix_cache", f"'{self.prefix_cache}': choose radix or none")
-        if self.eviction_policy not in ("lru", "next-use"):
-            raise InvalidRequestError("eviction_policy", f"'{self.eviction_policy}': choose lru or next-use")
         if self.overlap not in ("auto", "on", "off"):
             raise InvalidRequestError("overlap", f"'{self.overlap}': choose auto, on or off")
         if self.attention_backend not in ("auto", "torch", "triton"):
@@ -121,13 +116,10 @@ class EngineConfig:
             gpu_profile(self.simulate)  # an unknown profile names the known ones
         if self.cuda_graph_max_batch < 0:
             raise InvalidRequestError("cuda_graph_max_batch", "must be >= 0 (0 = min(max_running, 256))")
-        if not self.max_queue_wait_s >= 0:
-            raise InvalidRequestError("max_queue_wait_s", f"must be >= 0 (0 = off), got {self.max_queue_wait_s}")
-        if not self.affinity_window_s >= 0:
-            raise InvalidRequestError("affinity_window_s", f"must be >= 0 (0 = off), got {self.affinity_window_s}")
         if self.host_kv_slots < 0:
             raise InvalidRequestError("host_kv_slots", "must be >= 0 (0 = no host tier)")
-        if not 0.0 <= self.pin_budget_fraction <= 1.0:
-            raise InvalidRequestError("pin_budget_fraction", f"must be in [0, 1], got {self.pin_budget_fraction}")
+        if not 0.0 <= self.decode_reserve_ratio <= 1.0:
+            raise InvalidRequestError("decode_reserve_ratio", f"must be in [0, 1], got {self.decode_reserve_ratio}")
+        self.policy.validate()
         if not 0.0 < self.kv_memory_fraction < 1.0:
             raise InvalidRequestError("kv_memory_fraction", f"must be in (0, 1), got {self.kv_memory_fraction}")

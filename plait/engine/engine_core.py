@@ -34,7 +34,8 @@ from plait.engine.prompt_tokens import request_prompt_ids
 from plait.engine.request import GenerateDelta, GenerateRequest
 from plait.engine.runtime_controls import RuntimeControls
 from plait.engine.sampler import SampleRow, logprob_tensors, logprobs_to_host, sample_on_device
-from plait.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from plait.engine.sampling_params import check_max_tokens_fit
+from plait.engine.scheduler import ScheduledBatch, Scheduler
 from plait.engine.scoring import Scoring
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
 from plait.engine.text_output import TextOutput
@@ -43,7 +44,8 @@ from plait.engine.tokenizer_loader import load_tokenizer
 
 class EngineCore(RuntimeControls, Scoring):
     def __init__(self, config: EngineConfig | None = None) -> None:
-        self.config = config = config or EngineConfig()
+        # A copy of its own: set_policy replaces the policy in it, never in the caller's config.
+        self.config = config = replace(config or EngineConfig())
         config.validate()
         self.device = config.resolve_device()
         self.dtype = config.resolve_dtype(self.device)
@@ -72,22 +74,15 @@ class EngineCore(RuntimeControls, Scoring):
         self.req_to_token = ReqToTokenPool(config.max_running, self.max_context + 1, self.device)
         self.prefix_cache, self.cache_hints = build_prefix_cache(config, self.allocator, self.kv_pool)
         self.scheduler = Scheduler(
-            SchedulerConfig(
-                config.max_running,
-                config.max_batch_tokens,
-                config.chunk_size,
-                config.max_queue_wait_s,
-                config.prefix_first,
-                affinity_window_s=config.affinity_window_s,
-                pins_hold_admissions=config.pins_hold_admissions,
-            ),
+            config,
+            config.policy,
             self.allocator,
             self.req_to_token,
             self.prefix_cache,
             ready=self._can_admit,
         )
         self.runner = build_runner(self, mc)
-        self.runner.shared_prefix_decode = config.shared_prefix_decode
+        self.runner.shared_prefix_decode = config.policy.shared_prefix_decode
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
         self._seed_source = torch.Generator().manual_seed(config.seed)
@@ -113,6 +108,8 @@ class EngineCore(RuntimeControls, Scoring):
             raise InvalidRequestError(
                 "prompt", f"{len(prompt_ids)} tokens do not fit the context window of {self.max_context} tokens"
             )
+        if not sampling.clamp_max_tokens:
+            check_max_tokens_fit(sampling.max_tokens, len(prompt_ids), self.max_context)
         max_new = min(sampling.max_tokens, self.max_context - len(prompt_ids))
         kv_needed = len(prompt_ids) + sampling.n * max_new
         if kv_needed > self.kv_slots:

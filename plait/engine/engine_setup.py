@@ -41,9 +41,9 @@ def build_prefix_cache(
     if config.prefix_cache == "none":
         return NoPrefixCache(allocator), None
     hints: dict = {}
-    policy = eviction_policy(config.eviction_policy, hints)
+    policy = eviction_policy(config.policy.eviction, hints)
     host = HostTier(kv_pool, config.host_kv_slots) if config.host_kv_slots else None
-    cache = RadixCache(allocator, policy, host, config.pin_budget_fraction, hints)
+    cache = RadixCache(allocator, policy, host, config.policy.pin_budget_fraction, hints)
     return cache, CacheHints(cache)
 
 
@@ -62,7 +62,7 @@ def build_decode_graphs(
             f"backend '{config.resolve_attention_backend(device)}')",
         )
     max_batch = min(config.cuda_graph_max_batch or 256, config.max_running)
-    graphs = DecodeGraphs(model, attention, max_batch, device, shared_prefix=config.shared_prefix_decode)
+    graphs = DecodeGraphs(model, attention, max_batch, device, shared_prefix=config.policy.shared_prefix_decode)
     graphs.capture()
     return graphs
 

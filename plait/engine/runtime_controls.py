@@ -1,13 +1,12 @@
 """What the runtime may do to a running engine besides submitting requests: KV hints (next use, pins, prefetch),
-memory reserved for a program's next call, flushing the prefix cache, and switching scheduling settings between
-benchmark runs. Engine thread only.
+memory reserved for a program's next call, flushing the prefix cache, and the run-time policy (``set_policy``).
+Engine thread only.
 
 ``EngineCore`` inherits these; they touch only its prefix cache, allocator, scheduler and config.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from plait.cache import RadixCache
@@ -17,18 +16,9 @@ from plait.engine.request import priority_key
 if TYPE_CHECKING:
     from plait.cache import CacheHints, PrefixCache, SlotAllocator
     from plait.engine.engine_config import EngineConfig
+    from plait.engine.engine_policy import EnginePolicy
     from plait.engine.model_runner import ModelRunner
     from plait.engine.scheduler import Scheduler
-
-# Scheduling settings that may change while the engine runs (``configure``): benchmarks switch modes between runs.
-CONFIGURABLE = (
-    "max_queue_wait_s",
-    "prefix_first",
-    "eviction_policy",
-    "affinity_window_s",
-    "shared_prefix_decode",
-    "pins_hold_admissions",
-)
 
 
 class RuntimeControls:
@@ -119,15 +109,18 @@ class RuntimeControls:
             return self.prefix_cache.flush()
         return self.prefix_cache.evict(self.kv_slots, allow_pinned=True)
 
-    def configure(self, **settings: object) -> None:
-        """Change ``CONFIGURABLE`` settings (engine thread only). Raises ``InvalidRequestError`` on a bad value."""
-        config = replace(self.config, **settings)  # type: ignore[arg-type]
-        config.validate()
-        self.scheduler.config.max_queue_wait_s = config.max_queue_wait_s
-        self.scheduler.config.prefix_first = config.prefix_first
-        self.scheduler.config.pins_hold_admissions = config.pins_hold_admissions
-        self.scheduler.config.affinity_window_s = config.affinity_window_s
-        self.runner.shared_prefix_decode = config.shared_prefix_decode
-        if config.eviction_policy != self.config.eviction_policy and isinstance(self.prefix_cache, RadixCache):
-            self.prefix_cache.policy = eviction_policy(config.eviction_policy, self.prefix_cache.program_hints)
-        self.config = config
+    @property
+    def policy(self) -> EnginePolicy:
+        return self.config.policy
+
+    def set_policy(self, policy: EnginePolicy) -> None:
+        """Schedule and evict under ``policy`` from the next step on (engine thread only). Running requests keep
+        their KV; the eviction order, pin budget, holds, affinity and aging of later decisions change."""
+        policy.validate()
+        previous, self.config.policy = self.config.policy, policy
+        self.scheduler.policy = policy
+        self.runner.shared_prefix_decode = policy.shared_prefix_decode
+        if isinstance(self.prefix_cache, RadixCache):
+            if policy.eviction != previous.eviction:
+                self.prefix_cache.policy = eviction_policy(policy.eviction, self.prefix_cache.program_hints)
+            self.prefix_cache.pin_budget = int(policy.pin_budget_fraction * self.allocator.num_slots)

@@ -28,6 +28,10 @@ class SamplingParams:
 
     ``prompt_logprobs_start``: also return the log-probability of each prompt token at positions ``>=`` it (each
     given the tokens before it), on the sample's first delta (``GenerateDelta.prompt_logprobs``).
+
+    ``max_tokens`` larger than the room the context window leaves after the prompt is an ``InvalidRequestError``
+    (as OpenAI and vLLM answer), unless ``clamp_max_tokens`` asks for it to be lowered to that room.
+    ``parallel_tool_calls`` (with ``tools``): the output may hold one or more calls; false allows one at most.
     """
 
     max_tokens: int = 256
@@ -51,6 +55,8 @@ class SamplingParams:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] = "auto"
     prompt_logprobs_start: int | None = None
+    clamp_max_tokens: bool = False
+    parallel_tool_calls: bool = True
 
     @property
     def greedy(self) -> bool:
@@ -74,6 +80,8 @@ class SamplingParams:
         bad = [t for t in self.stop_token_ids if not (isinstance(t, int) and 0 <= t < vocab_size)]
         _check(not bad, "stop_token_ids", f"ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
         _check(isinstance(self.json_object, bool), "json_object", "must be true or false")
+        for name in ("clamp_max_tokens", "parallel_tool_calls"):
+            _check(isinstance(getattr(self, name), bool), name, "must be true or false")
         constraints = self.constraint_fields()
         _check(
             len(constraints) <= 1,
@@ -97,6 +105,19 @@ class SamplingParams:
     @property
     def constrained(self) -> bool:
         return bool(self.constraint_fields())
+
+
+def check_max_tokens_fit(max_tokens: int, prompt_tokens: int, max_context: int, field: str = "max_tokens") -> None:
+    """Raise ``InvalidRequestError`` naming ``field`` when ``max_tokens`` new tokens do not fit in the context window
+    after ``prompt_tokens`` (the message gives the numbers, as vLLM's does)."""
+    room = max_context - prompt_tokens
+    if max_tokens > room:
+        raise InvalidRequestError(
+            field,
+            f"{field} is too large: {max_tokens}. The context window is {max_context} tokens and the prompt has "
+            f"{prompt_tokens}, which leaves room for {room} ({max_tokens} > {max_context} - {prompt_tokens}); "
+            f"lower {field}",
+        )
 
 
 def _is_int(value: object) -> bool:

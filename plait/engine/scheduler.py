@@ -22,37 +22,11 @@ import torch
 
 from plait.cache import PrefixCache, ReqToTokenPool, ResidencyMark, SlotAllocator
 from plait.engine.cache_affinity import affinity_order
+from plait.engine.engine_config import EngineConfig
+from plait.engine.engine_policy import EnginePolicy
 from plait.engine.prefix_hold import InflightPrefixes
 from plait.engine.reservations import Reservations
 from plait.engine.sequence import SeqStatus, Sequence
-
-
-@dataclass
-class SchedulerConfig:
-    max_running: int = 256  # sequences in a batch (bounded by req_to_token rows)
-    max_batch_tokens: int = 2048  # tokens per forward: decodes + prefill chunks
-    chunk_size: int = 512  # longest prefill chunk of one sequence per step
-    # Anti-starvation: a sequence waiting longer than this goes ahead of every priority (0: never).
-    max_queue_wait_s: float = 0.0
-    # Hold back a waiting prompt while a running prefill is computing its prefix (computes the prefix once), when the
-    # part still to be computed that both share is at least ``prefix_hold_min_tokens`` long: a hold delays the prompt
-    # by a step or more, which a short shared part does not pay back (four SQL candidates sharing a 100-token question
-    # after a cached head run faster side by side; agents sharing a 2k-token prompt do not).
-    prefix_first: bool = True
-    prefix_hold_min_tokens: int = 256
-    # Pins keep new prompts out (admission counts unpinned room only), except from KV whose every pinner the prompt's
-    # priority beats: a pin keeps memory for its program's next call, so it holds back only prompts that call would
-    # go after. Off: a pin only orders eviction (pinned KV goes last), and a new prompt may take pinned memory as a
-    # running prefill may.
-    pins_hold_admissions: bool = True
-    # Admission keeps room for the tokens running sequences will still generate: all of them for a request that
-    # ignores EOS, this fraction for one that may stop early. Over-admitting only to retract later wastes prefill.
-    decode_reserve_ratio: float = 0.5
-    reserve_decode: bool = True  # off: admit whenever the prompt fits (tests use it to force retractions)
-    # Cache affinity: waiting sequences whose planner priorities differ only in their last (time) component, by less
-    # than this many seconds from the first of their band, are admitted longest-resident-prefix first (0: strict
-    # priority order; see Scheduler._admission_order).
-    affinity_window_s: float = 0.0
 
 
 @dataclass
@@ -88,7 +62,8 @@ class ScheduledBatch:
 class Scheduler:
     def __init__(
         self,
-        config: SchedulerConfig,
+        config: EngineConfig,
+        policy: EnginePolicy,
         allocator: SlotAllocator,
         req_to_token: ReqToTokenPool,
         prefix_cache: PrefixCache,
@@ -96,7 +71,8 @@ class Scheduler:
     ) -> None:
         """``ready``: False for a waiting sequence that cannot start yet (its grammar is still compiling); batch
         formation skips it and lets later sequences go ahead, as for a prefix still loading from host memory."""
-        self.config = config
+        self.config = config  # static limits: max_running, max_batch_tokens, chunk_size, decode reserve
+        self.policy = policy  # replaced between steps by EngineCore.set_policy
         self.ready = ready
         self.allocator = allocator
         self.req_to_token = req_to_token
@@ -133,8 +109,8 @@ class Scheduler:
         important one). ``reserved``: less what is reserved for calls ``seq`` would go after (an admission; the
         chunks of a prompt already admitted are not held back by reservations)."""
         if seq is None:
-            return self.free_slots(allow_pinned=not self.config.pins_hold_admissions)
-        if self.config.pins_hold_admissions:
+            return self.free_slots(allow_pinned=not self.policy.pins_hold_admissions)
+        if self.policy.pins_hold_admissions:
             room = self.allocator.num_free + self.prefix_cache.evictable_slots(priority=seq.sort_key[0])
         else:
             room = self.free_slots(allow_pinned=True)
@@ -150,7 +126,7 @@ class Scheduler:
     # ---- one step --------------------------------------------------------------------------------------------------
 
     def _promote_starving(self, now: float) -> None:
-        limit = self.config.max_queue_wait_s
+        limit = self.policy.max_queue_wait_s
         starving = [s for s in self.waiting if not s.promoted and now - s.state.submitted_at > limit]
         if starving:
             for seq in starving:
@@ -175,10 +151,10 @@ class Scheduler:
         """One planning pass; ``retracted`` sequences were retracted this step and are not re-admitted in it (they
         would take back the memory their retraction freed and stall again)."""
         self.prefix_cache.poll()
-        if self.config.max_queue_wait_s > 0 and self.waiting:
+        if self.policy.max_queue_wait_s > 0 and self.waiting:
             now = time.monotonic()
             if now >= self._next_starvation_check:  # a scan of the queue, a few times per second at most
-                self._next_starvation_check = now + min(0.05, self.config.max_queue_wait_s / 4)
+                self._next_starvation_check = now + min(0.05, self.policy.max_queue_wait_s / 4)
                 self._promote_starving(now)
         batch = ScheduledBatch()
         while True:
@@ -198,10 +174,10 @@ class Scheduler:
         # With every row taken no waiting sequence can start: skip ordering the queue (affinity looks up prefixes).
         rows_free = len(self.running) < self.config.max_running and self.req_to_token.num_free_rows > 0
         candidates = partial + (self._admission_order(budget) if rows_free and self.waiting else [])
-        holds_back = self.prefix_cache.shares_prefixes and self.config.prefix_first
+        holds_back = self.prefix_cache.shares_prefixes and self.policy.prefix_first
         inflight = None  # (built only when something may be admitted: a pass over the running sequences)
         if holds_back and candidates:
-            inflight = InflightPrefixes(self.running, self.config.prefix_hold_min_tokens)
+            inflight = InflightPrefixes(self.running, self.policy.prefix_hold_min_tokens)
         # Room the running sequences will still take: tokens to generate, and the rest of partial prefills' prompts
         # (admitting beside a long prefill that later fills the pool would retract a decode). Only prefills use it.
         reserve = 0
@@ -219,7 +195,7 @@ class Scheduler:
             # what pins ``seq`` outranks hold) but yield to a running prefill that has no other room left, one chunk
             # at a time.
             unpinned = self._admission_room(seq, reserved=newly_admitted)
-            takes_pinned = (unpinned <= 0 and not newly_admitted) or not self.config.pins_hold_admissions
+            takes_pinned = (unpinned <= 0 and not newly_admitted) or not self.policy.pins_hold_admissions
             # A new prompt's room leaves other programs' reservations out whether or not pins hold admissions.
             room = self.free_slots(allow_pinned=True) if takes_pinned and not newly_admitted else unpinned
             if budget <= 0 or room <= 0:
@@ -290,7 +266,7 @@ class Scheduler:
         reuse KV already on the device take less new memory, so more run at once where memory is what binds (six
         agents' prompts competing for a pool that holds four, say), and fewer prefixes are evicted to be computed
         again. Promoted (starving) sequences keep their place ahead of everyone."""
-        window = self.config.affinity_window_s
+        window = self.policy.affinity_window_s
         waiting = self.waiting
         if window <= 0 or len(waiting) < 2 or budget <= 0 or not self.prefix_cache.shares_prefixes:
             return list(waiting)

@@ -6,11 +6,12 @@ May import: ``plait.dag``, ``plait.semantic_vars``, ``plait.engine`` (through it
 
 from __future__ import annotations
 
-from plait.engine import EngineConfig
+from plait.engine import EngineConfig, EnginePolicy
 from plait.runtime.engine_source import open_engine
 from plait.runtime.errors import NodeError, ProgramCancelledError, ProgramFailedError, ToolDefinitionError
 from plait.runtime.executor import Executor, new_program_id
 from plait.runtime.llm_runner import RequestOptions, sampling_params
+from plait.runtime.planning import PlanConfig
 from plait.runtime.program_execution import ExecutionServices, ProgramEvent, ProgramExecution
 from plait.runtime.states import NodeRecord, NodeState, ProgramRecord, ProgramState
 from plait.runtime.tool_executor import ToolExecutor
@@ -18,11 +19,13 @@ from plait.runtime.tools import Tool, ToolRegistry
 
 __all__ = [
     "EngineConfig",
+    "EnginePolicy",
     "ExecutionServices",
     "Executor",
     "NodeError",
     "NodeRecord",
     "NodeState",
+    "PlanConfig",
     "ProgramCancelledError",
     "ProgramEvent",
     "ProgramExecution",

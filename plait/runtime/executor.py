@@ -38,8 +38,11 @@ class Executor:
         plan: PlanConfig | Planner | None = None,
     ) -> None:
         """``plan``: the program-level planning features (default ``PlanConfig()``; ``PlanConfig.baseline()`` for a
-        request-level engine), or a ``Planner`` to share."""
+        request-level engine), or a ``Planner`` to share. The engine is switched to the plan's policy
+        (``PlanConfig.engine``), so one engine serves one plan at a time."""
         planner = plan if isinstance(plan, Planner) else Planner(engine, plan or PlanConfig())
+        # What runs is what the plan says: the engine schedules and evicts under the plan's policy from now on.
+        engine.set_policy(planner.config.engine)
         self.services = ExecutionServices(engine, ToolRegistry(tools), ToolExecutor(), planner)
         self.programs: OrderedDict[str, ProgramExecution] = OrderedDict()
 

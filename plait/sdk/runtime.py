@@ -16,16 +16,21 @@ from typing import Any
 
 from plait.dag import Workflow, WorkflowSpec, decode_workflow, to_workflow
 from plait.runtime import Executor, ProgramExecution, Tool, open_engine
+from plait.runtime.planning import PlanConfig
 from plait.sdk.program import Program, ProgramDef, resolve
 
 
 class Runtime:
     """Programs in-process. ``engine``: an ``Engine``, an ``EngineConfig``, a model path, or None for the default
     model (created on first use). ``tools``: functions or ``Tool``s available to JSON workflows by name (Python
-    programs may also pass functions to ``p.tool`` directly)."""
+    programs may also pass functions to ``p.tool`` directly). ``plan``: the planner's features and the engine policy
+    they run with (default ``PlanConfig()``; ``PlanConfig.baseline()`` serves as a request-level engine)."""
 
-    def __init__(self, engine: Any = None, *, tools: Iterable[Tool | Callable[..., Any]] = ()) -> None:
+    def __init__(
+        self, engine: Any = None, *, tools: Iterable[Tool | Callable[..., Any]] = (), plan: PlanConfig | None = None
+    ) -> None:
         self._engine_arg = engine
+        self._plan = plan
         self._tools = list(tools)
         self._executor: Executor | None = None
         self._owns_engine = False
@@ -34,7 +39,7 @@ class Runtime:
     def executor(self) -> Executor:
         if self._executor is None:
             engine, self._owns_engine = open_engine(self._engine_arg)
-            self._executor = Executor(engine, self._tools)
+            self._executor = Executor(engine, self._tools, plan=self._plan)
         return self._executor
 
     @property

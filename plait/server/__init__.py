@@ -6,14 +6,32 @@ draining. ``app.py`` builds the application from a ``ServerState``; ``errors.py`
 body naming the field and the reason.
 May import: ``plait.sdk``, ``plait.runtime``, ``plait.dag``, ``plait.semantic_vars`` and ``plait.engine``, through
 their public APIs only (never ``plait.engine.engine_core``).
+
+The names below load on first use, so that ``plait serve`` reads its settings and binds its port before it imports
+the engine (torch) and the routes.
 """
 
 from __future__ import annotations
 
-from plait.server.app import create_app
-from plait.server.config import ServerConfig, TenantLimits
-from plait.server.errors import APIError
-from plait.server.state import ServerState
-from plait.server.tenants import Tenant
+import importlib
+from typing import Any
+
+_LAZY = {
+    "APIError": "plait.server.errors",
+    "ServerConfig": "plait.server.config",
+    "ServerState": "plait.server.state",
+    "Tenant": "plait.server.tenants",
+    "TenantLimits": "plait.server.config",
+    "create_app": "plait.server.app",
+}
 
 __all__ = ["APIError", "ServerConfig", "ServerState", "Tenant", "TenantLimits", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plait.server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

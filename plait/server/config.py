@@ -44,10 +44,14 @@ class ServerConfig:
     tools: list[str] = field(default_factory=list)  # server-side tools as "module:attr" or "file.py:attr"
     model_name: str = ""  # the id /v1/models reports; empty: derived from the engine's model
     shutdown_grace_s: float = 10.0  # on shutdown, running work gets this long to finish before it is cancelled
-    # Client-side tools of REST workflows: the longest a call waits for its result (a workflow may ask for less), and
-    # how long the program's KV stays pinned meanwhile. A fixed TTL until the tool-aware pin policy chooses one.
+    # Client-side tools of REST workflows: the longest a call waits for its result (a workflow may ask for less).
+    # Meanwhile the planner's tool pins keep the program's KV, as for any tool.
     client_tool_timeout_s: float = 300.0
-    client_tool_pin_ttl_s: float = 30.0
+    # The most seconds an OpenAI-API request may run, queueing included (0 = no limit; a request may ask for less
+    # with its own max_request_time_s). When it passes, the engine request is aborted (its KV freed) and the answer
+    # ends as at max_tokens: the text so far with finish_reason "length" (the whole response is still a 200, and a
+    # stream ends with that chunk and [DONE]) -- an error status would make the openai client retry the request.
+    max_request_time_s: float = 600.0
 
     @property
     def auth_enabled(self) -> bool:
@@ -62,9 +66,10 @@ class ServerConfig:
         for name in ("max_body_bytes", "max_nodes_per_workflow"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("client_tool_timeout_s", "client_tool_pin_ttl_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not self.client_tool_timeout_s > 0:
+            raise ValueError(f"client_tool_timeout_s: must be > 0, got {self.client_tool_timeout_s}")
+        if not 0 <= self.max_request_time_s < float("inf"):
+            raise ValueError(f"max_request_time_s: must be >= 0 (0 = no limit), got {self.max_request_time_s}")
         if self.max_prompt_tokens < 0:
             raise ValueError(f"max_prompt_tokens: must be >= 0 (0 = the context window), got {self.max_prompt_tokens}")
         for key, tenant in self.api_keys.items():

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from plait.server.state import STARTING_RETRY_AFTER_S, ServerPhase
+
 router = APIRouter(tags=["operations"])
 
 
@@ -17,14 +19,15 @@ async def health() -> dict[str, str]:
 @router.get(
     "/ready",
     summary="Readiness: the engine is loaded and the server accepts work",
-    responses={503: {"description": "starting or draining"}},
+    responses={503: {"description": "starting (the engine is loading), draining (shutting down) or failed"}},
 )
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state.plait
-    if not state.ready or state.draining:
-        status = "draining" if state.draining else "starting"
-        return JSONResponse({"status": status}, status_code=503)
-    return JSONResponse({"status": "ready", "model": state.model_name})
+    phase = state.phase
+    if phase is ServerPhase.READY:
+        return JSONResponse({"status": "ready", "model": state.model_name})
+    headers = {"Retry-After": str(STARTING_RETRY_AFTER_S)} if phase is ServerPhase.STARTING else None
+    return JSONResponse({"status": phase.value}, status_code=503, headers=headers)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

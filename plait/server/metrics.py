@@ -68,7 +68,9 @@ class ServerMetrics:
         self.completion_tokens.inc(completion_tokens)
 
     def refresh(self, state: object) -> None:
-        """Read the engine's and the executor's current state into the gauges."""
+        """Read the engine's and the executor's current state into the gauges (nothing while the engine loads)."""
+        if not state.loaded:  # type: ignore[attr-defined]
+            return
         stats = state.engine.stats()  # type: ignore[attr-defined]
         self.queue_depth.set(stats.waiting)
         self.running.set(stats.running)

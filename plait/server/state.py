@@ -1,35 +1,97 @@
 """What every route shares: the engine, the executor, the settings, tenant usage and metrics.
 
-One ``ServerState`` lives on ``app.state.plait``. It owns the engine only when it created it (``owns_engine``).
+One ``ServerState`` lives on ``app.state.plait``. It exists before its engine: ``plait serve`` listens while the
+engine loads, and ``attach`` hands it the engine and executor once they are ready. It owns the engine only when it
+created it (``owns_engine``).
+
+Phases (``phase``): ``starting`` (no engine yet: ``/ready`` and the API answer 503), ``ready``, ``draining`` (at
+shutdown: new work answers 503), ``failed`` (the engine could not be loaded: the process exits).
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from plait.engine import Engine
-from plait.runtime.executor import Executor
 from plait.server.config import ServerConfig
 from plait.server.metrics import ServerMetrics
 from plait.server.tenants import TenantUsage
 
+if TYPE_CHECKING:
+    from plait.engine import Engine
+    from plait.runtime.executor import Executor
 
-@dataclass
+STARTING_RETRY_AFTER_S = 2  # the Retry-After of 503 answers while the engine loads (loading takes seconds)
+
+
+class ServerPhase(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+class EngineNotLoadedError(RuntimeError):
+    """The server is still starting: its engine is not loaded yet (the API answers 503 before any route runs)."""
+
+
 class ServerState:
-    engine: Engine
-    executor: Executor
-    config: ServerConfig
-    owns_engine: bool = False
-    usage: TenantUsage = field(default_factory=TenantUsage)
-    metrics: ServerMetrics = field(default_factory=ServerMetrics)
-    started_at: float = field(default_factory=time.time)
-    ready: bool = False  # set once the app has started and the engine answers
-    draining: bool = False  # set at shutdown: new work answers 503
-    # Owner tags of REST workflows: program id -> tenant name (see tenants.py, "Ownership rule").
-    owners: dict[str, str] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        engine: Engine | None = None,
+        executor: Executor | None = None,
+        owns_engine: bool = False,
+    ) -> None:
+        self.config = config
+        self._engine: Engine | None = None
+        self._executor: Executor | None = None
+        self.owns_engine = False
+        self.usage = TenantUsage()
+        self.metrics = ServerMetrics()
+        self.started_at = time.time()
+        self.ready = False  # set once the app has started and the engine is attached
+        self.draining = False  # set at shutdown: new work answers 503
+        self.drained = False  # the drain has let running work finish or cancelled it (see app.drain)
+        self.startup_error: BaseException | None = None  # why the engine could not be loaded
+        self.inflight_api_requests = 0  # /v1 requests whose response has not ended (the drain waits for them)
+        # Owner tags of REST workflows: program id -> tenant name (see tenants.py, "Ownership rule").
+        self.owners: dict[str, str] = {}
+        self.extras: dict[str, Any] = {}
+        if engine is not None or executor is not None:
+            if engine is None or executor is None:
+                raise ValueError("ServerState: give both the engine and its executor, or neither")
+            self.attach(engine, executor, owns_engine=owns_engine)
+
+    def attach(self, engine: Engine, executor: Executor, *, owns_engine: bool = False) -> None:
+        """The engine and the executor over it (``owns_engine``: close the engine at shutdown)."""
+        self._engine, self._executor, self.owns_engine = engine, executor, owns_engine
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise EngineNotLoadedError("the engine is still loading")
+        return self._engine
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            raise EngineNotLoadedError("the engine is still loading")
+        return self._executor
+
+    @property
+    def phase(self) -> ServerPhase:
+        if self.draining:
+            return ServerPhase.DRAINING
+        if self.startup_error is not None:
+            return ServerPhase.FAILED
+        return ServerPhase.READY if self.ready else ServerPhase.STARTING
 
     @property
     def model_name(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plait.engine import GenerateRequest, SamplingParams
+from plait.engine import EnginePolicy, GenerateRequest, SamplingParams
 from tests.conftest import tiny_core
 
 
@@ -88,7 +88,9 @@ def test_a_running_prefill_takes_pinned_memory_instead_of_retracting_forever():
     """Two cached programs get pinned while a 300-token prompt is half prefilled, leaving it no unpinned room: pins
     yield to a running request (as they do for decodes), so it finishes; it used to be retracted, re-admitted on its
     own cached half and retracted again without end."""
-    core = tiny_core(kv_slots=512, max_context=512, chunk_size=32, max_batch_tokens=64, pin_budget_fraction=0.8)
+    core = tiny_core(
+        kv_slots=512, max_context=512, chunk_size=32, max_batch_tokens=64, policy=EnginePolicy(pin_budget_fraction=0.8)
+    )
     a, c = forced(200, 1, 1), forced(150, 1, 2)
     a.program_id, c.program_id = "a", "c"
     run(core, [a])

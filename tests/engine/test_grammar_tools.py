@@ -59,9 +59,9 @@ def test_required_call_follows_the_schemas(fp32_core):
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
     for text in outputs:
         parsed = parse_tool_calls(text, "required")
-        (call,) = parsed.tool_calls
-        assert parsed.content == ""
-        jsonschema.validate(call.arguments, schemas[call.name])
+        assert parsed.tool_calls and parsed.content == ""
+        for call in parsed.tool_calls:
+            jsonschema.validate(call.arguments, schemas[call.name])
 
 
 def test_named_choice_allows_only_that_function():
@@ -107,5 +107,54 @@ def test_none_imposes_nothing_and_bad_tools_fail():
     weak = {"type": "function", "function": {"name": "f", "parameters": {"type": "array", "uniqueItems": True}}}
     with pytest.raises(InvalidRequestError, match=r"function 'f' parameters: at /uniqueItems"):
         build_grammar(SamplingParams(tools=[weak], tool_choice="required"))
+    with pytest.raises(ValueError, match="unterminated"):
+        parse_tool_calls('<tool_call>{"name": "get_weather", "argu', "required")
     with pytest.raises(ValueError, match="not valid JSON"):
-        parse_tool_calls('{"name": "get_weather", "argu', "required")
+        parse_tool_calls('<tool_call>{"name": "get_weather", "argu</tool_call>', "required")
+    with pytest.raises(ValueError, match="no <tool_call>"):
+        parse_tool_calls("no call at all", "required")
+
+
+# ---- parallel tool calls ---------------------------------------------------------------------------------------------
+
+PARIS = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}</tool_call>'
+PLAIT = '<tool_call>{"name": "search", "arguments": {"query": "plait"}}</tool_call>'
+
+
+def _tools_grammar(tool_choice, **fields) -> xgr.CompiledGrammar:
+    return _compile(build_grammar(SamplingParams(tools=TOOLS, tool_choice=tool_choice, **fields)))
+
+
+def test_required_allows_several_calls_unless_parallel_tool_calls_is_false():
+    parallel = _tools_grammar("required")  # parallel_tool_calls defaults to true, as in OpenAI's API
+    assert _accepts(parallel, PARIS)
+    assert _accepts(parallel, f"{PARIS}\n{PLAIT}")
+    assert _accepts(parallel, f"{PARIS}\n{PLAIT}\n{PARIS}")
+    assert not _accepts(parallel, "")  # required: at least one call
+    assert not _accepts(parallel, f"Sure. {PARIS}")  # nothing but calls
+    assert not _accepts(parallel, '<tool_call>{"name": "search", "arguments": {"q": 1}}</tool_call>')
+    single = _tools_grammar("required", parallel_tool_calls=False)
+    assert _accepts(single, PARIS)
+    assert not _accepts(single, f"{PARIS}\n{PLAIT}")
+    parsed = parse_tool_calls(f"{PARIS}\n{PLAIT}", "required")
+    assert parsed.content == ""
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [
+        ("get_weather", {"city": "Paris", "unit": "C"}),
+        ("search", {"query": "plait"}),
+    ]
+
+
+def test_auto_allows_several_calls_unless_parallel_tool_calls_is_false():
+    parallel = _tools_grammar("auto")
+    assert _accepts(parallel, f"Checking both. {PARIS}\n{PLAIT}")
+    single = _tools_grammar("auto", parallel_tool_calls=False)
+    assert _accepts(single, f"Checking. {PARIS}")
+    assert _accepts(single, "No call needed.")
+    assert not _accepts(single, f"Checking both. {PARIS}\n{PLAIT}")
+
+
+def test_call_arguments_stay_compact():
+    """At most one whitespace character in a row inside a call: a small model cannot pad a call without end."""
+    parallel = _tools_grammar("required")
+    assert _accepts(parallel, '<tool_call>{"name": "search", "arguments": { "query" : "plait" }}</tool_call>')
+    assert not _accepts(parallel, '<tool_call>{"name": "search", "arguments": {"query":    "plait"}}</tool_call>')

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
+from plait.engine import EngineConfig, EngineCore, EnginePolicy, GenerateRequest, SamplingParams
 
 NUM_REQUESTS = 500
 
@@ -52,7 +52,7 @@ def test_randomized_requests_leak_nothing(prefix_cache: str, host_kv_slots: int)
         EngineConfig(
             model="tiny", weights="dummy", device="cpu", dtype="float32", kv_slots=260, max_context=256,
             max_running=12, max_batch_tokens=96, chunk_size=32, prefix_cache=prefix_cache,
-            host_kv_slots=host_kv_slots, eviction_policy="next-use" if host_kv_slots else "lru",
+            host_kv_slots=host_kv_slots, policy=EnginePolicy(eviction="next-use" if host_kv_slots else "lru"),
         )
     )  # fmt: skip
     pending = [_random_request(rng, i, shared) for i in range(NUM_REQUESTS)]

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
+from plait.engine import EngineConfig, EngineCore, EnginePolicy, GenerateRequest, SamplingParams
 from tests.conftest import FakeClock, patch_cache_clock, run_to_completion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,7 +22,7 @@ def _core() -> EngineCore:
     return EngineCore(
         EngineConfig(
             model="tiny", weights="dummy", device="cpu", dtype="float32", kv_slots=512, max_context=512,
-            pin_budget_fraction=0.25,
+            policy=EnginePolicy(pin_budget_fraction=0.25),
         )
     )  # fmt: skip
 
@@ -123,7 +123,7 @@ def test_pins_that_do_not_hold_admissions_let_a_prompt_take_pinned_memory(clock)
     """With ``pins_hold_admissions`` off the second prompt of the pinned scenario starts at once: the pin only
     orders eviction."""
     core = _core()
-    core.configure(pins_hold_admissions=False)
+    core.set_policy(core.policy.with_values(pins_hold_admissions=False))
     rng = random.Random(6)
     agent = [rng.randrange(256) for _ in range(120)]
     run_to_completion(core, [_request(agent, "agent", program="agent")])
@@ -164,7 +164,7 @@ def test_a_prompt_takes_the_pins_it_outranks_while_a_more_important_pin_holds(cl
     core = EngineCore(
         EngineConfig(
             model="tiny", weights="dummy", device="cpu", dtype="float32", kv_slots=512, max_context=512,
-            pin_budget_fraction=0.5,
+            policy=EnginePolicy(pin_budget_fraction=0.5),
         )
     )  # fmt: skip
     rng = random.Random(8)

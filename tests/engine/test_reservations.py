@@ -87,7 +87,7 @@ def test_reservations_never_keep_an_idle_engine_idle(pins_hold):
     """With nothing running, a waiting prompt starts whatever is reserved (the reserved-for call is not there yet),
     and its chunks are a running request's: a cached prefix that takes the room left does not retract it each step."""
     core = _core()
-    core.configure(pins_hold_admissions=pins_hold)
+    core.set_policy(core.policy.with_values(pins_hold_admissions=pins_hold))
     rng = random.Random(12)
     sampling = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
     prefix = [rng.randrange(256) for _ in range(100)]

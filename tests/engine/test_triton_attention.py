@@ -349,12 +349,12 @@ def _engine_outputs(
     backend: str, prefix_len: int = 70, shared_prefix_decode: bool = False
 ) -> tuple[dict, list[list[float]], torch.Tensor, int]:
     """Greedy tokens, their log-probabilities, prompt logits and prefix-cache hits of the tiny engine."""
-    from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
+    from plait.engine import EngineConfig, EngineCore, EnginePolicy, GenerateRequest, SamplingParams
 
     config = EngineConfig(
         model="tiny", weights="dummy", device=str(DEVICE), dtype="float32", attention_backend=backend,
         kv_slots=2048, max_context=512, chunk_size=32 if prefix_len < 256 else 128, max_batch_tokens=48
-        if prefix_len < 256 else 160, seed=11, shared_prefix_decode=shared_prefix_decode,
+        if prefix_len < 256 else 160, seed=11, policy=EnginePolicy(shared_prefix_decode=shared_prefix_decode),
     )  # fmt: skip
     core = EngineCore(config)
     rng = random.Random(3)

@@ -119,18 +119,26 @@ def test_a_program_that_can_no_longer_make_its_deadline_goes_behind_those_that_c
 
 def test_plan_config_switches():
     baseline = PlanConfig.baseline()
-    assert baseline.enabled == [] and baseline.engine_settings()["eviction_policy"] == "lru"
+    assert baseline.enabled == [] and baseline.engine.eviction == "lru" and not baseline.next_use_hints
     assert PlanConfig.only("tool_pins").enabled == ["tool_pins"]
     assert "dedup" not in PlanConfig().without("dedup").enabled
     assert set(FEATURES) >= set(PlanConfig().enabled)
     with pytest.raises(ValueError, match="unknown feature"):
         PlanConfig.only("telepathy")
     with pytest.raises(ValueError, match="max_queue_wait_s"):
-        PlanConfig(max_queue_wait_s=-1)
-    with pytest.raises(ValueError, match="affinity_window_s"):
-        PlanConfig(affinity_window_s=0)
-    assert PlanConfig().engine_settings()["affinity_window_s"] == 2.0
-    assert PlanConfig.baseline().engine_settings()["affinity_window_s"] == 0.0
+        PlanConfig().with_overrides(["max_queue_wait_s=-1"])
+    with pytest.raises(ValueError, match="eviction"):
+        PlanConfig().with_overrides(["eviction=fifo"])
+    assert PlanConfig().engine.affinity_window_s == 2.0 and PlanConfig().uses("cache_affinity")
+    assert PlanConfig.baseline().engine.affinity_window_s == 0.0
+    # Engine-side features switch their policy field; fields of both are overridable by name.
+    assert PlanConfig().without("next_use_hints").engine.eviction == "lru"
+    assert PlanConfig.only("prefix_first").engine.prefix_first and not PlanConfig.baseline().engine.prefix_first
+    plan = PlanConfig().with_overrides(
+        ["cache_affinity=off", "max_queue_wait_s=5", "dedup=off", "pin_budget_fraction=0.5"]
+    )
+    assert plan.engine.affinity_window_s == 0.0 and plan.engine.max_queue_wait_s == 5.0 and not plan.dedup
+    assert plan.engine.pin_budget_fraction == 0.5 and "cache_affinity" not in plan.enabled
 
 
 # ---- the engine side: tuple priorities and aging --------------------------------------------------------------------
@@ -158,7 +166,7 @@ def test_engine_orders_tuple_priorities_and_rejects_bad_ones(tiny_core):
 def test_engine_promotes_a_starving_request(tiny_core):
     core = tiny_core
     scheduler = core.scheduler
-    scheduler.config.max_queue_wait_s = 0.5
+    core.set_policy(core.policy.with_values(max_queue_wait_s=0.5))
     try:
         sampling = SamplingParams(max_tokens=1, ignore_eos=True)
         core.add_request(GenerateRequest(prompt_token_ids=_ids(8, 10), sampling=sampling, priority=5))
@@ -173,7 +181,7 @@ def test_engine_promotes_a_starving_request(tiny_core):
         assert scheduler.longest_queue_wait_s >= 10.0
         core.scheduler.running.clear()
     finally:
-        scheduler.config.max_queue_wait_s = 0.0
+        core.set_policy(core.policy.with_values(max_queue_wait_s=0.0))
 
 
 def test_cache_affinity_admits_a_resident_prefix_first_within_a_window(tiny_core):
@@ -192,7 +200,7 @@ def test_cache_affinity_admits_a_resident_prefix_first_within_a_window(tiny_core
         core.add_request(request)
 
     def order(window: float) -> list[str]:
-        scheduler.config.affinity_window_s = window
+        core.set_policy(core.policy.with_values(affinity_window_s=window))
         return [seq.request_id for seq in scheduler._admission_order(budget=64)]
 
     try:
@@ -204,7 +212,7 @@ def test_cache_affinity_admits_a_resident_prefix_first_within_a_window(tiny_core
         assert core.prefix_cache.resident_length(warm.prompt_token_ids) >= 64
         assert core.prefix_cache.resident_length(cold.prompt_token_ids) == 0
     finally:
-        scheduler.config.affinity_window_s = 0.0
+        core.set_policy(core.policy.with_values(affinity_window_s=0.0))
     while core.has_work():
         core.step()
 
@@ -309,7 +317,7 @@ def test_a_tight_deadline_fixes_the_programs_order_at_its_latest_start():
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
-    config = PlanConfig(tool_pins=False, dedup=False, next_use_hints=False, shortest_remaining=True, deadline=True)
+    config = PlanConfig(tool_pins=False, dedup=False, shortest_remaining=True, deadline=True).without("next_use_hints")
     planner = Planner(HintRecorder(), config)  # type: ignore[arg-type]
     workflow = tool_chain("p", "question")
     path_s = remaining_paths(workflow, set(), planner.durations)["think"]

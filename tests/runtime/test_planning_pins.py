@@ -261,7 +261,7 @@ def test_without_next_use_hints_the_horizon_is_not_learned():
     from plait.runtime.states import NodeRecord, NodeState
 
     engine = PressuredEngine()
-    planner = Planner(engine, PlanConfig(dedup=False, next_use_hints=False))  # type: ignore[arg-type]
+    planner = Planner(engine, PlanConfig(dedup=False).without("next_use_hints"))  # type: ignore[arg-type]
     planner.tool_wait_loss.min_waits = 0.0
     planner.tool_wait_loss.observe_wait(100, 1.0, now=time.monotonic())
     workflow = tool_chain("p", "question")

@@ -45,8 +45,8 @@ def test_modes_run_the_same_programs_and_report_metrics(tiny_engine):
     shared = plait_run.planner["dedup_shared"]
     assert plait_run.engine["generated_tokens"] == (4 * 2 - shared) * 6
     assert plait_run.planner["pins"] > 0 and baseline.planner["pins"] == 0
-    assert tiny_engine.core.config.eviction_policy == "lru"  # the last mode's settings were applied
-    assert not tiny_engine.core.scheduler.config.prefix_first
+    assert tiny_engine.core.policy.eviction == "lru"  # the last mode's policy was applied
+    assert not tiny_engine.core.scheduler.policy.prefix_first
 
 
 def test_a_time_limit_cancels_and_reports_unfinished_programs(tiny_engine):
@@ -80,15 +80,15 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
     assert [m.name for m in without] == [f"plait without {f}" for f in ("program_fcfs",
         "next_use_hints", "tool_pins", "reserve_next_call", "prefetch", "dedup", "prefix_first",
         "cache_affinity")]  # fmt: skip
-    assert all(not getattr(m, m.name.rsplit(" ", 1)[1]) for m in without)
+    assert all(not m.uses(m.name.rsplit(" ", 1)[1]) for m in without)
     picked = _modes(args(without=["tool_pins", "prefix_first"]))
     assert [m.name for m in picked[2:]] == ["plait without tool_pins", "plait without prefix_first"]
-    assert not picked[2].tool_pins and picked[2].prefix_first and not picked[3].prefix_first
+    assert not picked[2].tool_pins and picked[2].engine.prefix_first and not picked[3].engine.prefix_first
     with pytest.raises(ValueError, match="unknown feature"):
         _modes(args(without=["pins"]))
     variant = _modes(args(variant=["pins_hold_admissions=off, max_pin_ttl_s=5"]))[2]
     assert variant.name == "plait pins_hold_admissions=off,max_pin_ttl_s=5"
-    assert not variant.pins_hold_admissions and variant.max_pin_ttl_s == 5.0 and variant.tool_pins
+    assert not variant.engine.pins_hold_admissions and variant.max_pin_ttl_s == 5.0 and variant.tool_pins
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         _modes(args(variant=["pins=off"]))
     code = cli_main(["bench", "workflow", "--suite", "react", "--plan", "deadline=maybe", "--model", "tiny"])

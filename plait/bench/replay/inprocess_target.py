@@ -1,7 +1,7 @@
 """Replaying on an engine in this process, in one plan mode (``plait`` or ``baseline``).
 
-Each mode starts from the same state: the prefix cache is flushed and the engine's scheduling settings are switched
-to the mode's (``PlanConfig.engine_settings``). Request-level traces go straight to the engine, first-come
+Each mode starts from the same state: the prefix cache is flushed and the mode's executor applies its engine policy
+(``PlanConfig.engine``). Request-level traces go straight to the engine, first-come
 first-served in both modes (a lone request has no program to plan); agent sessions run as programs on an
 ``Executor`` with the mode's planner, so program-level ordering, tool-aware KV pins and prefetch apply in plait mode.
 """
@@ -43,7 +43,6 @@ class InProcessTarget:
         """Flush the prefix cache, switch the engine to this mode, and make the executor (with one environment tool
         per agent kind in ``sessions``)."""
         await self.engine.flush_prefix_cache()
-        await self.engine.configure(**self.plan.engine_settings())
         tools = [make_gap_tool(name) for name in sorted({tool_name_for(s.source) for s in sessions})]
         self.executor = Executor(self.engine, tools, plan=self.plan)
         self._before = self.engine.stats()

@@ -20,7 +20,13 @@ import xgrammar as xgr
 
 from plait.engine.errors import InvalidRequestError
 from plait.engine.grammar.schema_check import check_schema_enforceable
-from plait.engine.grammar.tools import auto_structural_tag, call_schema, tool_choice_mode, validate_tools
+from plait.engine.grammar.tools import (
+    auto_structural_tag,
+    call_schema,
+    required_structural_tag,
+    tool_choice_mode,
+    validate_tools,
+)
 
 if TYPE_CHECKING:
     from plait.engine.sampling_params import SamplingParams
@@ -60,7 +66,7 @@ def build_grammar(params: SamplingParams) -> xgr.Grammar | None:
         return _parse("ebnf", lambda: xgr.Grammar.from_ebnf(params.ebnf))
     if name == "choices":
         return choices_grammar(params.choices)
-    return tools_grammar(params.tools, params.tool_choice)
+    return tools_grammar(params.tools, params.tool_choice, params.parallel_tool_calls)
 
 
 def json_schema_grammar(schema: Any, field: str = "json_schema") -> xgr.Grammar:
@@ -103,7 +109,7 @@ def choices_grammar(choices: Any) -> xgr.Grammar:
     return _parse("choices", lambda: xgr.Grammar.from_ebnf(f"root ::= {rule}"))
 
 
-def tools_grammar(tools: Any, tool_choice: Any) -> xgr.Grammar | None:
+def tools_grammar(tools: Any, tool_choice: Any, parallel: bool = True) -> xgr.Grammar | None:
     functions = validate_tools(tools, tool_choice)
     mode = tool_choice_mode(tool_choice)
     if mode == "none":
@@ -113,9 +119,10 @@ def tools_grammar(tools: Any, tool_choice: Any) -> xgr.Grammar | None:
             check_schema_enforceable(parameters)
         except InvalidRequestError as error:
             raise InvalidRequestError("tools", f"function {name!r} parameters: {error.message}") from error
-    if mode in ("required", "named"):
+    if mode == "named":
         return json_schema_grammar(call_schema(functions), field="tools")
-    tag = auto_structural_tag(functions)
+    structural_tag = required_structural_tag if mode == "required" else auto_structural_tag
+    tag = structural_tag(functions, parallel)
     return _parse("tools", lambda: xgr.Grammar.from_structural_tag(json.dumps(tag)))
 
 

@@ -1,14 +1,16 @@
 """Tool calls: the output format the grammar enforces for declared functions, and the parser that reads it back.
 
-Format (documented for the REST layer and prompts):
+Format (documented for the REST layer and prompts). A call is
+``<tool_call>{"name": <a declared function name>, "arguments": <an object valid for its parameters>}</tool_call>``
+(the Hermes / Qwen2.5 convention, which is also how earlier calls are shown to the model in a conversation):
 
-- ``tool_choice="required"`` or ``{"type": "function", "function": {"name": N}}``: the whole output is one JSON object
-  ``{"name": <a declared function name>, "arguments": <an object valid for that function's parameters>}`` (with a
-  named choice, the name is N).
-- ``tool_choice="auto"``: free text, in which the model may write any number of tool calls as
-  ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Hermes / Qwen2.5 convention). Text outside the tags
-  is unconstrained; once the model writes ``<tool_call>``, the call up to ``</tool_call>`` is constrained to the
-  declared functions and their argument schemas.
+- ``tool_choice="required"``: the whole output is one or more calls, one per line (``parallel_tool_calls``, the
+  default: an agent that needs two tools in a turn gets both); exactly one call with ``parallel_tool_calls=False``.
+- ``tool_choice="auto"``: free text, in which the model may write calls; once it writes ``<tool_call>``, the call up
+  to ``</tool_call>`` is constrained to the declared functions and their argument schemas. Any number of calls with
+  ``parallel_tool_calls``; with ``parallel_tool_calls=False`` the output ends after the first call.
+- ``{"type": "function", "function": {"name": N}}``: the whole output is one bare JSON call object
+  ``{"name": N, "arguments": {...}}`` (exactly one call of N).
 - ``tool_choice="none"``: tools impose nothing; the output is free text.
 
 ``parse_tool_calls(text, tool_choice)`` returns the content and the calls, ready to become OpenAI ``tool_calls``.
@@ -24,6 +26,7 @@ from plait.engine.errors import InvalidRequestError
 
 TOOL_CALL_BEGIN = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
+CALL_SEPARATOR = "\n"  # between the calls of a required output
 _OPEN_OBJECT = {"type": "object"}  # a function without a parameters schema takes any JSON object
 
 
@@ -101,29 +104,59 @@ def call_schema(functions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return branches[0] if len(branches) == 1 else {"oneOf": branches}
 
 
-def auto_structural_tag(functions: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """xgrammar structural tag for ``tool_choice="auto"``: free text with triggered ``<tool_call>`` sections."""
-    tags = [
+def _call_tags(functions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One xgrammar tag per function: ``<tool_call>{"name": N, "arguments": <its schema>}</tool_call>``."""
+    return [
         {
             "type": "tag",
             "begin": f'{TOOL_CALL_BEGIN}{{"name": {json.dumps(name)}, "arguments": ',
-            "content": {"type": "json_schema", "json_schema": parameters},
+            # At most one whitespace character in a row: the arguments stay compact (no runaway indentation).
+            "content": {"type": "json_schema", "json_schema": parameters, "max_whitespace_cnt": 1},
             "end": f"}}{TOOL_CALL_END}",
         }
         for name, parameters in functions.items()
     ]
-    return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [TOOL_CALL_BEGIN], "tags": tags}}
+
+
+def auto_structural_tag(functions: dict[str, dict[str, Any]], parallel: bool = True) -> dict[str, Any]:
+    """xgrammar structural tag for ``tool_choice="auto"``: free text with triggered ``<tool_call>`` sections (the
+    output ends after the first call unless ``parallel``)."""
+    return {
+        "type": "structural_tag",
+        "format": {
+            "type": "triggered_tags",
+            "triggers": [TOOL_CALL_BEGIN],
+            "tags": _call_tags(functions),
+            "stop_after_first": not parallel,
+        },
+    }
+
+
+def required_structural_tag(functions: dict[str, dict[str, Any]], parallel: bool = True) -> dict[str, Any]:
+    """xgrammar structural tag for ``tool_choice="required"``: one or more calls, one per line, nothing else (exactly
+    one unless ``parallel``)."""
+    return {
+        "type": "structural_tag",
+        "format": {
+            "type": "tags_with_separator",
+            "tags": _call_tags(functions),
+            "separator": CALL_SEPARATOR,
+            "at_least_one": True,
+            "stop_after_first": not parallel,
+        },
+    }
 
 
 def parse_tool_calls(text: str, tool_choice: str | dict[str, Any] = "auto") -> ParsedToolOutput:
     """Read the tool calls out of an output written in the format above.
 
-    Raises ``ValueError`` when a call is not valid JSON of the expected shape (an output cut off by ``max_tokens``).
+    Raises ``ValueError`` when a call is not valid JSON of the expected shape, or is not terminated, or a
+    ``required`` output holds no call (an output cut off by ``max_tokens``).
     """
     mode = tool_choice_mode(tool_choice)
     if mode == "none":
         return ParsedToolOutput(text)
-    if mode in ("required", "named"):
+    if mode == "named":
         return ParsedToolOutput("", [_call_from_json(text)])
     content: list[str] = []
     calls: list[ToolCall] = []
@@ -136,6 +169,8 @@ def parse_tool_calls(text: str, tool_choice: str | dict[str, Any] = "auto") -> P
         calls.append(_call_from_json(rest[start + len(TOOL_CALL_BEGIN) : end]))
         rest = rest[end + len(TOOL_CALL_END) :]
     content.append(rest)
+    if mode == "required" and not calls:
+        raise ValueError(f"no {TOOL_CALL_BEGIN}...{TOOL_CALL_END} in the output")
     return ParsedToolOutput("".join(content).strip(), calls)
 
 

@@ -3,10 +3,15 @@ the prompt prefixes other programs share (kept resident by their use, so not the
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 
 from plait.dag import LLMCall, ToolCall, Workflow
+from plait.semantic_vars import ChatPrompt, Prompt, Template
+
+# A slot (``{{name}}``) or an escaped literal (``\{{``), matched left to right as ``Template`` parses them.
+_SLOT_OR_ESCAPE = re.compile(r"\\\{\{|\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
 
 
 def continues_across(workflow: Workflow, tool: ToolCall) -> bool:
@@ -29,8 +34,37 @@ def continues_across(workflow: Workflow, tool: ToolCall) -> bool:
 
 def continues(before: LLMCall, after: LLMCall) -> bool:
     """Whether ``after``'s prompt starts with KV of ``before``'s that carries the program's own values: the two
-    templates share a leading text holding a slot (see ``continues_across``)."""
-    return "{{" in _common_prefix(before.prompt.text, after.prompt.text)
+    templates share a leading text holding a whole slot (see ``continues_across``)."""
+    return any(_holds_slot(text) for text in _shared_template_text(before.prompt, after.prompt))
+
+
+def _holds_slot(text: str) -> bool:
+    """Whether template text holds a whole slot (the start of one, ``{{na``, is where two templates part)."""
+    return any(not match.group(0).startswith("\\") for match in _SLOT_OR_ESCAPE.finditer(text))
+
+
+def _shared_template_text(before: Prompt, after: Prompt) -> list[str]:
+    """The template text two prompts start with, in pieces (one per chat message), as far as their renderings share
+    it.
+
+    Two text prompts share their common leading text. Two chat prompts render through the same chat template, which
+    writes each message as its role's header and then its content, in order: they share every leading message that
+    is equal (role and content template) and, in the first message that differs, the common leading text of the
+    contents when the roles match. A text prompt and a chat prompt share nothing: only one of them goes through the
+    chat template, so their renderings part at the first token."""
+    if isinstance(before, Template) and isinstance(after, Template):
+        return [_common_prefix(before.text, after.text)]
+    if not (isinstance(before, ChatPrompt) and isinstance(after, ChatPrompt)):
+        return []
+    shared: list[str] = []
+    for earlier, later in zip(before.messages, after.messages, strict=False):
+        if earlier.role != later.role:
+            break
+        common = _common_prefix(earlier.content.text, later.content.text)
+        shared.append(common)
+        if common != earlier.content.text or common != later.content.text:
+            break
+    return shared
 
 
 def _common_prefix(a: str, b: str) -> str:

@@ -1,15 +1,25 @@
-"""Which program-level features the planner uses. Each can be switched off; all off is the baseline.
+"""Which program-level features the planner uses, and the engine policy it runs with. Each can be switched off; all
+off is the baseline.
 
 Baseline mode is a request-level engine: requests first-come first-served, an LRU prefix cache, no pins, no prefetch,
-no deduplication, no holding a prompt back for a prefix another request is computing, every decode reading its whole
-context alone (no shared-prefix decode attention). ``PlanConfig.only(name)`` turns
-one feature on over the baseline (for ablations).
+no deduplication, no holding a prompt back for a prefix another request is computing, no aging, every decode reading
+its whole context alone (no shared-prefix decode attention). ``PlanConfig.only(name)`` turns one feature on over the
+baseline (for ablations).
+
+Each setting is defined once: planner features here, the engine's run-time policy in ``EnginePolicy`` (embedded as
+``PlanConfig.engine``; the executor applies it to its engine), static engine settings in ``EngineConfig``. Four
+features are engine-side and live in the policy: ``next_use_hints`` (next-use eviction; the planner sends next-use
+hints exactly when the engine acts on them), ``prefix_first``, ``cache_affinity`` (an affinity window) and
+``shared_prefix_decode``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from plait.engine import EnginePolicy
+from plait.engine.engine_policy import DEFAULT_AFFINITY_WINDOW_S
 
 FEATURES = (
     "program_fcfs",  # a program that started earlier goes first, so programs finish instead of interleaving
@@ -26,6 +36,13 @@ FEATURES = (
     "shared_prefix_decode",  # decodes on a common cached prefix attend it together: read once per tile, not per call
 )
 
+# The engine-side features: the policy field each switches, and its values on and off.
+ENGINE_FEATURES: dict[str, tuple[str, Any, Any]] = {
+    "next_use_hints": ("eviction", "next-use", "lru"),
+    "prefix_first": ("prefix_first", True, False),
+    "cache_affinity": ("affinity_window_s", DEFAULT_AFFINITY_WINDOW_S, 0.0),
+    "shared_prefix_decode": ("shared_prefix_decode", True, False),
+}
 
 # Spellings of on and off accepted by ``PlanConfig.with_overrides``.
 _BOOL_WORDS = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
@@ -41,26 +58,14 @@ class PlanConfig:
     # Off: over program FCFS a feasible deadline never moves a program, so it acts only by demoting programs that can
     # no longer make theirs, and on the H200 that cost text2sql mean, p95 and SLO attainment alike (README, issue 8).
     deadline: bool = False
-    next_use_hints: bool = True
     tool_pins: bool = True
     reserve_next_call: bool = True
     prefetch: bool = True
     dedup: bool = True
-    prefix_first: bool = True
-    cache_affinity: bool = True
-    # Off: measured neutral on the workflow suites (a kernel-level gain at large batches only; see EngineConfig).
-    shared_prefix_decode: bool = False
-    # Anti-starvation (engine-level): a request waiting longer than this goes ahead of all priorities (0: off).
-    max_queue_wait_s: float = 30.0
     # ATLAS: service levels are [0, q), [q, 4q), [4q, 16q), ... seconds of engine time along the critical path.
     service_quantum_s: float = 0.5
-    # Cache affinity: requests whose priorities (program start, or deadline-derived start) lie within this many
-    # seconds of each other are interchangeable, and the one whose prefix is on the device goes first.
-    affinity_window_s: float = 2.0
     # Tool pins never last longer than this, whatever the tool's distribution says.
     max_pin_ttl_s: float = 60.0
-    # Pinned KV keeps new prompts out while its tool runs; off, a pin only makes that KV the last to be evicted.
-    pins_hold_admissions: bool = True
     # A pin's cost charges only the share of a step that does not grow with its batch (the engine's fitted
     # ``step_fixed_share``; pin_ttl.py): memory held keeps decode rows out, and they run later over more steps. Off:
     # the whole step is charged. On: better in every round on the H200 (react 3 of 3, text2sql 2 of 2;
@@ -71,76 +76,139 @@ class PlanConfig:
     # output rarely does, except at the seams, but the random tokens of dummy weights almost always do, so without it
     # benchmarks with dummy weights would recompute every generated value in both modes.
     splice_outputs: bool = True
+    # The engine's run-time policy (eviction, prefix holds, affinity, aging, pin budget; EnginePolicy). The executor
+    # applies it to its engine on every path.
+    engine: EnginePolicy = field(default_factory=EnginePolicy)
     name: str = "plait"
 
     def __post_init__(self) -> None:
-        if not self.max_queue_wait_s >= 0:
-            raise ValueError(f"max_queue_wait_s must be >= 0 (0 = off), got {self.max_queue_wait_s}")
         if not self.service_quantum_s > 0:
             raise ValueError(f"service_quantum_s must be > 0, got {self.service_quantum_s}")
-        if not self.affinity_window_s > 0:
-            raise ValueError(f"affinity_window_s must be > 0, got {self.affinity_window_s}")
         if not self.max_pin_ttl_s > 0:
             raise ValueError(f"max_pin_ttl_s must be > 0, got {self.max_pin_ttl_s}")
 
     @classmethod
     def baseline(cls) -> PlanConfig:
         """Every feature off: request FCFS, LRU eviction, no pins, prefetch, dedup, prefix holding or aging."""
-        return cls(**{name: False for name in FEATURES}, max_queue_wait_s=0.0, name="baseline")
+        off = {name: False for name in FEATURES if name not in ENGINE_FEATURES}
+        return cls(**off, engine=EnginePolicy.request_level(), name="baseline")
 
     @classmethod
     def only(cls, feature: str) -> PlanConfig:
-        """The baseline with one feature on."""
-        if feature not in FEATURES:
-            raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
-        extra = {"max_queue_wait_s": cls.max_queue_wait_s} if feature == "attained_service" else {}
-        return replace(cls.baseline(), **{feature: True}, **extra, name=f"only {feature}")
+        """The baseline with one feature on (attained service keeps the engine's aging, which it relies on)."""
+        _check_feature(feature)
+        plan = cls.baseline().switched(feature, True)
+        if feature == "attained_service":
+            plan = replace(plan, engine=plan.engine.with_values(max_queue_wait_s=EnginePolicy.max_queue_wait_s))
+        return replace(plan, name=f"only {feature}")
 
     def without(self, feature: str) -> PlanConfig:
-        if feature not in FEATURES:
-            raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
-        return replace(self, **{feature: False}, name=f"{self.name} without {feature}")
+        _check_feature(feature)
+        return replace(self.switched(feature, False), name=f"{self.name} without {feature}")
+
+    def switched(self, feature: str, on: bool) -> PlanConfig:
+        """This config with ``feature`` on or off (an engine-side feature changes its policy field)."""
+        _check_feature(feature)
+        if feature in ENGINE_FEATURES:
+            name, on_value, off_value = ENGINE_FEATURES[feature]
+            return replace(self, engine=self.engine.with_values(**{name: on_value if on else off_value}))
+        return replace(self, **{feature: on})
+
+    def uses(self, feature: str) -> bool:
+        """Whether ``feature`` is on (engine-side features are read from the policy)."""
+        _check_feature(feature)
+        if feature in ENGINE_FEATURES:
+            name, _, off_value = ENGINE_FEATURES[feature]
+            return getattr(self.engine, name) != off_value
+        return bool(getattr(self, feature))
+
+    @property
+    def next_use_hints(self) -> bool:
+        """The planner sends next-use hints exactly when the engine evicts by them."""
+        return self.engine.eviction == "next-use"
 
     def with_overrides(self, overrides: list[str]) -> PlanConfig:
-        """This config with ``FIELD=VALUE`` overrides (``attained_service=on``, ``max_queue_wait_s=10``; booleans
-        take on/off/true/false/yes/no/1/0). Raises ``ValueError`` naming the bad item and what is accepted."""
-        known = [f.name for f in fields(self) if f.name != "name"]
-        changes: dict[str, Any] = {}
+        """This config with ``FIELD=VALUE`` overrides. FIELD is a planner field (``attained_service=on``), an engine
+        policy field (``max_queue_wait_s=10``, ``eviction=lru``) or a feature (``cache_affinity=off``); booleans take
+        on/off/true/false/yes/no/1/0. Raises ``ValueError`` naming the bad item and what is accepted."""
+        plan_fields = {f.name: f for f in fields(self) if f.name not in ("name", "engine")}
+        policy_fields = {f.name: f for f in fields(self.engine)}
+        known = sorted({*plan_fields, *policy_fields, *FEATURES})
+        plan = self
         for item in overrides:
             key, sep, text = item.partition("=")
-            key = key.strip().replace("-", "_")
+            key = key.strip().replace("-", "_").removeprefix("engine.")
             if not sep or key not in known:
                 raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(known)}")
-            current = getattr(self, key)
-            if isinstance(current, bool):
-                if text.strip().lower() not in _BOOL_WORDS:
-                    raise ValueError(f"{item!r}: {key} is on or off")
-                changes[key] = _BOOL_WORDS[text.strip().lower()]
+            if key in ENGINE_FEATURES:
+                plan = plan.switched(key, _parse(item, key, text, True))
+            elif key in plan_fields:
+                plan = replace(plan, **{key: _parse(item, key, text, getattr(plan, key))})
             else:
+                value = _parse(item, key, text, getattr(plan.engine, key))
                 try:
-                    changes[key] = type(current)(text)
-                except ValueError:
-                    raise ValueError(f"{item!r}: {key} must be a {type(current).__name__}") from None
-        return replace(self, **changes)
+                    plan = replace(plan, engine=plan.engine.with_values(**{key: value}))
+                except ValueError as error:  # InvalidRequestError: names the field and the accepted values
+                    raise ValueError(f"{item!r}: {error}") from None
+        return plan
+
+    @classmethod
+    def parse(cls, items: list[str]) -> PlanConfig:
+        """A plan from ``--plan`` items: an optional first ``baseline`` (or ``plait``, the default) to start from,
+        then ``FIELD=VALUE`` overrides (``with_overrides``). Raises ``ValueError`` naming the bad item."""
+        items = [item.strip() for item in items if item.strip()]
+        start = cls()
+        if items and "=" not in items[0]:
+            if items[0] not in ("plait", "baseline"):
+                raise ValueError(f"{items[0]!r}: expected 'plait', 'baseline' or FIELD=VALUE")
+            start = cls.baseline() if items[0] == "baseline" else start
+            items = items[1:]
+        return start.with_overrides(items) if items else start
 
     @property
     def enabled(self) -> list[str]:
-        return [name for name in FEATURES if getattr(self, name)]
+        return [name for name in FEATURES if self.uses(name)]
 
-    def engine_settings(self) -> dict[str, Any]:
-        """The engine-level side of these features (``Engine.configure``)."""
-        return {
-            "eviction_policy": "next-use" if self.next_use_hints else "lru",
-            "prefix_first": self.prefix_first,
-            "max_queue_wait_s": self.max_queue_wait_s,
-            "affinity_window_s": self.affinity_window_s if self.cache_affinity else 0.0,
-            "shared_prefix_decode": self.shared_prefix_decode,
-            "pins_hold_admissions": self.pins_hold_admissions,
+    def describe(self) -> list[str]:
+        """One line per enabled feature, with the settings it runs with (what a server logs at start-up)."""
+        engine = self.engine
+        details = {
+            "deadline": "workflow deadlines move programs up to their latest start",
+            "attained_service": f"service quantum {self.service_quantum_s:g} s",
+            "tool_pins": f"TTL from each tool's durations, at most {self.max_pin_ttl_s:g} s, pin budget "
+            f"{engine.pin_budget_fraction:.0%} of the KV pool, pins hold admissions: "
+            f"{'on' if engine.pins_hold_admissions else 'off'}",
+            "next_use_hints": "eviction: next-use (the KV needed farthest ahead goes first)",
+            "prefix_first": f"prompts wait for a prefix in flight of at least {engine.prefix_hold_min_tokens} tokens",
+            "cache_affinity": f"window {engine.affinity_window_s:g} s",
         }
+        lines = [f"{name}: {details[name]}" if name in details else name for name in self.enabled]
+        if "next_use_hints" not in self.enabled:
+            lines.append(f"eviction: {engine.eviction}")
+        aging = f"{engine.max_queue_wait_s:g} s" if engine.max_queue_wait_s > 0 else "off"
+        lines.append(
+            f"anti-starvation: a request waiting longer than {aging} goes first"
+            if aging != "off"
+            else "anti-starvation: off"
+        )
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def plan_config_fields() -> list[str]:
-    return [f.name for f in fields(PlanConfig)]
+def _check_feature(feature: str) -> None:
+    if feature not in FEATURES:
+        raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURES)}")
+
+
+def _parse(item: str, key: str, text: str, current: Any) -> Any:
+    """``text`` as a value of ``current``'s type."""
+    if isinstance(current, bool):
+        if text.strip().lower() not in _BOOL_WORDS:
+            raise ValueError(f"{item!r}: {key} is on or off")
+        return _BOOL_WORDS[text.strip().lower()]
+    try:
+        return type(current)(text.strip())
+    except ValueError:
+        raise ValueError(f"{item!r}: {key} must be a {type(current).__name__}") from None

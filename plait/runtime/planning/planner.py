@@ -435,6 +435,8 @@ class Planner:
         return counters
 
     def _guard(self, fn: Any, *args: Any) -> None:
+        """Run a hook; one that raises is counted in ``counters.hook_errors`` and logged at ERROR on this module's
+        logger, with its traceback (the test suite fails any test during which that happens)."""
         try:
             fn(*args)
         except Exception:  # planning is advice: a bug here must not fail a program

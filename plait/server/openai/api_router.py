@@ -1,11 +1,13 @@
 """The OpenAI-compatible API: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
 
 A request's life: the body is validated (``openai_protocol``), turned into a plan (``openai_params``), its prompt is
-tokenized and checked against the context window and ``max_prompt_tokens``, its tokens (prompt + ``max_tokens`` x
-``n``) are reserved for the tenant (429 over the limit), and it runs on the engine (``openai_generation``). The route
-waits for the first update before answering, so every request error is a 4xx with the field named; the answer is then
-a whole JSON body or an event stream (``openai_stream``). The reservation is released exactly once, however the request
-ends; a client that goes away aborts the engine request.
+tokenized and checked against the context window and ``max_prompt_tokens``, a given ``max_tokens`` is checked against
+the room the context window leaves (400 over it; an omitted one defaults to what fits), its tokens (prompt +
+``max_tokens`` x ``n``) are reserved for the tenant (429 over the limit), and it runs on the engine
+(``openai_generation``) for at most the time limit. The route waits for the first update before answering, so every
+request error is a 4xx with the field named; the answer is then a whole JSON body or an event stream
+(``openai_stream``). The reservation is released exactly once, however the request ends; a client that goes away
+aborts the engine request.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from plait.engine import GenerateRequest, InvalidRequestError
+from plait.engine.sampling_params import check_max_tokens_fit
 from plait.server.errors import APIError
 from plait.server.openai.chat_output import ChatOutput
 from plait.server.openai.completion_output import CompletionOutput
@@ -57,10 +60,14 @@ def _generation_responses(whole: type, chunk: type) -> dict[int | str, dict[str,
     stream_doc = (
         f"With `stream: true`: server-sent events, each `data: <{chunk.__name__} JSON>`, ending with `data: [DONE]`."
     )
+    time_limit_doc = (
+        "A request still running at its time limit (the server's `max_request_time_s`, or the request's own when "
+        'lower) is stopped and ends as at `max_tokens`: the text so far, `finish_reason: "length"`.'
+    )
     return {
         200: {
             "model": whole,
-            "description": f"The whole {whole.__name__}. {stream_doc}",
+            "description": f"The whole {whole.__name__}. {stream_doc} {time_limit_doc}",
             "content": {"text/event-stream": {"schema": {"type": "string", "description": stream_doc}}},
         },
         **_ERRORS,
@@ -147,7 +154,7 @@ async def _serve(state: ServerState, request: Request, tenant: Tenant, plan: Gen
         program_id=plan.program_id,
         hints=plan.hints,
     )
-    gen = Generation(state, plan, engine_request, admission, len(prompt_ids))
+    gen = Generation(state, plan, engine_request, admission, len(prompt_ids), _time_limit_s(state, plan))
     output: ChatOutput | CompletionOutput
     try:
         texts = _token_texts(state)
@@ -183,8 +190,23 @@ async def _prompt_ids(state: ServerState, plan: GenerationPlan) -> list[int]:
 
 
 def _max_new_tokens(state: ServerState, plan: GenerationPlan, prompt_tokens: int) -> int:
-    room = state.engine.core.max_context - prompt_tokens
-    return max(1, min(plan.requested_max_tokens or DEFAULT_MAX_TOKENS, room))
+    """The request's ``max_tokens``: a given value over the room the context window leaves is a 400 naming the field
+    (OpenAI's and vLLM's answer; lowering it silently would hide the mistake); an omitted one is
+    ``DEFAULT_MAX_TOKENS`` capped to that room."""
+    max_context = state.engine.core.max_context
+    if plan.requested_max_tokens is None:
+        return max(1, min(DEFAULT_MAX_TOKENS, max_context - prompt_tokens))
+    try:
+        check_max_tokens_fit(plan.requested_max_tokens, prompt_tokens, max_context, plan.max_tokens_field)
+    except InvalidRequestError as error:
+        raise APIError(400, error.message, field=error.field) from error
+    return plan.requested_max_tokens
+
+
+def _time_limit_s(state: ServerState, plan: GenerationPlan) -> float | None:
+    """The lower of the server's ``max_request_time_s`` (0: none) and the request's own; None when neither is set."""
+    limits = [limit for limit in (state.config.max_request_time_s, plan.max_request_time_s) if limit]
+    return min(limits) if limits else None
 
 
 def _admit(state: ServerState, tenant: Tenant, plan: GenerationPlan, tokens: int) -> Any:

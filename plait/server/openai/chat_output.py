@@ -2,7 +2,8 @@
 
 Stream shape (what OpenAI sends): a first chunk per choice with ``role``; then content (and ``logprobs``) and
 ``tool_calls`` deltas; a chunk with an empty delta and the ``finish_reason``; with ``include_usage``, a last chunk
-with empty ``choices`` and ``usage``. Each tool call comes whole in one delta (name and complete arguments).
+with empty ``choices`` and ``usage``. Each tool call comes whole in one delta (its own id, name and complete
+arguments); the calls of a parallel output come in order with ``index`` 0, 1, ... (their order in the whole message).
 """
 
 from __future__ import annotations

@@ -4,13 +4,21 @@ Shared by the whole and the streamed responses of both endpoints. ``Generation.u
 ``Engine.generate``; leaving it early (an error, a dropped client, cancellation) aborts the engine request, which frees
 its KV. The admission reserved for the request is released exactly once by ``Generation.close()``, which the routes
 call on every path; ``close`` also records the request's metrics.
+
+A time limit (``time_limit_s``: the server's ``max_request_time_s`` or the request's own) bounds the wait for each
+next delta by what is left of it. When it passes, the engine request is aborted and every unfinished sample ends with
+``finish_reason="length"``, as if ``max_tokens`` had cut it: clients handle that everywhere, whereas an error status
+(408, 504) makes the ``openai`` client send the whole request again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+
+import anyio
 
 from plait.engine import Engine, EngineStoppedError, GenerateDelta, GenerateRequest, TokenLogprob, ToolCall
 from plait.server.errors import APIError
@@ -18,6 +26,8 @@ from plait.server.openai.params import GenerationPlan
 from plait.server.openai.tool_stream import ToolCallStream
 from plait.server.state import ServerState
 from plait.server.tenants import Admission
+
+logger = logging.getLogger("plait.server")
 
 
 class GenerationFailed(Exception):
@@ -88,6 +98,7 @@ class Generation:
         request: GenerateRequest,
         admission: Admission,
         prompt_tokens: int,
+        time_limit_s: float | None = None,
     ) -> None:
         self.state = state
         self.engine: Engine = state.engine
@@ -102,6 +113,9 @@ class Generation:
         }
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None
+        self.time_limit_s = time_limit_s
+        self._deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+        self.time_limit_reached = False
         self._closed = False
 
     @property
@@ -112,7 +126,15 @@ class Generation:
         """The samples' updates in the order the engine produced them; raises ``GenerationFailed``."""
         deltas = self.engine.generate(self.request)
         try:
-            async for delta in deltas:
+            while True:
+                try:
+                    delta = await self._next_delta(deltas)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:  # the engine request was aborted on the way (its generator was cancelled)
+                    for update in self._stop_at_time_limit():
+                        yield update
+                    return
                 if delta.finish_reason in ("error", "abort"):
                     raise self._failure(delta)
                 if delta.token_ids and self.first_token_at is None:
@@ -125,6 +147,28 @@ class Generation:
             raise GenerationFailed(str(error), 503) from error
         finally:
             await deltas.aclose()  # leaving early (error, disconnect, cancellation) aborts the engine request
+
+    async def _next_delta(self, deltas: AsyncIterator[GenerateDelta]) -> GenerateDelta:
+        """The next delta; ``TimeoutError`` when the time limit passes first. The scope wraps no ``yield``, so the
+        cancellation it delivers lands in the engine's generator (which then aborts the request)."""
+        if self._deadline is None:
+            return await anext(deltas)
+        with anyio.fail_after(max(0.0, self._deadline - time.monotonic())):
+            return await anext(deltas)
+
+    def _stop_at_time_limit(self) -> list[SampleUpdate]:
+        """End every unfinished sample with ``length`` (the text it has so far is what the client gets)."""
+        self.time_limit_reached = True
+        logger.info("%s stopped at its time limit of %g s", self.request.request_id, self.time_limit_s)
+        ended = []
+        for sample in self.samples.values():
+            if sample.finish_reason is None:
+                delta = GenerateDelta(
+                    self.request.request_id, sample.index, "", [], finish_reason="length",
+                    completion_tokens=sample.completion_tokens,
+                )  # fmt: skip
+                ended.append(sample.apply(delta))
+        return ended
 
     def _failure(self, delta: GenerateDelta) -> GenerationFailed:
         if delta.finish_reason == "abort":

@@ -5,7 +5,8 @@
   (``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, see ``plait.engine.grammar.tools``), so the model sees
   its own calls; a ``tool`` message keeps its role and carries the result text.
 - With ``tools`` (and a tool choice other than ``none``), a system message describes the functions and the call
-  format; it goes after the caller's own system message, or first when there is none.
+  format (one or more calls in a turn, or one with ``parallel_tool_calls=false``); it goes after the caller's own
+  system message, or first when there is none.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ _TEXT_PART_TYPES = ("text", "input_text")
 
 
 def template_messages(
-    messages: list[ChatMessage], tools: list[ChatTool] | None = None, tool_choice: str | dict[str, Any] = "none"
+    messages: list[ChatMessage],
+    tools: list[ChatTool] | None = None,
+    tool_choice: str | dict[str, Any] = "none",
+    parallel_tool_calls: bool = True,
 ) -> list[dict[str, str]]:
     """The messages to render, with the tools' description added when the model may call them."""
     rendered = [_message(i, m) for i, m in enumerate(messages)]
     if tools and tool_choice != "none":
-        prompt = tools_prompt(tools, tool_choice)
+        prompt = tools_prompt(tools, tool_choice, parallel_tool_calls)
         if rendered[0]["role"] == "system":
             rendered[0] = {"role": "system", "content": f"{rendered[0]['content']}\n\n{prompt}"}
         else:
@@ -34,7 +38,7 @@ def template_messages(
     return rendered
 
 
-def tools_prompt(tools: list[ChatTool], tool_choice: str | dict[str, Any]) -> str:
+def tools_prompt(tools: list[ChatTool], tool_choice: str | dict[str, Any], parallel_tool_calls: bool = True) -> str:
     """What the model is told about the functions and how to call them (the grammar enforces the format)."""
     specs = [
         json.dumps(
@@ -47,16 +51,21 @@ def tools_prompt(tools: list[ChatTool], tool_choice: str | dict[str, Any]) -> st
         for t in tools
     ]
     lines = ["You can call these functions:", *specs, ""]
+    call = f'{TOOL_CALL_BEGIN}{{"name": <function name>, "arguments": <arguments object>}}{TOOL_CALL_END}'
     if isinstance(tool_choice, dict):
         name = tool_choice["function"]["name"]
         lines.append(f'Call the function {name}: answer with {{"name": "{name}", "arguments": <arguments object>}}.')
+    elif tool_choice == "required" and parallel_tool_calls:
+        lines.append(f"Call one or more of them: answer with one line per call, each {call}.")
     elif tool_choice == "required":
-        lines.append('Call one of them: answer with {"name": <function name>, "arguments": <arguments object>}.')
-    else:
+        lines.append(f"Call one of them: answer with {call}.")
+    elif parallel_tool_calls:
         lines.append(
-            f'To call a function, write {TOOL_CALL_BEGIN}{{"name": <function name>, "arguments": <arguments object>}}'
-            f"{TOOL_CALL_END}. Otherwise answer normally."
+            f"To call a function, write {call}; to call several, write one such line per call. "
+            "Otherwise answer normally."
         )
+    else:
+        lines.append(f"To call a function, write {call} (one call at most). Otherwise answer normally.")
     return "\n".join(lines)
 
 

@@ -32,8 +32,9 @@ class GenerationPlan:
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
-    requested_max_tokens: int | None = None
+    requested_max_tokens: int | None = None  # None: DEFAULT_MAX_TOKENS, capped to the room the context leaves
     max_tokens_field: str = "max_tokens"
+    max_request_time_s: float | None = None  # the request's own time limit (the server's may be lower)
     tool_choice: str | dict[str, Any] | None = None  # set when the output is to be read for tool calls
     single_tool_call: bool = False
     stream: bool = False
@@ -88,6 +89,7 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
                 )
             sampling.tools = [t.model_dump(exclude_none=True) for t in body.tools]
             sampling.tool_choice = tool_choice
+            sampling.parallel_tool_calls = body.parallel_tool_calls is not False
     elif body.tool_choice not in (None, "none"):
         raise APIError(400, "needs tools", field="tool_choice")
     max_tokens, max_field = body.max_tokens, "max_tokens"
@@ -98,7 +100,7 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
     return GenerationPlan(
         endpoint="chat",
         sampling=sampling,
-        messages=template_messages(body.messages, body.tools, tool_choice),
+        messages=template_messages(body.messages, body.tools, tool_choice, body.parallel_tool_calls is not False),
         requested_max_tokens=max_tokens,
         max_tokens_field=max_field,
         tool_choice=tool_choice if sampling.tools else None,
@@ -168,6 +170,7 @@ def _common(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
         "program_id": body.program_id,
         "priority": body.priority or 0,
         "hints": hints,
+        "max_request_time_s": body.max_request_time_s,
     }
 
 

@@ -4,7 +4,8 @@ They follow OpenAI's field names and shapes, so the official clients work unchan
 ``max_tokens``, ``temperature``...) so that no body, however generated, can make the server work without end. Unknown
 top-level fields are refused (422 naming the field) rather than silently ignored; fields OpenAI defines that plait
 cannot honour are accepted only at their neutral value (checked in ``openai_params``). plait's own optional fields
-(``program_id``, ``deadline_s``, ``hints``, ``priority``) give agent frameworks program-level scheduling.
+(``program_id``, ``deadline_s``, ``hints``, ``priority``) give agent frameworks program-level scheduling;
+``max_request_time_s`` bounds how long a request may run.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class _GenerationRequest(_Strict):
         None,
         ge=1,
         le=MAX_TOKENS_BOUND,
-        description="Most tokens to generate per sample; capped at what the context window leaves. Default: "
-        "min(1024, the rest of the context window).",
+        description="Most tokens to generate per sample. Over what the context window leaves after the prompt: 400 "
+        "naming the field (as OpenAI and vLLM answer). Default: min(1024, the rest of the context window).",
     )
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 is greedy. Default 1.")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass. Default 1.")
@@ -180,6 +181,14 @@ class _GenerationRequest(_Strict):
         description="plait: keep generating past the end-of-sequence token until `max_tokens` or a stop string "
         "(benchmarks force output lengths with it).",
     )
+    max_request_time_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=86_400.0,
+        description="plait: the most seconds this request may run, queueing included (the server's "
+        "`max_request_time_s` applies when lower). When it passes, generation stops as at `max_tokens`: the text so "
+        'far, with `finish_reason: "length"` (the last chunk of a stream).',
+    )
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -187,7 +196,10 @@ class ChatCompletionRequest(_GenerationRequest):
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
     max_completion_tokens: int | None = Field(
-        None, ge=1, le=MAX_TOKENS_BOUND, description="Same as `max_tokens` (OpenAI's newer name); takes precedence."
+        None,
+        ge=1,
+        le=MAX_TOKENS_BOUND,
+        description="Same as `max_tokens` (OpenAI's newer name; the 400 names it when it is the one given).",
     )
     logprobs: bool | None = Field(None, description="Return each output token's log-probability.")
     top_logprobs: int | None = Field(
@@ -203,7 +215,9 @@ class ChatCompletionRequest(_GenerationRequest):
         None, description="`auto` (default with tools), `none`, `required`, or a named function."
     )
     parallel_tool_calls: bool | None = Field(
-        None, description="false: at most one call per sample (the first is kept in `auto` mode)."
+        None,
+        description="Default true: the model may make one or more calls in a turn (each its own `tool_calls` entry). "
+        "false: at most one call (exactly one with `required`); the grammar enforces it.",
     )
 
 

@@ -1,9 +1,11 @@
 """Reading tool calls out of a sample's text as it streams, in the format the engine's grammar enforces.
 
-``required`` / named tool choice: the whole output is one call object, so it is held back and parsed at the end.
-``auto``: text streams out as content until ``<tool_call>`` appears; the call up to ``</tool_call>`` is held back and
-comes out as one call. A trailing fragment that could be the start of ``<tool_call>`` is held back too, so content
-never shows half a tag. Outputs that do not parse (cut off by ``max_tokens``) come out as plain content.
+``required`` and ``auto``: each call is ``<tool_call>...</tool_call>``; a call is held back until its end tag and comes
+out whole, so the calls of a parallel output come out one by one as they complete (each its own ``tool_calls``
+entry). In ``auto`` mode the text outside the tags streams out as content; in ``required`` mode it is only the line
+breaks between calls, which are dropped. A trailing fragment that could be the start of ``<tool_call>`` is held back
+too, so content never shows half a tag. Named tool choice: the whole output is one call object, held back and parsed
+at the end. Outputs that do not parse (cut off by ``max_tokens``) come out as plain content.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ class ToolCallStream:
 
     def __init__(self, tool_choice: str | dict[str, Any], single_call: bool = False) -> None:
         self.tool_choice = tool_choice
-        self.whole_output_is_call = tool_choice == "required" or isinstance(tool_choice, dict)
-        self.single_call = single_call  # parallel_tool_calls=false: calls after the first are dropped
+        self.whole_output_is_call = isinstance(tool_choice, dict)
+        self.calls_only = tool_choice == "required"  # the text between calls is only their separators
+        # parallel_tool_calls=false: the grammar allows one call; any after the first would be dropped.
+        self.single_call = single_call
         self.calls_made = 0
         self._buffer = ""
         self._in_call = False
@@ -53,15 +57,19 @@ class ToolCallStream:
                 content.append(raw)
             else:
                 calls.append(call)
-        return "".join(content), self._keep(calls)
+        return self._content(content), self._keep(calls)
 
     def finish(self) -> tuple[str, list[ToolCall]]:
-        """The held-back rest: the call of a ``required`` output, or text that never became a call."""
+        """The held-back rest: the call of a named choice's output, or text that never became a call."""
         rest, self._buffer, self._in_call = self._buffer, "", False
         if self.whole_output_is_call:
             call = self._parse(rest, self.tool_choice)
             return ("", self._keep([call])) if call is not None else (rest, [])
-        return rest, []
+        return self._content([rest]), []
+
+    def _content(self, pieces: list[str]) -> str:
+        text = "".join(pieces)
+        return "" if self.calls_only and not text.strip() else text
 
     def _keep(self, calls: list[ToolCall]) -> list[ToolCall]:
         if self.single_call:

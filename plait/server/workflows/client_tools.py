@@ -23,7 +23,6 @@ from typing import Any
 import anyio
 
 from plait.dag import ToolSpec, accepts_value
-from plait.engine import Engine
 from plait.runtime.errors import NodeError
 from plait.runtime.tool_executor import ToolExecutor
 from plait.runtime.tools import Tool, ToolRegistry
@@ -119,15 +118,12 @@ class ToolCallStateError(Exception):
 
 class ClientToolExecutor(ToolExecutor):
     """One program's tool executor. ``on_wait(call)`` is told when a client call starts waiting (the event stream
-    announces it). While any call waits, the program's KV is pinned for ``pin_ttl_s`` (a fixed TTL for now: choosing
-    it from the tool's observed durations is the pin policy's job)."""
+    announces it). A client tool is a tool like any other to the planner: while it waits, the program's KV is kept
+    by the planner's tool pins (a TTL chosen from that tool's observed durations), not by anything here."""
 
-    def __init__(self, shared: ToolExecutor, engine: Engine, program_id: str, pin_ttl_s: float) -> None:
+    def __init__(self, shared: ToolExecutor) -> None:
         super().__init__()
         self._shared = shared
-        self._engine = engine
-        self._program_id = program_id
-        self._pin_ttl_s = pin_ttl_s
         self.pending: dict[str, PendingToolCall] = {}
         self.answered: set[str] = set()  # nodes whose call got a result or an error (a second answer is a 409)
         self.on_wait: Callable[[PendingToolCall], None] | None = None
@@ -171,13 +167,9 @@ class ClientToolExecutor(ToolExecutor):
         call.answer.set_result((result, error))
 
     def _start_waiting(self, call: PendingToolCall) -> None:
-        if not self.pending:
-            self._engine.hint("pin", ttl_s=self._pin_ttl_s, program_id=self._program_id)
         self.pending[call.node] = call
         if self.on_wait is not None:
             self.on_wait(call)
 
     def _stop_waiting(self, call: PendingToolCall) -> None:
         self.pending.pop(call.node, None)
-        if not self.pending:
-            self._engine.hint("unpin", program_id=self._program_id)

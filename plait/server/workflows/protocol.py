@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from fastapi import Request
@@ -32,14 +32,25 @@ class ClientToolDecl(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout_s: float | None = None  # None: the server's client_tool_timeout_s (also the most it allows)
 
 
+# One meaning per word, in every API: a lower priority runs first; a deadline ends the work when it passes.
+PRIORITY_DOC = (
+    "Lower runs first (as everywhere in plait: the engine, the OpenAI API, plait.Runtime); equal priorities are "
+    "ordered by the planner (program FCFS by default)."
+)
+DEADLINE_DOC = (
+    "Seconds from submission by which the workflow must finish: the server cancels it when it runs longer (its "
+    "status says so), and the planner's deadline ordering, when enabled, reads it as the program's SLO."
+)
+
+
 class SubmissionOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How to run a submitted workflow."""
 
     inputs: dict[str, Any] = msgspec.field(default_factory=dict)  # override or add to the workflow's own inputs
     client_tools: list[ClientToolDecl] = msgspec.field(default_factory=list)
     fail_fast: bool = True  # a node failing without a fallback fails the workflow at once
-    priority: int = 0  # larger runs first among this server's waiting engine requests
-    deadline_s: float | None = None  # the server cancels the workflow when it runs longer than this
+    priority: Annotated[int, msgspec.Meta(description=PRIORITY_DOC)] = 0
+    deadline_s: Annotated[float | None, msgspec.Meta(description=DEADLINE_DOC)] = None
     # An open workflow keeps running when its nodes are done: more nodes are added with POST .../nodes and it ends
     # with POST .../close (how plait.Client runs Python programs, whose graph grows as they branch).
     open: bool = False

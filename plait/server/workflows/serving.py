@@ -69,9 +69,7 @@ def start_workflow(state: ServerState, tenant: Tenant, spec: WorkflowSpec, optio
     admission = state.usage.admit(tenant, estimate_tokens(spec.nodes, spec.inputs))
     try:
         workflow_id = new_workflow_id()
-        executor = ClientToolExecutor(
-            state.executor.services.tool_executor, state.engine, workflow_id, config.client_tool_pin_ttl_s
-        )
+        executor = ClientToolExecutor(state.executor.services.tool_executor)
         services = ExecutionServices(state.engine, tools, executor, state.executor.services.planner)
         log = EventLog(workflow_id)
         common: dict[str, Any] = {

@@ -1,0 +1,44 @@
+"""``GET /server_info``: what this server runs with, as it runs (authenticated).
+
+The engine settings are the effective ones (``auto`` resolved) and the engine policy is the one the engine schedules
+under now, read from the engine itself; a test compares it with the plan the server was started with, so a plan
+that is not applied shows here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, Depends, Request
+
+from plait import __version__
+from plait.server.tenants import Tenant, current_tenant
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/server_info",
+    summary="The effective engine settings, engine policy, planner features, model, version and device",
+    responses={401: {"description": "missing or unknown API key"}, 503: {"description": "the engine is loading"}},
+)
+async def server_info(request: Request, tenant: Annotated[Tenant, Depends(current_tenant)]) -> dict[str, Any]:
+    state = request.app.state.plait
+    plan = state.executor.planner.config
+    engine = state.engine.effective_settings()
+    return {
+        "version": __version__,
+        "model": state.model_name,
+        "device": engine["device"],
+        "torch": torch.__version__,
+        "engine": engine,
+        "plan": {
+            "name": plan.name,
+            "enabled": plan.enabled,
+            "features": {key: value for key, value in plan.to_dict().items() if key not in ("name", "engine")},
+            "engine_policy": plan.engine.to_dict(),
+            "summary": plan.describe(),
+        },
+        "tenant": tenant.name,
+    }
