@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host-agents", type=float, default=3.0, help="multi-agent: host tier size, in agent prompts")
     parser.add_argument("--running", type=int, default=256, help="overhead: running requests")
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/...)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default under plait-results/)")
     add_engine_arguments(parser)
     parser.set_defaults(handler=run)
 

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="HF's dtype; auto: float32 for GGUF files (transformers keeps GGUF weights packed and computes "
         "in float32, its fastest mode), otherwise plait's dtype",
     )
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/...)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default under plait-results/)")
     add_engine_arguments(parser)
     parser.set_defaults(handler=run)
 

@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--repeats", type=int, default=5, help="overhead: timed runs of each side, alternating (best kept)"
     )
     parser.add_argument("--schema", type=Path, default=None, help="overhead: a JSON schema file instead of records")
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/...)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default under plait-results/)")
     add_engine_arguments(parser)
     parser.set_defaults(handler=run)
 

@@ -73,7 +73,7 @@ def register(benches: argparse._SubParsersAction) -> None:
     slo.add_argument("--slo-e2e", type=float, default=None, help="request end-to-end, seconds")
     slo.add_argument("--slo-jct", type=float, default=None, help="agent session completion, seconds")
     out = parser.add_argument_group("output")
-    out.add_argument("--output", type=Path, default=None, help="JSON path (default under bench/results/)")
+    out.add_argument("--output", type=Path, default=None, help="JSON path (default under plait-results/)")
     out.add_argument("--report-dir", type=Path, default=None, help="report folder (default: <json stem>_report)")
     out.add_argument("--no-report", action="store_true", help="JSON only (no markdown, no plots)")
     add_engine_arguments(parser)

@@ -28,9 +28,15 @@ def device_name() -> str:
     return f"CPU {model} x{torch.get_num_threads()} threads"
 
 
+# Where a benchmark writes its JSON without ``--output``: under the working directory, never into the repository's
+# ``bench/results/`` (which holds the committed GPU results; scripts that add to it pass ``--output``).
+RESULTS_DIR = Path("plait-results")
+
+
 def default_output(bench: str) -> Path:
+    """``plait-results/<bench>_<device>_<date>.json`` under the working directory (created when written)."""
     slug = re.sub(r"[^a-z0-9]+", "-", device_name().lower()).strip("-")
-    return Path("bench/results") / f"{bench}_{slug}_{dt.date.today().isoformat()}.json"
+    return RESULTS_DIR / f"{bench}_{slug}_{dt.date.today().isoformat()}.json"
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

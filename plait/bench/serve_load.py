@@ -189,21 +189,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--output", type=Path, default=None, help="JSON path (default bench/results/<device>_<date>/serve_load_...)"
+        "--output", type=Path, default=None, help="JSON path (default plait-results/<device>_<date>/serve_load_...)"
     )
     add_engine_arguments(parser)
     parser.set_defaults(handler=run)
 
 
 def default_output(model_id: str) -> Path:
+    """``plait-results/<device>_<date>/serve_load_<model>.json`` under the working directory."""
     import torch
+
+    from plait.bench.report import RESULTS_DIR
 
     device = "cpu"
     if torch.cuda.is_available():
         match = re.search(r"[a-z]\d{2,4}", torch.cuda.get_device_name(0).lower())
         device = match.group(0) if match else "gpu"
     model = re.split(r"[^a-z0-9]+", model_id.lower())[0] or "model"
-    return Path("bench/results") / f"{device}_{dt.date.today().isoformat()}" / f"serve_load_{model}.json"
+    return RESULTS_DIR / f"{device}_{dt.date.today().isoformat()}" / f"serve_load_{model}.json"
 
 
 def start_server(args: argparse.Namespace) -> tuple[Any, Any, str]:

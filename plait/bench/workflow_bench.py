@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from plait.cli.engine_args import add_engine_arguments, add_plan_argument, engine_config_from_args
 
+TRACE_KV_SAMPLES = 200_000  # KV samples kept for the offline dashboard (14 hours at 0.25 s)
 _COLUMNS = [
     ("mean JCT s", "mean_jct_s"),
     ("p95 JCT s", "p95_jct_s"),
@@ -110,7 +112,7 @@ def register(benches: argparse._SubParsersAction) -> None:
         "each round's ratios (differences smaller than the rounds' spread are noise)",
     )
     parser.add_argument("--max-queue-wait", type=float, default=None, help="plait's anti-starvation bound, seconds")
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default under bench/results/)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default under plait-results/)")
     parser.add_argument("--trace", type=Path, default=None, help="write plait mode's timeline as Chrome trace JSON")
     add_engine_arguments(parser)
     parser.set_defaults(handler=main)
@@ -178,12 +180,16 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     from plait.bench.report import default_output, print_table, write_json
     from plait.bench.workflow_run import run_mode
     from plait.engine import Engine
+    from plait.server.dashboard import KVHistory
 
     modes = args.modes
     engine = Engine(config)
     runs: dict[str, list[Any]] = {mode.name: [] for mode in modes}
+    kv_history = KVHistory(max_samples=TRACE_KV_SAMPLES, period_s=0.25) if args.trace is not None else None
     try:
         await warm_up(engine)
+        if kv_history is not None:  # the KV chart of the offline dashboard written beside the trace
+            kv_history.sample_in_background(engine.stats)
         with Progress(transient=True) as progress:
             for round_index in range(args.repeats):
                 # Reversed every other round, so no mode always runs first (or right after the same one).
@@ -199,6 +205,8 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
                     runs[mode.name].append(result)
                     progress.remove_task(task)
     finally:
+        if kv_history is not None:
+            await kv_history.stop()
         engine.close()
     metrics = {name: _median_metrics([r.metrics() for r in results]) for name, results in runs.items()}
     rows = [[name, *[_cell(m[key]) for _, key in _COLUMNS]] for name, m in metrics.items()]
@@ -271,7 +279,29 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     }
     output = args.output or default_output(f"workflow_{suite.name}")
     print(f"wrote {write_json(output, payload)}")
+    if kv_history is not None:
+        _write_dashboard(output, args.trace, runs[modes[0].name][0], kv_history, suite.name)
     return 0
+
+
+def _write_dashboard(output: Path, trace: Path, run: Any, kv_history: Any, suite: str) -> None:
+    """The offline dashboard of the traced run (``<output>.html``, the first round of the first mode: what the Chrome
+    trace holds): its programs' timelines and the KV pool over it."""
+    from plait.server.dashboard import write_timeline_report
+
+    target = output.with_suffix(".html")
+    metrics = run.metrics()
+    summary = {"suite": suite, "mode": run.mode, "programs": metrics.get("programs"), "wall s": f"{run.wall_s:.2f}"}
+    for key in ("completed", "mean_jct_s", "p95_jct_s", "prefix_hit_rate"):
+        if metrics.get(key) is not None:
+            summary[key] = f"{metrics[key]:.4g}" if isinstance(metrics[key], float) else metrics[key]
+    links = [
+        ("Chrome trace", os.path.relpath(trace.resolve(), target.parent.resolve())),
+        ("results JSON", output.name),
+    ]
+    title = f"workflow suite {suite}: {run.mode} mode"
+    path = write_timeline_report(target, run.timeline, kv_history.samples(), title=title, summary=summary, links=links)
+    print(f"dashboard of the traced run: {path}")
 
 
 def _print_pin_decisions(runs: dict[str, list[Any]]) -> None:

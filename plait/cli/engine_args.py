@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from plait.engine.engine_config import EngineConfig
+    from plait.engine.engine_policy import EnginePolicy
+    from plait.runtime.planning import PlanConfig
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,16 +73,35 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_plan_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--plan FIELD=VALUE`` (repeatable): overrides of plait mode's ``PlanConfig`` (``PlanConfig.with_overrides``)."""
+def add_plan_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, served: bool = False) -> None:
+    """``--plan FIELD=VALUE`` (repeatable): overrides of plait mode's ``PlanConfig`` (``PlanConfig.with_overrides``).
+    ``served``: a first ``--plan baseline`` starts from the request-level baseline (``PlanConfig.parse``)."""
+    start = "'baseline' (a request-level engine: FCFS, LRU, no pins), then " if served else ""
     parser.add_argument(
         "--plan",
         action="append",
         default=[],
-        metavar="FIELD=VALUE",
-        help="override a field of plait mode's PlanConfig or its engine policy, or switch a feature: e.g. "
-        "attained_service=on, max_queue_wait_s=10, pin_budget_fraction=0.5, cache_affinity=off",
+        metavar="baseline|FIELD=VALUE" if served else "FIELD=VALUE",
+        help=f"the plan to run with (repeatable): {start}FIELD=VALUE overrides of a PlanConfig field, an engine "
+        "policy field or a feature, e.g. attained_service=on, max_queue_wait_s=10, pin_budget_fraction=0.5, "
+        "cache_affinity=off",
     )
+
+
+def plan_from_args(args: argparse.Namespace) -> PlanConfig:
+    """The plan ``--plan`` asks for (``PlanConfig.parse``); ``ValueError`` names the bad item."""
+    from plait.runtime.planning import PlanConfig
+
+    return PlanConfig.parse(getattr(args, "plan", []))
+
+
+def print_plan(plan: PlanConfig, policy: EnginePolicy) -> None:
+    """The plan's features, one line each, and the engine policy in effect, on stderr (what a run starts with)."""
+    print(f"plan: {plan.name}", file=sys.stderr)
+    for line in plan.describe():
+        print(f"  {line}", file=sys.stderr)
+    settings = ", ".join(f"{name}={value}" for name, value in policy.to_dict().items())
+    print(f"engine policy: {settings}", file=sys.stderr)
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -103,3 +125,16 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         overlap=args.overlap,
         simulate=args.simulate,
     )
+
+
+def checked_engine_config(args: argparse.Namespace) -> EngineConfig:
+    """``engine_config_from_args``, validated before any model loads: a bad setting exits with status 2, naming it."""
+    from plait.engine.errors import EngineError
+
+    config = engine_config_from_args(args)
+    try:
+        config.validate()
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return config

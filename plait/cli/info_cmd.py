@@ -1,4 +1,4 @@
-"""``plait info``: versions, the compute device and the default model."""
+"""``plait info``: versions, the compute device, the default model and the default plan."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ _PACKAGES = ("torch", "triton", "xgrammar", "gguf", "tokenizers", "fastapi", "ms
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "info",
-        help="show versions, the compute device and the default model",
-        description="Show plait's and its dependencies' versions, the compute device and the default model's path.",
+        help="show versions, the compute device, the default model and the default plan",
+        description="Show plait's and its dependencies' versions, the compute device, the default model's path and the "
+        "plan (planner features and engine policy) plait runs with by default.",
     )
     parser.set_defaults(handler=run)
 
@@ -51,4 +52,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"model       missing: {error}", file=sys.stderr)
         return 1
     print(f"model       {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    _print_default_plan()
     return 0
+
+
+def _print_default_plan() -> None:
+    """What ``plait serve`` / ``plait run`` / ``plait.Runtime`` plan with unless told otherwise (``--plan``)."""
+    from plait.runtime.planning import PlanConfig
+
+    plan = PlanConfig()
+    print("plan        plait (the default; --plan baseline serves a request-level engine)")
+    for line in plan.describe():
+        print(f"            {line}")
+    settings = ", ".join(f"{name}={value}" for name, value in plan.engine.to_dict().items())
+    print(f"policy      {settings}")

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from plait.cli.engine_args import add_engine_arguments, engine_config_from_args
+from plait.cli.engine_args import (
+    add_engine_arguments,
+    add_plan_argument,
+    checked_engine_config,
+    plan_from_args,
+    print_plan,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--status", action="store_true", help="also print per-node states and timings as JSON")
     parser.add_argument("--quiet", action="store_true", help="no live progress view")
     parser.add_argument("--schema", action="store_true", help="print the workflow JSON Schema and exit")
+    add_plan_argument(parser, served=True)
     add_engine_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -68,7 +75,7 @@ def load_tools(references: list[str]) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from plait.dag import WorkflowError, decode_workflow, workflow_json_schema
+    from plait.dag import WorkflowError, load_workflow, workflow_json_schema
 
     if args.schema:
         print(json.dumps(workflow_json_schema(), indent=2))
@@ -83,27 +90,45 @@ def run(args: argparse.Namespace) -> int:
         return 2
     inputs = parse_inputs(args.input)
     tools = load_tools(args.tools)
+    # Everything that can be checked without the model is, before it loads: the workflow (fields, graph, tool
+    # arguments against the tools given) and the engine settings.
     try:
-        spec = decode_workflow(data)
+        workflow = load_workflow(data, tool_specs(tools), inputs=inputs)
     except WorkflowError as error:
         print(f"error: {args.workflow}: {error}", file=sys.stderr)
         return 2
-    return asyncio.run(_run(spec, inputs, tools, args))
+    config = checked_engine_config(args)
+    try:
+        plan = plan_from_args(args)
+    except ValueError as error:
+        print(f"error: --plan {error}", file=sys.stderr)
+        return 2
+    return asyncio.run(_run(workflow, tools, config, plan, args))
 
 
-async def _run(spec: Any, inputs: dict[str, Any], tools: list[Any], args: argparse.Namespace) -> int:
+def tool_specs(tools: list[Any]) -> dict[str, Any]:
+    """The specs of ``tools`` by name, as the runtime will register them (none given: an empty registry)."""
+    if not tools:
+        return {}
+    from plait.runtime import ToolDefinitionError, ToolRegistry
+
+    try:
+        return ToolRegistry(tools).specs()
+    except ToolDefinitionError as error:
+        raise SystemExit(f"error: --tools: {error}") from None
+
+
+async def _run(workflow: Any, tools: list[Any], config: Any, plan: Any, args: argparse.Namespace) -> int:
     from plait.cli.program_view import watch
-    from plait.dag import WorkflowError
     from plait.engine import EngineError
     from plait.runtime import ProgramCancelledError, ProgramFailedError
     from plait.sdk import Runtime
 
     try:
-        runtime = Runtime(engine_config_from_args(args), tools=tools)
-        execution = runtime.start_workflow(spec, inputs=inputs)
-    except WorkflowError as error:
-        print(f"error: {args.workflow}: {error}", file=sys.stderr)
-        return 2
+        runtime = Runtime(config, tools=tools, plan=plan)
+        execution = runtime.start_workflow(workflow)
+        if not args.json:
+            print_plan(plan, runtime.engine.policy)
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
+import time
+import traceback
+from typing import Any
 
-from plait.cli.engine_args import add_engine_arguments, engine_config_from_args
+from plait.cli.engine_args import add_engine_arguments, add_plan_argument, engine_config_from_args, plan_from_args
 
 DESCRIPTION = """\
 Serve agent programs over HTTP: submit JSON workflows (POST /v1/workflows) and stream their events, run Python
@@ -13,8 +17,19 @@ programs remotely with plait.Client, or call the OpenAI-compatible API (/v1/chat
 with an optional program_id. Health: /health, /ready; Prometheus metrics: /metrics; API docs: /docs.
 
 Settings come from --config (JSON or TOML: host, port, api_keys, limits, tenant_limits, max_nodes_per_workflow,
-max_body_bytes, tools, client_tool_timeout_s, ...), then the PLAIT_API_KEYS environment variable
-("key1=tenant-a,key2=tenant-b"), then the flags below. Without API keys every caller is the tenant "default".
+max_body_bytes, tools, shutdown_grace_s, ...; examples/server.toml lists every one with its default), then the
+PLAIT_API_KEYS environment variable ("key1=tenant-a,key2=tenant-b": KEY=TENANT pairs), then the flags below.
+Without API keys every caller is the tenant "default".
+
+The server listens at once and loads the model in the background, printing each step with its time: /health
+answers 200 from the start, /ready and the API 503 ("starting", with Retry-After) until the model is loaded. A model
+or tool that fails to load ends the process (exit 1, or 2 for a tool or a bad --plan). SIGTERM or Ctrl-C drains:
+new work gets 503, running work gets shutdown_grace_s, the rest is cancelled, then the process exits; a second
+signal stops at once.
+
+--plan chooses what the planner and the engine do (the start-up log prints one line per enabled feature, and
+GET /server_info the effective settings): plait's features by default, `--plan baseline` a request-level engine
+(FCFS, LRU, no pins, no aging) from the same binary, to measure the served product against it.
 """
 
 
@@ -45,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's"
     )
+    add_plan_argument(parser, served=True)
     add_engine_arguments(parser)
     parser.set_defaults(handler=serve)
 
@@ -65,30 +81,97 @@ def load_config(args: argparse.Namespace):  # -> ServerConfig
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Listen first (so health checks get answers, not "connection refused"), then import the server and load the
+    model in the background; exit non-zero with the error printed when loading fails."""
+    started = time.perf_counter()
     try:
         config = load_config(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-
-    import uvicorn
-
-    from plait.engine import EngineError
-    from plait.server import create_app
-    from plait.server.app import build_state
-
+    log = StartupLog(started)
     try:
-        state = build_state(config, engine_config_from_args(args))
-    except (ValueError, TypeError) as error:  # a tool that cannot be loaded or is not a valid tool
-        print(f"error: tools: {error}", file=sys.stderr)
-        return 2
-    except EngineError as error:
-        print(f"error: {error}", file=sys.stderr)
+        sock = listen(config.host, config.port)
+    except OSError as error:
+        print(f"error: cannot listen on {config.host}:{config.port}: {error.strerror or error}", file=sys.stderr)
         return 1
-    app = create_app(state)
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        url = f"http://{host}:{sock.getsockname()[1]}"
+        log(f"running on {url}: /health answers now, /ready once the model is loaded; API docs at {url}/docs")
+        log(tenants_line(config))
+        return _serve_on(sock, args, config, log)
+    except KeyboardInterrupt:  # before the server handles signals (while importing)
+        return 130
     finally:
-        if state.owns_engine:
-            state.engine.close()
-    return 0
+        sock.close()
+
+
+def _serve_on(sock: socket.socket, args: argparse.Namespace, config: Any, log: StartupLog) -> int:
+    from plait.server.app import StartupError, api_routers, create_app, load_engine
+    from plait.server.draining_server import DrainingServer, uvicorn_config
+    from plait.server.state import ServerState
+
+    state = ServerState(config)
+
+    def load() -> Any:  # in a background thread, while the server answers /health
+        started = time.perf_counter()
+        api_routers()
+        log(f"imported the API and the engine (torch) in {time.perf_counter() - started:.1f} s")
+        try:
+            plan = plan_from_args(args)
+        except ValueError as error:
+            raise StartupError("plan", error) from error
+        loaded = load_engine(config, engine_config_from_args(args), plan=plan, report=log)
+        log(f"ready in {time.perf_counter() - log.started:.1f} s")
+        return loaded
+
+    app = create_app(state, load=load)
+    server = DrainingServer(uvicorn_config(app, log_level=args.log_level), state, report=log)
+    server.run(sockets=[sock])
+    error = state.startup_error
+    if error is None:
+        return 0
+    if not isinstance(error, StartupError):
+        print("error: loading the engine failed:", file=sys.stderr)
+        traceback.print_exception(error, file=sys.stderr)
+        return 1
+    print(f"error: {error}", file=sys.stderr)
+    if error.stage == "model":
+        from plait.engine import EngineError  # imported already: the engine was loading
+
+        if not isinstance(error.cause, EngineError | ValueError | TypeError | OSError):  # a bug, not a setting
+            traceback.print_exception(error.cause, file=sys.stderr)
+    return 2 if error.stage in ("tools", "plan") else 1
+
+
+class StartupLog:
+    """Start-up progress on stderr, each line with the seconds since ``plait serve`` started."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+
+    def __call__(self, message: str) -> None:
+        print(f"plait serve [{time.perf_counter() - self.started:5.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (what uvicorn would bind, bound before anything slow is imported)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def tenants_line(config: Any) -> str:
+    if not config.auth_enabled:
+        loopback = config.host in ("127.0.0.1", "localhost", "::1")
+        note = "" if loopback else f"; anyone who reaches {config.host} may use the server"
+        return f'tenants: no API keys, every caller is the tenant "default"{note}'
+    tenants = sorted(set(config.api_keys.values()))
+    return f"tenants: {', '.join(tenants)} ({len(config.api_keys)} API key(s))"

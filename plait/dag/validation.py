@@ -6,10 +6,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from plait.dag.errors import Problem
 from plait.dag.json_types import accepts_schema, accepts_value, describe_types, json_type_of, schema_types
 from plait.dag.nodes import LLMCall, Node, ToolCall, is_var_ref, var_refs
-from plait.semantic_vars import SemanticVarError
+from plait.semantic_vars import GenConstraints, SemanticVarError
 
 if TYPE_CHECKING:
     from plait.dag.workflow import Workflow
@@ -91,11 +93,7 @@ def _check_output(workflow: Workflow, node: Node, pending: Sequence[Node]) -> li
 def _check_llm_call(
     workflow: Workflow, node: LLMCall, known_variables: set[str], producers: Mapping[str, Node]
 ) -> list[Problem]:
-    problems = []
-    try:
-        node.constraints.validate()
-    except SemanticVarError as error:
-        problems.append(Problem(node.id, error.field, error.message))
+    problems = _check_constraints(node)
     slots = set(node.prompt.slots)
     for slot in node.bindings:
         if slot not in slots:
@@ -123,6 +121,23 @@ def _check_llm_call(
     if node.constraints.choices is None and node.choice_mode.value == "score":
         problems.append(Problem(node.id, "choice_mode", "scoring needs 'choices'"))
     return problems
+
+
+def _check_constraints(node: LLMCall) -> list[Problem]:
+    """Every bad decoding field of ``node``: ``GenConstraints.validate`` names the first, so each one named is set
+    back to its default and the rest checked again."""
+    problems: list[Problem] = []
+    constraints, defaults, cleared = node.constraints, GenConstraints(), set()
+    while True:
+        try:
+            constraints.validate()
+            return problems
+        except SemanticVarError as error:
+            problems.append(Problem(node.id, error.field, error.message))
+            if error.field not in GenConstraints.__struct_fields__ or error.field in cleared:
+                return problems  # its default does not clear it
+            cleared.add(error.field)
+            constraints = msgspec.structs.replace(constraints, **{error.field: getattr(defaults, error.field)})
 
 
 def _check_tool_call(

@@ -19,7 +19,7 @@ from plait.engine.errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from plait.engine.grammar import ParsedToolOutput, ToolCall, parse_tool_calls
+from plait.engine.grammar import TOOL_CALL_BEGIN, TOOL_CALL_END, ParsedToolOutput, ToolCall, parse_tool_calls
 from plait.engine.model_config import DUMMY_SHAPES, ModelConfig
 from plait.engine.request import (
     ChoiceScore,
@@ -29,11 +29,13 @@ from plait.engine.request import (
     GenerateResult,
     TokenLogprob,
 )
-from plait.engine.sampling_params import SamplingParams
+from plait.engine.sampling_params import SamplingParams, check_max_tokens_fit
 from plait.engine.tokenizer import Tokenizer
 
 __all__ = [
     "DUMMY_SHAPES",
+    "TOOL_CALL_BEGIN",
+    "TOOL_CALL_END",
     "ChoiceScore",
     "Completion",
     "Engine",
@@ -55,6 +57,7 @@ __all__ = [
     "TokenLogprob",
     "Tokenizer",
     "ToolCall",
+    "check_max_tokens_fit",
     "default_model_path",
     "parse_tool_calls",
 ]

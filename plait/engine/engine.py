@@ -220,7 +220,8 @@ class Engine:
 
     def effective_settings(self) -> dict[str, Any]:
         """What the engine runs with, ``auto`` values resolved: model, device, dtype, memory, batch limits, fast-path
-        switches and the run-time policy."""
+        switches and the run-time policy the engine thread schedules under (a ``set_policy`` still queued behind
+        other commands is not in it yet)."""
         core = self.core
         config = core.config
         return {
@@ -241,7 +242,7 @@ class Engine:
             "cuda_graphs": core.runner.graphs is not None,
             "overlap": core.overlap,
             "simulate": config.simulate or None,
-            "policy": self.policy.to_dict(),
+            "policy": core.policy.to_dict(),  # as applied on the engine thread
         }
 
     @property

@@ -387,6 +387,7 @@ class EngineCore(RuntimeControls, Scoring):
             running=len(self.scheduler.running),
             kv_slots_used=self.kv_in_use(),
             kv_slots_cached=self.allocator.num_used - self.kv_in_use(),
+            kv_slots_reserved=self.scheduler.reservations.total(),
             kv_slots_total=self.kv_slots,
             decode_tokens_per_s=self.meter.rate(1),
             prefill_tokens_per_s=self.meter.rate(2),

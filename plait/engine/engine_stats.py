@@ -27,6 +27,9 @@ class EngineStats:
     retractions: int
     steps: int
     kv_slots_cached: int = 0  # kept by the prefix cache for later hits (free to evict)
+    kv_slots_reserved: int = 0  # held back for the next calls of programs waiting on tools (``Reservations``)
+    host_slots_used: int = 0  # host tier: slots holding evicted KV (0 without a host tier)
+    host_slots_total: int = 0
     cached_prefix_tokens: int = 0  # prompt tokens served from the GPU prefix cache
     host_hit_tokens: int = 0  # ... from the host tier (loaded back)
     evictions: int = 0
@@ -144,6 +147,8 @@ def cache_stats(cache: object, hints_ignored: int) -> dict[str, int]:
         "write_backs": c.write_backs,
         "loads": c.loads,
         "bytes_moved": cache.host.bytes_moved if cache.host is not None else 0,
+        "host_slots_used": cache.host.allocator.num_used if cache.host is not None else 0,
+        "host_slots_total": cache.host.allocator.num_slots if cache.host is not None else 0,
         "pinned_slots": pinned,
         "pinned_idle_slots": pinned_idle,
         "pins_refused": c.pins_refused,

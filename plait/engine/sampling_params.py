@@ -62,8 +62,9 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def validate(self, vocab_size: int) -> None:
-        """Raise ``InvalidRequestError`` naming the first bad field."""
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raise ``InvalidRequestError`` naming the first bad field. Without ``vocab_size`` (before a model is
+        loaded), every field is checked but the range of ``stop_token_ids``."""
         _check(_is_int(self.max_tokens) and self.max_tokens > 0, "max_tokens", "must be a positive integer")
         _check(self.temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
         _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", f"must be an integer >= 0, got {self.top_k}")
@@ -77,8 +78,9 @@ class SamplingParams:
         )
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "stop strings must be non-empty strings")
         _check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
-        bad = [t for t in self.stop_token_ids if not (isinstance(t, int) and 0 <= t < vocab_size)]
-        _check(not bad, "stop_token_ids", f"ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+        if vocab_size is not None:
+            bad = [t for t in self.stop_token_ids if not (isinstance(t, int) and 0 <= t < vocab_size)]
+            _check(not bad, "stop_token_ids", f"ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
         _check(isinstance(self.json_object, bool), "json_object", "must be true or false")
         for name in ("clamp_max_tokens", "parallel_tool_calls"):
             _check(isinstance(getattr(self, name), bool), name, "must be true or false")
@@ -114,7 +116,7 @@ def check_max_tokens_fit(max_tokens: int, prompt_tokens: int, max_context: int, 
     if max_tokens > room:
         raise InvalidRequestError(
             field,
-            f"{field} is too large: {max_tokens}. The context window is {max_context} tokens and the prompt has "
+            f"{max_tokens} tokens do not fit: the context window is {max_context} tokens and the prompt has "
             f"{prompt_tokens}, which leaves room for {room} ({max_tokens} > {max_context} - {prompt_tokens}); "
             f"lower {field}",
         )

@@ -7,7 +7,6 @@ and chat templates itself: the backend is always called with ``add_special_token
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 from collections.abc import Iterable, Sequence
@@ -19,6 +18,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from plait.engine.chat_template import render_chat
 from plait.engine.errors import ModelLoadError, ModelNotFoundError
+from plait.engine.gguf_file import GGUFFile
 
 # Pre-tokenizer split patterns, by llama.cpp's ``tokenizer.ggml.pre`` name (oniguruma syntax, as tokenizers uses).
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -343,70 +343,11 @@ def _pick_template(value: Any) -> str | None:
     return None
 
 
-# GGUF metadata value types: fixed-size scalars (struct format), 8 = string, 9 = array.
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
 def _read_tokenizer_metadata(path: Path) -> dict[str, Any]:
-    """The ``tokenizer.*`` metadata of a GGUF file, by key. Its own parser rather than ``gguf.GGUFReader``, which
-    builds numpy views of every string and takes 2 s on SmolLM2's 49k-token vocabulary, 10 s on Llama-3's 128k."""
+    """The ``tokenizer.*`` metadata of a GGUF file, by key (``GGUFFile`` decodes only those keys)."""
     if not path.is_file():
         raise ModelNotFoundError(f"{path}: no such GGUF file")
     try:
-        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse_gguf_kv(buf)
+        return GGUFFile(path, keep=lambda key: key.startswith("tokenizer.")).metadata
     except (OSError, ValueError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
         raise ModelLoadError(f"{path}: not a readable GGUF file: {exc}") from exc
-
-
-def _parse_gguf_kv(buf: mmap.mmap) -> dict[str, Any]:
-    """Walk the key/value section of GGUF v2/v3 (header: magic, u32 version, u64 tensor count, u64 kv count)."""
-    if buf[:4] != b"GGUF":
-        raise ValueError("bad magic (not a GGUF file)")
-    # A big-endian file stores the version byte-swapped; every other number is then big-endian too.
-    endian = "<" if struct.unpack_from("<I", buf, 4)[0] < 0x10000 else ">"
-    (version,) = struct.unpack_from(endian + "I", buf, 4)
-    if version not in (2, 3):
-        raise ValueError(f"GGUF version {version} is not supported (2 and 3 are)")
-    u32, u64 = struct.Struct(endian + "I"), struct.Struct(endian + "Q")
-    (kv_count,) = u64.unpack_from(buf, 16)
-    size, off = len(buf), 24
-
-    def string(off: int, keep: bool) -> tuple[str, int]:
-        (n,) = u64.unpack_from(buf, off)
-        end = off + 8 + n
-        if end > size:
-            raise ValueError("a string runs past the end of the file")
-        return (buf[off + 8 : end].decode("utf-8") if keep else ""), end
-
-    def value(kind: int, off: int, keep: bool) -> tuple[Any, int]:
-        if kind == _GGUF_STRING:
-            return string(off, keep)
-        if kind in _GGUF_SCALARS:
-            fmt = struct.Struct(endian + _GGUF_SCALARS[kind])
-            return fmt.unpack_from(buf, off)[0], off + fmt.size
-        if kind != _GGUF_ARRAY:
-            raise ValueError(f"unknown metadata value type {kind}")
-        (item_kind,), (count,) = u32.unpack_from(buf, off), u64.unpack_from(buf, off + 4)
-        off += 12
-        if count > size - off:  # every item takes a byte or more: a corrupt count must not loop (or allocate) for ages
-            raise ValueError("an array runs past the end of the file")
-        if item_kind in _GGUF_SCALARS:  # a fixed-size array is read in one go
-            fmt = struct.Struct(f"{endian}{count}{_GGUF_SCALARS[item_kind]}")
-            return (list(fmt.unpack_from(buf, off)) if keep else None), off + fmt.size
-        items = []
-        for _ in range(count):
-            item, off = value(item_kind, off, keep)
-            items.append(item)
-        return (items if keep else None), off
-
-    meta: dict[str, Any] = {}
-    for _ in range(kv_count):
-        key, off = string(off, True)
-        (kind,) = u32.unpack_from(buf, off)
-        wanted = key.startswith("tokenizer.")
-        item, off = value(kind, off + 4, wanted)
-        if wanted:
-            meta[key] = item
-    return meta

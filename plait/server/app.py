@@ -14,8 +14,8 @@ completion still streaming with an error event and ``[DONE]``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -25,30 +25,39 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from plait import __version__
 from plait.server import health_routes
 from plait.server.body_limit import BodyLimitMiddleware
 from plait.server.config import ServerConfig
-from plait.server.errors import error_body, install_error_handlers
-from plait.server.openai import api_router as openai_api
-from plait.server.state import STARTING_RETRY_AFTER_S, ServerState
-from plait.server.workflows import api_router as workflows_api
+from plait.server.errors import APIError, EngineNotLoadedError, install_error_handlers
+from plait.server.state import ServerState
 
 if TYPE_CHECKING:
     from plait.engine import Engine
     from plait.runtime.executor import Executor
+    from plait.runtime.planning import PlanConfig
 
 logger = logging.getLogger("plait.server")
-_DRAIN_EXEMPT = ("/health", "/ready", "/metrics")
-_API_PREFIX = "/v1/"
 DOCS_ASSETS_URL = "/docs/assets"  # Swagger UI's and ReDoc's scripts, served from the fastapi-offline package
+_DRAIN_EXEMPT = ("/health", "/ready", "/metrics")
+_OPEN_WHILE_STARTING = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+_API_PREFIX = "/v1/"
 CANCEL_WAIT_S = 5.0  # after the grace: how long cancelled programs get to unwind (abort engine requests, free KV)
 STREAM_END_WAIT_S = 2.0  # after the engine closed: how long open responses get to send their final event
 
 Report = Callable[[str], None]
+
+
+class StartupError(Exception):
+    """Loading failed at ``stage`` (``tools`` or ``model``); the message names the stage and the cause."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage}: {cause}")
+        self.stage = stage
+        self.cause = cause
 
 
 @dataclass
@@ -59,42 +68,80 @@ class LoadedEngine:
 
 
 def load_engine(
-    config: ServerConfig, engine_source: Any = None, tools: list[Any] | None = None, *, report: Report | None = None
+    config: ServerConfig,
+    engine_source: Any = None,
+    tools: list[Any] | None = None,
+    *,
+    plan: PlanConfig | None = None,
+    report: Report | None = None,
 ) -> LoadedEngine:
-    """The configured tools (loaded first: a bad one fails in milliseconds), then the engine from ``engine_source``
-    (see ``open_engine``) and an executor over both. ``report`` gets a line per step with its timing."""
+    """The configured tools (checked before the model loads, so that a bad one fails fast), then the engine from
+    ``engine_source`` (see ``open_engine``) and an executor over both, planning with ``plan`` (default
+    ``PlanConfig()``; the executor switches the engine to the plan's policy). ``report`` gets a line per step with
+    its timing, then one per enabled feature of the plan. Failures raise ``StartupError`` naming the stage."""
     from plait.runtime import ToolRegistry, open_engine
     from plait.runtime.executor import Executor
     from plait.runtime.tool_loading import load_tools
 
     say = report or (lambda _: None)
     started = time.perf_counter()
-    all_tools = [*load_tools(config.tools), *(tools or [])]
-    names = [tool.name for tool in ToolRegistry(all_tools)]  # checks every tool before the engine loads
+    try:
+        all_tools = [*load_tools(config.tools), *(tools or [])]
+        names = [tool.name for tool in ToolRegistry(all_tools)]  # checks every tool before the engine loads
+    except (ValueError, TypeError) as error:  # a tool that cannot be imported or is not a valid tool
+        raise StartupError("tools", error) from error
     if names:
         say(f"tools: {', '.join(names)} ({time.perf_counter() - started:.2f} s)")
     started = time.perf_counter()
     say(f"model: loading {_describe_engine_source(engine_source)} ...")
-    engine, owned = open_engine(engine_source)
     try:
-        executor = Executor(engine, all_tools)
+        engine, owned = open_engine(engine_source)
+    except Exception as error:
+        raise StartupError("model", error) from error
+    try:
+        executor = Executor(engine, all_tools, plan=plan)
     except BaseException:
         if owned:
             engine.close()
         raise
-    core = engine.core
+    settings = engine.effective_settings()
     say(
-        f"model: {core.model_config.name or 'unnamed'} loaded in {time.perf_counter() - started:.1f} s "
-        f"({core.device}, {str(core.dtype).removeprefix('torch.')}, {core.kv_slots} KV slots, "
-        f"context {core.max_context} tokens)"
+        f"model: {settings['model_name'] or 'unnamed'} loaded in {time.perf_counter() - started:.1f} s "
+        f"({settings['device']}, {settings['dtype']}, {settings['kv_slots']} KV slots, "
+        f"context {settings['max_context']} tokens)"
     )
+    plan = executor.planner.config
+    say(f"plan: {plan.name}")
+    for line in plan.describe():
+        say(f"  {line}")
     return LoadedEngine(engine, executor, owned)
 
 
-def build_state(config: ServerConfig, engine_source: Any = None, tools: list[Any] | None = None) -> ServerState:
+def _describe_engine_source(source: Any) -> str:
+    """What ``open_engine(source)`` loads, for the start-up log: the model file and its size, or the dummy shape."""
+    from plait.engine import Engine, EngineConfig, ModelNotFoundError, default_model_path
+
+    if isinstance(source, Engine):
+        return "(an engine passed in)"
+    config = source if isinstance(source, EngineConfig) else EngineConfig(model=str(source or "default"))
+    if config.weights == "dummy":
+        return f"the '{config.model}' shape with dummy weights"
+    if config.model != "default":
+        path = Path(config.model)
+    else:
+        try:
+            path = default_model_path()
+        except ModelNotFoundError:
+            return "the default model"  # opening it raises the error that says how to install it
+    return f"{path} ({path.stat().st_size / 2**20:.1f} MiB)" if path.is_file() else str(path)
+
+
+def build_state(
+    config: ServerConfig, engine_source: Any = None, tools: list[Any] | None = None, plan: PlanConfig | None = None
+) -> ServerState:
     """A ready ``ServerState``: the engine from ``engine_source`` (see ``open_engine``) and the configured tools,
-    loaded now (in-process servers: tests, ``plait bench serve-load``)."""
-    loaded = load_engine(config, engine_source, tools)
+    loaded now, planning with ``plan`` (in-process servers: tests, ``plait bench serve-load``)."""
+    loaded = load_engine(config, engine_source, tools, plan=plan)
     state = ServerState(config)
     state.attach(loaded.engine, loaded.executor, owns_engine=loaded.owns_engine)
     return state
@@ -113,7 +160,7 @@ def create_app(state: ServerState, *, load: Callable[[], LoadedEngine] | None = 
         if load is None:
             state.ready = True
         else:
-            _load_in_background(state, load)
+            _load_in_background(app, state, load)
         try:
             yield
         finally:
@@ -128,20 +175,39 @@ def create_app(state: ServerState, *, load: Callable[[], LoadedEngine] | None = 
         ),
         lifespan=lifespan,
         static_url=DOCS_ASSETS_URL,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
     )
     app.state.plait = state
     install_error_handlers(app)
     app.add_middleware(LifecycleGate, state=state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.config.max_body_bytes)
     app.include_router(health_routes.router)
-    app.include_router(openai_api.router)
-    app.include_router(workflows_api.router)
+    if load is None:
+        include_api(app, api_routers())
     return app
 
 
+def api_routers() -> list[APIRouter]:
+    """The routers that need the engine. They import it (torch, the runtime), which takes seconds: ``plait serve``
+    imports them in the background, after it listens. Add new engine-backed routers here, not at module level."""
+    from plait.server import info_routes
+    from plait.server.dashboard import api_router as dashboard_api
+    from plait.server.openai import api_router as openai_api
+    from plait.server.workflows import api_router as workflows_api
+
+    return [openai_api.router, workflows_api.router, info_routes.router, dashboard_api.router]
+
+
+def include_api(app: FastAPI, routers: list[APIRouter]) -> None:
+    for router in routers:
+        app.include_router(router)
+    app.openapi_schema = None  # the next /openapi.json lists the new routes
+
+
 class LifecycleGate:
-    """ASGI middleware: the API answers 503 while the engine loads (with ``Retry-After``) and refuses new work while
-    draining; it counts the API requests in flight, which the drain waits for."""
+    """ASGI middleware: while the engine loads, everything but the health, metrics and docs pages answers 503 with
+    ``Retry-After``; while draining, new work (anything but GET) answers 503. It counts the API requests in flight,
+    which the drain waits for."""
 
     def __init__(self, app: Any, state: ServerState) -> None:
         self.app = app
@@ -153,18 +219,15 @@ class LifecycleGate:
             return
         state = self.state
         path, method = scope["path"], scope["method"]
-        api = path.startswith(_API_PREFIX)
-        if api and not state.loaded:
-            if state.startup_error is not None:
-                await _reject(send, "the server failed to start (see its log)")
-            else:
-                message = "the server is starting: the model is loading; retry when GET /ready answers 200"
-                await _reject(send, message, retry_after_s=STARTING_RETRY_AFTER_S)
+        refusal: APIError | None = None
+        if not state.loaded and not _open_while_starting(path):
+            refusal = EngineNotLoadedError(failed=state.startup_error is not None)
+        elif state.draining and method != "GET" and path not in _DRAIN_EXEMPT:
+            refusal = APIError(503, "server is shutting down")
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
             return
-        if state.draining and method != "GET" and path not in _DRAIN_EXEMPT:
-            await _reject(send, "server is shutting down")
-            return
-        if not api:
+        if not path.startswith(_API_PREFIX):
             await self.app(scope, receive, send)
             return
         state.inflight_api_requests += 1
@@ -174,39 +237,38 @@ class LifecycleGate:
             state.inflight_api_requests -= 1
 
 
-async def _reject(send: Any, message: str, *, retry_after_s: int | None = None) -> None:
-    body = json.dumps(error_body(503, message)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if retry_after_s is not None:
-        headers.append((b"retry-after", str(retry_after_s).encode()))
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def _open_while_starting(path: str) -> bool:
+    return path in _OPEN_WHILE_STARTING or path.startswith(DOCS_ASSETS_URL + "/")
 
 
-def _load_in_background(state: ServerState, load: Callable[[], LoadedEngine]) -> None:
-    """Run ``load`` in a daemon thread (a server stopped while loading does not wait for it) and attach its engine
-    on the event loop; a failure is kept in ``state.startup_error``."""
-    loop = anyio.lowlevel.current_token()
+def _load_in_background(app: FastAPI, state: ServerState, load: Callable[[], LoadedEngine]) -> None:
+    """Run ``load`` and import the API in a daemon thread (a server stopped while loading does not wait for it), then
+    add the API routes and attach the engine on the event loop; a failure is kept in ``state.startup_error``."""
+    loop = asyncio.get_running_loop()
 
-    def finish(loaded: LoadedEngine | None, error: BaseException | None) -> None:  # on the event loop
+    def finish(loaded: LoadedEngine | None, routers: list[APIRouter], error: BaseException | None) -> None:
+        # On the event loop.
         if error is not None:
             state.startup_error = error
-        elif loaded is not None and state.draining:  # stopped while loading: nobody will use this engine
+        if loaded is not None and (error is not None or state.draining):  # nobody will use this engine
             if loaded.owns_engine:
                 threading.Thread(target=loaded.engine.close, name="plait-engine-close", daemon=True).start()
         elif loaded is not None:
+            include_api(app, routers)
             state.attach(loaded.engine, loaded.executor, owns_engine=loaded.owns_engine)
             state.ready = True
 
     def run() -> None:
         loaded: LoadedEngine | None = None
+        routers: list[APIRouter] = []
         error: BaseException | None = None
         try:
             loaded = load()
+            routers = api_routers()  # imported already when ``load`` imported them first (plait serve does)
         except BaseException as exc:
             error = exc
         try:
-            anyio.from_thread.run_sync(finish, loaded, error, token=loop)
+            loop.call_soon_threadsafe(finish, loaded, routers, error)
         except RuntimeError:  # the event loop has ended: the server stopped while loading
             if loaded is not None and loaded.owns_engine:
                 loaded.engine.close()
@@ -214,19 +276,22 @@ def _load_in_background(state: ServerState, load: Callable[[], LoadedEngine]) ->
     threading.Thread(target=run, name="plait-engine-load", daemon=True).start()
 
 
-async def drain(state: ServerState) -> None:
+async def drain(state: ServerState) -> int:
     """Stop accepting work, give running programs and API requests the grace period, cancel the rest, close an
-    owned engine (ending the streams still open) and wait briefly for responses to end. Safe to call again."""
+    owned engine (ending the streams still open) and wait briefly for responses to end. Safe to call again.
+    Returns how many programs it cancelled."""
     state.draining = True
     state.ready = False
     if not state.loaded:
-        return
+        return 0
+    cancelled = 0
     if not state.drained:
         with anyio.move_on_after(state.config.shutdown_grace_s):
             while state.executor.running() or state.inflight_api_requests:
                 await anyio.sleep(0.05)
         for program in state.executor.running():
             program.cancel()
+            cancelled += 1
         with anyio.move_on_after(CANCEL_WAIT_S):
             while state.executor.running():
                 await anyio.sleep(0.02)
@@ -236,10 +301,4 @@ async def drain(state: ServerState) -> None:
     with anyio.move_on_after(STREAM_END_WAIT_S):
         while state.inflight_api_requests:
             await anyio.sleep(0.02)
-
-
-def docs_assets_dir() -> Path:
-    """Where the docs pages' scripts and styles are read from (the fastapi-offline package's static files)."""
-    import fastapi_offline
-
-    return Path(fastapi_offline.__file__).parent / "static"
+    return cancelled

@@ -119,7 +119,8 @@ def parse_api_keys(text: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, tenant = item.partition("=")
         if not sep or not key.strip() or not tenant.strip():
-            raise ValueError(f"{API_KEYS_ENV}: '{item}' is not KEY=TENANT")
+            hint = " (the separator is '=', not ':')" if not sep and ":" in item else ""
+            raise ValueError(f"{API_KEYS_ENV}: '{item}' is not KEY=TENANT{hint}")
         keys[key.strip()] = tenant.strip()
     return keys
 

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from plait.server.state import STARTING_RETRY_AFTER_S, ServerPhase
+from plait.server.errors import STARTING_RETRY_AFTER_S
+from plait.server.state import ServerPhase
 
 router = APIRouter(tags=["operations"])
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
 from fastapi import APIRouter, Depends, Request
 
 from plait import __version__
@@ -31,7 +30,7 @@ async def server_info(request: Request, tenant: Annotated[Tenant, Depends(curren
         "version": __version__,
         "model": state.model_name,
         "device": engine["device"],
-        "torch": torch.__version__,
+        "torch": _torch_version(),
         "engine": engine,
         "plan": {
             "name": plan.name,
@@ -42,3 +41,9 @@ async def server_info(request: Request, tenant: Annotated[Tenant, Depends(curren
         },
         "tenant": tenant.name,
     }
+
+
+def _torch_version() -> str:
+    import torch  # loaded with the engine already
+
+    return str(torch.__version__)

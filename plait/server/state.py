@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from plait.server.config import ServerConfig
+from plait.server.errors import EngineNotLoadedError
 from plait.server.metrics import ServerMetrics
 from plait.server.tenants import TenantUsage
 
@@ -22,18 +23,12 @@ if TYPE_CHECKING:
     from plait.engine import Engine
     from plait.runtime.executor import Executor
 
-STARTING_RETRY_AFTER_S = 2  # the Retry-After of 503 answers while the engine loads (loading takes seconds)
-
 
 class ServerPhase(enum.Enum):
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
     FAILED = "failed"
-
-
-class EngineNotLoadedError(RuntimeError):
-    """The server is still starting: its engine is not loaded yet (the API answers 503 before any route runs)."""
 
 
 class ServerState:
@@ -76,13 +71,13 @@ class ServerState:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            raise EngineNotLoadedError("the engine is still loading")
+            raise EngineNotLoadedError(failed=self.startup_error is not None)
         return self._engine
 
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            raise EngineNotLoadedError("the engine is still loading")
+            raise EngineNotLoadedError(failed=self.startup_error is not None)
         return self._executor
 
     @property
@@ -97,4 +92,4 @@ class ServerState:
     def model_name(self) -> str:
         if self.config.model_name:
             return self.config.model_name
-        return self.engine.core.model_config.name or "plait-default"
+        return self.engine.model_config.name or "plait-default"

@@ -10,15 +10,14 @@ SERVER_START_TIMEOUT_S = 120.0
 
 
 class UvicornThread:
-    """Runs ``app`` under uvicorn in a daemon thread; ``start()`` returns once it listens, ``stop()`` drains it."""
+    """Runs ``app`` (a plait app: ``app.state.plait`` is its ``ServerState``) under uvicorn in a daemon thread;
+    ``start()`` returns once it listens, ``stop()`` drains it."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, backlog: int = 2048) -> None:
-        import uvicorn
+        from plait.server.draining_server import DrainingServer, uvicorn_config
 
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="on", timeout_keep_alive=30, backlog=backlog
-        )
-        self.server = uvicorn.Server(config)
+        config = uvicorn_config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30, backlog=backlog)
+        self.server = DrainingServer(config, app.state.plait)
         self.thread = threading.Thread(target=self.server.run, name="plait-uvicorn", daemon=True)
         self.host = host
 
@@ -36,5 +35,6 @@ class UvicornThread:
         return f"http://{self.host}:{port}"
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        self.server.should_exit = True
+        """Drain (see ``DrainingServer``), stop, and wait for the thread."""
+        self.server.request_stop()
         self.thread.join(timeout_s)

@@ -383,6 +383,19 @@ def test_llm_call_fields(kwargs: dict, field: str, fragment: str) -> None:
     assert fragment in problem.message
 
 
+def test_every_bad_decoding_field_of_a_call_is_reported() -> None:
+    constraints = GenConstraints(max_tokens=0, temperature=-1.0, top_p=1.5, stop=[""], regex="a", choices=["a"])
+    problems = problems_of([llm("a", "text", "out", constraints=constraints, n=0)])
+    assert [(p.node, p.field) for p in problems] == [
+        ("a", "max_tokens"),
+        ("a", "temperature"),
+        ("a", "top_p"),
+        ("a", "stop"),
+        ("a", "choices"),
+        ("a", "n"),
+    ]
+
+
 def test_bad_node_id_and_output_name() -> None:
     problems = problems_of([llm("bad id!", "x", "o1"), llm("ok", "x", "not-a-name")])
     assert [(p.node, p.field) for p in problems] == [("bad id!", "id"), ("ok", "output")]

@@ -23,6 +23,7 @@ from plait.dag import (
     decode_workflow,
     encode_workflow,
     from_workflow,
+    load_workflow,
     to_workflow,
     var_ref,
     workflow_json_schema,
@@ -213,6 +214,74 @@ def test_bad_values_name_their_path(data, field: str) -> None:
 def test_not_json() -> None:
     node, field, message = problem_of(b"{nodes: oops")
     assert (node, field) == (None, "body") and "not valid JSON" in message
+
+
+def test_every_bad_field_is_reported_not_only_the_first() -> None:
+    document = {
+        "name": 7,
+        "nodes": [
+            {"kind": "llm", "id": "a", "prompt": "hi", "output": "x", "max_tokens": "ten", "stop": ["ok", 3]},
+            {"kind": "tool", "id": "t", "tool": "run_sql", "output": "rows", "args": [], "colour": "red"},
+            {"kind": "llm", "id": "b", "prompt": "{{x}}", "output": "y"},
+            "not a node",
+            {"kind": "python", "id": "p", "output": "z"},
+        ],
+    }
+    with pytest.raises(WorkflowError) as caught:
+        decode_workflow(json.dumps(document))
+    found = [(p.node, p.field) for p in caught.value.problems]
+    assert found == [
+        (None, "name"),
+        (None, "nodes[0].max_tokens"),
+        (None, "nodes[0].stop[1]"),
+        (None, "nodes[1].args"),
+        (None, "nodes[1].colour"),
+        (None, "nodes[3]"),
+        (None, "nodes[4].kind"),
+    ]
+    messages = [p.message for p in caught.value.problems]
+    assert messages[1] == "Expected `int`, got `str`" and "unknown field `colour`" in messages[4]
+    assert "'python'" in messages[6]
+    with pytest.raises(WorkflowError) as as_object:  # an already-decoded object: the same problems
+        decode_workflow(document)
+    assert as_object.value.problems == caught.value.problems
+
+
+def test_load_workflow_reports_bad_fields_and_graph_problems_together() -> None:
+    document = {
+        "inputs": {"q": "x"},
+        "nodes": [
+            {"kind": "llm", "id": "a", "prompt": "{{q}}", "output": "x", "max_tokens": "ten", "top_p": "high"},
+            {"kind": "llm", "id": "b", "prompt": "{{x}} {{ghost}}", "output": "y"},  # x comes from the broken a
+            {"kind": "tool", "id": "t", "tool": "no_such_tool", "output": "rows", "args": {"sql": {"$var": "y"}}},
+            {"kind": "tool", "id": "c", "tool": "run_sql", "output": 5},
+            {"kind": "tool", "id": "d", "tool": "run_sql", "output": "x", "args": {"sql": "SELECT 1"}},
+            {"kind": "tool", "id": "e", "tool": "run_sql", "args": {"sql": "SELECT 1"}, "output": "y", "db": 1},
+        ],
+        "outputs": ["rows", "missing"],
+    }
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(json.dumps(document), tools=TOOLS)
+    found = {(p.node, p.field) for p in caught.value.problems}
+    assert found == {
+        (None, "nodes[0].max_tokens"),
+        (None, "nodes[0].top_p"),
+        (None, "nodes[3].output"),
+        (None, "nodes[5].db"),
+        ("b", "prompt"),  # {{ghost}}; not {{x}}: the broken node still produces x
+        ("d", "output"),  # x has two producers, d and the broken node
+        ("b", "output"),  # y has two producers, b and the broken node
+        ("t", "tool"),
+        (None, "outputs[1]"),
+    }
+    assert "'ghost'" in next(p.message for p in caught.value.problems if p.field == "prompt")
+    assert "'d' and 'nodes[0]'" in next(p.message for p in caught.value.problems if p.node == "d")
+
+
+def test_load_workflow_builds_a_valid_document_with_inputs() -> None:
+    workflow = load_workflow(DOCUMENT, tools=TOOLS, inputs={"question": "Which orders?"})
+    assert workflow.variables["question"].value == "Which orders?"
+    assert list(workflow.nodes) == [node["id"] for node in DOCUMENT["nodes"]]
 
 
 @pytest.mark.parametrize("both", [True, False])

@@ -7,7 +7,7 @@ import pytest
 import xgrammar as xgr
 
 from plait.engine import GenerateRequest, InvalidRequestError, SamplingParams, parse_tool_calls
-from plait.engine.grammar import build_grammar
+from plait.engine.grammar import TOOL_CALL_END, build_grammar
 
 WEATHER = {
     "type": "function",
@@ -39,8 +39,9 @@ def _leave_the_shared_core_as_found(request):
         request.getfixturevalue("fp32_core").flush_prefix_cache()
 
 
-def _generate(core, tool_choice, n: int = 4) -> list[str]:
-    sampling = SamplingParams(tools=TOOLS, tool_choice=tool_choice, max_tokens=48, n=n, seed=3)
+def _generate(core, tool_choice, n: int = 4, max_tokens: int = 48, **fields) -> dict[str, list[str]]:
+    """The samples' texts by finish reason."""
+    sampling = SamplingParams(tools=TOOLS, tool_choice=tool_choice, max_tokens=max_tokens, n=n, seed=3, **fields)
     core.add_request(GenerateRequest(prompt="What is the weather in Paris? Call a tool.", sampling=sampling))
     texts: dict[int, str] = {}
     reasons: dict[int, str] = {}
@@ -50,17 +51,27 @@ def _generate(core, tool_choice, n: int = 4) -> list[str]:
             if delta.finish_reason:
                 reasons[delta.index] = delta.finish_reason
     core.check_invariants()
-    return [texts[i] for i in sorted(texts) if reasons[i] == "stop"]
+    by_reason: dict[str, list[str]] = {}
+    for i in sorted(texts):
+        by_reason.setdefault(reasons[i], []).append(texts[i])
+    return by_reason
 
 
 def test_required_call_follows_the_schemas(fp32_core):
-    outputs = _generate(fp32_core, "required", n=3)
-    assert len(outputs) >= 2
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-    for text in outputs:
+    single = _generate(fp32_core, "required", n=3, max_tokens=64, parallel_tool_calls=False)
+    assert len(single.get("stop", [])) >= 2
+    for text in single["stop"]:
         parsed = parse_tool_calls(text, "required")
-        assert parsed.tool_calls and parsed.content == ""
-        for call in parsed.tool_calls:
+        (call,) = parsed.tool_calls
+        assert parsed.content == ""
+        jsonschema.validate(call.arguments, schemas[call.name])
+    # Parallel (the default): every call the output completed follows its schema, whether or not more were coming.
+    texts = [text for texts in _generate(fp32_core, "required", n=3, max_tokens=96).values() for text in texts]
+    complete = [text[: text.rfind(TOOL_CALL_END) + len(TOOL_CALL_END)] for text in texts if TOOL_CALL_END in text]
+    assert complete
+    for text in complete:
+        for call in parse_tool_calls(text, "required").tool_calls:
             jsonschema.validate(call.arguments, schemas[call.name])
 
 
@@ -153,8 +164,10 @@ def test_auto_allows_several_calls_unless_parallel_tool_calls_is_false():
     assert not _accepts(single, f"Checking both. {PARIS}\n{PLAIT}")
 
 
-def test_call_arguments_stay_compact():
-    """At most one whitespace character in a row inside a call: a small model cannot pad a call without end."""
-    parallel = _tools_grammar("required")
-    assert _accepts(parallel, '<tool_call>{"name": "search", "arguments": { "query" : "plait" }}</tool_call>')
-    assert not _accepts(parallel, '<tool_call>{"name": "search", "arguments": {"query":    "plait"}}</tool_call>')
+def test_call_arguments_are_compact_json():
+    """Calls are generated compactly like every JSON output (no runs of whitespace a small model could fall into)."""
+    for tool_choice in ("required", "auto"):
+        compiled = _tools_grammar(tool_choice)
+        assert _accepts(compiled, PLAIT)
+        assert not _accepts(compiled, '<tool_call>{"name": "search", "arguments": {"query":  "plait"}}</tool_call>')
+        assert not _accepts(compiled, '<tool_call>{"name": "search", "arguments": {\n"query": "plait"}}</tool_call>')

@@ -62,7 +62,7 @@ def test_a_runtime_call_over_the_context_fails_its_node_naming_max_tokens(tiny_e
     async def main() -> None:
         async with plait.Runtime(tiny_engine_64) as rt:
             handle = rt.submit(long_answer)
-            with pytest.raises(ProgramFailedError, match=r"max_tokens is too large: 100"):
+            with pytest.raises(ProgramFailedError, match=r"max_tokens: 100 tokens do not fit"):
                 await handle.wait()
 
     asyncio.run(main())

@@ -124,3 +124,79 @@ def test_rejected_call_leaves_no_literal_inputs_behind(one_thread) -> None:
             runtime.close()
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_the_table_ends_its_line_when_the_output_is_not_a_terminal(monkeypatch, one_thread) -> None:
+    """Piped or redirected (``2>&1 | tee log``), the table is printed once, ended by a newline: the outputs printed
+    after it start on their own line."""
+    import io
+
+    combined = io.StringIO()  # stdout and stderr into one stream, as `2>&1` does; not a terminal
+    monkeypatch.setattr("sys.stdout", combined)
+    monkeypatch.setattr("sys.stderr", combined)
+    code = main(["run", str(EXAMPLES / "qa_check.json"), "--tools", f"{EXAMPLES / 'tools.py'}:TOOLS", *TINY_FLAGS])
+    out = combined.getvalue()
+    assert code == 0, out
+    assert "qa_check [done]" in out  # the state is text, not a markup tag rich swallows
+    bottom = next(line for line in out.splitlines() if line.startswith("└"))
+    assert bottom.endswith("┘"), f"text glued to the table's bottom border: {bottom!r}"
+    assert out.count("└") == 1  # printed once, not redrawn
+    lines = out.splitlines()
+    assert lines[lines.index(bottom) + 1].startswith("reply: ")
+
+
+def test_a_broken_workflow_is_reported_whole_before_the_model_loads(tmp_path, capsys, monkeypatch) -> None:
+    """Two fields of a wrong type and a graph problem, all in one report; the engine is never built."""
+    from plait.engine.engine_core import EngineCore
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load before the workflow is validated")
+
+    monkeypatch.setattr(EngineCore, "__init__", no_model)
+    path = _write(
+        tmp_path,
+        {
+            "nodes": [
+                {"kind": "llm", "id": "a", "prompt": "Q: {{q}}", "output": "x", "max_tokens": "ten"},
+                {"kind": "tool", "id": "t", "tool": "word_count", "output": "n", "args": {"text": 3}},
+                {"kind": "llm", "id": "b", "prompt": "{{x}} {{n}} {{ghost}}", "output": "y", "n": "two"},
+            ],
+        },
+    )
+    tools = f"{EXAMPLES / 'tools.py'}:TOOLS"
+    assert main(["run", str(path), "--tools", tools, "--input", "q=why", *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert "3 problems" in err, err
+    assert "'nodes[0].max_tokens'" in err and "'nodes[2].n'" in err
+    assert "node 't', field 'args.text'" in err and "expects string, got integer" in err
+    # b is broken (n), so its graph problems ({{ghost}}) show once its fields decode; a's output x still exists.
+
+
+def test_bad_engine_settings_are_reported_before_the_model_loads(tmp_path, capsys, monkeypatch) -> None:
+    from plait.engine.engine_core import EngineCore
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load before the settings are checked")
+
+    monkeypatch.setattr(EngineCore, "__init__", no_model)
+    path = _write(tmp_path, {"nodes": [{"kind": "llm", "id": "a", "prompt": "hi", "output": "x"}]})
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(path), *TINY_FLAGS, "--kv-slots", "-5"])
+    assert exit_.value.code == 2 and "kv_slots" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_bundled_example_runs_cleanly_on_the_default_model(default_gguf) -> None:
+    """What the README's first commands show: ``plait run`` on the example, no traceback on stderr (a planner hook
+    that raised used to print one on every run: its chat-messages call feeds a later call)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "plait", "run", "examples/workflows/qa_check.json", "--device", "cpu",
+         "--tools", "examples/workflows/tools.py:TOOLS"],
+        cwd=EXAMPLES.parents[1], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "hook" not in result.stderr, result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["reply", "words", "verdict"]

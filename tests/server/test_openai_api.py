@@ -8,6 +8,7 @@ error is a 4xx naming the field, and KV and tenant reservations are released how
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import jsonschema
@@ -246,7 +247,13 @@ def test_json_object_output_is_an_object(client, model_id):
 def test_tool_call_round_trip(client, model_id):
     question = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
     required = client.chat.completions.create(
-        model=model_id, messages=question, tools=[WEATHER, SEARCH], tool_choice="required", max_tokens=32, seed=3
+        model=model_id,
+        messages=question,
+        tools=[WEATHER, SEARCH],
+        tool_choice="required",
+        parallel_tool_calls=False,  # exactly one call (the default lets the model make several)
+        max_tokens=64,
+        seed=3,
     )
     choice = required.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -305,6 +312,127 @@ def test_streamed_tool_call(client, model_id):
     jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS["search"])
 
 
+PARIS_CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}</tool_call>'
+PLAIT_CALL = '<tool_call>{"name": "search", "arguments": {"query": "plait"}}</tool_call>'
+
+
+@pytest.fixture
+def two_calls_output(live_server, monkeypatch):
+    """The engine's output replaced by two parallel calls (a 135M model cannot be relied on to write them), streamed
+    in small pieces; the rest of the server path (parsing, whole and streamed rendering) is the real one."""
+    from plait.engine import GenerateDelta
+
+    text = f"{PARIS_CALL}\n{PLAIT_CALL}"
+    pieces = [text[i : i + 7] for i in range(0, len(text), 7)]
+
+    async def generate(request):
+        for k, piece in enumerate(pieces):
+            last = k == len(pieces) - 1
+            yield GenerateDelta(
+                request.request_id, 0, piece, [0], finish_reason="stop" if last else None,
+                prompt_tokens=len(request.prompt_token_ids), completion_tokens=k + 1,
+            )  # fmt: skip
+
+    monkeypatch.setattr(live_server.state.engine, "generate", generate)
+
+
+def test_parallel_tool_calls_each_get_an_id_and_index(client, model_id, two_calls_output):
+    question = [{"role": "user", "content": "Weather in Paris, and search for plait."}]
+    whole = client.chat.completions.create(
+        model=model_id, messages=question, tools=[WEATHER, SEARCH], tool_choice="required", max_tokens=64
+    )
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris", "unit": "C"}),
+        ("search", {"query": "plait"}),
+    ]
+    assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
+
+    stream = client.chat.completions.create(
+        model=model_id, messages=question, tools=[WEATHER, SEARCH], tool_choice="required", max_tokens=64, stream=True
+    )
+    streamed: dict[int, dict] = {}
+    reasons = []
+    for chunk in stream:
+        for delta_choice in chunk.choices:
+            assert not delta_choice.delta.content  # the line between the calls is not content
+            for delta in delta_choice.delta.tool_calls or []:
+                entry = streamed.setdefault(delta.index, {"id": delta.id, "name": "", "arguments": ""})
+                entry["name"] += delta.function.name or ""
+                entry["arguments"] += delta.function.arguments or ""
+            if delta_choice.finish_reason:
+                reasons.append(delta_choice.finish_reason)
+    assert reasons == ["tool_calls"] and sorted(streamed) == [0, 1]
+    assert [(streamed[i]["name"], json.loads(streamed[i]["arguments"])) for i in (0, 1)] == [
+        ("get_weather", {"city": "Paris", "unit": "C"}),
+        ("search", {"query": "plait"}),
+    ]
+    assert streamed[0]["id"] != streamed[1]["id"]
+
+
+def test_parallel_tool_calls_false_gives_one_call(client, model_id):
+    response = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "What is the weather in Paris? Use the tool."}],
+        tools=[WEATHER, SEARCH],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=48,
+        temperature=0,
+    )
+    choice = response.choices[0]
+    if choice.finish_reason == "tool_calls":  # not cut off by max_tokens
+        (call,) = choice.message.tool_calls
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+# ---- the time limit --------------------------------------------------------------------------------------------------
+
+LONG_STORY = "Once upon a time, in a land far away, there lived"
+
+
+def test_time_limit_ends_a_whole_response_as_at_max_tokens(live_server, client, model_id):
+    state = live_server.state
+    before = state.engine.core.stats().generated_tokens
+    started = time.monotonic()
+    response = client.completions.create(
+        model=model_id,
+        prompt=LONG_STORY,
+        max_tokens=3000,
+        temperature=0,
+        extra_body={"ignore_eos": True, "deadline_s": 1.0},
+    )
+    assert time.monotonic() - started < 6  # the limit (1 s) plus a slow shared CPU's margin
+    choice = response.choices[0]
+    assert choice.finish_reason == "length" and response.usage.completion_tokens < 3000
+    assert bool(choice.text) == (response.usage.completion_tokens > 0)  # the text so far is kept
+    stats = wait_engine_idle(state, timeout_s=3)  # aborted: its KV is freed, not held until 3000 tokens
+    assert (stats.running, stats.waiting, stats.kv_slots_used) == (0, 0, 0)
+    assert state.engine.core.stats().generated_tokens - before < 3000
+
+
+def test_time_limit_ends_a_stream_with_a_length_chunk(live_server, client, model_id):
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        model=model_id,
+        messages=HELLO,
+        max_tokens=3000,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True, "deadline_s": 1.0},
+    )
+    chunks = list(stream)  # the openai client reads to [DONE]; an error event would raise here
+    assert time.monotonic() - started < 6
+    reasons = [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert reasons == ["length"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens < 3000
+    stats = wait_engine_idle(live_server.state, timeout_s=3)
+    assert (stats.running, stats.waiting, stats.kv_slots_used) == (0, 0, 0)
+
+
 # ---- plait's fields --------------------------------------------------------------------------------------------------
 
 
@@ -330,5 +458,5 @@ def test_program_fields_reach_the_engine(live_server, http, model_id, monkeypatc
     assert http.post(CHAT, json=body).status_code == 200
     (request,) = seen
     assert (request.program_id, request.priority) == ("prog-42", 3)
-    assert request.hints == {"next": "tool", "tool": "search", "deadline_s": 12.5}
+    assert request.hints == {"next": "tool", "tool": "search"}
     assert request.sampling.max_tokens == 4

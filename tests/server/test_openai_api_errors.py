@@ -72,6 +72,10 @@ BAD_BODIES = [
     (CHAT, _chat(top_logprobs=2), 400, "top_logprobs"),
     (CHAT, _chat(logprobs=True, top_logprobs=21), 422, "top_logprobs"),
     (CHAT, _chat(max_tokens=5, max_completion_tokens=6), 400, "max_completion_tokens"),
+    (CHAT, _chat(max_tokens=9000, temperature=0), 400, "max_tokens"),  # over the 8192-token context window
+    (CHAT, _chat(max_tokens=None, max_completion_tokens=9000, temperature=0), 400, "max_completion_tokens"),
+    (CHAT, _chat(deadline_s=0), 422, "deadline_s"),
+    (CHAT, _chat(parallel_tool_calls="both"), 422, "parallel_tool_calls"),
     (CHAT, _chat(response_format={"type": "xml"}), 422, "response_format"),
     (
         CHAT,
@@ -97,6 +101,7 @@ BAD_BODIES = [
     (COMPLETIONS, _completion(best_of=3), 400, "best_of"),
     (COMPLETIONS, _completion(logprobs=2, echo=True), 400, "echo"),
     (COMPLETIONS, _completion(logprobs=21), 422, "logprobs"),
+    (COMPLETIONS, _completion(max_tokens=9000, temperature=0), 400, "max_tokens"),
 ]
 
 
@@ -107,6 +112,22 @@ def test_bad_bodies_name_the_field(http, path, body, status, field):
     error = response.json()["error"]
     assert error["field"].startswith(field), error
     assert error["code"] == status and error["message"]
+
+
+def test_max_tokens_over_the_context_gives_the_numbers(live_server, api_key_a):
+    client = openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key=api_key_a, max_retries=0, timeout=60)
+    window = live_server.state.engine.core.max_context
+    prompt_tokens = len(live_server.state.engine.tokenizer.encode("Hello"))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="default", prompt="Hello", max_tokens=window, temperature=0)
+    error = caught.value.body
+    assert error["field"] == "max_tokens"
+    assert error["message"].startswith(f"max_tokens: {window} tokens do not fit")
+    assert f"({window} > {window} - {prompt_tokens})" in error["message"]
+    # Omitted, max_tokens still defaults to what fits; exactly the room left is allowed.
+    room = window - prompt_tokens
+    with pytest.raises(openai.BadRequestError, match=f"{room + 1} > {window} - {prompt_tokens}"):
+        client.completions.create(model="default", prompt="Hello", max_tokens=room + 1, temperature=0)
 
 
 def test_mutated_bodies_never_answer_5xx(http):
@@ -123,7 +144,7 @@ def test_mutated_bodies_never_answer_5xx(http):
                 response = http.post(path, json=body)
                 assert response.status_code < 500, (name, value, response.text)
     assert http.post(CHAT, content=b"[1, 2]", headers={"content-type": "application/json"}).status_code == 422
-    assert http.post(CHAT, content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert http.post(CHAT, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
 
 
 def test_authentication(live_server, api_key_b):
@@ -167,6 +188,29 @@ def small_server(live_server):
     state = ServerState(engine=engine, executor=Executor(engine), config=config)
     with TestClient(create_app(state), headers={"Authorization": "Bearer small-key"}) as client:
         yield client, state
+
+
+def test_the_servers_time_limit_stops_a_request(live_server):
+    from plait.runtime.executor import Executor
+    from plait.server import ServerConfig, ServerState, create_app
+
+    engine = live_server.state.engine
+    config = ServerConfig(api_keys={"k": "t"}, max_request_time_s=0.5)
+    state = ServerState(engine=engine, executor=Executor(engine), config=config)
+    with TestClient(create_app(state), headers={"Authorization": "Bearer k"}) as client:
+        started = time.monotonic()
+        body = _completion(prompt=LONG_STORY, max_tokens=3000, temperature=0, ignore_eos=True)
+        response = client.post(COMPLETIONS, json=body)
+        assert time.monotonic() - started < 6
+        assert response.status_code == 200, response.text
+        choice = response.json()["choices"][0]
+        assert choice["finish_reason"] == "length" and response.json()["usage"]["completion_tokens"] < 3000
+        # A request may ask for less, never for more.
+        response = client.post(COMPLETIONS, json={**body, "deadline_s": 60})
+        assert time.monotonic() - started < 12 and response.json()["choices"][0]["finish_reason"] == "length"
+    stats = wait_engine_idle(live_server.state, timeout_s=3)
+    assert (stats.running, stats.kv_slots_used) == (0, 0)
+    assert state.usage.snapshot()["t"] == (0, 0)
 
 
 def test_tenant_and_prompt_limits(small_server):

@@ -118,7 +118,7 @@ def test_model_slugs():
 
 def _state(max_context: int, max_request_time_s: float = 0.0) -> SimpleNamespace:
     return SimpleNamespace(
-        engine=SimpleNamespace(core=SimpleNamespace(max_context=max_context)),
+        engine=SimpleNamespace(max_context=max_context),
         config=SimpleNamespace(max_request_time_s=max_request_time_s),
     )
 
@@ -138,16 +138,16 @@ def test_a_given_max_tokens_over_the_room_is_a_400_an_omitted_one_fits():
         with pytest.raises(APIError) as caught:
             _max_new_tokens(state, _plan(**{field: 11}), prompt_tokens=90)
         assert (caught.value.status, caught.value.field) == (400, field)
-        assert caught.value.message.startswith(f"{field} is too large: 11")
+        assert caught.value.message.startswith(f"{field}: 11 tokens do not fit")
         assert "100" in caught.value.message and "90" in caught.value.message
 
 
 def test_the_time_limit_is_the_lower_of_the_servers_and_the_requests():
     assert _time_limit_s(_state(100, max_request_time_s=600.0), _plan()) == 600.0
-    assert _time_limit_s(_state(100, max_request_time_s=600.0), _plan(max_request_time_s=2.5)) == 2.5
-    assert _time_limit_s(_state(100, max_request_time_s=1.0), _plan(max_request_time_s=2.5)) == 1.0
+    assert _time_limit_s(_state(100, max_request_time_s=600.0), _plan(deadline_s=2.5)) == 2.5
+    assert _time_limit_s(_state(100, max_request_time_s=1.0), _plan(deadline_s=2.5)) == 1.0
     assert _time_limit_s(_state(100, max_request_time_s=0.0), _plan()) is None  # 0: no limit
-    assert _time_limit_s(_state(100, max_request_time_s=0.0), _plan(max_request_time_s=3.0)) == 3.0
+    assert _time_limit_s(_state(100, max_request_time_s=0.0), _plan(deadline_s=3.0)) == 3.0
     with pytest.raises(ValueError, match="max_request_time_s"):
         ServerConfig(max_request_time_s=-1.0).validate()
     ServerConfig(max_request_time_s=0.0).validate()

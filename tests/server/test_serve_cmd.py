@@ -70,7 +70,7 @@ def test_serve_runs_a_server(tmp_path: Path) -> None:
     try:
         url = _wait_for_url(process)
         headers = {"Authorization": "Bearer k1"}
-        assert httpx.get(f"{url}/ready").json()["status"] == "ready"
+        _wait_ready(url)
         body = {"workflow": {"inputs": {"w": "abc"}, "nodes": [_reverse("r", "w", "out")]}}
         created = httpx.post(f"{url}/v1/workflows", json=body, headers=headers)
         assert created.status_code == 201, created.text
@@ -102,6 +102,14 @@ def _wait_for_url(process: subprocess.Popen, timeout_s: float = 120.0) -> str:
         if found:
             return found.group(1)
     raise AssertionError("plait serve did not start:\n" + "".join(lines))
+
+
+def _wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    """The port answers at once; the model loads in the background (``/ready`` is 503 ``starting`` meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while (status := httpx.get(f"{url}/ready", timeout=30).json()["status"]) != "ready":
+        assert status == "starting" and time.monotonic() < deadline, status
+        time.sleep(0.05)
 
 
 def _wait_done(url: str, headers: dict[str, str], timeout_s: float = 30.0) -> dict:

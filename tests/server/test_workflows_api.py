@@ -121,21 +121,51 @@ def test_client_side_tool_round_trip(wf) -> None:
     )
 
 
-def test_client_tool_keeps_the_programs_kv_pinned_while_it_waits(wf) -> None:
-    body = client_tool_workflow("pinned")
+def test_a_client_tool_is_pinned_by_the_planner_not_by_a_policy_of_its_own(wf) -> None:
+    """A client tool is a tool to the planner: nothing after it reads the program's KV here, so nothing is pinned
+    while it waits (a fixed-TTL pin of the client-tool path used to hold it anyway)."""
+    body = client_tool_workflow("not-pinned")
     body["workflow"]["nodes"].insert(
         0, {"kind": "llm", "id": "think", "prompt": "Say hi to {{phrase}}:", "output": "hi", "max_tokens": 3}
     )
     body["workflow"]["nodes"][1]["args"]["text"] = {"$var": "hi"}
+    counters = wf.state.executor.planner.counters
+    considered = counters.pins + counters.pins_declined
     workflow_id = wf.a.post("/v1/workflows", json=body).json()["id"]
     wf.wait_waiting(wf.a, workflow_id, "ask")
     wait_engine_idle(wf.state)
-    wait_for(lambda: wf.state.engine.core.stats().pinned_slots > 0, "the program's KV to be pinned")
+    assert wf.state.engine.stats().pinned_slots == 0
+    assert counters.pins + counters.pins_declined == considered  # no later call continues the KV: not considered
     wf.a.post(f"/v1/workflows/{workflow_id}/tool_results", json={"node": "ask", "error": "database offline"})
     status = wf.wait_state(wf.a, workflow_id)
     assert status["state"] == "failed"
     assert "client tool 'lookup' failed: database offline" in status["error"]
-    wait_for(lambda: wf.state.engine.core.stats().pinned_slots == 0, "the pin to be released")
+
+
+def test_a_client_tool_before_a_continuing_call_gets_the_planners_pin_decision(wf) -> None:
+    """When the call after the client tool continues the conversation before it, the planner weighs a pin for the
+    tool's expected duration, as for a server tool; a pin it takes ends when the result arrives."""
+    body = client_tool_workflow("continues")
+    nodes = body["workflow"]["nodes"]
+    nodes[:] = [
+        {"kind": "llm", "id": "think", "prompt": "Question: {{phrase}}\nThought:", "output": "q", "max_tokens": 3},
+        nodes[1],  # ask: lookup(query=q), a client tool
+        {
+            "kind": "llm",
+            "id": "answer",
+            "prompt": "Question: {{phrase}}\nThought:{{q}}\nFound: {{hits}}\nAnswer:",
+            "output": "total",
+            "max_tokens": 3,
+        },
+    ]
+    counters = wf.state.executor.planner.counters
+    considered = counters.pins + counters.pins_declined
+    workflow_id = wf.a.post("/v1/workflows", json=body).json()["id"]
+    wf.wait_waiting(wf.a, workflow_id, "ask")
+    assert counters.pins + counters.pins_declined == considered + 1
+    wf.a.post(f"/v1/workflows/{workflow_id}/tool_results", json={"node": "ask", "result": 3})
+    assert wf.wait_state(wf.a, workflow_id)["state"] == "done"
+    wait_for(lambda: wf.state.engine.stats().pinned_slots == 0, "no pin left")
 
 
 def test_client_tool_timeout_fails_the_node(wf) -> None:

@@ -366,8 +366,10 @@ def write_report(payload: dict[str, Any], out_dir: Path) -> list[Path]:
 
     Uses ``payload["summary"]``/``payload["ratios"]`` when present, else computes them from ``payload["runs"]``
     under ``payload["slo"]``. Returns the report's path first, then the plots' paths; just the report when
-    matplotlib is not installed.
+    matplotlib is not installed. The offline dashboard (``dashboard.html``, linked from the report) is written too.
     """
+    from plait.bench.replay.replay_dashboard import DASHBOARD_NAME, write_replay_dashboard
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = runs_of(payload)
@@ -380,6 +382,8 @@ def write_report(payload: dict[str, Any], out_dir: Path) -> list[Path]:
     else:
         note = "Plots need matplotlib: `pip install matplotlib`, then run `plait bench replay-report` again."
     images = [(caption, path.name) for caption, path in plots]
+    dashboard = write_replay_dashboard(payload, runs, out_dir / DASHBOARD_NAME)
     report = out_dir / REPORT_NAME
-    report.write_text(render_markdown(payload, runs, summaries, gains, images, note), encoding="utf-8")
+    link = f"\nEvery program's timeline and the KV pool over time: [{dashboard.name}]({dashboard.name})\n"
+    report.write_text(render_markdown(payload, runs, summaries, gains, images, note) + link, encoding="utf-8")
     return [report, *(path for _, path in plots)]

@@ -114,15 +114,20 @@ def tools_grammar(tools: Any, tool_choice: Any, parallel: bool = True) -> xgr.Gr
     mode = tool_choice_mode(tool_choice)
     if mode == "none":
         return None
+    arguments: dict[str, dict[str, Any]] = {}
     for name, parameters in functions.items():
         try:
             check_schema_enforceable(parameters)
+            # The arguments as compact JSON, like every JSON output (a structural tag's own json_schema format
+            # allows runs of whitespace, which small models fall into).
+            grammar = json_schema_grammar(parameters, field="tools")
         except InvalidRequestError as error:
             raise InvalidRequestError("tools", f"function {name!r} parameters: {error.message}") from error
+        arguments[name] = {"type": "grammar", "grammar": str(grammar)}
     if mode == "named":
         return json_schema_grammar(call_schema(functions), field="tools")
     structural_tag = required_structural_tag if mode == "required" else auto_structural_tag
-    tag = structural_tag(functions, parallel)
+    tag = structural_tag(arguments, parallel)
     return _parse("tools", lambda: xgr.Grammar.from_structural_tag(json.dumps(tag)))
 
 

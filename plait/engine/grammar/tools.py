@@ -104,42 +104,42 @@ def call_schema(functions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return branches[0] if len(branches) == 1 else {"oneOf": branches}
 
 
-def _call_tags(functions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One xgrammar tag per function: ``<tool_call>{"name": N, "arguments": <its schema>}</tool_call>``."""
+def _call_tags(arguments: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One xgrammar tag per function: ``<tool_call>{"name": N, "arguments": <its format>}</tool_call>``."""
     return [
         {
             "type": "tag",
             "begin": f'{TOOL_CALL_BEGIN}{{"name": {json.dumps(name)}, "arguments": ',
-            # At most one whitespace character in a row: the arguments stay compact (no runaway indentation).
-            "content": {"type": "json_schema", "json_schema": parameters, "max_whitespace_cnt": 1},
+            "content": content,
             "end": f"}}{TOOL_CALL_END}",
         }
-        for name, parameters in functions.items()
+        for name, content in arguments.items()
     ]
 
 
-def auto_structural_tag(functions: dict[str, dict[str, Any]], parallel: bool = True) -> dict[str, Any]:
+def auto_structural_tag(arguments: dict[str, dict[str, Any]], parallel: bool = True) -> dict[str, Any]:
     """xgrammar structural tag for ``tool_choice="auto"``: free text with triggered ``<tool_call>`` sections (the
-    output ends after the first call unless ``parallel``)."""
+    output ends after the first call unless ``parallel``). ``arguments``: function name -> the structural-tag format
+    its arguments follow."""
     return {
         "type": "structural_tag",
         "format": {
             "type": "triggered_tags",
             "triggers": [TOOL_CALL_BEGIN],
-            "tags": _call_tags(functions),
+            "tags": _call_tags(arguments),
             "stop_after_first": not parallel,
         },
     }
 
 
-def required_structural_tag(functions: dict[str, dict[str, Any]], parallel: bool = True) -> dict[str, Any]:
+def required_structural_tag(arguments: dict[str, dict[str, Any]], parallel: bool = True) -> dict[str, Any]:
     """xgrammar structural tag for ``tool_choice="required"``: one or more calls, one per line, nothing else (exactly
-    one unless ``parallel``)."""
+    one unless ``parallel``). ``arguments`` as for ``auto_structural_tag``."""
     return {
         "type": "structural_tag",
         "format": {
             "type": "tags_with_separator",
-            "tags": _call_tags(functions),
+            "tags": _call_tags(arguments),
             "separator": CALL_SEPARATOR,
             "at_least_one": True,
             "stop_after_first": not parallel,

@@ -6,6 +6,7 @@ pairs, HF's rotates halves); we undo that permutation so the model code is the s
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from plait.engine.errors import ModelLoadError, ModelNotFoundError
+from plait.engine.gguf_file import GGUFFile
 from plait.engine.model_config import ModelConfig, RopeScaling
 
 _LAYER_NAMES = {
@@ -30,15 +32,6 @@ _LAYER_NAMES = {
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
-def _field_value(field: Any) -> Any:
-    """A metadata value as a Python object (string, number or list)."""
-    if hasattr(field, "contents"):
-        return field.contents()
-    values = [field.parts[i] for i in field.data]  # older gguf: decode the raw parts
-    decoded = [bytes(v).decode("utf-8") if v.dtype == np.uint8 else v.tolist()[0] for v in values]
-    return decoded if len(decoded) != 1 else decoded[0]
-
-
 def unpermute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Invert llama.cpp's Q/K row permutation (adjacent-pair RoPE layout -> rotate-half layout)."""
     rows = weight.shape[0]
@@ -47,24 +40,22 @@ def unpermute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 class GGUFCheckpoint:
-    """An opened GGUF file: ``config``, ``metadata`` and the weights as HF-named tensors."""
+    """An opened GGUF file: ``config``, ``metadata`` (every key but the tokenizer's, which ``Tokenizer.from_gguf``
+    reads) and the weights as HF-named tensors."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelNotFoundError(f"model file not found: {self.path}")
         try:
-            import gguf
-
-            self.reader = gguf.GGUFReader(str(self.path))
-        except Exception as error:  # gguf raises ValueError/struct.error/... on bad files
+            self.file = GGUFFile(self.path, keep=lambda key: not key.startswith("tokenizer."))
+        except (OSError, ValueError, struct.error) as error:  # UnicodeDecodeError is a ValueError
             raise ModelLoadError(f"{self.path} is not a readable GGUF file: {error}") from None
-        self.metadata = {name: field for name, field in self.reader.fields.items()}
+        self.metadata = self.file.metadata
         self.config = self._read_config()
 
     def get(self, key: str, default: Any = None) -> Any:
-        field = self.metadata.get(key)
-        return default if field is None else _field_value(field)
+        return self.metadata.get(key, default)
 
     def _read_config(self) -> ModelConfig:
         arch = self.get("general.architecture")
@@ -72,7 +63,7 @@ class GGUFCheckpoint:
             raise ModelLoadError(
                 f"{self.path.name}: unsupported GGUF architecture '{arch}'; supported: llama, mistral, qwen2"
             )
-        tensor_names = {t.name for t in self.reader.tensors}
+        tensor_names = {t.name for t in self.file.tensors}
         if "token_embd.weight" not in tensor_names:
             raise ModelLoadError(f"{self.path.name} holds no token embedding (is it a vocabulary-only file?)")
 
@@ -84,9 +75,9 @@ class GGUFCheckpoint:
 
         num_heads = int(need("attention.head_count"))
         hidden = int(need("embedding_length"))
-        vocab = self.get(f"{arch}.vocab_size") or len(self.get("tokenizer.ggml.tokens") or [])
+        vocab = self.get(f"{arch}.vocab_size") or self.file.array_lengths.get("tokenizer.ggml.tokens")
         if not vocab:
-            vocab = next(t for t in self.reader.tensors if t.name == "token_embd.weight").shape[-1]
+            vocab = next(t for t in self.file.tensors if t.name == "token_embd.weight").shape[-1]
         scaling = None
         if self.get(f"{arch}.rope.scaling.type") == "linear":
             scaling = RopeScaling("linear", float(self.get(f"{arch}.rope.scaling.factor")))
@@ -113,15 +104,16 @@ class GGUFCheckpoint:
         import gguf
 
         permute_qk = self.get("general.architecture") in ("llama", "mistral")
-        for tensor in self.reader.tensors:
+        for tensor in self.file.tensors:
             name = _hf_name(tensor.name)
             if name is None:
                 continue
+            quant_type = gguf.GGMLQuantizationType(tensor.type_id)  # a known type: GGUFFile checked it
             try:
-                array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+                array = gguf.quants.dequantize(self.file.tensor_array(tensor), quant_type)
             except NotImplementedError:
                 raise ModelLoadError(
-                    f"{self.path.name}: tensor {tensor.name} uses quantisation {tensor.tensor_type.name}, "
+                    f"{self.path.name}: tensor {tensor.name} uses quantisation {quant_type.name}, "
                     "which the gguf package cannot dequantise"
                 ) from None
             except Exception as error:

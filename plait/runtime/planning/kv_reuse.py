@@ -3,15 +3,11 @@ the prompt prefixes other programs share (kept resident by their use, so not the
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 
 from plait.dag import LLMCall, ToolCall, Workflow
 from plait.semantic_vars import ChatPrompt, Prompt, Template
-
-# A slot (``{{name}}``) or an escaped literal (``\{{``), matched left to right as ``Template`` parses them.
-_SLOT_OR_ESCAPE = re.compile(r"\\\{\{|\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
 
 
 def continues_across(workflow: Workflow, tool: ToolCall) -> bool:
@@ -34,13 +30,10 @@ def continues_across(workflow: Workflow, tool: ToolCall) -> bool:
 
 def continues(before: LLMCall, after: LLMCall) -> bool:
     """Whether ``after``'s prompt starts with KV of ``before``'s that carries the program's own values: the two
-    templates share a leading text holding a whole slot (see ``continues_across``)."""
-    return any(_holds_slot(text) for text in _shared_template_text(before.prompt, after.prompt))
-
-
-def _holds_slot(text: str) -> bool:
-    """Whether template text holds a whole slot (the start of one, ``{{na``, is where two templates part)."""
-    return any(not match.group(0).startswith("\\") for match in _SLOT_OR_ESCAPE.finditer(text))
+    templates share a leading text holding a slot (see ``continues_across``). The start of a slot counts: two
+    templates parting inside it (``{{prompt_0}}``, ``{{prompt_1}}``) may still bind values that extend one another
+    (an agent's recorded turns, each prompt the previous one and more)."""
+    return any("{{" in text for text in _shared_template_text(before.prompt, after.prompt))
 
 
 def _shared_template_text(before: Prompt, after: Prompt) -> list[str]:

@@ -21,20 +21,22 @@ from typing import Any
 from plait.engine import EnginePolicy
 from plait.engine.engine_policy import DEFAULT_AFFINITY_WINDOW_S
 
-FEATURES = (
-    "program_fcfs",  # a program that started earlier goes first, so programs finish instead of interleaving
-    "shortest_remaining",  # a program's time key adds its expected remaining path: near-done and short ones first
-    "attained_service",  # ATLAS: programs that received less service along their critical path go first
-    "deadline",  # a tight deadline moves a program up to its latest start; a hopeless one goes behind the rest
-    "next_use_hints",  # KV whose next use (steps away in the graph) is farthest is evicted first
-    "tool_pins",  # a program's KV stays while its tool runs, for a TTL chosen from the tool's durations
-    "reserve_next_call",  # memory for a tool-waiting program's next call is held from calls that would go after it
-    "prefetch",  # a program's KV is loaded back from host memory as its tool finishes
-    "dedup",  # identical temperature-0 calls across programs run once
-    "prefix_first",  # a prompt waits for a running prefill that computes its prefix (fan-outs warm the prefix once)
-    "cache_affinity",  # programs close in priority go longest-resident-prefix first (more fit where memory binds)
-    "shared_prefix_decode",  # decodes on a common cached prefix attend it together: read once per tile, not per call
-)
+# Every planning feature and what it does (the start-up log and ``plait info`` print these).
+FEATURE_DOCS = {
+    "program_fcfs": "a program that started earlier goes first, so programs finish instead of interleaving",
+    "shortest_remaining": "a program's time key adds its expected remaining path: near-done and short ones first",
+    "attained_service": "ATLAS: programs that received less service along their critical path go first",
+    "deadline": "a tight deadline moves a program up to its latest start; a hopeless one goes behind the rest",
+    "next_use_hints": "KV whose next use (steps away in the graph) is farthest is evicted first",
+    "tool_pins": "a program's KV stays while its tool runs, for a TTL chosen from the tool's durations",
+    "reserve_next_call": "memory for a tool-waiting program's next call is held from calls that would go after it",
+    "prefetch": "a program's KV is loaded back from host memory as its tool finishes",
+    "dedup": "identical temperature-0 calls across programs run once",
+    "prefix_first": "a prompt waits for a running prefill that computes its prefix, so fan-outs warm it once",
+    "cache_affinity": "programs close in priority go longest-resident-prefix first (more fit where memory binds)",
+    "shared_prefix_decode": "decodes on a common cached prefix attend it together: read once per tile, not per call",
+}
+FEATURES = tuple(FEATURE_DOCS)
 
 # The engine-side features: the policy field each switches, and its values on and off.
 ENGINE_FEATURES: dict[str, tuple[str, Any, Any]] = {
@@ -172,25 +174,22 @@ class PlanConfig:
     def describe(self) -> list[str]:
         """One line per enabled feature, with the settings it runs with (what a server logs at start-up)."""
         engine = self.engine
-        details = {
-            "deadline": "workflow deadlines move programs up to their latest start",
+        settings = {
             "attained_service": f"service quantum {self.service_quantum_s:g} s",
-            "tool_pins": f"TTL from each tool's durations, at most {self.max_pin_ttl_s:g} s, pin budget "
-            f"{engine.pin_budget_fraction:.0%} of the KV pool, pins hold admissions: "
-            f"{'on' if engine.pins_hold_admissions else 'off'}",
-            "next_use_hints": "eviction: next-use (the KV needed farthest ahead goes first)",
-            "prefix_first": f"prompts wait for a prefix in flight of at least {engine.prefix_hold_min_tokens} tokens",
+            "tool_pins": f"at most {self.max_pin_ttl_s:g} s, within {engine.pin_budget_fraction:.0%} of the KV pool, "
+            f"pins hold admissions {'on' if engine.pins_hold_admissions else 'off'}",
+            "prefix_first": f"prefixes of at least {engine.prefix_hold_min_tokens} tokens",
             "cache_affinity": f"window {engine.affinity_window_s:g} s",
         }
-        lines = [f"{name}: {details[name]}" if name in details else name for name in self.enabled]
-        if "next_use_hints" not in self.enabled:
-            lines.append(f"eviction: {engine.eviction}")
-        aging = f"{engine.max_queue_wait_s:g} s" if engine.max_queue_wait_s > 0 else "off"
-        lines.append(
-            f"anti-starvation: a request waiting longer than {aging} goes first"
-            if aging != "off"
-            else "anti-starvation: off"
-        )
+        lines = []
+        for name in self.enabled:
+            extra = f" ({settings[name]})" if name in settings else ""
+            lines.append(f"{name}: {FEATURE_DOCS[name]}{extra}")
+        lines.append(f"eviction: {engine.eviction}")
+        if engine.max_queue_wait_s > 0:
+            lines.append(f"anti-starvation: a request waiting longer than {engine.max_queue_wait_s:g} s goes first")
+        else:
+            lines.append("anti-starvation: off")
         return lines
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,8 +20,7 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from plait.engine import GenerateRequest, InvalidRequestError
-from plait.engine.sampling_params import check_max_tokens_fit
+from plait.engine import GenerateRequest, InvalidRequestError, check_max_tokens_fit
 from plait.server.errors import APIError
 from plait.server.openai.chat_output import ChatOutput
 from plait.server.openai.completion_output import CompletionOutput
@@ -61,8 +60,8 @@ def _generation_responses(whole: type, chunk: type) -> dict[int | str, dict[str,
         f"With `stream: true`: server-sent events, each `data: <{chunk.__name__} JSON>`, ending with `data: [DONE]`."
     )
     time_limit_doc = (
-        "A request still running at its time limit (the server's `max_request_time_s`, or the request's own when "
-        'lower) is stopped and ends as at `max_tokens`: the text so far, `finish_reason: "length"`.'
+        "A request still running at its time limit (the server's `max_request_time_s`, or the request's "
+        '`deadline_s` when lower) is stopped and ends as at `max_tokens`: the text so far, `finish_reason: "length"`.'
     )
     return {
         200: {
@@ -178,10 +177,10 @@ async def _prompt_ids(state: ServerState, plan: GenerationPlan) -> list[int]:
     """Tokenize once (in a worker thread: rendering and tokenizing a long conversation takes a while)."""
     probe = GenerateRequest(messages=plan.messages, prompt=plan.prompt, prompt_token_ids=plan.prompt_token_ids)
     try:
-        ids = await anyio.to_thread.run_sync(state.engine.core.prompt_ids, probe)
+        ids = await anyio.to_thread.run_sync(state.engine.prompt_ids, probe)
     except InvalidRequestError as error:
         raise plan.error(error) from error
-    max_context = state.engine.core.max_context
+    max_context = state.engine.max_context
     limit = min(state.config.max_prompt_tokens or max_context, max_context - 1)
     if len(ids) > limit:
         where = "the server's max_prompt_tokens" if limit < max_context - 1 else "the context window"
@@ -193,19 +192,19 @@ def _max_new_tokens(state: ServerState, plan: GenerationPlan, prompt_tokens: int
     """The request's ``max_tokens``: a given value over the room the context window leaves is a 400 naming the field
     (OpenAI's and vLLM's answer; lowering it silently would hide the mistake); an omitted one is
     ``DEFAULT_MAX_TOKENS`` capped to that room."""
-    max_context = state.engine.core.max_context
+    max_context = state.engine.max_context
     if plan.requested_max_tokens is None:
         return max(1, min(DEFAULT_MAX_TOKENS, max_context - prompt_tokens))
     try:
         check_max_tokens_fit(plan.requested_max_tokens, prompt_tokens, max_context, plan.max_tokens_field)
     except InvalidRequestError as error:
-        raise APIError(400, error.message, field=error.field) from error
+        raise APIError(400, str(error), field=error.field) from error  # the message names the field too
     return plan.requested_max_tokens
 
 
 def _time_limit_s(state: ServerState, plan: GenerationPlan) -> float | None:
     """The lower of the server's ``max_request_time_s`` (0: none) and the request's own; None when neither is set."""
-    limits = [limit for limit in (state.config.max_request_time_s, plan.max_request_time_s) if limit]
+    limits = [limit for limit in (state.config.max_request_time_s, plan.deadline_s) if limit]
     return min(limits) if limits else None
 
 

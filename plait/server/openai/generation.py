@@ -5,10 +5,10 @@ Shared by the whole and the streamed responses of both endpoints. ``Generation.u
 its KV. The admission reserved for the request is released exactly once by ``Generation.close()``, which the routes
 call on every path; ``close`` also records the request's metrics.
 
-A time limit (``time_limit_s``: the server's ``max_request_time_s`` or the request's own) bounds the wait for each
-next delta by what is left of it. When it passes, the engine request is aborted and every unfinished sample ends with
-``finish_reason="length"``, as if ``max_tokens`` had cut it: clients handle that everywhere, whereas an error status
-(408, 504) makes the ``openai`` client send the whole request again.
+A time limit (``time_limit_s``: the server's ``max_request_time_s`` or the request's ``deadline_s``) bounds the wait for
+each next delta by what is left of it. When it passes, the engine request is aborted and every unfinished sample ends
+with ``finish_reason="length"``, as if ``max_tokens`` had cut it: clients handle that everywhere, whereas an error
+status (408, 504) makes the ``openai`` client send the whole request again.
 """
 
 from __future__ import annotations
@@ -115,7 +115,6 @@ class Generation:
         self.first_token_at: float | None = None
         self.time_limit_s = time_limit_s
         self._deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
-        self.time_limit_reached = False
         self._closed = False
 
     @property
@@ -158,7 +157,6 @@ class Generation:
 
     def _stop_at_time_limit(self) -> list[SampleUpdate]:
         """End every unfinished sample with ``length`` (the text it has so far is what the client gets)."""
-        self.time_limit_reached = True
         logger.info("%s stopped at its time limit of %g s", self.request.request_id, self.time_limit_s)
         ended = []
         for sample in self.samples.values():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from plait.engine.grammar import TOOL_CALL_BEGIN, TOOL_CALL_END
+from plait.engine import TOOL_CALL_BEGIN, TOOL_CALL_END
 from plait.server.errors import APIError
 from plait.server.openai.protocol import ChatMessage, ChatTool
 

@@ -27,7 +27,7 @@ def served_model_id(state: ServerState) -> str:
         return state.config.model_name
     cached = state.extras.get("openai_model_id")
     if cached is None:
-        engine_config = state.engine.core.config
+        engine_config = state.engine.config
         model = engine_config.model
         if engine_config.weights == "dummy" or model in DUMMY_SHAPES:
             name = model
@@ -50,6 +50,4 @@ def check_model(state: ServerState, requested: str) -> str:
 
 
 def model_card(state: ServerState) -> ModelCard:
-    return ModelCard(
-        id=served_model_id(state), created=int(state.started_at), max_model_len=state.engine.core.max_context
-    )
+    return ModelCard(id=served_model_id(state), created=int(state.started_at), max_model_len=state.engine.max_context)

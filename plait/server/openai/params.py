@@ -34,7 +34,7 @@ class GenerationPlan:
     prompt_token_ids: list[int] | None = None
     requested_max_tokens: int | None = None  # None: DEFAULT_MAX_TOKENS, capped to the room the context leaves
     max_tokens_field: str = "max_tokens"
-    max_request_time_s: float | None = None  # the request's own time limit (the server's may be lower)
+    deadline_s: float | None = None  # the request's own time limit (the server's max_request_time_s may be lower)
     tool_choice: str | dict[str, Any] | None = None  # set when the output is to be read for tool calls
     single_tool_call: bool = False
     stream: bool = False
@@ -162,15 +162,13 @@ def _temperature(value: float | None) -> float:
 
 def _common(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
     hints = dict(body.hints or {})
-    if body.deadline_s is not None:
-        hints["deadline_s"] = body.deadline_s
     return {
         "stream": body.stream,
         "include_usage": bool(body.stream and body.stream_options and body.stream_options.include_usage),
         "program_id": body.program_id,
         "priority": body.priority or 0,
         "hints": hints,
-        "max_request_time_s": body.max_request_time_s,
+        "deadline_s": body.deadline_s,
     }
 
 

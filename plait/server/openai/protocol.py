@@ -5,7 +5,7 @@ They follow OpenAI's field names and shapes, so the official clients work unchan
 top-level fields are refused (422 naming the field) rather than silently ignored; fields OpenAI defines that plait
 cannot honour are accepted only at their neutral value (checked in ``openai_params``). plait's own optional fields
 (``program_id``, ``deadline_s``, ``hints``, ``priority``) give agent frameworks program-level scheduling;
-``max_request_time_s`` bounds how long a request may run.
+``deadline_s`` (and the server's ``max_request_time_s``) bounds how long a request may run.
 """
 
 from __future__ import annotations
@@ -168,26 +168,26 @@ class _GenerationRequest(_Strict):
         description="plait: the agent program this call belongs to, for program-level scheduling and KV reuse.",
     )
     deadline_s: float | None = Field(
-        None, gt=0.0, le=86_400.0, description="plait: seconds the caller can wait (a scheduling hint)."
+        None,
+        gt=0.0,
+        le=86_400.0,
+        description="plait: seconds from submission by which the request must finish, queueing included (as "
+        "everywhere in plait; the server's `max_request_time_s` applies when lower). When it passes, generation "
+        'stops as at `max_tokens`: the text so far, with `finish_reason: "length"` (the last chunk of a stream).',
     )
     hints: dict[str, Any] | None = Field(
         None, description='plait: what the program does next, e.g. `{"next": "tool", "tool": "search"}`.'
     )
     priority: int | None = Field(
-        None, ge=-1000, le=1000, description="plait: lower is served first; equal priorities are first-come."
+        None,
+        ge=-1000,
+        le=1000,
+        description="plait: lower runs first (as everywhere in plait); equal priorities are first-come.",
     )
     ignore_eos: bool = Field(
         False,
         description="plait: keep generating past the end-of-sequence token until `max_tokens` or a stop string "
         "(benchmarks force output lengths with it).",
-    )
-    max_request_time_s: float | None = Field(
-        None,
-        gt=0.0,
-        le=86_400.0,
-        description="plait: the most seconds this request may run, queueing included (the server's "
-        "`max_request_time_s` applies when lower). When it passes, generation stops as at `max_tokens`: the text so "
-        'far, with `finish_reason: "length"` (the last chunk of a stream).',
     )
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plait.engine import ToolCall, parse_tool_calls
-from plait.engine.grammar import TOOL_CALL_BEGIN, TOOL_CALL_END
+from plait.engine import TOOL_CALL_BEGIN, TOOL_CALL_END, ToolCall, parse_tool_calls
 
 
 class ToolCallStream:

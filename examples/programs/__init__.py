@@ -1,0 +1,1 @@
+"""Small plait programs, each runnable as ``python -m examples.programs.<name>``."""

@@ -1,0 +1,45 @@
+"""A request body that is not JSON (or is missing) is a 400 naming ``body`` with the parse position, on every JSON
+route alike (the OpenAI routes used to report FastAPI's parse position as the field: ``"0"``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/workflows")
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    from plait.engine import EngineConfig
+    from plait.server import ServerConfig, create_app
+    from plait.server.app import build_state
+    from tests.conftest import TINY
+
+    state = build_state(ServerConfig(shutdown_grace_s=0.5), EngineConfig(**TINY))
+    try:
+        with TestClient(create_app(state)) as test_client:
+            yield test_client
+    finally:
+        state.engine.close()
+
+
+@pytest.mark.parametrize("path", ROUTES)
+@pytest.mark.parametrize(("body", "position"), [("hello", "line 1, column 1"), ('{"model": "m",\n  ', "line 2")])
+def test_a_body_that_is_not_json_is_a_400_naming_body(client: TestClient, path: str, body: str, position: str) -> None:
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    error = response.json()["error"]
+    assert (response.status_code, error["field"]) == (400, "body"), response.text
+    assert error["message"].startswith("the request body is not valid JSON: "), error["message"]
+    if path != "/v1/workflows":  # the workflow routes parse with msgspec, which names the byte instead
+        assert position in error["message"], error["message"]
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_an_empty_body_is_a_400_naming_body(client: TestClient, path: str) -> None:
+    response = client.post(path, content=b"", headers={"content-type": "application/json"})
+    error = response.json()["error"]
+    assert (response.status_code, error["field"]) == (400, "body"), response.text
+    assert "empty" in error["message"]
