@@ -125,5 +125,14 @@ def logprobs_to_host(tensors: LogprobTensors, tokens: list[int], top_n: list[int
     result = []
     for i, token in enumerate(tokens):
         top = list(zip(top_ids[i][: top_n[i]], top_values[i][: top_n[i]], strict=True)) if top_values else []
-        result.append(TokenLogprob(token, chosen[i], top))
+        result.append(TokenLogprob(token, chosen[i], _chosen_first_among_ties(top, token, chosen[i])))
     return result
+
+
+def _chosen_first_among_ties(top: list[tuple[int, float]], token: int, logprob: float) -> list[tuple[int, float]]:
+    """``top`` with the chosen token first among the alternatives that tie with it. Low-precision logits tie often,
+    and ``topk`` orders ties arbitrarily: a greedy token must still be listed as the most likely."""
+    if not top or top[0][0] == token or top[0][1] != logprob:
+        return top
+    rest = [entry for entry in top if entry[0] != token]
+    return [(token, logprob), *rest][: len(top)]

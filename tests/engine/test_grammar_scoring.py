@@ -37,12 +37,12 @@ def reference(core: EngineCore, prompt: str, choice: str) -> float:
 
 def test_scores_match_a_direct_forward_pass(fp32_core):
     before = fp32_core.stats().cached_prefix_tokens
-    hold = fp32_core.scheduler.config.prefix_hold_min_tokens
-    fp32_core.scheduler.config.prefix_hold_min_tokens = 1  # a short prompt: share it anyway, to test the sharing path
+    policy = fp32_core.policy
+    fp32_core.set_policy(policy.with_values(prefix_hold_min_tokens=1))  # a short prompt: share it anyway (sharing path)
     try:
         scores = fp32_core.score_choices(GenerateRequest(prompt=PROMPT), CHOICES)
     finally:
-        fp32_core.scheduler.config.prefix_hold_min_tokens = hold
+        fp32_core.set_policy(policy)
     assert [s.text for s in scores] == CHOICES
     for score in scores:
         assert isinstance(score, ChoiceScore)

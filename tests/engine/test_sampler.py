@@ -314,3 +314,13 @@ def test_invalid_field_raises_naming_the_field(field: str, value: Any) -> None:
 def test_invalid_request_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         SamplingParams(n=0).validate(vocab_size=VOCAB)
+
+
+def test_a_greedy_token_tied_with_another_is_listed_first_in_its_top_logprobs() -> None:
+    """bf16 logits tie often and ``topk`` orders ties arbitrarily; the chosen (argmax, first index) token must lead."""
+    logits = torch.tensor([[0.0, 2.0, 1.0, 2.0], [3.0, 3.0, 3.0, 0.0]])
+    tokens = torch.tensor([3, 2])  # the second of a tie in each row
+    rows = token_logprobs(logits, tokens, [2, 3])
+    assert [row.top[0][0] for row in rows] == [3, 2]
+    assert rows[0].top[1][0] == 1 and {token for token, _ in rows[1].top} == {0, 1, 2}
+    assert all(row.top[0][1] == row.logprob for row in rows)

@@ -261,7 +261,7 @@ def test_identical_calls_across_programs_run_once(tiny_engine):
 
 
 def test_a_cancelled_program_does_not_fail_a_shared_call(tiny_engine):
-    slow = GenConstraints(max_tokens=40, ignore_eos=True)
+    slow = GenConstraints(max_tokens=300, ignore_eos=True)
 
     def one_call(name: str) -> Workflow:
         return Workflow.build([LLMCall("only", Template(PREFIX + "Long answer:"), "out", constraints=slow)], name=name)

@@ -99,3 +99,20 @@ def wait_tenants_released(state: Any, timeout_s: float = 10.0) -> dict[str, tupl
         if all(value == (0, 0) for value in snapshot.values()) or time.monotonic() > deadline:
             return snapshot
         time.sleep(0.02)
+
+
+def tiny_test_client() -> Iterator[Any]:
+    """A FastAPI ``TestClient`` over a ready server on the tiny dummy shape, no API keys (for module fixtures)."""
+    from fastapi.testclient import TestClient
+
+    from plait.engine import EngineConfig
+    from plait.server import ServerConfig, create_app
+    from plait.server.app import build_state
+    from tests.conftest import TINY
+
+    state = build_state(ServerConfig(shutdown_grace_s=0.5), EngineConfig(**TINY))
+    try:
+        with TestClient(create_app(state)) as test_client:
+            yield test_client
+    finally:
+        state.engine.close()

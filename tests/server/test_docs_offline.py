@@ -9,22 +9,14 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.server.conftest import tiny_test_client
+
 _REFERENCE = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""")
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    from plait.engine import EngineConfig
-    from plait.server import ServerConfig, create_app
-    from plait.server.app import build_state
-    from tests.conftest import TINY
-
-    state = build_state(ServerConfig(shutdown_grace_s=0.5), EngineConfig(**TINY))
-    try:
-        with TestClient(create_app(state)) as test_client:
-            yield test_client
-    finally:
-        state.engine.close()
+    yield from tiny_test_client()
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

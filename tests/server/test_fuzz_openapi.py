@@ -43,6 +43,7 @@ PLAN: list[tuple[str, str, int, int]] = [  # method, path, positive examples, ne
     ("GET", "/v1/models", 40, 0),
     ("GET", "/v1/models/{model_id}", 60, 0),  # no negative: any path segment is a valid string
     ("GET", "/v1/tools", 40, 0),
+    ("GET", "/server_info", 20, 0),
     ("POST", "/v1/chat/completions", 90, 60),
     ("POST", "/v1/completions", 90, 60),
     ("POST", "/v1/workflows", 70, 50),

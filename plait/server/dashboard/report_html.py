@@ -31,21 +31,10 @@ def _duration(snapshot: ProgramSnapshot) -> float:
 
 
 def render_report_html(
-    title: str,
-    programs: Sequence[ProgramSnapshot],
-    samples: Sequence[KVSample],
-    *,
-    origin: float | None = None,
-    summary: Mapping[str, Any] | None = None,
-    links: Sequence[tuple[str, str]] = (),
-    notes: Sequence[str] = (),
-    kv_split: bool = True,
+    title: str, programs: Sequence[ProgramSnapshot], samples: Sequence[KVSample], **options: Any
 ) -> str:
-    """The report page of one run (see ``report_section`` for the arguments)."""
-    section = report_section(
-        title, programs, samples, origin=origin, summary=summary, links=links, notes=notes, kv_split=kv_split
-    )
-    return report_page(title, [section])
+    """The report page of one run (``options``: those of ``report_section``)."""
+    return report_page(title, [report_section(title, programs, samples, **options)])
 
 
 def report_page(title: str, sections: Sequence[str]) -> str:
