@@ -83,7 +83,7 @@ def add_plan_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
         default=[],
         metavar="baseline|FIELD=VALUE" if served else "FIELD=VALUE",
         help=f"the plan to run with (repeatable): {start}FIELD=VALUE overrides of a PlanConfig field, an engine "
-        "policy field or a feature, e.g. attained_service=on, max_queue_wait_s=10, pin_budget_fraction=0.5, "
+        "policy field or a feature, e.g. dedup=off, max_queue_wait_s=10, pin_budget_fraction=0.5, "
         "cache_affinity=off",
     )
 

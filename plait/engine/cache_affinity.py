@@ -1,5 +1,5 @@
 """Cache affinity: among waiting sequences whose priorities are close, the one with the longest prefix already on the
-device is admitted first (``Scheduler._admission_order`` decides when this applies)."""
+device is admitted first (``Admission.waiting_order`` decides when this applies)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def affinity_order(
     so it is asked only where it can reorder)."""
     head, rest = waiting[:AFFINITY_SCAN], waiting[AFFINITY_SCAN:]
     # Bands in queue order: a band starts at a sequence and takes those after it whose priorities differ only in the
-    # last (time) component, by less than the window. Only the planner's (user, level, time) priorities band; a plain
-    # priority, or a promoted sequence, is a band of its own (its place is kept).
+    # last (time) component, by less than the window. Only the planner's (user priority, time) priorities band; a
+    # plain priority (one number), or a promoted sequence, is a band of its own (its place is kept).
     bands: list[int] = []
     start: tuple[float, ...] | None = None
     for seq in head:
@@ -28,12 +28,12 @@ def affinity_order(
         joins = (
             start is not None
             and not seq.promoted
-            and len(priority) >= 3
+            and len(priority) >= 2
             and priority[:-1] == start[:-1]
             and priority[-1] - start[-1] < window
         )
         if not joins:
-            start = priority if len(priority) >= 3 and not seq.promoted else None
+            start = priority if len(priority) >= 2 and not seq.promoted else None
         bands.append(bands[-1] + (not joins) if bands else 0)
     if not bands or bands[-1] == len(head) - 1:
         return list(waiting)  # every band holds one sequence: nothing to reorder

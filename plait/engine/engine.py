@@ -1,8 +1,10 @@
-"""The async engine facade: ``generate`` streams deltas, ``abort`` cancels, ``stats`` reports.
+"""The async engine facade: ``generate`` streams deltas, ``send`` passes a command, ``feedback`` reports.
 
-The step loop runs in its own thread (``EngineCore`` is single-threaded); callers talk to it through a command
-queue, and deltas come back to each caller's event loop with ``call_soon_threadsafe``. Validation and tokenization
-run in the caller's thread, so a bad request raises at once and never reaches the loop.
+The step loop runs in its own thread (``EngineCore`` is single-threaded). Callers talk to it through one queue of typed
+commands (``commands.py``), applied in order by one dispatch (``_apply``) before the next step; deltas come back to
+each caller's event loop with ``call_soon_threadsafe``, and once per step the loop publishes its stats and cache events
+(``engine_feedback.py``). Validation and tokenization run in the caller's thread, so a bad request or command raises at
+once and never reaches the loop.
 """
 
 from __future__ import annotations
@@ -13,13 +15,30 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from plait.cache import CacheEvent
+from plait.engine.commands import (
+    ENGINE_COMMANDS,
+    Abort,
+    AddRequest,
+    EngineCommand,
+    FlushPrefixCache,
+    ForgetProgram,
+    HintNextUse,
+    Pin,
+    Prefetch,
+    Reserve,
+    SetPolicy,
+    Stop,
+    Unpin,
+    Unreserve,
+)
 from plait.engine.engine_config import EngineConfig
 from plait.engine.engine_core import EngineCore, EngineStats
+from plait.engine.engine_feedback import EngineFeedback, FeedbackChannel
 from plait.engine.engine_policy import EnginePolicy
 from plait.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
 from plait.engine.grammar import choice_score, scoring_requests
@@ -28,16 +47,6 @@ from plait.engine.request import ChoiceScore, Completion, GenerateDelta, Generat
 from plait.engine.sequence import RequestState
 
 logger = logging.getLogger(__name__)
-
-_HINT_METHODS = {
-    "next_use": "hint_next_use",
-    "pin": "pin",
-    "unpin": "unpin",
-    "prefetch": "prefetch",
-    "forget_program": "forget_program",
-    "reserve": "reserve",
-    "unreserve": "unreserve",
-}
 
 
 @dataclass
@@ -70,10 +79,12 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None, *, core: EngineCore | None = None) -> None:
         self.core = core or EngineCore(config)
         self.tokenizer = self.core.tokenizer
-        self._commands: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[EngineCommand] = queue.SimpleQueue()
+        # Held while a command is queued and while the stopped loop empties the queue: nothing queued after that waits.
+        self._send_lock = threading.Lock()
         self._sinks: dict[str, _Sink] = {}
-        self._lock = threading.Lock()  # guards _sinks and _stats between the loop thread and callers
-        self._stats = self.core.stats()
+        self._lock = threading.Lock()  # guards _sinks between the loop thread and callers
+        self._feedback = FeedbackChannel(self.core.stats())
         self._policy = self.core.policy
         self._stopped = threading.Event()
         # Long prompts are tokenized here, off the caller's event loop: the tokenizer releases the GIL, but the loop
@@ -102,7 +113,7 @@ class Engine:
             if request_id in self._sinks:
                 raise InvalidRequestError("request_id", f"'{request_id}' is already running")
             self._sinks[request_id] = sink
-        self._commands.put(("add", state))
+        self.send(AddRequest(state))
         finished = False
         open_samples = state.sampling.n
         try:
@@ -118,7 +129,7 @@ class Engine:
                         return
         finally:
             if not finished:
-                self._commands.put(("abort", request_id))
+                self.send(Abort(request_id))
 
     async def complete(self, request: GenerateRequest) -> GenerateResult:
         """Run ``request`` to the end and assemble its samples."""
@@ -171,34 +182,34 @@ class Engine:
                 )
         return [choice_score(c, r.completions[0].prompt_logprobs) for c, r in zip(choices, results, strict=True)]
 
+    def send(self, command: EngineCommand) -> None:
+        """Queue ``command`` (one of ``commands.py``) for the engine thread; thread-safe, returns at once. Commands are
+        applied in the order sent, before the next step: a request submitted after a command runs under its effect.
+        A malformed command raised when it was constructed; a hint about KV the engine does not hold is ignored there
+        (``EngineStats.hints_ignored``). After ``close`` a command is dropped (a flush's ``freed`` raises
+        ``EngineStoppedError``)."""
+        if not isinstance(command, ENGINE_COMMANDS):
+            raise TypeError(f"not an engine command: {command!r}")
+        with self._send_lock:
+            if not self._stopped.is_set():
+                if isinstance(command, SetPolicy):
+                    self._policy = command.policy  # every request sent after it runs under it: what ``policy`` says
+                self._commands.put(command)
+                return
+        _never_applied(command)
+
     def abort(self, request_id: str) -> None:
         """Cancel a request (its stream ends with ``finish_reason == 'abort'``); unknown ids are ignored."""
-        self._commands.put(("abort", request_id))
+        self.send(Abort(request_id))
 
-    def hint(self, method: str, **kwargs: object) -> None:
-        """Pass a KV hint to the engine thread: ``next_use``, ``pin``, ``unpin``, ``prefetch``, ``forget_program``,
-        ``reserve`` or ``unreserve``, with the keyword arguments of the ``EngineCore`` method of that name
-        (``hint_next_use`` for ``next_use``). Hints are advice: unknown targets are ignored and counted in
-        ``stats().hints_ignored``."""
-        if method not in _HINT_METHODS:
-            raise InvalidRequestError("hint", f"unknown hint '{method}'; choose one of {', '.join(_HINT_METHODS)}")
-        self._commands.put(("hint", (_HINT_METHODS[method], kwargs)))
+    def feedback(self) -> EngineFeedback:
+        """The latest stats and every cache event (evicted, loaded, pin_refused) since the previous call, oldest
+        first: each event is returned once, so there is one reader (the runtime's planner)."""
+        return self._feedback.take()
 
     def stats(self) -> EngineStats:
-        with self._lock:
-            return self._stats
-
-    def cache_events(self) -> list[CacheEvent]:
-        """Evictions and loads of program-owned KV since the last call (oldest first; the log keeps the newest
-        few thousand). Empty without a radix cache."""
-        events = getattr(self.core.prefix_cache, "events", None)
-        drained: list[CacheEvent] = []
-        while events:
-            try:
-                drained.append(events.popleft())  # deque pops are atomic: the engine thread appends meanwhile
-            except IndexError:
-                break
-        return drained
+        """The stats as of the last step (or command) applied; takes no cache events."""
+        return self._feedback.stats
 
     @property
     def config(self) -> EngineConfig:
@@ -251,16 +262,15 @@ class Engine:
         return self._policy
 
     def set_policy(self, policy: EnginePolicy) -> None:
-        """Schedule and evict under ``policy`` (thread-safe, returns at once). Commands are applied in order, so
-        every request submitted after this call is scheduled under it. Raises ``InvalidRequestError`` on a bad
-        value, before anything changes."""
-        policy.validate()
-        self._policy = policy
-        self._commands.put(("policy", policy))
+        """``send(SetPolicy(policy))``: every request submitted after this call is scheduled under ``policy``. Raises
+        ``InvalidRequestError`` on a bad value, before anything changes."""
+        self.send(SetPolicy(policy))
 
     async def flush_prefix_cache(self) -> int:
         """Drop every cached prefix not in use (between benchmark runs); returns the device slots freed."""
-        return int(await self._on_engine_thread(self.core.flush_prefix_cache))
+        command = FlushPrefixCache()
+        self.send(command)
+        return await asyncio.wrap_future(command.freed)
 
     async def _prompt_ids_off_loop(self, request: GenerateRequest) -> list[int] | None:
         """The prompt's ids from the tokenizer thread for chat messages (a template to render) and for prompt text (or
@@ -282,17 +292,10 @@ class Engine:
                 raise EngineStoppedError("the engine is closed") from None
             raise
 
-    async def _on_engine_thread(self, fn: Callable[[], Any]) -> Any:
-        if self._stopped.is_set():
-            raise EngineStoppedError("the engine is closed")
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._commands.put(("call", (fn, future)))
-        return await asyncio.wrap_future(future)
-
     def close(self) -> None:
         """Stop the loop; requests still in flight end with ``EngineStoppedError``."""
         if not self._stopped.is_set():
-            self._commands.put(("stop", None))
+            self.send(Stop())
             self._thread.join(timeout=30)
         self._tokenize.shutdown(wait=False)  # a prompt being tokenized finishes; its request then sees the stop
 
@@ -318,8 +321,7 @@ class Engine:
                         self._fail_all(f"engine step failed: {error!r}")
                         continue
                     delivering = time.perf_counter()
-                    with self._lock:
-                        self._stats = self.core.stats()
+                    self._publish_feedback()
                     self._deliver(deltas)
                     self.core.meter.add_phase("deliver", time.perf_counter() - delivering)
         finally:
@@ -328,59 +330,87 @@ class Engine:
                 sinks, self._sinks = list(self._sinks.values()), {}
             for request_id in list(self.core.requests):  # leave the core idle, its KV free
                 self.core.abort(request_id)
-            self._stats = self.core.stats()
+            self._publish_feedback()
             for sink in sinks:
                 sink.put(None)
-            while True:  # calls queued behind the stop never run: their callers must not wait forever
-                try:
-                    kind, payload = self._commands.get_nowait()
-                except queue.Empty:
-                    break
-                if kind == "call":
-                    payload[1].set_exception(EngineStoppedError("the engine is closed"))  # type: ignore[index]
+            with self._send_lock:  # commands queued behind the stop never run: their callers must not wait forever
+                while True:
+                    try:
+                        _never_applied(self._commands.get_nowait())
+                    except queue.Empty:
+                        break
 
     def _drain_commands(self, block: bool) -> bool:
-        """Apply queued commands; with ``block``, wait for the first one. Returns False on ``stop``."""
+        """Apply queued commands in order; with ``block``, wait for the first one. Returns False on ``Stop``."""
         applied = False
         started = 0.0
         while True:
             try:
-                kind, payload = self._commands.get(block=block)
+                command = self._commands.get(block=block)
             except queue.Empty:
                 if applied:  # host time between steps, which the step time does not show
                     self.core.meter.add_phase("commands", time.perf_counter() - started)
-                if applied:  # e.g. an abort frees KV without a step: callers must see it in stats() at once
-                    with self._lock:
-                        self._stats = self.core.stats()
+                    # e.g. an abort frees KV without a step: callers must see it in stats() at once
+                    self._publish_feedback()
                 return True
             if not applied:
                 started = time.perf_counter()
             applied = True
             block = False
-            if kind == "stop":
-                return False
-            if kind == "add":
-                assert isinstance(payload, RequestState)
+            try:
+                if not self._apply(command):
+                    return False
+            except Exception:  # a bug in a hint must not stop the loop: it is logged, and the hint lost
+                logger.exception("engine command %r failed", command)
+
+    def _apply(self, command: EngineCommand) -> bool:
+        """The one dispatch: apply ``command`` to the core (engine thread). Returns False on ``Stop``. Commands were
+        validated when constructed; the ``EngineCore`` methods are the handlers (tests call them directly)."""
+        core = self.core
+        match command:
+            case AddRequest():
                 try:
-                    self.core.add(payload)
-                except EngineError as error:  # e.g. a duplicate id that slipped past generate()'s check
-                    self._fail_request(payload, str(error))
-            elif kind == "abort":
-                self._deliver(self.core.abort(str(payload)))
-            elif kind == "policy":
-                self.core.set_policy(payload)  # type: ignore[arg-type]  (validated by set_policy)
-            elif kind == "call":
-                fn, future = payload  # type: ignore[misc]
+                    core.add(command.state)
+                except Exception as error:  # its caller is told, e.g. of a duplicate id that slipped past generate()
+                    if not isinstance(error, EngineError):
+                        logger.exception("adding request %s failed", command.state.request.request_id)
+                    self._fail_request(command.state, str(error))
+            case Abort():
+                self._deliver(core.abort(command.request_id))
+            case HintNextUse():
+                core.hint_next_use(command.program_id, _ids(command.prefix_token_ids), command.steps, command.seconds)
+            case Pin():
+                core.pin(command.ttl_s, command.program_id, _ids(command.prefix_token_ids), command.priority)
+            case Unpin():
+                core.unpin(command.program_id, _ids(command.prefix_token_ids))
+            case Prefetch():
+                core.prefetch(command.program_id, _ids(command.prefix_token_ids))
+            case Reserve():
+                core.reserve(command.program_id, command.slots, command.priority, command.ttl_s, command.call_id)
+            case Unreserve():
+                core.unreserve(command.program_id, command.call_id)
+            case ForgetProgram():
+                core.forget_program(command.program_id)
+            case SetPolicy():
+                core.set_policy(command.policy)
+            case FlushPrefixCache():
                 try:
-                    future.set_result(fn())
+                    command.freed.set_result(core.flush_prefix_cache())
                 except Exception as error:  # reported to the caller, never fatal to the loop
-                    future.set_exception(error)
-            elif kind == "hint":
-                method, kwargs = payload  # type: ignore[misc]
-                try:
-                    getattr(self.core, method)(**kwargs)
-                except (TypeError, ValueError) as error:  # a malformed hint must not stop the loop
-                    logger.warning("ignored hint %s(%s): %s", method, kwargs, error)
+                    command.freed.set_exception(error)
+            case Stop():
+                return False
+            case _:
+                assert_never(command)
+        return True
+
+    def _publish_feedback(self) -> None:
+        """Publish the stats and the cache events since the last publication (engine thread)."""
+        events = getattr(self.core.prefix_cache, "events", None)  # only a radix cache logs events
+        drained: list[CacheEvent] = []
+        while events:
+            drained.append(events.popleft())
+        self._feedback.publish(self.core.stats(), drained)
 
     def _deliver(self, deltas: list[GenerateDelta]) -> None:
         """Hand each delta to its caller's event loop: one wake-up per loop per step, not one per delta (each
@@ -418,3 +448,13 @@ class Engine:
             for delta in self.core.abort(request_id):
                 delta.finish_reason, delta.error = "error", message
                 self._deliver([delta])
+
+
+def _ids(prefix_token_ids: tuple[int, ...] | None) -> list[int] | None:
+    return None if prefix_token_ids is None else list(prefix_token_ids)
+
+
+def _never_applied(command: EngineCommand) -> None:
+    """A command the stopped engine will not apply: a caller awaiting its result is told so."""
+    if isinstance(command, FlushPrefixCache):
+        command.freed.set_exception(EngineStoppedError("the engine is closed"))

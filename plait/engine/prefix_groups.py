@@ -17,9 +17,9 @@ from plait.engine.forward_batch import DecodeGroup
 from plait.engine.sequence import Sequence
 
 GRANULE = 256  # shared prefixes are found (and used) in multiples of this many tokens
-# A group pays for two more launches and a merge of more slices; measured on an H200 (bench/gpu/shared_prefix_decode.py)
-# it wins from ~16 decodes on a 2.5k-3.3k-token prefix (1.2-2.2x the attention) and loses on short prefixes (32
-# decodes on 256 tokens: 0.5x). Smaller groups or prefixes are left to plain decode attention.
+# A group pays for two more launches and a merge of more slices, which only enough decodes on a long enough prefix
+# repay (docs/decisions.md, 2026-11-22: shared-prefix decode attention). Smaller groups or prefixes are left to plain
+# decode attention.
 MIN_MEMBERS = 8
 MIN_SHARED_TOKENS = 1024
 

@@ -26,7 +26,7 @@ class GenerateRequest:
     (re-tokenizing the text can split it into other tokens).
 
     ``priority``: lower values are served first; equal priorities are first-come first-served. A tuple of numbers
-    compares element by element (the runtime's program-level policies give ``(service level, virtual time)``).
+    compares element by element (the runtime's planner gives ``(user priority, virtual time)``).
     ``program_id``, ``call_id`` (which call of the program this is: a reservation made for that call ends when it is
     admitted) and ``hints`` are plain data from the runtime (the engine never sees workflow objects).
     """

@@ -1,6 +1,7 @@
 """What the runtime may do to a running engine besides submitting requests: KV hints (next use, pins, prefetch),
 memory reserved for a program's next call, flushing the prefix cache, and the run-time policy (``set_policy``).
-Engine thread only.
+Engine thread only: ``Engine._apply`` calls them for the commands of ``commands.py``, which were validated when they
+were constructed; tests call them directly.
 
 ``EngineCore`` inherits these; they touch only its prefix cache, allocator, scheduler and config.
 """
@@ -57,8 +58,7 @@ class RuntimeControls:
         """Keep the program's (or prefix's) KV resident for ``ttl_s`` seconds, within the pin budget. ``priority``:
         that of the program's next request. A waiting request may take the pinned KV whose every running pinner's
         priority is higher (less important) than its own; a pin without one holds against every request. A malformed
-        priority raises ``ValueError`` here (through ``Engine.hint`` it is logged on the engine thread and the hint
-        ignored)."""
+        priority raises ``ValueError`` here (a ``Pin`` command raises it where it is constructed)."""
         key = () if priority is None else priority_key(priority)
         return self._hint("pin", ttl_s=ttl_s, program_id=program_id, prefix=prefix_token_ids, priority=key)
 

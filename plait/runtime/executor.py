@@ -74,13 +74,12 @@ class Executor:
         fail_fast: bool = True,
         priority: int = 0,
         services: ExecutionServices | None = None,
-        deadline_s: float | None = None,
     ) -> ProgramExecution:
         """Start a whole workflow (every node whose inputs are bound starts now). Must be called in the loop.
 
         ``services``: this program's own tools and tool executor (the server's client-side tools), on the same
-        engine; None: the executor's shared ones. ``deadline_s``: the program's SLO from now (deadline urgency)."""
-        program = self._register(workflow, program_id, fail_fast, priority, services, deadline_s)
+        engine; None: the executor's shared ones. ``priority``: lower runs first."""
+        program = self._register(workflow, program_id, fail_fast, priority, services)
         program.start()
         return program
 
@@ -92,13 +91,12 @@ class Executor:
         fail_fast: bool = False,
         priority: int = 0,
         services: ExecutionServices | None = None,
-        deadline_s: float | None = None,
     ) -> ProgramExecution:
         """A program that starts empty and grows (a Python program); drive its body with ``program.drive``.
 
         With ``services``, the program's workflow checks tool calls against ``services.tools``."""
         workflow = self.new_workflow(name) if services is None else Workflow(name, tools=_LiveToolSpecs(services.tools))
-        return self._register(workflow, program_id, fail_fast, priority, services, deadline_s)
+        return self._register(workflow, program_id, fail_fast, priority, services)
 
     def _register(
         self,
@@ -107,14 +105,13 @@ class Executor:
         fail_fast: bool,
         priority: int,
         services: ExecutionServices | None = None,
-        deadline_s: float | None = None,
     ) -> ProgramExecution:
         program_id = program_id or new_program_id()
         if program_id in self.programs:
             raise ValueError(f"program id {program_id!r} is already in use")
         options = RequestOptions(program_id=program_id, priority=priority)
         program = ProgramExecution(
-            services or self.services, workflow, program_id, fail_fast=fail_fast, options=options, deadline_s=deadline_s
+            services or self.services, workflow, program_id, fail_fast=fail_fast, options=options
         )
         self.programs[program_id] = program
         self._forget_old()

@@ -65,7 +65,6 @@ class ProgramExecution:
         *,
         fail_fast: bool,
         options: RequestOptions | None = None,
-        deadline_s: float | None = None,
     ) -> None:
         self.services = services
         self.workflow = workflow
@@ -85,7 +84,7 @@ class ProgramExecution:
         if self.planner is not None:
             priority = self.options.priority
             user_priority = float(priority[0] if isinstance(priority, tuple) else priority)
-            self.planner.program_started(program_id, workflow, user_priority=user_priority, deadline_s=deadline_s)
+            self.planner.program_started(program_id, workflow, user_priority=user_priority)
 
     @property
     def program_id(self) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from plait.engine import EnginePolicy, GenerateRequest, SamplingParams
+from plait.engine.admission import Stop
 from tests.conftest import tiny_core
 
 
-def forced(prompt_len: int, max_tokens: int, offset: int) -> GenerateRequest:
+def forced(prompt_len: int, max_tokens: int, offset: int, n: int = 1) -> GenerateRequest:
     ids = [(offset + 7 * i) % 300 + 100 for i in range(prompt_len)]
     return GenerateRequest(
-        prompt_token_ids=ids, sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        prompt_token_ids=ids, sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, n=n)
     )
 
 
@@ -118,7 +119,7 @@ def _first_step_prefill(shared: int) -> tuple[int, int]:
     """Two prompts sharing ``shared`` tokens arrive together: the tokens the first step prefills, and the admission
     stops it counted as holds."""
     core = tiny_core(kv_slots=4096, chunk_size=1024, max_batch_tokens=2048)
-    core.scheduler.config.prefix_hold_min_tokens = 256
+    core.set_policy(core.policy.with_values(prefix_hold_min_tokens=256))
     for request in (_sharing(shared, 40, 1), _sharing(shared, 40, 2)):
         core.add_request(request)
     core.step()
@@ -135,3 +136,81 @@ def test_a_prompt_waits_for_a_long_shared_prefix_but_not_for_a_short_one():
     assert prefilled == 640 and held == 1  # the second prompt waited for the first's 600 tokens
     prefilled, held = _first_step_prefill(100)
     assert prefilled == 2 * 140 and held == 0  # both ran in the first step
+
+
+# ---- single rules ----------------------------------------------------------------------------------------------------
+
+
+def _waiting(core, request: GenerateRequest):
+    core.add_request(request)
+    return next(s for s in core.scheduler.waiting if s.request_id == request.request_id)
+
+
+def test_stop_reasons_are_the_admission_stops_keys():
+    """``plait bench`` and the stats read these names."""
+    expected = {"token_budget", "memory", "decode_reserve", "prompt_fit", "rows", "pinned", "reserved", "retracted"}
+    assert {stop.value for stop in Stop} == expected | {"held"}
+
+
+def test_a_failed_rule_stops_admission_and_leaves_the_prompt_waiting():
+    core = tiny_core()
+    seq = _waiting(core, forced(40, 4, 1))
+    admission = core.scheduler._admission(token_budget=0)
+    assert not admission.within_token_budget() and admission.admit(seq) is Stop.TOKEN_BUDGET
+    assert admission.stops() == ["token_budget"]
+    assert core.scheduler._admission(64, excluded=[seq]).admit(seq) is Stop.RETRACTED
+    assert seq in core.scheduler.waiting and core.kv_in_use() == 0
+    admission = core.scheduler._admission(64)
+    slots = admission.admit(seq)
+    assert not isinstance(slots, Stop) and slots is not None and len(slots) == 40  # its whole prompt: one chunk
+    assert seq in core.scheduler.running and admission.token_budget == 24 and admission.stop is None
+    core.scheduler.release(seq)
+    core.allocator.release(slots)
+    assert core.kv_in_use() == 0
+
+
+def test_a_group_about_to_fan_out_needs_a_row_per_sample():
+    core = tiny_core(max_running=3)
+    run(core, [])
+    core.add_request(forced(16, 40, 1))
+    core.step()  # one sequence running
+    group = _waiting(core, forced(16, 4, 2, n=3))
+    admission = core.scheduler._admission(64)
+    assert admission.rows_free(2) and not admission.rows_free(3)
+    assert admission.admit(group) is Stop.ROWS and group in core.scheduler.waiting
+    run(core, [])
+
+
+def test_the_decode_reserve_is_what_running_sequences_will_still_take():
+    core = tiny_core(kv_slots=800, chunk_size=32, max_batch_tokens=64, prefix_cache="none")
+    for i in range(2):
+        core.add_request(forced(16, 50, i))
+    for _ in range(5):
+        core.step()  # both decoding
+    late = _waiting(core, forced(100, 10, 9))
+    admission = core.scheduler._admission(64)
+    assert admission.candidates() == [late]
+    running = core.scheduler.running
+    assert admission.decode_reserve == sum(s.state.max_new_tokens - s.num_generated for s in running) > 0
+    room, keep = admission.room_for(late), admission.decode_reserve + admission.future_decode(late)
+    assert admission.keeps_decode_reserve(room - keep, room, keep)
+    assert not admission.keeps_decode_reserve(room - keep + 1, room, keep)
+    assert admission.fits(late, room - keep, keep) and not admission.fits(late, room - keep + 1, keep)
+    run(core, [])
+
+
+def test_reservations_hold_room_back_only_while_something_runs():
+    core = tiny_core(kv_slots=800)
+    seq = _waiting(core, forced(40, 4, 1))
+    core.reserve("other", 100, priority=0.0, ttl_s=60.0)  # a call that ``seq`` (priority 0) does not outrank
+    admission = core.scheduler._admission(64)
+    assert admission.room_for(seq) == admission.room_for(seq, reserved=False)  # an idle engine waits for no one
+    core.scheduler.waiting.remove(seq)
+    core.add_request(forced(16, 40, 2))
+    core.step()
+    core.scheduler.add(seq)
+    admission = core.scheduler._admission(64)
+    assert admission.reserved_against(seq) == 100
+    assert admission.room_for(seq) == admission.room_for(seq, reserved=False) - 100
+    core.unreserve("other")
+    run(core, [])

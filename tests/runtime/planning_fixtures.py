@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import TypeVar
 
 import plait
+from plait.cache import CacheEvent
 from plait.dag import LLMCall, ToolCall, Workflow, var_ref
+from plait.engine import ENGINE_COMMANDS, EngineCommand, EngineFeedback
 from plait.semantic_vars import GenConstraints, Template
+
+C = TypeVar("C")
 
 PREFIX = "You are a careful assistant. Read the question and think step by step before answering it. "
 
@@ -36,24 +41,39 @@ def tool_chain(name: str, question: str, seconds: float = 0.05) -> Workflow:
     )
 
 
-class HintRecorder:
-    """The engine surface the planner uses, recording hints."""
+class _NoStats:
+    """Stats the planner must not read: it weighs pins by them, and pins are off."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"stats.{name} read without pins")
+
+
+class CommandRecorder:
+    """The engine surface the planner uses: records every command sent, in order, and hands out the cache events
+    appended to ``events`` through its feedback, each once."""
 
     def __init__(self) -> None:
-        self.hints: list[tuple[str, dict]] = []
+        self.sent: list[EngineCommand] = []
+        self.events: list[CacheEvent] = []
         self.tokenizer = type("Tokenizer", (), {"encode": staticmethod(lambda text: list(text.encode()))})()
 
-    def hint(self, method: str, **kwargs: object) -> None:
-        self.hints.append((method, kwargs))
+    def send(self, command: EngineCommand) -> None:
+        assert isinstance(command, ENGINE_COMMANDS), command
+        self.sent.append(command)
 
-    def cache_events(self) -> list:
-        return []
+    def of(self, kind: type[C]) -> list[C]:
+        """The commands of one kind sent so far, in order."""
+        return [command for command in self.sent if isinstance(command, kind)]
 
-    def stats(self):
-        raise AssertionError("not asked without pins")
+    def feedback(self) -> EngineFeedback:
+        events, self.events = tuple(self.events), []
+        return EngineFeedback(self.stats(), events)  # type: ignore[arg-type]
+
+    def stats(self) -> object:
+        return _NoStats()
 
 
-class PressuredEngine(HintRecorder):
+class PressuredEngine(CommandRecorder):
     """A 1000-slot pool: 200 slots held for requests, 200 slots allocated per second; ``lost``: the cache's count of
     tool-waiting KV lost (``tool_wait_tokens_lost``); ``fixed_share``: the engine's fitted share of a step that does
     not grow with its batch."""

@@ -1,5 +1,5 @@
-"""Program-level planning, the ordering side: priorities (program-FCFS, deadline urgency, attained service), engine
-aging and cache affinity, deduplicated calls, and deadlines through the planner."""
+"""Program-level planning, the ordering side: program-FCFS priorities, engine aging and cache affinity, and
+deduplicated calls."""
 
 from __future__ import annotations
 
@@ -13,108 +13,38 @@ from plait.engine import GenerateRequest, InvalidRequestError, SamplingParams
 from plait.runtime import Executor
 from plait.runtime.planning import FEATURES, PlanConfig
 from plait.runtime.planning.call_dedup import dedup_key
-from plait.runtime.planning.ordering import call_priority, latest_start, remaining_paths, service_level
+from plait.runtime.planning.ordering import call_priority
 from plait.semantic_vars import GenConstraints, Template
 from tests.runtime.conftest import wait_kv_free
-from tests.runtime.planning_fixtures import PREFIX, HintRecorder, lookup, tool_chain
+from tests.runtime.planning_fixtures import PREFIX, CommandRecorder, lookup, tool_chain
 
 # ---- ordering --------------------------------------------------------------------------------------------------------
 
 
-def test_service_levels_are_geometric():
-    assert [service_level(s, 0.5) for s in (0.0, 0.49, 0.5, 1.9, 2.0, 7.9, 8.0)] == [0, 0, 1, 1, 2, 2, 3]
-
-
-def test_latest_start_is_the_deadline_less_the_expected_path():
-    assert latest_start(110.0, 4.0) == 106.0
-
-
-def test_priorities_compose():
-    common = {"user_priority": 0.0, "attained_service_s": 3.0, "remaining_s": 4.0, "now": 100.0}
-    fcfs = PlanConfig(deadline=False, shortest_remaining=False)
-    assert call_priority(fcfs, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common) == (
-        0.0,
-        0.0,
-        50.0,
-    )
-    # The default: program FCFS, deadlines off; with them on, a generous deadline leaves the order alone.
-    plait = PlanConfig(deadline=True)
-    assert call_priority(plait, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 50.0
-    assert call_priority(plait, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 50.0
-    # Shortest remaining: the expected finish had it run alone from its start (start + the remaining path); a tight
-    # deadline moves the program up to its latest start, a generous one leaves that key.
-    sr = PlanConfig(shortest_remaining=True, deadline=True)
-    assert call_priority(sr, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[2] == 54.0
-    assert call_priority(sr, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common)[2] == 54.0
-    assert call_priority(sr, program_started_at=50.0, deadline_at=105.0, latest_start_at=52.0, **common)[2] == 52.0
-    atlas = PlanConfig(attained_service=True, deadline=False)
-    assert call_priority(atlas, program_started_at=50.0, deadline_at=None, latest_start_at=None, **common)[1] == 2.0
-    baseline = PlanConfig.baseline()
-    assert call_priority(baseline, program_started_at=50.0, deadline_at=110.0, latest_start_at=60.0, **common) == (
-        0.0,
-        0.0,
-        100.0,
+def test_program_fcfs_keys_a_call_by_its_programs_start():
+    fcfs, baseline = PlanConfig(), PlanConfig.baseline()
+    assert call_priority(fcfs, user_priority=0.0, program_started_at=50.0, now=100.0) == (0.0, 50.0)
+    assert call_priority(baseline, user_priority=0.0, program_started_at=50.0, now=100.0) == (0.0, 100.0)
+    # The user's priority comes first, lower first, whatever the programs' starts.
+    assert call_priority(fcfs, user_priority=-1.0, program_started_at=90.0, now=100.0) < call_priority(
+        fcfs, user_priority=0.0, program_started_at=10.0, now=100.0
     )
 
 
-def test_shortest_remaining_puts_near_done_and_short_programs_first_without_interleaving():
-    """Without deadlines the key is start + remaining expected path: a short program that started a little later
-    goes ahead of a long one, a program near its end ahead of a newer one, and a program's key only falls as it
-    advances, so a program that went ahead stays ahead."""
-    config = PlanConfig(shortest_remaining=True, deadline=True)
-    common = {"user_priority": 0.0, "attained_service_s": 0.0, "deadline_at": None, "latest_start_at": None}
+def test_an_older_programs_later_call_goes_before_a_newer_programs_first():
+    """Programs finish one after another instead of interleaving: the key comes from the program's start."""
+    from plait.runtime.planning.planner import Planner
+    from plait.runtime.states import NodeRecord, NodeState
 
-    def key(started: float, remaining: float, now: float) -> tuple[float, float, float]:
-        return call_priority(config, program_started_at=started, remaining_s=remaining, now=now, **common)
-
-    long_early, short_later = key(100.0, 8.0, 101.0), key(101.0, 3.0, 101.0)
-    assert short_later < long_early
-    assert key(101.0, 1.0, 104.0) < key(101.0, 3.0, 101.0)  # its key falls as it advances
-    assert key(100.0, 1.0, 107.0) < key(106.0, 3.0, 107.0)  # the long one near its end beats a newer short one
-    assert key(90.0, 8.0, 100.0) < key(99.0, 3.0, 100.0)  # waited about its own length: ahead of later arrivals
-    fcfs = config.without("shortest_remaining")
-    assert call_priority(fcfs, program_started_at=100.0, remaining_s=8.0, now=101.0, **common)[2] == 100.0
-
-
-def test_a_new_program_does_not_cut_in_front_of_an_older_one_on_schedule():
-    """Least slack first would put a fresh program's first stage (small share of its deadline) ahead of an older
-    program's later stage; programs would interleave and all finish late. The key comes from the program's start."""
-    common = {"user_priority": 0.0, "attained_service_s": 0.0, "now": 100.0}
-    # Both had 3x their expected time: the older started at 94 with 6 s of work, the newer at 100 with 6 s.
-    older = call_priority(
-        PlanConfig(deadline=True),
-        program_started_at=94.0,
-        deadline_at=112.0,
-        latest_start_at=106.0,
-        remaining_s=2.0,
-        **common,
-    )
-    newer = call_priority(
-        PlanConfig(deadline=True),
-        program_started_at=100.0,
-        deadline_at=118.0,
-        latest_start_at=112.0,
-        remaining_s=6.0,
-        **common,
-    )
-    assert older < newer
-
-
-def test_a_program_that_can_no_longer_make_its_deadline_goes_behind_those_that_can():
-    """Under overload, serving the most urgent first would serve the hopeless first and make everyone late."""
-    common = {"user_priority": 0.0, "attained_service_s": 0.0, "now": 100.0, "remaining_s": 4.0}
-    feasible = call_priority(
-        PlanConfig(deadline=True), program_started_at=90.0, deadline_at=110.0, latest_start_at=100.0, **common
-    )
-    late = call_priority(
-        PlanConfig(deadline=True), program_started_at=80.0, deadline_at=103.0, latest_start_at=95.0, **common
-    )
-    assert late > feasible  # the late one is due sooner, yet waits
-    assert late == (0.0, 1.0, 80.0)  # among the late: program order
-    later_start = call_priority(
-        PlanConfig(deadline=True), program_started_at=85.0, deadline_at=102.0, latest_start_at=96.0, **common
-    )
-    assert late < later_start
+    planner = Planner(CommandRecorder(), PlanConfig(tool_pins=False, dedup=False))  # type: ignore[arg-type]
+    workflow = tool_chain("p", "question")
+    planner.program_started("old", workflow)
+    planner.node_finished("old", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
+    planner.program_started("new", tool_chain("n", "question"))
+    last = [n for n in workflow.llm_calls() if n.id != "think"][-1]
+    older = planner.request_options("old", last).priority
+    newer = planner.request_options("new", workflow.nodes["think"]).priority
+    assert older < newer and len(older) == 2
 
 
 def test_plan_config_switches():
@@ -192,9 +122,9 @@ def test_cache_affinity_admits_a_resident_prefix_first_within_a_window(tiny_core
     core.add_request(GenerateRequest(prompt_token_ids=[*shared, 7], sampling=sampling))
     while core.has_work():
         core.step()  # the shared prefix is on the device now
-    cold = GenerateRequest(prompt_token_ids=_ids(64, 200), sampling=sampling, priority=(0.0, 0.0, 10.0))
-    warm = GenerateRequest(prompt_token_ids=[*shared, 9, 9], sampling=sampling, priority=(0.0, 0.0, 10.5))
-    far = GenerateRequest(prompt_token_ids=[*shared, 8, 8], sampling=sampling, priority=(0.0, 0.0, 13.0))
+    cold = GenerateRequest(prompt_token_ids=_ids(64, 200), sampling=sampling, priority=(0.0, 10.0))
+    warm = GenerateRequest(prompt_token_ids=[*shared, 9, 9], sampling=sampling, priority=(0.0, 10.5))
+    far = GenerateRequest(prompt_token_ids=[*shared, 8, 8], sampling=sampling, priority=(0.0, 13.0))
     plain = GenerateRequest(prompt_token_ids=_ids(64, 300), sampling=sampling, priority=0)  # not the planner's
     for request in (cold, warm, far, plain):
         core.add_request(request)
@@ -281,55 +211,3 @@ def test_a_cancelled_program_does_not_fail_a_shared_call(tiny_engine):
 
     result = asyncio.run(main())
     assert isinstance(result["out"], str) and result["out"]
-
-
-# ---- deadlines through the planner -----------------------------------------------------------------------------------
-
-
-def test_deadline_programs_submit_urgent_priorities(tiny_engine):
-    async def main():
-        # Shortest remaining on: with program FCFS alone a feasible deadline never lies before the program's start.
-        executor = Executor(tiny_engine, [lookup], plan=PlanConfig(dedup=False, shortest_remaining=True, deadline=True))
-        relaxed = executor.start(tool_chain("relaxed", "q1"), deadline_s=1000.0)
-        path_s = remaining_paths(tool_chain("tight", "q2"), set(), executor.planner.durations)["think"]
-        tight = executor.start(tool_chain("tight", "q2"), deadline_s=1.5 * path_s)
-        hopeless = executor.start(tool_chain("hopeless", "q3"), deadline_s=1e-3)
-        plain = executor.start(tool_chain("plain", "q4"))
-        node = relaxed.workflow.nodes["think"]
-        programs = (relaxed, tight, hopeless, plain)
-        options = {p.record.name: executor.planner.request_options(p.program_id, node) for p in programs}
-        for program in programs:
-            await program.wait()
-        return options
-
-    options = asyncio.run(main())
-    priority = {name: option.priority for name, option in options.items()}
-    assert priority["tight"] < priority["relaxed"]  # a tight deadline goes ahead of a program that started earlier
-    # A generous deadline changes nothing (program order); one that cannot be met drops a level.
-    assert priority["relaxed"] < priority["plain"]
-    assert priority["hopeless"][1] == 1.0 and priority["hopeless"] > priority["relaxed"]
-
-
-def test_a_tight_deadline_fixes_the_programs_order_at_its_latest_start():
-    """With a deadline tighter than the order without it, the key is the program's latest start (deadline minus its
-    expected path at the start). It never rises as the program advances (near its end the shortest-remaining key may
-    be lower still), so a program on schedule never falls behind programs that arrived after it."""
-    from plait.runtime.planning.planner import Planner
-    from plait.runtime.states import NodeRecord, NodeState
-
-    config = PlanConfig(tool_pins=False, dedup=False, shortest_remaining=True, deadline=True).without("next_use_hints")
-    planner = Planner(HintRecorder(), config)  # type: ignore[arg-type]
-    workflow = tool_chain("p", "question")
-    path_s = remaining_paths(workflow, set(), planner.durations)["think"]
-    planner.program_started("p", workflow, deadline_s=1.2 * path_s)
-    plan = planner._plans["p"]
-    assert plan.latest_start_at == pytest.approx(plan.started_at + 0.2 * path_s)
-    first = planner.request_options("p", workflow.nodes["think"]).priority
-    assert first == (0.0, 0.0, plan.latest_start_at)
-    planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
-    last_llm = [n for n in workflow.llm_calls() if n.id != "think"][-1]
-    assert planner.request_options("p", last_llm).priority <= first
-    # A generous deadline: the shortest-remaining key, below the latest start.
-    planner.program_started("q", workflow, deadline_s=100.0)
-    relaxed = planner.request_options("q", workflow.nodes["think"]).priority
-    assert relaxed[2] == pytest.approx(planner._plans["q"].started_at + path_s)

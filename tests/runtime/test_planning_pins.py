@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from plait.dag import LLMCall, ToolCall, Workflow, var_ref
+from plait.engine import HintNextUse, Pin, Reserve, Unpin, Unreserve
+from plait.engine.request import priority_key
 from plait.runtime import Executor
 from plait.runtime.planning import PlanConfig
 from plait.runtime.timeline import TimelineKind
 from plait.semantic_vars import GenConstraints, Template
 from tests.runtime.conftest import wait_for, wait_kv_free
-from tests.runtime.planning_fixtures import PREFIX, HintRecorder, PressuredEngine, lookup, tool_chain
+from tests.runtime.planning_fixtures import PREFIX, CommandRecorder, PressuredEngine, lookup, tool_chain
 
 
 def test_pins_only_where_the_call_after_the_tool_reads_the_programs_kv():
@@ -96,7 +99,7 @@ def test_a_program_waiting_on_a_tool_hints_when_the_tool_should_return():
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
-    engine = HintRecorder()
+    engine = CommandRecorder()
     planner = Planner(engine, PlanConfig(tool_pins=False, dedup=False))  # type: ignore[arg-type]
     for seconds in (2.0, 2.0, 2.0):
         planner.durations.tools.record("lookup", seconds)
@@ -104,14 +107,14 @@ def test_a_program_waiting_on_a_tool_hints_when_the_tool_should_return():
     planner.program_started("p", workflow)
     planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
     planner.node_started("p", workflow.nodes["search"])
-    method, kwargs = next(h for h in reversed(engine.hints) if h[1].get("program_id") == "p")
-    assert method == "next_use" and kwargs["steps"] == 1.0
+    hint = next(c for c in reversed(engine.sent) if getattr(c, "program_id", None) == "p")
+    assert isinstance(hint, HintNextUse) and hint.steps == 1.0
     expected = planner.durations.expected(workflow.nodes["search"])
-    assert expected > 0.5 and expected - 0.5 <= kwargs["seconds"] <= expected
+    assert hint.seconds is not None and expected > 0.5 and expected - 0.5 <= hint.seconds <= expected
     record = NodeRecord(node_id="search", kind="tool", state=NodeState.DONE, started_at=0.0, finished_at=2.0)
     planner.node_finished("p", workflow.nodes["search"], record)
-    method, kwargs = next(h for h in reversed(engine.hints) if h[1].get("program_id") == "p")
-    assert kwargs["steps"] == 0.0 and kwargs["seconds"] is None
+    hint = next(c for c in reversed(engine.sent) if getattr(c, "program_id", None) == "p")
+    assert isinstance(hint, HintNextUse) and hint.steps == 0.0 and hint.seconds is None
     assert planner.counters.hook_errors == 0
 
 
@@ -175,9 +178,9 @@ def test_a_pin_carries_the_priority_of_the_programs_next_call(monkeypatch):
     record.prompt_tokens, record.completion_tokens = 150, 6
     planner.node_finished("p", workflow.nodes["think"], record)
     planner.node_started("p", workflow.nodes["search"])
-    pins = [kwargs for method, kwargs in engine.hints if method == "pin"]
-    assert len(pins) == 1 and pins[0]["program_id"] == "p" and pins[0]["ttl_s"] > 0
-    assert pins[0]["priority"] == planner.request_options("p", workflow.nodes["answer"]).priority
+    pins = engine.of(Pin)
+    assert len(pins) == 1 and pins[0].program_id == "p" and pins[0].ttl_s > 0
+    assert pins[0].priority == priority_key(planner.request_options("p", workflow.nodes["answer"]).priority)
     assert planner.counters.pins == 1 and planner.counters.hook_errors == 0
 
 
@@ -191,8 +194,6 @@ def test_a_refused_pin_brings_the_context_back_into_the_reservation(monkeypatch)
 
     monkeypatch.setattr(Planner, "_eviction_horizon_s", lambda self, plan, stats: 0.0)  # the KV would be lost
     engine = PressuredEngine()
-    events: list[CacheEvent] = []
-    engine.cache_events = lambda: [events.pop() for _ in range(len(events))]  # type: ignore[method-assign]
     planner = Planner(engine, PlanConfig(dedup=False))  # type: ignore[arg-type]
     for program in ("p", "q"):
         workflow = tool_chain(program, "question")
@@ -202,22 +203,22 @@ def test_a_refused_pin_brings_the_context_back_into_the_reservation(monkeypatch)
         planner.node_finished(program, workflow.nodes["think"], record)
     workflow = planner._plans["p"].workflow
     planner.node_started("p", workflow.nodes["search"])
-    (reserve,) = [kwargs for method, kwargs in engine.hints if method == "reserve"]
+    (reserve,) = engine.of(Reserve)
     context = planner._plans["p"].private_tokens
     assert planner.counters.pins == 1 and context > 0
 
-    events.append(CacheEvent(time.monotonic(), "pin_refused", ("p",), context))
+    engine.events.append(CacheEvent(time.monotonic(), "pin_refused", ("p",), context))
     other = planner._plans["q"].workflow
     planner.node_started("q", other.nodes["search"])  # any later hook reads the engine's events
     planner.node_finished("q", other.nodes["search"], NodeRecord(node_id="search", kind="tool", state=NodeState.DONE))
-    again = [kwargs for method, kwargs in engine.hints if method == "reserve" and kwargs["program_id"] == "p"]
-    assert again[-1] == {**reserve, "slots": reserve["slots"] + context}
+    again = [c for c in engine.of(Reserve) if c.program_id == "p"]
+    assert again[-1] == replace(reserve, slots=reserve.slots + context)
     assert planner._plans["p"].pin_until == 0.0 and planner.counters.pins_refused == 1
 
-    before = len(engine.hints)
+    before = len(engine.sent)
     tool = NodeRecord(node_id="search", kind="tool", state=NodeState.DONE, started_at=1.0, finished_at=2.0)
     planner.node_finished("p", workflow.nodes["search"], tool)
-    assert ("unpin", {"program_id": "p"}) not in engine.hints[before:]  # nothing is pinned to take back
+    assert Unpin("p") not in engine.sent[before:]  # nothing is pinned to take back
     assert planner.counters.hook_errors == 0
 
 
@@ -291,7 +292,7 @@ def test_own_kv_is_replaced_only_by_a_call_that_continues_it():
         inputs={"q": "?"},
         outputs=["r"],
     )  # fmt: skip
-    planner = Planner(HintRecorder(), PlanConfig(dedup=False))  # type: ignore[arg-type]
+    planner = Planner(CommandRecorder(), PlanConfig(dedup=False))  # type: ignore[arg-type]
     planner.program_started("p", workflow)
     for node_id, tokens in (("draft", 40), ("critic", 30), ("revise", 60)):
         record = NodeRecord(node_id=node_id, kind="llm", state=NodeState.DONE, started_at=0.0, finished_at=1.0)
@@ -358,45 +359,45 @@ def test_a_tool_reserves_what_the_next_call_will_add_learned_per_tool(monkeypatc
         record.prompt_tokens, record.completion_tokens = answer_prompt, 6
         planner.node_finished(program, workflow.nodes["answer"], record)
         planner.program_finished(program, "done", 0.0, 3.0)
-        return [kwargs for method, kwargs in engine.hints if method == "reserve"], priority
+        return engine.of(Reserve), priority
 
     first, priority = run("p", answer_prompt=156 + 40)  # nothing learned yet: its output and its unpinned context
-    assert first[-1]["slots"] == 6 + 156 and first[-1]["program_id"] == "p"
-    assert first[-1]["priority"] == priority and priority != 0
+    assert first[-1].slots == 6 + 156 and first[-1].program_id == "p"
+    assert first[-1].priority == priority_key(priority) and priority != 0
     assert planner.next_call_growth.prompt_growth("lookup") == 40
-    assert first[-1]["call_id"] == "answer"
+    assert first[-1].call_id == "answer"
     # The answer's admission ended its reservation in the engine, so the program's end has nothing to take back.
-    assert "unreserve" not in [method for method, _ in engine.hints]
+    assert not engine.of(Unreserve)
     second, _ = run("q", answer_prompt=156 + 40)
-    assert second[-1]["slots"] == 40 + 6 + 156 and planner.counters.reservations == 2
+    assert second[-1].slots == 40 + 6 + 156 and planner.counters.reservations == 2
     assert planner.counters.hook_errors == 0
 
-    baseline = Planner(HintRecorder(), PlanConfig.baseline())  # type: ignore[arg-type]
+    baseline = Planner(CommandRecorder(), PlanConfig.baseline())  # type: ignore[arg-type]
     workflow = tool_chain("b", "question")
     baseline.program_started("b", workflow)
     baseline.node_started("b", workflow.nodes["search"])
-    assert not [m for m, _ in baseline.engine.hints if m == "reserve"]
+    assert not baseline.engine.of(Reserve)
 
 
-def _planner_in_tool() -> tuple[HintRecorder, Any, Workflow]:
+def _planner_in_tool() -> tuple[CommandRecorder, Any, Workflow]:
     """A planner (no pins) whose program ``p`` has thought and started its tool: one reservation sent."""
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
-    engine = HintRecorder()
+    engine = CommandRecorder()
     planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False))  # type: ignore[arg-type]
     workflow = tool_chain("p", "question")
     planner.program_started("p", workflow)
     planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
     planner.node_started("p", workflow.nodes["search"])
-    assert [m for m, _ in engine.hints].count("reserve") == 1  # the answer's output, learned growth 0
+    assert len(engine.of(Reserve)) == 1  # the answer's output, learned growth 0
     return engine, planner, workflow
 
 
 def test_a_program_that_ends_in_its_tool_takes_its_reservation_back():
     engine, planner, _ = _planner_in_tool()
     planner.program_finished("p", "failed", 0.0, 1.0)
-    assert ("unreserve", {"program_id": "p"}) in engine.hints
+    assert Unreserve("p") in engine.sent
 
 
 @pytest.mark.parametrize("how", ["skipped", "deduplicated"])
@@ -412,7 +413,7 @@ def test_a_reservation_is_taken_back_when_its_call_never_reaches_the_engine(how)
         record = NodeRecord(node_id="answer", kind="llm", state=NodeState.DONE, started_at=1.0, finished_at=1.0)
         record.deduplicated = True
     planner.node_finished("p", workflow.nodes["answer"], record)
-    assert ("unreserve", {"program_id": "p", "call_id": "answer"}) in engine.hints
+    assert Unreserve("p", call_id="answer") in engine.sent
     assert not planner._plans["p"].reserved and planner.counters.hook_errors == 0
 
 
@@ -422,7 +423,7 @@ def test_under_request_fcfs_a_reservation_carries_the_priority_its_call_will_be_
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
-    engine = HintRecorder()
+    engine = CommandRecorder()
     planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False, program_fcfs=False))  # type: ignore[arg-type]
     planner.durations.tools.record("lookup", 5.0)
     workflow = tool_chain("p", "question")
@@ -430,9 +431,10 @@ def test_under_request_fcfs_a_reservation_carries_the_priority_its_call_will_be_
     planner.node_finished("p", workflow.nodes["think"], NodeRecord(node_id="think", kind="llm", state=NodeState.DONE))
     started = time.monotonic()
     planner.node_started("p", workflow.nodes["search"])
-    (reserve,) = [kwargs for method, kwargs in engine.hints if method == "reserve"]
+    (reserve,) = engine.of(Reserve)
     expected_back = started + planner.durations.expected(workflow.nodes["search"])
-    assert reserve["priority"][-1] == pytest.approx(expected_back, abs=0.5) and expected_back > started + 1.0
+    assert reserve.priority is not None and expected_back > started + 1.0
+    assert reserve.priority[-1] == pytest.approx(expected_back, abs=0.5)
 
 
 def _two_branches() -> Workflow:
@@ -455,7 +457,7 @@ def test_parallel_tools_of_one_program_each_keep_their_calls_reservation():
     from plait.runtime.planning.planner import Planner
     from plait.runtime.states import NodeRecord, NodeState
 
-    engine = HintRecorder()
+    engine = CommandRecorder()
     planner = Planner(engine, PlanConfig(dedup=False, tool_pins=False))  # type: ignore[arg-type]
     workflow = _two_branches()
     planner.program_started("p", workflow)
@@ -465,17 +467,16 @@ def test_parallel_tools_of_one_program_each_keep_their_calls_reservation():
     planner.node_started("p", workflow.nodes["tool_left"])
     planner.node_started("p", workflow.nodes["tool_right"])
     held = Reservations()
-    for method, kwargs in engine.hints:
-        if method == "reserve":
-            held.reserve(kwargs["program_id"], kwargs["slots"], (0.0,), kwargs["ttl_s"], kwargs.get("call_id"))
-    reserves = [kwargs for method, kwargs in engine.hints if method == "reserve"]
-    assert [r["call_id"] for r in reserves] == ["call_left", "call_right"]
+    reserves = engine.of(Reserve)
+    for reserve in reserves:
+        held.reserve(reserve.program_id, reserve.slots, (0.0,), reserve.ttl_s, reserve.call_id)
+    assert [r.call_id for r in reserves] == ["call_left", "call_right"]
     context = planner._plans["p"].private_tokens
     # Each call's output (6, nothing learned yet); the program's context is held once, with the first call.
-    assert [r["slots"] for r in reserves] == [6 + context, 6] and context > 0
-    assert held.total() == sum(r["slots"] for r in reserves) and len(held) == 2
+    assert [r.slots for r in reserves] == [6 + context, 6] and context > 0
+    assert held.total() == sum(r.slots for r in reserves) and len(held) == 2
     held.release("p", "call_left")  # the left call is admitted: the right one's memory stays held
-    assert held.total() == reserves[1]["slots"]
+    assert held.total() == reserves[1].slots
     assert planner._plans["p"].reserved == {"call_left", "call_right"} and planner.counters.hook_errors == 0
 
 

@@ -74,11 +74,11 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
         base = {"plan": [], "max_queue_wait": None, "compare": "baseline", "ablation": False, "leave_one_out": False}
         return argparse.Namespace(**{**base, **kw})
 
-    modes = _modes(args(plan=["deadline=off"], leave_one_out=True))
+    modes = _modes(args(plan=["dedup=off"], leave_one_out=True))
     plait_mode, baseline, *without = modes
-    assert not plait_mode.deadline and plait_mode.tool_pins and baseline.name == "baseline"
+    assert not plait_mode.dedup and plait_mode.tool_pins and baseline.name == "baseline"
     assert [m.name for m in without] == [f"plait without {f}" for f in ("program_fcfs",
-        "next_use_hints", "tool_pins", "reserve_next_call", "prefetch", "dedup", "prefix_first",
+        "next_use_hints", "tool_pins", "reserve_next_call", "prefetch", "prefix_first",
         "cache_affinity")]  # fmt: skip
     assert all(not m.uses(m.name.rsplit(" ", 1)[1]) for m in without)
     picked = _modes(args(without=["tool_pins", "prefix_first"]))
@@ -91,8 +91,8 @@ def test_plan_overrides_and_leave_one_out_choose_the_modes(capsys):
     assert not variant.engine.pins_hold_admissions and variant.max_pin_ttl_s == 5.0 and variant.tool_pins
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         _modes(args(variant=["pins=off"]))
-    code = cli_main(["bench", "workflow", "--suite", "react", "--plan", "deadline=maybe", "--model", "tiny"])
-    assert code == 2 and "deadline" in capsys.readouterr().err
+    code = cli_main(["bench", "workflow", "--suite", "react", "--plan", "dedup=maybe", "--model", "tiny"])
+    assert code == 2 and "dedup" in capsys.readouterr().err
 
 
 def test_repeats_alternate_the_mode_order_and_report_medians(tmp_path, capsys):

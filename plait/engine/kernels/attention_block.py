@@ -110,9 +110,8 @@ def slice_length(length, num_slices, BLOCK_N: tl.constexpr):
 
 
 # Multiply the softmax probabilities by V in float32 (TF32 on a GPU: 10 mantissa bits instead of bfloat16's 7), as the
-# torch reference does. Off: measured on an H200 it cost 10% of the 8B prefill (67.8% vs 75.1% of the matmul rate)
-# and moved the 1B logits' distance from the reference only from 2.58e-2 to 2.43e-2
-# (bench/results/h200_2026-11-22c/fast_path/). bench/gpu/triton_vs_torch_logits.py --pv float32 turns it on.
+# torch reference does. Off: it costs about a tenth of the prefill rate for a small gain in logits precision (see
+# docs/decisions.md, 2026-11-22: P @ V in bfloat16). bench/gpu/triton_vs_torch_logits.py --pv float32 turns it on.
 PV_IN_FLOAT32 = False
 
 

@@ -29,9 +29,9 @@ from plait.engine.kernels.shared_prefix_attention import PREFIX_LAUNCH, PrefixTi
 
 MAX_KV_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
-# Stage-1 programs wanted per multiprocessor. Measured on an H200 (bench/gpu/decode_variants.py): two-warp programs,
-# two per SM, read the KV at 4.1-4.2 TB/s from batch 64 up; four four-warp programs per SM split the context where
-# it was not needed and read at 2.8-2.9 TB/s.
+# Stage-1 programs wanted per multiprocessor: two two-warp programs per SM keep the KV read near the bandwidth from
+# batch 64 up; more programs split the context where the batch alone fills the device (see docs/decisions.md,
+# 2026-11-22: decode attention launch configuration; bench/gpu/decode_variants.py).
 PROGRAMS_PER_SM = 2
 BLOCK_N = 64
 SPLIT_LAUNCH = {"num_warps": 2, "num_stages": 3}

@@ -2,10 +2,10 @@
 
 A batch-1 decode step reads every weight once and computes almost nothing, so each projection should run at the
 memory bandwidth. For weights of up to a few tens of MB the vendor GEMM picks 64-row tiles: too few programs to
-keep the HBM busy, plus a split-K reduction kernel. Measured with cold weights (each call of the timing graph reads
-another copy, as the engine does; ``bench/gpu/gemv_cold.py``) on an H200: 8B output projection 11.4 vs 13.3 us,
-1B output 4.4 vs 6.0 us, 1B down 11.2 vs 13.6 us; without programmatic dependent launch (``pdl.py``) the 8B Q/K/V
-(50 MB) and larger weights are faster through cuBLAS, with it none is.
+keep the HBM busy, plus a split-K reduction kernel. Timed with cold weights, as the engine reads them
+(``bench/gpu/gemv_cold.py``), this kernel is faster for those weights; without programmatic dependent launch
+(``pdl.py``) the vendor GEMM is as fast from ~50 MB up, with it this kernel wins at every size (see
+``docs/decisions.md``, 2026-11-22: one-row GEMV with PDL).
 
 Each program owns ``BLOCK_N`` rows and walks K in ``BLOCK_K`` chunks, accumulating elementwise in float32 and
 reducing once at the end; the result is rounded once, as the GEMM rounds its float32 accumulator.
@@ -21,8 +21,7 @@ from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_
 
 # One-row projections whose weight is at most this many bytes go through the GEMV (0 disables it). Without PDL the
 # vendor GEMM is as fast from ~50 MB up; with PDL the GEMV streams its first weight tile while the kernel before it
-# drains, and wins at every size (8B batch-1 step on an H200: 4.30 ms with every projection here, 4.45 ms up to
-# 128 MB, 4.54 ms up to 40 MB; bench/results/h200_2026-11-22e/fast_path).
+# drains, so every one-row projection goes through it (docs/decisions.md, 2026-11-22: one-row GEMV with PDL).
 MAX_WEIGHT_BYTES = 40 << 20
 MAX_WEIGHT_BYTES_PDL = 1 << 40
 BLOCK_N = 2

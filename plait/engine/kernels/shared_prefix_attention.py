@@ -137,9 +137,9 @@ def _multiprocessors(device: torch.device) -> int:
 
 def choose_prefix_slices(num_tiles: int, num_kv_heads: int, longest_prefix: int, device: torch.device) -> int:
     """Slices per shared prefix: enough programs for one per multiprocessor, none shorter than
-    ``MIN_TOKENS_PER_PREFIX_SLICE`` tokens, a power of two (so the merge kernel compiles few variants). Measured on
-    an H200 (bench/gpu/shared_prefix_decode.py --sweep, 8 tiles x 8 KV heads over 2560 tokens): 4 slices 181 us,
-    8 slices 187, 2 slices 203, 1 slice 249 for the whole step; more slices also cost the merge more."""
+    ``MIN_TOKENS_PER_PREFIX_SLICE`` tokens, a power of two (so the merge kernel compiles few variants). Fewer
+    slices leave multiprocessors idle; more cost the merge more (``bench/gpu/shared_prefix_decode.py --sweep``;
+    docs/decisions.md, 2026-11-22: shared-prefix decode attention)."""
     programs = max(1, num_tiles * num_kv_heads)
     wanted = triton.cdiv(_multiprocessors(device), programs)
     by_length = triton.cdiv(max(1, longest_prefix), MIN_TOKENS_PER_PREFIX_SLICE)

@@ -24,9 +24,6 @@ from plait.engine.engine_policy import DEFAULT_AFFINITY_WINDOW_S
 # Every planning feature and what it does (the start-up log and ``plait info`` print these).
 FEATURE_DOCS = {
     "program_fcfs": "a program that started earlier goes first, so programs finish instead of interleaving",
-    "shortest_remaining": "a program's time key adds its expected remaining path: near-done and short ones first",
-    "attained_service": "ATLAS: programs that received less service along their critical path go first",
-    "deadline": "a tight deadline moves a program up to its latest start; a hopeless one goes behind the rest",
     "next_use_hints": "KV whose next use (steps away in the graph) is farthest is evicted first",
     "tool_pins": "a program's KV stays while its tool runs, for a TTL chosen from the tool's durations",
     "reserve_next_call": "memory for a tool-waiting program's next call is held from calls that would go after it",
@@ -55,17 +52,10 @@ class PlanConfig:
     """Feature switches and their parameters. The default is what plait serves with."""
 
     program_fcfs: bool = True
-    shortest_remaining: bool = False  # off: it defers long programs, the tail (see ordering.py)
-    attained_service: bool = False
-    # Off: over program FCFS a feasible deadline never moves a program, so it acts only by demoting programs that can
-    # no longer make theirs, and on the H200 that cost text2sql mean, p95 and SLO attainment alike (README, issue 8).
-    deadline: bool = False
     tool_pins: bool = True
     reserve_next_call: bool = True
     prefetch: bool = True
     dedup: bool = True
-    # ATLAS: service levels are [0, q), [q, 4q), [4q, 16q), ... seconds of engine time along the critical path.
-    service_quantum_s: float = 0.5
     # Tool pins never last longer than this, whatever the tool's distribution says.
     max_pin_ttl_s: float = 60.0
     # A pin's cost charges only the share of a step that does not grow with its batch (the engine's fitted
@@ -84,8 +74,6 @@ class PlanConfig:
     name: str = "plait"
 
     def __post_init__(self) -> None:
-        if not self.service_quantum_s > 0:
-            raise ValueError(f"service_quantum_s must be > 0, got {self.service_quantum_s}")
         if not self.max_pin_ttl_s > 0:
             raise ValueError(f"max_pin_ttl_s must be > 0, got {self.max_pin_ttl_s}")
 
@@ -97,12 +85,9 @@ class PlanConfig:
 
     @classmethod
     def only(cls, feature: str) -> PlanConfig:
-        """The baseline with one feature on (attained service keeps the engine's aging, which it relies on)."""
+        """The baseline with one feature on."""
         _check_feature(feature)
-        plan = cls.baseline().switched(feature, True)
-        if feature == "attained_service":
-            plan = replace(plan, engine=plan.engine.with_values(max_queue_wait_s=EnginePolicy.max_queue_wait_s))
-        return replace(plan, name=f"only {feature}")
+        return replace(cls.baseline().switched(feature, True), name=f"only {feature}")
 
     def without(self, feature: str) -> PlanConfig:
         _check_feature(feature)
@@ -130,7 +115,7 @@ class PlanConfig:
         return self.engine.eviction == "next-use"
 
     def with_overrides(self, overrides: list[str]) -> PlanConfig:
-        """This config with ``FIELD=VALUE`` overrides. FIELD is a planner field (``attained_service=on``), an engine
+        """This config with ``FIELD=VALUE`` overrides. FIELD is a planner field (``dedup=off``), an engine
         policy field (``max_queue_wait_s=10``, ``eviction=lru``) or a feature (``cache_affinity=off``); booleans take
         on/off/true/false/yes/no/1/0. Raises ``ValueError`` naming the bad item and what is accepted."""
         plan_fields = {f.name: f for f in fields(self) if f.name not in ("name", "engine")}
@@ -175,7 +160,6 @@ class PlanConfig:
         """One line per enabled feature, with the settings it runs with (what a server logs at start-up)."""
         engine = self.engine
         settings = {
-            "attained_service": f"service quantum {self.service_quantum_s:g} s",
             "tool_pins": f"at most {self.max_pin_ttl_s:g} s, within {engine.pin_budget_fraction:.0%} of the KV pool, "
             f"pins hold admissions {'on' if engine.pins_hold_admissions else 'off'}",
             "prefix_first": f"prefixes of at least {engine.prefix_hold_min_tokens} tokens",

@@ -6,7 +6,10 @@ Hooks (called by ``ProgramExecution``; a failing hook is logged and never fails 
 - ``node_started`` / ``node_finished``: tool pins with a cost/benefit TTL, unpins, prefetch, next-use hints for the
   program and for the static prompt prefixes its pending calls will read, learned durations, the timeline.
 
-KV hints are advice the engine may ignore; the planner never waits on the engine.
+KV hints are advice the engine may ignore; the planner never waits on the engine. It sends typed commands
+(``Engine.send``: ``Pin``, ``Unpin``, ``Reserve``, ``HintNextUse``, ...) and is the engine's one feedback reader: at
+each hook that needs them it takes one ``EngineFeedback`` (the latest stats, and the cache events since its last read,
+each exactly once).
 """
 
 from __future__ import annotations
@@ -15,19 +18,30 @@ import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import networkx as nx
 
-from plait.dag import LLMCall, Node, ToolCall, Workflow, calls_made_ready, critical_path, steps_to_execution
-from plait.engine import Engine, EngineStats
+from plait.dag import LLMCall, Node, ToolCall, Workflow, calls_made_ready, steps_to_execution
+from plait.engine import (
+    Engine,
+    EngineStats,
+    ForgetProgram,
+    HintNextUse,
+    Pin,
+    Prefetch,
+    Reserve,
+    Unpin,
+    Unreserve,
+)
 from plait.engine.request import priority_key
 from plait.runtime.planning.call_dedup import CallDeduplicator
 from plait.runtime.planning.durations import DurationModel
 from plait.runtime.planning.kv_loss import ToolWaitLoss, snapshot_horizon_s
 from plait.runtime.planning.kv_reuse import SharedPrefixes, continues, continues_across
 from plait.runtime.planning.next_call import NextCallGrowth
-from plait.runtime.planning.ordering import call_priority, latest_start
+from plait.runtime.planning.ordering import call_priority
 from plait.runtime.planning.pin_ttl import choose_pin_ttl
 from plait.runtime.planning.plan_config import PlanConfig
 from plait.runtime.planning.program_plan import PlannerCounters, ProgramPlan
@@ -61,36 +75,30 @@ class Planner:
         # A program's own KV (its context less the prefixes live programs share) is what a pin holds and what a
         # reservation adds for an unpinned program: tracked when either is on.
         self._sizes_own_kv = self.config.tool_pins or self.config.reserve_next_call
+        self._engine_stats: EngineStats | None = None  # from the last feedback read (None before the first)
 
     # ---- programs --------------------------------------------------------------------------------------------------
 
-    def program_started(
-        self, program_id: str, workflow: Workflow, *, user_priority: float = 0.0, deadline_s: float | None = None
-    ) -> None:
-        now = time.monotonic()
-        deadline_at = now + deadline_s if deadline_s is not None else None
-        plan = ProgramPlan(program_id, workflow, now, deadline_at, float(user_priority))
+    def program_started(self, program_id: str, workflow: Workflow, *, user_priority: float = 0.0) -> None:
+        plan = ProgramPlan(program_id, workflow, time.monotonic(), float(user_priority))
         if self._sizes_own_kv:
             plan.static_prefixes = frozenset(p for n in workflow.nodes.values() if (p := _static_prefix(n)))
             self._shared_prefixes.add(plan.static_prefixes)
-        if deadline_at is not None and self.config.deadline:
-            _, path_s = critical_path(workflow, self.durations.expected)
-            plan.latest_start_at = latest_start(deadline_at, path_s)
         self._plans[program_id] = plan
 
     def program_finished(self, program_id: str, state: str, created_at: float, finished_at: float) -> None:
         plan = self._plans.pop(program_id, None)
-        self._guard(self._poll_cache_events)
+        self._guard(self._read_feedback)
         if plan is None:
             return
         self._shared_prefixes.remove(plan.static_prefixes)
         self.timeline.close_open(program_id, finished_at)
         self.timeline.span(program_id, TimelineKind.PROGRAM, created_at, finished_at, args={"state": state})
         if plan.pin_until:
-            self.engine.hint("unpin", program_id=program_id)
+            self.engine.send(Unpin(program_id))
         if plan.reserved:
-            self.engine.hint("unreserve", program_id=program_id)
-        self.engine.hint("forget_program", program_id=program_id)
+            self.engine.send(Unreserve(program_id))
+        self.engine.send(ForgetProgram(program_id))
         for prefix in plan.prefixes:
             self._prefix_users[prefix].pop(program_id, None)
         self._send_prefix_hints(plan.prefixes)
@@ -104,18 +112,8 @@ class Planner:
         if plan is None:
             return RequestOptions(program_id)
         now = time.monotonic() if at is None else at
-        remaining_s = 0.0
-        if self.config.shortest_remaining or (self.config.deadline and plan.deadline_at is not None):
-            remaining_s = plan.remaining_s(node.id, self.durations)
         priority = call_priority(
-            self.config,
-            user_priority=plan.user_priority,
-            program_started_at=plan.started_at,
-            attained_service_s=plan.attained_s,
-            deadline_at=plan.deadline_at,
-            latest_start_at=plan.latest_start_at,
-            remaining_s=remaining_s,
-            now=now,
+            self.config, user_priority=plan.user_priority, program_started_at=plan.started_at, now=now
         )
         return RequestOptions(program_id, priority=priority)
 
@@ -150,10 +148,8 @@ class Planner:
         if record.spliced_tokens:
             self.counters.spliced_calls += 1
             self.counters.spliced_tokens += record.spliced_tokens
-        before = max((plan.attained.get(p, 0.0) for p in plan.workflow.graph.predecessors(node.id)), default=0.0)
-        service = 0.0
         if isinstance(node, LLMCall):
-            service = self._llm_finished(plan, node, record)
+            self._llm_finished(plan, node, record)
         elif record.run_s is not None and record.started_at is not None:
             end = record.finished_at or record.started_at
             self.timeline.span(program_id, TimelineKind.TOOL, record.started_at, end, node=node.id)
@@ -168,15 +164,14 @@ class Planner:
                 # is evicted last) without the pin keeping other programs' prompts out while that call queues.
                 self._unpin(plan, time.monotonic())
             if self.config.prefetch:
-                self.engine.hint("prefetch", program_id=program_id)
+                self.engine.send(Prefetch(program_id))
                 self.counters.prefetches += 1
-        plan.attained[node.id] = before + service
-        self._poll_cache_events()
+        self._read_feedback()
         if self.config.next_use_hints:
             self._hint_next_use(plan)
 
-    def _llm_finished(self, plan: ProgramPlan, node: LLMCall, record: NodeRecord) -> float:
-        """Timeline spans, learned rates and the unpin that follows an LLM call; returns its engine service time."""
+    def _llm_finished(self, plan: ProgramPlan, node: LLMCall, record: NodeRecord) -> None:
+        """Timeline spans, learned rates and the unpin that follows an LLM call."""
         if plan.pin_until:
             self._unpin(plan, time.monotonic())
         after = plan.growth_from.pop(node.id, None)
@@ -185,10 +180,10 @@ class Planner:
             if record.deduplicated or record.state.value != "done":
                 # The call the memory was held for never reached the engine (deduplicated, skipped after a failed
                 # tool, or failed before it was submitted), so no admission ended the reservation.
-                self.engine.hint("unreserve", program_id=plan.program_id, call_id=node.id)
+                self.engine.send(Unreserve(plan.program_id, node.id))
         start, end = record.started_at, record.finished_at
         if start is None or end is None:
-            return 0.0
+            return
         if after is not None and record.prompt_tokens and not record.deduplicated:
             self.next_call_growth.observe(after[0], record.prompt_tokens - after[1])
         plan.context_tokens = record.prompt_tokens + record.completion_tokens
@@ -216,7 +211,6 @@ class Planner:
         if not record.deduplicated and record.state.value == "done":
             computed = record.prompt_tokens - record.cached_tokens  # cached tokens cost (almost) nothing to prefill
             self.durations.observe_llm(computed, first - admitted, record.completion_tokens, end - first)
-        return end - admitted
 
     # ---- KV: pins, next-use hints ----------------------------------------------------------------------------------
 
@@ -225,7 +219,7 @@ class Planner:
             plan.pin_worthy[node.id] = continues_across(plan.workflow, node)
         if not plan.pin_worthy[node.id]:
             return  # nothing after the tool reads the KV before it: holding it would only keep others out
-        stats = self.engine.stats()
+        stats = self._read_feedback()
         # Pressure: the fraction of the pool requests use; full when requests are waiting for memory.
         pressure = 1.0 if stats.waiting else min(1.0, stats.kv_slots_used / max(stats.kv_slots_total, 1))
         horizon_s = self._eviction_horizon_s(plan, stats)
@@ -248,7 +242,7 @@ class Planner:
         graph, nodes = plan.workflow.graph, plan.workflow.nodes
         after = [nodes[n] for n in graph.successors(node.id) if isinstance(nodes[n], LLMCall)]
         priority = self._next_call_priority(plan, after, node)
-        self.engine.hint("pin", ttl_s=decision.ttl_s, program_id=plan.program_id, priority=priority)
+        self.engine.send(Pin(decision.ttl_s, plan.program_id, priority=priority))
         self.counters.pins += 1
         self.counters.pin_ttl_total_s += decision.ttl_s
         if plan.pin_span is not None:
@@ -291,11 +285,10 @@ class Planner:
             if slots <= 0:
                 continue
             priority = self._next_call_priority(plan, [call], tool)
-            hint = {"program_id": plan.program_id, "call_id": call.id, "slots": slots, "priority": priority}
-            hint["ttl_s"] = self.config.max_pin_ttl_s
-            self.engine.hint("reserve", **hint)
+            reserve = Reserve(plan.program_id, slots, priority, self.config.max_pin_ttl_s, call.id)
+            self.engine.send(reserve)
             if pinned and plan.reservation_without_context is None and not context_held:
-                plan.reservation_without_context = hint
+                plan.reservation_without_context = reserve
             if context:
                 plan.context_reserved_by, context = call.id, 0
             plan.reserved.add(call.id)
@@ -332,15 +325,15 @@ class Planner:
         if plan.pin_span is not None:
             self.timeline.close_span(plan.pin_span, at, args={"refused": True})
         plan.pin_until, plan.pin_span = 0.0, None
-        hint = plan.reservation_without_context
+        reserve = plan.reservation_without_context
         plan.reservation_without_context = None
-        if hint is not None and hint["call_id"] in plan.reserved and plan.tools_running and plan.private_tokens:
-            plan.context_reserved_by = hint["call_id"]
-            self.engine.hint("reserve", **{**hint, "slots": hint["slots"] + plan.private_tokens})
+        if reserve is not None and reserve.call_id in plan.reserved and plan.tools_running and plan.private_tokens:
+            plan.context_reserved_by = reserve.call_id
+            self.engine.send(replace(reserve, slots=reserve.slots + plan.private_tokens))
             self.counters.reserved_slots += plan.private_tokens
 
     def _unpin(self, plan: ProgramPlan, now: float) -> None:
-        self.engine.hint("unpin", program_id=plan.program_id)
+        self.engine.send(Unpin(plan.program_id))
         if plan.pin_span is not None:
             self.timeline.close_span(plan.pin_span, min(now, plan.pin_until))
         plan.pin_until, plan.pin_span = 0.0, None
@@ -357,7 +350,7 @@ class Planner:
         seconds = None
         if plan.tools_running:  # the first tool back may already unblock the next call: the earliest return
             seconds = max(0.0, min(plan.tools_running.values()) - time.monotonic())
-        self.engine.hint("next_use", program_id=plan.program_id, steps=float(nearest), seconds=seconds)
+        self.engine.send(HintNextUse(plan.program_id, steps=float(nearest), seconds=seconds))
         self.counters.next_use_hints += 1
         prefixes: dict[str, float] = {}
         for node_id, node_steps in pending.items():
@@ -383,7 +376,7 @@ class Planner:
                 continue
             ids = self._prefix_token_ids(prefix)
             if ids:
-                self.engine.hint("next_use", prefix_token_ids=ids, steps=steps)
+                self.engine.send(HintNextUse(prefix_token_ids=tuple(ids), steps=steps))
                 self.counters.prefix_hints += 1
             if steps >= _FAR:
                 self._prefix_sent.pop(prefix, None)
@@ -399,10 +392,14 @@ class Planner:
             self._prefix_ids[prefix] = ids
         return ids
 
-    # ---- cache events and reporting --------------------------------------------------------------------------------
+    # ---- engine feedback and reporting ------------------------------------------------------------------------------
 
-    def _poll_cache_events(self) -> None:
-        for event in self.engine.cache_events():
+    def _read_feedback(self) -> EngineStats:
+        """Take the engine's feedback: act on its cache events (each is in one record only) and keep its stats, which
+        are returned."""
+        feedback = self.engine.feedback()
+        self._engine_stats = feedback.stats
+        for event in feedback.cache_events:
             if event.kind == "pin_refused":
                 for program_id in event.programs:
                     self._pin_refused(program_id, event.at)
@@ -414,6 +411,7 @@ class Planner:
             for program_id in event.programs:
                 if program_id in self._plans:
                     self.timeline.instant(program_id, kind, event.at, args=args)
+        return feedback.stats
 
     def stats(self) -> dict[str, Any]:
         counters = dict(vars(self.counters))
@@ -422,9 +420,11 @@ class Planner:
             counters["dedup_shared"] = self.dedup.deduplicated
         counters["prefill_s_per_token"] = self.durations.prefill_s_per_token
         counters["prefill_overhead_s"] = self.durations.prefill.overhead_s
-        engine_stats = self.engine.stats()
-        counters["prefill_s_per_token_marginal"] = engine_stats.prefill_s_per_token_marginal
-        counters["step_fixed_share"] = engine_stats.step_fixed_share
+        engine_stats = self._engine_stats  # as of the last hook that read the engine's feedback
+        counters["prefill_s_per_token_marginal"] = (
+            None if engine_stats is None else engine_stats.prefill_s_per_token_marginal
+        )
+        counters["step_fixed_share"] = None if engine_stats is None else engine_stats.step_fixed_share
         counters["decode_s_per_token"] = self.durations.decode_s_per_token
         learned = self.tool_wait_loss.horizon_s() if self.config.next_use_hints else None
         counters["tool_wait_horizon_s"] = learned if learned is None or math.isfinite(learned) else "inf"

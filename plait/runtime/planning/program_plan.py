@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from plait.dag import Workflow
-from plait.runtime.planning.durations import DurationModel
-from plait.runtime.planning.ordering import remaining_paths
+from plait.engine import Reserve
 
 
 @dataclass
@@ -17,11 +15,8 @@ class ProgramPlan:
     program_id: str
     workflow: Workflow
     started_at: float
-    deadline_at: float | None
     user_priority: float
-    latest_start_at: float | None = None  # deadline minus the expected critical path at the start
     finished: set[str] = field(default_factory=set)
-    attained: dict[str, float] = field(default_factory=dict)  # node -> engine seconds along the best path to it
     context_tokens: int = 0  # the KV its last LLM call left: prompt + completion
     private_tokens: int = 0  # ... less the prompt prefix other live programs share (kv_reuse.SharedPrefixes)
     static_prefixes: frozenset[str] = frozenset()  # the static prompt prefixes its calls start with
@@ -31,9 +26,9 @@ class ProgramPlan:
     # the planner takes it back when the call never reaches the engine, and all of them at the program's end).
     reserved: set[str] = field(default_factory=set)
     context_reserved_by: str | None = None  # the call whose reservation holds the program's context as well
-    # The last reservation's hint arguments, when they left the program's context out because a pin kept it: a pin
-    # the engine refuses brings the context back into the reservation.
-    reservation_without_context: dict[str, Any] | None = None
+    # The last reservation sent, when it left the program's context out because a pin kept it: a pin the engine
+    # refuses brings the context back into the reservation.
+    reservation_without_context: Reserve | None = None
     # Calls after a running tool -> (that tool, the program's context when it started): their prompt's growth.
     growth_from: dict[str, tuple[str, int]] = field(default_factory=dict)
     pin_worthy: dict[str, bool] = field(default_factory=dict)  # per tool: does the call after it read this KV
@@ -43,20 +38,6 @@ class ProgramPlan:
     # Its own KV per finished LLM call that no later call continues (a fan-out's branches each hold theirs): what the
     # cache counts as the program's when it evicts or spares it.
     own_kv: dict[str, int] = field(default_factory=dict)
-    # Each node's remaining expected path, for the (finished, nodes) counts it was computed at: calls submitted
-    # together (a fan-out's branches) share one pass over the graph.
-    remaining: tuple[tuple[int, int], dict[str, float]] | None = None
-
-    def remaining_s(self, node_id: str, durations: DurationModel) -> float:
-        """Expected seconds of the longest unfinished chain from ``node_id`` (``ordering.remaining_paths``)."""
-        key = (len(self.finished), len(self.workflow.nodes))
-        if self.remaining is None or self.remaining[0] != key or node_id not in self.remaining[1]:
-            self.remaining = (key, remaining_paths(self.workflow, self.finished, durations))
-        return self.remaining[1][node_id]
-
-    @property
-    def attained_s(self) -> float:
-        return max(self.attained.values(), default=0.0)
 
 
 @dataclass

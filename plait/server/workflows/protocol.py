@@ -39,7 +39,7 @@ PRIORITY_DOC = (
 )
 DEADLINE_DOC = (
     "Seconds from submission by which the workflow must finish: the server cancels it when it runs longer (its "
-    "status says so), and the planner's deadline ordering, when enabled, reads it as the program's SLO."
+    "status says so)."
 )
 
 

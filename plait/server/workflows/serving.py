@@ -77,7 +77,6 @@ def start_workflow(state: ServerState, tenant: Tenant, spec: WorkflowSpec, optio
             "fail_fast": options.fail_fast,
             "priority": options.priority,
             "services": services,
-            "deadline_s": options.deadline_s,
         }
         if options.open:
             program = state.executor.open(spec.name, **common)
@@ -98,7 +97,6 @@ def start_workflow(state: ServerState, tenant: Tenant, spec: WorkflowSpec, optio
         admission.release()
         if deadline is not None:
             deadline.cancel()
-        state.engine.hint("forget_program", program_id=workflow_id)
 
     EventRecorder(entry, on_finished=finished).attach()
     registry_of(state).add(entry, state.owners)

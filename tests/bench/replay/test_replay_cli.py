@@ -118,8 +118,8 @@ def test_ctrl_c_stops_the_replay_and_writes_what_was_measured(tmp_path):
 def test_plan_overrides_change_plait_mode_only_and_bad_ones_say_what_is_known(tmp_path, capsys):
     from plait.runtime.planning import PlanConfig
 
-    plan = PlanConfig().with_overrides(["attained_service=on", "max-queue-wait-s=5", "prefetch=off"])
-    assert plan.attained_service and not plan.prefetch and plan.engine.max_queue_wait_s == 5.0 and plan.name == "plait"
+    plan = PlanConfig().with_overrides(["program_fcfs=off", "max-queue-wait-s=5", "prefetch=off"])
+    assert not plan.program_fcfs and not plan.prefetch and plan.engine.max_queue_wait_s == 5.0 and plan.name == "plait"
     trace = write_mooncake(tmp_path / "trace.jsonl", 2)
     for bad, message in (
         ("nonsense=1", "FIELD one of"),
