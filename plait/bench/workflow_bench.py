@@ -69,7 +69,7 @@ def register(benches: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FEATURE",
-        help="also run the baseline with this one feature on (repeatable; e.g. shared_prefix_decode)",
+        help="also run the baseline with this one feature on (repeatable; e.g. prefix_first)",
     )
     parser.add_argument(
         "--without",
@@ -167,9 +167,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     config.kv_slots = config.kv_slots or suite.kv_slots
-    # Capture the shared-prefix decode graphs when some mode uses it (each mode switches it on or off at run time).
-    shared = any(mode.engine.shared_prefix_decode for mode in args.modes)
-    config.policy = dataclasses.replace(config.policy, shared_prefix_decode=shared)
     return asyncio.run(_run(args, config, suite, lambda: build_suite(args.suite, options), profile))
 
 

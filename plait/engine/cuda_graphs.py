@@ -10,10 +10,7 @@ out) and attend over one position of req_to_token row 0 (reading a slot is alway
 
 The attention backend must provide ``init_graph_buffers(max_bs)``, ``graph_metadata(bs)`` (metadata whose tensors are
 views of those buffers) and ``fill_graph_metadata(layouts, bs)``, and its decode path must not synchronise with the
-host or allocate differently from one replay to the next. With ``shared_prefix`` (``EngineConfig.shared_prefix_decode``
-when the engine starts) and a backend with ``supports_shared_prefix``, each bucket from ``SHARED_PREFIX_MIN_BATCH``
-rows up gets a second graph (``graph_metadata(bs, shared_prefix=True)``), replayed for steps whose decodes attend
-shared prefixes together (``ForwardBatch.decode_groups``).
+host or allocate differently from one replay to the next.
 """
 
 from __future__ import annotations
@@ -22,9 +19,8 @@ from typing import Any
 
 import torch
 
-from plait.engine.forward_batch import DecodeGroup, ForwardBatch, SequenceLayout
+from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 
-SHARED_PREFIX_MIN_BATCH = 2  # a group has two members at least
 DEFAULT_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
 
@@ -41,10 +37,7 @@ def supports_graphs(backend: Any) -> bool:
 class DecodeGraphs:
     """Captured decode forwards for batch sizes ``graph_buckets(max_batch)``."""
 
-    def __init__(
-        self, model: torch.nn.Module, attention: Any, max_batch: int, device: torch.device, shared_prefix: bool = False
-    ) -> None:
-        """``shared_prefix``: also capture each bucket's shared-prefix variant (a backend that supports it)."""
+    def __init__(self, model: torch.nn.Module, attention: Any, max_batch: int, device: torch.device) -> None:
         if not supports_graphs(attention):
             raise ValueError(f"the '{attention.name}' attention backend cannot be captured in CUDA graphs")
         self.model = model
@@ -58,17 +51,15 @@ class DecodeGraphs:
         self.positions = torch.zeros(n, dtype=torch.int64, device=device)
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
         self.sample_indices = torch.arange(n, dtype=torch.int64, device=device)
-        self.shared_prefix = shared_prefix and bool(getattr(attention, "supports_shared_prefix", False))
-        # Keyed by (batch size, shared-prefix variant).
-        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         # The batch each graph was captured with. Kept alive: buffers that the forward allocates lazily on its
         # metadata during the warm-up (the decode kernel's split scratch) are baked into the graph by address, so
         # freeing them would let the allocator hand that memory to other tensors while replays still write it.
-        self.batches: dict[tuple[int, bool], ForwardBatch] = {}
-        self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
+        self.batches: dict[int, ForwardBatch] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
         self.pool: Any = None
 
-    def _static_batch(self, bs: int, shared: bool) -> ForwardBatch:
+    def _static_batch(self, bs: int) -> ForwardBatch:
         layouts = [SequenceLayout(0, 0, 1)] * bs
         return ForwardBatch(
             input_ids=self.input_ids[:bs],
@@ -78,29 +69,17 @@ class DecodeGraphs:
             num_decode=bs,
             layouts=layouts,
             attention=self.attention,
-            attn_meta=self.attention.graph_metadata(bs, shared_prefix=True)
-            if shared
-            else self.attention.graph_metadata(bs),
+            attn_meta=self.attention.graph_metadata(bs),
             samples_every_row=True,
         )
 
     def capture(self) -> None:
         """Capture every bucket, largest first so the smaller graphs reuse its memory pool."""
         torch.cuda.synchronize(self.device)
-        variants = [
-            (bs, shared)
-            for bs in reversed(self.buckets)
-            for shared in (False, True)
-            if not shared or (self.shared_prefix and bs >= SHARED_PREFIX_MIN_BATCH)
-        ]
-        for key in variants:
-            bs, shared = key
-            batch = self._static_batch(bs, shared)
-            self.batches[key] = batch
-            if shared:
-                self.attention.fill_graph_metadata([SequenceLayout(0, 0, 1)] * bs, bs, [])
-            else:
-                self.attention.fill_graph_metadata([SequenceLayout(0, 0, 1)] * bs, bs)
+        for bs in reversed(self.buckets):
+            batch = self._static_batch(bs)
+            self.batches[bs] = batch
+            self.attention.fill_graph_metadata([SequenceLayout(0, 0, 1)] * bs, bs)
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
@@ -109,10 +88,10 @@ class DecodeGraphs:
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[key] = self.model(batch)
+                self.outputs[bs] = self.model(batch)
             if self.pool is None:
                 self.pool = graph.pool()
-            self.graphs[key] = graph
+            self.graphs[bs] = graph
         torch.cuda.synchronize(self.device)
 
     def bucket(self, batch_size: int) -> int | None:
@@ -127,10 +106,8 @@ class DecodeGraphs:
         positions: torch.Tensor,
         out_cache_loc: torch.Tensor,
         layouts: list[SequenceLayout],
-        groups: list[DecodeGroup] | None = None,
     ) -> torch.Tensor:
-        """Logits ``[len(layouts), vocab]`` of a decode batch (all inputs on the host or the device); with
-        ``groups``, through the shared-prefix variant of the bucket when it has one."""
+        """Logits ``[len(layouts), vocab]`` of a decode batch (all inputs on the host or the device)."""
         n = len(layouts)
         bs = self.bucket(n)
         assert bs is not None, f"decode batch of {n} exceeds the largest graph ({self.max_batch})"
@@ -141,10 +118,6 @@ class DecodeGraphs:
             self.input_ids[n:bs].zero_()
             self.positions[n:bs].zero_()
             self.out_cache_loc[n:bs].zero_()
-        key = (bs, bool(groups) and (bs, True) in self.graphs)
-        if key[1]:
-            self.attention.fill_graph_metadata(layouts, bs, groups)
-        else:
-            self.attention.fill_graph_metadata(layouts, bs)
-        self.graphs[key].replay()
-        return self.outputs[key][:n]
+        self.attention.fill_graph_metadata(layouts, bs)
+        self.graphs[bs].replay()
+        return self.outputs[bs][:n]

@@ -82,7 +82,6 @@ class EngineCore(RuntimeControls, Scoring):
             ready=self._can_admit,
         )
         self.runner = build_runner(self, mc)
-        self.runner.shared_prefix_decode = config.policy.shared_prefix_decode
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
         self._seed_source = torch.Generator().manual_seed(config.seed)

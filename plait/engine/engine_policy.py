@@ -42,9 +42,6 @@ class EnginePolicy:
     # Pinned KV keeps new prompts out, except those whose priority beats every pinner's (a pin keeps memory for its
     # program's next call, so it holds back only prompts that call would go after). Off: pins only order eviction.
     pins_hold_admissions: bool = True
-    # Decodes sharing a cached prefix attend it together, reading it once per tile (triton backend;
-    # prefix_groups.py). Decode CUDA graphs for it are captured only when an engine starts with it on.
-    shared_prefix_decode: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -62,7 +62,7 @@ def build_decode_graphs(
             f"backend '{config.resolve_attention_backend(device)}')",
         )
     max_batch = min(config.cuda_graph_max_batch or 256, config.max_running)
-    graphs = DecodeGraphs(model, attention, max_batch, device, shared_prefix=config.policy.shared_prefix_decode)
+    graphs = DecodeGraphs(model, attention, max_batch, device)
     graphs.capture()
     return graphs
 

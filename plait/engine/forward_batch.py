@@ -25,20 +25,6 @@ class SequenceLayout:
     new_len: int  # tokens computed in this step
 
 
-# Sequences whose queries share one pass over a group's prefix (kernels/shared_prefix_attention.py): with 4 query heads
-# per KV head (Llama 3), a 64-row tl.dot per K/V block. The simulated GPU charges a prefix once per tile too.
-SHARED_PREFIX_TILE_SEQS = 16
-
-
-@dataclass(frozen=True)
-class DecodeGroup:
-    """Decodes of the batch (indices into its first ``num_decode`` layouts) whose first ``shared_len`` KV slots are
-    the same: their attention over that prefix can be computed together (prefix_groups.py)."""
-
-    shared_len: int
-    members: list[int]
-
-
 @dataclass
 class ForwardBatch:
     input_ids: torch.Tensor  # [tokens] int64
@@ -52,4 +38,3 @@ class ForwardBatch:
     use_graph: bool = False  # a decode batch that ModelRunner.forward serves with a CUDA graph replay
     # sample_indices is every token row in order (a decode batch): the model skips gathering the rows
     samples_every_row: bool = False
-    decode_groups: list[DecodeGroup] = field(default_factory=list)  # shared-prefix decode attention (may be empty)

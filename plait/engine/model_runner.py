@@ -14,7 +14,6 @@ from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 from plait.engine.host_copy import pinned_to_device
 from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model import LlamaForCausalLM
-from plait.engine.prefix_groups import decode_prefix_groups
 from plait.engine.scheduler import ScheduledBatch
 
 
@@ -35,9 +34,6 @@ class ModelRunner:
         self.device = device
         self.graphs = graphs
         self.graph_steps = 0  # forwards served by a graph replay (tests and benchmarks read it)
-        # Decodes sharing a cached prefix attend it together (a backend with supports_shared_prefix; configure()).
-        self.shared_prefix_decode = False
-        self.shared_prefix_steps = 0  # forwards that used it (tests and benchmarks read it)
 
     def prepare(self, batch: ScheduledBatch, inflight: InflightStep | None = None) -> ForwardBatch:
         """Model inputs for ``batch``. Tokens still ``PENDING`` are taken on the device from ``inflight``.
@@ -93,10 +89,6 @@ class ModelRunner:
             and len(sample_rows) == len(layouts)
             and self.graphs.bucket(len(layouts)) is not None
         )
-        groups = []
-        if self.shared_prefix_decode and getattr(self.attention, "supports_shared_prefix", False):
-            groups = decode_prefix_groups([item.seq for item in batch.decodes])
-            self.shared_prefix_steps += bool(groups)
         forward = ForwardBatch(
             input_ids=ids,
             positions=positions_t,
@@ -107,7 +99,6 @@ class ModelRunner:
             attention=self.attention,
             use_graph=use_graph,
             samples_every_row=len(sample_rows) == n,
-            decode_groups=groups,
         )
         if not use_graph:  # a graph reads its metadata from static buffers filled at replay
             forward.attn_meta = self.attention.prepare(forward)
@@ -117,9 +108,7 @@ class ModelRunner:
         """Logits ``[sampled rows, vocab]`` (float32) of a prepared batch: a graph replay or the eager model."""
         if forward.use_graph and self.graphs is not None:
             self.graph_steps += 1
-            return self.graphs.run(
-                forward.input_ids, forward.positions, forward.out_cache_loc, forward.layouts, forward.decode_groups
-            )
+            return self.graphs.run(forward.input_ids, forward.positions, forward.out_cache_loc, forward.layouts)
         if forward.attn_meta is None:
             forward.attn_meta = self.attention.prepare(forward)
         return self.model(forward)

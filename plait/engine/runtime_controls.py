@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from plait.cache import CacheHints, PrefixCache, SlotAllocator
     from plait.engine.engine_config import EngineConfig
     from plait.engine.engine_policy import EnginePolicy
-    from plait.engine.model_runner import ModelRunner
     from plait.engine.scheduler import Scheduler
 
 
@@ -28,7 +27,6 @@ class RuntimeControls:
     cache_hints: CacheHints | None
     allocator: SlotAllocator
     scheduler: Scheduler
-    runner: ModelRunner
     kv_slots: int
     _hints_ignored: int
 
@@ -119,7 +117,6 @@ class RuntimeControls:
         policy.validate()
         previous, self.config.policy = self.config.policy, policy
         self.scheduler.policy = policy
-        self.runner.shared_prefix_decode = policy.shared_prefix_decode
         if isinstance(self.prefix_cache, RadixCache):
             if policy.eviction != previous.eviction:
                 self.prefix_cache.policy = eviction_policy(policy.eviction, self.prefix_cache.program_hints)

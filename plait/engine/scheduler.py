@@ -284,4 +284,3 @@ class Scheduler:
         seq.slots = torch.empty(0, dtype=torch.int64)
         seq.req_row = None
         seq.num_computed = 0
-        seq.prefix_keys = None

@@ -72,8 +72,6 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens its first admission found in the prefix cache (not computed)
     # Waited longer than the scheduler's max_queue_wait_s: now ahead of every priority (anti-starvation).
     promoted: bool = False
-    # Slot ids of its prompt every prefix_groups.GRANULE positions (decode grouping); reset when its KV is released.
-    prefix_keys: list[int] | None = None
     # The prefix cache's note of where its last residency walk of token_ids stopped (cache affinity asks every step).
     residency_mark: Any = None
 

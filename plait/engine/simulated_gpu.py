@@ -14,12 +14,10 @@ GPU (see ``bench/results``), not the datasheet's.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from plait.engine.errors import InvalidRequestError
-from plait.engine.forward_batch import SHARED_PREFIX_TILE_SEQS, DecodeGroup, SequenceLayout
+from plait.engine.forward_batch import SequenceLayout
 from plait.engine.model_config import ModelConfig
 
 BYTES_PER_VALUE = 2  # bf16 weights and KV, as on GPU
@@ -65,15 +63,9 @@ class StepCostModel:
         # Attention FLOPs per (query token, key token) pair: QK^T and PV over every layer and head.
         self.attention_flops_per_pair = 4 * model.num_layers * model.num_heads * model.head_dim
 
-    def seconds(self, layouts: list[SequenceLayout], groups: Sequence[DecodeGroup] = ()) -> float:
-        """``groups``: decodes attending a shared prefix together: it is read once per tile of
-        ``SHARED_PREFIX_TILE_SEQS`` members instead of once per member."""
+    def seconds(self, layouts: list[SequenceLayout]) -> float:
         new_tokens = sum(layout.new_len for layout in layouts)
         kv_tokens = sum(layout.prefix_len + layout.new_len for layout in layouts)
-        for group in groups:
-            kv_tokens -= group.shared_len * (
-                len(group.members) - math.ceil(len(group.members) / SHARED_PREFIX_TILE_SEQS)
-            )
         # A new token attends to the prefix and (causally) to half the new part on average.
         pairs = sum(layout.new_len * (layout.prefix_len + (layout.new_len + 1) / 2) for layout in layouts)
         memory = (self.weight_bytes + kv_tokens * self.kv_bytes_per_token) / self.profile.bandwidth_bytes_per_s

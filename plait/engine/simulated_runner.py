@@ -24,10 +24,7 @@ LOGIT_WIDTH = 256
 
 
 class _NoAttention:
-    """Nothing to prepare: the simulated model reads no KV. Shared-prefix groups are formed as on a GPU, and the cost
-    model charges their prefix once per tile."""
-
-    supports_shared_prefix = True
+    """Nothing to prepare: the simulated model reads no KV."""
 
     def prepare(self, forward: ForwardBatch) -> None:
         return None
@@ -47,7 +44,7 @@ class SimulatedRunner(ModelRunner):
         return super().prepare(batch, inflight)
 
     def forward(self, forward: ForwardBatch) -> torch.Tensor:
-        seconds = self.cost.seconds(forward.layouts, forward.decode_groups)
+        seconds = self.cost.seconds(forward.layouts)
         self.device_seconds += seconds
         started = self._started if self._started is not None else time.perf_counter()
         self._started = None

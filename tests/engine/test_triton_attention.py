@@ -29,7 +29,6 @@ HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 KERNEL_MODULES = (
     "plait.engine.kernels.attention_block",
-    "plait.engine.kernels.shared_prefix_attention",
     "plait.engine.kernels.decode_attention",
     "plait.engine.kernels.extend_attention",
     "plait.engine.attention.triton_backend",
@@ -51,13 +50,11 @@ def _import_kernels() -> tuple[bool, SimpleNamespace]:
         os.environ["TRITON_INTERPRET"] = "1"
     standard = importlib.import_module("triton.language.standard")
     modules = [importlib.import_module(name) for name in KERNEL_MODULES]
-    block, decode = modules[0], modules[2]
+    block, decode = modules[0], modules[1]
     usable = HAS_CUDA or (block.is_interpreted(standard.cdiv) and os.environ.get("TRITON_INTERPRET") == "1")
     if usable and not HAS_CUDA and not block.is_interpreted(decode._decode_split_kernel):
         modules = [importlib.reload(module) for module in modules]  # imported before the variable was set
-    return usable, SimpleNamespace(
-        **dict(zip(("block", "shared", "decode", "extend", "backend"), modules, strict=True))
-    )
+    return usable, SimpleNamespace(**dict(zip(("block", "decode", "extend", "backend"), modules, strict=True)))
 
 
 IN_PROCESS, _KERNELS = _import_kernels()
@@ -266,7 +263,7 @@ def test_backend_matches_torch_backend_on_a_mixed_batch(kernels):
 def test_step_metadata_is_16_byte_aligned_whatever_the_batch(kernels, num_decode, num_extend):
     """Every metadata array starts 16-byte aligned: Triton specialises kernels on pointer alignment, so offsets that
     varied with the batch compiled new variants in the middle of serving (a stall each)."""
-    from plait.engine.forward_batch import DecodeGroup, SequenceLayout
+    from plait.engine.forward_batch import SequenceLayout
 
     layouts = [SequenceLayout(i, 10 + i, 1) for i in range(num_decode)]
     layouts += [SequenceLayout(num_decode + i, 3 * i, 5 + i) for i in range(num_extend)]
@@ -274,17 +271,10 @@ def test_step_metadata_is_16_byte_aligned_whatever_the_batch(kernels, num_decode
         return
     step = StepInputs(layouts)
     backend = kernels.backend.TritonAttentionBackend(step.pool, step.table, step.scale)
-    groups = [DecodeGroup(8, list(range(num_decode)))] if num_decode >= 2 else []
-    batch = type("Batch", (), {"layouts": layouts, "num_decode": num_decode, "decode_groups": groups})()
+    batch = type("Batch", (), {"layouts": layouts, "num_decode": num_decode})()
     meta = backend.prepare(batch)
     arrays = [meta.decode_rows, meta.decode_lens, meta.extend_rows, meta.extend_prefix_lens]
     arrays += [meta.extend_new_lens, meta.extend_starts]
-    if groups:
-        prefix = meta.prefix
-        arrays += [prefix.starts, prefix.tile_rows, prefix.tile_lens, prefix.tile_members]
-        assert prefix.starts.tolist() == [8] * num_decode and prefix.tile_lens.tolist() == [8]
-    else:
-        assert meta.prefix is None
     assert all(a.data_ptr() % 16 == 0 for a in arrays if a.numel())
     assert meta.decode_rows.tolist() == list(range(num_decode))
     assert meta.decode_lens.tolist() == [11 + i for i in range(num_decode)]
@@ -300,8 +290,7 @@ def test_precompile_launches_every_decode_split_bucket_and_extend(kernels):
 
     step = StepInputs([SequenceLayout(0, 4, 1)])
     backend = kernels.backend.TritonAttentionBackend(step.pool, step.table, step.scale)
-    # splits 1, 2, 4, ..., 64 and extend; with a shared prefix, every split count with 1, 2, ..., 16 prefix slices
-    assert backend.precompile(num_heads=8, dtype=torch.bfloat16) == 8 + 7 * 5
+    assert backend.precompile(num_heads=8, dtype=torch.bfloat16) == 8  # splits 1, 2, 4, ..., 64 and extend
 
 
 def test_graph_metadata_serves_a_padded_decode_batch(kernels):
@@ -324,41 +313,17 @@ def test_graph_metadata_serves_a_padded_decode_batch(kernels):
     assert meta.decode_lens.tolist() == [301, 8, 1, 1]
 
 
-def test_shared_prefix_graph_metadata_serves_grouped_decodes(kernels):
-    """The shared-prefix variant of a graph's decode path (static tile buffers padded to the bucket), run eagerly:
-    two decodes whose rows share their first 128 slots attend them as one tile."""
-    from plait.engine.attention import TorchAttentionBackend
-    from plait.engine.forward_batch import DecodeGroup, SequenceLayout
-
-    layouts = [SequenceLayout(3, 300, 1), SequenceLayout(0, 200, 1), SequenceLayout(5, 7, 1)]
-    step = StepInputs(layouts)
-    step.table.table[0, :128] = step.table.table[3, :128]  # row 0 reads row 3's first 128 slots
-    ref = step.run(TorchAttentionBackend(step.pool, step.table, step.scale), num_decode=3)
-    backend = kernels.backend.TritonAttentionBackend(step.pool, step.table, step.scale)
-    backend.init_graph_buffers(8)
-    meta = backend.graph_metadata(4, shared_prefix=True)
-    for _ in range(2):  # the second fill reuses the buffers
-        backend.fill_graph_metadata(layouts, 4, [DecodeGroup(128, [0, 1])])
-        out = step.run(backend, num_decode=4, meta=meta, pad=1)
-        assert rel_err(out[:3], ref.float()) <= 1e-2
-    assert meta.prefix is not None and meta.prefix.starts.tolist() == [128, 128, 0, 0]
-    assert meta.prefix.tile_lens.tolist() == [128, 0] and meta.prefix.tile_members[0, :3].tolist() == [0, 1, -1]
-
-
-def _engine_outputs(
-    backend: str, prefix_len: int = 70, shared_prefix_decode: bool = False
-) -> tuple[dict, list[list[float]], torch.Tensor, int]:
+def _engine_outputs(backend: str) -> tuple[dict, list[list[float]], torch.Tensor, int]:
     """Greedy tokens, their log-probabilities, prompt logits and prefix-cache hits of the tiny engine."""
-    from plait.engine import EngineConfig, EngineCore, EnginePolicy, GenerateRequest, SamplingParams
+    from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 
     config = EngineConfig(
         model="tiny", weights="dummy", device=str(DEVICE), dtype="float32", attention_backend=backend,
-        kv_slots=2048, max_context=512, chunk_size=32 if prefix_len < 256 else 128, max_batch_tokens=48
-        if prefix_len < 256 else 160, seed=11, policy=EnginePolicy(shared_prefix_decode=shared_prefix_decode),
+        kv_slots=2048, max_context=512, chunk_size=32, max_batch_tokens=48, seed=11,
     )  # fmt: skip
     core = EngineCore(config)
     rng = random.Random(3)
-    prefix = [rng.randrange(256) for _ in range(prefix_len)]
+    prefix = [rng.randrange(256) for _ in range(70)]
     sampling = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=True)
     prompts = [prefix + [rng.randrange(256) for _ in range(n)] for n in (9, 4, 23)]
     tokens: dict[str, list[int]] = {}
@@ -374,8 +339,6 @@ def _engine_outputs(
     logits = core.prompt_logits(prompts[2])
     if HAS_CUDA and backend == "triton":
         assert core.runner.graph_steps > 0, "decode steps should replay CUDA graphs"
-    if shared_prefix_decode and backend == "triton":
-        assert core.runner.shared_prefix_steps > 0, "the second wave's decodes share the cached prefix"
     return tokens, logprobs, logits, core.stats().cached_prefix_tokens
 
 
@@ -387,21 +350,6 @@ def test_engine_on_triton_matches_torch_backend(kernels, one_thread):
     flat, ref_flat = ([x for xs in lps for x in xs] for lps in (logprobs, ref_logprobs))
     assert torch.allclose(torch.tensor(flat), torch.tensor(ref_flat), atol=1e-4)
     assert ((logits - ref_logits).abs().max() / ref_logits.abs().max()).item() <= 1e-4
-
-
-def test_engine_shared_prefix_decode_matches_torch_backend(kernels, one_thread, monkeypatch):
-    """Two decodes on a cached 300-token prefix attend it together (one tile): same tokens and log-probabilities as
-    the torch reference, which reads each context alone."""
-    from plait.engine import prefix_groups
-
-    monkeypatch.setattr(prefix_groups, "MIN_MEMBERS", 2)  # the tiny engine's two decodes on 256 shared tokens
-    monkeypatch.setattr(prefix_groups, "MIN_SHARED_TOKENS", 256)
-    tokens, logprobs, _, hits = _engine_outputs("triton", prefix_len=300, shared_prefix_decode=True)
-    ref_tokens, ref_logprobs, _, _ = _engine_outputs("torch", prefix_len=300)
-    assert hits >= 2 * 256
-    assert tokens == ref_tokens
-    flat, ref_flat = ([x for xs in lps for x in xs] for lps in (logprobs, ref_logprobs))
-    assert torch.allclose(torch.tensor(flat), torch.tensor(ref_flat), atol=1e-4)
 
 
 def test_create_backend_names_triton(kernels):

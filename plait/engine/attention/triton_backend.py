@@ -18,11 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from plait.cache import KVPool, ReqToTokenPool
-from plait.engine.forward_batch import DecodeGroup, ForwardBatch, SequenceLayout
+from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 from plait.engine.host_copy import pinned_to_device, to_device
 from plait.engine.kernels import decode_attention as decode_kernels
 from plait.engine.kernels import extend_attention as extend_kernels
-from plait.engine.kernels import shared_prefix_attention as prefix_kernels
 from plait.engine.kernels.attention_block import interpreter_ready
 
 _ALIGN = 4  # int32s in 16 bytes
@@ -30,41 +29,6 @@ _ALIGN = 4  # int32s in 16 bytes
 
 def _aligned(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
-
-
-def _pack_prefix(layout: tuple[list[int], ...], start_width: int, tile_width: int) -> list[int]:
-    """``layout_tiles``' (starts, tile rows, tile lengths, members) as one int list whose parts start 16-byte aligned
-    in a region sized for ``start_width`` decodes and ``tile_width`` tiles (``_prefix_views`` reads it back)."""
-    starts, rows, lens, members = layout
-    return [
-        *starts, *[0] * (_aligned(start_width) - len(starts)),
-        *rows, *[0] * (_aligned(tile_width) - len(rows)),
-        *lens, *[0] * (_aligned(tile_width) - len(lens)),
-        *members,
-    ]  # fmt: skip
-
-
-def _prefix_views(
-    buffer: torch.Tensor, at: int, start_width: int, tile_width: int, nd: int, tiles: int, slices: int
-) -> prefix_kernels.PrefixTiles:
-    """Views of ``nd`` starts and ``tiles`` tiles in a ``_pack_prefix`` region of ``buffer`` starting at ``at``."""
-    rows_at = at + _aligned(start_width)
-    lens_at = rows_at + _aligned(tile_width)
-    members_at = lens_at + _aligned(tile_width)
-    per_tile = prefix_kernels.TILE_SEQS
-    return prefix_kernels.PrefixTiles(
-        starts=buffer[at : at + nd],
-        tile_rows=buffer[rows_at : rows_at + tiles],
-        tile_lens=buffer[lens_at : lens_at + tiles],
-        tile_members=buffer[members_at : members_at + per_tile * tiles].view(tiles, per_tile),
-        num_slices=slices,
-    )
-
-
-def _graph_tiles(bs: int) -> int:
-    """Shared-prefix tiles a decode graph of ``bs`` rows holds: groups have two members or more, so at most
-    ``bs // 2`` tiles."""
-    return max(1, bs // 2)
 
 
 @dataclass
@@ -82,12 +46,10 @@ class TritonAttentionMeta:
     extend_starts: torch.Tensor  # [num_extend] row of the first new token in the batch
     max_extend_len: int
     decode_scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # stage-1 buffers, made by the first layer
-    prefix: prefix_kernels.PrefixTiles | None = None  # decodes that attend a shared prefix together
 
 
 class TritonAttentionBackend:
     name = "triton"
-    supports_shared_prefix = True  # ForwardBatch.decode_groups are served by shared_prefix_attention
 
     def __init__(self, kv_pool: KVPool, req_to_token: ReqToTokenPool, scale: float) -> None:
         if kv_pool.device.type != "cuda" and not interpreter_ready(decode_kernels._decode_split_kernel):
@@ -99,8 +61,6 @@ class TritonAttentionBackend:
         self.req_to_token = req_to_token
         self.scale = scale
         self._graph_info: torch.Tensor | None = None  # [2, max_bs] int32: rows, lengths (decode CUDA graphs)
-        # Shared-prefix graphs: a _pack_prefix region for max_bs decodes and _graph_tiles(max_bs) tiles.
-        self._graph_prefix: torch.Tensor | None = None
 
     def prepare(self, batch: ForwardBatch) -> TritonAttentionMeta:
         decodes = batch.layouts[: batch.num_decode]
@@ -110,13 +70,6 @@ class TritonAttentionBackend:
             starts.append(token)
             token += layout.new_len
         nd, ne = len(decodes), len(extends)
-        groups = [(g.shared_len, g.members) for g in batch.decode_groups]
-        prefix_values: list[int] = []
-        num_tiles = 0
-        if groups:  # each part padded to 16 bytes, as below
-            layout = prefix_kernels.layout_tiles(groups, [d.req_row for d in decodes], nd)
-            num_tiles = len(layout[1])
-            prefix_values = _pack_prefix(layout, nd, num_tiles)
         # One host-to-device copy of every array, each padded to a multiple of _ALIGN int32s: Triton specialises a
         # kernel on whether each pointer is 16-byte aligned, so unpadded offsets that vary with the batch would
         # compile new kernel variants in the middle of serving (a stall of up to a second each).
@@ -128,22 +81,15 @@ class TritonAttentionBackend:
             *(e.prefix_len for e in extends), *[0] * ne_pad,
             *(e.new_len for e in extends), *[0] * ne_pad,
             *starts, *[0] * ne_pad,
-            *prefix_values,
         ]  # fmt: skip
         device = self.req_to_token.table.device
         info = to_device(values, torch.int32, device)
         decode_info = info[: 2 * _aligned(nd)].view(2, _aligned(nd))
         decode_rows, decode_lens = decode_info[0, :nd], decode_info[1, :nd]
-        extend_end = 2 * _aligned(nd) + 4 * _aligned(ne)
-        extend_info = info[2 * _aligned(nd) : extend_end].view(4, _aligned(ne))[:, :ne]
+        extend_info = info[2 * _aligned(nd) :].view(4, _aligned(ne))[:, :ne]
         rows, prefix, new, starts_t = extend_info.unbind(0)
         max_len = max((d.prefix_len + 1 for d in decodes), default=0)
         splits = decode_kernels.choose_num_kv_splits(nd, self.kv_pool.num_kv_heads, max_len, device) if nd else 1
-        prefix_tiles = None
-        if groups:
-            longest = max(shared for shared, _ in groups)
-            slices = prefix_kernels.choose_prefix_slices(num_tiles, self.kv_pool.num_kv_heads, longest, device)
-            prefix_tiles = _prefix_views(info, extend_end, nd, num_tiles, nd, num_tiles, slices)
         return TritonAttentionMeta(
             num_decode=nd,
             decode_rows=decode_rows,
@@ -155,7 +101,6 @@ class TritonAttentionBackend:
             extend_new_lens=new,
             extend_starts=starts_t,
             max_extend_len=max((e.new_len for e in extends), default=0),
-            prefix=prefix_tiles,
         )
 
     def precompile(self, num_heads: int, dtype: torch.dtype) -> int:
@@ -176,41 +121,17 @@ class TritonAttentionBackend:
             launches += 1
             splits *= 2
         extend_kernels.extend_attention(q, k_pool, v_pool, table, row, row, one, row, out, self.scale, 1)
-        # Shared-prefix decode: the split kernel with starts, the prefix kernel, and the merge for every slice
-        # count (an unused tile of length 0: nothing is read).
-        no_tile = torch.zeros(prefix_kernels.TILE_SEQS, dtype=torch.int32, device=device) - 1
-        for splits in (2**i for i in range(decode_kernels.MAX_KV_SPLITS.bit_length())):
-            for slices in (2**i for i in range(prefix_kernels.MAX_PREFIX_SLICES.bit_length())):
-                tiles = prefix_kernels.PrefixTiles(row, row, row, no_tile.view(1, -1), slices)
-                decode_kernels.decode_attention(
-                    q, k_pool, v_pool, table, row, one, out, self.scale, splits, None, tiles
-                )
-                launches += 1
         return launches + 1
 
     # ---- decode CUDA graphs ------------------------------------------------------------------------------------
 
     def init_graph_buffers(self, max_bs: int) -> None:
-        device = self.req_to_token.table.device
-        self._graph_info = torch.zeros(2, max_bs, dtype=torch.int32, device=device)
+        self._graph_info = torch.zeros(2, max_bs, dtype=torch.int32, device=self.req_to_token.table.device)
         self._graph_info[1].fill_(1)
-        tiles = _graph_tiles(max_bs)
-        size = _aligned(max_bs) + 2 * _aligned(tiles) + tiles * prefix_kernels.TILE_SEQS
-        self._graph_prefix = torch.zeros(size, dtype=torch.int32, device=device)
 
-    def _graph_prefix_tiles(self, bs: int) -> prefix_kernels.PrefixTiles:
-        assert self._graph_info is not None and self._graph_prefix is not None, "init_graph_buffers first"
-        max_bs = self._graph_info.shape[1]
-        slices = prefix_kernels.choose_prefix_slices(
-            -(-bs // prefix_kernels.TILE_SEQS), self.kv_pool.num_kv_heads, self.req_to_token.max_context,
-            self._graph_prefix.device,
-        )  # fmt: skip
-        return _prefix_views(self._graph_prefix, 0, max_bs, _graph_tiles(max_bs), bs, _graph_tiles(bs), slices)
-
-    def graph_metadata(self, bs: int, shared_prefix: bool = False) -> TritonAttentionMeta:
+    def graph_metadata(self, bs: int) -> TritonAttentionMeta:
         """Decode metadata for a graph of ``bs`` rows, reading the static buffers; the split count is chosen for
-        the longest context the table holds, so it is fixed for the graph's life. ``shared_prefix``: the variant
-        that serves ``decode_groups`` (a fixed grid of ``bs // 2`` tiles, the most groups of two or more can fill)."""
+        the longest context the table holds, so it is fixed for the graph's life."""
         assert self._graph_info is not None, "init_graph_buffers first"
         device = self._graph_info.device
         max_len = self.req_to_token.max_context
@@ -226,30 +147,17 @@ class TritonAttentionBackend:
             extend_new_lens=empty,
             extend_starts=empty,
             max_extend_len=0,
-            prefix=self._graph_prefix_tiles(bs) if shared_prefix else None,
         )
 
-    def fill_graph_metadata(
-        self, layouts: list[SequenceLayout], bs: int, groups: list[DecodeGroup] | None = None
-    ) -> None:
-        """Write the rows and context lengths of ``layouts`` (decodes) into the graph buffers, padded to ``bs``;
-        with ``groups``, the shared-prefix tiles of the ``graph_metadata(bs, shared_prefix=True)`` variant too."""
+    def fill_graph_metadata(self, layouts: list[SequenceLayout], bs: int) -> None:
+        """Write the rows and context lengths of ``layouts`` (decodes) into the graph buffers, padded to ``bs``."""
         assert self._graph_info is not None, "init_graph_buffers first"
         pad = bs - len(layouts)
         host = torch.tensor(
             [[*(d.req_row for d in layouts), *[0] * pad], [*(d.prefix_len + 1 for d in layouts), *[1] * pad]],
             dtype=torch.int32,
         )
-        device = self._graph_info.device
-        self._graph_info[:, :bs].copy_(pinned_to_device(host, device))
-        if groups is not None:
-            assert self._graph_prefix is not None
-            layout = prefix_kernels.layout_tiles(
-                [(g.shared_len, g.members) for g in groups], [d.req_row for d in layouts], bs, _graph_tiles(bs)
-            )
-            max_bs = self._graph_info.shape[1]
-            flat = torch.tensor(_pack_prefix(layout, max_bs, _graph_tiles(max_bs)), dtype=torch.int32)
-            self._graph_prefix[: len(flat)].copy_(pinned_to_device(flat, device))
+        self._graph_info[:, :bs].copy_(pinned_to_device(host, self._graph_info.device))
 
     # ---- the step ------------------------------------------------------------------------------------------------
 
@@ -270,9 +178,10 @@ class TritonAttentionBackend:
         out = torch.empty_like(q)
         n = meta.num_decode
         if n:
-            slices = meta.num_kv_splits + (meta.prefix.num_slices if meta.prefix is not None else 0)
-            if slices > 1 and meta.decode_scratch is None:
-                meta.decode_scratch = decode_kernels.alloc_decode_scratch(n, q.shape[1], slices, q.shape[2], q.device)
+            if meta.num_kv_splits > 1 and meta.decode_scratch is None:
+                meta.decode_scratch = decode_kernels.alloc_decode_scratch(
+                    n, q.shape[1], meta.num_kv_splits, q.shape[2], q.device
+                )
             decode_kernels.decode_attention(
                 q[:n],
                 k_pool,
@@ -284,7 +193,6 @@ class TritonAttentionBackend:
                 self.scale,
                 meta.num_kv_splits,
                 meta.decode_scratch,
-                meta.prefix,
             )
         if meta.num_extend:
             extend_kernels.extend_attention(

@@ -25,7 +25,6 @@ import triton.language as tl
 
 from plait.engine.kernels.attention_block import LOG2E, attend_context, dot_options, slice_length
 from plait.engine.kernels.pdl import launch_options, use_pdl, wait_for_previous_kernel
-from plait.engine.kernels.shared_prefix_attention import PREFIX_LAUNCH, PrefixTiles, shared_prefix_partials
 
 MAX_KV_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 128
@@ -48,7 +47,6 @@ def _decode_split_kernel(
     table_ptr,
     rows_ptr,
     lens_ptr,
-    starts_ptr,
     mid_o_ptr,
     mid_lse_ptr,
     out_ptr,
@@ -74,7 +72,6 @@ def _decode_split_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DIRECT: tl.constexpr,
-    HAS_START: tl.constexpr,
     DOT_FP32: tl.constexpr,
     PRECISION: tl.constexpr,
     PV_FP32: tl.constexpr,
@@ -85,13 +82,9 @@ def _decode_split_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(lens_ptr + seq)
-    # A sequence in a shared-prefix group starts after the prefix (shared_prefix_attention.py attends over it).
-    first = 0
-    if HAS_START:
-        first = tl.load(starts_ptr + seq)
     # Slices are whole blocks; the same formula in stage 2 tells how many slices a sequence has.
-    split_len = slice_length(seq_len - first, num_splits, BLOCK_N)
-    start = first + split * split_len
+    split_len = slice_length(seq_len, num_splits, BLOCK_N)
+    start = split * split_len
     if start >= seq_len:
         return
     end = tl.minimum(start + split_len, seq_len)
@@ -122,12 +115,11 @@ def _decode_split_kernel(
         tl.store(lse_ptrs, lse, mask=h_mask)
 
 
-@triton.jit(do_not_specialize=["stride_ml_b", "stride_ml_h", "num_splits", "prefix_splits"])
+@triton.jit(do_not_specialize=["stride_ml_b", "stride_ml_h", "num_splits"])
 def _decode_merge_kernel(
     mid_o_ptr,
     mid_lse_ptr,
     lens_ptr,
-    starts_ptr,
     out_ptr,
     stride_mo_b,
     stride_mo_h,
@@ -137,29 +129,21 @@ def _decode_merge_kernel(
     stride_ot,
     stride_oh,
     num_splits,
-    prefix_splits,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    HAS_START: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):
     wait_for_previous_kernel(USE_PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(lens_ptr + seq)
-    first = 0
-    if HAS_START:
-        first = tl.load(starts_ptr + seq)
-    split_len = slice_length(seq_len - first, num_splits, BLOCK_N)
-    used = tl.cdiv(seq_len - first, split_len)
+    split_len = slice_length(seq_len, num_splits, BLOCK_N)
+    used = tl.cdiv(seq_len, split_len)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     s_mask = offs_s < used
-    if HAS_START:  # the shared prefix's slices follow the sequence's own, from slice num_splits on
-        used_prefix = tl.cdiv(first, slice_length(first, prefix_splits, BLOCK_N))
-        s_mask |= (offs_s >= num_splits) & (offs_s < num_splits + used_prefix)
     d_mask = offs_d < HEAD_DIM
     lse = tl.load(mid_lse_ptr + seq * stride_ml_b + head * stride_ml_h + offs_s, mask=s_mask, other=float("-inf"))
     weights = tl.where(s_mask, tl.exp2(lse - tl.max(lse, 0)), 0.0)
@@ -215,16 +199,13 @@ def decode_attention(
     scale: float,
     num_splits: int,
     scratch: tuple[torch.Tensor, torch.Tensor] | None = None,
-    prefix: PrefixTiles | None = None,
 ) -> torch.Tensor:
     """Attention of one new token per sequence over its first ``lens[i]`` positions of ``req_to_token[rows[i]]``.
 
     ``q``/``out``: ``[batch, heads, head_dim]``; ``k_cache``/``v_cache``: ``[slots, kv_heads, head_dim]``;
     ``rows``/``lens``: ``[batch]`` int tensors on the device (every length >= 1, the new token included).
-    ``prefix``: shared-prefix tiles (shared_prefix_attention.py): the sequences of a tile attend their common
-    prefix together and their own positions ``prefix.starts[i]`` on alone (every start < its length).
-    ``scratch``: buffers from ``alloc_decode_scratch`` with at least ``batch`` rows and ``num_splits`` slices, plus
-    ``prefix.num_slices`` with a prefix (allocated here when absent). Returns ``out``.
+    ``scratch``: buffers from ``alloc_decode_scratch`` with at least ``batch`` rows and ``num_splits`` slices
+    (allocated here when absent). Returns ``out``.
     """
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[1]
@@ -244,33 +225,15 @@ def decode_attention(
         BLOCK_N=BLOCK_N,
         **dot_options(q.dtype, q.device),
     )
-    direct = num_splits == 1 and prefix is None
-    prefix_slices = prefix.num_slices if prefix is not None else 0
+    direct = num_splits == 1
     if direct:
         mid_o = mid_lse = out  # unused by the kernel
         mo_strides, ml_strides = (0, 0, 0), (0, 0)
     else:
-        slices = num_splits + prefix_slices
-        mid_o, mid_lse = scratch or alloc_decode_scratch(batch, num_heads, slices, head_dim, q.device)
-        if mid_o.shape[2] < slices:
-            raise ValueError(f"decode scratch holds {mid_o.shape[2]} slices, the step needs {slices}")
+        mid_o, mid_lse = scratch or alloc_decode_scratch(batch, num_heads, num_splits, head_dim, q.device)
+        if mid_o.shape[2] < num_splits:
+            raise ValueError(f"decode scratch holds {mid_o.shape[2]} slices, the step needs {num_splits}")
         mo_strides, ml_strides = mid_o.stride()[:3], mid_lse.stride()[:2]
-    starts = prefix.starts if prefix is not None else lens  # not read without a prefix
-    if prefix is not None:
-        shared_prefix_partials(
-            q,
-            k_cache,
-            v_cache,
-            req_to_token,
-            prefix,
-            mid_o,
-            mid_lse,
-            scale * LOG2E,
-            num_splits,
-            BLOCK_N,
-            dot_options(q.dtype, q.device),
-            _launch_config(PREFIX_LAUNCH, q.device),
-        )
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q,
         k_cache,
@@ -278,7 +241,6 @@ def decode_attention(
         req_to_token,
         rows,
         lens,
-        starts,
         mid_o,
         mid_lse,
         out,
@@ -296,7 +258,6 @@ def decode_attention(
         out.stride(1),
         num_splits,
         DIRECT=direct,
-        HAS_START=prefix is not None,
         **common,
         **_launch_config(SPLIT_LAUNCH, q.device),
     )
@@ -305,19 +266,16 @@ def decode_attention(
             mid_o,
             mid_lse,
             lens,
-            starts,
             out,
             *mo_strides,
             *ml_strides,
             out.stride(0),
             out.stride(1),
             num_splits,
-            max(prefix_slices, 1),
             HEAD_DIM=head_dim,
             BLOCK_D=block_d,
-            BLOCK_S=triton.next_power_of_2(num_splits + prefix_slices),
+            BLOCK_S=triton.next_power_of_2(num_splits),
             BLOCK_N=BLOCK_N,
-            HAS_START=prefix is not None,
             **_launch_config(MERGE_LAUNCH, q.device),
         )
     return out

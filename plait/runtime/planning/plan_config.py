@@ -2,15 +2,13 @@
 off is the baseline.
 
 Baseline mode is a request-level engine: requests first-come first-served, an LRU prefix cache, no pins, no prefetch,
-no deduplication, no holding a prompt back for a prefix another request is computing, no aging, every decode reading
-its whole context alone (no shared-prefix decode attention). ``PlanConfig.only(name)`` turns one feature on over the
-baseline (for ablations).
+no deduplication, no holding a prompt back for a prefix another request is computing, no aging.
+``PlanConfig.only(name)`` turns one feature on over the baseline (for ablations).
 
 Each setting is defined once: planner features here, the engine's run-time policy in ``EnginePolicy`` (embedded as
-``PlanConfig.engine``; the executor applies it to its engine), static engine settings in ``EngineConfig``. Four
+``PlanConfig.engine``; the executor applies it to its engine), static engine settings in ``EngineConfig``. Three
 features are engine-side and live in the policy: ``next_use_hints`` (next-use eviction; the planner sends next-use
-hints exactly when the engine acts on them), ``prefix_first``, ``cache_affinity`` (an affinity window) and
-``shared_prefix_decode``.
+hints exactly when the engine acts on them), ``prefix_first`` and ``cache_affinity`` (an affinity window).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ FEATURE_DOCS = {
     "dedup": "identical temperature-0 calls across programs run once",
     "prefix_first": "a prompt waits for a running prefill that computes its prefix, so fan-outs warm it once",
     "cache_affinity": "programs close in priority go longest-resident-prefix first (more fit where memory binds)",
-    "shared_prefix_decode": "decodes on a common cached prefix attend it together: read once per tile, not per call",
 }
 FEATURES = tuple(FEATURE_DOCS)
 
@@ -40,7 +37,6 @@ ENGINE_FEATURES: dict[str, tuple[str, Any, Any]] = {
     "next_use_hints": ("eviction", "next-use", "lru"),
     "prefix_first": ("prefix_first", True, False),
     "cache_affinity": ("affinity_window_s", DEFAULT_AFFINITY_WINDOW_S, 0.0),
-    "shared_prefix_decode": ("shared_prefix_decode", True, False),
 }
 
 # Spellings of on and off accepted by ``PlanConfig.with_overrides``.
