@@ -212,8 +212,7 @@ def _check_before_loading(request: GenerateRequest, config: EngineConfig) -> _Ch
         raise InvalidRequestError(
             "prompt", f"{len(prompt_ids)} tokens do not fit the context window of {context_window} tokens"
         )
-    if not request.sampling.clamp_max_tokens:
-        check_max_tokens_fit(request.sampling.max_tokens, len(prompt_ids), context_window)
+    check_max_tokens_fit(request.sampling.max_tokens, len(prompt_ids), context_window)
     device = config.resolve_device()
     path = source.path
     return _Checked(

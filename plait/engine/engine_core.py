@@ -107,8 +107,7 @@ class EngineCore(RuntimeControls, Scoring):
             raise InvalidRequestError(
                 "prompt", f"{len(prompt_ids)} tokens do not fit the context window of {self.max_context} tokens"
             )
-        if not sampling.clamp_max_tokens:
-            check_max_tokens_fit(sampling.max_tokens, len(prompt_ids), self.max_context)
+        check_max_tokens_fit(sampling.max_tokens, len(prompt_ids), self.max_context)
         max_new = min(sampling.max_tokens, self.max_context - len(prompt_ids))
         kv_needed = len(prompt_ids) + sampling.n * max_new
         if kv_needed > self.kv_slots:

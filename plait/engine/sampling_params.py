@@ -30,7 +30,7 @@ class SamplingParams:
     given the tokens before it), on the sample's first delta (``GenerateDelta.prompt_logprobs``).
 
     ``max_tokens`` larger than the room the context window leaves after the prompt is an ``InvalidRequestError``
-    (as OpenAI and vLLM answer), unless ``clamp_max_tokens`` asks for it to be lowered to that room.
+    (as OpenAI and vLLM answer).
     ``parallel_tool_calls`` (with ``tools``): the output may hold one or more calls; false allows one at most.
     """
 
@@ -55,7 +55,6 @@ class SamplingParams:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] = "auto"
     prompt_logprobs_start: int | None = None
-    clamp_max_tokens: bool = False
     parallel_tool_calls: bool = True
 
     @property
@@ -82,8 +81,7 @@ class SamplingParams:
             bad = [t for t in self.stop_token_ids if not (isinstance(t, int) and 0 <= t < vocab_size)]
             _check(not bad, "stop_token_ids", f"ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
         _check(isinstance(self.json_object, bool), "json_object", "must be true or false")
-        for name in ("clamp_max_tokens", "parallel_tool_calls"):
-            _check(isinstance(getattr(self, name), bool), name, "must be true or false")
+        _check(isinstance(self.parallel_tool_calls, bool), "parallel_tool_calls", "must be true or false")
         constraints = self.constraint_fields()
         _check(
             len(constraints) <= 1,

@@ -1,5 +1,5 @@
 """``max_tokens`` over the room the context window leaves after the prompt is an ``InvalidRequestError`` naming
-``max_tokens`` with the numbers (as OpenAI and vLLM answer), not a silent cut; ``clamp_max_tokens`` asks for the cut."""
+``max_tokens`` with the numbers (as OpenAI and vLLM answer), not a silent cut."""
 
 from __future__ import annotations
 
@@ -34,20 +34,6 @@ def test_max_tokens_that_just_fits_runs_to_the_end_of_the_window():
 
     with serving(core) as engine:
         asyncio.run(main(engine))
-
-
-def test_clamp_max_tokens_lowers_it_to_the_room_left():
-    core = tiny_core(max_context=64)
-    sampling = SamplingParams(max_tokens=1000, temperature=0.0, ignore_eos=True, clamp_max_tokens=True)
-
-    async def main(engine) -> None:
-        result = await engine.complete(GenerateRequest(prompt_token_ids=PROMPT, sampling=sampling))
-        assert len(result.completions[0].token_ids) == 54 and result.completions[0].finish_reason == "length"
-
-    with serving(core) as engine:
-        asyncio.run(main(engine))
-    with pytest.raises(InvalidRequestError, match="clamp_max_tokens"):
-        SamplingParams(clamp_max_tokens="yes").validate(512)  # type: ignore[arg-type]
 
 
 def test_a_runtime_call_over_the_context_fails_its_node_naming_max_tokens(tiny_engine_64):

@@ -151,27 +151,32 @@ class Planner:
         if isinstance(node, LLMCall):
             self._llm_finished(plan, node, record)
         elif record.run_s is not None and record.started_at is not None:
-            end = record.finished_at or record.started_at
-            self.timeline.span(program_id, TimelineKind.TOOL, record.started_at, end, node=node.id)
-            if record.state.value == "done":
-                self.durations.tools.record(node.tool, record.run_s)
-            if not plan.tools_running and plan.waiting_since:  # its KV's exposure to eviction while tools ran
-                now = time.monotonic()
-                self.tool_wait_loss.observe_wait(sum(plan.own_kv.values()), now - plan.waiting_since, now)
-                plan.waiting_since = 0.0
-            if plan.pin_until and not plan.tools_running:
-                # The pin's job is done: the next call finds the KV cached (its next use is now the nearest, so it
-                # is evicted last) without the pin keeping other programs' prompts out while that call queues.
-                self._unpin(plan, time.monotonic())
-            if self.config.prefetch:
-                self.engine.send(Prefetch(program_id))
-                self.counters.prefetches += 1
+            self._tool_finished(plan, node, record)
         self._read_feedback()
         if self.config.next_use_hints:
             self._hint_next_use(plan)
 
+    def _tool_finished(self, plan: ProgramPlan, node: ToolCall, record: NodeRecord) -> None:
+        """The tool's span and duration, its KV's exposure while tools ran, the unpin and the prefetch."""
+        assert record.run_s is not None and record.started_at is not None
+        end = record.finished_at or record.started_at
+        self.timeline.span(plan.program_id, TimelineKind.TOOL, record.started_at, end, node=node.id)
+        if record.state.value == "done":
+            self.durations.tools.record(node.tool, record.run_s)
+        if not plan.tools_running and plan.waiting_since:  # its KV's exposure to eviction while tools ran
+            now = time.monotonic()
+            self.tool_wait_loss.observe_wait(sum(plan.own_kv.values()), now - plan.waiting_since, now)
+            plan.waiting_since = 0.0
+        if plan.pin_until and not plan.tools_running:
+            # The pin's job is done: the next call finds the KV cached (its next use is now the nearest, so it is
+            # evicted last) without the pin keeping other programs' prompts out while that call queues.
+            self._unpin(plan, time.monotonic())
+        if self.config.prefetch:
+            self.engine.send(Prefetch(plan.program_id))
+            self.counters.prefetches += 1
+
     def _llm_finished(self, plan: ProgramPlan, node: LLMCall, record: NodeRecord) -> None:
-        """Timeline spans, learned rates and the unpin that follows an LLM call."""
+        """The unpin and the reservation's end that follow an LLM call, its KV accounting, timeline and rates."""
         if plan.pin_until:
             self._unpin(plan, time.monotonic())
         after = plan.growth_from.pop(node.id, None)
@@ -181,33 +186,43 @@ class Planner:
                 # The call the memory was held for never reached the engine (deduplicated, skipped after a failed
                 # tool, or failed before it was submitted), so no admission ended the reservation.
                 self.engine.send(Unreserve(plan.program_id, node.id))
-        start, end = record.started_at, record.finished_at
-        if start is None or end is None:
+        if record.started_at is None or record.finished_at is None:
             return
         if after is not None and record.prompt_tokens and not record.deduplicated:
             self.next_call_growth.observe(after[0], record.prompt_tokens - after[1])
         plan.context_tokens = record.prompt_tokens + record.completion_tokens
         if self._sizes_own_kv:
-            prefix = _static_prefix(node)
-            shared_tokens = 0
-            if prefix is not None and self._shared_prefixes.is_shared(prefix):
-                shared_tokens = len(self._prefix_token_ids(prefix))
-            plan.private_tokens = max(0, plan.context_tokens - shared_tokens)
-            # A call continuing an earlier call's conversation (after it in the graph, their templates sharing a
-            # leading text that holds a slot) holds that call's KV too: it replaces it.
-            for earlier in nx.ancestors(plan.workflow.graph, node.id) & plan.own_kv.keys():
-                before = plan.workflow.nodes[earlier]
-                if isinstance(before, LLMCall) and continues(before, node):
-                    del plan.own_kv[earlier]
-            plan.own_kv[node.id] = plan.private_tokens
-        pid, nid = plan.program_id, node.id
+            self._account_own_kv(plan, node)
+        self._record_llm_call(plan.program_id, node.id, record)
+
+    def _account_own_kv(self, plan: ProgramPlan, node: LLMCall) -> None:
+        """The program's own KV after ``node``: its context less a prefix live programs share, replacing the KV of
+        the earlier calls it continues."""
+        prefix = _static_prefix(node)
+        shared_tokens = 0
+        if prefix is not None and self._shared_prefixes.is_shared(prefix):
+            shared_tokens = len(self._prefix_token_ids(prefix))
+        plan.private_tokens = max(0, plan.context_tokens - shared_tokens)
+        # A call continuing an earlier call's conversation (after it in the graph, their templates sharing a leading
+        # text that holds a slot) holds that call's KV too: it replaces it.
+        for earlier in nx.ancestors(plan.workflow.graph, node.id) & plan.own_kv.keys():
+            before = plan.workflow.nodes[earlier]
+            if isinstance(before, LLMCall) and continues(before, node):
+                del plan.own_kv[earlier]
+        plan.own_kv[node.id] = plan.private_tokens
+
+    def _record_llm_call(self, program_id: str, node_id: str, record: NodeRecord) -> None:
+        """A finished call's queued, prefill and decode spans, and the prefill and decode rates it shows."""
+        start, end = record.started_at, record.finished_at
+        assert start is not None and end is not None
         if record.deduplicated:
-            self.timeline.instant(pid, TimelineKind.DEDUPED, start, node=nid)
+            self.timeline.instant(program_id, TimelineKind.DEDUPED, start, node=node_id)
         admitted = start + record.queued_s if record.queued_s is not None else start
         first = record.first_token_at or end
-        self.timeline.span(pid, TimelineKind.QUEUED, start, admitted, node=nid)
-        self.timeline.span(pid, TimelineKind.PREFILL, admitted, first, node=nid, args={"tokens": record.prompt_tokens})
-        self.timeline.span(pid, TimelineKind.DECODE, first, end, node=nid, args={"tokens": record.completion_tokens})
+        prompt, completion = {"tokens": record.prompt_tokens}, {"tokens": record.completion_tokens}
+        self.timeline.span(program_id, TimelineKind.QUEUED, start, admitted, node=node_id)
+        self.timeline.span(program_id, TimelineKind.PREFILL, admitted, first, node=node_id, args=prompt)
+        self.timeline.span(program_id, TimelineKind.DECODE, first, end, node=node_id, args=completion)
         if not record.deduplicated and record.state.value == "done":
             computed = record.prompt_tokens - record.cached_tokens  # cached tokens cost (almost) nothing to prefill
             self.durations.observe_llm(computed, first - admitted, record.completion_tokens, end - first)
