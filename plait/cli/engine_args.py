@@ -100,8 +100,7 @@ def print_plan(plan: PlanConfig, policy: EnginePolicy) -> None:
     print(f"plan: {plan.name}", file=sys.stderr)
     for line in plan.describe():
         print(f"  {line}", file=sys.stderr)
-    settings = ", ".join(f"{name}={value}" for name, value in policy.to_dict().items())
-    print(f"engine policy: {settings}", file=sys.stderr)
+    print(f"engine policy: {policy.describe()}", file=sys.stderr)
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:

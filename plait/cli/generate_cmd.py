@@ -194,7 +194,6 @@ def run(args: argparse.Namespace) -> int:
 def _check_before_loading(request: GenerateRequest, config: EngineConfig) -> _Checked:
     """Every check of ``EngineCore.prepare`` that needs no weights, on the model's header and tokenizer (both cheap
     to read): the prompt's tokens, the context window, the room ``max_tokens`` needs, the stop token ids."""
-    from plait.engine.engine_config import DEFAULT_MAX_CONTEXT
     from plait.engine.errors import InvalidRequestError
     from plait.engine.grammar import build_grammar
     from plait.engine.model_loader import resolve_model
@@ -204,7 +203,7 @@ def _check_before_loading(request: GenerateRequest, config: EngineConfig) -> _Ch
 
     source = resolve_model(config.model, config.weights)
     tokenizer = load_tokenizer(source, config.tokenizer)
-    context_window = min(config.max_context or DEFAULT_MAX_CONTEXT, source.config.max_position)  # as EngineCore's
+    context_window = config.resolve_max_context(source.config.max_position)
     prompt_ids = request_prompt_ids(request, tokenizer, source.config.vocab_size)
     request.sampling.validate(tokenizer.vocab_size)
     build_grammar(request.sampling)  # a constraint that does not parse (a bad regex, schema or grammar) fails here

@@ -64,5 +64,4 @@ def _print_default_plan() -> None:
     print("plan        plait (the default; --plan baseline serves a request-level engine)")
     for line in plan.describe():
         print(f"            {line}")
-    settings = ", ".join(f"{name}={value}" for name, value in plan.engine.to_dict().items())
-    print(f"policy      {settings}")
+    print(f"policy      {plan.engine.describe()}")

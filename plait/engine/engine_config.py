@@ -84,6 +84,10 @@ class EngineConfig:
             return torch.bfloat16
         return torch.float32
 
+    def resolve_max_context(self, model_max_position: int) -> int:
+        """The context window in tokens: ``max_context`` (0: 32k), at most the model's own window."""
+        return min(self.max_context or DEFAULT_MAX_CONTEXT, model_max_position)
+
     def resolve_attention_backend(self, device: torch.device) -> str:
         if self.attention_backend == "auto":
             return "triton" if device.type == "cuda" else "torch"

@@ -19,7 +19,7 @@ from plait.cache import (
     SlotAllocator,
 )
 from plait.engine.detokenizer import IncrementalDetokenizer
-from plait.engine.engine_config import DEFAULT_MAX_CONTEXT, EngineConfig
+from plait.engine.engine_config import EngineConfig
 from plait.engine.engine_invariants import check_engine_invariants
 from plait.engine.engine_setup import auto_kv_slots, build_prefix_cache, build_runner
 from plait.engine.engine_stats import EngineStats, ThroughputMeter, cache_stats
@@ -59,7 +59,7 @@ class EngineCore(RuntimeControls, Scoring):
         source = resolve_model(config.model, config.weights)
         self.model_config = source.config
         self.tokenizer = load_tokenizer(source, config.tokenizer)
-        self.max_context = min(config.max_context or DEFAULT_MAX_CONTEXT, source.config.max_position)
+        self.max_context = config.resolve_max_context(source.config.max_position)
         self.attention_backend = config.resolve_attention_backend(self.device)
         self.kv_slots = config.kv_slots or auto_kv_slots(config, source.config, self.device, self.dtype)
         mc = source.config

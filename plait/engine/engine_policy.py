@@ -71,6 +71,10 @@ class EnginePolicy:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def describe(self) -> str:
+        """``field=value, ...`` in field order (what start-up and ``plait info`` print)."""
+        return ", ".join(f"{name}={value}" for name, value in self.to_dict().items())
+
 
 def policy_field_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(EnginePolicy))

@@ -33,9 +33,8 @@ class GPUProfile:
     launch_s: float  # per step: kernel launches and the graph replay's fixed cost
 
 
-# Calibration (bench/results/h200_2026-11-21/fast_path). H200: the 8B shape's batch-1 decode reads its 16 GB of
-# weights in 4.8 ms (3.35 TB/s); prefill runs 42k tokens/s (~6.7e14 FLOP/s); the 1B shape's batch-1 step (1.2 ms for
-# 2.5 GB) leaves ~0.5 ms of fixed cost. H100: the same fractions of its datasheet (3.35 TB/s, 989 TFLOP/s).
+# Each profile is (read bandwidth, matmul rate, fixed cost per step) as the engine reaches them on that GPU; how they
+# were calibrated: docs/decisions.md, 2026-11-21: the simulated engine's GPU profiles.
 PROFILES: dict[str, GPUProfile] = {
     "h200": GPUProfile("h200", 3.35e12, 6.7e14, 5e-4),
     "h100": GPUProfile("h100", 2.35e12, 6.0e14, 5e-4),
