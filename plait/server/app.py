@@ -296,6 +296,9 @@ async def drain(state: ServerState) -> int:
             while state.executor.running():
                 await anyio.sleep(0.02)
         state.drained = True
+        from plait.server.openai.program_registry import close_programs  # the runtime is imported by now
+
+        close_programs(state)  # OpenAI programs end: their pins and reservations are released
     if state.owns_engine:
         await anyio.to_thread.run_sync(state.engine.close)
     with anyio.move_on_after(STREAM_END_WAIT_S):

@@ -407,6 +407,42 @@ class Planner:
             self._prefix_ids[prefix] = ids
         return ids
 
+    # ---- explicit retention (a client's KV hints) -------------------------------------------------------------------
+
+    def retain(self, program_id: str, ttl_s: float) -> None:
+        """Keep ``program_id``'s KV resident for ``ttl_s`` seconds from now (a client's ``retain`` hint): a pin like a
+        tool pin, in place of any pin the planner chose, within the engine's pin budget. Applies whatever the plan:
+        the client asked for it."""
+        plan = self._plans.get(program_id)
+        if plan is None:
+            return
+        now = time.monotonic()
+        self.engine.send(Pin(ttl_s, program_id))
+        self.counters.pins += 1
+        self.counters.pin_ttl_total_s += ttl_s
+        if plan.pin_span is not None:
+            self.timeline.close_span(plan.pin_span, min(now, plan.pin_until))
+        plan.pin_until = now + ttl_s
+        args = {"ttl_s": round(ttl_s, 3), "why": "retain hint"}
+        plan.pin_span = self.timeline.open_span(program_id, TimelineKind.PINNED, now, args=args)
+
+    def release(self, program_id: str) -> None:
+        """``program_id``'s KV is not needed again soon (a client's ``release`` hint): unpin it and mark it as used
+        farthest in the future, so it is evicted first."""
+        plan = self._plans.get(program_id)
+        if plan is None:
+            return
+        if plan.pin_until:
+            self._unpin(plan, time.monotonic())
+        self.engine.send(HintNextUse(program_id, steps=_FAR))
+        self.counters.next_use_hints += 1
+
+    def prefetch(self, program_id: str) -> None:
+        """Bring ``program_id``'s KV back from the host tier ahead of its next call (a client's ``prefetch`` hint)."""
+        if program_id in self._plans:
+            self.engine.send(Prefetch(program_id))
+            self.counters.prefetches += 1
+
     # ---- engine feedback and reporting ------------------------------------------------------------------------------
 
     def _read_feedback(self) -> EngineStats:

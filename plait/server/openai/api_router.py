@@ -1,33 +1,27 @@
 """The OpenAI-compatible API: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
 
-A request's life: the body is validated (``openai_protocol``), turned into a plan (``openai_params``), its prompt is
-tokenized and checked against the context window and ``max_prompt_tokens``, a given ``max_tokens`` is checked against
-the room the context window leaves (400 over it; an omitted one defaults to what fits), its tokens (prompt +
-``max_tokens`` x ``n``) are reserved for the tenant (429 over the limit), and it runs on the engine
-(``openai_generation``) for at most the time limit. The route waits for the first update before answering, so every
-request error is a 4xx with the field named; the answer is then a whole JSON body or an event stream
-(``openai_stream``). The reservation is released exactly once, however the request ends; a client that goes away
-aborts the engine request.
+The body is validated (``protocol``) and turned into a plan (``params``); ``serving`` runs it (checks, admission, the
+agent program it joins, the engine run) and the route renders the whole body or the event stream (``stream``). Every
+generation response names its program in the ``X-Plait-Program-Id`` header.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
+import re
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from plait.engine import GenerateRequest, InvalidRequestError, check_max_tokens_fit
+from plait.server.dashboard.program_snapshot import program_trace
 from plait.server.errors import APIError
 from plait.server.openai.chat_output import ChatOutput
 from plait.server.openai.completion_output import CompletionOutput
-from plait.server.openai.generation import Generation, GenerationFailed, SampleUpdate
-from plait.server.openai.logprobs import TokenTexts
+from plait.server.openai.kv_hints import KVHints, KVHintsEnvelope
 from plait.server.openai.models import check_model, model_card
-from plait.server.openai.params import DEFAULT_MAX_TOKENS, GenerationPlan, chat_plan, completion_plan
+from plait.server.openai.params import GenerationPlan, chat_plan, completion_plan
+from plait.server.openai.program_registry import programs_of
+from plait.server.openai.programs import ConversationProgram
 from plait.server.openai.protocol import ChatCompletionRequest, CompletionRequest
 from plait.server.openai.responses import (
     ChatCompletion,
@@ -38,7 +32,8 @@ from plait.server.openai.responses import (
     TextCompletion,
     dump,
 )
-from plait.server.openai.stream import CLIENT_CLOSED, EventStream
+from plait.server.openai.serving import ProgramRequest, run_to_end, start_generation, token_texts
+from plait.server.openai.stream import EventStream
 from plait.server.state import ServerState
 from plait.server.tenants import Tenant, current_tenant
 
@@ -111,7 +106,8 @@ async def get_model(model_id: str, request: Request, tenant: TenantDep) -> Model
 async def chat_completions(body: ChatCompletionRequest, request: Request, tenant: TenantDep) -> Response:
     state: ServerState = request.app.state.plait
     plan = _counted(state, "chat", lambda: chat_plan(body))
-    return await _serve(state, request, tenant, plan, body.model)
+    messages = [message.model_dump(exclude_none=True) for message in body.messages]
+    return await _serve(state, request, tenant, plan, body.model, body.kv_hints, messages)
 
 
 @router.post(
@@ -123,7 +119,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
 async def completions(body: CompletionRequest, request: Request, tenant: TenantDep) -> Response:
     state: ServerState = request.app.state.plait
     plan = _counted(state, "completions", lambda: completion_plan(body))
-    return await _serve(state, request, tenant, plan, body.model)
+    return await _serve(state, request, tenant, plan, body.model, body.kv_hints)
 
 
 def _counted(state: ServerState, endpoint: str, make: Any) -> GenerationPlan:
@@ -134,147 +130,123 @@ def _counted(state: ServerState, endpoint: str, make: Any) -> GenerationPlan:
         raise
 
 
-async def _serve(state: ServerState, request: Request, tenant: Tenant, plan: GenerationPlan, model: str) -> Response:
+async def _serve(
+    state: ServerState,
+    request: Request,
+    tenant: Tenant,
+    plan: GenerationPlan,
+    model: str,
+    kv_hints: Any,
+    messages: list[dict[str, Any]] | None = None,
+) -> Response:
     try:
-        served = check_model(state, model)
-        prompt_ids = await _prompt_ids(state, plan)
-        plan.sampling.max_tokens = _max_new_tokens(state, plan, len(prompt_ids))
-        admission = _admit(state, tenant, plan, len(prompt_ids) + plan.sampling.max_tokens * plan.sampling.n)
+        program = ProgramRequest.of(request, plan, KVHints.parse(kv_hints), messages)
     except APIError as error:
         state.metrics.requests.labels(plan.endpoint, str(error.status)).inc()
         raise
     prefix = "chatcmpl" if plan.endpoint == "chat" else "cmpl"
-    completion_id = f"{prefix}-{secrets.token_hex(12)}"
-    engine_request = GenerateRequest(
-        prompt_token_ids=prompt_ids,
-        sampling=plan.sampling,
-        priority=plan.priority,
-        request_id=completion_id,
-        program_id=plan.program_id,
-        hints=plan.hints,
-    )
-    gen = Generation(state, plan, engine_request, admission, len(prompt_ids), _time_limit_s(state, plan))
+    started = await start_generation(state, tenant, plan, model, program, id_prefix=prefix)
+    gen = started.gen
     output: ChatOutput | CompletionOutput
     try:
-        texts = _token_texts(state)
+        texts = token_texts(state)
         if plan.endpoint == "chat":
-            output = ChatOutput(gen, completion_id, served, texts)
+            output = ChatOutput(gen, started.completion_id, started.served_model, texts)
         else:
-            echo = "" if not plan.echo else plan.prompt or state.engine.tokenizer.decode(prompt_ids)
-            output = CompletionOutput(gen, completion_id, served, texts, echo)
+            echo = "" if not plan.echo else plan.prompt or state.engine.tokenizer.decode(started.prompt_ids)
+            output = CompletionOutput(gen, started.completion_id, started.served_model, texts, echo)
     except BaseException:
+        await started.updates.aclose()
         gen.close(500)
         raise
-    updates = gen.updates()
-    first = await _first_update(gen, updates)
     if plan.stream:
-        return EventStream(gen, output, updates, first).response()
-    status = await _run_to_end(request, gen, updates)
-    return JSONResponse(dump(output.whole()), status_code=status)
+        response: Response = EventStream(gen, output, started.updates, started.first).response()
+    else:
+        status = await run_to_end(request, gen, started.updates)
+        response = JSONResponse(dump(output.whole()), status_code=status)
+    response.headers.update(started.headers)
+    response.headers.update(plan.response_headers)  # what the request asked that was ignored or unenforced
+    return response
 
 
-async def _prompt_ids(state: ServerState, plan: GenerationPlan) -> list[int]:
-    """Tokenize once (in a worker thread: rendering and tokenizing a long conversation takes a while)."""
-    probe = GenerateRequest(messages=plan.messages, prompt=plan.prompt, prompt_token_ids=plan.prompt_token_ids)
-    try:
-        ids = await anyio.to_thread.run_sync(state.engine.prompt_ids, probe)
-    except InvalidRequestError as error:
-        raise plan.error(error) from error
-    max_context = state.engine.max_context
-    limit = min(state.config.max_prompt_tokens or max_context, max_context - 1)
-    if len(ids) > limit:
-        where = "the server's max_prompt_tokens" if limit < max_context - 1 else "the context window"
-        raise APIError(400, f"the prompt has {len(ids)} tokens, over {where} ({limit})", field=plan.prompt_field)
-    return ids
+# ---- agent programs --------------------------------------------------------------------------------------------------
+
+_PROGRAM_ERRORS = {401: _ERRORS[401], 404: {"model": ErrorResponse, "description": "No such program of the caller"}}
 
 
-def _max_new_tokens(state: ServerState, plan: GenerationPlan, prompt_tokens: int) -> int:
-    """The request's ``max_tokens``: a given value over the room the context window leaves is a 400 naming the field
-    (OpenAI's and vLLM's answer; lowering it silently would hide the mistake); an omitted one is
-    ``DEFAULT_MAX_TOKENS`` capped to that room."""
-    max_context = state.engine.max_context
-    if plan.requested_max_tokens is None:
-        return max(1, min(DEFAULT_MAX_TOKENS, max_context - prompt_tokens))
-    try:
-        check_max_tokens_fit(plan.requested_max_tokens, prompt_tokens, max_context, plan.max_tokens_field)
-    except InvalidRequestError as error:
-        raise APIError(400, str(error), field=error.field) from error  # the message names the field too
-    return plan.requested_max_tokens
+def _program_view(state: ServerState, program: ConversationProgram) -> dict[str, Any]:
+    """A program's summary, its calls, and its timeline (seconds from its start)."""
+    events = []
+    for event in state.executor.planner.timeline.events(program.planner_id):
+        row: dict[str, Any] = {"kind": event.kind.value, "node": event.node}
+        row["start_s"] = event.start - program.started_at
+        if event.end is not None:
+            row["end_s"] = event.end - program.started_at
+        if event.args:
+            row["args"] = event.args
+        events.append(row)
+    return {
+        **program.summary(),
+        "calls_detail": [log.to_dict() for log in program.calls],
+        "timeline": events,
+        "trace_url": f"/v1/programs/{program.program_id}/trace",
+    }
 
 
-def _time_limit_s(state: ServerState, plan: GenerationPlan) -> float | None:
-    """The lower of the server's ``max_request_time_s`` (0: none) and the request's own; None when neither is set."""
-    limits = [limit for limit in (state.config.max_request_time_s, plan.deadline_s) if limit]
-    return min(limits) if limits else None
+@router.get("/v1/programs", summary="The caller's agent programs on the OpenAI API, newest first")
+async def list_programs(request: Request, tenant: TenantDep, include_ended: bool = False) -> dict[str, Any]:
+    state: ServerState = request.app.state.plait
+    programs = programs_of(state).of_tenant(tenant.name, ended=include_ended)
+    return {"object": "list", "data": [program.summary() for program in programs]}
 
 
-def _admit(state: ServerState, tenant: Tenant, plan: GenerationPlan, tokens: int) -> Any:
-    try:
-        return state.usage.admit(tenant, tokens)
-    except APIError as error:
-        if error.field == "max_tokens":
-            error.field = plan.max_tokens_field
-        raise
+@router.get("/v1/programs/{program_id}", summary="One program: its calls and timeline", responses=_PROGRAM_ERRORS)
+async def get_program(program_id: str, request: Request, tenant: TenantDep) -> dict[str, Any]:
+    state: ServerState = request.app.state.plait
+    return _program_view(state, programs_of(state).get(tenant.name, program_id, ended=True))
 
 
-def _token_texts(state: ServerState) -> TokenTexts:
-    texts = state.extras.get("openai_token_texts")
-    if texts is None:
-        texts = state.extras["openai_token_texts"] = TokenTexts(state.engine.tokenizer)
-    return texts
+@router.get(
+    "/v1/programs/{program_id}/trace",
+    summary="A program's timeline as a Chrome trace (chrome://tracing, Perfetto)",
+    responses=_PROGRAM_ERRORS,
+)
+async def get_program_trace(program_id: str, request: Request, tenant: TenantDep) -> Response:
+    state: ServerState = request.app.state.plait
+    program = programs_of(state).get(tenant.name, program_id, ended=True)
+    trace = program_trace(state.executor.planner.timeline, program.planner_id)
+    filename = re.sub(r"[^A-Za-z0-9_.-]", "_", f"plait-trace-{program_id}.json")
+    return JSONResponse(trace, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-async def _first_update(gen: Generation, updates: AsyncIterator[SampleUpdate]) -> SampleUpdate | None:
-    """Start the request and wait for its first update: the engine validates the request (and compiles its grammar)
-    on the way, and its errors are still answered as 4xx."""
-    try:
-        return await anext(updates, None)
-    except InvalidRequestError as error:
-        gen.close(400)
-        raise gen.plan.error(error) from error
-    except GenerationFailed as failure:
-        gen.close(failure.status)
-        raise failure.api_error() from failure
-    except Exception:
-        await updates.aclose()
-        gen.close(500)
-        raise
-    except BaseException:  # cancelled
-        await updates.aclose()
-        gen.close(CLIENT_CLOSED)
-        raise
+@router.delete(
+    "/v1/programs/{program_id}",
+    summary="End a program now: its KV pins, reservations and bookkeeping are released",
+    responses=_PROGRAM_ERRORS,
+)
+async def delete_program(program_id: str, request: Request, tenant: TenantDep) -> dict[str, Any]:
+    state: ServerState = request.app.state.plait
+    programs_of(state).close(tenant.name, program_id)
+    return {"id": program_id, "object": "program.deleted", "deleted": True}
 
 
-async def _run_to_end(request: Request, gen: Generation, updates: AsyncIterator[SampleUpdate]) -> int:
-    """Drain ``updates`` (the samples accumulate in ``gen``); stop early, aborting the request, if the client goes."""
-    status = 500  # until the generation ends one way or another
-    disconnected = False
-    failure: GenerationFailed | None = None
-    try:
-        async with anyio.create_task_group() as group:
-
-            async def watch_disconnect() -> None:
-                nonlocal disconnected
-                # The body has been read: the next message is the disconnect. (Polling request.is_disconnected()
-                # never sees it through BaseHTTPMiddleware, whose receive cannot complete without suspending.)
-                while (await request.receive())["type"] != "http.disconnect":
-                    pass
-                disconnected = True
-                group.cancel_scope.cancel()
-
-            group.start_soon(watch_disconnect)
-            try:
-                async for _ in updates:
-                    pass
-                status = 200
-            except GenerationFailed as error:
-                failure, status = error, error.status
-            group.cancel_scope.cancel()
-        if disconnected and status == 500:
-            status = CLIENT_CLOSED
-    finally:
-        await updates.aclose()
-        gen.close(status)
-    if failure is not None:
-        raise failure.api_error()
-    return status
+@router.post(
+    "/v1/programs/{program_id}/kv_hints",
+    summary="Apply KV hints to a program now (`retain`, `release`, `prefetch`)",
+    responses={**_PROGRAM_ERRORS, 400: _ERRORS[400], 422: _ERRORS[422]},
+)
+async def program_kv_hints(
+    program_id: str, body: KVHintsEnvelope, request: Request, tenant: TenantDep
+) -> dict[str, Any]:
+    state: ServerState = request.app.state.plait
+    programs = programs_of(state)
+    program = programs.get(tenant.name, program_id)
+    hints = KVHints.parse(body, field="body")
+    assert hints is not None
+    if hints.retain_s is not None:
+        programs.planner.retain(program.planner_id, hints.retain_s)
+    if hints.release:
+        programs.planner.release(program.planner_id)
+    if hints.prefetch:
+        programs.planner.prefetch(program.planner_id)
+    return {"id": program_id, "object": "program", "applied": [action.type for action in body.actions]}

@@ -23,6 +23,7 @@ import anyio
 from plait.engine import Engine, EngineStoppedError, GenerateDelta, GenerateRequest, TokenLogprob, ToolCall
 from plait.server.errors import APIError
 from plait.server.openai.params import GenerationPlan
+from plait.server.openai.programs import ProgramCall
 from plait.server.openai.tool_stream import ToolCallStream
 from plait.server.state import ServerState
 from plait.server.tenants import Admission
@@ -62,6 +63,7 @@ class Sample:
     content: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
     completion_tokens: int = 0
     finish_reason: str | None = None
 
@@ -75,6 +77,7 @@ class Sample:
         self.content.append(text)
         self.tool_calls += calls
         self.logprobs += delta.logprobs or []
+        self.token_ids += delta.token_ids
         self.completion_tokens = delta.completion_tokens
         update = SampleUpdate(self.index, text, calls, list(delta.logprobs or []))
         if delta.finish_reason is not None:
@@ -99,8 +102,10 @@ class Generation:
         admission: Admission,
         prompt_tokens: int,
         time_limit_s: float | None = None,
+        program_call: ProgramCall | None = None,
     ) -> None:
         self.state = state
+        self.program_call = program_call  # its program's call: ended by close()
         self.engine: Engine = state.engine
         self.plan = plan
         self.request = request
@@ -113,6 +118,7 @@ class Generation:
         }
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None
+        self.queued_s: float | None = None
         self.time_limit_s = time_limit_s
         self._deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
         self._closed = False
@@ -140,6 +146,8 @@ class Generation:
                     self.first_token_at = time.perf_counter()
                 if delta.prompt_tokens:
                     self.prompt_tokens = delta.prompt_tokens
+                if self.queued_s is None and delta.queued_s is not None:
+                    self.queued_s = delta.queued_s
                 self.cached_tokens = max(self.cached_tokens, delta.cached_tokens)
                 yield self.samples[delta.index].apply(delta)
         except EngineStoppedError as error:
@@ -177,12 +185,33 @@ class Generation:
             return GenerationFailed(f"cannot compile the constraint: {delta.error}", 400, field)
         return GenerationFailed(f"generation failed: {delta.error}")
 
+    def _end_program_call(self, status: int) -> None:
+        """Tell the program how its call went: the engine's counts and times, and the reply (first sample)."""
+        call = self.program_call
+        assert call is not None
+        record, now = call.record, time.monotonic()
+        record.prompt_tokens, record.cached_tokens = self.prompt_tokens, self.cached_tokens
+        record.completion_tokens = self.completion_tokens
+        record.queued_s = self.queued_s
+        if self.first_token_at is not None:
+            record.first_token_at = now - (time.perf_counter() - self.first_token_at)
+        first = self.samples[0]
+        call.finish(
+            status=status,
+            reply_text=first.text,
+            reply_calls=[{"name": c.name, "arguments": c.arguments} for c in first.tool_calls],
+            reply_ids=first.token_ids,
+            finish_reason=first.finish_reason,
+        )
+
     def close(self, status: int) -> None:
         """Release the admission and count the request (metrics of finished generations only once). Idempotent."""
         if self._closed:
             return
         self._closed = True
         self.admission.release()
+        if self.program_call is not None:
+            self._end_program_call(status)
         metrics = self.state.metrics
         metrics.requests.labels(self.plan.endpoint, str(status)).inc()
         if status == 200:

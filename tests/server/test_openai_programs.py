@@ -1,0 +1,202 @@
+"""Agent programs over the OpenAI API: explicit ids (body, header), recognised continuations (chat, text), the gap
+between calls as a tool node, KV hints, ending programs (DELETE, idle timeout) and what each frees."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+HEADER = "X-Plait-Program-Id"
+IDLE_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A TestClient over a tiny dummy-model server whose programs end after 1 s idle."""
+    from fastapi.testclient import TestClient
+
+    from plait.engine import EngineConfig
+    from plait.server import ServerConfig, create_app
+    from plait.server.app import build_state
+    from tests.conftest import TINY
+
+    config = ServerConfig(shutdown_grace_s=0.5, program_idle_timeout_s=IDLE_TIMEOUT_S)
+    state = build_state(config, EngineConfig(**TINY))
+    try:
+        with TestClient(create_app(state)) as test_client:
+            yield test_client
+    finally:
+        state.engine.close()
+
+
+def _chat(client: Any, messages: list[dict[str, Any]], **extra: Any) -> Any:
+    headers = extra.pop("headers", {})
+    body = {"model": "default", "messages": messages, "max_tokens": 4, "temperature": 0, **extra}
+    response = client.post(CHAT, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def _programs(client: Any) -> dict[str, dict[str, Any]]:
+    return {row["id"]: row for row in client.get("/v1/programs").json()["data"]}
+
+
+def test_explicit_program_by_body_and_header(client: Any) -> None:
+    messages = [{"role": "user", "content": "explicit one"}]
+    first = _chat(client, messages, program_id="agent-1")
+    second = _chat(client, [{"role": "user", "content": "unrelated"}], headers={HEADER: "agent-1"})
+    assert first.headers[HEADER] == second.headers[HEADER] == "agent-1"
+    program = client.get("/v1/programs/agent-1").json()
+    assert (program["origin"], program["calls"], program["state"]) == ("explicit", 2, "open")
+    (gap_call,) = [call for call in program["calls_detail"] if call["gap_before_s"] is not None]
+    assert gap_call["gap_tool"] == "think" and gap_call["gap_before_s"] >= 0
+    kinds = {event["kind"] for event in program["timeline"]}
+    assert {"prefill", "decode", "tool"} <= kinds, kinds
+    trace = client.get("/v1/programs/agent-1/trace").json()
+    assert trace["traceEvents"]
+
+
+def test_chat_continuation_joins_the_program(client: Any) -> None:
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "first question"}]
+    first = _chat(client, messages)
+    program_id = first.headers[HEADER]
+    reply = first.json()["choices"][0]["message"]
+    follow_up = [*messages, {"role": "assistant", "content": reply["content"]}, {"role": "user", "content": "and?"}]
+    second = _chat(client, follow_up)
+    assert second.headers[HEADER] == program_id
+    assert _programs(client)[program_id]["origin"] == "implicit"
+    # Another conversation that shares only the system prompt starts its own program; so does a repeat of the first.
+    other = _chat(client, [messages[0], {"role": "user", "content": "another question"}])
+    repeat = _chat(client, messages)
+    assert program_id not in (other.headers[HEADER], repeat.headers[HEADER])
+
+
+def test_tool_reply_names_the_gap_and_the_next_call_continues(client: Any) -> None:
+    closed = {"type": "object", "properties": {}, "additionalProperties": False}  # forces short arguments: {}
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": closed}}]
+    messages = [{"role": "user", "content": "use the tool"}]
+    first = _chat(client, messages, tools=tools, tool_choice="required", max_tokens=96)
+    call = first.json()["choices"][0]["message"]["tool_calls"][0]
+    follow_up = [
+        *messages,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "42"},
+    ]
+    time.sleep(0.05)
+    second = _chat(client, follow_up, tools=tools)
+    assert second.headers[HEADER] == first.headers[HEADER]
+    program = client.get(f"/v1/programs/{first.headers[HEADER]}").json()
+    assert program["tool_gaps"] >= 1
+    assert program["calls_detail"][1]["gap_tool"] == "lookup"
+    assert program["calls_detail"][1]["gap_before_s"] >= 0.05
+
+
+def test_text_completion_continuation_joins_the_program(client: Any) -> None:
+    prompt = "The first turn of a session. " * 4
+    first = client.post(COMPLETIONS, json={"model": "default", "prompt": prompt, "max_tokens": 3, "temperature": 0})
+    assert first.status_code == 200
+    text = first.json()["choices"][0]["text"]
+    body = {"model": "default", "prompt": prompt + text + " observation", "max_tokens": 3, "temperature": 0}
+    second = client.post(COMPLETIONS, json=body)
+    assert second.headers[HEADER] == first.headers[HEADER]
+    # Without the reply (a recorded trace's next prompt), the longest earlier prompt still matches.
+    third = client.post(COMPLETIONS, json={**body, "prompt": prompt + " another path"})
+    assert third.headers[HEADER] == first.headers[HEADER]
+
+
+def test_delete_ends_the_program_and_its_id_is_refused(client: Any) -> None:
+    _chat(client, [{"role": "user", "content": "to be closed"}], program_id="closing")
+    assert client.delete("/v1/programs/closing").json()["deleted"] is True
+    assert "closing" not in _programs(client)
+    body = {"model": "default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    refused = client.post(CHAT, json={**body, "program_id": "closing"})
+    assert refused.status_code == 409 and refused.json()["error"]["param"] == "program_id", refused.text
+    header = client.post(CHAT, json=body, headers={HEADER: "closing"})
+    assert header.status_code == 409 and header.json()["error"]["param"] == HEADER
+    assert client.delete("/v1/programs/never-was").status_code == 404
+    assert client.get("/v1/programs/never-was").status_code == 404
+    ended = client.get("/v1/programs/closing").json()  # ended programs stay readable for a while
+    assert ended["state"] == "closed"
+
+
+@pytest.mark.parametrize(
+    ("hints", "status", "field"),
+    [
+        ({"version": 1, "actions": [{"type": "retain"}]}, 400, "kv_hints.actions[0].ttl_s"),
+        ({"version": 1, "actions": [{"type": "release", "ttl_s": 3}]}, 400, "kv_hints.actions[0].ttl_s"),
+        ({"version": 1, "actions": [{"type": "retain", "ttl_s": 5}, {"type": "release"}]}, 400, "kv_hints.actions"),
+        ({"version": 1, "actions": [{"type": "evict"}]}, 422, "kv_hints"),
+        ({"version": 2, "actions": [{"type": "release"}]}, 422, "kv_hints"),
+        ({"version": 1, "actions": []}, 422, "kv_hints"),
+        ({"version": 1, "actions": [{"type": "retain", "ttl_s": -1}]}, 422, "kv_hints"),
+    ],
+)
+def test_malformed_kv_hints_name_the_field(client: Any, hints: dict[str, Any], status: int, field: str) -> None:
+    body = {"model": "default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "kv_hints": hints}
+    response = client.post(CHAT, json=body)
+    assert response.status_code == status, response.text
+    assert field in str(response.json()["error"].get("param")) + response.json()["error"]["message"]
+
+
+def test_bad_program_header_is_a_400(client: Any) -> None:
+    body = {"model": "default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    response = client.post(CHAT, json=body, headers={HEADER: " "})
+    assert response.status_code == 400 and response.json()["error"]["param"] == HEADER
+
+
+def _engine_holds(client: Any) -> tuple[int, int]:
+    state = client.app.state.plait
+    stats = state.engine.core.stats()
+    return stats.pinned_slots, stats.kv_slots_reserved
+
+
+def test_abandoned_programs_free_every_pin_after_the_idle_timeout(client: Any) -> None:
+    from plait.server.openai.program_registry import programs_of
+
+    state = client.app.state.plait
+    retain = {"version": 1, "actions": [{"type": "retain", "ttl_s": 600}]}
+    for i in range(3):  # three conversations, each abandoned after its first reply with a 10-minute retain
+        _chat(client, [{"role": "user", "content": f"abandoned conversation {i} " * 8}], kv_hints=retain)
+    deadline = time.monotonic() + 5
+    while _engine_holds(client)[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _engine_holds(client)[0] > 0, "the retain hints pinned nothing"
+    deadline = time.monotonic() + IDLE_TIMEOUT_S + 8
+    while (_engine_holds(client) != (0, 0) or len(programs_of(state))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(programs_of(state)) == 0
+    assert _engine_holds(client) == (0, 0)
+    assert not state.executor.planner._plans  # the planner forgot every program
+
+
+def test_out_of_band_kv_hints(client: Any) -> None:
+    _chat(client, [{"role": "user", "content": "hinted program " * 8}], program_id="hinted")
+    ok = client.post("/v1/programs/hinted/kv_hints", json={"version": 1, "actions": [{"type": "prefetch"}]})
+    assert ok.status_code == 200 and ok.json()["applied"] == ["prefetch"]
+    release = client.post("/v1/programs/hinted/kv_hints", json={"actions": [{"type": "release"}]})
+    assert release.status_code == 200
+    missing = client.post("/v1/programs/nope/kv_hints", json={"actions": [{"type": "release"}]})
+    assert missing.status_code == 404
+
+
+def test_calls_carry_the_program_and_its_priority(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = client.app.state.plait
+    seen = []
+    original = state.engine.generate
+
+    def spy(request: Any) -> Any:
+        seen.append(request)
+        return original(request)
+
+    monkeypatch.setattr(state.engine, "generate", spy)
+    _chat(client, [{"role": "user", "content": "ordered"}], program_id="ordered", priority=3)
+    _chat(client, [{"role": "user", "content": "ordered again"}], program_id="ordered", priority=3)
+    first, second = seen
+    assert first.program_id == second.program_id == "openai/default/ordered"
+    # Program FCFS: both calls carry the program's start as their virtual time.
+    assert first.priority[0] == 3 and first.priority == second.priority
