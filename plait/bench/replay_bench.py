@@ -63,6 +63,19 @@ def register(benches: argparse._SubParsersAction) -> None:
     run.add_argument("--target-model", default=None, help="the model name at --target (default: its first)")
     run.add_argument("--vocab-size", type=int, default=32_000, help="--target: token ids are drawn below this")
     run.add_argument(
+        "--served",
+        action="store_true",
+        help="replay through `plait serve` subprocesses this command starts (one per mode, with the engine flags "
+        "given here and the mode's --plan), as users run it; with --compare baseline the second runs --plan baseline",
+    )
+    run.add_argument(
+        "--target-programs",
+        default="explicit",
+        metavar="explicit|implicit[,...]",
+        help="--target/--served: send each agent session's program_id (explicit) or none, leaving the server to "
+        "recognise each session's calls as one program (implicit); --served replays plait mode once per entry",
+    )
+    run.add_argument(
         "--unbounded-cache", action="store_true", help="size the KV pool to hold every prompt and output of the slice"
     )
     run.add_argument("--time-limit", type=float, default=3600.0, help="seconds per mode before stopping")
@@ -84,7 +97,17 @@ def main(args: argparse.Namespace) -> int:
     from plait.bench.replay.records import TraceFormatError
 
     if args.target is not None and args.compare == "baseline":
-        return _fail("--compare baseline needs the in-process engine (a remote server's scheduling cannot be switched)")
+        return _fail(
+            "--compare baseline cannot switch a remote server's plan: use --served (this command starts a server per "
+            "mode) or run the target twice, once started with --plan baseline"
+        )
+    if args.target is not None and args.served:
+        return _fail("--target replays a server you started, --served starts its own: give one of them")
+    programs = args.target_programs.split(",")
+    if not programs or any(p not in ("explicit", "implicit") for p in programs) or len(set(programs)) < len(programs):
+        return _fail(f"--target-programs: a comma-separated list of explicit, implicit; got {args.target_programs!r}")
+    if len(programs) > 1 and not args.served:
+        return _fail("--target-programs with several entries needs --served (one plait-mode server per entry)")
     if args.baseline_first and args.compare != "baseline":
         return _fail("--baseline-first orders the modes of --compare baseline; add --compare baseline or drop it")
     try:
@@ -130,14 +153,56 @@ async def _run(args: argparse.Namespace, trace: Any) -> int:
     stop = asyncio.Event()
     with _stop_on_ctrl_c(stop):
         if args.target is not None:
-            target = HttpTarget(args.target, args.target_model)
-            inputs = _inputs(args, trace, args.vocab_size, target.count_tokens, None)
+            target = HttpTarget(args.target, args.target_model, send_program_ids=args.target_programs == "explicit")
+            # With --tokenizer (the served model's), prompts are counted exactly and cut to --max-context.
+            counter = _tokenizer_counter(args) if args.tokenizer else target.count_tokens
+            inputs = _inputs(args, trace, args.vocab_size, counter, args.max_context or None)
             try:
                 runs = await _replay_modes(args, trace, inputs, [target], stop)
             except TargetError as error:
                 raise _UsageError(str(error)) from error
             return _finish(args, trace, inputs, runs, engine_info={"target": args.target}, stopped=stop.is_set())
+        if args.served:
+            return await _run_served(args, trace, stop)
         return await _run_in_process(args, trace, stop)
+
+
+async def _run_served(args: argparse.Namespace, trace: Any, stop: asyncio.Event) -> int:
+    """Each mode on its own fresh ``plait serve`` subprocess (same engine flags): plait mode once per
+    ``--target-programs`` entry (``plait``, ``plait-implicit``), then baseline (``--plan baseline``) with
+    ``--compare baseline``; ``--baseline-first`` puts baseline first."""
+    from plait.bench.replay.http_target import HttpTarget, TargetError
+    from plait.bench.serve_process import ServeProcess, engine_flags
+
+    engine = engine_flags(args)
+    plan_flags = [flag for value in args.plan for flag in ("--plan", value)]
+    modes = [
+        ("plait" if kind == "explicit" else "plait-implicit", plan_flags, kind == "explicit")
+        for kind in args.target_programs.split(",")
+    ]
+    if args.compare == "baseline":
+        baseline = ("baseline", ["--plan", "baseline"], True)
+        modes = [baseline, *modes] if args.baseline_first else [*modes, baseline]
+    counter = _tokenizer_counter(args) if args.tokenizer else HttpTarget.count_tokens
+    inputs = _inputs(args, trace, args.vocab_size, counter, args.max_context or None)
+    runs: list[Any] = []
+    for mode, flags, explicit in modes:
+        if stop.is_set():
+            break
+        server = ServeProcess([*engine, *flags])
+        try:
+            url = await asyncio.to_thread(server.start)
+            print(f"{mode}: plait serve {' '.join([*engine, *flags])} at {url}", file=sys.stderr, flush=True)
+            await asyncio.to_thread(server.wait_ready, url)
+            target = HttpTarget(url, args.target_model, send_program_ids=explicit)
+            target.mode = mode
+            runs += await _replay_modes(args, trace, inputs, [target], stop)
+        except (RuntimeError, TargetError) as error:
+            raise _UsageError(f"{mode}: {error}") from error
+        finally:
+            await asyncio.to_thread(server.stop)
+    info = {"served": True, "serve_flags": engine, "plait_plan_flags": plan_flags, "modes": [m[0] for m in modes]}
+    return _finish(args, trace, inputs, runs, engine_info=info, stopped=stop.is_set())
 
 
 async def _run_in_process(args: argparse.Namespace, trace: Any, stop: asyncio.Event) -> int:
@@ -169,6 +234,15 @@ async def _run_in_process(args: argparse.Namespace, trace: Any, stop: asyncio.Ev
         return _finish(args, trace, inputs, runs, engine_info=info, stopped=stop.is_set())
     finally:
         engine.close()
+
+
+def _tokenizer_counter(args: argparse.Namespace) -> Any:
+    """Exact token counts with the served model's tokenizer (``--tokenizer``)."""
+    from plait.engine.model_loader import resolve_model
+    from plait.engine.tokenizer_loader import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_model(args.model, args.weights), args.tokenizer)
+    return lambda text: len(tokenizer.encode(text))
 
 
 def _unbounded_slots(trace: Any) -> int:
@@ -271,6 +345,12 @@ def _finish(
     slo = SLO(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot, e2e_s=args.slo_e2e, jct_s=args.slo_jct)
     summaries = {run.mode: summarize(run, slo) for run in runs}
     compared = ratios(summaries["plait"], summaries["baseline"]) if {"plait", "baseline"} <= summaries.keys() else {}
+    # Each other plait mode (a served replay's plait-implicit) against the same baseline.
+    compared_modes = {
+        mode: ratios(summary, summaries["baseline"])
+        for mode, summary in summaries.items()
+        if mode not in ("plait", "baseline") and "baseline" in summaries
+    }
     trace_info: dict[str, Any] = {
         "format": trace.format,
         "path": str(args.trace),
@@ -286,6 +366,8 @@ def _finish(
     columns, rows = summary_table_rows(summaries, compared or None)
     title = f"replay {trace.format}: {trace_info['records']} {'sessions' if trace.is_agent else 'requests'}"
     print_table(title, columns, rows)
+    for mode, mode_ratios in compared_modes.items():
+        print(f"{mode} vs baseline: " + ", ".join(f"{k} {v:.2f}x" for k, v in mode_ratios.items() if "jct" in k))
     if reuse is not None:
         measured = ", ".join(f"{m} {s.get('prefix_hit_rate') or 0:.3f}" for m, s in summaries.items())
         print(f"prefix reuse: trace {reuse:.3f} (unbounded cache, in order); measured {measured}")
@@ -303,6 +385,7 @@ def _finish(
         "runs": [run.to_dict() for run in runs],
         "summary": summaries,
         "ratios": compared,
+        "ratios_by_mode": compared_modes,
         "interrupted": interrupted,
     }
     output = args.output or default_output(f"replay_{trace.format}")

@@ -193,9 +193,10 @@ def api_routers() -> list[APIRouter]:
     from plait.server import info_routes
     from plait.server.dashboard import api_router as dashboard_api
     from plait.server.openai import api_router as openai_api
+    from plait.server.responses_api import api_router as responses_api
     from plait.server.workflows import api_router as workflows_api
 
-    return [openai_api.router, workflows_api.router, info_routes.router, dashboard_api.router]
+    return [openai_api.router, responses_api.router, workflows_api.router, info_routes.router, dashboard_api.router]
 
 
 def include_api(app: FastAPI, routers: list[APIRouter]) -> None:

@@ -4,10 +4,10 @@ strategies driven by hypothesis) against the REAL server of ``live_server``.
 Every operation gets schema-valid (positive) and, where it has parameters or a body, schema-violating (negative)
 requests, most with tenant ``a``'s API key and some with none. Workflow ids are drawn from live workflows (finished,
 open, waiting for a client tool, and the ones the fuzzer submitted) as well as generated. Generation is kept cheap by
-clamping ``max_tokens`` / ``max_completion_tokens`` / ``n`` / ``best_of`` wherever they appear in a body (and setting a
-small ``max_tokens`` where it is missing). Checked: no status >= 500, no request hangs (a 30 s per-request timeout;
-event streams are read briefly and dropped), at least 1,000 requests in all, and afterwards the engine is idle with
-no KV slot used and no tenant holding an admission.
+clamping ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` / ``n`` / ``best_of`` wherever they
+appear in a body (and setting a small token limit where a generation body has none). Checked: no status >= 500, no
+request hangs (a 30 s per-request timeout; event streams are read briefly and dropped), at least 1,000 requests in
+all, and afterwards the engine is idle with no KV slot used and no tenant holding an admission.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ STREAM_READ_S = 0.5  # how long an open event stream is read before the fuzzer d
 MIN_REQUESTS = 1000
 MAX_GEN_TOKENS = 3
 MAX_SAMPLES = 2
-GENERATION_OPS = {("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
+GENERATION_OPS = {("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/responses")}
+LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")  # generation limits, any API
 
 # Every operation of the app, in the order they are fuzzed (submissions first: their ids feed the later ones; the
 # destructive ones last). Examples per operation and mode; the total is well over MIN_REQUESTS.
@@ -46,6 +47,12 @@ PLAN: list[tuple[str, str, int, int]] = [  # method, path, positive examples, ne
     ("GET", "/server_info", 20, 0),
     ("POST", "/v1/chat/completions", 90, 60),
     ("POST", "/v1/completions", 90, 60),
+    ("POST", "/v1/responses", 90, 60),
+    ("GET", "/v1/responses/{response_id}", 40, 0),  # no negative: only a path parameter
+    ("GET", "/v1/programs", 30, 10),
+    ("GET", "/v1/programs/{program_id}", 40, 0),  # no negative: only a path parameter
+    ("GET", "/v1/programs/{program_id}/trace", 30, 0),
+    ("POST", "/v1/programs/{program_id}/kv_hints", 40, 30),
     ("POST", "/v1/workflows", 70, 50),
     ("GET", "/v1/workflows", 40, 30),
     ("GET", "/v1/workflows/{workflow_id}", 60, 0),  # no negative: only a path parameter
@@ -54,24 +61,26 @@ PLAN: list[tuple[str, str, int, int]] = [  # method, path, positive examples, ne
     ("POST", "/v1/workflows/{workflow_id}/nodes", 50, 30),
     ("POST", "/v1/workflows/{workflow_id}/close", 40, 20),
     ("DELETE", "/v1/workflows/{workflow_id}", 60, 0),
+    ("DELETE", "/v1/responses/{response_id}", 40, 0),
+    ("DELETE", "/v1/programs/{program_id}", 40, 0),
 ]
 
 
-def _clamp(value: Any, *, generation: bool = False) -> Any:
-    """Bound the generation cost of a body: small token and sample counts everywhere; a small default where
-    ``generation`` (an OpenAI generation body, or an LLM node of a workflow) sets none."""
+def _clamp(value: Any, *, generation: bool = False, limit_field: str = "max_tokens") -> Any:
+    """Bound the generation cost of a body: small token and sample counts everywhere; a small default (in
+    ``limit_field``) where ``generation`` (an OpenAI generation body, or an LLM node of a workflow) sets none."""
     if isinstance(value, list):
         return [_clamp(item) for item in value]
     if not isinstance(value, dict):
         return value
     out = {key: _clamp(item) for key, item in value.items()}
-    caps = {"max_tokens": MAX_GEN_TOKENS, "max_completion_tokens": MAX_GEN_TOKENS, "n": MAX_SAMPLES}
+    caps = {**dict.fromkeys(LIMIT_FIELDS, MAX_GEN_TOKENS), "n": MAX_SAMPLES}
     for key, cap in {**caps, "best_of": MAX_SAMPLES}.items():
         if type(out.get(key)) in (int, float):  # the API accepts integral floats (54147.0) as counts too
             out[key] = min(out[key], cap)
-    unbounded = out.get("max_tokens") is None and out.get("max_completion_tokens") is None
+    unbounded = all(out.get(name) is None for name in LIMIT_FIELDS)
     if (generation or out.get("kind") == "llm") and unbounded:
-        out["max_tokens"] = MAX_GEN_TOKENS
+        out[limit_field] = MAX_GEN_TOKENS
     return out
 
 
@@ -99,7 +108,8 @@ class Fuzzer:
         content: dict[str, Any] = {}
         if "json" in kwargs:
             generation = (case.method.upper(), case.path) in GENERATION_OPS
-            body = _clamp(kwargs["json"], generation=generation)
+            limit_field = "max_output_tokens" if case.path == "/v1/responses" else "max_tokens"
+            body = _clamp(kwargs["json"], generation=generation, limit_field=limit_field)
             # Two in three schema-valid generation bodies name the served model, so they reach the engine instead
             # of stopping at the model check.
             if generation and mode is GenerationMode.POSITIVE and isinstance(body, dict) and self.requests[label] % 3:

@@ -200,3 +200,15 @@ def test_calls_carry_the_program_and_its_priority(client: Any, monkeypatch: pyte
     assert first.program_id == second.program_id == "openai/default/ordered"
     # Program FCFS: both calls carry the program's start as their virtual time.
     assert first.priority[0] == 3 and first.priority == second.priority
+
+
+def test_the_dashboard_lists_and_draws_openai_programs(client: Any) -> None:
+    _chat(client, [{"role": "user", "content": "drawn"}], program_id="drawn")
+    _chat(client, [{"role": "user", "content": "drawn again"}], program_id="drawn")
+    listed = {row["id"]: row for row in client.get("/dashboard/api/programs").json()["programs"]}
+    assert listed["drawn"]["calls"] == 2 and listed["drawn"]["state"] == "running"
+    page = client.get("/dashboard/api/programs/drawn").json()
+    assert [row["node"] for row in page["nodes"]] == ["call_0", "gap_0", "call_1", "gap_1"]  # gap_1: waiting
+    assert "<svg" in page["timeline_svg"] and "<svg" in page["graph_svg"]
+    trace = client.get(page["trace_url"]).json()
+    assert {"decode: call_1", "tool: gap_0"} <= {event.get("name") for event in trace["traceEvents"]}

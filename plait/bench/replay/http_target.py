@@ -37,12 +37,22 @@ class HttpTarget:
 
     mode = "target"
 
-    def __init__(self, base_url: str, model: str | None = None, *, request_timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        request_timeout_s: float = 600.0,
+        send_program_ids: bool = True,
+    ) -> None:
+        """``send_program_ids``: name each agent session's program (``program_id``); off, the server sees plain
+        requests (a plait server recognises each session's calls by their prompts)."""
         base = base_url.rstrip("/")
         self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
         self.model = model
         self.label = f"target {self.base_url}"
         self.request_timeout_s = request_timeout_s
+        self.send_program_ids = send_program_ids
         self.refused: set[str] = set()  # extension fields the target rejected (not sent again)
         self.notes: list[str] = []
         self.client: httpx.AsyncClient | None = None
@@ -157,7 +167,7 @@ class HttpTarget:
     ) -> None:
         """Call, wait the recorded gap, call, ... (client-side); stops at the first failed call."""
         gaps = session.gaps_s()
-        program_id = f"replay-{session.session_id}"[:200]
+        program_id = f"replay-{session.session_id}"[:200] if self.send_program_ids else None
         for i, (call, prompt) in enumerate(zip(calls, prompts, strict=True)):
             await self.request(call, prompt, clock, program_id)
             if not call.ok:

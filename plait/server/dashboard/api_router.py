@@ -6,7 +6,8 @@ GET  /dashboard                          the page (``?key=KEY`` signs in: sets t
 POST /dashboard/login                    form field ``key``: sets the cookie, redirects to /dashboard
 POST /dashboard/logout                   clears the cookie
 GET  /dashboard/api/overview             KV pool, queue depth and throughput charts (SVG) and the latest sample
-GET  /dashboard/api/programs             the caller's REST workflows: running first, then newest first;
+GET  /dashboard/api/programs             the caller's REST workflows and OpenAI-API programs: running first, then
+                                         newest first;
                                          ``offset``, ``limit`` (at most MAX_PAGE), ``state`` = all|running|finished
 GET  /dashboard/api/programs/{id}        one program: summary, node rows (at most MAX_NODES), graph and timeline
 GET  /dashboard/api/programs/{id}/trace  its Chrome trace (a download)
@@ -38,10 +39,12 @@ from plait.server.dashboard.dashboard_auth import (
 from plait.server.dashboard.graph_svg import graph_svg
 from plait.server.dashboard.kv_history import kv_history_of
 from plait.server.dashboard.page import dashboard_page, login_page
-from plait.server.dashboard.program_snapshot import MAX_NODES, program_trace, snapshot_of
+from plait.server.dashboard.program_snapshot import MAX_NODES, conversation_snapshot, program_trace, snapshot_of
 from plait.server.dashboard.timeline_svg import timeline_svg
 from plait.server.errors import APIError
 from plait.server.info_routes import server_info
+from plait.server.openai.program_registry import programs_of
+from plait.server.openai.programs import ConversationProgram
 from plait.server.state import ServerState
 from plait.server.tenants import Tenant
 from plait.server.workflows.registry import WorkflowEntry, registry_of
@@ -55,6 +58,7 @@ DEFAULT_PAGE = 50
 CHART_WINDOW_S = 180.0  # the live charts show this much history
 _NO_STORE = {"Cache-Control": "no-store"}
 _STATES = ("all", "running", "finished")
+_FINISHED_STATES = ("done", "failed", "cancelled")
 
 
 def _state(request: Request) -> ServerState:
@@ -136,6 +140,22 @@ def _summary(entry: WorkflowEntry) -> dict[str, Any]:
     }
 
 
+def _conversation_summary(program: ConversationProgram) -> dict[str, Any]:
+    ended = program.state.value != "open"
+    calls = [record for record in program.records.values() if record.kind == "llm"]
+    return {
+        "id": program.program_id,
+        "name": f"OpenAI API ({program.origin.value})",
+        "state": "done" if ended else "running",
+        "created_at": program.created_at,
+        "elapsed_s": (program.last_active if ended else time.monotonic()) - program.started_at,
+        "error": None,
+        "nodes": len(program.records),
+        "nodes_done": sum(1 for record in program.records.values() if record.state.finished),
+        "calls": len(calls),
+    }
+
+
 @router.get("/dashboard/api/programs")
 async def programs(
     request: Request,
@@ -144,12 +164,17 @@ async def programs(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     state: str = "all",
 ) -> Response:
+    """REST workflows and OpenAI-API programs together: running first, then newest first."""
     if state not in _STATES:
         raise APIError(422, f"state: choose one of {', '.join(_STATES)}", field="state")
-    registry = registry_of(_state(request))
+    server = _state(request)
+    registry = registry_of(server)
     mine, _ = registry.page(tenant.name, limit=len(registry), after=None)  # newest first
-    running = [entry for entry in mine if not entry.finished]
-    finished = [entry for entry in mine if entry.finished]
+    rows = [(entry.created_at, _summary(entry)) for entry in mine]
+    rows += [(p.created_at, _conversation_summary(p)) for p in programs_of(server).of_tenant(tenant.name, ended=True)]
+    rows.sort(key=lambda row: row[0], reverse=True)
+    running = [row for _, row in rows if row["state"] not in _FINISHED_STATES]
+    finished = [row for _, row in rows if row["state"] in _FINISHED_STATES]
     chosen = {"all": running + finished, "running": running, "finished": finished}[state]
     body = {
         "tenant": tenant.name,
@@ -157,25 +182,41 @@ async def programs(
         "running": len(running),
         "offset": offset,
         "limit": limit,
-        "programs": [_summary(entry) for entry in chosen[offset : offset + limit]],
+        "programs": chosen[offset : offset + limit],
     }
     return JSONResponse(body, headers=_NO_STORE)
+
+
+def _conversation(state: ServerState, program_id: str, tenant: Tenant) -> ConversationProgram | None:
+    """The tenant's OpenAI-API program ``program_id`` (open or recently ended), or None."""
+    try:
+        return programs_of(state).get(tenant.name, program_id, ended=True)
+    except APIError:
+        return None
 
 
 @router.get("/dashboard/api/programs/{program_id}")
 async def program(request: Request, program_id: str, tenant: TenantDep) -> Response:
     state = _state(request)
-    entry = registry_of(state).get(program_id, tenant.name)
-    nodes = [node_view(entry, node_id) for node_id in list(entry.program.nodes)[:MAX_NODES]]
-    waiting = {row["node"]: row["state"] for row in nodes if row["state"] == "waiting_for_tool"}
-    snapshot = snapshot_of(entry.program, state.executor.planner.timeline, states=waiting)
+    timeline = state.executor.planner.timeline
+    conversation = _conversation(state, program_id, tenant)
+    if conversation is not None:
+        summary = _conversation_summary(conversation)
+        snapshot = conversation_snapshot(conversation, timeline)
+        nodes = [{"node": n.node_id, "kind": n.kind, "state": n.state, "detail": n.detail} for n in snapshot.nodes]
+    else:
+        entry = registry_of(state).get(program_id, tenant.name)
+        summary = _summary(entry)
+        nodes = [node_view(entry, node_id) for node_id in list(entry.program.nodes)[:MAX_NODES]]
+        waiting = {row["node"]: row["state"] for row in nodes if row["state"] == "waiting_for_tool"}
+        snapshot = snapshot_of(entry.program, timeline, states=waiting)
     now = time.monotonic()
     body = {
-        "program": _summary(entry),
+        "program": summary,
         "nodes": nodes,
         "graph_svg": graph_svg(snapshot.nodes, snapshot.edges, omitted=snapshot.omitted_nodes),
         "timeline_svg": timeline_svg(snapshot, now),
-        "trace_url": f"/dashboard/api/programs/{entry.id}/trace",
+        "trace_url": f"/dashboard/api/programs/{program_id}/trace",
     }
     response = json_response(body)
     response.headers.update(_NO_STORE)
@@ -185,9 +226,12 @@ async def program(request: Request, program_id: str, tenant: TenantDep) -> Respo
 @router.get("/dashboard/api/programs/{program_id}/trace")
 async def program_trace_file(request: Request, program_id: str, tenant: TenantDep) -> Response:
     state = _state(request)
-    entry = registry_of(state).get(program_id, tenant.name)
-    trace = program_trace(state.executor.planner.timeline, entry.id)
-    filename = re.sub(r"[^A-Za-z0-9_.-]", "_", f"plait-trace-{entry.id}.json")
+    conversation = _conversation(state, program_id, tenant)
+    if conversation is not None:
+        trace = program_trace(state.executor.planner.timeline, conversation.planner_id)
+    else:
+        trace = program_trace(state.executor.planner.timeline, registry_of(state).get(program_id, tenant.name).id)
+    filename = re.sub(r"[^A-Za-z0-9_.-]", "_", f"plait-trace-{program_id}.json")
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', **_NO_STORE}
     return json_response(trace, headers=headers)
 

@@ -1,6 +1,7 @@
 """A program as the dashboard draws it: its nodes with their states, its edges and its timeline events, as plain data.
 
-Live pages build one from a running ``ProgramExecution`` and the planner's ``Timeline`` (``snapshot_of``); offline
+Live pages build one from a running ``ProgramExecution`` and the planner's ``Timeline`` (``snapshot_of``), or from an
+OpenAI-API program (``conversation_snapshot``); offline
 reports build them from a timeline alone (``snapshots_from_timeline``: nodes are those the events name, edges are not
 known) or from any other record of spans (the replay report). Both are drawn by the same functions
 (``graph_svg``, ``timeline_svg``).
@@ -17,6 +18,7 @@ from typing import Any
 
 from plait.runtime.program_execution import ProgramExecution
 from plait.runtime.timeline import Timeline, TimelineEvent, TimelineKind
+from plait.server.openai.programs import ConversationProgram
 
 MAX_NODES = 400  # nodes drawn per program (a growing program can add thousands); the rest are counted
 MAX_EVENTS = 4000  # timeline events drawn per program; the rest are counted
@@ -114,6 +116,37 @@ def snapshot_of(
         omitted_nodes=len(ids) - len(shown),
         omitted_events=max(0, len(events) - MAX_EVENTS),
         meta=dict(meta or {}),
+    )
+
+
+def conversation_snapshot(program: ConversationProgram, timeline: Timeline | None) -> ProgramSnapshot:
+    """An OpenAI-API program as it is now: its calls and the gaps between them (the placeholder of a next call that
+    has not come is left out). Call on the server's event loop."""
+    workflow = program.workflow
+    ids = [node_id for node_id in workflow.nodes if node_id in program.records][:MAX_NODES]
+    nodes, live = [], []
+    for node_id in ids:
+        record = program.records[node_id]
+        state = "waiting_for_tool" if record.kind == "tool" and not record.state.finished else record.state.value
+        nodes.append(NodeSnapshot(node_id, record.kind, state, _detail(record)))
+        if record.started_at is not None and not record.state.finished:
+            live.append(LiveSpan(node_id, "tool" if record.kind == "tool" else "llm call", record.started_at))
+    kept = set(ids)
+    edges = tuple((a, b) for a, b in workflow.graph.edges if a in kept and b in kept)
+    events = timeline.events(program.planner_id) if timeline is not None else []
+    ended = program.state.value != "open"
+    return ProgramSnapshot(
+        program_id=program.program_id,
+        name=f"{program.origin.value} program",
+        state="done" if ended else "running",
+        created_at=program.started_at,
+        finished_at=program.last_active if ended else None,
+        nodes=tuple(nodes),
+        edges=edges,
+        events=tuple(events[:MAX_EVENTS]),
+        live=tuple(live),
+        omitted_nodes=max(0, len(program.records) - len(ids)),
+        omitted_events=max(0, len(events) - MAX_EVENTS),
     )
 
 

@@ -218,6 +218,7 @@ class ConversationProgram:
     state: ProgramState = ProgramState.OPEN
     calls: list[CallLog] = field(default_factory=list)
     running: set[str] = field(default_factory=set)
+    records: dict[str, NodeRecord] = field(default_factory=dict)  # every call's and gap's record, by node id
     gap: tuple[ToolCall, NodeRecord] | None = None  # the open gap and its record
     next_call: LLMCall | None = None  # the placeholder after the open gap
     keys: list[Any] = field(default_factory=list)
@@ -340,6 +341,7 @@ class OpenAIPrograms:
         if node is None:
             node = self._add_call(program, after=None, max_tokens=max_tokens, ignore_eos=ignore_eos)
         record = NodeRecord(node.id, "llm", state=NodeState.RUNNING, started_at=now)
+        program.records[node.id] = record
         program.running.add(node.id)
         program.last_active = now
         log = CallLog(node.id, time.time(), None if gap_s is None else round(gap_s, 4), gap_tool)
@@ -407,6 +409,7 @@ class OpenAIPrograms:
         constraints = after.constraints
         program.next_call = self._add_call(program, gap.output, constraints.max_tokens, constraints.ignore_eos)
         record = NodeRecord(gap.id, "tool", state=NodeState.RUNNING, started_at=time.monotonic())
+        program.records[gap.id] = record
         program.gap = (gap, record)
         if tool != THINK_TOOL:
             program.tool_gaps += 1

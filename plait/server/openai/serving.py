@@ -58,14 +58,20 @@ class ProgramRequest:
     ) -> ProgramRequest:
         """The body's ``program_id``, else the ``X-Plait-Program-Id`` header (an invalid one is a 400 naming it)."""
         if plan.program_id is not None:
-            return cls(plan.program_id, kv_hints=kv_hints, messages=messages)
+            return cls(check_program_id(plan.program_id, "program_id"), kv_hints=kv_hints, messages=messages)
         header = request.headers.get(PROGRAM_HEADER)
         if header is None:
             return cls(kv_hints=kv_hints, messages=messages)
-        header = header.strip()
-        if not 1 <= len(header) <= 256 or not header.isprintable():
-            raise APIError(400, "must be 1 to 256 printable characters", field=PROGRAM_HEADER)
+        header = check_program_id(header.strip(), PROGRAM_HEADER)
         return cls(header, field=PROGRAM_HEADER, kv_hints=kv_hints, messages=messages)
+
+
+def check_program_id(program_id: str, field: str) -> str:
+    """A program id is 1 to 256 printable ASCII characters (it is sent back in the ``X-Plait-Program-Id`` header);
+    ``APIError`` 400 naming ``field`` otherwise."""
+    if not (1 <= len(program_id) <= 256 and program_id.isascii() and program_id.isprintable()):
+        raise APIError(400, "must be 1 to 256 printable ASCII characters", field=field)
+    return program_id
 
 
 @dataclass
@@ -93,8 +99,11 @@ async def start_generation(
     program: ProgramRequest,
     *,
     id_prefix: str,
+    completion_id: str | None = None,
 ) -> StartedGeneration:
-    """Check, admit, join the program, start the engine request and wait for its first update (module doc)."""
+    """Check, admit, join the program, start the engine request and wait for its first update (module doc). The
+    request's id is ``completion_id`` when given (a caller that names its program after it), else
+    ``{id_prefix}-{random hex}``."""
     try:
         served = check_model(state, model)
         prompt_ids = await _prompt_ids(state, plan)
@@ -109,7 +118,7 @@ async def start_generation(
         admission.release()
         state.metrics.requests.labels(plan.endpoint, str(error.status)).inc()
         raise
-    completion_id = f"{id_prefix}-{secrets.token_hex(12)}"
+    completion_id = completion_id or f"{id_prefix}-{secrets.token_hex(12)}"
     engine_request = GenerateRequest(
         prompt_token_ids=prompt_ids,
         sampling=plan.sampling,
