@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         replay_bench,
         replay_report_cmd,
         serve_load,
+        soak,
         workflow_bench,
     )
 
@@ -25,4 +26,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     workflow_bench.register(benches)
     replay_bench.register(benches)
     replay_report_cmd.register(benches)
+    soak.register(benches)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
