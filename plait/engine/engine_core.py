@@ -274,7 +274,9 @@ class EngineCore(RuntimeControls, Scoring):
         raw = logits.clone() if masks is not None and want_logprobs else logits  # logprobs: the model's own
         if masks is not None:
             self.grammars.apply(logits, masks)
-        tokens = sample_on_device(logits, [SampleRow(s.state.sampling, s.generator) for s in targets])
+        tokens = sample_on_device(
+            logits, [SampleRow(s.state.sampling, s.generator, s.token_ids, s.num_prompt) for s in targets]
+        )
         logprobs = None
         if want_logprobs:
             logprobs = logprob_tensors(raw, tokens, [s.state.sampling.top_logprobs for s in targets])

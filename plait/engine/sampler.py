@@ -3,12 +3,18 @@
 Random draws use the "exponential race": ``argmax(p / q)`` with ``q ~ Exp(1)`` picks token i with probability
 ``p_i``. Each row draws ``q`` from its request's own generator, so a seeded request samples the same tokens
 whatever else is in the batch.
+
+Presence and frequency penalties are subtracted from the logits of the rows that set them, first (before
+temperature, filters and the greedy argmax), from counts of the tokens each sample has generated; every other row's
+logits are left as they are, so a row's token never depends on its batch-mates' penalties.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from plait.engine.host_copy import pinned_to_device, to_device
@@ -18,8 +24,14 @@ from plait.engine.sampling_params import SamplingParams
 
 @dataclass
 class SampleRow:
+    """One row of a sampling step: its parameters, its random generator and (read only when ``params.penalized``)
+    its sample's tokens: the prompt's ``num_prompt`` first, then those generated so far (a negative placeholder for
+    a token not read back yet is not counted)."""
+
     params: SamplingParams
     generator: torch.Generator
+    token_ids: list[int] = field(default_factory=list)
+    num_prompt: int = 0
 
 
 ARGMAX_CHUNK = 256
@@ -46,7 +58,9 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
 
 
 def sample_on_device(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
-    """``sample`` without the copy to the host: the tokens stay on ``logits``' device and nothing waits for them."""
+    """``sample`` without the copy to the host: the tokens stay on ``logits``' device and nothing waits for them.
+    ``logits`` itself is never modified."""
+    logits = apply_penalties(logits, rows)  # ``logits`` itself when no row sets a penalty
     greedy = [i for i, r in enumerate(rows) if r.params.greedy]
     if len(greedy) == len(rows):  # one kernel, nothing copied: the common decode step of a greedy batch
         return row_argmax(logits)
@@ -70,6 +84,35 @@ def sample_on_device(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tenso
         )
         tokens[index] = (probs / noise).argmax(dim=-1)
     return tokens
+
+
+def apply_penalties(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """``logits`` (``[rows, vocab]``) with each penalised row lowered by ``frequency_penalty * count[t] +
+    presence_penalty * (count[t] > 0)``, ``count`` the times its sample generated token ``t``. A new tensor where
+    some row sets a penalty (the others copied unchanged); ``logits`` itself where none does.
+
+    The counts are rebuilt each step from the rows' host token lists (one flat copy to the device, one scatter-add):
+    host work proportional to the tokens the penalised rows generated, none for the other rows.
+    """
+    penalized = [i for i, r in enumerate(rows) if r.params.penalized]
+    if not penalized:
+        return logits
+    device, vocab = logits.device, logits.shape[1]
+    outputs = [rows[i].token_ids[rows[i].num_prompt :] for i in penalized]
+    tokens = np.fromiter(itertools.chain.from_iterable(outputs), dtype=np.int64)
+    owner = np.repeat(np.arange(len(penalized), dtype=np.int64), [len(o) for o in outputs])
+    counted = tokens >= 0
+    flat = torch.from_numpy(owner[counted] * vocab + tokens[counted])
+    counts = torch.zeros(len(penalized) * vocab, dtype=torch.float32, device=device)
+    counts.scatter_add_(0, pinned_to_device(flat, device), torch.ones(flat.shape, dtype=torch.float32, device=device))
+    counts = counts.view(len(penalized), vocab)
+    frequency = to_device([rows[i].params.frequency_penalty for i in penalized], torch.float32, device)
+    presence = to_device([rows[i].params.presence_penalty for i in penalized], torch.float32, device)
+    penalty = frequency[:, None] * counts + presence[:, None] * (counts > 0)
+    if len(penalized) == len(rows):
+        return logits - penalty.to(logits.dtype)
+    index = to_device(penalized, torch.int64, device)
+    return logits.index_put((index,), logits[index] - penalty.to(logits.dtype))
 
 
 def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

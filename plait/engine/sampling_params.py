@@ -8,6 +8,7 @@ from typing import Any
 from plait.engine.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20
+MAX_PENALTY = 2.0  # presence_penalty and frequency_penalty lie in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's range)
 
 
 @dataclass
@@ -15,6 +16,10 @@ class SamplingParams:
     """How to pick tokens and when to stop.
 
     ``temperature == 0`` is greedy. ``top_k == 0`` disables top-k; ``top_p == 1`` and ``min_p == 0`` disable theirs.
+    ``presence_penalty`` and ``frequency_penalty`` (OpenAI's, each in [-2, 2]; 0 disables) lower the logit of every
+    token this sample has generated so far: ``logit[t] -= frequency_penalty * count[t] + presence_penalty *
+    (count[t] > 0)``, before temperature and the filters (greedy rows too); the prompt's tokens do not count, and
+    log-probabilities stay those of the model's raw distribution.
     ``seed`` makes sampling reproducible for this request whatever else is in the batch. ``logprobs`` returns the
     chosen token's log-probability (under the model's raw distribution) and ``top_logprobs`` alternatives.
     ``n`` samples share one prefill of the prompt.
@@ -39,6 +44,8 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
@@ -61,6 +68,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def penalized(self) -> bool:
+        """Whether a presence or frequency penalty applies (the sampler then reads this sample's output tokens)."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise ``InvalidRequestError`` naming the first bad field. Without ``vocab_size`` (before a model is
         loaded), every field is checked but the range of ``stop_token_ids``."""
@@ -69,6 +81,13 @@ class SamplingParams:
         _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", f"must be an integer >= 0, got {self.top_k}")
         _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(
+                _is_number(value) and -MAX_PENALTY <= value <= MAX_PENALTY,
+                name,
+                f"must be a number in [{-MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value!r}",
+            )
         _check(isinstance(self.n, int) and 1 <= self.n <= 128, "n", f"must be an integer in [1, 128], got {self.n}")
         _check(
             _is_int(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
@@ -122,6 +141,11 @@ def check_max_tokens_fit(max_tokens: int, prompt_tokens: int, max_context: int, 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """An int or float that is not a bool (NaN fails every range check that uses it)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:

@@ -58,7 +58,7 @@ BAD_BODIES = [
     (CHAT, _chat(max_tokens=10**9), 422, "max_tokens"),
     (CHAT, _chat(seed=2**64), 422, "seed"),
     (CHAT, _chat(stop=[""]), 422, "stop"),
-    (CHAT, _chat(foo=1), 422, "foo"),
+    (CHAT, _chat(foo=1, n="two"), 422, "n"),  # an unknown field is ignored; a known one with a wrong type is not
     (CHAT, _chat(model=""), 422, "model"),
     (CHAT, _chat(hints="fast"), 422, "hints"),
     (CHAT, _chat(priority=10**6), 422, "priority"),
@@ -67,7 +67,8 @@ BAD_BODIES = [
     (CHAT, _chat(messages=[{"role": "wizard", "content": "x"}]), 422, "messages.0.role"),
     (CHAT, _chat(messages=[{"role": "user"}]), 400, "messages[0].content"),
     (CHAT, _chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), 400, "messages[0].content[0]"),
-    (CHAT, _chat(presence_penalty=0.5), 400, "presence_penalty"),
+    (CHAT, _chat(presence_penalty=2.5), 422, "presence_penalty"),
+    (CHAT, _chat(frequency_penalty="high"), 422, "frequency_penalty"),
     (CHAT, _chat(logit_bias={"42": -100}), 400, "logit_bias"),
     (CHAT, _chat(top_logprobs=2), 400, "top_logprobs"),
     (CHAT, _chat(logprobs=True, top_logprobs=21), 422, "top_logprobs"),
@@ -101,6 +102,7 @@ BAD_BODIES = [
     (COMPLETIONS, _completion(best_of=3), 400, "best_of"),
     (COMPLETIONS, _completion(logprobs=2, echo=True), 400, "echo"),
     (COMPLETIONS, _completion(logprobs=21), 422, "logprobs"),
+    (COMPLETIONS, _completion(frequency_penalty=-2.5, vendor_field=1), 422, "frequency_penalty"),
     (COMPLETIONS, _completion(max_tokens=9000, temperature=0), 400, "max_tokens"),
 ]
 

@@ -1,16 +1,27 @@
 """From a validated OpenAI request body to what the engine runs: the prompt, ``SamplingParams`` and plait's hints.
 
 ``GenerationPlan`` also remembers how to talk back: which field names the client used (so an engine error on
-``json_schema`` is reported on ``response_format``), whether tool calls are to be parsed, and the stream options.
+``json_schema`` is reported on ``response_format``), whether tool calls are to be parsed, the stream options, and the
+response headers that say what the server did not do as asked:
+
+- ``X-Plait-Ignored-Fields: a, b``: top-level body fields plait does not know (ignored; a misspelt field shows here).
+- ``X-Plait-Unenforced: format=currency at $.properties.price; ...``: JSON-schema ``format`` values the grammar cannot
+  enforce, in ``response_format`` or a tool's parameters (with `` (tool NAME)``). ``format`` is an annotation by the
+  JSON Schema spec: such a value is dropped from the schema the grammar compiles (the prompt still shows it to the
+  model), and the rest of the schema is enforced. The location is a JSONPath into that schema.
+
 Fields OpenAI defines but plait cannot honour are refused here with a 400 naming them, unless they are neutral.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from plait.engine import InvalidRequestError, SamplingParams
+from plait.engine.grammar import ENFORCED_FORMATS
 from plait.server.errors import APIError
 from plait.server.openai.messages import template_messages
 from plait.server.openai.protocol import (
@@ -23,6 +34,19 @@ from plait.server.openai.protocol import (
 DEFAULT_MAX_TOKENS = 1024  # when the request gives none (OpenAI's "up to the context window" is unbounded on CPU)
 MIN_TEMPERATURE = 1e-4
 _SEED_MASK = (1 << 63) - 1  # OpenAI seeds are int64; the engine takes [0, 2**63)
+IGNORED_FIELDS_HEADER = "X-Plait-Ignored-Fields"
+UNENFORCED_HEADER = "X-Plait-Unenforced"
+MAX_HEADER_ITEMS = 16  # names listed in one header; the rest are counted ("(+3 more)")
+MAX_HEADER_NAME = 64  # characters of one name or format value; longer ones are cut ("...")
+MAX_SCHEMA_DEPTH = 64  # nesting walked for formats; deeper subschemas are left to the engine's own check
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.$-]+")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Keywords whose value is a subschema, a list of subschemas, or a map of names to subschemas (JSON Schema 2020-12 and
+# draft 4-7 spellings). Values of any other keyword (``enum``, ``const``, ``default``, ``examples``...) are data.
+_SUBSCHEMA = ("additionalProperties", "items", "contains", "propertyNames", "unevaluatedProperties",
+              "unevaluatedItems", "additionalItems", "not", "if", "then", "else")  # fmt: skip
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
 
 @dataclass
@@ -44,6 +68,8 @@ class GenerationPlan:
     priority: int = 0
     hints: dict[str, Any] = field(default_factory=dict)
     field_names: dict[str, str] = field(default_factory=dict)  # engine field -> request field
+    # Headers of the generation's response, whole or streamed (module docstring): what was ignored or unenforced.
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def prompt_field(self) -> str:
@@ -71,9 +97,10 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
     sampling.logprobs = bool(body.logprobs)
     sampling.top_logprobs = body.top_logprobs or 0
     names = {"json_schema": "response_format", "json_object": "response_format"}
+    unenforced: list[str] = []
     fmt = body.response_format
     if isinstance(fmt, ResponseFormatJSONSchema):
-        sampling.json_schema = fmt.json_schema.schema_
+        sampling.json_schema = _enforceable_schema(fmt.json_schema.schema_, unenforced)
         names["json_schema"] = "response_format.json_schema.schema"
     elif isinstance(fmt, ResponseFormatJSONObject):
         sampling.json_object = True
@@ -87,7 +114,7 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
                 raise APIError(
                     400, "cannot be combined with tools (unless tool_choice is 'none')", field="response_format"
                 )
-            sampling.tools = [t.model_dump(exclude_none=True) for t in body.tools]
+            sampling.tools = [_enforceable_tool(t.model_dump(exclude_none=True), unenforced) for t in body.tools]
             sampling.tool_choice = tool_choice
             sampling.parallel_tool_calls = body.parallel_tool_calls is not False
     elif body.tool_choice not in (None, "none"):
@@ -106,6 +133,7 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
         tool_choice=tool_choice if sampling.tools else None,
         single_tool_call=body.parallel_tool_calls is False,
         field_names=names,
+        response_headers=_response_headers(body, unenforced),
         **_common(body),
     )
 
@@ -135,6 +163,7 @@ def completion_plan(body: CompletionRequest) -> GenerationPlan:
         requested_max_tokens=body.max_tokens,
         echo=body.echo,
         field_names={"top_logprobs": "logprobs"},
+        response_headers=_response_headers(body, []),
         **_common(body),
     )
 
@@ -146,6 +175,8 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=body.top_k or 0,
         min_p=body.min_p or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
         seed=None if body.seed is None else body.seed & _SEED_MASK,
         stop=stop,
         n=body.n,
@@ -173,8 +204,100 @@ def _common(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
 
 
 def _refuse_unsupported(body: ChatCompletionRequest | CompletionRequest) -> None:
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise APIError(400, "is not supported (only 0)", field=name)
     if body.logit_bias:
         raise APIError(400, "is not supported (only an empty map)", field="logit_bias")
+
+
+# ---- what the response tells about the request ---------------------------------------------------------------------
+
+
+def _response_headers(body: ChatCompletionRequest | CompletionRequest, unenforced: list[str]) -> dict[str, str]:
+    ignored = list(body.ignored_fields)
+    if body.stream_options is not None:
+        ignored += [f"stream_options.{name}" for name in body.stream_options.ignored_fields]
+    headers = {}
+    if ignored:
+        headers[IGNORED_FIELDS_HEADER] = _header_list([_header_name(name) for name in ignored], ", ")
+    if unenforced:
+        headers[UNENFORCED_HEADER] = _header_list(unenforced, "; ")
+    return headers
+
+
+def ignored_fields_headers(names: list[str]) -> dict[str, str]:
+    """The ``X-Plait-Ignored-Fields`` header naming ``names`` (none when empty), for the bodies of other APIs."""
+    return {IGNORED_FIELDS_HEADER: _header_list([_header_name(name) for name in names], ", ")} if names else {}
+
+
+def _header_list(items: list[str], separator: str) -> str:
+    shown = separator.join(items[:MAX_HEADER_ITEMS])
+    return shown if len(items) <= MAX_HEADER_ITEMS else f"{shown}{separator}(+{len(items) - MAX_HEADER_ITEMS} more)"
+
+
+def _header_name(name: str) -> str:
+    """``name`` as it can stand in a header list: as is when plain, else as a JSON string (quoted, ASCII escapes), so
+    that no name can break the header or its list; cut to ``MAX_HEADER_NAME`` characters."""
+    if len(name) > MAX_HEADER_NAME:
+        name = name[:MAX_HEADER_NAME] + "..."
+    return name if _PLAIN_NAME.fullmatch(name) else _json_string(name)
+
+
+def _json_string(text: str) -> str:
+    """``text`` as a JSON string of visible ASCII characters only (what an HTTP header value may hold)."""
+    return json.dumps(text).replace("\x7f", "\\u007f")
+
+
+def _enforceable_tool(tool: dict[str, Any], unenforced: list[str]) -> dict[str, Any]:
+    """``tool`` (an OpenAI function tool, dumped) with its parameter schema made enforceable (see below)."""
+    function = tool.get("function") or {}
+    if not isinstance(function.get("parameters"), dict):
+        return tool
+    notes: list[str] = []
+    parameters = _enforceable_schema(function["parameters"], notes)
+    unenforced += [f"{note} (tool {_header_name(str(function.get('name')))})" for note in notes]
+    return {**tool, "function": {**function, "parameters": parameters}}
+
+
+def _enforceable_schema(schema: dict[str, Any], unenforced: list[str]) -> dict[str, Any]:
+    """``schema`` without the ``format`` values the grammar cannot enforce (a copy where any is dropped; the caller's
+    dict is never changed); appends ``format=VALUE at JSONPATH`` to ``unenforced`` for each one dropped."""
+    return _drop_formats(schema, "$", unenforced, 0)
+
+
+def _drop_formats(schema: Any, path: str, unenforced: list[str], depth: int) -> Any:
+    """``_enforceable_schema`` of the subschema at ``path``: ``schema`` itself when nothing under it changes."""
+    if not isinstance(schema, dict) or depth > MAX_SCHEMA_DEPTH:
+        return schema
+    changed: dict[str, Any] = {}
+    fmt = schema.get("format")
+    if isinstance(fmt, str) and fmt not in ENFORCED_FORMATS:
+        changed["format"] = None
+        unenforced.append(f"format={_header_name(fmt)} at {_header_path(path)}")
+    for key, value in schema.items():
+        if key in _SUBSCHEMA and not isinstance(value, list):
+            new: Any = _drop_formats(value, f"{path}.{key}", unenforced, depth + 1)
+        elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            new = [_drop_formats(sub, f"{path}.{key}[{i}]", unenforced, depth + 1) for i, sub in enumerate(value)]
+            new = value if all(a is b for a, b in zip(new, value, strict=True)) else new
+        elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            new = {
+                name: _drop_formats(sub, f"{path}.{key}{_path_member(str(name))}", unenforced, depth + 1)
+                for name, sub in value.items()
+            }
+            new = value if all(new[name] is sub for name, sub in value.items()) else new
+        else:
+            continue
+        if new is not value:
+            changed[key] = new
+    if not changed:
+        return schema
+    return {key: changed.get(key, value) for key, value in schema.items() if not (key == "format" and key in changed)}
+
+
+def _path_member(name: str) -> str:
+    """A JSONPath member: ``.name`` for identifiers, else ``["name"]`` (ASCII-escaped)."""
+    return f".{name}" if _IDENTIFIER.fullmatch(name) else f"[{_json_string(name)}]"
+
+
+def _header_path(path: str) -> str:
+    """``path`` cut to a header-friendly length (its end, which names the subschema, is kept)."""
+    return path if len(path) <= 4 * MAX_HEADER_NAME else "..." + path[-4 * MAX_HEADER_NAME :]

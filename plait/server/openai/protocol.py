@@ -2,8 +2,10 @@
 
 They follow OpenAI's field names and shapes, so the official clients work unchanged, and bound every number (``n``,
 ``max_tokens``, ``temperature``...) so that no body, however generated, can make the server work without end. Unknown
-top-level fields are refused (422 naming the field) rather than silently ignored; fields OpenAI defines that plait
-cannot honour are accepted only at their neutral value (checked in ``openai_params``). plait's own optional fields
+top-level fields (other vendors' extensions, which frameworks send unasked) are ignored, as other OpenAI-compatible
+servers do, and named in the response's ``X-Plait-Ignored-Fields`` header so that a misspelt field is still seen; a
+known field with a wrong value is still a 422 naming it. Fields OpenAI defines that plait cannot honour are accepted
+only at their neutral value (checked in ``params``). plait's own optional fields
 (``program_id``, ``deadline_s``, ``hints``, ``priority``) give agent frameworks program-level scheduling;
 ``deadline_s`` (and the server's ``max_request_time_s``) bounds how long a request may run.
 """
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, model_validator
+
+from plait.server.openai.kv_hints import KVHintsEnvelope
 
 MAX_N = 16  # samples per request
 MAX_STOP = 16  # stop strings per request
@@ -33,6 +37,34 @@ class _Lenient(BaseModel):
     """Nested objects that clients echo back from responses may carry fields plait does not use: ignored."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class _Tolerant(BaseModel):
+    """An object whose unknown fields are ignored but remembered (``ignored_fields``), for the client to be told."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    _ignored_fields: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_ignored_fields(cls, data: Any, handler: Any) -> Any:
+        model = handler(data)
+        if isinstance(data, dict) and isinstance(model, _Tolerant):
+            known = _known_names(cls)
+            model._ignored_fields = [str(key) for key in data if key not in known]
+        return model
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        """The body's fields this model does not define, in the order they were sent."""
+        return list(self._ignored_fields)
+
+
+def _known_names(model: type[BaseModel]) -> set[str]:
+    names = set(model.model_fields)
+    for info in model.model_fields.values():
+        names |= {alias for alias in (info.alias, info.validation_alias) if isinstance(alias, str)}
+    return names
 
 
 # ---- chat messages ---------------------------------------------------------------------------------------------------
@@ -122,14 +154,15 @@ ResponseFormat = Annotated[
 ]
 
 
-class StreamOptions(_Strict):
+class StreamOptions(_Tolerant):
     include_usage: bool = Field(False, description="Send a last chunk (with empty `choices`) carrying `usage`.")
+    include_obfuscation: bool | None = Field(None, description="Accepted and ignored (chunks carry no padding).")
 
 
 # ---- the common fields -----------------------------------------------------------------------------------------------
 
 
-class _GenerationRequest(_Strict):
+class _GenerationRequest(_Tolerant):
     model: str = Field(
         min_length=1, max_length=256, description="The served model's id (see `GET /v1/models`) or `default`."
     )
@@ -153,8 +186,18 @@ class _GenerationRequest(_Strict):
     seed: int | None = Field(
         None, ge=INT64_MIN, le=INT64_MAX, description="Makes sampling reproducible, whatever else runs in the batch."
     )
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Only 0 is supported.")
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Only 0 is supported.")
+    presence_penalty: float | None = Field(
+        None,
+        ge=-2.0,
+        le=2.0,
+        description="Lowers the logit of every token the sample has generated at least once by this much. Default 0.",
+    )
+    frequency_penalty: float | None = Field(
+        None,
+        ge=-2.0,
+        le=2.0,
+        description="Lowers the logit of each token by this much per time the sample has generated it. Default 0.",
+    )
     logit_bias: dict[str, float] | None = Field(None, description="Only an empty map is supported.")
     user: str | None = Field(None, max_length=256, description="Accepted and ignored.")
     metadata: dict[str, str] | None = Field(None, description="Accepted and ignored.")
@@ -183,6 +226,11 @@ class _GenerationRequest(_Strict):
         ge=-1000,
         le=1000,
         description="plait: lower runs first (as everywhere in plait); equal priorities are first-come.",
+    )
+    kv_hints: KVHintsEnvelope | None = Field(
+        None,
+        description='plait: retention advice for this call\'s program, e.g. `{"version": 1, "actions": [{"type": '
+        '"retain", "ttl_s": 30}]}` (actions `retain`, `release`, `prefetch`).',
     )
     ignore_eos: bool = Field(
         False,
