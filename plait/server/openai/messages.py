@@ -4,9 +4,10 @@
 - An assistant turn's ``tool_calls`` are written back in the format the model produced them in
   (``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, see ``plait.engine.grammar.tools``), so the model sees
   its own calls; a ``tool`` message keeps its role and carries the result text.
-- With ``tools`` (and a tool choice other than ``none``), a system message describes the functions and the call
-  format (one or more calls in a turn, or one with ``parallel_tool_calls=false``); it goes after the caller's own
-  system message, or first when there is none.
+- With ``tools``, a system message describes the functions and the call format (one or more calls in a turn, or one
+  with ``parallel_tool_calls=false``); it goes after the caller's own system message, or first when there is none.
+  It is the same whatever the ``tool_choice`` (``none`` included): the grammar enforces the choice, and an agent that
+  changes it between turns (forcing a first call, then ``auto``) keeps its conversation's KV.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ def template_messages(
     tool_choice: str | dict[str, Any] = "none",
     parallel_tool_calls: bool = True,
 ) -> list[dict[str, str]]:
-    """The messages to render, with the tools' description added when the model may call them."""
+    """The messages to render, with the tools' description added when the request has tools. ``tool_choice`` does
+    not change the text (the grammar enforces it): a conversation whose turns change it still renders the same
+    leading text, so each turn finds the previous turns' KV in the prefix cache."""
+    del tool_choice  # enforced by the grammar, never by the prompt
     rendered = [_message(i, m) for i, m in enumerate(messages)]
-    if tools and tool_choice != "none":
-        prompt = tools_prompt(tools, tool_choice, parallel_tool_calls)
+    if tools:
+        prompt = tools_prompt(tools, parallel_tool_calls)
         if rendered[0]["role"] == "system":
             rendered[0] = {"role": "system", "content": f"{rendered[0]['content']}\n\n{prompt}"}
         else:
@@ -38,8 +42,9 @@ def template_messages(
     return rendered
 
 
-def tools_prompt(tools: list[ChatTool], tool_choice: str | dict[str, Any], parallel_tool_calls: bool = True) -> str:
-    """What the model is told about the functions and how to call them (the grammar enforces the format)."""
+def tools_prompt(tools: list[ChatTool], parallel_tool_calls: bool = True) -> str:
+    """What the model is told about the functions and how to call them (the grammar enforces the format and the
+    tool choice)."""
     specs = [
         json.dumps(
             {
@@ -52,14 +57,7 @@ def tools_prompt(tools: list[ChatTool], tool_choice: str | dict[str, Any], paral
     ]
     lines = ["You can call these functions:", *specs, ""]
     call = f'{TOOL_CALL_BEGIN}{{"name": <function name>, "arguments": <arguments object>}}{TOOL_CALL_END}'
-    if isinstance(tool_choice, dict):
-        name = tool_choice["function"]["name"]
-        lines.append(f'Call the function {name}: answer with {{"name": "{name}", "arguments": <arguments object>}}.')
-    elif tool_choice == "required" and parallel_tool_calls:
-        lines.append(f"Call one or more of them: answer with one line per call, each {call}.")
-    elif tool_choice == "required":
-        lines.append(f"Call one of them: answer with {call}.")
-    elif parallel_tool_calls:
+    if parallel_tool_calls:
         lines.append(
             f"To call a function, write {call}; to call several, write one such line per call. "
             "Otherwise answer normally."
