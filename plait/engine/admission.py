@@ -244,11 +244,13 @@ class Admission:
         return room - self.reserved_against(seq) if reserved else room
 
     def reserved_against(self, seq: Sequence) -> int:
-        """Slots reserved for the next calls of programs waiting on tools that ``seq`` would go after. None while
-        nothing runs: an idle engine does not wait for calls that are not there yet."""
+        """Slots reserved for the next calls of programs waiting on tools that ``seq`` would go after, at most the
+        pin budget's fraction of the pool (as pins are): whatever the programs waiting on tools hold back, new work
+        keeps the rest. None while nothing runs: an idle engine does not wait for calls that are not there yet."""
         if not self.running or not len(self.reservations):
             return 0
-        return self.reservations.held_against(seq.sort_key[0], seq.program_id)
+        held = self.reservations.held_against(seq.sort_key[0], seq.program_id)
+        return min(held, int(self.policy.pin_budget_fraction * self.allocator.num_slots))
 
     def reserves_decode(self) -> bool:
         """Admissions keep room for what running sequences will still take (with nothing running there is none)."""

@@ -37,7 +37,8 @@ class EnginePolicy:
     affinity_window_s: float = DEFAULT_AFFINITY_WINDOW_S
     # Anti-starvation: a request waiting longer than this goes ahead of every priority (0: never).
     max_queue_wait_s: float = 30.0
-    # At most this fraction of the KV pool may be pinned; pins beyond it are refused.
+    # At most this fraction of the KV pool may be pinned (pins beyond it are refused), and at most this fraction is
+    # held back from an admission by other programs' next-call reservations.
     pin_budget_fraction: float = 0.25
     # Pinned KV keeps new prompts out, except those whose priority beats every pinner's (a pin keeps memory for its
     # program's next call, so it holds back only prompts that call would go after). Off: pins only order eviction.

@@ -1,4 +1,4 @@
-"""Server settings: address, API keys and their tenants, request limits, server-side tools.
+"""Server settings: address, API keys and their tenants, request limits, server-side tools, durability.
 
 Read from a JSON or TOML file (``plait serve --config``) and the environment (``PLAIT_API_KEYS``); every bad value
 raises ``ValueError`` naming the setting, so a misconfigured server never starts.
@@ -52,6 +52,17 @@ class ServerConfig:
     # ends as at max_tokens: the text so far with finish_reason "length" (the whole response is still a 200, and a
     # stream ends with that chunk and [DONE]) -- an error status would make the openai client retry the request.
     max_request_time_s: float = 600.0
+    # An agent program on the OpenAI API ends after this long without a call running (its pins, reservations and
+    # engine bookkeeping are released then; DELETE /v1/programs/{id} ends it at once).
+    program_idle_timeout_s: float = 300.0
+    # Durability: accepted REST workflows and every finished step's output are journaled (SQLite) in data_dir before
+    # anything depends on them, and the workflows a crash or a restart interrupted resume when the server starts
+    # again (plait/server/workflows/durability.py). ``plait serve`` opens the journal; an in-process server
+    # (``build_state``) runs without one unless ``durability.open_journal`` is called.
+    journal: bool = True
+    data_dir: str = "plait-data"
+    # Finished workflows stay in the journal (status, events, idempotent retries) this long, then are deleted.
+    retain_finished_s: float = 7 * 24 * 3600.0
 
     @property
     def auth_enabled(self) -> bool:
@@ -70,6 +81,12 @@ class ServerConfig:
             raise ValueError(f"client_tool_timeout_s: must be > 0, got {self.client_tool_timeout_s}")
         if not 0 <= self.max_request_time_s < float("inf"):
             raise ValueError(f"max_request_time_s: must be >= 0 (0 = no limit), got {self.max_request_time_s}")
+        if not 0 < self.program_idle_timeout_s < float("inf"):
+            raise ValueError(f"program_idle_timeout_s: must be > 0, got {self.program_idle_timeout_s}")
+        if not 0 < self.retain_finished_s < float("inf"):
+            raise ValueError(f"retain_finished_s: must be > 0 seconds, got {self.retain_finished_s}")
+        if self.journal and not self.data_dir:
+            raise ValueError("data_dir: must name a directory when the journal is on (or set journal = false)")
         if self.max_prompt_tokens < 0:
             raise ValueError(f"max_prompt_tokens: must be >= 0 (0 = the context window), got {self.max_prompt_tokens}")
         for key, tenant in self.api_keys.items():

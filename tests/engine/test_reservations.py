@@ -73,6 +73,21 @@ def test_a_reserved_next_call_keeps_a_later_prompt_out_until_it_is_admitted(call
     core.check_invariants()
 
 
+def test_reservations_hold_back_at_most_the_pin_budget():
+    """Reservations of 400 of 512 slots (programs waiting on tools) hold back at most the pin budget's 25% (128) from
+    a later prompt: new work keeps the rest of the pool instead of waiting for the anti-starvation bound."""
+    core = _core()
+    rng = random.Random(12)
+    assert core.reserve("agent", 400, priority=1.0, ttl_s=60.0)
+    core.add_request(_request(296, "big", rng))  # leaves 212 of 512 slots
+    core.step()
+    core.add_request(_request(60, "late", rng, priority=3.0))
+    core.step()
+    assert any(s.request_id == "late" for s in core.scheduler.running)
+    assert "reserved" not in core.stats().admission_stops
+    core.check_invariants()
+
+
 def test_reserve_rejects_a_bad_size_or_priority():
     core = _core()
     with pytest.raises(ValueError, match="slots"):
