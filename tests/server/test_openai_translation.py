@@ -9,11 +9,11 @@ import pytest
 
 from plait.server import ServerConfig
 from plait.server.errors import APIError
-from plait.server.openai.serving import _max_new_tokens, _time_limit_s
 from plait.server.openai.messages import template_messages
 from plait.server.openai.models import model_slug
 from plait.server.openai.params import DEFAULT_MAX_TOKENS, GenerationPlan, chat_plan
 from plait.server.openai.protocol import ChatCompletionRequest, ChatMessage, ChatTool
+from plait.server.openai.serving import _max_new_tokens, _time_limit_s
 from plait.server.openai.tool_stream import ToolCallStream
 
 CALL = '<tool_call>{"name": "search", "arguments": {"query": "plait"}}</tool_call>'
