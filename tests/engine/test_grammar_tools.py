@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import jsonschema
 import pytest
 import xgrammar as xgr
 
 from plait.engine import GenerateRequest, InvalidRequestError, SamplingParams, parse_tool_calls
-from plait.engine.grammar import TOOL_CALL_END, build_grammar
+from plait.engine.grammar import TOOL_CALL_BEGIN, TOOL_CALL_END, build_grammar
 
 WEATHER = {
     "type": "function",
@@ -171,3 +173,93 @@ def test_call_arguments_are_compact_json():
         assert _accepts(compiled, PLAIT)
         assert not _accepts(compiled, '<tool_call>{"name": "search", "arguments": {"query":  "plait"}}</tool_call>')
         assert not _accepts(compiled, '<tool_call>{"name": "search", "arguments": {\n"query": "plait"}}</tool_call>')
+
+
+# ---- tools with a JSON answer format (OpenAI's response_format with tools) ------------------------------------------
+
+FORECAST = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Tokyo"]}, "sunny": {"type": "boolean"}},
+    "required": ["city", "sunny"],
+    "additionalProperties": False,
+}
+ANSWER = '{"city": "Paris", "sunny": true}'
+
+
+def test_auto_with_a_json_schema_is_calls_or_an_answer_in_the_schema():
+    union = _tools_grammar("auto", json_schema=FORECAST)
+    assert _accepts(union, ANSWER)
+    assert _accepts(union, PARIS)
+    assert _accepts(union, f"{PARIS}\n{PLAIT}")  # parallel calls, one per line as for required
+    assert not _accepts(union, '{"city": "Rome", "sunny": true}')  # not in the enum
+    assert not _accepts(union, '{"city": "Paris"}')  # a required property missing
+    assert not _accepts(union, '{"city": "Paris", "sunny": true, "wind": 3}')  # closed object
+    assert not _accepts(union, '{"city":"Paris","sunny":true}')  # compact JSON only, like every JSON output
+    assert not _accepts(union, "Sunny in Paris.")  # no free text
+    assert not _accepts(union, f"Let me check. {PARIS}")  # no text around the calls
+    assert not _accepts(union, f"{ANSWER}\n{PARIS}")  # one or the other, never both
+    assert not _accepts(union, f"{PARIS}\n{ANSWER}")
+    assert not _accepts(union, '<tool_call>{"name": "get_weather", "arguments": {"town": "Paris"}}</tool_call>')
+    single = _tools_grammar("auto", json_schema=FORECAST, parallel_tool_calls=False)
+    assert _accepts(single, PARIS) and _accepts(single, ANSWER)
+    assert not _accepts(single, f"{PARIS}\n{PLAIT}")
+    # The schema as JSON text, as the REST layer may pass it, builds the same union.
+    assert _accepts(_tools_grammar("auto", json_schema=json.dumps(FORECAST)), ANSWER)
+
+
+def test_auto_with_json_object_is_calls_or_any_object():
+    union = _tools_grammar("auto", json_object=True)
+    assert _accepts(union, '{"anything": [1, 2]}')
+    assert _accepts(union, PARIS)
+    assert not _accepts(union, "[1, 2]")
+    assert not _accepts(union, "plain text")
+
+
+def test_required_and_named_ignore_the_answer_format_and_none_keeps_only_it():
+    required = _tools_grammar("required", json_schema=FORECAST)
+    assert _accepts(required, PARIS)
+    assert _accepts(required, f"{PARIS}\n{PLAIT}")
+    assert not _accepts(required, ANSWER)
+    named = _tools_grammar({"type": "function", "function": {"name": "search"}}, json_object=True)
+    assert _accepts(named, '{"name": "search", "arguments": {"query": "weather Paris"}}')
+    assert not _accepts(named, '{"city": "Paris", "sunny": true}')
+    none = _tools_grammar("none", json_schema=FORECAST)
+    assert _accepts(none, ANSWER)
+    assert not _accepts(none, PARIS)
+    assert not _accepts(none, '{"city": "Rome", "sunny": true}')
+
+
+def test_only_a_json_answer_format_goes_with_tools():
+    SamplingParams(tools=TOOLS, json_schema=FORECAST).validate()
+    SamplingParams(tools=TOOLS, json_object=True).validate()
+    for fields in ({"regex": "a+"}, {"choices": ["a"]}, {"json_schema": FORECAST, "json_object": True}):
+        with pytest.raises(InvalidRequestError, match="or tools with one of json_schema or json_object"):
+            SamplingParams(tools=TOOLS, **fields).validate()
+        with pytest.raises(InvalidRequestError, match="or tools with one of json_schema or json_object"):
+            build_grammar(SamplingParams(tools=TOOLS, **fields))
+    with pytest.raises(InvalidRequestError, match="set at most one of"):
+        SamplingParams(json_schema=FORECAST, json_object=True).validate()
+    # Each part is still checked, and an error names its own field, whatever the tool choice.
+    for tool_choice in ("auto", "required", "none"):
+        with pytest.raises(InvalidRequestError) as caught:
+            build_grammar(SamplingParams(tools=TOOLS, tool_choice=tool_choice, json_schema={"type": "nope"}))
+        assert caught.value.field == "json_schema"
+    weak = {"type": "function", "function": {"name": "f", "parameters": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(InvalidRequestError, match=r"function 'f' parameters: at /uniqueItems") as caught:
+        build_grammar(SamplingParams(tools=[weak], json_schema=FORECAST))
+    assert caught.value.field == "tools"
+
+
+def test_auto_with_a_json_schema_generates_calls_or_a_valid_answer(fp32_core):
+    """The real model under the union: every finished sample is well-formed calls or an answer valid for the schema,
+    and which one it is shows in its first character."""
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    by_reason = _generate(fp32_core, "auto", n=4, max_tokens=64, json_schema=FORECAST, parallel_tool_calls=False)
+    finished = by_reason.get("stop", [])
+    assert len(finished) >= 2, by_reason
+    for text in finished:
+        if text.startswith(TOOL_CALL_BEGIN):
+            (call,) = parse_tool_calls(text, "required").tool_calls
+            jsonschema.validate(call.arguments, schemas[call.name])
+        else:
+            jsonschema.validate(json.loads(text), FORECAST)

@@ -6,16 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,52 +15,10 @@ import pytest
 import plait
 from plait.engine import EnginePolicy
 from plait.runtime.planning import PlanConfig
+from tests.served_process import REPO_ROOT, TINY_ARGS, Served, serve
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_ARGS = ["--model", "tiny", "--weights", "dummy", "--device", "cpu", "--dtype", "float32"]
 API_KEY = "plan-key"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@dataclass
-class Served:
-    url: str
-    log: list[str] = field(default_factory=list)  # stderr lines so far
-
-
-@contextmanager
-def serve(*flags: str) -> Iterator[Served]:
-    """``plait serve`` on the tiny shape on 127.0.0.1 with ``flags``, ready; stopped (SIGINT) afterwards."""
-    command = [sys.executable, "-m", "plait", "serve", "--port", "0", "--api-keys", f"{API_KEY}=t"]
-    command += ["--log-level", "warning", *TINY_ARGS, *flags]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
-    served = Served(url="")
-    found = threading.Event()
-
-    def read() -> None:  # drains stderr for the whole run (a full pipe would block the server)
-        assert process.stderr is not None
-        for line in process.stderr:
-            served.log.append(line)
-            match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
-            if match and not served.url:
-                served.url = match.group(1)
-                found.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert found.wait(60), "plait serve did not start:\n" + "".join(served.log)
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{served.url}/ready", timeout=30).status_code != 200:
-            assert process.poll() is None and time.monotonic() < deadline, "".join(served.log)
-            time.sleep(0.05)
-        yield served
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-        reader.join(timeout=5)
-    assert process.returncode == 0, "".join(served.log)
 
 
 def _info(served: Served) -> dict:
@@ -91,7 +41,7 @@ async def two_calls(p: plait.Program, text: str):
 def test_the_served_engine_runs_the_plans_policy_and_client_programs_run_on_it(
     flags: tuple[str, ...], plan: PlanConfig
 ) -> None:
-    with serve(*flags) as served:
+    with serve(*flags, api_key=API_KEY) as served:
         assert httpx.get(f"{served.url}/server_info", timeout=30).status_code == 401  # authenticated
 
         async def through_the_client() -> object:
@@ -145,10 +95,10 @@ async def _completion_order(url: str) -> list[str]:
 
 def test_a_request_waiting_past_the_anti_starvation_bound_goes_ahead_of_higher_priority_work() -> None:
     one_row = ("--max-running", "1", "--max-context", "2048", "--kv-slots", "8192")
-    with serve("--plan", "max_queue_wait_s=0.2", *one_row) as served:
+    with serve("--plan", "max_queue_wait_s=0.2", *one_row, api_key=API_KEY) as served:
         assert _info(served)["engine"]["policy"]["max_queue_wait_s"] == 0.2
         promoted = asyncio.run(_completion_order(served.url))
-    with serve("--plan", "baseline", *one_row) as served:
+    with serve("--plan", "baseline", *one_row, api_key=API_KEY) as served:
         strict = asyncio.run(_completion_order(served.url))
     # Every queued request waited past 0.2 s behind the long one: promoted, they go first-come first-served.
     assert promoted[0] == "late", promoted

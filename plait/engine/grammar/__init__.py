@@ -6,7 +6,7 @@ from __future__ import annotations
 from plait.engine.grammar.backend import GrammarBackend, GrammarTimings, RequestGrammar
 from plait.engine.grammar.bitmask import TokenBitmask
 from plait.engine.grammar.choice_scoring import choice_score, scoring_requests
-from plait.engine.grammar.constraint import CONSTRAINT_FIELDS, build_grammar
+from plait.engine.grammar.constraint import build_grammar
 from plait.engine.grammar.schema_check import ENFORCED_FORMATS, check_schema_enforceable
 from plait.engine.grammar.tools import (
     TOOL_CALL_BEGIN,
@@ -15,6 +15,7 @@ from plait.engine.grammar.tools import (
     ToolCall,
     parse_tool_calls,
 )
+from plait.engine.sampling_params import CONSTRAINT_FIELDS
 
 __all__ = [
     "CONSTRAINT_FIELDS",

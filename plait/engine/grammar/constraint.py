@@ -5,6 +5,11 @@ Parsing (regex, EBNF, JSON schema -> grammar) is cheap and runs in the submittin
 engine. Compiling the grammar against the vocabulary (the expensive part) happens later, off the engine thread
 (``GrammarBackend.compile``).
 
+A JSON schema (or ``json_object``) given with ``tools`` is the format of an answer that calls no tool: with
+``tool_choice="auto"`` the grammar is the union of the calls (as for ``required``) and that JSON answer, so an answer in
+free text, or JSON that violates the schema, is impossible; with ``required`` or a named choice it is the calls alone
+(the format applies to a later turn's answer), with ``none`` the answer alone.
+
 JSON is generated compactly (``any_whitespace=False``: ``", "`` and ``": "`` separators, no newlines) and objects are
 closed (xgrammar's ``strict_mode``: no properties beyond those declared unless ``additionalProperties`` allows them);
 both only narrow what the schema allows.
@@ -27,11 +32,11 @@ from plait.engine.grammar.tools import (
     tool_choice_mode,
     validate_tools,
 )
+from plait.engine.sampling_params import constraint_conflict
 
 if TYPE_CHECKING:
     from plait.engine.sampling_params import SamplingParams
 
-CONSTRAINT_FIELDS = ("json_schema", "json_object", "regex", "ebnf", "choices", "tools")
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+?:\d+: (Check failed: \(.*?\) is false: )?")
 _LOOKAROUND = re.compile(r"\(\?<?[=!]")
 _JSON_OPTIONS: dict[str, Any] = {"any_whitespace": False, "strict_mode": True}
@@ -41,12 +46,14 @@ def build_grammar(params: SamplingParams) -> xgr.Grammar | None:
     """The grammar the request's output must follow, or None when it sets no constraint.
 
     Raises:
-        InvalidRequestError: more than one constraint is set, or the constraint is malformed, or (for JSON schemas)
-            uses a feature the grammar would not enforce. The message names the field and says where and why.
+        InvalidRequestError: constraints that cannot go together are set (more than one, except ``tools`` with a JSON
+            answer format), or a constraint is malformed, or (for JSON schemas) uses a feature the grammar would not
+            enforce. The message names the field and says where and why.
     """
     given = params.constraint_fields()
-    if len(given) > 1:
-        raise InvalidRequestError(given[0], f"set at most one of {', '.join(CONSTRAINT_FIELDS)} (got {given})")
+    conflict = constraint_conflict(given)
+    if conflict is not None:
+        raise InvalidRequestError(*conflict)
     if params.tools is None and params.tool_choice != "auto":
         tool_choice_mode(params.tool_choice)  # a malformed value still fails
         if params.tool_choice != "none":
@@ -54,10 +61,11 @@ def build_grammar(params: SamplingParams) -> xgr.Grammar | None:
     if not given:
         return None
     name = given[0]
-    if name == "json_schema":
-        return json_schema_grammar(params.json_schema)
-    if name == "json_object":
-        return _parse("json_object", lambda: xgr.Grammar.from_json_schema({"type": "object"}, **_JSON_OPTIONS))
+    if "tools" in given:
+        answer = _answer_grammar(params, name) if name != "tools" else None
+        return tools_grammar(params.tools, params.tool_choice, params.parallel_tool_calls, answer)
+    if name in ("json_schema", "json_object"):
+        return _answer_grammar(params, name)
     if name == "regex":
         return regex_grammar(params.regex)
     if name == "ebnf":
@@ -87,6 +95,13 @@ def json_schema_grammar(schema: Any, field: str = "json_schema") -> xgr.Grammar:
         raise InvalidRequestError(field, f"invalid schema at {where or '/'}: {reason}") from error
 
 
+def _answer_grammar(params: SamplingParams, name: str) -> xgr.Grammar:
+    """The grammar of ``json_schema`` or ``json_object`` (``name``)."""
+    if name == "json_schema":
+        return json_schema_grammar(params.json_schema)
+    return _parse("json_object", lambda: xgr.Grammar.from_json_schema({"type": "object"}, **_JSON_OPTIONS))
+
+
 def regex_grammar(pattern: Any) -> xgr.Grammar:
     if not isinstance(pattern, str) or not pattern:
         raise InvalidRequestError("regex", "must be a non-empty regular expression")
@@ -109,11 +124,16 @@ def choices_grammar(choices: Any) -> xgr.Grammar:
     return _parse("choices", lambda: xgr.Grammar.from_ebnf(f"root ::= {rule}"))
 
 
-def tools_grammar(tools: Any, tool_choice: Any, parallel: bool = True) -> xgr.Grammar | None:
+def tools_grammar(
+    tools: Any, tool_choice: Any, parallel: bool = True, answer: xgr.Grammar | None = None
+) -> xgr.Grammar | None:
+    """The grammar of an output that may (``auto``) or must (``required``, named) call ``tools``. ``answer``: the
+    grammar of an answer that calls none (a JSON response format); with ``auto`` the output is then either calls, one
+    per line as for ``required``, or that answer (never free text)."""
     functions = validate_tools(tools, tool_choice)
     mode = tool_choice_mode(tool_choice)
     if mode == "none":
-        return None
+        return answer
     arguments: dict[str, dict[str, Any]] = {}
     for name, parameters in functions.items():
         try:
@@ -126,9 +146,12 @@ def tools_grammar(tools: Any, tool_choice: Any, parallel: bool = True) -> xgr.Gr
         arguments[name] = {"type": "grammar", "grammar": str(grammar)}
     if mode == "named":
         return json_schema_grammar(call_schema(functions), field="tools")
-    structural_tag = required_structural_tag if mode == "required" else auto_structural_tag
+    union = mode == "auto" and answer is not None  # calls or the answer, never free text
+    structural_tag = required_structural_tag if mode == "required" or union else auto_structural_tag
     tag = structural_tag(arguments, parallel)
-    return _parse("tools", lambda: xgr.Grammar.from_structural_tag(json.dumps(tag)))
+    calls = _parse("tools", lambda: xgr.Grammar.from_structural_tag(json.dumps(tag)))
+    # No JSON value starts with "<" (TOOL_CALL_BEGIN): the output's first character tells the branches apart.
+    return xgr.Grammar.union(calls, answer) if union else calls
 
 
 def _parse(field: str, build: Any) -> xgr.Grammar:

@@ -113,7 +113,10 @@ class Generation:
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0
         self.samples = {
-            i: Sample(i, ToolCallStream(plan.tool_choice, plan.single_tool_call) if plan.tool_choice else None)
+            i: Sample(
+                i,
+                ToolCallStream(plan.tool_choice, plan.single_tool_call, plan.json_answer) if plan.tool_choice else None,
+            )
             for i in range(plan.sampling.n)
         }
         self.started_at = time.perf_counter()

@@ -61,6 +61,7 @@ class GenerationPlan:
     deadline_s: float | None = None  # the request's own time limit (the server's max_request_time_s may be lower)
     tool_choice: str | dict[str, Any] | None = None  # set when the output is to be read for tool calls
     single_tool_call: bool = False
+    json_answer: bool = False  # tool_choice auto with a JSON response_format: the output is calls or a JSON answer
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
@@ -110,10 +111,7 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
         if not isinstance(tool_choice, str):
             tool_choice = tool_choice.model_dump()
         if tool_choice != "none":
-            if sampling.constrained:
-                raise APIError(
-                    400, "cannot be combined with tools (unless tool_choice is 'none')", field="response_format"
-                )
+            # A JSON response_format stays: the format of an answer that calls no tool (plait.engine.grammar).
             sampling.tools = [_enforceable_tool(t.model_dump(exclude_none=True), unenforced) for t in body.tools]
             sampling.tool_choice = tool_choice
             sampling.parallel_tool_calls = body.parallel_tool_calls is not False
@@ -132,6 +130,7 @@ def chat_plan(body: ChatCompletionRequest) -> GenerationPlan:
         max_tokens_field=max_field,
         tool_choice=tool_choice if sampling.tools else None,
         single_tool_call=body.parallel_tool_calls is False,
+        json_answer=tool_choice == "auto" and (sampling.json_schema is not None or sampling.json_object),
         field_names=names,
         response_headers=_response_headers(body, unenforced),
         **_common(body),

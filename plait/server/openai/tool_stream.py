@@ -6,6 +6,10 @@ entry). In ``auto`` mode the text outside the tags streams out as content; in ``
 breaks between calls, which are dropped. A trailing fragment that could be the start of ``<tool_call>`` is held back
 too, so content never shows half a tag. Named tool choice: the whole output is one call object, held back and parsed
 at the end. Outputs that do not parse (cut off by ``max_tokens``) come out as plain content.
+
+``auto`` with a JSON response format (``json_answer``): the output is either calls, read as for ``required``, or a JSON
+answer that streams out as content untouched; the first character tells which (no JSON value starts with ``<``), so a
+``<tool_call>`` inside the answer's strings stays content.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from plait.engine import TOOL_CALL_BEGIN, TOOL_CALL_END, ToolCall, parse_tool_ca
 class ToolCallStream:
     """Feed a sample's text pieces; get back ``(content, calls)`` ready to send."""
 
-    def __init__(self, tool_choice: str | dict[str, Any], single_call: bool = False) -> None:
+    def __init__(self, tool_choice: str | dict[str, Any], single_call: bool = False, json_answer: bool = False) -> None:
         self.tool_choice = tool_choice
         self.whole_output_is_call = isinstance(tool_choice, dict)
         self.calls_only = tool_choice == "required"  # the text between calls is only their separators
+        # auto with a JSON response format: None until the first character says calls (False) or the answer (True).
+        self._answer: bool | None = None if json_answer and tool_choice == "auto" else False
         # parallel_tool_calls=false: the grammar allows one call; any after the first would be dropped.
         self.single_call = single_call
         self.calls_made = 0
@@ -32,6 +38,12 @@ class ToolCallStream:
         self._buffer += text
         if self.whole_output_is_call:
             return "", []
+        if self._answer is None and self._buffer.strip():
+            self._answer = not self._buffer.lstrip().startswith(TOOL_CALL_BEGIN[0])
+            self.calls_only = not self._answer
+        if self._answer is not False:  # the answer, or whitespace before the first character (held back)
+            content, self._buffer = (self._buffer, "") if self._answer else ("", self._buffer)
+            return content, []
         content: list[str] = []
         calls: list[ToolCall] = []
         while True:
