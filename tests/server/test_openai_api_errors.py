@@ -92,7 +92,15 @@ BAD_BODIES = [
         "tools",
     ),
     (CHAT, _chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}), 400, "tool_choice"),
-    (CHAT, _chat(tools=[WEATHER], response_format={"type": "json_object"}), 400, "response_format"),
+    (
+        CHAT,
+        _chat(
+            tools=[WEATHER],
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": UNENFORCEABLE}},
+        ),
+        400,
+        "response_format.json_schema.schema",
+    ),
     (COMPLETIONS, _completion(prompt=[]), 422, "prompt"),
     (COMPLETIONS, _completion(prompt=""), 400, "prompt"),
     (COMPLETIONS, _completion(prompt=["a", "b"]), 422, "prompt"),
