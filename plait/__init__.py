@@ -33,6 +33,7 @@ _LAZY = {
     "ProgramFailedError": "plait.runtime",
     "ProgramCancelledError": "plait.runtime",
     "NodeError": "plait.runtime",
+    "NonDeterminismError": "plait.runtime",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -23,9 +23,16 @@ Without API keys every caller is the tenant "default".
 
 The server listens at once and loads the model in the background, printing each step with its time: /health
 answers 200 from the start, /ready and the API 503 ("starting", with Retry-After) until the model is loaded. A model
-or tool that fails to load ends the process (exit 1, or 2 for a tool or a bad --plan). SIGTERM or Ctrl-C drains:
-new work gets 503, running work gets shutdown_grace_s, the rest is cancelled, then the process exits; a second
-signal stops at once.
+or tool that fails to load ends the process (exit 1, or 2 for a tool, a bad --plan or a journal it cannot use).
+SIGTERM or Ctrl-C drains: new work gets 503, running work gets shutdown_grace_s, the rest is stopped (with the
+journal, REST workflows are suspended: their event streams end with a `suspended` event and they resume when the
+server starts again; without it, they are cancelled), then the process exits; a second signal stops at once.
+
+Durability: accepted workflows and every finished step's output are journaled (SQLite) in --data-dir before
+anything depends on them; after a crash or a restart the server resumes every accepted, unfinished workflow (finished
+steps are replayed from the journal, never run again; a step that was running runs again; tools get an idempotency
+key) and keeps workflow ids valid. Finished workflows are deleted from the journal after --retain-finished-s.
+--no-journal turns this off (nothing survives the process).
 
 --plan chooses what the planner and the engine do (the start-up log prints one line per enabled feature, and
 GET /server_info the effective settings): plait's features by default, `--plan baseline` a request-level engine
@@ -58,6 +65,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="API keys and their tenants (added to the config file's and PLAIT_API_KEYS')",
     )
     parser.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="PATH",
+        help="where the journal of durable workflows lives (default plait-data, created if missing)",
+    )
+    parser.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        default=None,
+        help="run without a journal: workflows in flight are lost when the server stops",
+    )
+    parser.add_argument(
+        "--retain-finished-s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long finished workflows stay in the journal (default 604800, a week)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's"
     )
     add_plan_argument(parser, served=True)
@@ -70,7 +97,14 @@ def load_config(args: argparse.Namespace):  # -> ServerConfig
     from plait.server.config import ServerConfig, parse_api_keys
 
     try:
-        config = ServerConfig.load(args.config, host=args.host, port=args.port)
+        config = ServerConfig.load(
+            args.config,
+            host=args.host,
+            port=args.port,
+            journal=args.journal,
+            data_dir=args.data_dir,
+            retain_finished_s=args.retain_finished_s,
+        )
         if args.api_keys:
             config.api_keys.update(parse_api_keys(args.api_keys))
         config.tools = [*config.tools, *args.tools]
@@ -111,6 +145,7 @@ def _serve_on(sock: socket.socket, args: argparse.Namespace, config: Any, log: S
     from plait.server.app import StartupError, api_routers, create_app, load_engine
     from plait.server.draining_server import DrainingServer, uvicorn_config
     from plait.server.state import ServerState
+    from plait.server.workflows.resume_on_start import ResumeOnStart
 
     state = ServerState(config)
 
@@ -122,13 +157,17 @@ def _serve_on(sock: socket.socket, args: argparse.Namespace, config: Any, log: S
             plan = plan_from_args(args)
         except ValueError as error:
             raise StartupError("plan", error) from error
+        _open_journal(state, log)
         loaded = load_engine(config, engine_config_from_args(args), plan=plan, report=log)
         log(f"ready in {time.perf_counter() - log.started:.1f} s")
         return loaded
 
     app = create_app(state, load=load)
-    server = DrainingServer(uvicorn_config(app, log_level=args.log_level), state, report=log)
-    server.run(sockets=[sock])
+    server = DrainingServer(uvicorn_config(ResumeOnStart(app, state), log_level=args.log_level), state, report=log)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        _close_journal(state)
     error = state.startup_error
     if error is None:
         return 0
@@ -142,7 +181,35 @@ def _serve_on(sock: socket.socket, args: argparse.Namespace, config: Any, log: S
 
         if not isinstance(error.cause, EngineError | ValueError | TypeError | OSError):  # a bug, not a setting
             traceback.print_exception(error.cause, file=sys.stderr)
-    return 2 if error.stage in ("tools", "plan") else 1
+    return 2 if error.stage in ("tools", "plan", "journal") else 1
+
+
+def _open_journal(state: Any, log: StartupLog) -> None:
+    """Open the journal the settings ask for (in the loading thread: it imports the runtime); its workflows resume
+    once the engine is attached (``ResumeOnStart``). A journal that cannot be used stops the server (exit 2)."""
+    from plait.server.app import StartupError
+
+    if not state.config.journal:
+        log("journal: off (--no-journal): workflows in flight are lost when the server stops")
+        return
+    from plait.runtime.journal import JournalError
+    from plait.server.workflows.durability import WORKFLOW_KIND, open_journal
+
+    try:
+        journal = open_journal(state)
+    except JournalError as error:
+        raise StartupError("journal", error) from error
+    unfinished = len(journal.unfinished(WORKFLOW_KIND))
+    log(f"journal: {journal.path} ({unfinished} unfinished workflow(s) resume once the model is loaded)")
+
+
+def _close_journal(state: Any) -> None:
+    if state.config.journal and "journal" in state.extras:
+        from plait.server.workflows.durability import journal_of
+
+        journal = journal_of(state)
+        if journal is not None:
+            journal.close()
 
 
 class StartupLog:

@@ -37,7 +37,14 @@ from plait.engine.errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from plait.engine.grammar import TOOL_CALL_BEGIN, TOOL_CALL_END, ParsedToolOutput, ToolCall, parse_tool_calls
+from plait.engine.grammar import (
+    ENFORCED_FORMATS,
+    TOOL_CALL_BEGIN,
+    TOOL_CALL_END,
+    ParsedToolOutput,
+    ToolCall,
+    parse_tool_calls,
+)
 from plait.engine.model_config import DUMMY_SHAPES, ModelConfig
 from plait.engine.request import (
     ChoiceScore,
@@ -52,6 +59,7 @@ from plait.engine.tokenizer import Tokenizer
 
 __all__ = [
     "DUMMY_SHAPES",
+    "ENFORCED_FORMATS",
     "ENGINE_COMMANDS",
     "TOOL_CALL_BEGIN",
     "TOOL_CALL_END",

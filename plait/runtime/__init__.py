@@ -1,6 +1,6 @@
 """Runtime: the executor and planner that turn ready nodes into engine requests and tool runs, policies, tools.
 
-Owns: program execution, ordering policies, the planner, tool executor.
+Owns: program execution, ordering policies, the planner, tool executor, the journal (durable programs).
 May import: ``plait.dag``, ``plait.semantic_vars``, ``plait.engine`` (through its public API and plain-data hints).
 """
 
@@ -10,9 +10,11 @@ from plait.engine import EngineConfig, EnginePolicy
 from plait.runtime.engine_source import open_engine
 from plait.runtime.errors import NodeError, ProgramCancelledError, ProgramFailedError, ToolDefinitionError
 from plait.runtime.executor import Executor, new_program_id
+from plait.runtime.journal import Journal, JournalError
 from plait.runtime.llm_runner import RequestOptions, sampling_params
 from plait.runtime.planning import PlanConfig
-from plait.runtime.program_execution import ExecutionServices, ProgramEvent, ProgramExecution
+from plait.runtime.program_execution import ExecutionServices, ProgramEvent, ProgramExecution, idempotency_key
+from plait.runtime.program_journal import NonDeterminismError, ProgramJournal
 from plait.runtime.states import NodeRecord, NodeState, ProgramRecord, ProgramState
 from plait.runtime.tool_executor import ToolExecutor
 from plait.runtime.tools import Tool, ToolRegistry
@@ -22,14 +24,18 @@ __all__ = [
     "EnginePolicy",
     "ExecutionServices",
     "Executor",
+    "Journal",
+    "JournalError",
     "NodeError",
     "NodeRecord",
     "NodeState",
+    "NonDeterminismError",
     "PlanConfig",
     "ProgramCancelledError",
     "ProgramEvent",
     "ProgramExecution",
     "ProgramFailedError",
+    "ProgramJournal",
     "ProgramRecord",
     "ProgramState",
     "RequestOptions",
@@ -37,6 +43,7 @@ __all__ = [
     "ToolDefinitionError",
     "ToolExecutor",
     "ToolRegistry",
+    "idempotency_key",
     "new_program_id",
     "open_engine",
     "sampling_params",

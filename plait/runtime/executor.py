@@ -15,6 +15,7 @@ from plait.dag import Workflow
 from plait.engine import Engine
 from plait.runtime.planning import PlanConfig, Planner
 from plait.runtime.program_execution import ExecutionServices, ProgramExecution
+from plait.runtime.program_journal import ProgramJournal
 from plait.runtime.request_options import RequestOptions
 from plait.runtime.tool_executor import ToolExecutor
 from plait.runtime.tools import Tool, ToolRegistry
@@ -74,14 +75,32 @@ class Executor:
         fail_fast: bool = True,
         priority: int = 0,
         services: ExecutionServices | None = None,
+        journal: ProgramJournal | None = None,
     ) -> ProgramExecution:
         """Start a whole workflow (every node whose inputs are bound starts now). Must be called in the loop.
 
         ``services``: this program's own tools and tool executor (the server's client-side tools), on the same
-        engine; None: the executor's shared ones. ``priority``: lower runs first."""
-        program = self._register(workflow, program_id, fail_fast, priority, services)
+        engine; None: the executor's shared ones. ``priority``: lower runs first. ``journal``: the program's
+        durable record (recorded nodes are replayed, the others' outcomes committed; see ``ProgramExecution``)."""
+        program = self.prepare(
+            workflow, program_id=program_id, fail_fast=fail_fast, priority=priority, services=services, journal=journal
+        )
         program.start()
         return program
+
+    def prepare(
+        self,
+        workflow: Workflow,
+        *,
+        program_id: str | None = None,
+        fail_fast: bool = True,
+        priority: int = 0,
+        services: ExecutionServices | None = None,
+        journal: ProgramJournal | None = None,
+    ) -> ProgramExecution:
+        """A whole workflow registered but not started: ``program.start()`` starts it (a server commits the
+        workflow's acceptance to its journal in between)."""
+        return self._register(workflow, program_id, fail_fast, priority, services, journal)
 
     def open(
         self,
@@ -91,12 +110,13 @@ class Executor:
         fail_fast: bool = False,
         priority: int = 0,
         services: ExecutionServices | None = None,
+        journal: ProgramJournal | None = None,
     ) -> ProgramExecution:
         """A program that starts empty and grows (a Python program); drive its body with ``program.drive``.
 
         With ``services``, the program's workflow checks tool calls against ``services.tools``."""
         workflow = self.new_workflow(name) if services is None else Workflow(name, tools=_LiveToolSpecs(services.tools))
-        return self._register(workflow, program_id, fail_fast, priority, services)
+        return self._register(workflow, program_id, fail_fast, priority, services, journal)
 
     def _register(
         self,
@@ -105,13 +125,14 @@ class Executor:
         fail_fast: bool,
         priority: int,
         services: ExecutionServices | None = None,
+        journal: ProgramJournal | None = None,
     ) -> ProgramExecution:
         program_id = program_id or new_program_id()
         if program_id in self.programs:
             raise ValueError(f"program id {program_id!r} is already in use")
         options = RequestOptions(program_id=program_id, priority=priority)
         program = ProgramExecution(
-            services or self.services, workflow, program_id, fail_fast=fail_fast, options=options
+            services or self.services, workflow, program_id, fail_fast=fail_fast, options=options, journal=journal
         )
         self.programs[program_id] = program
         self._forget_old()

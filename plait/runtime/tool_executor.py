@@ -15,8 +15,9 @@ from typing import Any
 import anyio
 import msgspec
 
+from plait.runtime.crash_points import crash_point
 from plait.runtime.errors import NodeError
-from plait.runtime.tools import Tool
+from plait.runtime.tools import IDEMPOTENCY_KEY_PARAMETER, Tool
 
 
 class ToolExecutor:
@@ -32,14 +33,23 @@ class ToolExecutor:
         return limiter
 
     async def run(
-        self, tool: Tool, arguments: dict[str, Any], node_id: str, on_attempt: Callable[[int], None] | None = None
+        self,
+        tool: Tool,
+        arguments: dict[str, Any],
+        node_id: str,
+        on_attempt: Callable[[int], None] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Any:
         """The tool's checked result. Raises ``NodeError`` (kinds: tool_arguments, tool_raised, tool_timeout,
-        tool_result) once the retries are used up."""
+        tool_result) once the retries are used up. ``idempotency_key``: passed to a tool that declares the parameter
+        (every attempt gets the same key; default: the node id)."""
         try:
             kwargs = tool.convert_arguments(arguments)
         except msgspec.ValidationError as error:
             raise NodeError(node_id, "tool_arguments", f"tool {tool.name!r}: {error}") from None
+        if tool.takes_idempotency_key:
+            kwargs[IDEMPOTENCY_KEY_PARAMETER] = idempotency_key or node_id
         delay = tool.retry_backoff_s
         for attempt in range(1, tool.retries + 2):
             if on_attempt is not None:
@@ -57,6 +67,7 @@ class ToolExecutor:
                 )
                 failure.__cause__ = raised
             else:
+                crash_point("mid_tool")  # the tool's effect has happened; its result is not yet recorded
                 try:
                     return tool.convert_result(result)
                 except (msgspec.ValidationError, TypeError) as error:

@@ -3,6 +3,11 @@
 A tool's parameter and return annotations become a JSON schema (for validation before a workflow runs, and for
 REST users) and a msgspec type (for converting arguments and checking results when it runs). Unannotated
 parameters accept anything.
+
+Idempotency: a tool runs at least once per call (a retry, or a resume after a crash, may run it again). A tool with
+side effects declares a parameter named ``idempotency_key`` (``def charge(amount: int, idempotency_key: str)``): the
+runtime fills it with a key that is the same for every run of the same call (``"<program id>/<node id>"``), so the
+tool can apply its effect once per key. It is not an argument a program passes, and not part of the tool's schema.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from plait.dag import ToolSpec
 from plait.runtime.errors import ToolDefinitionError
 
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+IDEMPOTENCY_KEY_PARAMETER = "idempotency_key"  # filled by the runtime, never by the caller (see the module doc)
 
 
 @dataclass(eq=False)
@@ -41,6 +47,7 @@ class Tool:
     params_type: type = field(init=False)
     return_type: Any = field(init=False)
     spec: ToolSpec = field(init=False)
+    takes_idempotency_key: bool = field(init=False)  # declares ``idempotency_key``: the runtime passes the call's key
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -53,6 +60,7 @@ class Tool:
             raise ToolDefinitionError(f"tool {self.name!r}: timeout_s must be positive")
         if self.retries < 0 or (self.max_concurrency is not None and self.max_concurrency < 1):
             raise ToolDefinitionError(f"tool {self.name!r}: retries must be >= 0 and max_concurrency >= 1")
+        self.takes_idempotency_key = IDEMPOTENCY_KEY_PARAMETER in inspect.signature(self.fn).parameters
         self.params_type, self.return_type = _signature_types(self.fn, self.name)
         self.spec = ToolSpec(
             self.name, _parameters_schema(self.params_type), _return_schema(self.return_type), self.description
@@ -87,6 +95,8 @@ def _signature_types(fn: Callable[..., Any], name: str) -> tuple[type, Any]:
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
             raise ToolDefinitionError(f"tool {name!r}: parameter {param.name!r} must be a named (keyword) parameter")
+        if param.name == IDEMPOTENCY_KEY_PARAMETER:
+            continue  # the runtime's to fill: not an argument
         annotation = hints.get(param.name, Any)
         if param.default is inspect.Parameter.empty:
             fields.append((param.name, annotation))

@@ -6,10 +6,22 @@ Owns: the authoring surface for agent programs. May import: ``plait.runtime``, `
 
 from __future__ import annotations
 
+from plait.runtime import NonDeterminismError
 from plait.sdk.client import Client
 from plait.sdk.program import Program, ProgramDef, program, resolve
 from plait.sdk.runtime import Runtime
 from plait.sdk.server_events import ServerError, ServerEvent
 from plait.sdk.tool_decorator import tool
 
-__all__ = ["Client", "Program", "ProgramDef", "Runtime", "ServerError", "ServerEvent", "program", "resolve", "tool"]
+__all__ = [
+    "Client",
+    "NonDeterminismError",
+    "Program",
+    "ProgramDef",
+    "Runtime",
+    "ServerError",
+    "ServerEvent",
+    "program",
+    "resolve",
+    "tool",
+]

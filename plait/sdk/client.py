@@ -11,12 +11,22 @@ here, as a client-side tool the server waits for. The REST endpoints have thin w
 ``get``, ``list_workflows``, ``events``, ``cancel``, ``post_tool_result``, ``add_nodes``, ``close_workflow``.
 Refused requests raise ``ServerError``; failed programs ``ProgramFailedError`` (as with Runtime). Use one client
 within one event loop.
+
+Restarts: a request that cannot reach the server (connection refused or dropped) or finds it starting or draining
+(503) is retried with backoff for up to ``reconnect_s``; retries are safe because ``submit_workflow`` sends an
+``Idempotency-Key`` (a retry returns the workflow the first attempt created), node batches are idempotent on the
+server, and a second answer to a tool call is ignored. An event stream that breaks is reopened with
+``Last-Event-ID`` (events after a server restart may come twice; a node's ``node_finished`` settles it once). A tool
+call offered again (same ``idempotency_key``) is answered with the result the local tool already gave.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +41,8 @@ from plait.sdk.remote_program import RemoteProgram, tool_failure_text
 from plait.sdk.server_events import RemoteFailure, ServerError, ServerEvent, parse_events
 
 _UNSET: Any = msgspec.UNSET
+RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)  # between attempts to reach the server (the last repeats)
+ANSWERS_KEPT = 10_000  # local tool answers kept for calls the server may offer again
 
 
 class Client:
@@ -44,15 +56,22 @@ class Client:
         tools: Iterable[Tool | Callable[..., Any]] = (),
         timeout_s: float = 60.0,
         http: httpx.AsyncClient | None = None,
+        reconnect_s: float = 60.0,
     ) -> None:
+        """``reconnect_s``: how long to keep retrying a server that cannot be reached or answers 503 (a restart),
+        per request and per broken event stream; 0: never retry."""
         self.url = url.rstrip("/")
         self.tools = ToolRegistry(tools)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout_s = timeout_s
+        self._reconnect_s = reconnect_s
         self._http = http
         self._owns_http = http is None
         self._server_tools: dict[str, ToolSpec] | None = None
         self._tool_executor = ToolExecutor()
+        # Answers of local tools by the call's idempotency key: a call offered again gets the same answer (the most
+        # recent ANSWERS_KEPT are kept).
+        self._tool_answers: OrderedDict[str, tuple[Any, str | None]] = OrderedDict()
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -189,9 +208,13 @@ class Client:
         priority: int = 0,
         deadline_s: float | None = None,
         open: bool = False,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/workflows``. Local tools that the workflow calls and the server lacks are declared as client
-        tools (add your own declarations with ``client_tools``). Returns the new workflow's status."""
+        tools (add your own declarations with ``client_tools``). Returns the new workflow's status.
+
+        ``idempotency_key``: sent as ``Idempotency-Key`` (default: a new UUID), so that a retry after a lost answer
+        returns the workflow the first attempt created; pass your own to make retries of your own safe."""
         spec = _spec_dict(workflow)
         declared = list(client_tools or [])
         server_tools = await self.server_tools()
@@ -208,7 +231,8 @@ class Client:
             body["client_tools"] = declared
         if deadline_s is not None:
             body["deadline_s"] = deadline_s
-        return await self._request("POST", "/v1/workflows", body)
+        key = idempotency_key or str(uuid.uuid4())
+        return await self._request("POST", "/v1/workflows", body, headers={"Idempotency-Key": key})
 
     async def get(self, workflow_id: str) -> dict[str, Any]:
         """``GET /v1/workflows/{id}``: state, nodes (states and timings), outputs so far, pending tool calls."""
@@ -253,19 +277,43 @@ class Client:
         return await self._request("POST", f"/v1/workflows/{workflow_id}/close", {"error": error})
 
     async def events(self, workflow_id: str, *, after: int = 0) -> AsyncIterator[ServerEvent]:
-        """The workflow's events from the start (or after event id ``after``) to its final event."""
+        """The workflow's events from the start (or after event id ``after``) to its final event. A stream that
+        breaks, or ends without a final event (the server stopped), is reopened from the last event id seen, for up
+        to ``reconnect_s`` without progress."""
         timeout = httpx.Timeout(self._timeout_s, read=None)  # a stream may be quiet while tools run
-        params = {"after": after} if after else None
-        async with self.http.stream(
-            "GET", f"/v1/workflows/{workflow_id}/events", params=params, timeout=timeout
-        ) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise ServerError.from_response(response)
-            async for event in parse_events(response.aiter_lines()):
-                yield event
-                if event.is_final:
+        last_seen = after
+        attempt = 0
+        give_up_at = time.monotonic() + self._reconnect_s
+        while True:
+            headers = {"Last-Event-ID": str(last_seen)} if last_seen else None
+            try:
+                async with self.http.stream(
+                    "GET", f"/v1/workflows/{workflow_id}/events", headers=headers, timeout=timeout
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        error = ServerError.from_response(response)
+                        if error.status != 503:
+                            raise error
+                        raise httpx.RemoteProtocolError(f"the server is not ready: {error.message}")
+                    async for event in parse_events(response.aiter_lines()):
+                        if event.id is not None:
+                            if event.id <= last_seen:
+                                continue  # seen before the stream was reopened
+                            last_seen = event.id
+                        attempt = 0
+                        give_up_at = time.monotonic() + self._reconnect_s
+                        yield event
+                        if event.is_final:
+                            return
+            except httpx.TransportError:
+                if time.monotonic() >= give_up_at:
+                    raise
+            else:  # the stream ended without a final event: the server stopped; it continues the log when back
+                if time.monotonic() >= give_up_at:
                     return
+            await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+            attempt += 1
 
     async def server_tools(self) -> dict[str, ToolSpec]:
         """``GET /v1/tools`` (fetched once): the server-side tools by name."""
@@ -295,30 +343,73 @@ class Client:
         return decl
 
     async def answer_tool_call(self, workflow_id: str, call: dict[str, Any]) -> None:
-        """Run a local tool for a ``tool_call`` event and post its result (or its error)."""
+        """Run a local tool for a ``tool_call`` event and post its result (or its error). A call offered again
+        (the same ``idempotency_key``, after a server restart) gets the first answer without running the tool; an
+        answer the server no longer waits for (409: answered already, or the node ended) is dropped."""
         tool = self.tools.get(call.get("tool", ""))
         node = call["node"]
-        if tool is None:
-            await self.post_tool_result(workflow_id, node, error=f"the client has no tool {call.get('tool')!r}")
-            return
+        key = call.get("idempotency_key")
+        answer = self._tool_answers.get(key) if key else None
+        if answer is None:
+            if tool is None:
+                answer = (None, f"the client has no tool {call.get('tool')!r}")
+            else:
+                try:
+                    arguments = call.get("arguments") or {}
+                    answer = (await self._tool_executor.run(tool, arguments, node, idempotency_key=key), None)
+                except Exception as error:
+                    answer = (None, tool_failure_text(error))
+            if key:
+                self._tool_answers[key] = answer
+                while len(self._tool_answers) > ANSWERS_KEPT:
+                    self._tool_answers.popitem(last=False)
+        result, error = answer
         try:
-            result = await self._tool_executor.run(tool, call.get("arguments") or {}, node)
-        except Exception as error:
-            await self.post_tool_result(workflow_id, node, error=tool_failure_text(error))
-            return
-        await self.post_tool_result(workflow_id, node, result)
+            if error is not None:
+                await self.post_tool_result(workflow_id, node, error=error)
+            else:
+                await self.post_tool_result(workflow_id, node, result)
+        except ServerError as refused:
+            if refused.status != 409:
+                raise
 
     # ---- plumbing --------------------------------------------------------------------------------------------------
 
     async def _request(
-        self, method: str, path: str, body: Any = None, *, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        """One API call; retried (see the module doc) while the server cannot be reached or answers 503, for up to
+        ``reconnect_s``. Every route is safe to repeat: reads, DELETE and close are idempotent, a workflow is
+        submitted with an Idempotency-Key, node batches and tool answers are deduplicated by the server."""
         content = msgspec.json.encode(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if content is not None else None
-        response = await self.http.request(method, path, content=content, headers=headers, params=params)
-        if response.status_code >= 400:
-            raise ServerError.from_response(response)
-        return response.json()
+        sent = dict(headers or {})
+        if content is not None:
+            sent["Content-Type"] = "application/json"
+        give_up_at = time.monotonic() + self._reconnect_s
+        attempt = 0
+        while True:
+            try:
+                response = await self.http.request(method, path, content=content, headers=sent, params=params)
+            except httpx.TransportError:
+                if time.monotonic() >= give_up_at:
+                    raise
+            else:
+                if response.status_code != 503 or time.monotonic() >= give_up_at:
+                    if response.status_code >= 400:
+                        raise ServerError.from_response(response)
+                    return response.json()
+                retry_after = ServerError.from_response(response).retry_after
+                if retry_after is not None:
+                    await asyncio.sleep(min(retry_after, max(0.0, give_up_at - time.monotonic())))
+                    continue
+            await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+            attempt += 1
 
     async def aclose(self) -> None:
         if self._http is not None and self._owns_http:

@@ -7,9 +7,10 @@ answers 200, ``/ready`` 503 ``starting`` and the API 503 with ``Retry-After``. A
 ``state.startup_error``, on which the serving process exits (``DrainingServer``).
 
 Draining (``drain``, run on SIGTERM before the listener closes): new work answers 503, running programs and API
-requests get ``config.shutdown_grace_s`` to finish, the rest are cancelled (their engine requests aborted, KV freed,
-their event streams ending with ``cancelled``), and an engine the server created is closed, which ends any
-completion still streaming with an error event and ``[DONE]``.
+requests get ``config.shutdown_grace_s`` to finish, the rest are stopped (their engine requests aborted, KV freed):
+a journaled workflow is suspended (its event stream ends with ``suspended``; it resumes when the server starts
+again), one without a journal is cancelled (``cancelled``). OpenAI-API programs end. An engine the server created is
+closed, which ends any completion still streaming with an error event and ``[DONE]``.
 """
 
 from __future__ import annotations

@@ -153,7 +153,8 @@ GRACE_S = 3.0
 @pytest.mark.slow
 def test_sigterm_drains_then_exits(tmp_path: Path, serve) -> None:
     """A running workflow with an open event stream and a streamed chat completion; SIGTERM: new work gets 503 (not
-    "connection refused") during the grace, then both streams end with a final event and the process exits."""
+    "connection refused") during the grace, then both streams end and the process exits. The journaled workflow is
+    suspended (its stream ends with ``suspended``: it resumes when the server starts again), not cancelled."""
     (tmp_path / "server.toml").write_text(f"shutdown_grace_s = {GRACE_S}\n")
     (tmp_path / "waiting.py").write_text(
         "import asyncio\n\n\nasync def wait(seconds: float) -> str:\n    await asyncio.sleep(seconds)\n"
@@ -162,7 +163,8 @@ def test_sigterm_drains_then_exits(tmp_path: Path, serve) -> None:
     port = _free_port()
     server = serve(
         "--config", str(tmp_path / "server.toml"), "--tools", f"{tmp_path / 'waiting.py'}:wait",
-        "--device", "cpu", "--max-context", "2048", "--kv-slots", "4096", "--log-level", "warning", port=port,
+        "--device", "cpu", "--max-context", "2048", "--kv-slots", "4096", "--log-level", "warning",
+        "--data-dir", str(tmp_path / "data"), port=port,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     server.wait_ready(url)
@@ -196,7 +198,7 @@ def test_sigterm_drains_then_exits(tmp_path: Path, serve) -> None:
     assert GRACE_S - 0.5 <= elapsed <= GRACE_S + 5.0, (elapsed, server.stderr)
     events.join()
     chat.join()
-    assert events.text.rstrip().split("\n\n")[-1].split("\n")[1] == "event: cancelled", events.text[-500:]
+    assert events.text.rstrip().split("\n\n")[-1].split("\n")[1] == "event: suspended", events.text[-500:]
     data = [line.removeprefix("data: ") for line in chat.text.splitlines() if line.startswith("data: ")]
     assert data[-1] == "[DONE]", chat.text[-500:]
     last = json.loads(data[-2])

@@ -112,6 +112,7 @@ def test_client_side_tool_round_trip(wf) -> None:
             "arguments": {"query": "HELLO THERE"},
             "timeout_s": calls[0]["timeout_s"],
             "waiting_since": calls[0]["waiting_since"],
+            "idempotency_key": f"{workflow_id}/ask",  # the same when the call is offered again after a restart
         }
     ]
     assert events[-1].kind == "done" and events[-1].data["outputs"] == {"hits": 3, "total": 5}
@@ -121,9 +122,18 @@ def test_client_side_tool_round_trip(wf) -> None:
     )
 
 
+def _end_openai_programs(wf) -> None:
+    """End the OpenAI-API programs earlier tests left open on the shared server (their gaps may hold pins)."""
+    for client in (wf.a, wf.b):
+        for program in client.get("/v1/programs").json()["data"]:
+            client.delete(f"/v1/programs/{program['id']}")
+    wait_for(lambda: wf.state.engine.core.stats().pinned_slots == 0, "the programs' pins released")
+
+
 def test_a_client_tool_is_pinned_by_the_planner_not_by_a_policy_of_its_own(wf) -> None:
     """A client tool is a tool to the planner: nothing after it reads the program's KV here, so nothing is pinned
     while it waits (a fixed-TTL pin of the client-tool path used to hold it anyway)."""
+    _end_openai_programs(wf)
     body = client_tool_workflow("not-pinned")
     body["workflow"]["nodes"].insert(
         0, {"kind": "llm", "id": "think", "prompt": "Say hi to {{phrase}}:", "output": "hi", "max_tokens": 3}
@@ -145,6 +155,7 @@ def test_a_client_tool_is_pinned_by_the_planner_not_by_a_policy_of_its_own(wf) -
 def test_a_client_tool_before_a_continuing_call_gets_the_planners_pin_decision(wf) -> None:
     """When the call after the client tool continues the conversation before it, the planner weighs a pin for the
     tool's expected duration, as for a server tool; a pin it takes ends when the result arrives."""
+    _end_openai_programs(wf)
     body = client_tool_workflow("continues")
     nodes = body["workflow"]["nodes"]
     nodes[:] = [

@@ -20,8 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from plait.engine import InvalidRequestError, SamplingParams
-from plait.engine.grammar import ENFORCED_FORMATS
+from plait.engine import ENFORCED_FORMATS, InvalidRequestError, SamplingParams
 from plait.server.errors import APIError
 from plait.server.openai.messages import template_messages
 from plait.server.openai.protocol import (

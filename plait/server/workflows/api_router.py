@@ -1,18 +1,21 @@
 """REST workflows: submit, inspect, stream events, cancel, list; client-side tool results; open (growing) workflows.
 
 ```
-POST   /v1/workflows                      submit (201 {"id", "state", ...}); body: an envelope or a bare spec
-GET    /v1/workflows?limit=&after=        the caller's workflows, newest first
+POST   /v1/workflows                      submit (201 {"id", "state", ...}); body: an envelope or a bare spec;
+                                          an Idempotency-Key header makes retries return the same workflow
+GET    /v1/workflows?limit=&after=        the caller's workflows this process holds, newest first (after a
+                                          restart: the resumed ones and those looked up by id since)
 GET    /v1/workflows/{id}                 state, per-node states and timings, outputs, pending tool calls, error
-GET    /v1/workflows/{id}/events          server-sent events (replayed from the start, then live; ends after the
-                                          final done / failed / cancelled event)
+GET    /v1/workflows/{id}/events          server-sent events (replayed from the start or from Last-Event-ID,
+                                          then live; ends after the final done / failed / cancelled event)
 DELETE /v1/workflows/{id}                 cancel; 200 with the final status (also for an already finished one)
 POST   /v1/workflows/{id}/tool_results    {"node", "result"} or {"node", "error"} for a waiting client-side tool
 POST   /v1/workflows/{id}/nodes           add nodes to an open workflow (all or nothing)
 POST   /v1/workflows/{id}/close           end an open workflow ({"error": ...} ends it as failed)
 GET    /v1/tools                          the server-side tools workflows may call, with their JSON schemas
 ```
-Every route needs the caller's API key; another tenant's workflow answers 404 like an unknown id.
+Every route needs the caller's API key; another tenant's workflow answers 404 like an unknown id. With a journal
+(``durability.py``), workflows and their ids survive a restart of the server.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from plait.dag import ToolCall
 from plait.server.errors import APIError
 from plait.server.tenants import Tenant, current_tenant
 from plait.server.workflows.client_tools import ToolCallStateError
+from plait.server.workflows.durability import IDEMPOTENCY_HEADER, check_idempotency_key, request_digest
 from plait.server.workflows.protocol import (
     CloseRequest,
     NodeBatch,
@@ -39,12 +43,13 @@ from plait.server.workflows.protocol import (
     path_pointer,
     read_json,
 )
-from plait.server.workflows.registry import WorkflowEntry, registry_of
+from plait.server.workflows.registry import WorkflowEntry
 from plait.server.workflows.serving import (
     add_nodes,
     cancel_workflow,
     close_workflow,
-    start_workflow,
+    submit_workflow,
+    workflows_of,
 )
 from plait.server.workflows.views import json_response, workflow_status, workflow_summary
 
@@ -57,7 +62,7 @@ _BAD_BODY = {400: {"description": "not JSON"}, 422: {"description": "invalid; th
 
 
 def _entry(request: Request, workflow_id: str, tenant: Tenant) -> WorkflowEntry:
-    return registry_of(request.app.state.plait).get(workflow_id, tenant.name)
+    return workflows_of(request.app.state.plait).get(workflow_id, tenant.name)
 
 
 @router.post(
@@ -67,15 +72,33 @@ def _entry(request: Request, workflow_id: str, tenant: Tenant) -> WorkflowEntry:
     description=(
         'Body: `{"workflow": <workflow spec>, "inputs", "client_tools", "fail_fast", "priority", '
         '"deadline_s", "open"}`, or a bare workflow spec (`nodes` at the top level). The whole workflow is '
-        "checked first; a 422 lists every problem (`error.problems`: node, field, message)."
+        "checked first; a 422 lists every problem (`error.problems`: node, field, message). With an "
+        "`Idempotency-Key` header, a retry of the same request (same key and body) returns the workflow the first "
+        "one created (with `Idempotent-Replayed: true`) instead of starting another; the key with another body is "
+        "a 422. A server with a journal answers 201 once the workflow is durable."
     ),
     openapi_extra=openapi_body(WorkflowSubmission, path_pointer("/v1/workflows", "post"), "a workflow to run"),
-    responses={**_BAD_BODY, 413: {"description": "too many nodes"}, 429: {"description": "over a tenant limit"}},
+    responses={
+        **_BAD_BODY,
+        413: {"description": "too many nodes"},
+        429: {"description": "over a tenant limit"},
+        503: {"description": "the journal cannot record it"},
+    },
 )
 async def submit(request: Request, tenant: TenantDep) -> Response:
-    spec, options = parse_submission(await read_json(request))
-    entry = start_workflow(request.app.state.plait, tenant, spec, options)
+    raw = await read_json(request)
+    spec, options = parse_submission(raw)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    digest = None
+    if key is not None:
+        check_idempotency_key(key)
+        digest = request_digest(raw)
+    entry, created = await submit_workflow(
+        request.app.state.plait, tenant, spec, options, idempotency_key=key, request_digest=digest
+    )
     headers = {"Location": f"/v1/workflows/{entry.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
     return json_response(workflow_status(entry), status_code=201, headers=headers)
 
 
@@ -86,7 +109,7 @@ async def list_workflows(
     limit: Annotated[int, Query(ge=1, le=100, description="at most this many")] = 20,
     after: Annotated[str | None, Query(description="continue after this workflow id (the page's last_id)")] = None,
 ) -> Response:
-    entries, has_more = registry_of(request.app.state.plait).page(tenant.name, limit, after)
+    entries, has_more = workflows_of(request.app.state.plait).page(tenant.name, limit, after)
     data = [workflow_summary(entry) for entry in entries]
     return json_response(
         {
@@ -110,7 +133,9 @@ async def get_workflow(request: Request, workflow_id: str, tenant: TenantDep) ->
     description=(
         "Events: `node_started`, `token` (generated text), `tool_call` (a client-side tool waits), `node_finished` "
         "(with the output's value), then one of `done`, `failed`, `cancelled`, after which the stream ends. Each "
-        "has an `id`; a reconnecting client sends `Last-Event-ID` (or `?after=`) to skip what it has seen."
+        "has an `id`; a reconnecting client sends `Last-Event-ID` (or `?after=`) to skip what it has seen. Ids "
+        "increase across server restarts; a stream that ends without a final event (the server stopped: its last "
+        "event is `suspended`) continues after the restart by reconnecting with `Last-Event-ID`."
     ),
     response_class=StreamingResponse,
     responses={**_NOT_FOUND, 200: {"content": {"text/event-stream": {}}}},
@@ -199,7 +224,7 @@ async def tool_result(request: Request, workflow_id: str, tenant: TenantDep) -> 
 async def grow(request: Request, workflow_id: str, tenant: TenantDep) -> Response:
     entry = _entry(request, workflow_id, tenant)
     batch = convert(await read_json(request), NodeBatch)
-    added = add_nodes(request.app.state.plait, entry, batch)
+    added = await add_nodes(request.app.state.plait, entry, batch)
     return json_response({"id": entry.id, "added": added, "state": entry.program.state.value})
 
 

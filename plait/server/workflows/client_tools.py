@@ -5,7 +5,8 @@ A workflow lists them in its envelope (``client_tools``: name, JSON-schema ``par
 a server tool nor declared is still rejected before anything runs. When such a node's inputs are bound, it waits:
 the event stream announces a ``tool_call`` with the arguments, the program's KV is pinned (the program will continue
 after the tool), and ``POST /v1/workflows/{id}/tool_results`` resumes it with a result or an error. With no answer
-within the timeout the node fails (``tool_timeout``).
+within the timeout the node fails (``tool_timeout``). A durable workflow's call that was still waiting when the
+server stopped is offered again after the restart: a new ``tool_call`` event with the same ``idempotency_key``.
 
 Each program gets its own ``ProgramTools`` (the server's tools plus its client tools, so one tenant's declarations
 never reach another's programs) and its own ``ClientToolExecutor``, which hands server tools to the shared executor
@@ -101,6 +102,8 @@ class PendingToolCall:
     timeout_s: float
     since: float = field(default_factory=time.time)  # unix time, for status bodies
     answer: asyncio.Future[tuple[Any, str | None]] | None = None
+    # The same for every time this call is offered (after a server restart too): a client applies its effect once.
+    idempotency_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +112,7 @@ class PendingToolCall:
             "arguments": self.arguments,
             "timeout_s": self.timeout_s,
             "waiting_since": self.since,
+            "idempotency_key": self.idempotency_key,
         }
 
 
@@ -129,16 +133,22 @@ class ClientToolExecutor(ToolExecutor):
         self.on_wait: Callable[[PendingToolCall], None] | None = None
 
     async def run(
-        self, tool: Tool, arguments: dict[str, Any], node_id: str, on_attempt: Callable[[int], None] | None = None
+        self,
+        tool: Tool,
+        arguments: dict[str, Any],
+        node_id: str,
+        on_attempt: Callable[[int], None] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Any:
         if not isinstance(tool, ClientTool):
-            return await self._shared.run(tool, arguments, node_id, on_attempt)
+            return await self._shared.run(tool, arguments, node_id, on_attempt, idempotency_key=idempotency_key)
         if on_attempt is not None:
             on_attempt(1)
         problem = tool.argument_problem(arguments)
         if problem is not None:
             raise NodeError(node_id, "tool_arguments", f"client tool {tool.name!r}: {problem}")
-        call = PendingToolCall(node_id, tool.name, arguments, tool.timeout_s)
+        call = PendingToolCall(node_id, tool.name, arguments, tool.timeout_s, idempotency_key=idempotency_key)
         call.answer = asyncio.get_running_loop().create_future()
         self._start_waiting(call)
         try:

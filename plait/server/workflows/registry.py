@@ -2,7 +2,9 @@
 
 Ownership rule (see ``tenants.py``): a workflow of another tenant is looked up exactly like an unknown id (404).
 Finished workflows are kept for status queries, events and listing, up to ``history`` of them (oldest forgotten
-first, together with their owner tag in ``ServerState.owners``).
+first, together with their owner tag in ``ServerState.owners``). With a journal, a workflow this process does not
+hold (finished in an earlier process, or forgotten) is loaded from the journal by ``fallback`` on lookup.
+Idempotency keys: a workflow submitted with one is found again by ``(tenant, key)``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +35,18 @@ class WorkflowEntry:
     note: str | None = None  # why the server ended it, when it did (a deadline)
     # An open workflow's end: set by POST .../close with the caller's error (None: success).
     closing: asyncio.Future[str | None] | None = None
+    idempotency_key: str | None = None  # the submitter's Idempotency-Key header
+    request_digest: str | None = None  # the submission's digest: a retry with the same key must match it
+    # Durable workflows: done once the acceptance is committed (retries with the same key wait for it) and once
+    # the terminal state is committed (DELETE and close answer after it). None without a journal.
+    accepted: asyncio.Future[None] | None = None
+    ended: asyncio.Future[None] | None = None
+    durable: bool = False  # its acceptance is committed to the journal (its end will be too)
+    cancel_requested: bool = False  # cancelled by its caller or its deadline (not by a draining server)
+    deadline_at: float | None = None  # unix time by which it must end (its deadline_s from submission)
+    deadline_timer: asyncio.TimerHandle | None = None
+    batches: int = 0  # node batches added to an open workflow (their journal sequence)
+    grow_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one node batch at a time
 
     @property
     def id(self) -> str:
@@ -50,21 +65,46 @@ class WorkflowRegistry:
     def __init__(self, history: int = FINISHED_HISTORY) -> None:
         self.history = history
         self._entries: OrderedDict[str, WorkflowEntry] = OrderedDict()  # creation order
+        self._by_key: dict[tuple[str, str], WorkflowEntry] = {}  # (tenant, idempotency key) -> entry
+        # Loads a workflow this process does not hold from the journal (None: no journal, or not there).
+        self.fallback: Callable[[str], WorkflowEntry | None] | None = None
+        self.owners: dict[str, str] | None = None  # the server's owner tags, kept with the entries
 
     def add(self, entry: WorkflowEntry, owners: dict[str, str]) -> None:
+        self.owners = owners
         self._entries[entry.id] = entry
         owners[entry.id] = entry.tenant
+        if entry.idempotency_key is not None:
+            self._by_key[(entry.tenant, entry.idempotency_key)] = entry
         finished = [key for key, item in self._entries.items() if item.finished]
         for key in finished[: max(0, len(finished) - self.history)]:
-            del self._entries[key]
-            owners.pop(key, None)
+            self.discard(key)
+
+    def discard(self, workflow_id: str) -> None:
+        """Forget a workflow (its id answers 404 unless the journal holds it)."""
+        entry = self._entries.pop(workflow_id, None)
+        if entry is None:
+            return
+        if self.owners is not None:
+            self.owners.pop(workflow_id, None)
+        if entry.idempotency_key is not None:
+            self._by_key.pop((entry.tenant, entry.idempotency_key), None)
 
     def get(self, workflow_id: str, tenant: str) -> WorkflowEntry:
         """The tenant's workflow; 404 for unknown ids and other tenants' workflows alike."""
         entry = self._entries.get(workflow_id)
+        if entry is None and self.fallback is not None:
+            entry = self.fallback(workflow_id)
         if entry is None or entry.tenant != tenant:
             raise not_found("workflow", workflow_id)
         return entry
+
+    def by_key(self, tenant: str, idempotency_key: str) -> WorkflowEntry | None:
+        """The workflow the tenant submitted with ``idempotency_key`` that this process holds."""
+        return self._by_key.get((tenant, idempotency_key))
+
+    def holds(self, workflow_id: str) -> bool:
+        return workflow_id in self._entries
 
     def page(self, tenant: str, limit: int, after: str | None) -> tuple[list[WorkflowEntry], bool]:
         """Up to ``limit`` of the tenant's workflows, newest first, starting after the one with id ``after``;

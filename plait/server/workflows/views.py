@@ -1,7 +1,8 @@
 """Response bodies of the workflow routes: a workflow's status, its list summary, node and final event payloads.
 
 Node records come from the runtime (``NodeRecord.to_dict``: state, timings, tokens, attempts, error); a client tool
-call that waits for its result shows as ``"state": "waiting_for_tool"`` with the call (tool and arguments). Values
+call that waits for its result shows as ``"state": "waiting_for_tool"`` with the call (tool and arguments); a node
+whose outcome came from the journal (it ran in an earlier process) has ``"replayed": true`` and no timings. Values
 are the variables' JSON values; anything that is not JSON (a Python object a tool returned) is shown by its repr.
 """
 
@@ -61,6 +62,8 @@ def node_view(entry: WorkflowEntry, node_id: str) -> dict[str, Any]:
     data: dict[str, Any] = {**record.to_dict(), "output": node.output}
     if node.kind == "tool":
         data["tool"] = node.tool  # type: ignore[union-attr]
+    if node_id in entry.program.replayed:
+        data["replayed"] = True
     call = entry.tools.pending.get(node_id)
     if call is not None and not record.state.finished:
         data["state"] = "waiting_for_tool"

@@ -1,0 +1,670 @@
+"""The journal: a durable record of accepted programs and of what their steps produced, in one SQLite file.
+
+What is committed before what (each arrow: the left side is durable before the right side happens):
+
+- accept: a program's row (its spec and inputs, options, tenant, idempotency key) -> the submitter is told that the
+  program was accepted (HTTP 201) and its first node starts;
+- a node's outcome (its value, metadata and generated token ids; or the error of a step that failed) -> the node's
+  output variable is settled, so nothing ever depends on an output a crash could lose, and a recorded node never runs
+  again: a resumed program replays it;
+- an open workflow's added nodes -> the caller is told they were added;
+- a program's terminal state (with its final event) -> the caller of DELETE or close is answered. A program without
+  a terminal state is resumed by the next process that opens the journal;
+- events (``write_event``) are durable in the order they are written, but nothing waits for them: after a crash the
+  stored log is a prefix of what followers saw, and a resumed program's new events get larger ids (see ``boot``),
+  so a follower resuming from ``Last-Event-ID`` misses nothing (it may see an event twice).
+
+Writes go to one writer thread in the order they are queued. It commits everything queued as one transaction (group
+commit: one fsync for all the writes queued while the previous transaction committed), so the cost of durability is
+per batch, not per node, and the event loop never waits on the disk. Each write runs in its own savepoint: a write
+that fails (a broken constraint) is rolled back alone and its waiter gets the error. SQLite runs in WAL mode with
+``synchronous=FULL``: a commit returns once the write-ahead log is on disk.
+
+One process uses a journal at a time (an exclusive ``flock`` on ``<path>.lock``, released by the OS however the
+process ends): two processes resuming the same programs would run them twice. Retention: programs that finished more
+than ``retain_finished_s`` ago are deleted with all their rows by the writer thread every ``sweep_interval_s``, and
+the freed pages are returned to the file system (incremental vacuum), so the file stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+logger = logging.getLogger("plait.runtime.journal")
+
+SCHEMA_VERSION = 1
+BOOT_SEQ_SHIFT = 32  # a resumed program's event ids start at boot << BOOT_SEQ_SHIFT (above every earlier id)
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024  # the write-ahead log is truncated back to this after a checkpoint
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS programs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    tenant TEXT,
+    idempotency_key TEXT,
+    request_digest TEXT,
+    name TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'running',
+    error TEXT,
+    result BLOB,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS programs_by_idempotency_key
+    ON programs (kind, tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS programs_by_finish ON programs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS programs_unfinished ON programs (kind) WHERE finished_at IS NULL;
+CREATE TABLE IF NOT EXISTS additions (
+    program_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (program_id, seq)
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    program_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    signature TEXT,
+    state TEXT NOT NULL,
+    value BLOB,
+    error_kind TEXT,
+    error TEXT,
+    details BLOB,
+    PRIMARY KEY (program_id, node_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    program_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (program_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be used: the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ProgramRow:
+    """An accepted program. ``spec``: what it takes to build the program again (JSON data; its shape is the
+    caller's). ``state`` is ``running`` until a terminal state (``done``, ``failed``, ``cancelled``) is recorded;
+    times are unix seconds."""
+
+    id: str
+    kind: str  # "workflow" (a REST workflow) or "python" (a plait.Runtime program)
+    name: str
+    spec: Any
+    tenant: str | None = None
+    idempotency_key: str | None = None
+    request_digest: str | None = None
+    state: str = "running"
+    error: str | None = None
+    result: Any = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """What one node produced. ``state``: ``done`` (``value`` holds the output), ``failed`` (``error_kind`` and
+    ``error``), ``skipped`` (an input failed). ``position``: the order in which the node was added to its program;
+    ``signature``: what the call was (Python programs: checked on replay). ``details``: metadata, the generation
+    (prompt pieces and token ids) and the node's counters. ``order``: the commit order (set when read back)."""
+
+    node_id: str
+    position: int
+    state: str
+    value: Any = None
+    signature: str | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    order: int = 0
+
+
+@dataclass(frozen=True)
+class EventRow:
+    seq: int
+    kind: str
+    data: dict[str, Any]
+
+
+Operation = Callable[[sqlite3.Connection], None]
+
+
+class Journal:
+    """A journal file, open for this process. A write is queued when it is called (writes commit in call order);
+    those that return an awaitable resolve once durable and must be called in a running event loop (the one that
+    awaits them); ``write_event`` returns nothing. Reads see what has been committed. Thread-safe."""
+
+    def __init__(
+        self, path: str | Path, *, retain_finished_s: float | None = None, sweep_interval_s: float = 60.0
+    ) -> None:
+        """Open (or create) the journal at ``path``. ``retain_finished_s``: delete programs this long after they
+        finish (None: keep them). Raises ``JournalError`` when the file is not a journal, is damaged, is newer than
+        this version, or is in use by another process."""
+        self.path = Path(path)
+        self.retain_finished_s = retain_finished_s
+        self.sweep_interval_s = sweep_interval_s
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise JournalError(f"cannot create the journal's directory {self.path.parent}: {error}") from None
+        self._lock_fd = _lock(self.path)
+        try:
+            self._db = _connect(self.path)
+            self.boot = self._init_schema()
+            self._reader = _connect(self.path)
+        except BaseException as error:
+            os.close(self._lock_fd)
+            if isinstance(error, sqlite3.DatabaseError):
+                raise JournalError(
+                    f"{self.path} is not a usable plait journal (SQLite: {error}); move it away to start with an "
+                    "empty journal, or run without one (plait serve --no-journal)"
+                ) from None
+            raise
+        self._read_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[Operation | _WriterCall | None, _Waiter | None]] = queue.SimpleQueue()
+        self._closed = False
+        self._last_sweep = 0.0
+        self.transactions = 0  # write transactions committed by this process (each one fsync)
+        self.writes = 0  # writes they held (writes / transactions: how well commits are grouped)
+        self._thread = threading.Thread(target=self._write_loop, name="plait-journal", daemon=True)
+        self._thread.start()
+
+    # ---- writes ----------------------------------------------------------------------------------------------------
+
+    def accept(self, program: ProgramRow) -> Awaitable[None]:
+        """Record an accepted program (raises ``sqlite3.IntegrityError`` when its id, or its tenant's idempotency key,
+        is taken)."""
+        row = (
+            program.id,
+            program.kind,
+            program.tenant,
+            program.idempotency_key,
+            program.request_digest,
+            program.name,
+            _encode(program.spec),
+            program.created_at,
+        )
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO programs (id, kind, tenant, idempotency_key, request_digest, name, spec, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+        return self._commit(insert)
+
+    def record_outcome(self, program_id: str, outcome: OutcomeRow) -> Awaitable[None]:
+        """Record a node's outcome; a second outcome for the same node is refused (``IntegrityError``): a node has
+        at most one."""
+        row = (
+            program_id,
+            outcome.node_id,
+            outcome.position,
+            outcome.signature,
+            outcome.state,
+            _encode(outcome.value),
+            outcome.error_kind,
+            outcome.error,
+            _encode(outcome.details),
+        )
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO outcomes (program_id, node_id, position, signature, state, value, error_kind, error, "
+                "details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+        return self._commit(insert)
+
+    def add_nodes(self, program_id: str, seq: int, body: Any) -> Awaitable[None]:
+        """Record nodes added to an open program (``seq``: 1, 2, ... in the order they were added)."""
+        row = (program_id, seq, _encode(body))
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO additions (program_id, seq, body) VALUES (?, ?, ?)", row)
+
+        return self._commit(insert)
+
+    def finish(
+        self,
+        program_id: str,
+        state: str,
+        *,
+        error: str | None = None,
+        result: Any = None,
+        final_event: EventRow | None = None,
+    ) -> Awaitable[None]:
+        """Record a program's terminal state (and its final event, in the same transaction). Only the first terminal
+        state counts: a program ends once."""
+        finished_at = time.time()
+        encoded = _encode(result)
+        event = (
+            None if final_event is None else (program_id, final_event.seq, final_event.kind, _encode(final_event.data))
+        )
+
+        def update(db: sqlite3.Connection) -> None:
+            cursor = db.execute(
+                "UPDATE programs SET state = ?, error = ?, result = ?, finished_at = ? "
+                "WHERE id = ? AND finished_at IS NULL",
+                (state, error, encoded, finished_at, program_id),
+            )
+            if cursor.rowcount and event is not None:
+                db.execute("INSERT OR REPLACE INTO events (program_id, seq, kind, data) VALUES (?, ?, ?, ?)", event)
+
+        return self._commit(update)
+
+    def write_event(self, program_id: str, event: EventRow) -> None:
+        """Queue an event of a program's log (nothing waits for it; see the module's contract)."""
+        row = (program_id, event.seq, event.kind, _encode(event.data))
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO events (program_id, seq, kind, data) VALUES (?, ?, ?, ?)", row)
+
+        self._write(insert)
+
+    def _commit(self, operation: Operation) -> Awaitable[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._put(operation, _Waiter(loop, future))
+        return future
+
+    def _write(self, operation: Operation) -> None:
+        self._put(operation, None)
+
+    def _put(self, operation: Operation, waiter: _Waiter | None) -> None:
+        if self._closed:
+            raise JournalError(f"the journal {self.path} is closed")
+        self._queue.put((operation, waiter))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until everything queued so far is committed (from any thread but the event loop's, or in tests)."""
+        done = threading.Event()
+        self._put(lambda _db: None, _Waiter(None, None, done))
+        if not done.wait(timeout_s):
+            raise JournalError(f"the journal {self.path} did not commit within {timeout_s:g} s")
+
+    # ---- the writer thread -----------------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self.sweep_interval_s)
+            except queue.Empty:
+                self._maybe_sweep()
+                continue
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            writes: list[tuple[Operation, _Waiter | None]] = []
+            for operation, waiter in batch:
+                if isinstance(operation, _WriterCall) or operation is None:
+                    self._commit_batch(writes)  # what was queued before it is committed first
+                    writes = []
+                    if operation is None:  # close(): everything queued before it is committed
+                        if waiter is not None:
+                            waiter.settle(None)
+                        return
+                    operation.run()
+                else:
+                    writes.append((operation, waiter))
+            self._commit_batch(writes)
+            self._maybe_sweep()
+
+    def _commit_batch(self, batch: list[tuple[Operation, _Waiter | None]]) -> None:
+        """Commit ``batch`` as one transaction and tell its waiters. Writes rarely fail, so the batch runs without
+        savepoints first; when one fails, the batch is rolled back and run again with a savepoint per write, so the
+        failed write alone is left out (and its waiter alone gets the error)."""
+        if not batch:
+            return
+        self.transactions += 1
+        self.writes += len(batch)
+        try:
+            results = self._run_batch(batch, isolated=False)
+        except _WriteFailed:
+            results = self._run_batch(batch, isolated=True)
+        except Exception as error:  # the transaction itself failed (disk full, I/O error): nothing is durable
+            results = [JournalError(f"the journal {self.path} could not commit: {error}")] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
+        for (_, waiter), result in zip(batch, results, strict=True):
+            if waiter is None:
+                if result is not None:
+                    logger.error("journal write failed: %s", result)
+            elif waiter.loop is None:
+                waiter.settle(result)
+            else:
+                by_loop.setdefault(waiter.loop, []).append((waiter.future, result))  # type: ignore[arg-type]
+        for loop, settled in by_loop.items():  # one wake-up of each waiting event loop per batch
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_resolve_all, settled)
+
+    def _run_batch(
+        self, batch: list[tuple[Operation, _Waiter | None]], *, isolated: bool
+    ) -> list[BaseException | None]:
+        """Run and commit the writes; each one's error (``isolated``) or ``_WriteFailed`` at the first error."""
+        db = self._db
+        results: list[BaseException | None] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for operation, _ in batch:
+                if not isolated:
+                    try:
+                        operation(db)
+                    except Exception as error:  # find out which write, and keep the others: run it isolated
+                        raise _WriteFailed from error
+                    results.append(None)
+                    continue
+                db.execute("SAVEPOINT write")
+                try:
+                    operation(db)
+                except Exception as error:  # this write's failure: roll back this write only
+                    db.execute("ROLLBACK TO write")
+                    results.append(error)
+                else:
+                    results.append(None)
+                db.execute("RELEASE write")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
+        return results
+
+    def _maybe_sweep(self) -> None:
+        if self.retain_finished_s is None or time.monotonic() - self._last_sweep < self.sweep_interval_s:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            self._delete_finished_before(time.time() - self.retain_finished_s)
+        except Exception:  # retention is housekeeping: the next sweep tries again
+            logger.exception("journal retention sweep failed")
+
+    def _delete_finished_before(self, cutoff: float) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = [row[0] for row in db.execute("SELECT id FROM programs WHERE finished_at < ?", (cutoff,))]
+            for table in ("events", "outcomes", "additions"):
+                db.executemany(f"DELETE FROM {table} WHERE program_id = ?", [(i,) for i in ids])
+            db.executemany("DELETE FROM programs WHERE id = ?", [(i,) for i in ids])
+            db.execute("COMMIT")
+        except BaseException:
+            db.rollback()
+            raise
+        if ids:
+            db.execute("PRAGMA incremental_vacuum")
+        return len(ids)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete the programs that finished more than ``retain_finished_s`` before ``now`` (default: the current
+        time); returns how many. Runs on the writer thread, after the writes queued before it."""
+        if self.retain_finished_s is None:
+            return 0
+        cutoff = (time.time() if now is None else now) - self.retain_finished_s
+        call = _WriterCall(lambda: self._delete_finished_before(cutoff))
+        self._queue.put((call, None))
+        call.done.wait()
+        if isinstance(call.result, BaseException):
+            raise call.result
+        return call.result
+
+    # ---- reads -----------------------------------------------------------------------------------------------------
+
+    def program(self, program_id: str) -> ProgramRow | None:
+        rows = self._select(f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE id = ?", (program_id,))
+        return _program_row(rows[0]) if rows else None
+
+    def program_by_key(self, kind: str, tenant: str | None, idempotency_key: str) -> ProgramRow | None:
+        """The program a tenant submitted with ``idempotency_key``."""
+        rows = self._select(
+            f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE kind = ? AND tenant IS ? AND idempotency_key = ?",
+            (kind, tenant, idempotency_key),
+        )
+        return _program_row(rows[0]) if rows else None
+
+    def unfinished(self, kind: str) -> list[ProgramRow]:
+        """Accepted programs of ``kind`` without a terminal state, oldest first."""
+        rows = self._select(
+            f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE kind = ? AND finished_at IS NULL ORDER BY created_at, id",
+            (kind,),
+        )
+        return [_program_row(row) for row in rows]
+
+    def outcomes(self, program_id: str) -> list[OutcomeRow]:
+        """The program's node outcomes in commit order."""
+        rows = self._select(
+            "SELECT node_id, position, signature, state, value, error_kind, error, details, rowid FROM outcomes "
+            "WHERE program_id = ? ORDER BY rowid",
+            (program_id,),
+        )
+        return [
+            OutcomeRow(
+                node_id=row[0],
+                position=row[1],
+                signature=row[2],
+                state=row[3],
+                value=_decode(row[4]),
+                error_kind=row[5],
+                error=row[6],
+                details=_decode(row[7]) or {},
+                order=row[8],
+            )
+            for row in rows
+        ]
+
+    def additions(self, program_id: str) -> list[Any]:
+        """The node batches added to an open program, in order."""
+        rows = self._select("SELECT body FROM additions WHERE program_id = ? ORDER BY seq", (program_id,))
+        return [_decode(row[0]) for row in rows]
+
+    def events(self, program_id: str) -> list[EventRow]:
+        rows = self._select("SELECT seq, kind, data FROM events WHERE program_id = ? ORDER BY seq", (program_id,))
+        return [EventRow(row[0], row[1], _decode(row[2])) for row in rows]
+
+    def resume_seq(self) -> int:
+        """The first event id for programs resumed by this process: above every id an earlier process gave."""
+        return self.boot << BOOT_SEQ_SHIFT
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table and the file sizes in bytes (the database and its write-ahead log)."""
+        counts = {
+            table: self._select(f"SELECT COUNT(*) FROM {table}", ())[0][0]
+            for table in ("programs", "outcomes", "additions", "events")
+        }
+        for suffix, name in (("", "db_bytes"), ("-wal", "wal_bytes")):
+            file = Path(f"{self.path}{suffix}")
+            counts[name] = file.stat().st_size if file.exists() else 0
+        return counts
+
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
+
+    # ---- lifetime --------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and release the file. Idempotent."""
+        if self._closed:
+            return
+        done = threading.Event()
+        self._queue.put((None, _Waiter(None, None, done)))
+        self._closed = True
+        done.wait(30.0)
+        self._thread.join(30.0)
+        with self._read_lock:
+            self._reader.close()
+        self._db.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _init_schema(self) -> int:
+        """Create the tables (a new file) or check the version (an existing one); count this process's boot."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(version[0]) != SCHEMA_VERSION:
+                raise JournalError(
+                    f"{self.path} has journal schema version {version[0]}; this plait reads version {SCHEMA_VERSION} "
+                    "(use the plait that wrote it, or move the file away)"
+                )
+            row = db.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
+            boot = int(row[0]) + 1 if row is not None else 0
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (str(boot),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.rollback()
+            raise
+        return boot
+
+
+@dataclass
+class _Waiter:
+    """Who waits for a write: an asyncio future on its loop, or a thread on an event."""
+
+    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future[None] | None
+    event: threading.Event | None = None
+
+    def settle(self, error: BaseException | None) -> None:
+        if self.event is not None:
+            self.event.set()
+            return
+        assert self.loop is not None and self.future is not None
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(_resolve, self.future, error)
+
+
+@dataclass
+class _WriterCall:
+    """A function run on the writer thread outside any write transaction (a retention sweep)."""
+
+    function: Callable[[], Any]
+    result: Any = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        try:
+            self.result = self.function()
+        except Exception as error:
+            self.result = error
+        self.done.set()
+
+
+class _WriteFailed(Exception):
+    """A write of a batch run without savepoints failed: the batch runs again, one savepoint per write."""
+
+
+def _resolve_all(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, error in settled:
+        _resolve(future, error)
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+_PROGRAM_COLUMNS = (
+    "id, kind, name, spec, tenant, idempotency_key, request_digest, state, error, result, created_at, finished_at"
+)
+
+
+def _program_row(row: tuple[Any, ...]) -> ProgramRow:
+    return ProgramRow(
+        id=row[0],
+        kind=row[1],
+        name=row[2],
+        spec=_decode(row[3]),
+        tenant=row[4],
+        idempotency_key=row[5],
+        request_digest=row[6],
+        state=row[7],
+        error=row[8],
+        result=_decode(row[9]),
+        created_at=row[10],
+        finished_at=row[11],
+    )
+
+
+def _encode(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def _decode(blob: bytes | None) -> Any:
+    return None if blob is None else msgspec.json.decode(blob)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect on a new file only (before its first table)
+    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        db.close()
+        raise JournalError(f"{path}: SQLite refused WAL mode (got {mode!r}); put the journal on a local file system")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+    return db
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on ``<path>.lock`` for this process (the OS releases it when the process ends)."""
+    lock_path = Path(f"{path}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise JournalError(f"cannot open the journal's lock file {lock_path}: {error}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise JournalError(
+            f"the journal {path} is in use by process {holder}; each server needs its own data directory "
+            "(--data-dir) or stop the other one"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
