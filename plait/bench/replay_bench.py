@@ -106,6 +106,8 @@ def main(args: argparse.Namespace) -> int:
     programs = args.target_programs.split(",")
     if not programs or any(p not in ("explicit", "implicit") for p in programs) or len(set(programs)) < len(programs):
         return _fail(f"--target-programs: a comma-separated list of explicit, implicit; got {args.target_programs!r}")
+    if programs != ["explicit"] and args.target is None and not args.served:
+        return _fail("--target-programs applies to replays over HTTP: add --target or --served")
     if len(programs) > 1 and not args.served:
         return _fail("--target-programs with several entries needs --served (one plait-mode server per entry)")
     if args.baseline_first and args.compare != "baseline":

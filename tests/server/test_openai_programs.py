@@ -197,7 +197,7 @@ def test_calls_carry_the_program_and_its_priority(client: Any, monkeypatch: pyte
     _chat(client, [{"role": "user", "content": "ordered"}], program_id="ordered", priority=3)
     _chat(client, [{"role": "user", "content": "ordered again"}], program_id="ordered", priority=3)
     first, second = seen
-    assert first.program_id == second.program_id == "openai/default/ordered"
+    assert first.program_id == second.program_id and first.program_id.startswith("openai/")
     # Program FCFS: both calls carry the program's start as their virtual time.
     assert first.priority[0] == 3 and first.priority == second.priority
 
@@ -212,3 +212,75 @@ def test_the_dashboard_lists_and_draws_openai_programs(client: Any) -> None:
     assert "<svg" in page["timeline_svg"] and "<svg" in page["graph_svg"]
     trace = client.get(page["trace_url"]).json()
     assert {"decode: call_1", "tool: gap_0"} <= {event.get("name") for event in trace["traceEvents"]}
+
+
+def test_a_closed_program_is_not_joined_while_its_last_call_runs(client: Any) -> None:
+    from plait.server.errors import APIError
+    from plait.server.openai.program_registry import programs_of
+    from plait.server.openai.programs import CallShape
+
+    programs = programs_of(client.app.state.plait)
+    first = CallShape.of([{"role": "user", "content": "closing while running"}], None, None)
+    call = programs.begin_call("default", first)
+    call.finish(status=200, reply_text="ok")
+    follow_up = [*first.messages, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
+    running = programs.begin_call("default", CallShape.of(follow_up, None, None))
+    assert running.program is call.program
+    programs.close("default", call.program.program_id)
+    assert programs.begin_call("default", CallShape.of(follow_up, None, None)).program is not call.program
+    with pytest.raises(APIError, match="was closed"):  # its last call still runs
+        programs.get("default", call.program.program_id)
+    running.finish(status=200, reply_text="done")
+
+
+def test_repeated_calls_keep_the_index_exact_and_end_clean(client: Any) -> None:
+    from plait.server.openai.program_registry import programs_of
+    from plait.server.openai.programs import CallShape
+
+    programs = programs_of(client.app.state.plait)
+    shape = CallShape.of(None, "the same prompt, again and again " * 3, None)
+    program = None
+    for _ in range(6):  # identical calls: the continuation keys stay those of the latest calls
+        call = programs.begin_call("default", shape, program_id="repeating")
+        call.finish(status=200, reply_text=" and more")
+        program = call.program
+    assert program is not None and len(program.keys) == 2
+    longer = CallShape.of(None, shape.text + " and more, continued", None)
+    assert programs.begin_call("default", longer).program is program  # still recognised
+    programs.close_all()
+    assert programs._index._programs == {} and all(not lengths for lengths in programs._index._lengths.values())
+
+
+def test_a_new_program_whose_only_call_failed_ends_at_once(client: Any) -> None:
+    from plait.server.openai.program_registry import programs_of
+    from plait.server.openai.programs import CallShape
+
+    programs = programs_of(client.app.state.plait)
+    call = programs.begin_call("default", CallShape.of([{"role": "user", "content": "doomed"}], None, None))
+    call.finish(status=499)
+    assert call.program.state.value == "expired" and call.program.gap is None
+    assert call.program.planner_id not in client.app.state.plait.executor.planner._plans
+
+
+def test_a_reply_beside_tool_calls_matches_as_the_client_sends_it_back(client: Any) -> None:
+    from plait.server.openai.program_registry import programs_of
+    from plait.server.openai.programs import CallShape
+
+    programs = programs_of(client.app.state.plait)
+    messages = [{"role": "user", "content": "call twice"}]
+    calls = [{"name": "f", "arguments": {"x": 1}}, {"name": "f", "arguments": {"x": 2}}]
+    call = programs.begin_call("default", CallShape.of(messages, None, None))
+    call.finish(status=200, reply_text="\n", reply_calls=calls)  # the newline between two parallel calls
+    echoed = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
+                       {"id": "c2", "type": "function", "function": {"name": "f", "arguments": '{"x":2}'}}],
+    }  # fmt: skip
+    follow_up = [*messages, echoed, {"role": "tool", "tool_call_id": "c1", "content": "1"}]
+    chain_key = (
+        "chat",
+        hash((hash((0, ("user", "call twice", ()))), ("assistant", "", (("f", '{"x":1}'), ("f", '{"x":2}'))))),
+    )
+    assert chain_key in call.program.keys
+    assert programs.begin_call("default", CallShape.of(follow_up, None, None)).program is call.program

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from plait.server.openai.programs import OpenAIPrograms
 from plait.server.state import ServerState
 
+logger = logging.getLogger("plait.server")
 _KEY = "openai_programs"
 _SWEEP_KEY = "openai_programs_sweep"
 _MAX_SWEEP_S = 5.0
@@ -33,7 +35,10 @@ async def _sweep(programs: OpenAIPrograms) -> None:
     interval = min(_MAX_SWEEP_S, programs.idle_timeout_s / 4)
     while True:
         await asyncio.sleep(interval)
-        programs.expire_idle()
+        try:
+            programs.expire_idle()
+        except Exception:  # a bug here must not stop the sweep: idle programs would never end
+            logger.exception("ending idle OpenAI-API programs failed")
 
 
 def close_programs(state: ServerState) -> None:

@@ -76,7 +76,8 @@ def _message_key(message: dict[str, Any]) -> tuple[Any, ...]:
     if isinstance(content, list):
         content = "".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
     calls = tuple(_call_key(call) for call in message.get("tool_calls") or ())
-    return (role, content or "", calls)
+    # Compared stripped: a reply is sent back stripped (or null beside tool calls) by the clients that echo it.
+    return (role, (content or "").strip(), calls)
 
 
 def _call_key(call: Any) -> tuple[str, str]:
@@ -148,12 +149,21 @@ class ContinuationIndex:
         self._lengths: dict[tuple[str, str], dict[int, int]] = {}  # (tenant, kind) -> length -> live keys
 
     def add(self, tenant: str, key: Any, program: ConversationProgram) -> None:
+        """``key`` now leads to ``program``; a program it led to before loses it (the latest call wins)."""
+        previous = self._programs.get((tenant, key))
+        program.keys.pop(key, None)
+        program.keys[key] = None  # the program's newest key
+        if previous is program:
+            return
+        if previous is not None:
+            previous.keys.pop(key, None)
         self._programs[(tenant, key)] = program
-        if key[0] != "chat":
+        if previous is None and key[0] != "chat":
             lengths = self._lengths.setdefault((tenant, key[0]), {})
             lengths[key[1]] = lengths.get(key[1], 0) + 1
 
     def remove(self, tenant: str, key: Any, program: ConversationProgram) -> None:
+        program.keys.pop(key, None)
         if self._programs.get((tenant, key)) is not program:
             return
         del self._programs[(tenant, key)]
@@ -169,7 +179,7 @@ class ContinuationIndex:
             chain = _message_chain(shape.messages)
             for running in reversed(chain[:-1]):  # a strict prefix: the call adds at least one message
                 program = self._programs.get((tenant, ("chat", running)))
-                if program is not None:
+                if program is not None and program.state is ProgramState.OPEN:
                     return program
             return None
         kind, value = ("text", shape.text) if shape.text is not None else ("ids", shape.token_ids or ())
@@ -177,7 +187,7 @@ class ContinuationIndex:
             if length >= len(value):
                 continue
             program = self._programs.get((tenant, (kind, length, hash(value[:length]))))
-            if program is not None:
+            if program is not None and program.state is ProgramState.OPEN:
                 return program
         return None
 
@@ -205,7 +215,8 @@ class CallLog:
 
 @dataclass
 class ConversationProgram:
-    """One program of OpenAI calls. ``planner_id`` is its id in the planner and the engine (tenant-qualified)."""
+    """One program of OpenAI calls. ``planner_id`` is its id in the planner and the engine (unique per program, so
+    no two tenants' or two lifetimes' programs share planner state)."""
 
     program_id: str
     tenant: str
@@ -221,7 +232,8 @@ class ConversationProgram:
     records: dict[str, NodeRecord] = field(default_factory=dict)  # every call's and gap's record, by node id
     gap: tuple[ToolCall, NodeRecord] | None = None  # the open gap and its record
     next_call: LLMCall | None = None  # the placeholder after the open gap
-    keys: list[Any] = field(default_factory=list)
+    # Its continuation keys in the index, oldest first (an ordered set): those of its latest calls only.
+    keys: dict[Any, None] = field(default_factory=dict)
     tool_gaps: int = 0
 
     def summary(self) -> dict[str, Any]:
@@ -240,7 +252,8 @@ class ConversationProgram:
 
 @dataclass
 class ProgramCall:
-    """One call's place in its program: the node it runs as. ``finish`` is called exactly once, when it ends."""
+    """One call's place in its program: the node it runs as. ``finish`` ends it (idempotent: only the first call
+    counts)."""
 
     programs: OpenAIPrograms
     program: ConversationProgram
@@ -318,7 +331,9 @@ class OpenAIPrograms:
     def _start(self, tenant: str, program_id: str, origin: ProgramOrigin, user_priority: float) -> ConversationProgram:
         workflow = Workflow(f"openai-{program_id}")
         workflow.add_input("conversation", "")
-        program = ConversationProgram(program_id, tenant, origin, f"openai/{tenant}/{program_id}", workflow)
+        # The planner's id is the program's own (an id that expires and starts again is a new program there).
+        planner_id = f"openai/{secrets.token_hex(8)}"
+        program = ConversationProgram(program_id, tenant, origin, planner_id, workflow)
         self._programs[(tenant, program_id)] = program
         self.planner.program_started(program.planner_id, workflow, user_priority=user_priority)
         return program
@@ -390,10 +405,14 @@ class OpenAIPrograms:
         if status == 200:
             for key in call.shape.continuation_keys(reply_text, reply_calls, reply_ids):
                 self._index.add(program.tenant, key, program)
-                program.keys.append(key)
-            for key in program.keys[: -2 * _KEYS_KEPT]:
+            for key in list(program.keys)[: -2 * _KEYS_KEPT]:
                 self._index.remove(program.tenant, key, program)
-            del program.keys[: -2 * _KEYS_KEPT]
+        elif not program.keys and not program.running:
+            # A program whose calls all failed: no client can continue it implicitly, and one that named it gets a
+            # new one on its next call. Holding a gap (a pin, a reservation) for it would only keep memory from others.
+            program.state = ProgramState.EXPIRED
+            self._end(program, now)
+            return
         if not program.running:
             tool = call.gap_tool_hint or _gap_tool(reply_calls)
             self._open_gap(program, node, tool)
@@ -422,6 +441,8 @@ class OpenAIPrograms:
         running finish; the program ends with the last of them."""
         program = self.get(tenant, program_id)
         program.state = ProgramState.CLOSED
+        for key in list(program.keys):  # nothing joins it from now on, even while its last calls run
+            self._index.remove(tenant, key, program)
         self._closed[(tenant, program_id)] = None
         while len(self._closed) > _CLOSED_REMEMBERED:
             self._closed.popitem(last=False)
@@ -455,9 +476,8 @@ class OpenAIPrograms:
         self._ended[(program.tenant, program.program_id)] = program
         while len(self._ended) > ENDED_HISTORY:
             self._ended.popitem(last=False)
-        for key in program.keys:
+        for key in list(program.keys):
             self._index.remove(program.tenant, key, program)
-        program.keys.clear()
         if program.gap is not None:
             gap, record = program.gap
             record.finish(NodeState.CANCELLED)  # the next call never came: no duration to learn
@@ -471,6 +491,8 @@ class OpenAIPrograms:
         """The tenant's open program ``program_id`` (or, with ``ended``, one that ended recently); ``APIError`` 404
         otherwise."""
         program = self._programs.get((tenant, program_id))
+        if program is not None and program.state is not ProgramState.OPEN and not ended:
+            program = None  # closed, its last calls still running
         if program is None and ended:
             program = self._ended.get((tenant, program_id))
         if program is None:

@@ -63,7 +63,10 @@ def test_compare_baseline_writes_json_report_and_ratios(tmp_path, capsys):
         (["--format", "azure"], "columns"),  # a JSONL trace read as CSV
         (["--format", "mooncake", "--start", "1000"], "span"),  # an empty slice
         (["--format", "mooncake", "--time-scale", "0"], "time_scale"),
-        (["--format", "mooncake", "--compare", "baseline", "--target", "http://127.0.0.1:9"], "in-process"),
+        (["--format", "mooncake", "--compare", "baseline", "--target", "http://127.0.0.1:9"], "--served"),
+        (["--format", "mooncake", "--served", "--target", "http://127.0.0.1:9"], "give one of them"),
+        (["--format", "mooncake", "--target-programs", "implicit,sometimes"], "--target-programs"),
+        (["--format", "mooncake", "--target-programs", "implicit"], "--target or --served"),
         (["--format", "mooncake", "--target", "http://127.0.0.1:9"], "cannot reach"),
         (["--format", "mooncake", "--baseline-first"], "--compare baseline"),
     ],
