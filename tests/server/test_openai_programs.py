@@ -284,3 +284,19 @@ def test_a_reply_beside_tool_calls_matches_as_the_client_sends_it_back(client: A
     )
     assert chain_key in call.program.keys
     assert programs.begin_call("default", CallShape.of(follow_up, None, None)).program is call.program
+
+
+def test_a_stateless_responses_client_joins_the_program_its_conversation_continues(client: Any) -> None:
+    body = {"model": "default", "input": "stateless hello", "max_output_tokens": 3, "temperature": 0}
+    first = client.post("/v1/responses", json=body)
+    assert first.status_code == 200, first.text
+    assert first.headers[HEADER] == first.json()["id"]  # a new chain's program is named after its response
+    said = first.json()["output"][0]["content"][0]["text"]
+    again = [
+        {"role": "user", "content": "stateless hello"},
+        {"role": "assistant", "content": said},
+        {"role": "user", "content": "and then?"},
+    ]
+    second = client.post("/v1/responses", json={**body, "input": again, "store": False})
+    assert second.status_code == 200, second.text
+    assert second.headers[HEADER] == first.headers[HEADER]

@@ -311,9 +311,12 @@ class OpenAIPrograms:
         ignore_eos: bool = False,
         user_priority: float = 0.0,
         program_field: str = "program_id",
+        new_program_id: str | None = None,
     ) -> ProgramCall:
-        """Join (or start) the call's program and start its node in the planner. Raises ``APIError`` 409 naming
-        ``program_field`` when ``program_id`` names a program that was closed."""
+        """Join (or start) the call's program and start its node in the planner. Without ``program_id``, a call that
+        continues none starts a program named ``new_program_id`` (default: a random id) of origin ``origin`` when
+        that is given as ``RESPONSES``, else ``NEW``. Raises ``APIError`` 409 naming ``program_field`` when
+        ``program_id`` names a program that was closed."""
         self.expire_idle()
         program = None
         if program_id is not None:
@@ -323,7 +326,9 @@ class OpenAIPrograms:
         else:
             program = self._index.find(tenant, shape)
             if program is None:
-                program = self._start(tenant, f"prog_{secrets.token_hex(8)}", ProgramOrigin.NEW, user_priority)
+                new_id = new_program_id or f"prog_{secrets.token_hex(8)}"
+                new_origin = origin if origin is ProgramOrigin.RESPONSES else ProgramOrigin.NEW
+                program = self._start(tenant, new_id, new_origin, user_priority)
             elif program.origin is ProgramOrigin.NEW:
                 program.origin = ProgramOrigin.IMPLICIT  # a later call recognised it
         return self._start_call(program, shape, max_tokens, ignore_eos)

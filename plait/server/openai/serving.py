@@ -47,6 +47,7 @@ class ProgramRequest:
     # The conversation as the client sent it (chat): continuations are recognised on it, not on the rendering (which
     # depends on the request's tools and tool choice).
     messages: list[dict[str, Any]] | None = None
+    new_program_id: str | None = None  # the name of the program it starts when it names none and continues none
 
     @classmethod
     def of(
@@ -151,6 +152,7 @@ def _join_program(
         ignore_eos=plan.sampling.ignore_eos,
         user_priority=plan.priority,
         program_field=program.field,
+        new_program_id=program.new_program_id,
     )
     hints = program.kv_hints
     if hints is not None:

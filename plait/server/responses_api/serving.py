@@ -9,8 +9,10 @@ A request's life:
 2. The whole conversation is planned as a chat completion (``translation``) and started by the chat API's
    ``start_generation``, so checks, admission, tool parsing and grammars are the chat API's, with errors naming the
    Responses fields.
-3. Its program: a chain of responses is one agent program. The first response of a chain starts one named after its
-   response id (or joins the ``program_id`` / ``X-Plait-Program-Id`` it names); each later response joins its
+3. Its program: a chain of responses is one agent program. The first response of a chain joins the
+   ``program_id`` / ``X-Plait-Program-Id`` it names, else the program its conversation continues (a stateless
+   client resending the whole conversation), else starts one named after its response id; each later response
+   joins its
    chain's program (``ProgramOrigin.RESPONSES``), so the planner orders the chain's calls as one program and keeps
    its KV across the gaps between them. The response's engine request id is its response id.
 4. The output is rendered whole or as events (``output``, ``stream``). A response that ended well is stored before
@@ -104,7 +106,8 @@ def _program(
     if previous is None:
         if named.program_id is not None:
             return named
-        return ProgramRequest(response_id, ProgramOrigin.RESPONSES, kv_hints=hints, messages=sent)
+        # A stateless client resends the whole conversation: it joins the program it continues, if any.
+        return ProgramRequest(None, ProgramOrigin.RESPONSES, kv_hints=hints, messages=sent, new_program_id=response_id)
     if named.program_id is not None and named.program_id != previous.program_id:
         message = f"differs from the program of previous_response_id ('{previous.program_id}'); leave it out"
         raise APIError(400, message, field=named.field)
