@@ -245,8 +245,9 @@ class Admission:
 
     def reserved_against(self, seq: Sequence) -> int:
         """Slots reserved for the next calls of programs waiting on tools that ``seq`` would go after, at most the
-        pin budget's fraction of the pool (as pins are): whatever the programs waiting on tools hold back, new work
-        keeps the rest. None while nothing runs: an idle engine does not wait for calls that are not there yet."""
+        pin budget (``pin_budget_fraction`` of the pool, as for pins; 0 turns reservations off too): whatever the
+        programs waiting on tools hold back, new work keeps the rest. None while nothing runs: an idle engine does not
+        wait for calls that are not there yet."""
         if not self.running or not len(self.reservations):
             return 0
         held = self.reservations.held_against(seq.sort_key[0], seq.program_id)
