@@ -116,3 +116,36 @@ def tiny_test_client() -> Iterator[Any]:
             yield test_client
     finally:
         state.engine.close()
+
+
+# ---- the OpenAI-compatible API's tests (test_openai_api.py, test_responses_api.py) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(live_server, api_key_a) -> Any:
+    """The official ``openai`` client on ``live_server`` as tenant ``a`` (no retries)."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key=api_key_a, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(live_server, api_key_a) -> Iterator[Any]:
+    """An httpx client on ``live_server`` as tenant ``a``."""
+    import httpx
+
+    with httpx.Client(base_url=live_server.base_url, headers=live_server.headers(api_key_a), timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model_id(http) -> str:
+    """The served model's id."""
+    return http.get("/v1/models").json()["data"][0]["id"]
+
+
+def assert_released(state: Any) -> None:
+    """Nothing left running in the engine and no tenant reservation held (after a test's requests ended)."""
+    stats = wait_engine_idle(state)
+    assert (stats.running, stats.waiting, stats.kv_slots_used) == (0, 0, 0)
+    assert all(v == (0, 0) for v in wait_tenants_released(state).values())

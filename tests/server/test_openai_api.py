@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import jsonschema
 import openai
 import pytest
 
-from tests.server.conftest import wait_engine_idle, wait_tenants_released
+from tests.server.conftest import assert_released, wait_engine_idle
 
 CHAT = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "Say hello in three words."}]
@@ -54,29 +53,10 @@ SEARCH = {
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, SEARCH)}
 
 
-@pytest.fixture(scope="module")
-def client(live_server, api_key_a) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key=api_key_a, max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def http(live_server, api_key_a):
-    with httpx.Client(base_url=live_server.base_url, headers=live_server.headers(api_key_a), timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model_id(http) -> str:
-    return http.get("/v1/models").json()["data"][0]["id"]
-
-
 @pytest.fixture(autouse=True)
 def _released(live_server):
-    """After every test: nothing left running in the engine, no tenant reservation held."""
     yield
-    stats = wait_engine_idle(live_server.state)
-    assert (stats.running, stats.waiting, stats.kv_slots_used) == (0, 0, 0)
-    assert all(v == (0, 0) for v in wait_tenants_released(live_server.state).values())
+    assert_released(live_server.state)
 
 
 def sse_events(lines) -> list:

@@ -12,7 +12,6 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import jsonschema
 import openai
 import pytest
@@ -23,7 +22,7 @@ from plait.server.openai.protocol import ChatMessage
 from plait.server.responses_api.output import ResponseOutput
 from plait.server.responses_api.protocol import ResponseCreateRequest
 from plait.server.responses_api.store import ResponseStore, StoredResponse
-from tests.server.conftest import wait_engine_idle, wait_tenants_released
+from tests.server.conftest import assert_released
 
 HEADER = "X-Plait-Program-Id"
 WEATHER = {
@@ -50,33 +49,14 @@ PERSON = {
 
 
 @pytest.fixture(scope="module")
-def client(live_server, api_key_a) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key=api_key_a, max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
 def client_b(live_server, api_key_b) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key=api_key_b, max_retries=0, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def http(live_server, api_key_a):
-    with httpx.Client(base_url=live_server.base_url, headers=live_server.headers(api_key_a), timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model_id(http) -> str:
-    return http.get("/v1/models").json()["data"][0]["id"]
-
-
 @pytest.fixture(autouse=True)
 def _released(live_server):
-    """After every test: nothing left running in the engine, no tenant reservation held."""
     yield
-    stats = wait_engine_idle(live_server.state)
-    assert (stats.running, stats.waiting, stats.kv_slots_used) == (0, 0, 0)
-    assert all(v == (0, 0) for v in wait_tenants_released(live_server.state).values())
+    assert_released(live_server.state)
 
 
 def _create(client: openai.OpenAI, model_id: str, **kwargs: Any) -> tuple[Any, str]:
