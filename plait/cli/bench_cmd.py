@@ -12,6 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         cache_bench,
         engine_bench,
         grammar_bench,
+        journal_bench,
         replay_bench,
         replay_report_cmd,
         serve_load,
@@ -26,5 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     workflow_bench.register(benches)
     replay_bench.register(benches)
     replay_report_cmd.register(benches)
+    journal_bench.register(benches)
     soak.register(benches)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)

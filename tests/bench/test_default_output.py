@@ -25,7 +25,7 @@ def test_the_default_is_under_the_working_directory(tmp_path, monkeypatch) -> No
     assert json.loads(written.read_text())["rows"] == []
 
 
-@pytest.mark.parametrize("bench", ["engine", "cache", "grammar", "serve-load", "workflow", "replay", "soak"])
+@pytest.mark.parametrize("bench", ["engine", "cache", "grammar", "serve-load", "workflow", "replay", "soak", "journal"])
 def test_every_bench_defaults_its_output_and_says_where(bench: str) -> None:
     parser = build_parser()
     benches = next(a for a in parser._subparsers._group_actions if "bench" in a.choices).choices["bench"]
