@@ -24,6 +24,7 @@ MAX_TOP_LOGPROBS = 20
 MAX_TOKENS_BOUND = 1 << 20  # a bound for the schema; the real cap is the model's context window
 MAX_TOOLS = 128
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+PROGRAM_ID_PATTERN = r"^[\x20-\x7e]{1,256}$"  # what a header value can carry as is
 
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
@@ -206,9 +207,9 @@ class _GenerationRequest(_Tolerant):
     # plait extensions
     program_id: str | None = Field(
         None,
-        min_length=1,
-        max_length=256,
-        description="plait: the agent program this call belongs to, for program-level scheduling and KV reuse.",
+        pattern=PROGRAM_ID_PATTERN,
+        description="plait: the agent program this call belongs to (1 to 256 printable ASCII characters; it is "
+        "returned in the `X-Plait-Program-Id` header), for program-level scheduling and KV reuse.",
     )
     deadline_s: float | None = Field(
         None,

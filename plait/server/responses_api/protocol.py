@@ -18,11 +18,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from plait.server.openai.kv_hints import KVHintsEnvelope
-from plait.server.openai.protocol import MAX_TOKENS_BOUND, MAX_TOOLS, FunctionName
+from plait.server.openai.protocol import MAX_TOKENS_BOUND, MAX_TOOLS, PROGRAM_ID_PATTERN, FunctionName
 
 MAX_ID_CHARS = 256
 MAX_METADATA_PAIRS = 16  # OpenAI's bound
-PROGRAM_ID_PATTERN = r"^[\x20-\x7e]{1,256}$"  # what a header value can carry as is
 
 ResponseStatus = Literal["completed", "incomplete", "in_progress", "failed"]
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
