@@ -23,6 +23,7 @@ from starlette.background import BackgroundTask
 from plait.server.errors import error_body
 from plait.server.openai.generation import Generation, GenerationFailed, SampleUpdate
 from plait.server.openai.responses import dump
+from plait.server.sse_data import one_line_json
 
 logger = logging.getLogger("plait.server")
 DONE = b"data: [DONE]\n\n"
@@ -37,7 +38,7 @@ class Output(Protocol):
 
 def sse(payload: BaseModel | dict[str, Any]) -> bytes:
     body = dump(payload) if isinstance(payload, BaseModel) else payload
-    return b"data: " + json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + one_line_json(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()) + b"\n\n"
 
 
 class EventStream:

@@ -26,13 +26,14 @@ from starlette.background import BackgroundTask
 from plait.server.openai.generation import Generation, GenerationFailed, SampleUpdate
 from plait.server.openai.stream import CLIENT_CLOSED
 from plait.server.responses_api.output import ResponseOutput
+from plait.server.sse_data import one_line_json
 
 logger = logging.getLogger("plait.server")
 
 
 def sse_event(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    data = one_line_json(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
+    return b"event: %s\ndata: %s\n\n" % (event["type"].encode(), data)
 
 
 class ResponseEventStream:

@@ -35,6 +35,7 @@ import msgspec
 
 from plait.dag import LLMCall
 from plait.runtime.program_execution import ProgramEvent
+from plait.server.sse_data import one_line_json
 from plait.server.workflows.client_tools import PendingToolCall
 from plait.server.workflows.views import final_event_data, jsonable, node_finished_data
 
@@ -53,7 +54,7 @@ class LoggedEvent:
 
     def sse(self) -> bytes:
         """The event as a server-sent-events message."""
-        payload = msgspec.json.encode(jsonable(self.data))
+        payload = one_line_json(msgspec.json.encode(jsonable(self.data)))
         return b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.kind.encode(), payload)
 
 
