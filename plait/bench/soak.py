@@ -36,6 +36,7 @@ from plait.bench.serve_load import percentile, wait_idle
 from plait.bench.serve_process import ServeProcess, engine_flags, serve_options
 from plait.bench.soak_load import SCHEDULE, HttpLog, Kind, LoadSettings, Operation, SoakClient, run_load
 from plait.bench.soak_monitor import Monitor, Sample, plot_samples
+from plait.bench.soak_report import count, print_tables, ratio
 from plait.bench.soak_tools import TOOL_NAMES, TOOLS_SPEC
 from plait.bench.soak_trend import (
     MAX_RSS_SLOPE_MIB_PER_H,
@@ -318,8 +319,8 @@ def invariants(run: SoakRun, rss: RssTrend, journal: JournalTrend, *, started_se
         Invariant(
             "KV back to 0",
             bool(idle.get("idle")),
-            f"KV {_ratio(idle.get('kv_usage_ratio'))}, requests running {_count(idle.get('running'))}, waiting "
-            f"{_count(idle.get('waiting'))}, programs running {_count(idle.get('running_programs'))} after "
+            f"KV {ratio(idle.get('kv_usage_ratio'))}, requests running {count(idle.get('running'))}, waiting "
+            f"{count(idle.get('waiting'))}, programs running {count(idle.get('running_programs'))} after "
             f"{run.idle_wait_s:.1f} s",
             "KV 0; no request running or waiting, no program running",
         ),
@@ -473,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for operation in [o for o in result.operations if not o.ok][:10]:
         console.print(f"[yellow]unexpected[/yellow] {operation.kind} #{operation.index}: {operation.error[:500]}")
-    _print_tables(report, print_table)
+    print_tables(report, print_table)
     failed = [check for check in report["invariants"] if not check["ok"]]
     if failed:
         console.print("[red]soak FAILED[/red]: " + "; ".join(f"{c['name']} ({c['measured']})" for c in failed))
@@ -601,80 +602,6 @@ def _report(
     }
 
 
-def _print_tables(report: dict[str, Any], print_table: Any) -> None:
-    rows = []
-    for kind, k in report["kinds"].items():
-        outcomes = ", ".join(f"{name} {count}" for name, count in sorted(k["outcomes"].items())) or "-"
-        statuses = ", ".join(f"{status}: {count}" for status, count in k["statuses"].items()) or "-"
-        rows.append(
-            [
-                kind,
-                k["operations"],
-                k["unexpected"],
-                outcomes,
-                statuses,
-                _seconds(k["latency_p50_s"]),
-                _seconds(k["latency_p99_s"]),
-                _seconds(k["latency_max_s"]),
-            ]
-        )
-    params = report["params"]
-    print_table(
-        f"soak: {params['minutes']:g} min, {params['clients']} clients, {report['operations']} operations, "
-        f"every HTTP status {report['statuses']}",
-        ["kind", "ops", "unexpected", "outcomes", "HTTP statuses", "p50", "p99", "max"],
-        rows,
-    )
-    rss, journal = report["rss"], report["journal"]
-    measures = [
-        ["RSS (MiB)", _mib(rss["first_mib"]), _mib(rss["last_mib"]), _mib(rss["peak_mib"]), _slope(rss)],
-        [
-            "KV in use",
-            "-",
-            _ratio(report["kv"]["after"].get("kv_usage_ratio")),
-            _ratio(report["kv"]["peak_usage_ratio"]),
-            "-",
-        ],
-        [
-            "journal (MiB)",
-            _mib(journal["first_bytes"] / MIB if journal["first_bytes"] is not None else None),
-            _mib(journal["last_bytes"] / MIB if journal["last_bytes"] is not None else None),
-            _mib(journal["peak_bytes"] / MIB if journal["peak_bytes"] is not None else None),
-            f"{journal['slope_mib_per_h']:+.1f} MiB/h" if journal["slope_mib_per_h"] is not None else "-",
-        ],
-    ]
-    print_table("soak: resources (first, last, peak sample)", ["measure", "first", "last", "peak", "slope"], measures)
-    print_table(
-        "soak: invariants",
-        ["invariant", "result", "measured", "rule"],
-        [[c["name"], "ok" if c["ok"] else "FAILED", c["measured"], c["rule"]] for c in report["invariants"]],
-    )
-
-
 def _cleanup(temporary: Path | None) -> None:
     if temporary is not None:
         shutil.rmtree(temporary, ignore_errors=True)
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def _mib(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
-
-
-def _count(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _slope(rss: dict[str, Any]) -> str:
-    if rss.get("slope_mib_per_h") is None:
-        return "-"
-    return f"{rss['slope_mib_per_h']:+.1f} ± {rss['slope_stderr_mib_per_h']:.1f} MiB/h"

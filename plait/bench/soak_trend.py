@@ -16,7 +16,7 @@ from typing import Any
 
 MIB = 1024 * 1024
 MIN_SAMPLES = 5  # fewest samples a trend is computed from
-MIN_WINDOW_S = 60.0  # shortest measured window a verdict is drawn from
+MIN_WINDOW_S = 60.0  # a trend is judged only over a window at least this long (shorter: inconclusive)
 # Default RSS threshold: 32 MiB per hour is 16 MiB over a 30-minute soak; a leak of 1 KiB per operation at 10
 # operations per second (35 MiB/h) is above it.
 MAX_RSS_SLOPE_MIB_PER_H = 32.0
