@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,6 +51,13 @@ class ServeProcess:
     """One ``plait serve`` subprocess. ``start`` returns once it listens; ``wait_ready`` once the model is loaded."""
 
     def __init__(self, flags: list[str], cwd: Path | None = None) -> None:
+        """Without ``--data-dir`` or ``--no-journal`` in ``flags`` the server journals into a temporary data directory
+        of its own, deleted on ``stop``: it resumes nothing from an earlier run and never shares a journal with another
+        server."""
+        self.temporary_data_dir: Path | None = None
+        if "--data-dir" not in flags and "--no-journal" not in flags and "--data-dir" in serve_options():
+            self.temporary_data_dir = Path(tempfile.mkdtemp(prefix="plait-serve-"))
+            flags = [*flags, "--data-dir", str(self.temporary_data_dir)]
         self.command = [sys.executable, "-m", "plait", "serve", "--host", "127.0.0.1", "--port", "0", *flags]
         self.cwd = cwd
         self.process: subprocess.Popen[str] | None = None
@@ -113,6 +122,9 @@ class ServeProcess:
                 self.process.wait(timeout=30)
         if self._reader is not None:
             self._reader.join(timeout=10)
+        if self.temporary_data_dir is not None:
+            shutil.rmtree(self.temporary_data_dir, ignore_errors=True)
+            self.temporary_data_dir = None
         return self.process.returncode
 
     def _read(self) -> None:

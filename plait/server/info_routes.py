@@ -2,11 +2,14 @@
 
 The engine settings are the effective ones (``auto`` resolved) and the engine policy is the one the engine schedules
 under now, read from the engine itself; a test compares it with the plan the server was started with, so a plan
-that is not applied shows here.
+that is not applied shows here. ``counters`` are the engine's running totals (``EngineStats``) and the planner's
+(``Planner.stats``) since the server started: a benchmark's difference of two readings is its own (``plait bench replay
+--target`` reports them beside its own numbers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -19,7 +22,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get(
     "/server_info",
-    summary="The effective engine settings, engine policy, planner features, model, version and device",
+    summary="The effective engine settings, engine policy, planner features, model, version, device and counters",
     responses={401: {"description": "missing or unknown API key"}, 503: {"description": "the engine is loading"}},
 )
 async def server_info(request: Request, tenant: Annotated[Tenant, Depends(current_tenant)]) -> dict[str, Any]:
@@ -40,6 +43,7 @@ async def server_info(request: Request, tenant: Annotated[Tenant, Depends(curren
             "summary": plan.describe(),
         },
         "tenant": tenant.name,
+        "counters": {"engine": dataclasses.asdict(state.engine.stats()), "planner": state.executor.planner.stats()},
     }
 
 

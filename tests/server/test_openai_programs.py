@@ -202,6 +202,35 @@ def test_calls_carry_the_program_and_its_priority(client: Any, monkeypatch: pyte
     assert first.priority[0] == 3 and first.priority == second.priority
 
 
+def test_a_call_ends_the_reservation_made_for_it(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gap after a call reserves memory for the program's next call, keyed by that call's node; the next call's
+    engine request names the same node, so admitting it ends the reservation (otherwise it would hold memory from
+    every other program's admissions until its TTL)."""
+    from plait.engine.commands import Reserve
+
+    state = client.app.state.plait
+    requests, reserves = [], []
+    generate, send = state.engine.generate, state.engine.send
+
+    def spy_generate(request: Any) -> Any:
+        requests.append(request)
+        return generate(request)
+
+    def spy_send(command: Any) -> None:
+        if isinstance(command, Reserve):
+            reserves.append(command)
+        send(command)
+
+    monkeypatch.setattr(state.engine, "generate", spy_generate)
+    monkeypatch.setattr(state.engine, "send", spy_send)
+    messages = [{"role": "user", "content": "a reserved conversation " * 6}]
+    reply = _chat(client, messages, program_id="reserving").json()["choices"][0]["message"]
+    assert reserves, "the gap reserved nothing for the next call"
+    _chat(client, [*messages, reply, {"role": "user", "content": "go on"}], program_id="reserving")
+    reserve, second = reserves[0], requests[1]
+    assert (second.program_id, second.call_id) == (reserve.program_id, reserve.call_id)
+
+
 def test_the_dashboard_lists_and_draws_openai_programs(client: Any) -> None:
     _chat(client, [{"role": "user", "content": "drawn"}], program_id="drawn")
     _chat(client, [{"role": "user", "content": "drawn again"}], program_id="drawn")
@@ -300,3 +329,43 @@ def test_a_stateless_responses_client_joins_the_program_its_conversation_continu
     second = client.post("/v1/responses", json={**body, "input": again, "store": False})
     assert second.status_code == 200, second.text
     assert second.headers[HEADER] == first.headers[HEADER]
+
+
+def test_identical_deterministic_calls_of_one_tenant_run_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's dedup on the OpenAI API: a temperature-0 call identical to one of the same tenant that ran is
+    answered from it (same reply, no engine request); another tenant's identical call runs on its own, and so does a
+    sampled one."""
+    from fastapi.testclient import TestClient
+
+    from plait.engine import EngineConfig
+    from plait.server import ServerConfig, create_app
+    from plait.server.app import build_state
+    from tests.conftest import TINY
+
+    state = build_state(ServerConfig(api_keys={"key-a": "a", "key-b": "b"}), EngineConfig(**TINY))
+    try:
+        with TestClient(create_app(state)) as client:
+            submitted = []
+            generate = state.engine.generate
+
+            def spy(request: Any) -> Any:
+                submitted.append(request)
+                return generate(request)
+
+            monkeypatch.setattr(state.engine, "generate", spy)
+            messages = [{"role": "user", "content": "the same question, asked twice " * 4}]
+
+            def ask(key: str, **extra: Any) -> str:
+                headers = {"Authorization": f"Bearer {key}"}
+                return _chat(client, messages, headers=headers, max_tokens=6, **extra).json()["choices"][0]["message"]
+
+            first = ask("key-a")
+            assert ask("key-a") == first and len(submitted) == 1  # answered from the first call
+            ask("key-b")
+            assert len(submitted) == 2  # another tenant's call is its own
+            ask("key-a", temperature=0.8, seed=1)
+            assert len(submitted) == 3  # sampled: not deterministic, never shared
+            counters = client.get("/server_info", headers={"Authorization": "Bearer key-a"}).json()["counters"]
+            assert counters["planner"]["dedup_shared"] == 1
+    finally:
+        state.engine.close()

@@ -4,7 +4,10 @@ Prompts go as token ids (request-level traces; valid for any vocabulary of 32k t
 ``prompt_synthesis``) or as text (agent sessions). Output lengths are forced with ``ignore_eos`` (an extension plait,
 vLLM and SGLang accept); a server that refuses the field is asked again without it, once, and the run notes that
 output lengths were not forced. An agent session runs client-side: call, wait the recorded gap, next call. A plait
-server also reports KV usage and prefix-cache counters on ``/metrics``, which are sampled when present.
+server also reports KV usage on ``/metrics``, sampled when present, and its engine's and planner's counters on
+``/server_info``, read before and after the run: the run reports the same engine counters as an in-process one
+(prefix hits, evictions, admission stops, ...). Without ``/server_info`` the prefix-cache counters of ``/metrics``
+give the prefix hit rate alone.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 
+from plait.bench.engine_counters import engine_counters_delta
 from plait.bench.replay.records import AgentSession, RequestRecord, SessionRecord
 from plait.bench.serve_load import parse_metrics
 
@@ -58,6 +63,7 @@ class HttpTarget:
         self.client: httpx.AsyncClient | None = None
         self._metrics_ok = True
         self._counters_before: dict[str, float] = {}
+        self._server_counters_before: dict[str, Any] | None = None
 
     max_context = None  # unknown: the server rejects what does not fit
 
@@ -94,6 +100,7 @@ class HttpTarget:
                 raise TargetError(f"{self.base_url} serves no model; pass --target-model")
             self.model = models[0]
         self._counters_before = await self._counters()
+        self._server_counters_before = await self._server_counters()
 
     async def request(
         self, record: RequestRecord, prompt: list[int] | str, clock: float, program_id: str | None = None
@@ -203,8 +210,29 @@ class HttpTarget:
         values = await self._metrics()
         return {k: values[k] for k in ("plait_prefill_tokens", "plait_cached_prompt_tokens") if k in values}
 
+    async def _server_counters(self) -> dict[str, Any] | None:
+        """The ``counters`` of a plait server's ``/server_info`` (engine and planner); None from any other server."""
+        if self.client is None:
+            return None
+        try:
+            response = await self.client.get("/server_info", timeout=CONNECT_TIMEOUT_S)
+            counters = response.json()["counters"] if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(counters, dict) or not isinstance(counters.get("engine"), dict):
+            return None
+        return counters
+
     async def finish(self) -> dict[str, Any]:
-        """The target's prefix hit rate over the run, when it reports prefix-cache counters (a plait server)."""
+        """The target's engine counters over the run and its planner's since it started (a plait server), or its
+        prefix hit rate alone (a server with only ``/metrics``); empty from any other server."""
+        before_server, after_server = self._server_counters_before, await self._server_counters()
+        if before_server is not None and after_server is not None:
+            counters: dict[str, Any] = engine_counters_delta(
+                SimpleNamespace(**before_server["engine"]), SimpleNamespace(**after_server["engine"])
+            )
+            counters["planner"] = after_server.get("planner", {})
+            return counters
         after = await self._counters()
         before = self._counters_before
         if len(after) < 2 or len(before) < 2:

@@ -80,13 +80,16 @@ class CallDeduplicator:
         self.calls = 0  # eligible calls seen
         self.deduplicated = 0  # of which answered by another call
 
-    def generate(self, engine: Engine, request: GenerateRequest) -> tuple[AsyncIterator[GenerateDelta], bool]:
-        """The request's deltas, from its own engine request or an identical one; True when shared."""
+    def generate(
+        self, engine: Engine, request: GenerateRequest, scope: str = ""
+    ) -> tuple[AsyncIterator[GenerateDelta], bool]:
+        """The request's deltas, from its own engine request or an identical one of the same ``scope`` (the server
+        passes the tenant: one tenant's calls never answer another's); True when shared."""
         key = dedup_key(request)
         if key is None:
             return engine.generate(request), False
         self.calls += 1
-        return self._generate(key, engine, request)
+        return self._generate(msgspec.json.encode(scope) + key, engine, request)
 
     def _generate(
         self, key: bytes, engine: Engine, request: GenerateRequest

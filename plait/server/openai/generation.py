@@ -131,8 +131,15 @@ class Generation:
         return sum(s.completion_tokens for s in self.samples.values())
 
     async def updates(self) -> AsyncIterator[SampleUpdate]:
-        """The samples' updates in the order the engine produced them; raises ``GenerationFailed``."""
-        deltas = self.engine.generate(self.request)
+        """The samples' updates in the order the engine produced them; raises ``GenerationFailed``. A program's
+        deterministic call identical to one of the same tenant that runs or ran shares its output (the plan's
+        ``dedup``, as for workflows' calls)."""
+        dedup = self.state.executor.planner.dedup
+        if dedup is not None and self.program_call is not None:
+            deltas, shared = dedup.generate(self.engine, self.request, scope=self.program_call.program.tenant)
+            self.program_call.record.deduplicated = shared
+        else:
+            deltas = self.engine.generate(self.request)
         try:
             while True:
                 try:

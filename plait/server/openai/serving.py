@@ -126,6 +126,7 @@ async def start_generation(
         priority=programs_of(state).request_priority(call, plan.priority),
         request_id=completion_id,
         program_id=call.planner_id,
+        call_id=call.node.id,  # admitting it ends the reservation the planner made for this call
         hints=plan.hints,
     )
     gen = Generation(

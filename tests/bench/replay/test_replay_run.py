@@ -159,6 +159,8 @@ def test_replay_against_a_plait_server_over_http(tiny_server):
         assert [r.output_tokens for r in run.requests] == [r.output_tokens_target for r in run.requests]
         assert not run.notes  # plait accepts ignore_eos and program_id
         assert run.kv_usage and 0.0 <= run.engine["prefix_hit_rate"] <= 1.0
+        # The server's engine counters over the run (from /server_info), as an in-process replay reports them.
+        assert run.engine["steps"] > 0 and "admission_stops" in run.engine and "pins" in run.engine["planner"]
         if trace.is_agent:
             assert all(s.ok and s.jct_s > 0 for s in run.sessions)
         else:
