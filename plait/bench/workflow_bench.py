@@ -16,12 +16,14 @@ import dataclasses
 import os
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from plait.cli.engine_args import add_engine_arguments, add_plan_argument, engine_config_from_args
 
 TRACE_KV_SAMPLES = 200_000  # KV samples kept for the offline dashboard (14 hours at 0.25 s)
+JOURNALED = "plait journaled"  # the mode --journal adds
 _COLUMNS = [
     ("mean JCT s", "mean_jct_s"),
     ("p95 JCT s", "p95_jct_s"),
@@ -85,6 +87,12 @@ def register(benches: argparse._SubParsersAction) -> None:
         metavar="FIELD=VALUE[,FIELD=VALUE]",
         help="also run plait mode with these PlanConfig overrides (repeatable; e.g. pins_hold_admissions=off)",
     )
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="also run plait mode with every program journaled as `plait serve` journals workflows (SQLite in a "
+        "temporary directory): what durability costs",
+    )
     add_plan_argument(parser)
     parser.add_argument(
         "--every-mode",
@@ -137,6 +145,8 @@ def _modes(args: argparse.Namespace) -> list[Any]:
     for variant in getattr(args, "variant", []):
         overrides = [item.strip() for item in variant.split(",") if item.strip()]
         modes.append(dataclasses.replace(plait_mode.with_overrides(overrides), name=f"plait {','.join(overrides)}"))
+    if getattr(args, "journal", False):
+        modes.append(dataclasses.replace(plait_mode, name=JOURNALED))
     every = getattr(args, "every_mode", [])
     return [mode.with_overrides(every) for mode in modes] if every else modes
 
@@ -180,6 +190,7 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     from plait.server.dashboard import KVHistory
 
     modes = args.modes
+    journal_dir = tempfile.TemporaryDirectory(prefix="plait-bench-journal-")
     engine = Engine(config)
     runs: dict[str, list[Any]] = {mode.name: [] for mode in modes}
     kv_history = KVHistory(max_samples=TRACE_KV_SAMPLES, period_s=0.25) if args.trace is not None else None
@@ -192,12 +203,16 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
                 # Reversed every other round, so no mode always runs first (or right after the same one).
                 for mode in modes if round_index % 2 == 0 else modes[::-1]:
                     task = progress.add_task(f"{suite.name}: {mode.name}", total=len(suite.programs))
+                    journal_path = None
+                    if mode.name == JOURNALED:
+                        journal_path = Path(journal_dir.name) / f"journal-{round_index}.sqlite3"
                     result = await run_mode(
                         engine,
                         build,
                         mode,
                         time_limit_s=args.time_limit,
                         on_program_done=lambda t=task: progress.advance(t),
+                        journal_path=journal_path,
                     )
                     runs[mode.name].append(result)
                     progress.remove_task(task)
@@ -205,6 +220,7 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         if kv_history is not None:
             await kv_history.stop()
         engine.close()
+        journal_dir.cleanup()
     metrics = {name: _median_metrics([r.metrics() for r in results]) for name, results in runs.items()}
     rows = [[name, *[_cell(m[key]) for _, key in _COLUMNS]] for name, m in metrics.items()]
     ratios = _ratios(metrics)
@@ -239,6 +255,13 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         error = next((r.first_error for r in results if r.first_error), None)
         if error:
             print(f"{name}: programs failed; the first error: {error}", file=sys.stderr)
+    journal_cost = _journal_cost(runs)
+    if journal_cost:
+        by_round = ", ".join(f"{r:.3f}" for r in journal_cost["mean_jct_by_round"])
+        print(
+            f"journal cost: programs/min journaled / plait {journal_cost['programs_per_min']:.3f}, mean JCT plait / "
+            f"journaled {journal_cost['mean_jct']:.3f} (medians; by round: {by_round})"
+        )
     round_ratios = _round_ratios(runs)
     if args.repeats > 1 and round_ratios:
         shown = ("-" if r is None else f"{r:.3f}" for r in round_ratios)
@@ -272,6 +295,7 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
             for name, results in runs.items()
         ],
         "baseline_over_plait": ratios,
+        "journal_cost": journal_cost,
         "mean_jct_ratio_by_round": round_ratios,
     }
     output = args.output or default_output(f"workflow_{suite.name}")
@@ -347,6 +371,26 @@ def _round_ratios(runs: dict[str, list[Any]]) -> list[float | None]:
     pairs = zip(runs.get("plait", []), runs.get("baseline", []), strict=False)
     jct = [(p.metrics().get("mean_jct_s"), b.metrics().get("mean_jct_s")) for p, b in pairs]
     return [base / plait if plait and base is not None else None for plait, base in jct]  # None: a round without
+
+
+def _journal_cost(runs: dict[str, list[Any]]) -> dict[str, Any]:
+    """Journaled over plain plait mode, round by round (the two ran back to back): programs per minute journaled /
+    plait and mean JCT plait / journaled (below 1: the journal costs), with their medians."""
+    pairs = [
+        (p.metrics(), j.metrics())
+        for p, j in zip(runs.get("plait", []), runs.get(JOURNALED, []), strict=False)
+        if p.metrics().get("mean_jct_s") and j.metrics().get("mean_jct_s")  # rounds where both completed programs
+    ]
+    if not pairs:
+        return {}
+    rate = [j["programs_per_min"] / p["programs_per_min"] for p, j in pairs]
+    jct = [p["mean_jct_s"] / j["mean_jct_s"] for p, j in pairs]
+    return {
+        "programs_per_min": statistics.median(rate),
+        "mean_jct": statistics.median(jct),
+        "programs_per_min_by_round": rate,
+        "mean_jct_by_round": jct,
+    }
 
 
 def _ratios(by_mode: dict[str, dict[str, Any]]) -> dict[str, float]:

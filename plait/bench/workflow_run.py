@@ -12,14 +12,20 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from plait.bench.engine_counters import engine_counters_delta, wait_engine_idle
 from plait.bench.workflow_suites import Suite
 from plait.bench.workflow_suites.common import percentile
+from plait.dag import Workflow, node_spec
 from plait.engine import Engine
 from plait.runtime import Executor, ProgramExecution, ProgramState
+from plait.runtime.journal import Journal, ProgramRow
 from plait.runtime.planning import PlanConfig
+from plait.runtime.program_journal import ProgramJournal
 
 
 @dataclass
@@ -79,6 +85,17 @@ def _percentile(values: list[float], q: float) -> float | None:
     return percentile(values, q / 100) if values else None
 
 
+async def _start_journaled(
+    executor: Executor, journal: Journal, workflow: Workflow, program_id: str
+) -> ProgramExecution:
+    """Start ``workflow`` durably: committed as accepted (with its nodes' specs) before its first node runs."""
+    program = executor.prepare(workflow, program_id=program_id, journal=ProgramJournal(journal, program_id))
+    spec = {"name": workflow.name, "nodes": [msgspec.to_builtins(node_spec(node)) for node in workflow.nodes.values()]}
+    await journal.accept(ProgramRow(id=program_id, kind="workflow", name=workflow.name, spec=spec))
+    program.start()
+    return program
+
+
 def _longest_queue(program: ProgramExecution) -> float:
     return max((r.queued_s or 0.0 for r in program.nodes.values()), default=0.0)
 
@@ -90,10 +107,14 @@ async def run_mode(
     *,
     time_limit_s: float,
     on_program_done: Callable[[], None] | None = None,
+    journal_path: Path | None = None,
 ) -> ModeResult:
     """Run a fresh copy of the suite under ``config``; programs still running at ``time_limit_s`` are cancelled and
-    reported as not finished (``state == 'timeout'``)."""
+    reported as not finished (``state == 'timeout'``). ``journal_path``: every program is durable there, as a
+    ``plait serve`` workflow is: its acceptance (its nodes' specs) is committed before it starts, every node's outcome
+    before its dependents run, and its end."""
     suite = build()
+    journal = None if journal_path is None else Journal(journal_path)
     await engine.flush_prefix_cache()
     executor = Executor(engine, suite.tools, plan=config)
     before = engine.stats()
@@ -103,7 +124,10 @@ async def run_mode(
     async def one(index: int) -> None:
         entry = suite.programs[index]
         await asyncio.sleep(max(0.0, start + entry.arrival_s - time.monotonic()))
-        program = executor.start(entry.workflow)
+        if journal is None:
+            program = executor.start(entry.workflow)
+        else:
+            program = await _start_journaled(executor, journal, entry.workflow, f"{entry.tag}-{index}")
         try:
             await program.wait()
         except Exception:  # a failed program is an outcome, not a crash of the benchmark
@@ -116,6 +140,8 @@ async def run_mode(
                 jct = None
             error = str(program.error) if program.error is not None and state == "failed" else None
             outcomes[index] = ProgramOutcome(entry.tag, state, jct, entry.deadline_s, _longest_queue(program), error)
+            if journal is not None and program.state.finished:
+                await journal.finish(program.program_id, program.state.value, error=error)
             if on_program_done is not None:
                 on_program_done()
 
@@ -127,6 +153,8 @@ async def run_mode(
     for program in executor.running():
         program.cancel()
     wall = time.monotonic() - start
+    if journal is not None:
+        journal.close()
     await wait_engine_idle(engine)
     results = [o if o is not None else ProgramOutcome("", "timeout", None, None, 0.0) for o in outcomes]
     for index, outcome in enumerate(results):

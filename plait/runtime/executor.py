@@ -141,7 +141,15 @@ class Executor:
     def _forget_old(self) -> None:
         finished = [pid for pid, program in self.programs.items() if program.state.finished]
         for program_id in finished[: max(0, len(finished) - FINISHED_HISTORY)]:
-            del self.programs[program_id]
+            self.forget(program_id)
+
+    def forget(self, program_id: str) -> None:
+        """Forget a finished program: its status, records and timeline events (a running one is kept)."""
+        program = self.programs.get(program_id)
+        if program is None or not program.state.finished:
+            return
+        del self.programs[program_id]
+        self.planner.timeline.forget(program_id)
 
     def cancel(self, program_id: str) -> bool:
         program = self.programs.get(program_id)

@@ -4,9 +4,11 @@ Every scheduling decision (queueing, prefill, decode, tool calls, pins, eviction
 recorded here as a span or an instant and then inspected with ``events``/``summary`` or exported in the Trace Event
 Format (viewable in Perfetto or ``chrome://tracing``). Times are seconds on the ``time.monotonic()`` clock.
 
-A timeline must never break serving: it is bounded (events past ``max_events`` are dropped and counted), it never
-raises on bad input it can repair (a span ending before it starts is clamped, an unknown handle is ignored), and it is
-thread-safe (engine threads and the asyncio loop record into the same instance).
+A timeline must never break serving: it is bounded (at ``max_events`` it forgets the oldest programs' events, counted
+as dropped, so a long-running server keeps recording what happens now), it never raises on bad input it can repair (a
+span ending before it starts is clamped, an unknown handle is ignored), and it is thread-safe (engine threads and the
+asyncio loop record into the same instance). Events are kept per program: reading one program's is proportional to its
+own, and ``forget`` drops a program's when its owner forgets the program.
 """
 
 from __future__ import annotations
@@ -75,15 +77,31 @@ class Timeline:
     def __init__(self, max_events: int = 200_000) -> None:
         self.max_events = max_events
         self._lock = threading.Lock()
-        self._events: list[TimelineEvent] = []
+        # Per program, in the order programs first recorded; the oldest program is forgotten first when full.
+        self._events: dict[str, list[TimelineEvent]] = {}
+        self._count = 0  # events in ``_events``
         # Open spans count towards ``max_events`` too, so the timeline's memory stays bounded.
         self._open: dict[int, TimelineEvent] = {}
         self._next_handle = 0
         self._latest: float | None = None  # the latest time seen; open spans are exported ending here
         self.dropped = 0
 
-    def _full(self) -> bool:
-        return len(self._events) + len(self._open) >= self.max_events
+    def _make_room(self, program_id: str) -> bool:
+        """Caller holds the lock. Forget the oldest programs' events (not ``program_id``'s) until one more fits;
+        False when it still does not (the open spans, or ``program_id``'s own events, fill it)."""
+        while self._count + len(self._open) >= self.max_events:
+            oldest = next((p for p in self._events if p != program_id), None)
+            if oldest is None:
+                return False
+            removed = self._events.pop(oldest)
+            self._count -= len(removed)
+            self.dropped += len(removed)
+        return True
+
+    def _append(self, event: TimelineEvent) -> None:
+        # Caller holds the lock and made room.
+        self._events.setdefault(event.program_id, []).append(event)
+        self._count += 1
 
     def _seen(self, *times: float | None) -> None:
         for t in times:
@@ -93,10 +111,10 @@ class Timeline:
     def _record(self, event: TimelineEvent) -> None:
         with self._lock:
             self._seen(event.start, event.end)
-            if self._full():
-                self.dropped += 1
+            if self._make_room(event.program_id):
+                self._append(event)
             else:
-                self._events.append(event)
+                self.dropped += 1
 
     def span(
         self,
@@ -134,16 +152,17 @@ class Timeline:
     ) -> int:
         """Start a span whose end is not known yet; returns the handle for ``close_span``.
 
-        When the timeline is full the span is dropped (and counted) at once; closing its handle then does nothing.
+        When the timeline cannot make room the span is dropped (and counted) at once; closing its handle then does
+        nothing.
         """
         with self._lock:
             handle = self._next_handle
             self._next_handle += 1
             self._seen(start)
-            if self._full():
-                self.dropped += 1
-            else:
+            if self._make_room(program_id):
                 self._open[handle] = TimelineEvent(program_id, kind, start, None, node, dict(args or {}))
+            else:
+                self.dropped += 1
             return handle
 
     def _close(self, handle: int, end: float, args: dict[str, Any] | None) -> None:
@@ -153,7 +172,7 @@ class Timeline:
             return
         self._seen(end)
         merged = {**pending.args, **(args or {})}
-        self._events.append(
+        self._append(
             TimelineEvent(
                 pending.program_id, pending.kind, pending.start, max(pending.start, end), pending.node, merged
             )
@@ -175,8 +194,18 @@ class Timeline:
     def events(self, program_id: str | None = None) -> list[TimelineEvent]:
         """Recorded events (of one program, or all), sorted by start; spans still open are not included."""
         with self._lock:
-            found = [e for e in self._events if program_id is None or e.program_id == program_id]
+            if program_id is None:
+                found = [event for events in self._events.values() for event in events]
+            else:
+                found = list(self._events.get(program_id, ()))
         return sorted(found, key=lambda e: e.start)
+
+    def forget(self, program_id: str) -> None:
+        """Drop every event and open span of ``program_id`` (its owner forgot the program; not counted as dropped)."""
+        with self._lock:
+            self._count -= len(self._events.pop(program_id, ()))
+            for handle in [h for h, e in self._open.items() if e.program_id == program_id]:
+                del self._open[handle]
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per program: total seconds per span kind (key ``kind``) and instants per kind (key ``kind_count``)."""
@@ -194,7 +223,7 @@ class Timeline:
         """
         with self._lock:
             latest = self._latest
-            events = list(self._events)
+            events = [event for program_events in self._events.values() for event in program_events]
             events += [
                 TimelineEvent(e.program_id, e.kind, e.start, max(e.start, latest or e.start), e.node, e.args)
                 for e in self._open.values()
@@ -246,6 +275,7 @@ class Timeline:
         """Forget every event, open span and drop count."""
         with self._lock:
             self._events.clear()
+            self._count = 0
             self._open.clear()
             self._latest = None
             self.dropped = 0

@@ -197,6 +197,20 @@ def test_bounded_capacity_counts_drops() -> None:
     assert len(tl.events()) == 1
 
 
+def test_a_full_timeline_forgets_the_oldest_programs_and_keeps_recording() -> None:
+    """A long-running server's timeline records what happens now: at capacity the oldest programs' events go."""
+    tl = Timeline(max_events=4)
+    for i in range(3):
+        tl.span(f"p{i}", K.DECODE, float(i), i + 0.5)
+        tl.instant(f"p{i}", K.EVICTED, i + 0.6)
+    assert tl.events("p0") == [] and len(tl.events("p1")) == 2 and len(tl.events("p2")) == 2
+    assert tl.dropped == 2
+    tl.forget("p1")  # its owner forgot it: gone, not counted as dropped
+    assert tl.events("p1") == [] and tl.dropped == 2
+    tl.span("p3", K.DECODE, 3.0, 3.5)
+    assert [e.program_id for e in tl.events()] == ["p2", "p2", "p3"]
+
+
 def test_open_spans_count_towards_capacity() -> None:
     tl = Timeline(max_events=2)
     first = tl.open_span("p", K.PINNED, 0.0)

@@ -26,6 +26,24 @@ def small_suite() -> Suite:
     return Suite("tiny", "three chains and a late one", programs, [lookup], kv_slots=4096)
 
 
+def test_a_journaled_mode_commits_every_program_and_its_outcomes(tiny_engine, tmp_path):
+    """``plait bench workflow --journal``: each program is accepted, its nodes' outcomes and its end committed."""
+    from plait.runtime.journal import Journal
+
+    path = tmp_path / "journal.sqlite3"
+    result = asyncio.run(run_mode(tiny_engine, small_suite, PlanConfig(), time_limit_s=60, journal_path=path))
+    assert result.metrics()["completed"] == 4
+    journal = Journal(path)
+    try:
+        ids = [f"{program.tag}-{i}" for i, program in enumerate(small_suite().programs)]
+        for program_id in ids:
+            row = journal.program(program_id)
+            assert row is not None and row.state == "done", program_id
+            assert len(journal.outcomes(program_id)) == 3  # LLM -> tool -> LLM
+    finally:
+        journal.close()
+
+
 def test_modes_run_the_same_programs_and_report_metrics(tiny_engine):
     async def main():
         plait_run = await run_mode(tiny_engine, small_suite, PlanConfig(), time_limit_s=60)

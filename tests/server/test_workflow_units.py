@@ -105,3 +105,41 @@ def test_parse_server_sent_events() -> None:
         return [(e.id, e.kind, e.data, e.is_final) async for e in parse_events(lines())]
 
     assert asyncio.run(main()) == [(3, "token", {"text": "hi"}, False), (4, "done", {"state": "done"}, True)]
+
+
+def test_finished_workflows_are_forgotten_after_the_retention_with_their_program_and_timeline() -> None:
+    """A server's memory for finished work is bounded by age: past ``retain_finished_s`` a finished workflow leaves
+    the registry, the executor and the planner's timeline (the journal keeps it exactly as long)."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from plait.engine import EngineConfig
+    from plait.server import create_app
+    from plait.server.app import build_state
+    from tests.conftest import TINY
+
+    state = build_state(ServerConfig(retain_finished_s=0.5), EngineConfig(**TINY))
+    one_call = {"name": "one", "nodes": [{"kind": "llm", "id": "w", "prompt": "hi", "output": "t", "max_tokens": 2}]}
+    try:
+        with TestClient(create_app(state)) as client:
+
+            def finished(workflow_id: str) -> str:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    body = client.get(f"/v1/workflows/{workflow_id}").json()
+                    if body["state"] != "running":
+                        return body["state"]
+                    time.sleep(0.05)
+                raise AssertionError(f"{workflow_id} did not finish")
+
+            first = client.post("/v1/workflows", json={"workflow": one_call}).json()["id"]
+            assert finished(first) == "done"
+            assert first in state.executor.programs and state.executor.planner.timeline.events(first)
+            time.sleep(0.6)
+            second = client.post("/v1/workflows", json={"workflow": one_call}).json()["id"]
+            assert first not in state.executor.programs and not state.executor.planner.timeline.events(first)
+            assert client.get(f"/v1/workflows/{first}").status_code == 404  # no journal holds it either
+            assert finished(second) == "done" and second in state.executor.programs
+    finally:
+        state.engine.close()

@@ -480,7 +480,8 @@ class OpenAIPrograms:
         del self._programs[(program.tenant, program.program_id)]
         self._ended[(program.tenant, program.program_id)] = program
         while len(self._ended) > ENDED_HISTORY:
-            self._ended.popitem(last=False)
+            _, forgotten = self._ended.popitem(last=False)
+            self.planner.timeline.forget(forgotten.planner_id)
         for key in list(program.keys):
             self._index.remove(program.tenant, key, program)
         if program.gap is not None:

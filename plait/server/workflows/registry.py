@@ -1,10 +1,12 @@
 """The REST workflows the server knows: each with its tenant, event log and client-tool executor.
 
 Ownership rule (see ``tenants.py``): a workflow of another tenant is looked up exactly like an unknown id (404).
-Finished workflows are kept for status queries, events and listing, up to ``history`` of them (oldest forgotten
-first, together with their owner tag in ``ServerState.owners``). With a journal, a workflow this process does not
-hold (finished in an earlier process, or forgotten) is loaded from the journal by ``fallback`` on lookup.
-Idempotency keys: a workflow submitted with one is found again by ``(tenant, key)``.
+Finished workflows are kept for status queries, events and listing, up to ``history`` of them and for at most
+``retain_s`` after they finished (the server's ``retain_finished_s``, as in the journal), the oldest forgotten first,
+together with their owner tag in ``ServerState.owners`` and, through ``on_forget``, their program in the executor (its
+records and timeline): a server's memory for finished work is bounded by age, as its journal is. With a journal, a
+workflow this process does not hold (finished in an earlier process, or forgotten) is loaded from the journal by
+``fallback`` on lookup. Idempotency keys: a workflow submitted with one is found again by ``(tenant, key)``.
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ class WorkflowEntry:
 
 
 class WorkflowRegistry:
-    def __init__(self, history: int = FINISHED_HISTORY) -> None:
+    def __init__(self, history: int = FINISHED_HISTORY, retain_s: float | None = None) -> None:
         self.history = history
+        self.retain_s = retain_s  # finished workflows are forgotten this long after they finished (None: by count)
+        self.on_forget: Callable[[str], None] | None = None  # called with each forgotten workflow's id
         self._entries: OrderedDict[str, WorkflowEntry] = OrderedDict()  # creation order
         self._by_key: dict[tuple[str, str], WorkflowEntry] = {}  # (tenant, idempotency key) -> entry
         # Loads a workflow this process does not hold from the journal (None: no journal, or not there).
@@ -76,12 +80,26 @@ class WorkflowRegistry:
         owners[entry.id] = entry.tenant
         if entry.idempotency_key is not None:
             self._by_key[(entry.tenant, entry.idempotency_key)] = entry
-        finished = [key for key, item in self._entries.items() if item.finished]
-        for key in finished[: max(0, len(finished) - self.history)]:
+        self.trim()
+
+    def trim(self, now: float | None = None) -> int:
+        """Forget the finished workflows beyond ``history`` (oldest first) and those that finished more than
+        ``retain_s`` before ``now`` (``time.monotonic()``); how many were forgotten."""
+        now = time.monotonic() if now is None else now
+        finished = [(key, item.program.record.finished_at) for key, item in self._entries.items() if item.finished]
+        excess = len(finished) - self.history
+        cutoff = None if self.retain_s is None else now - self.retain_s
+        stale = [
+            key
+            for position, (key, finished_at) in enumerate(finished)
+            if position < excess or (cutoff is not None and finished_at is not None and finished_at <= cutoff)
+        ]
+        for key in stale:
             self.discard(key)
+        return len(stale)
 
     def discard(self, workflow_id: str) -> None:
-        """Forget a workflow (its id answers 404 unless the journal holds it)."""
+        """Forget a workflow (its id answers 404 unless the journal holds it) and, once finished, its program."""
         entry = self._entries.pop(workflow_id, None)
         if entry is None:
             return
@@ -89,6 +107,8 @@ class WorkflowRegistry:
             self.owners.pop(workflow_id, None)
         if entry.idempotency_key is not None:
             self._by_key.pop((entry.tenant, entry.idempotency_key), None)
+        if self.on_forget is not None:
+            self.on_forget(workflow_id)
 
     def get(self, workflow_id: str, tenant: str) -> WorkflowEntry:
         """The tenant's workflow; 404 for unknown ids and other tenants' workflows alike."""
@@ -127,5 +147,6 @@ def registry_of(state: Any) -> WorkflowRegistry:
     """The server's workflow registry (kept in ``ServerState.extras``)."""
     registry = state.extras.get("workflows")
     if registry is None:
-        registry = state.extras["workflows"] = WorkflowRegistry()
+        registry = state.extras["workflows"] = WorkflowRegistry(retain_s=state.config.retain_finished_s)
+        registry.on_forget = state.executor.forget
     return registry
