@@ -46,6 +46,19 @@ def _programs(client: Any) -> dict[str, dict[str, Any]]:
     return {row["id"]: row for row in client.get("/v1/programs").json()["data"]}
 
 
+def _record_requests(state: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The engine requests ``state``'s engine is given from now on (in order)."""
+    submitted: list[Any] = []
+    generate = state.engine.generate
+
+    def spy(request: Any) -> Any:
+        submitted.append(request)
+        return generate(request)
+
+    monkeypatch.setattr(state.engine, "generate", spy)
+    return submitted
+
+
 def test_explicit_program_by_body_and_header(client: Any) -> None:
     messages = [{"role": "user", "content": "explicit one"}]
     first = _chat(client, messages, program_id="agent-1")
@@ -185,15 +198,7 @@ def test_out_of_band_kv_hints(client: Any) -> None:
 
 
 def test_calls_carry_the_program_and_its_priority(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    state = client.app.state.plait
-    seen = []
-    original = state.engine.generate
-
-    def spy(request: Any) -> Any:
-        seen.append(request)
-        return original(request)
-
-    monkeypatch.setattr(state.engine, "generate", spy)
+    seen = _record_requests(client.app.state.plait, monkeypatch)
     _chat(client, [{"role": "user", "content": "ordered"}], program_id="ordered", priority=3)
     _chat(client, [{"role": "user", "content": "ordered again"}], program_id="ordered", priority=3)
     first, second = seen
@@ -209,19 +214,14 @@ def test_a_call_ends_the_reservation_made_for_it(client: Any, monkeypatch: pytes
     from plait.engine.commands import Reserve
 
     state = client.app.state.plait
-    requests, reserves = [], []
-    generate, send = state.engine.generate, state.engine.send
-
-    def spy_generate(request: Any) -> Any:
-        requests.append(request)
-        return generate(request)
+    requests, reserves = _record_requests(state, monkeypatch), []
+    send = state.engine.send
 
     def spy_send(command: Any) -> None:
         if isinstance(command, Reserve):
             reserves.append(command)
         send(command)
 
-    monkeypatch.setattr(state.engine, "generate", spy_generate)
     monkeypatch.setattr(state.engine, "send", spy_send)
     messages = [{"role": "user", "content": "a reserved conversation " * 6}]
     reply = _chat(client, messages, program_id="reserving").json()["choices"][0]["message"]
@@ -345,14 +345,7 @@ def test_identical_deterministic_calls_of_one_tenant_run_once(monkeypatch: pytes
     state = build_state(ServerConfig(api_keys={"key-a": "a", "key-b": "b"}), EngineConfig(**TINY))
     try:
         with TestClient(create_app(state)) as client:
-            submitted = []
-            generate = state.engine.generate
-
-            def spy(request: Any) -> Any:
-                submitted.append(request)
-                return generate(request)
-
-            monkeypatch.setattr(state.engine, "generate", spy)
+            submitted = _record_requests(state, monkeypatch)
             messages = [{"role": "user", "content": "the same question, asked twice " * 4}]
 
             def ask(key: str, **extra: Any) -> str:
