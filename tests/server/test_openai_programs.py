@@ -137,6 +137,25 @@ def test_delete_ends_the_program_and_its_id_is_refused(client: Any) -> None:
     assert ended["state"] == "closed"
 
 
+def test_ended_programs_are_forgotten_after_the_retention(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ended program stays readable for ``retain_finished_s`` (as finished workflows do), then it and its timeline
+    events are gone."""
+    from plait.server.openai.program_registry import programs_of
+
+    state = client.app.state.plait
+    programs = programs_of(state)
+    monkeypatch.setattr(programs, "ended_retain_s", 0.3)
+    _chat(client, [{"role": "user", "content": "soon forgotten"}], program_id="forgotten")
+    planner_id = programs.get("default", "forgotten").planner_id
+    assert client.delete("/v1/programs/forgotten").status_code == 200
+    assert client.get("/v1/programs/forgotten").status_code == 200  # ended, still readable
+    assert state.executor.planner.timeline.events(planner_id)
+    time.sleep(0.4)
+    programs.expire_idle()
+    assert client.get("/v1/programs/forgotten").status_code == 404
+    assert not state.executor.planner.timeline.events(planner_id)
+
+
 @pytest.mark.parametrize(
     ("hints", "status", "field"),
     [

@@ -24,7 +24,8 @@ def programs_of(state: ServerState) -> OpenAIPrograms:
     """The server's program registry (made, and its sweep started, on first use inside the event loop)."""
     programs = state.extras.get(_KEY)
     if programs is None:
-        programs = OpenAIPrograms(state.executor.planner, state.config.program_idle_timeout_s)
+        config = state.config
+        programs = OpenAIPrograms(state.executor.planner, config.program_idle_timeout_s, config.retain_finished_s)
         state.extras[_KEY] = programs
         with contextlib.suppress(RuntimeError):  # no running loop (a synchronous caller): no sweep
             state.extras[_SWEEP_KEY] = asyncio.get_running_loop().create_task(_sweep(programs))

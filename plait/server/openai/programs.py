@@ -235,6 +235,7 @@ class ConversationProgram:
     # Its continuation keys in the index, oldest first (an ordered set): those of its latest calls only.
     keys: dict[Any, None] = field(default_factory=dict)
     tool_gaps: int = 0
+    ended_at: float | None = None  # time.monotonic() when it ended
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -288,11 +289,19 @@ class ProgramCall:
 class OpenAIPrograms:
     """The live programs of the OpenAI API, over the executor's planner (one per server)."""
 
-    def __init__(self, planner: Planner, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        planner: Planner,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        ended_retain_s: float | None = None,
+    ) -> None:
+        """``ended_retain_s``: how long an ended program stays readable (the server's ``retain_finished_s``; None:
+        only the ``ENDED_HISTORY`` latest are kept)."""
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
         self.planner = planner
         self.idle_timeout_s = idle_timeout_s
+        self.ended_retain_s = ended_retain_s
         self._programs: dict[tuple[str, str], ConversationProgram] = {}
         self._closed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._ended: OrderedDict[tuple[str, str], ConversationProgram] = OrderedDict()
@@ -456,7 +465,8 @@ class OpenAIPrograms:
         return program
 
     def expire_idle(self, now: float | None = None) -> int:
-        """End the programs idle (no call running) for ``idle_timeout_s``; how many ended."""
+        """End the programs idle (no call running) for ``idle_timeout_s`` and forget those ended more than
+        ``ended_retain_s`` ago; how many ended."""
         now = time.monotonic() if now is None else now
         idle = [
             program
@@ -466,7 +476,20 @@ class OpenAIPrograms:
         for program in idle:
             program.state = ProgramState.EXPIRED
             self._end(program, now)
+        self._forget_ended(now)
         return len(idle)
+
+    def _forget_ended(self, now: float) -> None:
+        """Forget ended programs beyond ``ENDED_HISTORY`` and past ``ended_retain_s`` (oldest first), with their
+        timeline events."""
+        cutoff = None if self.ended_retain_s is None else now - self.ended_retain_s
+        while self._ended:
+            key, oldest = next(iter(self._ended.items()))
+            expired = cutoff is not None and oldest.ended_at is not None and oldest.ended_at <= cutoff
+            if len(self._ended) <= ENDED_HISTORY and not expired:
+                break
+            del self._ended[key]
+            self.planner.timeline.forget(oldest.planner_id)
 
     def close_all(self) -> None:
         """End every program (server shutdown)."""
@@ -478,10 +501,9 @@ class OpenAIPrograms:
         if self._programs.get((program.tenant, program.program_id)) is not program:
             return
         del self._programs[(program.tenant, program.program_id)]
+        program.ended_at = now
         self._ended[(program.tenant, program.program_id)] = program
-        while len(self._ended) > ENDED_HISTORY:
-            _, forgotten = self._ended.popitem(last=False)
-            self.planner.timeline.forget(forgotten.planner_id)
+        self._forget_ended(now)
         for key in list(program.keys):
             self._index.remove(program.tenant, key, program)
         if program.gap is not None:
