@@ -23,7 +23,8 @@ from plait.bench.workflow_suites.common import percentile
 from plait.dag import Workflow, node_spec
 from plait.engine import Engine
 from plait.runtime import Executor, ProgramExecution, ProgramState
-from plait.runtime.journal import Journal, ProgramRow
+from plait.runtime.journal import Journal
+from plait.runtime.journal_rows import ProgramRow
 from plait.runtime.planning import PlanConfig
 from plait.runtime.program_journal import ProgramJournal
 

@@ -42,7 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
+from plait.runtime.journal_rows import (
+    PROGRAM_COLUMNS,
+    EventRow,
+    OutcomeRow,
+    ProgramRow,
+    decode_value,
+    encode_value,
+    program_row,
+)
 
 logger = logging.getLogger("plait.runtime.journal")
 
@@ -102,55 +110,6 @@ class JournalError(RuntimeError):
     """The journal cannot be used: the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class ProgramRow:
-    """An accepted program. ``spec``: what it takes to build the program again (JSON data; its shape is the
-    caller's). ``state`` is ``running`` until a terminal state (``done``, ``failed``, ``cancelled``) is recorded;
-    times are unix seconds."""
-
-    id: str
-    kind: str  # "workflow" (a REST workflow) or "python" (a plait.Runtime program)
-    name: str
-    spec: Any
-    tenant: str | None = None
-    idempotency_key: str | None = None
-    request_digest: str | None = None
-    state: str = "running"
-    error: str | None = None
-    result: Any = None
-    created_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.finished_at is not None
-
-
-@dataclass(frozen=True)
-class OutcomeRow:
-    """What one node produced. ``state``: ``done`` (``value`` holds the output), ``failed`` (``error_kind`` and
-    ``error``), ``skipped`` (an input failed). ``position``: the order in which the node was added to its program;
-    ``signature``: what the call was (Python programs: checked on replay). ``details``: metadata, the generation
-    (prompt pieces and token ids) and the node's counters. ``order``: the commit order (set when read back)."""
-
-    node_id: str
-    position: int
-    state: str
-    value: Any = None
-    signature: str | None = None
-    error_kind: str | None = None
-    error: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    order: int = 0
-
-
-@dataclass(frozen=True)
-class EventRow:
-    seq: int
-    kind: str
-    data: dict[str, Any]
-
-
 Operation = Callable[[sqlite3.Connection], None]
 
 
@@ -206,7 +165,7 @@ class Journal:
             program.idempotency_key,
             program.request_digest,
             program.name,
-            _encode(program.spec),
+            encode_value(program.spec),
             program.created_at,
         )
 
@@ -228,10 +187,10 @@ class Journal:
             outcome.position,
             outcome.signature,
             outcome.state,
-            _encode(outcome.value),
+            encode_value(outcome.value),
             outcome.error_kind,
             outcome.error,
-            _encode(outcome.details),
+            encode_value(outcome.details),
         )
 
         def insert(db: sqlite3.Connection) -> None:
@@ -245,7 +204,7 @@ class Journal:
 
     def add_nodes(self, program_id: str, seq: int, body: Any) -> Awaitable[None]:
         """Record nodes added to an open program (``seq``: 1, 2, ... in the order they were added)."""
-        row = (program_id, seq, _encode(body))
+        row = (program_id, seq, encode_value(body))
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO additions (program_id, seq, body) VALUES (?, ?, ?)", row)
@@ -264,9 +223,11 @@ class Journal:
         """Record a program's terminal state (and its final event, in the same transaction). Only the first terminal
         state counts: a program ends once."""
         finished_at = time.time()
-        encoded = _encode(result)
+        encoded = encode_value(result)
         event = (
-            None if final_event is None else (program_id, final_event.seq, final_event.kind, _encode(final_event.data))
+            None
+            if final_event is None
+            else (program_id, final_event.seq, final_event.kind, encode_value(final_event.data))
         )
 
         def update(db: sqlite3.Connection) -> None:
@@ -282,7 +243,7 @@ class Journal:
 
     def write_event(self, program_id: str, event: EventRow) -> None:
         """Queue an event of a program's log (nothing waits for it; see the module's contract)."""
-        row = (program_id, event.seq, event.kind, _encode(event.data))
+        row = (program_id, event.seq, event.kind, encode_value(event.data))
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO events (program_id, seq, kind, data) VALUES (?, ?, ?, ?)", row)
@@ -440,24 +401,24 @@ class Journal:
     # ---- reads -----------------------------------------------------------------------------------------------------
 
     def program(self, program_id: str) -> ProgramRow | None:
-        rows = self._select(f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE id = ?", (program_id,))
-        return _program_row(rows[0]) if rows else None
+        rows = self._select(f"SELECT {PROGRAM_COLUMNS} FROM programs WHERE id = ?", (program_id,))
+        return program_row(rows[0]) if rows else None
 
     def program_by_key(self, kind: str, tenant: str | None, idempotency_key: str) -> ProgramRow | None:
         """The program a tenant submitted with ``idempotency_key``."""
         rows = self._select(
-            f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE kind = ? AND tenant IS ? AND idempotency_key = ?",
+            f"SELECT {PROGRAM_COLUMNS} FROM programs WHERE kind = ? AND tenant IS ? AND idempotency_key = ?",
             (kind, tenant, idempotency_key),
         )
-        return _program_row(rows[0]) if rows else None
+        return program_row(rows[0]) if rows else None
 
     def unfinished(self, kind: str) -> list[ProgramRow]:
         """Accepted programs of ``kind`` without a terminal state, oldest first."""
         rows = self._select(
-            f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE kind = ? AND finished_at IS NULL ORDER BY created_at, id",
+            f"SELECT {PROGRAM_COLUMNS} FROM programs WHERE kind = ? AND finished_at IS NULL ORDER BY created_at, id",
             (kind,),
         )
-        return [_program_row(row) for row in rows]
+        return [program_row(row) for row in rows]
 
     def outcomes(self, program_id: str) -> list[OutcomeRow]:
         """The program's node outcomes in commit order."""
@@ -472,10 +433,10 @@ class Journal:
                 position=row[1],
                 signature=row[2],
                 state=row[3],
-                value=_decode(row[4]),
+                value=decode_value(row[4]),
                 error_kind=row[5],
                 error=row[6],
-                details=_decode(row[7]) or {},
+                details=decode_value(row[7]) or {},
                 order=row[8],
             )
             for row in rows
@@ -484,11 +445,11 @@ class Journal:
     def additions(self, program_id: str) -> list[Any]:
         """The node batches added to an open program, in order."""
         rows = self._select("SELECT body FROM additions WHERE program_id = ? ORDER BY seq", (program_id,))
-        return [_decode(row[0]) for row in rows]
+        return [decode_value(row[0]) for row in rows]
 
     def events(self, program_id: str) -> list[EventRow]:
         rows = self._select("SELECT seq, kind, data FROM events WHERE program_id = ? ORDER BY seq", (program_id,))
-        return [EventRow(row[0], row[1], _decode(row[2])) for row in rows]
+        return [EventRow(row[0], row[1], decode_value(row[2])) for row in rows]
 
     def resume_seq(self) -> int:
         """The first event id for programs resumed by this process: above every id an earlier process gave."""
@@ -605,36 +566,6 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
-
-
-_PROGRAM_COLUMNS = (
-    "id, kind, name, spec, tenant, idempotency_key, request_digest, state, error, result, created_at, finished_at"
-)
-
-
-def _program_row(row: tuple[Any, ...]) -> ProgramRow:
-    return ProgramRow(
-        id=row[0],
-        kind=row[1],
-        name=row[2],
-        spec=_decode(row[3]),
-        tenant=row[4],
-        idempotency_key=row[5],
-        request_digest=row[6],
-        state=row[7],
-        error=row[8],
-        result=_decode(row[9]),
-        created_at=row[10],
-        finished_at=row[11],
-    )
-
-
-def _encode(value: Any) -> bytes:
-    return msgspec.json.encode(value)
-
-
-def _decode(blob: bytes | None) -> Any:
-    return None if blob is None else msgspec.json.decode(blob)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -34,7 +34,7 @@ from plait.dag import LLMCall, Node, OnError, ToolCall, Workflow, substitute
 from plait.engine import Engine
 from plait.runtime.crash_points import armed, crash_point
 from plait.runtime.errors import NodeError, ProgramCancelledError, ProgramFailedError
-from plait.runtime.journal import OutcomeRow
+from plait.runtime.journal_rows import OutcomeRow
 from plait.runtime.llm_runner import run_llm_call
 from plait.runtime.planning import Planner
 from plait.runtime.program_journal import RECORDED_FAILURES, NonDeterminismError, ProgramJournal

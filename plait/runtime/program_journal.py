@@ -27,7 +27,8 @@ from typing import Any
 import msgspec
 
 from plait.dag import LLMCall, Node, Workflow, node_spec
-from plait.runtime.journal import Journal, OutcomeRow
+from plait.runtime.journal import Journal
+from plait.runtime.journal_rows import OutcomeRow
 from plait.semantic_vars import VarState
 
 # Failure kinds (``NodeError.kind``) that are the step's own outcome, recorded and replayed.

@@ -36,7 +36,7 @@ from plait.runtime import (
     Tool,
     open_engine,
 )
-from plait.runtime.journal import ProgramRow
+from plait.runtime.journal_rows import ProgramRow
 from plait.runtime.planning import PlanConfig
 from plait.sdk.program import Program, ProgramDef, resolve
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from plait.runtime.journal import BOOT_SEQ_SHIFT, EventRow, Journal, JournalError, OutcomeRow, ProgramRow
+from plait.runtime.journal import BOOT_SEQ_SHIFT, Journal, JournalError
+from plait.runtime.journal_rows import EventRow, OutcomeRow, ProgramRow
 
 
 def _row(program_id: str, **fields: object) -> ProgramRow:

@@ -25,7 +25,8 @@ from typing import Any
 import msgspec
 
 from plait.dag import WorkflowSpec, decode_workflow
-from plait.runtime.journal import EventRow, Journal, ProgramRow
+from plait.runtime.journal import Journal
+from plait.runtime.journal_rows import EventRow, ProgramRow
 from plait.server.errors import APIError
 from plait.server.workflows.events import LoggedEvent
 from plait.server.workflows.protocol import SubmissionOptions

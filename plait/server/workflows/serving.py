@@ -35,7 +35,8 @@ from plait.dag import (
     to_workflow,
 )
 from plait.runtime.crash_points import crash_point
-from plait.runtime.journal import Journal, ProgramRow
+from plait.runtime.journal import Journal
+from plait.runtime.journal_rows import ProgramRow
 from plait.runtime.program_execution import ExecutionServices, ProgramExecution
 from plait.runtime.program_journal import ProgramJournal
 from plait.runtime.states import ProgramState
