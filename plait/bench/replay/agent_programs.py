@@ -64,29 +64,60 @@ def session_workflow(
     return Workflow.build(nodes, inputs=inputs, outputs=[last], name=name)
 
 
+_NOTE_TOKENS = 16  # the most tokens the note of dropped characters takes
+
+
 def cap_prompts(
     session: AgentSession, count_tokens: Callable[[str], int], max_prompt_tokens: int
 ) -> tuple[list[str], bool]:
     """The session's prompts cut so that none exceeds ``max_prompt_tokens``; whether any was cut.
 
-    Every prompt is cut at the same character position (found on the longest prompt that is too long), so a prompt
-    that extended the previous one still extends it: prefix sharing across turns survives the cut.
+    A prompt that is too long keeps a head and its newest tail, with a note of how many characters were dropped
+    between them, as an agent that truncates the middle of its history does: the head is the same character prefix
+    for every cut prompt of the session (so prefix sharing across turns survives the cut), the tail (at most a quarter
+    of the budget) is the prompt's own last characters, and the note makes two cut prompts of different lengths
+    different texts (an agent that repeats itself ends two prompts the same).
     """
     texts = [call.input_text for call in session.calls]
-    too_long = [text for text in texts if count_tokens(text) > max_prompt_tokens]
+    too_long = {i for i, text in enumerate(texts) if count_tokens(text) > max_prompt_tokens}
     if not too_long:
         return texts, False
-    longest = max(too_long, key=len)
-    low, high = 1, len(longest)  # the most characters of `longest` that fit
+    tail_budget = max_prompt_tokens // 4 - _NOTE_TOKENS
+    tails = {i: _newest_characters(texts[i], count_tokens, tail_budget) for i in too_long}
+    longest = max((texts[i] for i in too_long), key=len)
+    head = _oldest_characters(longest, count_tokens, max_prompt_tokens - tail_budget)
+    while True:  # tokens may merge differently across the joint: shrink the head until every prompt fits
+        capped = [text if i not in too_long else _drop_middle(text, head, tails[i]) for i, text in enumerate(texts)]
+        if all(count_tokens(text) <= max_prompt_tokens for text in capped) or head <= 1:
+            return capped, True
+        head = max(1, int(head * 0.95))
+
+
+def _drop_middle(text: str, head: int, tail: int) -> str:
+    """``text``'s first ``head`` and last ``tail`` characters, with a note of how many were dropped between them."""
+    start = max(head, len(text) - tail)
+    return f"{text[:head]}\n[... {start - head} characters omitted ...]\n{text[start:]}"
+
+
+def _oldest_characters(text: str, count_tokens: Callable[[str], int], budget: int) -> int:
+    """The most leading characters of ``text`` that fit in ``budget`` tokens."""
+    low, high = 0, len(text)
     while low < high:
         middle = (low + high + 1) // 2
-        if count_tokens(longest[:middle]) <= max_prompt_tokens:
+        if count_tokens(text[:middle]) <= budget:
             low = middle
         else:
             high = middle - 1
-    cut = low
-    while True:  # another prompt may tokenize differently around the cut: shrink until all fit
-        capped = [text[:cut] for text in texts]
-        if all(count_tokens(text) <= max_prompt_tokens for text in capped) or cut <= 1:
-            return capped, True
-        cut = max(1, int(cut * 0.95))
+    return low
+
+
+def _newest_characters(text: str, count_tokens: Callable[[str], int], budget: int) -> int:
+    """The most trailing characters of ``text`` that fit in ``budget`` tokens."""
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count_tokens(text[len(text) - middle :]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -91,6 +91,6 @@ def _prepare_sessions(
         if max_input_tokens is not None:
             what = f"{what} or " * bool(what) + f"--max-input-tokens {max_input_tokens}"
         inputs.notes.append(
-            f"{cut_sessions} sessions had prompts longer than {what}; their prompts were cut at one character "
-            "position each (prefix sharing kept)"
+            f"{cut_sessions} sessions had prompts longer than {what}; each prompt too long kept a head shared "
+            "across the session's turns and its own newest tail"
         )
