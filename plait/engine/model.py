@@ -19,6 +19,7 @@ from plait.engine.kv_store import KVStore
 from plait.engine.model_config import ModelConfig
 from plait.engine.model_ops import TORCH_OPS, ModelOps
 from plait.engine.rope import RotaryEmbedding
+from plait.engine.tensor_parallel import TensorParallel
 
 
 def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Parameter:
@@ -62,11 +63,24 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int, rope: RotaryEmbedding, ops: ModelOps, device, dtype) -> None:
+    """Self-attention over this rank's heads (``config`` is the rank's shape); the output projection's partial sums
+    are all-reduced over the tensor-parallel group."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer_id: int,
+        rope: RotaryEmbedding,
+        ops: ModelOps,
+        device,
+        dtype,
+        tp: TensorParallel,
+    ) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.config = config
         self.rope = rope
+        self.tp = tp
         c = config
         self.qkv_proj = Linear(c.q_size + 2 * c.kv_size, c.hidden_size, c.attention_bias, device, dtype, ops)
         self.o_proj = Linear(c.hidden_size, c.q_size, False, device, dtype, ops)
@@ -82,18 +96,21 @@ class Attention(nn.Module):
         store = KVStore(v, pool.k[self.layer_id], pool.v[self.layer_id], batch.out_cache_loc)
         q, k = self.rope(batch.positions, q, k, store)
         out = batch.attention.forward(q, k, v, self.layer_id, batch, kv_stored=True)
-        return self.o_proj(out.reshape(-1, c.q_size))
+        return self.tp.all_reduce(self.o_proj(out.reshape(-1, c.q_size)))
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, ops: ModelOps, device, dtype) -> None:
+    """SwiGLU over this rank's slice of the intermediate size; the down projection's partial sums are all-reduced."""
+
+    def __init__(self, config: ModelConfig, ops: ModelOps, device, dtype, tp: TensorParallel) -> None:
         super().__init__()
         self.ops = ops
+        self.tp = tp
         self.gate_up_proj = Linear(2 * config.intermediate_size, config.hidden_size, False, device, dtype, ops)
         self.down_proj = Linear(config.hidden_size, config.intermediate_size, False, device, dtype, ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.tp.all_reduce(self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
@@ -113,14 +130,16 @@ class DecoderLayer(nn.Module):
         device,
         dtype,
         residual_dtype: torch.dtype | None = None,
+        tp: TensorParallel | None = None,
     ):
         super().__init__()
+        tp = tp or TensorParallel.single()
         self.residual_dtype = residual_dtype or dtype
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, ops, device, dtype)
-        self.self_attn = Attention(config, layer_id, rope, ops, device, dtype)
+        self.self_attn = Attention(config, layer_id, rope, ops, device, dtype, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, ops, device, dtype)
-        self.mlp = MLP(config, ops, device, dtype)
+        self.mlp = MLP(config, ops, device, dtype, tp)
 
     def forward(
         self, hidden: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch
@@ -135,7 +154,11 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Token ids in, logits of the rows the batch asks to sample out."""
+    """Token ids in, logits of the rows the batch asks to sample out.
+
+    With tensor parallelism (``tp``), every rank of the group builds this model from the whole model's config and
+    holds its part (``tensor_parallel.py``): ``config`` is then the rank's shape and ``full_config`` the model's; every
+    rank returns the full logits."""
 
     def __init__(
         self,
@@ -145,18 +168,22 @@ class LlamaForCausalLM(nn.Module):
         dtype: torch.dtype,
         ops: ModelOps = TORCH_OPS,
         residual_dtype: torch.dtype | None = None,
+        tp: TensorParallel | None = None,
     ) -> None:
         """``residual_dtype``: the residual stream's dtype; by default float32 for 16-bit models (see
-        ``DecoderLayer``), else ``dtype``."""
+        ``DecoderLayer``), else ``dtype``. ``tp``: this process's tensor-parallel rank (default: the whole model)."""
         super().__init__()
-        self.config = config
+        self.tp = tp = tp or TensorParallel.single()
+        self.full_config = config
+        self.config = config = tp.local_config(config)
+        self.vocab_start = tp.vocab_start(self.full_config)
         self.ops = ops
         if residual_dtype is None:
             residual_dtype = torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
         self.rope = RotaryEmbedding(config, max_position, device, dtype, ops)
         self.embed_tokens = _empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i, self.rope, ops, device, dtype, residual_dtype) for i in range(config.num_layers)
+            DecoderLayer(config, i, self.rope, ops, device, dtype, residual_dtype, tp) for i in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops, device, dtype)
         self.lm_head = (
@@ -167,7 +194,7 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        hidden = F.embedding(batch.input_ids, self.embed_tokens)
+        hidden = self._embed(batch.input_ids)
         residual = None
         for layer in self.layers:
             hidden, residual = layer(hidden, residual, batch)
@@ -179,7 +206,18 @@ class LlamaForCausalLM(nn.Module):
             hidden = self.norm(hidden)
         else:
             hidden, _ = self.norm.add_forward(hidden, residual)
-        return self.ops.linear(hidden, self.lm_head, None).float()
+        logits = self.ops.linear(hidden, self.lm_head, None)
+        return self.tp.gather_vocab(logits, self.full_config.vocab_size).float()
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embedding rows of ``input_ids``; with a vocabulary slice per rank, ids outside this rank's slice give
+        zeros and the all-reduce sums the one rank's row that holds each id."""
+        if not self.tp.enabled:
+            return F.embedding(input_ids, self.embed_tokens)
+        local = input_ids - self.vocab_start
+        outside = (local < 0) | (local >= self.config.vocab_size)
+        hidden = F.embedding(local.masked_fill(outside, 0), self.embed_tokens)
+        return self.tp.all_reduce(hidden.masked_fill(outside.unsqueeze(-1), 0.0))
 
     # ---- weights -------------------------------------------------------------------------------------------------
 
@@ -221,10 +259,11 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy ``(hf_name, tensor)`` pairs into the model; every parameter must be given exactly once."""
+        """Copy ``(hf_name, tensor)`` pairs of the whole model into it (this rank's part of each, with tensor
+        parallelism); every parameter must be given exactly once."""
         table = self.parameter_table()
         missing = set(table)
-        for name, tensor in weights:
+        for name, tensor in self.tp.shard_all(weights, self.full_config):
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue  # some tied checkpoints still ship the head; the embedding is authoritative
             target = table.get(name)
