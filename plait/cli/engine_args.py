@@ -27,6 +27,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     group.add_argument("--kv-slots", type=int, default=0, help="KV pool size in tokens (0: automatic)")
     group.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the model over N ranks, one process each: GPUs cuda:0..N-1 (NCCL), or CPU processes (gloo); "
+        "N must divide the model's attention heads",
+    )
+    group.add_argument(
         "--host-kv-slots",
         type=int,
         default=0,
@@ -123,6 +131,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         cuda_graphs=args.cuda_graphs,
         overlap=args.overlap,
         simulate=args.simulate,
+        tensor_parallel=getattr(args, "tensor_parallel", 1),
     )
 
 

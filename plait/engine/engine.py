@@ -330,6 +330,7 @@ class Engine:
                 sinks, self._sinks = list(self._sinks.values()), {}
             for request_id in list(self.core.requests):  # leave the core idle, its KV free
                 self.core.abort(request_id)
+            self.core.close()
             self._publish_feedback()
             for sink in sinks:
                 sink.put(None)

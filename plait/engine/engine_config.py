@@ -62,6 +62,8 @@ class EngineConfig:
     # replaces it with its plan's (``Engine.set_policy``).
     policy: EnginePolicy = field(default_factory=EnginePolicy)
     simulate: str = ""  # a GPU profile (simulated_gpu.PROFILES): model the forward pass's time on CPU, fixed logits
+    # Ranks the model is split over (tensor_parallel.py): one process and device each (cuda:0..N-1, or CPU with gloo).
+    tensor_parallel: int = 1
 
     @property
     def simulated(self) -> bool:
@@ -98,6 +100,22 @@ class EngineConfig:
             return device.type == "cuda" and self.resolve_attention_backend(device) == "triton"
         return self.fused_ops == "on"
 
+    def _validate_tensor_parallel(self) -> None:
+        size = self.tensor_parallel
+        if size < 1:
+            raise InvalidRequestError("tensor_parallel", f"must be >= 1, got {size}")
+        if size == 1:
+            return
+        if self.simulated:
+            raise InvalidRequestError("tensor_parallel", "the simulated engine has no model to split; drop one")
+        if self.host_kv_slots:
+            raise InvalidRequestError("tensor_parallel", "a host KV tier is not available with tensor parallelism yet")
+        device = self.resolve_device()
+        if device.type == "cuda" and torch.cuda.device_count() < size:
+            raise InvalidRequestError(
+                "tensor_parallel", f"{size} ranks need {size} GPUs; this machine has {torch.cuda.device_count()}"
+            )
+
     def validate(self) -> None:
         for name in ("max_running", "max_batch_tokens", "chunk_size"):
             if getattr(self, name) < 1:
@@ -125,5 +143,6 @@ class EngineConfig:
         if not 0.0 <= self.decode_reserve_ratio <= 1.0:
             raise InvalidRequestError("decode_reserve_ratio", f"must be in [0, 1], got {self.decode_reserve_ratio}")
         self.policy.validate()
+        self._validate_tensor_parallel()
         if not 0.0 < self.kv_memory_fraction < 1.0:
             raise InvalidRequestError("kv_memory_fraction", f"must be in (0, 1), got {self.kv_memory_fraction}")

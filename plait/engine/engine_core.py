@@ -38,6 +38,8 @@ from plait.engine.sampling_params import check_max_tokens_fit
 from plait.engine.scheduler import ScheduledBatch, Scheduler
 from plait.engine.scoring import Scoring
 from plait.engine.sequence import RequestState, SeqStatus, Sequence
+from plait.engine.tensor_parallel import TensorParallel
+from plait.engine.tensor_parallel_workers import MirroredReqToToken, TensorParallelGroup, WorkerSetup
 from plait.engine.text_output import TextOutput
 from plait.engine.tokenizer_loader import load_tokenizer
 
@@ -61,17 +63,31 @@ class EngineCore(RuntimeControls, Scoring):
         self.tokenizer = load_tokenizer(source, config.tokenizer)
         self.max_context = config.resolve_max_context(source.config.max_position)
         self.attention_backend = config.resolve_attention_backend(self.device)
-        self.kv_slots = config.kv_slots or auto_kv_slots(config, source.config, self.device, self.dtype)
         mc = source.config
+        # With tensor parallelism this process is rank 0 of the group: it holds its part of the model and a KV pool
+        # of its KV heads (``local``), and drives the other ranks (tensor_parallel_workers.py).
+        self.tp_group = TensorParallelGroup.start(config, self.device) if config.tensor_parallel > 1 else None
+        tp = self.tp_group.tp if self.tp_group is not None else TensorParallel.single()
+        local = tp.local_config(mc)
         if config.simulated:  # no weights and a KV pool of one value per slot: only slot counts matter
             self.model = None
+            self.kv_slots = config.kv_slots or auto_kv_slots(config, mc, self.device, self.dtype)
             self.kv_pool = KVPool(1, self.kv_slots, 1, 1, self.dtype, self.device)
         else:
             ops = triton_ops() if config.resolve_fused_ops(self.device) else TORCH_OPS
-            self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed, ops)
-            self.kv_pool = KVPool(mc.num_layers, self.kv_slots, mc.num_kv_heads, mc.head_dim, self.dtype, self.device)
+            self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed, ops, tp=tp)
+            self.kv_slots = config.kv_slots or auto_kv_slots(config, local, self.device, self.dtype)
+            self.kv_pool = KVPool(
+                mc.num_layers, self.kv_slots, local.num_kv_heads, mc.head_dim, self.dtype, self.device
+            )
         self.allocator = SlotAllocator(self.kv_slots)
-        self.req_to_token = ReqToTokenPool(config.max_running, self.max_context + 1, self.device)
+        if self.tp_group is not None:
+            self.tp_group.share_setup(WorkerSetup(self.kv_slots, self.max_context))
+            self.req_to_token: ReqToTokenPool = MirroredReqToToken(
+                config.max_running, self.max_context + 1, self.device
+            )
+        else:
+            self.req_to_token = ReqToTokenPool(config.max_running, self.max_context + 1, self.device)
         self.prefix_cache, self.cache_hints = build_prefix_cache(config, self.allocator, self.kv_pool)
         self.scheduler = Scheduler(
             config,
@@ -81,7 +97,7 @@ class EngineCore(RuntimeControls, Scoring):
             self.prefix_cache,
             ready=self._can_admit,
         )
-        self.runner = build_runner(self, mc)
+        self.runner = build_runner(self, mc, local)
         self.requests: dict[str, list[Sequence]] = {}
         self._arrivals = itertools.count()
         self._seed_source = torch.Generator().manual_seed(config.seed)
@@ -94,6 +110,11 @@ class EngineCore(RuntimeControls, Scoring):
         # A step's wall time waits on the previous step's device work only where the forward pass is asynchronous.
         self.meter = ThroughputMeter(overlap=self.overlap and self.device.type == "cuda")
         self._inflight: InflightStep | None = None
+
+    def close(self) -> None:
+        """Stops the tensor-parallel workers, if any (the engine is not stepped again)."""
+        if self.tp_group is not None:
+            self.tp_group.stop()
 
     # ---- requests --------------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from plait.engine.model_config import ModelConfig
 from plait.engine.model_runner import ModelRunner
 from plait.engine.simulated_gpu import StepCostModel, gpu_profile
 from plait.engine.simulated_runner import SimulatedRunner
+from plait.engine.tensor_parallel_workers import TensorParallelRunner
 
 if TYPE_CHECKING:
     from plait.engine.engine_core import EngineCore
@@ -67,8 +68,9 @@ def build_decode_graphs(
     return graphs
 
 
-def build_runner(core: EngineCore, mc: ModelConfig) -> ModelRunner:
-    """The forward pass: the model on its attention backend (with decode graphs), or the simulated GPU."""
+def build_runner(core: EngineCore, mc: ModelConfig, local: ModelConfig) -> ModelRunner:
+    """The forward pass: the model on its attention backend (with decode graphs), or the simulated GPU. ``local``:
+    this rank's shape of the model ``mc`` (``mc`` itself without tensor parallelism)."""
     config = core.config
     if config.simulated:
         cost = StepCostModel(mc, gpu_profile(config.simulate))
@@ -77,6 +79,10 @@ def build_runner(core: EngineCore, mc: ModelConfig) -> ModelRunner:
     assert core.model is not None
     attention = create_backend(core.attention_backend, core.kv_pool, core.req_to_token, mc.head_dim**-0.5)
     if core.device.type == "cuda" and hasattr(attention, "precompile"):
-        attention.precompile(mc.num_heads, core.dtype)  # no kernel compiles in the middle of serving
+        attention.precompile(local.num_heads, core.dtype)  # no kernel compiles in the middle of serving
     graphs = build_decode_graphs(config, core.model, attention, core.device)
+    if core.tp_group is not None:
+        return TensorParallelRunner(
+            core.model, core.kv_pool, core.req_to_token, attention, core.device, graphs, group=core.tp_group
+        )
     return ModelRunner(core.model, core.kv_pool, core.req_to_token, attention, core.device, graphs)

@@ -12,6 +12,7 @@ from plait.engine.errors import ModelLoadError, ModelNotFoundError
 from plait.engine.model import LlamaForCausalLM
 from plait.engine.model_config import DUMMY_SHAPES, ModelConfig
 from plait.engine.model_ops import TORCH_OPS, ModelOps
+from plait.engine.tensor_parallel import TensorParallel
 from plait.engine.weights import GGUFCheckpoint, SafetensorsCheckpoint, dummy_weights
 
 WEIGHT_FORMATS = ("auto", "gguf", "safetensors", "dummy")
@@ -59,9 +60,11 @@ def build_model(
     dtype: torch.dtype,
     seed: int = 0,
     ops: ModelOps = TORCH_OPS,
+    tp: TensorParallel | None = None,
 ) -> LlamaForCausalLM:
-    """Instantiate the model on ``device`` (its elementwise operations from ``ops``) and fill its weights."""
-    model = LlamaForCausalLM(source.config, max_position, device, dtype, ops)
+    """Instantiate the model on ``device`` (its elementwise operations from ``ops``; ``tp``: this rank's part of
+    it) and fill its weights."""
+    model = LlamaForCausalLM(source.config, max_position, device, dtype, ops, tp=tp)
     if source.checkpoint is None:
         dummy_weights(model, seed)
     else:

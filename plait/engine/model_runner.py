@@ -5,6 +5,8 @@ Decode-only batches replay a CUDA graph when graphs are on (see cuda_graphs.py);
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from plait.cache import KVPool, ReqToTokenPool
@@ -15,6 +17,20 @@ from plait.engine.host_copy import pinned_to_device
 from plait.engine.inflight import PENDING, InflightStep
 from plait.engine.model import LlamaForCausalLM
 from plait.engine.scheduler import ScheduledBatch
+
+
+@dataclass
+class StepInputs:
+    """One step's inputs as the host packs them: ``host`` holds input ids, KV slots, positions, req_to_token
+    positions, sampled rows, pending positions and their rows in the previous step, in that order."""
+
+    host: torch.Tensor  # int64
+    num_tokens: int
+    num_samples: int
+    num_pending: int
+    num_decode: int
+    layouts: list[SequenceLayout]
+    has_extends: bool
 
 
 class ModelRunner:
@@ -36,11 +52,17 @@ class ModelRunner:
         self.graph_steps = 0  # forwards served by a graph replay (tests and benchmarks read it)
 
     def prepare(self, batch: ScheduledBatch, inflight: InflightStep | None = None) -> ForwardBatch:
-        """Model inputs for ``batch``. Tokens still ``PENDING`` are taken on the device from ``inflight``.
+        """Model inputs for ``batch``. Tokens still ``PENDING`` are taken on the device from ``inflight``."""
+        step = self.pack(batch, inflight)
+        pending = None
+        if step.num_pending:
+            assert inflight is not None
+            pending = inflight.tokens
+        return self.unpack(step, pending)
 
-        Everything the step needs from the host (token ids, positions, KV slots, the req_to_token entries of the
-        new tokens, sampled rows, pending tokens) travels in one pinned copy: no copy here waits for the GPU.
-        """
+    def pack(self, batch: ScheduledBatch, inflight: InflightStep | None = None) -> StepInputs:
+        """Everything the step needs from the host, in one int64 buffer (``StepInputs``): no copy waits for the
+        GPU, and a tensor-parallel group's other ranks receive the step as this buffer."""
         input_ids: list[int] = []
         positions: list[int] = []
         table_index: list[int] = []  # flat req_to_token positions of the new tokens (their slots go there)
@@ -73,32 +95,38 @@ class ModelRunner:
         for part in parts[1:]:
             host[offset : offset + len(part)] = torch.tensor(part, dtype=torch.int64)
             offset += len(part)
-        device_values = pinned_to_device(host, self.device)
+        return StepInputs(host, n, len(sample_rows), len(pending_at), len(batch.decodes), layouts, bool(batch.extends))
+
+    def unpack(self, step: StepInputs, pending_tokens: torch.Tensor | None) -> ForwardBatch:
+        """The ``ForwardBatch`` of a packed step; ``pending_tokens``: the previous step's sampled tokens (on the
+        device), which the step's pending positions take."""
+        n, num_samples, num_pending = step.num_tokens, step.num_samples, step.num_pending
+        device_values = pinned_to_device(step.host, self.device)
         ids, out_cache_loc, positions_t, table_t, samples_t, at_t, rows_t = device_values.split(
-            [n, n, n, n, len(sample_rows), len(pending_at), len(pending_at)]
+            [n, n, n, n, num_samples, num_pending, num_pending]
         )
         # The new tokens' slots must be in req_to_token before attention reads the row.
         self.req_to_token.table.view(-1).index_copy_(0, table_t, out_cache_loc)
-        if pending_at:
-            assert inflight is not None
+        if num_pending:
+            assert pending_tokens is not None
             ids = ids.clone()  # the packed buffer stays intact; ids is written on the device
-            ids.index_copy_(0, at_t, inflight.tokens.index_select(0, rows_t))
+            ids.index_copy_(0, at_t, pending_tokens.index_select(0, rows_t))
         use_graph = (
             self.graphs is not None
-            and not batch.extends
-            and len(sample_rows) == len(layouts)
-            and self.graphs.bucket(len(layouts)) is not None
+            and not step.has_extends
+            and num_samples == len(step.layouts)
+            and self.graphs.bucket(len(step.layouts)) is not None
         )
         forward = ForwardBatch(
             input_ids=ids,
             positions=positions_t,
             out_cache_loc=out_cache_loc,
             sample_indices=samples_t,
-            num_decode=len(batch.decodes),
-            layouts=layouts,
+            num_decode=step.num_decode,
+            layouts=step.layouts,
             attention=self.attention,
             use_graph=use_graph,
-            samples_every_row=len(sample_rows) == n,
+            samples_every_row=num_samples == n,
         )
         if not use_graph:  # a graph reads its metadata from static buffers filled at replay
             forward.attn_meta = self.attention.prepare(forward)

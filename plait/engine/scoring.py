@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 
 class Scoring:
+    config: Any
     max_context: int
     model: Any
     device: torch.device
@@ -47,6 +48,10 @@ class Scoring:
             raise InvalidRequestError("prompt_token_ids", f"need 1 to {self.max_context - 1} tokens")
         if self.model is None:
             raise InvalidRequestError("simulate", "the simulated engine computes no logits")
+        if self.config.tensor_parallel > 1:
+            raise InvalidRequestError(
+                "tensor_parallel", "scoring outside the batch is not available with tensor parallelism yet"
+            )
         row = self.req_to_token.alloc_row()
         if row is None or not self.scheduler._ensure_free(len(token_ids)):
             raise InvalidRequestError("prompt_token_ids", "the engine is full; try again when it is idle")

@@ -16,13 +16,15 @@ import torch
 import torch.multiprocessing as mp
 
 from plait.cache import KVPool, ReqToTokenPool
+from plait.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 from plait.engine.attention.torch_backend import TorchAttentionBackend
-from plait.engine.errors import ModelLoadError
+from plait.engine.errors import InvalidRequestError, ModelLoadError
 from plait.engine.forward_batch import ForwardBatch, SequenceLayout
 from plait.engine.model import LlamaForCausalLM
 from plait.engine.model_config import DUMMY_SHAPES, ModelConfig
 from plait.engine.tensor_parallel import TensorParallel, check_tensor_parallel, init_tensor_parallel
 from plait.engine.weights.dummy_weights import dummy_weights
+from tests.conftest import TINY as TINY_ENGINE
 
 TINY = DUMMY_SHAPES["tiny"]  # 4 heads, 2 KV heads, MLP 128, vocabulary 512
 SHAPES = {
@@ -113,3 +115,55 @@ def test_shapes_that_do_not_split_are_refused_with_what_to_change():
     with pytest.raises(ModelLoadError, match="must be >= 1"):
         check_tensor_parallel(TINY, 0)
     check_tensor_parallel(DUMMY_SHAPES["llama-3.1-8b"], 8)
+
+
+def _generate(core: EngineCore, requests: list[GenerateRequest]) -> dict[tuple[str, int], list[int]]:
+    for request in requests:
+        core.add_request(request)
+    tokens: dict[tuple[str, int], list[int]] = {}
+    while core.has_work():
+        for delta in core.step():
+            tokens.setdefault((delta.request_id, delta.index), []).extend(delta.token_ids)
+        core.check_invariants()
+    assert core.kv_in_use() == 0
+    return tokens
+
+
+def _requests() -> list[GenerateRequest]:
+    shared = "a shared system prompt that several requests start with; " * 3
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    return [
+        GenerateRequest(prompt=shared + "first", sampling=greedy, request_id="a"),
+        GenerateRequest(prompt=shared + "second", sampling=greedy, request_id="b"),  # a prefix-cache hit
+        GenerateRequest(
+            prompt="fan out", sampling=SamplingParams(max_tokens=8, temperature=0.9, seed=3, n=3), request_id="c"
+        ),
+        GenerateRequest(prompt="x" * 300, sampling=SamplingParams(max_tokens=4, temperature=0.0), request_id="d"),
+    ]
+
+
+@pytest.mark.parametrize("overlap", ["off", "on"])
+def test_tensor_parallel_engine_generates_what_one_rank_does(overlap):
+    """The engine path: rank 0 schedules and samples, a worker process runs each step with it (prefix hits, shared
+    rows of n > 1, chunked prefill, and, with the overlap loop, tokens still on the device)."""
+    config = {**TINY_ENGINE, "overlap": overlap, "chunk_size": 64, "kv_slots": 2048}
+    whole = EngineCore(EngineConfig(**config))
+    expected = _generate(whole, _requests())
+    split = EngineCore(EngineConfig(**config, tensor_parallel=2))
+    try:
+        assert split.model.config.num_heads == 2 and split.kv_pool.k[0].shape[1] == 1  # half the heads here
+        assert _generate(split, _requests()) == expected
+        with pytest.raises(InvalidRequestError, match="tensor parallelism"):
+            split.prompt_logits([1, 2, 3])
+    finally:
+        split.close()
+    assert all(not worker.is_alive() for worker in split.tp_group.workers)
+
+
+def test_tensor_parallel_settings_that_cannot_work_are_refused():
+    with pytest.raises(InvalidRequestError, match="must be >= 1"):
+        EngineConfig(**TINY_ENGINE, tensor_parallel=0).validate()
+    with pytest.raises(InvalidRequestError, match="simulated"):
+        EngineConfig(**TINY_ENGINE, tensor_parallel=2, simulate="h100").validate()
+    with pytest.raises(InvalidRequestError, match="host KV tier"):
+        EngineConfig(**TINY_ENGINE, tensor_parallel=2, host_kv_slots=1024).validate()
