@@ -253,6 +253,7 @@ class Engine:
             "cuda_graphs": core.runner.graphs is not None,
             "overlap": core.overlap,
             "simulate": config.simulate or None,
+            "tensor_parallel": config.tensor_parallel,
             "policy": core.policy.to_dict(),  # as applied on the engine thread
         }
 

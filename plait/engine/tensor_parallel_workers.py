@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -162,6 +163,7 @@ def worker_main(rank: int, init_method: str, config: EngineConfig) -> None:
     from plait.engine.model_loader import build_model, resolve_model
     from plait.engine.model_ops import TORCH_OPS, triton_ops
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 stops the workers (a Ctrl-C reaches the whole group)
     size = config.tensor_parallel
     device = config.resolve_device()
     if device.type == "cuda":

@@ -109,7 +109,9 @@ def load_engine(
     say(
         f"model: {settings['model_name'] or 'unnamed'} loaded in {time.perf_counter() - started:.1f} s "
         f"({settings['device']}, {settings['dtype']}, {settings['kv_slots']} KV slots, "
-        f"context {settings['max_context']} tokens)"
+        f"context {settings['max_context']} tokens"
+        + (f", tensor parallel over {settings['tensor_parallel']} ranks" if settings["tensor_parallel"] > 1 else "")
+        + ")"
     )
     plan = executor.planner.config
     say(f"plan: {plan.name}")
