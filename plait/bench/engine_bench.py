@@ -226,8 +226,10 @@ def _roofline_fractions(result: dict[str, float], core: EngineCore, limits: Any,
     batch = int(result["batch"])
     element = core.kv_pool.k[0].element_size()
     mean_context = prompt_len + gen_len / 2
-    decode_floor = decode_step_floor_s(core.model_config, element, [int(mean_context)] * batch, limits)
-    prefill_floor = prefill_floor_s(core.model_config, [prompt_len] * batch, limits)
+    # Per device: with tensor parallelism, each GPU reads and computes its rank's part (its shape: model.config).
+    shape = core.model.config if core.model is not None else core.model_config
+    decode_floor = decode_step_floor_s(shape, element, [int(mean_context)] * batch, limits)
+    prefill_floor = prefill_floor_s(shape, [prompt_len] * batch, limits)
     result["decode_floor_step_s"] = decode_floor
     result["decode_roofline_fraction"] = decode_floor / result["decode_step_s"]
     # t_prefill_s also holds one decode step and the scheduling around it: the fraction is a lower bound.
