@@ -12,6 +12,7 @@ from plait.cache.hints import CacheHints
 from plait.cache.host_tier import HostTier
 from plait.cache.kv_pool import KVPool
 from plait.cache.prefix_cache import NoPrefixCache, PrefixCache, PrefixMatch
+from plait.cache.prefix_kv import PrefixKV
 from plait.cache.radix import CacheCounters, RadixCache, RadixNode
 from plait.cache.radix_node import CacheEvent, ResidencyMark
 from plait.cache.req_to_token import ReqToTokenPool
@@ -30,6 +31,7 @@ __all__ = [
     "NoPrefixCache",
     "OutOfSlotsError",
     "PrefixCache",
+    "PrefixKV",
     "PrefixMatch",
     "RadixCache",
     "RadixNode",

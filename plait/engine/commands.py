@@ -16,6 +16,7 @@ import concurrent.futures
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from plait.cache import PrefixKV
 from plait.engine.engine_policy import EnginePolicy
 from plait.engine.errors import InvalidRequestError
 from plait.engine.request import priority_key
@@ -196,6 +197,53 @@ class FlushPrefixCache:
     freed: concurrent.futures.Future[int] = field(default_factory=concurrent.futures.Future, compare=False)
 
 
+def _check_token_ids(name: str, token_ids: tuple[int, ...]) -> None:
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in token_ids):
+        raise InvalidRequestError(name, "must be a sequence of token ids (ints >= 0)")
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentPrefix:
+    """How many leading tokens of ``token_ids`` have their KV on the device now (a read-only look: routing asks
+    each replica). ``result`` resolves once the engine thread applied it."""
+
+    token_ids: tuple[int, ...]
+    result: concurrent.futures.Future[int] = field(default_factory=concurrent.futures.Future, compare=False)
+
+    def __post_init__(self) -> None:
+        _set(self, "token_ids", tuple(self.token_ids))
+        _check_token_ids("token_ids", self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPrefix:
+    """Copy the KV of the longest device-resident prefix of ``token_ids`` to host memory (``kv_transfer.py``):
+    ``result`` resolves to a ``PrefixKV``, empty when nothing is cached."""
+
+    token_ids: tuple[int, ...]
+    result: concurrent.futures.Future[PrefixKV] = field(default_factory=concurrent.futures.Future, compare=False)
+
+    def __post_init__(self) -> None:
+        _set(self, "token_ids", tuple(self.token_ids))
+        _check_token_ids("token_ids", self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportPrefix:
+    """Insert KV another engine of the same model exported as a cached prefix (of ``program_id``, if given):
+    ``result`` resolves to the tokens cached from it (0: no room)."""
+
+    kv: PrefixKV
+    program_id: str | None = None
+    result: concurrent.futures.Future[int] = field(default_factory=concurrent.futures.Future, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kv, PrefixKV):
+            raise InvalidRequestError("kv", f"must be a PrefixKV, got {type(self.kv).__name__}")
+        if self.program_id is not None:
+            _check_program(self.program_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Stop:
     """End the step loop (``Engine.close`` sends it): requests still in flight end with ``EngineStoppedError``, and
@@ -213,6 +261,9 @@ EngineCommand = (
     | Unreserve
     | ForgetProgram
     | SetPolicy
+    | ResidentPrefix
+    | ExportPrefix
+    | ImportPrefix
     | FlushPrefixCache
     | Stop
 )

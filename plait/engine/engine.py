@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -25,12 +25,15 @@ from plait.engine.commands import (
     Abort,
     AddRequest,
     EngineCommand,
+    ExportPrefix,
     FlushPrefixCache,
     ForgetProgram,
     HintNextUse,
+    ImportPrefix,
     Pin,
     Prefetch,
     Reserve,
+    ResidentPrefix,
     SetPolicy,
     Stop,
     Unpin,
@@ -42,6 +45,7 @@ from plait.engine.engine_feedback import EngineFeedback, FeedbackChannel
 from plait.engine.engine_policy import EnginePolicy
 from plait.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
 from plait.engine.grammar import choice_score, scoring_requests
+from plait.engine.kv_transfer import export_prefix, import_prefix
 from plait.engine.model_config import ModelConfig
 from plait.engine.request import ChoiceScore, Completion, GenerateDelta, GenerateRequest, GenerateResult
 from plait.engine.sequence import RequestState
@@ -133,34 +137,7 @@ class Engine:
 
     async def complete(self, request: GenerateRequest) -> GenerateResult:
         """Run ``request`` to the end and assemble its samples."""
-        texts: dict[int, list[str]] = {}
-        tokens: dict[int, list[int]] = {}
-        logprobs: dict[int, list] = {}
-        prompt_logprobs: dict[int, list] = {}
-        reasons: dict[int, str | None] = {}
-        prompt_tokens = 0
-        async for delta in self.generate(request):
-            if delta.prompt_logprobs is not None:
-                prompt_logprobs[delta.index] = delta.prompt_logprobs
-            texts.setdefault(delta.index, []).append(delta.text)
-            tokens.setdefault(delta.index, []).extend(delta.token_ids)
-            if delta.logprobs:
-                logprobs.setdefault(delta.index, []).extend(delta.logprobs)
-            if delta.finish_reason is not None:
-                reasons[delta.index] = delta.finish_reason
-            prompt_tokens = delta.prompt_tokens
-        completions = [
-            Completion(
-                i,
-                "".join(texts[i]),
-                tokens[i],
-                reasons.get(i),
-                logprobs.get(i) if logprobs else None,
-                prompt_logprobs.get(i),
-            )
-            for i in sorted(texts)
-        ]
-        return GenerateResult(request.request_id, prompt_tokens, completions)
+        return await complete_with(self.generate, request)
 
     async def score_choices(self, request: GenerateRequest, choices: list[str]) -> list[ChoiceScore]:
         """Score each choice by its log-probability after ``request``'s prompt (SGLang's ``select``), in the order
@@ -174,13 +151,7 @@ class Engine:
         scoring = scoring_requests(request, prompt_ids, choices, self.tokenizer)
         for r in scoring:  # validate every one before any starts
             self.core.prepare(r)
-        results = await asyncio.gather(*(self.complete(r) for r in scoring))
-        for result in results:
-            if result.completions[0].finish_reason in ("error", "abort"):
-                raise EngineError(
-                    f"scoring request {result.request_id} ended with {result.completions[0].finish_reason}"
-                )
-        return [choice_score(c, r.completions[0].prompt_logprobs) for c, r in zip(choices, results, strict=True)]
+        return await score_with(self.complete, scoring, choices)
 
     def send(self, command: EngineCommand) -> None:
         """Queue ``command`` (one of ``commands.py``) for the engine thread; thread-safe, returns at once. Commands are
@@ -396,10 +367,13 @@ class Engine:
             case SetPolicy():
                 core.set_policy(command.policy)
             case FlushPrefixCache():
-                try:
-                    command.freed.set_result(core.flush_prefix_cache())
-                except Exception as error:  # reported to the caller, never fatal to the loop
-                    command.freed.set_exception(error)
+                _resolve(command.freed, core.flush_prefix_cache)
+            case ResidentPrefix():
+                _resolve(command.result, lambda: core.prefix_cache.resident_length(list(command.token_ids)))
+            case ExportPrefix():
+                _resolve(command.result, lambda: export_prefix(core, list(command.token_ids)))
+            case ImportPrefix():
+                _resolve(command.result, lambda: import_prefix(core, command.kv, command.program_id))
             case Stop():
                 return False
             case _:
@@ -456,7 +430,64 @@ def _ids(prefix_token_ids: tuple[int, ...] | None) -> list[int] | None:
     return None if prefix_token_ids is None else list(prefix_token_ids)
 
 
+async def complete_with(
+    generate: Callable[[GenerateRequest], AsyncIterator[GenerateDelta]], request: GenerateRequest
+) -> GenerateResult:
+    """Run ``request`` through ``generate`` (an engine's, or a replica set's) to the end and assemble its samples."""
+    texts: dict[int, list[str]] = {}
+    tokens: dict[int, list[int]] = {}
+    logprobs: dict[int, list] = {}
+    prompt_logprobs: dict[int, list] = {}
+    reasons: dict[int, str | None] = {}
+    prompt_tokens = 0
+    async for delta in generate(request):
+        if delta.prompt_logprobs is not None:
+            prompt_logprobs[delta.index] = delta.prompt_logprobs
+        texts.setdefault(delta.index, []).append(delta.text)
+        tokens.setdefault(delta.index, []).extend(delta.token_ids)
+        if delta.logprobs:
+            logprobs.setdefault(delta.index, []).extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            reasons[delta.index] = delta.finish_reason
+        prompt_tokens = delta.prompt_tokens
+    completions = [
+        Completion(
+            i,
+            "".join(texts[i]),
+            tokens[i],
+            reasons.get(i),
+            logprobs.get(i) if logprobs else None,
+            prompt_logprobs.get(i),
+        )
+        for i in sorted(texts)
+    ]
+    return GenerateResult(request.request_id, prompt_tokens, completions)
+
+
+async def score_with(
+    complete: Callable[[GenerateRequest], Awaitable[GenerateResult]],
+    scoring: list[GenerateRequest],
+    choices: list[str],
+) -> list[ChoiceScore]:
+    """The choices' scores from their scoring requests (``scoring_requests``), run through ``complete``."""
+    results = await asyncio.gather(*(complete(r) for r in scoring))
+    for result in results:
+        if result.completions[0].finish_reason in ("error", "abort"):
+            raise EngineError(f"scoring request {result.request_id} ended with {result.completions[0].finish_reason}")
+    return [choice_score(c, r.completions[0].prompt_logprobs) for c, r in zip(choices, results, strict=True)]
+
+
+def _resolve(result: concurrent.futures.Future, compute: Callable[[], Any]) -> None:
+    """Hand ``compute()``'s value (or its error: reported to the caller, never fatal to the loop) to ``result``."""
+    try:
+        result.set_result(compute())
+    except Exception as error:
+        result.set_exception(error)
+
+
 def _never_applied(command: EngineCommand) -> None:
     """A command the stopped engine will not apply: a caller awaiting its result is told so."""
     if isinstance(command, FlushPrefixCache):
         command.freed.set_exception(EngineStoppedError("the engine is closed"))
+    elif isinstance(command, ResidentPrefix | ExportPrefix | ImportPrefix):
+        command.result.set_exception(EngineStoppedError("the engine is closed"))
