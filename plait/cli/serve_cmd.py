@@ -89,7 +89,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_plan_argument(parser, served=True)
     add_engine_arguments(parser)
+    scale = parser.add_argument_group("scale-out")
+    scale.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="engine replicas behind one planner and API (default 1: one engine in this process)",
+    )
+    scale.add_argument(
+        "--routing",
+        default="program",
+        choices=["program", "prefix", "round-robin"],
+        help="where each call goes: program (the replica holding its program's KV, else the longest cached prefix "
+        "under a load guard; the default), prefix (always the longest cached prefix), round-robin",
+    )
+    scale.add_argument(
+        "--replica-backend",
+        default="ray",
+        choices=["ray", "local"],
+        help="ray: one Ray actor per replica (pip install 'plait[scale]'); local: engines in this process",
+    )
+    scale.add_argument(
+        "--ray-address", default=None, help="join this Ray cluster (default: start a local Ray, stopped at exit)"
+    )
     parser.set_defaults(handler=serve)
+
+
+def engine_source_from_args(args: argparse.Namespace) -> Any:
+    """The engine settings; with ``--replicas`` above 1 (or a Ray address), replicas of them (``ReplicatedEngine``)."""
+    engine = engine_config_from_args(args)
+    if args.replicas == 1 and args.ray_address is None:
+        return engine
+    from plait.runtime.replicas import ReplicaConfig, ReplicatedEngine
+
+    replicas = ReplicaConfig(
+        replicas=args.replicas, routing=args.routing, backend=args.replica_backend, ray_address=args.ray_address
+    )
+    replicas.validate()
+    return ReplicatedEngine(engine, replicas)
 
 
 def load_config(args: argparse.Namespace):  # -> ServerConfig
@@ -158,7 +196,11 @@ def _serve_on(sock: socket.socket, args: argparse.Namespace, config: Any, log: S
         except ValueError as error:
             raise StartupError("plan", error) from error
         _open_journal(state, log)
-        loaded = load_engine(config, engine_config_from_args(args), plan=plan, report=log)
+        try:
+            source = engine_source_from_args(args)
+        except ValueError as error:
+            raise StartupError("model", error) from error
+        loaded = load_engine(config, source, plan=plan, report=log)
         log(f"ready in {time.perf_counter() - log.started:.1f} s")
         return loaded
 

@@ -8,6 +8,7 @@ May import: ``plait.cache``.
 
 from __future__ import annotations
 
+from plait.cache import PrefixKV
 from plait.engine.commands import (
     ENGINE_COMMANDS,
     Abort,
@@ -94,6 +95,7 @@ __all__ = [
     "ParsedToolOutput",
     "Pin",
     "Prefetch",
+    "PrefixKV",
     "Reserve",
     "ResidentPrefix",
     "SamplingParams",

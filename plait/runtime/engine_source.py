@@ -11,10 +11,15 @@ from plait.engine import Engine, EngineConfig
 def open_engine(source: Any = None) -> tuple[Engine, bool]:
     """``(engine, owned)``: ``owned`` is True when the engine was created here (the caller must close it).
 
-    ``source``: an ``Engine`` (used as is), an ``EngineConfig``, a model path, or None for the default model.
+    ``source``: an ``Engine`` or a ``ReplicaSet`` (used as is), an ``EngineConfig``, a ``ReplicatedEngine`` (engine
+    replicas behind one facade), a model path, or None for the default model.
     """
-    if isinstance(source, Engine):
+    from plait.runtime.replicas import ReplicaSet, ReplicatedEngine
+
+    if isinstance(source, Engine | ReplicaSet):
         return source, False
+    if isinstance(source, ReplicatedEngine):
+        return ReplicaSet.start(source.engine, source.replicas), True
     if source is None:
         return Engine(EngineConfig()), True
     if isinstance(source, EngineConfig):

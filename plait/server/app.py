@@ -122,10 +122,17 @@ def load_engine(
 
 def _describe_engine_source(source: Any) -> str:
     """What ``open_engine(source)`` loads, for the start-up log: the model file and its size, or the dummy shape."""
-    from plait.engine import Engine, EngineConfig, ModelNotFoundError, default_model_path
+    from plait.engine import EngineConfig, ModelNotFoundError, default_model_path
+    from plait.runtime.replicas import ReplicatedEngine
 
-    if isinstance(source, Engine):
+    if not isinstance(source, EngineConfig | ReplicatedEngine | str | Path | None):
         return "(an engine passed in)"
+    if isinstance(source, ReplicatedEngine):
+        spread = source.replicas
+        where = "Ray actors" if spread.backend == "ray" else "this process"
+        return f"{spread.replicas} replicas ({where}, {spread.routing} routing) of " + _describe_engine_source(
+            source.engine
+        )
     config = source if isinstance(source, EngineConfig) else EngineConfig(model=str(source or "default"))
     if config.weights == "dummy":
         return f"the '{config.model}' shape with dummy weights"

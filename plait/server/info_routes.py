@@ -44,7 +44,14 @@ async def server_info(request: Request, tenant: Annotated[Tenant, Depends(curren
         },
         "tenant": tenant.name,
         "counters": {"engine": dataclasses.asdict(state.engine.stats()), "planner": state.executor.planner.stats()},
+        **_replicas(state.engine),
     }
+
+
+def _replicas(engine: Any) -> dict[str, Any]:
+    """Scale-out servers: each replica's load, stats and bindings, and the routing's decisions."""
+    describe = getattr(engine, "describe_replicas", None)
+    return {"replicas": describe()} if describe is not None else {}
 
 
 def _torch_version() -> str:

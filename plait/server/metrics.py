@@ -54,6 +54,11 @@ class ServerMetrics:
             "plait_cached_prompt_tokens", "Prompt tokens served from the prefix cache since start", registry=registry
         )
         self.programs = Gauge("plait_programs", "Programs by state", ["state"], registry=registry)
+        # Scale-out (``plait serve --replicas``): each replica's load and the programs bound to it.
+        self.replica_waiting = Gauge("plait_replica_queue_depth", "Requests waiting", ["replica"], registry=registry)
+        self.replica_running = Gauge("plait_replica_running_requests", "Running", ["replica"], registry=registry)
+        self.replica_kv_usage = Gauge("plait_replica_kv_usage_ratio", "KV in use", ["replica"], registry=registry)
+        self.replica_bound = Gauge("plait_replica_bound_programs", "Programs bound", ["replica"], registry=registry)
 
     def observe_generation(
         self, endpoint: str, *, ttft_s: float | None, e2e_s: float, completion_tokens: int, prompt_tokens: int
@@ -80,6 +85,13 @@ class ServerMetrics:
         self.prefix_hit.set((stats.cached_prefix_tokens + stats.host_hit_tokens) / computed if computed else 0.0)
         self.prefill_tokens.set(stats.prefill_tokens)
         self.cached_prompt_tokens.set(stats.cached_prefix_tokens + stats.host_hit_tokens)
+        describe = getattr(state.engine, "describe_replicas", None)  # type: ignore[attr-defined]
+        for replica in describe()["replicas"] if describe is not None else []:
+            label = str(replica["index"])
+            self.replica_waiting.labels(label).set(replica["waiting"])
+            self.replica_running.labels(label).set(replica["running"])
+            self.replica_kv_usage.labels(label).set(replica["kv_usage"])
+            self.replica_bound.labels(label).set(replica["bound_programs"])
         counts: dict[str, int] = {"running": 0, "done": 0, "failed": 0, "cancelled": 0}
         for program in state.executor.programs.values():  # type: ignore[attr-defined]
             counts[program.state.value] = counts.get(program.state.value, 0) + 1

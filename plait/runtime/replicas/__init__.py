@@ -6,7 +6,7 @@ Owns: which replica each call and each program command goes to. May import: ``en
 
 from __future__ import annotations
 
-from plait.runtime.replicas.replica_config import REPLICA_BACKENDS, ROUTING_POLICIES, ReplicaConfig
+from plait.runtime.replicas.replica_config import REPLICA_BACKENDS, ROUTING_POLICIES, ReplicaConfig, ReplicatedEngine
 from plait.runtime.replicas.replica_handles import ReplicaLostError
 from plait.runtime.replicas.replica_router import ReplicaLoad, ReplicaRouter
 from plait.runtime.replicas.replica_set import Migration, ReplicaSet, merge_stats
@@ -20,5 +20,6 @@ __all__ = [
     "ReplicaLostError",
     "ReplicaRouter",
     "ReplicaSet",
+    "ReplicatedEngine",
     "merge_stats",
 ]

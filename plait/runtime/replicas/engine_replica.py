@@ -8,10 +8,10 @@ are methods that await the engine thread's result.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from plait.cache import PrefixKV
 from plait.engine import (
     Engine,
     EngineCommand,
@@ -22,6 +22,7 @@ from plait.engine import (
     GenerateDelta,
     GenerateRequest,
     ImportPrefix,
+    PrefixKV,
     ResidentPrefix,
 )
 from plait.engine.engine_policy import EnginePolicy
@@ -55,7 +56,7 @@ class EngineReplica:
         return self.engine.stats()
 
     def effective_settings(self) -> dict[str, Any]:
-        return {**self.engine.effective_settings(), "replica": self.index}
+        return {**self.engine.effective_settings(), "replica": self.index, "pid": os.getpid()}
 
     async def resident_prefix(self, token_ids: list[int]) -> int:
         command = ResidentPrefix(tuple(token_ids))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from plait.engine import InvalidRequestError
+from plait.engine import EngineConfig, InvalidRequestError
 
 # program: a program's calls go to the replica that holds its KV; an unbound call to the replica with the longest
 # cached prefix for it, unless the load guard says that replica is overloaded; then the least loaded.
@@ -44,3 +44,11 @@ class ReplicaConfig:
             raise InvalidRequestError("max_kv_usage", f"must be in (0, 1], got {self.max_kv_usage}")
         if self.ray_address is not None and self.backend != "ray":
             raise InvalidRequestError("ray_address", "a Ray address needs the ray backend")
+
+
+@dataclass(frozen=True)
+class ReplicatedEngine:
+    """What ``open_engine`` starts a ``ReplicaSet`` from: each replica's engine settings and the scale-out's."""
+
+    engine: EngineConfig
+    replicas: ReplicaConfig

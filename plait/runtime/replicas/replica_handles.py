@@ -11,8 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from plait.cache import PrefixKV
-from plait.engine import EngineCommand, EngineConfig, EngineFeedback, GenerateDelta, GenerateRequest
+from plait.engine import EngineCommand, EngineConfig, EngineFeedback, GenerateDelta, GenerateRequest, PrefixKV
 from plait.engine.engine_policy import EnginePolicy
 from plait.runtime.replicas.engine_replica import EngineReplica
 

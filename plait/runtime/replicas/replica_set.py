@@ -18,11 +18,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -123,7 +125,8 @@ class ReplicaSet:
             ) from None
         started = False
         if not ray.is_initialized():
-            ray.init(address=replica_config.ray_address, include_dashboard=False, log_to_driver=False)
+            with _stdin_detached():
+                ray.init(address=replica_config.ray_address or "local", include_dashboard=False, log_to_driver=False)
             started = replica_config.ray_address is None
         gpus = ray.cluster_resources().get("GPU", 0)
         num_gpus = min(1.0, gpus / replica_config.replicas) if gpus and config.resolve_device().type == "cuda" else 0
@@ -212,6 +215,36 @@ class ReplicaSet:
         """Each live replica's latest stats (for ``/server_info`` and the dashboard)."""
         with self._lock:
             return dict(self._stats)
+
+    def describe_replicas(self) -> dict[str, Any]:
+        """Per replica: alive, load, KV use, programs bound and stats; the routing's decisions, failovers and
+        migrations (``/server_info`` and ``/metrics`` read it)."""
+        stats = self.replica_stats()
+        bound: dict[int, int] = {}
+        for index in self.router.bindings.values():
+            bound[index] = bound.get(index, 0) + 1
+        replicas = []
+        for handle in self.handles:
+            load = ReplicaLoad.of(stats.get(handle.index))
+            replicas.append(
+                {
+                    "index": handle.index,
+                    "alive": handle.alive,
+                    "waiting": load.waiting,
+                    "running": load.running,
+                    "kv_usage": load.kv_usage,
+                    "bound_programs": bound.get(handle.index, 0),
+                    "stats": dataclasses.asdict(stats[handle.index]) if handle.index in stats else None,
+                }
+            )
+        return {
+            "routing": self.replica_config.routing,
+            "backend": self.replica_config.backend,
+            "replicas": replicas,
+            "decisions": dict(self.router.decisions),
+            "failovers": self.failovers,
+            "migrations": [dataclasses.asdict(m) for m in self.migrations[-100:]],
+        }
 
     async def complete(self, request: GenerateRequest) -> GenerateResult:
         return await complete_with(self.generate, request)
@@ -432,6 +465,21 @@ class ReplicaSet:
                     self._stats[handle.index] = feedback.stats
                     self._events.extend(feedback.cache_events)
                     self._events_dropped += feedback.events_dropped
+
+
+@contextlib.contextmanager
+def _stdin_detached() -> Iterator[None]:
+    """Ray's own processes (started by ``ray.init``) get /dev/null as their standard input: a server started in a
+    shell's background would otherwise have them stopped by the terminal (SIGTTIN) and every call would hang."""
+    saved = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(devnull, 0)
+        yield
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(devnull)
 
 
 _MAX_FIELDS = ("longest_queue_wait_s", "longest_step_s")

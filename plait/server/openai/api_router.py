@@ -12,7 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
+from plait.engine import InvalidRequestError
 from plait.server.dashboard.program_snapshot import program_trace
 from plait.server.errors import APIError
 from plait.server.openai.chat_output import ChatOutput
@@ -250,3 +252,31 @@ async def program_kv_hints(
     if hints.prefetch:
         programs.planner.prefetch(program.planner_id)
     return {"id": program_id, "object": "program", "applied": [action.type for action in body.actions]}
+
+
+class MigrateBody(BaseModel):
+    """Where to move the program: a replica index of ``/server_info``'s ``replicas``."""
+
+    replica: int
+
+
+@router.post(
+    "/v1/programs/{program_id}/migrate",
+    summary="Move a program to another engine replica with its KV (servers started with --replicas)",
+    responses={
+        **_PROGRAM_ERRORS,
+        409: {"model": ErrorResponse, "description": "This server runs one engine (no replicas to move to)"},
+        422: {"model": ErrorResponse, "description": "No such live replica (the body names the field)"},
+    },
+)
+async def migrate_program(program_id: str, body: MigrateBody, request: Request, tenant: TenantDep) -> dict[str, Any]:
+    state: ServerState = request.app.state.plait
+    program = programs_of(state).get(tenant.name, program_id)
+    migrate = getattr(state.engine, "migrate", None)
+    if migrate is None:
+        raise APIError(409, "this server runs one engine: start it with --replicas N to move programs", field="replica")
+    try:
+        await migrate(program.planner_id, body.replica)
+    except InvalidRequestError as error:
+        raise APIError(422, str(error), field="replica") from None
+    return {"id": program_id, "object": "program.migrated", "replica": body.replica}
