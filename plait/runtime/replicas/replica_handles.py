@@ -11,7 +11,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from plait.engine import EngineCommand, EngineConfig, EngineFeedback, GenerateDelta, GenerateRequest, PrefixKV
+from plait.engine import (
+    EngineCommand,
+    EngineConfig,
+    EngineFeedback,
+    EngineStoppedError,
+    GenerateDelta,
+    GenerateRequest,
+    PrefixKV,
+)
 from plait.engine.engine_policy import EnginePolicy
 from plait.runtime.replicas.engine_replica import EngineReplica
 
@@ -50,8 +58,13 @@ class LocalReplica:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         self._check()
-        async for delta in self.replica.generate(request):
-            yield delta
+        try:
+            async for delta in self.replica.generate(request):
+                yield delta
+        except EngineStoppedError as error:
+            if not self.alive:  # stopped under the call: the replica is gone, not the request's fault
+                raise ReplicaLostError(self.index, "stopped") from error
+            raise
 
     def send(self, command: EngineCommand) -> None:
         if self.alive:

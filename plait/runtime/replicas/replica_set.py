@@ -18,13 +18,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -94,8 +92,8 @@ class ReplicaSet:
         source = resolve_model(config.model, config.weights)
         self._model_config = source.config
         self.tokenizer = load_tokenizer(source, config.tokenizer)
-        settings = handles[0].effective_settings()
-        self._settings = settings
+        self._replica_settings = [handle.effective_settings() for handle in handles]  # waits for each model
+        self._settings = self._replica_settings[0]
         self._policy = config.policy
         self._calls: dict[str, _Call] = {}
         self._last_tokens: dict[str, list[int]] = {}  # program -> its last call's prompt and output tokens
@@ -106,7 +104,7 @@ class ReplicaSet:
         self._events_dropped = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._ray_started = False
+        self._ray_owner: _RayOwner | None = None
         self._poller = threading.Thread(target=self._poll_loop, name="plait-replica-poll", daemon=True)
         self._poller.start()
 
@@ -123,18 +121,14 @@ class ReplicaSet:
             raise InvalidRequestError(
                 "replicas", "Ray is not installed: pip install 'plait[scale]' (or --replica-backend local)"
             ) from None
-        started = False
-        if not ray.is_initialized():
-            with _stdin_detached():
-                ray.init(address=replica_config.ray_address or "local", include_dashboard=False, log_to_driver=False)
-            started = replica_config.ray_address is None
+        owner = None if ray.is_initialized() else _RayOwner.start(replica_config.ray_address)
         gpus = ray.cluster_resources().get("GPU", 0)
         num_gpus = min(1.0, gpus / replica_config.replicas) if gpus and config.resolve_device().type == "cuda" else 0
         handles: list[ReplicaHandle] = [
             RayReplica.start(config, i, num_gpus=num_gpus, num_cpus=1) for i in range(replica_config.replicas)
         ]
         replica_set = cls(config, replica_config, handles)
-        replica_set._ray_started = started
+        replica_set._ray_owner = owner
         return replica_set
 
     # ---- the engine facade -----------------------------------------------------------------------------------------
@@ -230,6 +224,7 @@ class ReplicaSet:
                 {
                     "index": handle.index,
                     "alive": handle.alive,
+                    "pid": self._replica_settings[handle.index].get("pid"),
                     "waiting": load.waiting,
                     "running": load.running,
                     "kv_usage": load.kv_usage,
@@ -282,12 +277,13 @@ class ReplicaSet:
                             self.migrations[-1].pause_s = time.perf_counter() - paused_at
                             paused_at = None
                         call.sent.setdefault(delta.index, []).extend(delta.token_ids)
-                        yield delta
                         if delta.finish_reason is not None:
                             open_samples -= 1
-                            if open_samples == 0:
+                            if open_samples == 0:  # before the yield: a caller may stop at the last delta
                                 self._remember(call, request)
-                                return
+                        yield delta
+                        if open_samples == 0:
+                            return
                         if call.move_to is not None and call.move_to != call.replica:
                             break
                     else:
@@ -314,25 +310,27 @@ class ReplicaSet:
             if open_samples > 0:
                 self.handles[call.replica].abort(run.request_id)
 
-    async def migrate(self, program_id: str, target: int) -> None:
-        """Moves ``program_id`` to replica ``target``, KV included (see the module doc). Its running calls continue
-        there after their next token; a program between calls has its last call's KV copied now."""
+    async def migrate(self, program_id: str, target: int) -> int | None:
+        """Moves ``program_id`` to replica ``target``, KV included (see the module doc); returns the replica it was
+        on (None: it had no KV on any; it is bound to ``target`` now). Its running calls continue there after their
+        next token; a program between calls has its last call's KV copied now."""
         if target not in self.alive():
             raise InvalidRequestError("target", f"replica {target} is not alive (alive: {self.alive()})")
         running = [call for call in self._calls.values() if call.program_id == program_id]
         if running:
             for call in running:
                 call.move_to = target
-            return
+            return running[0].replica
         source = self.router.bound(program_id, self.alive())
-        if source is None:
-            raise InvalidRequestError("program_id", f"'{program_id}' is not bound to a live replica")
-        if source == target:
-            return
-        started = time.perf_counter()
-        kv_tokens = await self._copy_kv(source, target, self._last_tokens.get(program_id, []), program_id)
-        self.router.rebind(program_id, target)
-        self.migrations.append(Migration(program_id, source, target, kv_tokens, time.perf_counter() - started))
+        if source is None:  # no KV anywhere (no call ran yet, or all were answered by dedup): its calls go there
+            self.router.rebind(program_id, target)
+            return None
+        if source != target:
+            started = time.perf_counter()
+            kv_tokens = await self._copy_kv(source, target, self._last_tokens.get(program_id, []), program_id)
+            self.router.rebind(program_id, target)
+            self.migrations.append(Migration(program_id, source, target, kv_tokens, time.perf_counter() - started))
+        return source
 
     def close(self) -> None:
         """Stops every replica (and the Ray instance this set started)."""
@@ -345,10 +343,8 @@ class ReplicaSet:
             except Exception:  # a replica already gone: nothing to stop
                 logger.debug("closing replica %s failed", handle.index, exc_info=True)
         self._poller.join(timeout=5)
-        if self._ray_started:
-            import ray
-
-            ray.shutdown()
+        if self._ray_owner is not None:
+            self._ray_owner.stop()
 
     # ---- internals -------------------------------------------------------------------------------------------------
 
@@ -433,6 +429,7 @@ class ReplicaSet:
             kv = await self.handles[source].export_prefix(token_ids)
             return await self.handles[target].import_prefix(kv, program_id) if len(kv) else 0
         except ReplicaLostError as error:
+            logger.warning("copying KV from replica %s to %s failed: %s", source, target, error)
             self._lose(error.index)
             return 0
 
@@ -467,19 +464,45 @@ class ReplicaSet:
                     self._events_dropped += feedback.events_dropped
 
 
-@contextlib.contextmanager
-def _stdin_detached() -> Iterator[None]:
-    """Ray's own processes (started by ``ray.init``) get /dev/null as their standard input: a server started in a
-    shell's background would otherwise have them stopped by the terminal (SIGTTIN) and every call would hang."""
-    saved = os.dup(0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    try:
-        os.dup2(devnull, 0)
-        yield
-    finally:
-        os.dup2(saved, 0)
-        os.close(saved)
-        os.close(devnull)
+class _RayOwner:
+    """The thread that connects this process to Ray (``ray.init``) and stays until the replica set closes.
+
+    Ray's own processes (a local Ray's GCS and raylet) are killed when the thread that started them exits (they are
+    started with a parent-death signal), so a server that loads its engine in a passing thread must not start Ray
+    there. A local Ray is started when there is no address, and shut down by ``stop``."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="plait-ray", daemon=True)
+
+    @classmethod
+    def start(cls, address: str | None) -> _RayOwner:
+        owner = cls(address)
+        owner.thread.start()
+        owner.ready.wait()
+        if owner.error is not None:
+            raise owner.error
+        return owner
+
+    def _run(self) -> None:
+        import ray
+
+        try:
+            ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False)
+        except BaseException as error:  # reported to the caller of start
+            self.error = error
+            self.ready.set()
+            return
+        self.ready.set()
+        self.done.wait()
+        ray.shutdown()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
 
 
 _MAX_FIELDS = ("longest_queue_wait_s", "longest_step_s")

@@ -276,7 +276,7 @@ async def migrate_program(program_id: str, body: MigrateBody, request: Request, 
     if migrate is None:
         raise APIError(409, "this server runs one engine: start it with --replicas N to move programs", field="replica")
     try:
-        await migrate(program.planner_id, body.replica)
+        source = await migrate(program.planner_id, body.replica)
     except InvalidRequestError as error:
         raise APIError(422, str(error), field="replica") from None
-    return {"id": program_id, "object": "program.migrated", "replica": body.replica}
+    return {"id": program_id, "object": "program.migrated", "from": source, "replica": body.replica}
