@@ -76,6 +76,26 @@ def register(benches: argparse._SubParsersAction) -> None:
         "recognise each session's calls as one program (implicit); --served replays plait mode once per entry",
     )
     run.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="--served: each server runs N engine replicas (plait serve --replicas); baseline routes round-robin",
+    )
+    run.add_argument(
+        "--routing",
+        default="program",
+        metavar="program|prefix|round-robin[,...]",
+        help="--served with --replicas: plait mode once per routing policy (modes plait-<policy>); with round-robin "
+        "among them, the others are also reported against it",
+    )
+    run.add_argument(
+        "--replica-backend",
+        default="ray",
+        choices=["ray", "local"],
+        help="--replicas: Ray actors, or engines in the server's process (machines without Ray)",
+    )
+    run.add_argument(
         "--unbounded-cache", action="store_true", help="size the KV pool to hold every prompt and output of the slice"
     )
     run.add_argument("--time-limit", type=float, default=3600.0, help="seconds per mode before stopping")
@@ -96,6 +116,13 @@ def register(benches: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from plait.bench.replay.records import TraceFormatError
 
+    routings = [r for r in args.routing.split(",") if r]
+    if args.replicas > 1 and not args.served:
+        return _fail("--replicas needs --served (it starts servers with engine replicas)")
+    if any(r not in ("program", "prefix", "round-robin") for r in routings) or not routings:
+        return _fail(f"--routing {args.routing!r}: give program, prefix and/or round-robin, comma-separated")
+    if len(routings) > 1 and args.replicas < 2:
+        return _fail("several --routing policies need --replicas 2 or more")
     if args.target is not None and args.compare == "baseline":
         return _fail(
             "--compare baseline cannot switch a remote server's plan: use --served (this command starts a server per "
@@ -178,12 +205,24 @@ async def _run_served(args: argparse.Namespace, trace: Any, stop: asyncio.Event)
 
     engine = engine_flags(args)
     plan_flags = [flag for value in args.plan for flag in ("--plan", value)]
+    routings = args.routing.split(",")
+
+    def scale(routing: str) -> list[str]:
+        if args.replicas < 2:
+            return []
+        return ["--replicas", str(args.replicas), "--replica-backend", args.replica_backend, "--routing", routing]
+
     modes = [
-        ("plait" if kind == "explicit" else "plait-implicit", plan_flags, kind == "explicit")
+        (
+            ("plait" if kind == "explicit" else "plait-implicit") + (f"-{routing}" if len(routings) > 1 else ""),
+            [*plan_flags, *scale(routing)],
+            kind == "explicit",
+        )
         for kind in args.target_programs.split(",")
+        for routing in routings
     ]
     if args.compare == "baseline":
-        baseline = ("baseline", ["--plan", "baseline"], True)
+        baseline = ("baseline", ["--plan", "baseline", *scale("round-robin")], True)
         modes = [baseline, *modes] if args.baseline_first else [*modes, baseline]
     counter = _tokenizer_counter(args) if args.tokenizer else HttpTarget.count_tokens
     inputs = _inputs(args, trace, args.vocab_size, counter, args.max_context or None)
@@ -203,7 +242,14 @@ async def _run_served(args: argparse.Namespace, trace: Any, stop: asyncio.Event)
             raise _UsageError(f"{mode}: {error}") from error
         finally:
             await asyncio.to_thread(server.stop)
-    info = {"served": True, "serve_flags": engine, "plait_plan_flags": plan_flags, "modes": [m[0] for m in modes]}
+    info = {
+        "served": True,
+        "serve_flags": engine,
+        "plait_plan_flags": plan_flags,
+        "modes": [m[0] for m in modes],
+        "mode_flags": {m[0]: m[1] for m in modes},
+        "replicas": args.replicas,
+    }
     return _finish(args, trace, inputs, runs, engine_info=info, stopped=stop.is_set())
 
 
@@ -353,6 +399,12 @@ def _finish(
         for mode, summary in summaries.items()
         if mode not in ("plait", "baseline") and "baseline" in summaries
     }
+    # Routing policies (--routing with --replicas): each against round-robin routing of the same plan.
+    routed = {mode: summary for mode, summary in summaries.items() if mode.startswith("plait-")}
+    reference = next((mode for mode in routed if mode.endswith("-round-robin")), None)
+    compared_routing = {
+        mode: ratios(summary, routed[reference]) for mode, summary in routed.items() if reference and mode != reference
+    }
     trace_info: dict[str, Any] = {
         "format": trace.format,
         "path": str(args.trace),
@@ -370,6 +422,9 @@ def _finish(
     print_table(title, columns, rows)
     for mode, mode_ratios in compared_modes.items():
         print(f"{mode} vs baseline: " + ", ".join(f"{k} {v:.2f}x" for k, v in mode_ratios.items() if "jct" in k))
+    for mode, mode_ratios in compared_routing.items():
+        shown = ", ".join(f"{k} {v:.2f}x" for k, v in mode_ratios.items() if "jct" in k or k.startswith("ttft"))
+        print(f"{mode} vs {reference}: {shown}")
     if reuse is not None:
         measured = ", ".join(f"{m} {s.get('prefix_hit_rate') or 0:.3f}" for m, s in summaries.items())
         print(f"prefix reuse: trace {reuse:.3f} (unbounded cache, in order); measured {measured}")
@@ -388,6 +443,7 @@ def _finish(
         "summary": summaries,
         "ratios": compared,
         "ratios_by_mode": compared_modes,
+        "ratios_vs_round_robin": compared_routing,
         "interrupted": interrupted,
     }
     output = args.output or default_output(f"replay_{trace.format}")

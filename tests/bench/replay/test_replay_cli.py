@@ -69,6 +69,9 @@ def test_compare_baseline_writes_json_report_and_ratios(tmp_path, capsys):
         (["--format", "mooncake", "--target-programs", "implicit"], "--target or --served"),
         (["--format", "mooncake", "--target", "http://127.0.0.1:9"], "cannot reach"),
         (["--format", "mooncake", "--baseline-first"], "--compare baseline"),
+        (["--format", "mooncake", "--replicas", "2"], "--replicas needs --served"),
+        (["--format", "mooncake", "--served", "--routing", "random"], "--routing 'random'"),
+        (["--format", "mooncake", "--served", "--routing", "program,prefix"], "--replicas 2 or more"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, message):
