@@ -13,6 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         engine_bench,
         grammar_bench,
         journal_bench,
+        migration_bench,
         replay_bench,
         replay_report_cmd,
         serve_load,
@@ -28,5 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     replay_bench.register(benches)
     replay_report_cmd.register(benches)
     journal_bench.register(benches)
+    migration_bench.register(benches)
     soak.register(benches)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)
