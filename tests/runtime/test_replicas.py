@@ -165,3 +165,29 @@ def test_migrating_to_a_replica_that_is_not_there_is_refused(replicas):
         assert replicas.router.bindings["nobody"] == 1
 
     asyncio.run(main())
+
+
+def test_draining_a_replica_moves_its_calls_and_programs_then_stops_it(replicas):
+    async def main() -> None:
+        reference = await _collect(replicas.generate(_request("ref", "ref")))
+        await _collect(replicas.generate(_request("idle", "idle")))  # a program between calls
+        draining: list = []
+
+        async def drain(count: int) -> None:  # from another task, as an operator's request would
+            if count == 3:
+                index = replicas.router.bindings["busy"]
+                draining.append((index, asyncio.create_task(replicas.drain(index))))
+
+        busy = await _collect(replicas.generate(_request("busy", "busy")), drain)
+        assert busy == reference  # the running call went on elsewhere, nothing lost or repeated
+        index, task = draining[0]
+        migrations = await asyncio.wait_for(task, 10)
+        assert replicas.alive() == [1 - index] and not replicas.handles[index].alive
+        assert all(m.target == 1 - index for m in migrations) and migrations
+        assert set(replicas.router.bindings.values()) == {1 - index}
+        again = await _collect(replicas.generate(_request("after", "idle")))
+        assert again == reference
+        with pytest.raises(InvalidRequestError, match="last live replica"):
+            await replicas.drain(1 - index)
+
+    asyncio.run(main())

@@ -29,10 +29,15 @@ from plait.engine.engine_policy import EnginePolicy
 
 
 class EngineReplica:
-    """Replica ``index``: an ``Engine`` of ``config`` (its own step thread)."""
+    """Replica ``index``: an ``Engine`` of ``config`` (its own step thread). ``threads``: the CPU threads torch may
+    use in this process (a replica in its own process on a CPU machine; None leaves torch's default)."""
 
-    def __init__(self, config: EngineConfig, index: int) -> None:
+    def __init__(self, config: EngineConfig, index: int, threads: int | None = None) -> None:
         self.index = index
+        if threads is not None and config.resolve_device().type == "cpu":
+            import torch
+
+            torch.set_num_threads(threads)
         self.engine = Engine(config)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:

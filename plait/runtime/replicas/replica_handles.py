@@ -121,7 +121,7 @@ class RayReplica:
         remote = ray.remote(EngineReplica).options(
             num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0, name=None, max_concurrency=1000
         )
-        return cls(remote.remote(config, index), index)
+        return cls(remote.remote(config, index, max(1, int(num_cpus))), index)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateDelta]:
         try:

@@ -96,6 +96,7 @@ class ReplicaSet:
         self._settings = self._replica_settings[0]
         self._policy = config.policy
         self._calls: dict[str, _Call] = {}
+        self._draining: set[int] = set()  # replicas being drained: no new call goes there
         self._last_tokens: dict[str, list[int]] = {}  # program -> its last call's prompt and output tokens
         self.migrations: list[Migration] = []
         self.failovers = 0
@@ -332,6 +333,31 @@ class ReplicaSet:
             self.migrations.append(Migration(program_id, source, target, kv_tokens, time.perf_counter() - started))
         return source
 
+    async def drain(self, index: int, timeout_s: float = 60.0) -> list[Migration]:
+        """Moves everything off replica ``index`` and stops it: running calls continue on the other replicas (with
+        their KV), programs between calls move with their KV, new calls go elsewhere. Returns the migrations."""
+        if index not in self.alive():
+            raise InvalidRequestError("replica", f"replica {index} is not alive (alive: {self.alive()})")
+        if len(self.alive()) < 2:
+            raise InvalidRequestError("replica", "the last live replica cannot be drained")
+        self._draining.add(index)
+        first = len(self.migrations)
+        with self._lock:
+            loads = {i: ReplicaLoad.of(self._stats.get(i)) for i in self.alive() if i != index}
+        target = min(loads, key=lambda i: (loads[i].key, i))
+        for call in self._calls.values():
+            if call.replica == index:
+                call.move_to = target
+        for program in [p for p, bound in self.router.bindings.items() if bound == index]:
+            if not any(call.program_id == program for call in self._calls.values()):
+                await self.migrate(program, target)
+        deadline = time.monotonic() + timeout_s
+        while any(call.replica == index for call in self._calls.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.handles[index].close()
+        self._lose(index)
+        return self.migrations[first:]
+
     def close(self) -> None:
         """Stops every replica (and the Ray instance this set started)."""
         if self._closed.is_set():
@@ -352,7 +378,7 @@ class ReplicaSet:
         return [handle for handle in self.handles if handle.alive]
 
     async def _route(self, program_id: str | None, prompt_ids: list[int], exclude: int | None = None) -> int:
-        alive = [i for i in self.alive() if i != exclude]
+        alive = [i for i in self.alive() if i != exclude and i not in self._draining]
         if not alive:
             raise EngineStoppedError("no engine replica is alive")
         lengths = None
