@@ -45,7 +45,6 @@ from plait.engine.engine_feedback import EngineFeedback, FeedbackChannel
 from plait.engine.engine_policy import EnginePolicy
 from plait.engine.errors import EngineError, EngineStoppedError, InvalidRequestError
 from plait.engine.grammar import choice_score, scoring_requests
-from plait.engine.kv_transfer import export_prefix, import_prefix
 from plait.engine.model_config import ModelConfig
 from plait.engine.request import ChoiceScore, Completion, GenerateDelta, GenerateRequest, GenerateResult
 from plait.engine.sequence import RequestState
@@ -369,11 +368,11 @@ class Engine:
             case FlushPrefixCache():
                 _resolve(command.freed, core.flush_prefix_cache)
             case ResidentPrefix():
-                _resolve(command.result, lambda: core.prefix_cache.resident_length(list(command.token_ids)))
+                _resolve(command.result, lambda: core.resident_prefix_length(list(command.token_ids)))
             case ExportPrefix():
-                _resolve(command.result, lambda: export_prefix(core, list(command.token_ids)))
+                _resolve(command.result, lambda: core.export_prefix(list(command.token_ids)))
             case ImportPrefix():
-                _resolve(command.result, lambda: import_prefix(core, command.kv, command.program_id))
+                _resolve(command.result, lambda: core.import_prefix(command.kv, command.program_id))
             case Stop():
                 return False
             case _:

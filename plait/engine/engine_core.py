@@ -15,6 +15,7 @@ import torch
 
 from plait.cache import (
     KVPool,
+    PrefixKV,
     ReqToTokenPool,
     SlotAllocator,
 )
@@ -28,6 +29,7 @@ from plait.engine.grammar.manager import GrammarManager
 from plait.engine.grammar.prompt_logprobs import PromptLogprobs
 from plait.engine.host_copy import to_device
 from plait.engine.inflight import PENDING, InflightStep
+from plait.engine.kv_transfer import export_prefix, import_prefix
 from plait.engine.model_loader import build_model, resolve_model
 from plait.engine.model_ops import TORCH_OPS, triton_ops
 from plait.engine.prompt_tokens import request_prompt_ids
@@ -110,6 +112,18 @@ class EngineCore(RuntimeControls, Scoring):
         # A step's wall time waits on the previous step's device work only where the forward pass is asynchronous.
         self.meter = ThroughputMeter(overlap=self.overlap and self.device.type == "cuda")
         self._inflight: InflightStep | None = None
+
+    def resident_prefix_length(self, token_ids: list[int]) -> int:
+        """How many leading tokens of ``token_ids`` have their KV on the device now (read-only)."""
+        return self.prefix_cache.resident_length(token_ids)
+
+    def export_prefix(self, token_ids: list[int]) -> PrefixKV:
+        """The KV of the longest device-resident prefix of ``token_ids``, copied to host memory (``kv_transfer``)."""
+        return export_prefix(self, token_ids)
+
+    def import_prefix(self, kv: PrefixKV, program_id: str | None = None) -> int:
+        """Insert KV another engine of the same model exported as a cached prefix; the tokens cached from it."""
+        return import_prefix(self, kv, program_id)
 
     def close(self) -> None:
         """Stops the tensor-parallel workers, if any (the engine is not stepped again)."""

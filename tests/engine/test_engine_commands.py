@@ -31,14 +31,18 @@ from plait.engine import (
     EnginePolicy,
     EngineStats,
     EngineStoppedError,
+    ExportPrefix,
     FlushPrefixCache,
     ForgetProgram,
     GenerateRequest,
     HintNextUse,
+    ImportPrefix,
     InvalidRequestError,
     Pin,
     Prefetch,
+    PrefixKV,
     Reserve,
+    ResidentPrefix,
     SamplingParams,
     SetPolicy,
     Stop,
@@ -143,10 +147,28 @@ class RecordingCore:
     def flush_prefix_cache(self) -> int:
         return 7
 
+    @_recorded
+    def resident_prefix_length(self, token_ids: list[int]) -> int:
+        return len(token_ids) - 1
+
+    @_recorded
+    def export_prefix(self, token_ids: list[int]) -> PrefixKV:
+        return PrefixKV(tuple(token_ids))
+
+    @_recorded
+    def import_prefix(self, kv: PrefixKV, program_id: str | None) -> int:
+        return len(kv)
+
+    def close(self) -> None:
+        pass
+
 
 def test_each_command_reaches_its_one_handler_in_the_order_sent(caplog):
     core = RecordingCore()
     state, policy, flush = object(), EnginePolicy(eviction="lru"), FlushPrefixCache()
+    resident, export = ResidentPrefix((4, 5, 6)), ExportPrefix((4, 5))
+    kv = PrefixKV((4, 5))
+    imported = ImportPrefix(kv, "p")
     on = RecordingCore  # the handler each command reaches
     sent_and_applied = [
         (AddRequest(state), (on.add, (state,))),  # type: ignore[arg-type]
@@ -161,6 +183,9 @@ def test_each_command_reaches_its_one_handler_in_the_order_sent(caplog):
         (ForgetProgram("p"), (on.forget_program, ("p",))),
         (SetPolicy(policy), (on.set_policy, (policy,))),
         (flush, (on.flush_prefix_cache, ())),
+        (resident, (on.resident_prefix_length, ([4, 5, 6],))),
+        (export, (on.export_prefix, ([4, 5],))),
+        (imported, (on.import_prefix, (kv, "p"))),
     ]
     assert {type(command) for command, _ in sent_and_applied} | {Stop} == set(ENGINE_COMMANDS)
     engine = Engine(core=core)  # type: ignore[arg-type]
@@ -170,13 +195,19 @@ def test_each_command_reaches_its_one_handler_in_the_order_sent(caplog):
     engine.close()  # sends Stop behind them: everything before it is applied first
     assert core.calls == [applied for _, applied in sent_and_applied]
     assert flush.freed.result(timeout=0) == 7
+    assert resident.result.result(timeout=0) == 2 and len(export.result.result(timeout=0)) == 2
+    assert imported.result.result(timeout=0) == 2
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
 
     late = FlushPrefixCache()
     engine.send(late)  # after close: dropped, and a caller awaiting its result is told
     engine.send(Unpin("p"))
+    late_export = ExportPrefix((1,))
+    engine.send(late_export)
     with pytest.raises(EngineStoppedError):
         late.freed.result(timeout=0)
+    with pytest.raises(EngineStoppedError):
+        late_export.result.result(timeout=0)
     assert len(core.calls) == len(sent_and_applied)
     with pytest.raises(TypeError, match="not an engine command"):
         engine.send(object())  # type: ignore[arg-type]

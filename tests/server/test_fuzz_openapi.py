@@ -53,6 +53,7 @@ PLAN: list[tuple[str, str, int, int]] = [  # method, path, positive examples, ne
     ("GET", "/v1/programs/{program_id}", 40, 0),  # no negative: only a path parameter
     ("GET", "/v1/programs/{program_id}/trace", 30, 0),
     ("POST", "/v1/programs/{program_id}/kv_hints", 40, 30),
+    ("POST", "/v1/programs/{program_id}/migrate", 30, 20),  # one engine here: a 409 that names the flag
     ("POST", "/v1/workflows", 70, 50),
     ("GET", "/v1/workflows", 40, 30),
     ("GET", "/v1/workflows/{workflow_id}", 60, 0),  # no negative: only a path parameter
