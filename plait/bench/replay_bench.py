@@ -92,7 +92,7 @@ def register(benches: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--replica-backend",
         default="ray",
-        choices=["ray", "local"],
+        metavar="ray|local",
         help="--replicas: Ray actors, or engines in the server's process (machines without Ray)",
     )
     run.add_argument(
@@ -115,12 +115,15 @@ def register(benches: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from plait.bench.replay.records import TraceFormatError
+    from plait.runtime.replicas import REPLICA_BACKENDS, ROUTING_POLICIES
 
     routings = [r for r in args.routing.split(",") if r]
     if args.replicas > 1 and not args.served:
         return _fail("--replicas needs --served (it starts servers with engine replicas)")
-    if any(r not in ("program", "prefix", "round-robin") for r in routings) or not routings:
-        return _fail(f"--routing {args.routing!r}: give program, prefix and/or round-robin, comma-separated")
+    if any(r not in ROUTING_POLICIES for r in routings) or not routings:
+        return _fail(f"--routing {args.routing!r}: give {', '.join(ROUTING_POLICIES)} (one or more, comma-separated)")
+    if args.replica_backend not in REPLICA_BACKENDS:
+        return _fail(f"--replica-backend {args.replica_backend!r}: choose one of {', '.join(REPLICA_BACKENDS)}")
     if len(routings) > 1 and args.replicas < 2:
         return _fail("several --routing policies need --replicas 2 or more")
     if args.target is not None and args.compare == "baseline":

@@ -100,14 +100,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scale.add_argument(
         "--routing",
         default="program",
-        choices=["program", "prefix", "round-robin"],
+        metavar="POLICY",
         help="where each call goes: program (the replica holding its program's KV, else the longest cached prefix "
         "under a load guard; the default), prefix (always the longest cached prefix), round-robin",
     )
     scale.add_argument(
         "--replica-backend",
         default="ray",
-        choices=["ray", "local"],
+        metavar="ray|local",
         help="ray: one Ray actor per replica (pip install 'plait[scale]'); local: engines in this process",
     )
     scale.add_argument(

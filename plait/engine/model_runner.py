@@ -33,6 +33,14 @@ class StepInputs:
     has_extends: bool
 
 
+def pending_tokens(step: StepInputs, inflight: InflightStep | None) -> torch.Tensor | None:
+    """The previous step's sampled tokens (on the device) when ``step`` has positions that take them."""
+    if not step.num_pending:
+        return None
+    assert inflight is not None
+    return inflight.tokens
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -54,11 +62,7 @@ class ModelRunner:
     def prepare(self, batch: ScheduledBatch, inflight: InflightStep | None = None) -> ForwardBatch:
         """Model inputs for ``batch``. Tokens still ``PENDING`` are taken on the device from ``inflight``."""
         step = self.pack(batch, inflight)
-        pending = None
-        if step.num_pending:
-            assert inflight is not None
-            pending = inflight.tokens
-        return self.unpack(step, pending)
+        return self.unpack(step, pending_tokens(step, inflight))
 
     def pack(self, batch: ScheduledBatch, inflight: InflightStep | None = None) -> StepInputs:
         """Everything the step needs from the host, in one int64 buffer (``StepInputs``): no copy waits for the

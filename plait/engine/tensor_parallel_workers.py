@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from plait.cache import ReqToTokenPool
 from plait.engine.inflight import InflightStep
-from plait.engine.model_runner import ModelRunner, StepInputs
+from plait.engine.model_runner import ModelRunner, StepInputs, pending_tokens
 from plait.engine.scheduler import ScheduledBatch
 from plait.engine.tensor_parallel import TensorParallel
 
@@ -131,10 +131,7 @@ class TensorParallelRunner(ModelRunner):
 
     def prepare(self, batch: ScheduledBatch, inflight: InflightStep | None = None) -> ForwardBatch:
         step = self.pack(batch, inflight)
-        pending = None
-        if step.num_pending:
-            assert inflight is not None
-            pending = inflight.tokens
+        pending = pending_tokens(step, inflight)
         assert isinstance(self.req_to_token, MirroredReqToToken)
         shape = None if pending is None else (tuple(pending.shape), pending.dtype)
         self.group.send_step(StepMessage(step, self.req_to_token.take_unsent(), shape), pending)
