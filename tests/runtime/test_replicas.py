@@ -52,6 +52,18 @@ def test_a_bound_program_stays_where_its_kv_is_whatever_the_load():
     assert router.decisions["bound"] == 1 and router.decisions["prefix"] == 1
 
 
+def test_a_shared_prefix_does_not_pile_every_program_onto_one_replica():
+    """Every prompt starts with the same system prompt, cached on replica 0 first: new programs follow it only while
+    replica 0 holds at most a quarter (at least one) more programs than the least loaded replica."""
+    router = ReplicaRouter(ReplicaConfig(replicas=2))
+    placed = [router.choose(f"p{i}", [0, 1], {}, {0: 900, 1: 0 if i < 3 else 900}) for i in range(12)]
+    assert placed[:3] == [0, 0, 1]  # the third: replica 0 would be two ahead, so the other one, cached or not
+    assert abs(placed.count(0) - placed.count(1)) <= 2, placed
+    router.forget("p0")
+    router.forget("p2")
+    assert router.choose("late", [0, 1], {}, {0: 900, 1: 900}) == 0  # room again on 0: ties go to fewer programs
+
+
 def test_prefix_and_round_robin_policies_ignore_bindings():
     prefix = ReplicaRouter(ReplicaConfig(replicas=2, routing="prefix"))
     prefix.choose("p", [0, 1], {}, {0: 0, 1: 0})

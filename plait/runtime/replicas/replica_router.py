@@ -3,19 +3,26 @@
 State: ``bindings`` maps a program to the replica holding its KV (where its last call ran); a binding lasts until the
 program is forgotten, its replica is lost, or it migrates. With the ``program`` policy a bound program's calls go to
 its replica while that replica is alive, whatever its load: its KV is there. Every other choice (an unbound program,
-the ``prefix`` policy) takes the replica reporting the longest device-resident prefix of the call's prompt (asked of
-the replicas' own caches), unless that replica is over the load guard; ties and guarded cases go to the least loaded.
+the ``prefix`` policy) takes, among the replicas balanced enough (``BALANCE_SLACK``: the programs each holds and the
+calls it queues) and under the load guard, the one reporting the longest device-resident prefix of the call's prompt
+(asked of the replicas' own caches); with no prefix anywhere, the least loaded.
 ``round-robin`` ignores both (the policy to measure the others against).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from plait.engine import EngineStats
 from plait.runtime.replicas.replica_config import ReplicaConfig
+
+# A replica is balanced enough to win on its cached prefix while the programs it holds and the calls it queues exceed
+# the least loaded replica's by at most this share of them (and at least one): prompts that share a system prompt
+# would otherwise all follow its KV to one replica while the others idle.
+BALANCE_SLACK = 0.25
 
 
 @dataclass(frozen=True)
@@ -85,13 +92,18 @@ class ReplicaRouter:
                 self.decisions["bound"] += 1
                 return bound
         load = {i: loads.get(i, ReplicaLoad()) for i in alive}
-        open_replicas = [i for i in alive if not self._over_guard(load[i])]
-        best = max(open_replicas, key=lambda i: (prefix_lengths.get(i, 0), -load[i].key[0]), default=None)
+        held = Counter(index for program, index in self.bindings.items() if program != program_id)
+        work = {i: held[i] + load[i].waiting for i in alive}  # the programs it holds and the calls it queues
+        least = min(work.values())
+        balanced = [
+            i for i in alive if work[i] <= least + max(1, int(least * BALANCE_SLACK)) and not self._over_guard(load[i])
+        ]
+        best = max(balanced, key=lambda i: (prefix_lengths.get(i, 0), -work[i]), default=None)
         if best is not None and prefix_lengths.get(best, 0) > 0:
             self.decisions["prefix"] += 1
             return best
         self.decisions["least_loaded"] += 1
-        return min(alive, key=lambda i: (load[i].key, i))
+        return min(alive, key=lambda i: (work[i], load[i].key, i))
 
     def _over_guard(self, load: ReplicaLoad) -> bool:
         return load.waiting > self.config.max_waiting or load.kv_usage > self.config.max_kv_usage
