@@ -43,13 +43,15 @@ def test_a_bound_program_stays_where_its_kv_is_whatever_the_load():
     router = ReplicaRouter(ReplicaConfig(replicas=2))
     busy = {0: ReplicaLoad(waiting=100, running=50, kv_usage=0.99), 1: ReplicaLoad()}
     assert router.choose("p", [0, 1], {0: ReplicaLoad(), 1: ReplicaLoad(running=3)}) == 0  # least loaded
-    assert router.choose("p", [0, 1], busy) == 0  # bound: its KV is on 0
-    assert not router.needs_prefix_lengths("p", [0, 1])
+    assert router.choose("p", [0, 1], busy, {0: 300, 1: 0}) == 0  # bound: its KV is on 0
+    assert router.choose("p", [0, 1], busy, {0: 300, 1: 300}) == 0  # as much there as anywhere: stays
+    assert router.choose("p", [0, 1], busy, {0: 0, 1: 40}) == 1  # its KV is gone from 0: placed as a new one
+    router.rebind("p", 0)
     assert router.choose("q", [0, 1], busy, {0: 500, 1: 0}) == 1  # unbound: 0 is over the load guard
     assert router.choose("r", [0, 1], {0: ReplicaLoad(), 1: ReplicaLoad()}, {0: 10, 1: 300}) == 1  # longest prefix
     assert router.lose(0) == ["p"]
     assert router.choose("p", [1], busy) == 1
-    assert router.decisions["bound"] == 1 and router.decisions["prefix"] == 1
+    assert router.decisions["bound"] == 2 and router.decisions["prefix"] == 2
 
 
 def test_a_shared_prefix_does_not_pile_every_program_onto_one_replica():

@@ -2,7 +2,8 @@
 
 State: ``bindings`` maps a program to the replica holding its KV (where its last call ran); a binding lasts until the
 program is forgotten, its replica is lost, or it migrates. With the ``program`` policy a bound program's calls go to
-its replica while that replica is alive, whatever its load: its KV is there. Every other choice (an unbound program,
+its replica, whatever its load, while that replica holds at least as much of the call's prompt as any other: its KV
+is there (once evicted, the program is placed again as a new one). Every other choice (an unbound program,
 the ``prefix`` policy) takes, among the replicas balanced enough (``BALANCE_SLACK``: the programs each holds and the
 calls it queues) and under the load guard, the one reporting the longest device-resident prefix of the call's prompt
 (asked of the replicas' own caches); with no prefix anywhere, the least loaded.
@@ -61,9 +62,7 @@ class ReplicaRouter:
 
     def needs_prefix_lengths(self, program_id: str | None, alive: Sequence[int]) -> bool:
         """Whether ``choose`` will read the replicas' cached prefix lengths for this call."""
-        if self.config.routing == "round-robin" or len(alive) < 2:
-            return False
-        return not (self.config.routing == "program" and self.bound(program_id, alive) is not None)
+        return self.config.routing != "round-robin" and len(alive) > 1
 
     def choose(
         self,
@@ -88,7 +87,7 @@ class ReplicaRouter:
             return alive[next(self._turn) % len(alive)]
         if self.config.routing == "program":
             bound = self.bound(program_id, alive)
-            if bound is not None:
+            if bound is not None and prefix_lengths.get(bound, 0) >= max(prefix_lengths.values(), default=0):
                 self.decisions["bound"] += 1
                 return bound
         load = {i: loads.get(i, ReplicaLoad()) for i in alive}
