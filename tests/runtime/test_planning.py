@@ -31,14 +31,6 @@ def test_program_fcfs_keys_a_call_by_its_programs_start():
     )
 
 
-def test_a_lead_cap_bounds_how_far_before_its_submission_a_call_is_keyed():
-    capped = PlanConfig(program_lead_cap_s=5.0)
-    assert call_priority(capped, user_priority=0.0, program_started_at=50.0, now=100.0) == (0.0, 95.0)
-    assert call_priority(capped, user_priority=0.0, program_started_at=98.0, now=100.0) == (0.0, 98.0)
-    with pytest.raises(ValueError, match="program_lead_cap_s"):
-        PlanConfig(program_lead_cap_s=-1.0)
-
-
 def test_an_older_programs_later_call_goes_before_a_newer_programs_first():
     """Programs finish one after another instead of interleaving: the key comes from the program's start."""
     from plait.runtime.planning.planner import Planner

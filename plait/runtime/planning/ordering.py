@@ -20,7 +20,4 @@ def call_priority(
     config: PlanConfig, *, user_priority: float, program_started_at: float, now: float
 ) -> tuple[float, float]:
     """``(user priority, virtual time)`` of a call submitted ``now`` (see the module doc)."""
-    virtual = program_started_at if config.program_fcfs else now
-    if config.program_lead_cap_s > 0:
-        virtual = max(virtual, now - config.program_lead_cap_s)
-    return (float(user_priority), virtual)
+    return (float(user_priority), program_started_at if config.program_fcfs else now)

@@ -54,9 +54,6 @@ class PlanConfig:
     dedup: bool = True
     # Tool pins never last longer than this, whatever the tool's distribution says.
     max_pin_ttl_s: float = 60.0
-    # Program FCFS bounded: a call's virtual time is never more than this many seconds before its submission, so a
-    # program that arrives late waits behind older programs' calls submitted within this window only (0: unbounded).
-    program_lead_cap_s: float = 0.0
     # A pin's cost charges only the share of a step that does not grow with its batch (the engine's fitted
     # ``step_fixed_share``; pin_ttl.py): memory held keeps decode rows out, and they run later over more steps. Off:
     # the whole step is charged. On: better in every round on the H200 (react 3 of 3, text2sql 2 of 2;
@@ -75,8 +72,6 @@ class PlanConfig:
     def __post_init__(self) -> None:
         if not self.max_pin_ttl_s > 0:
             raise ValueError(f"max_pin_ttl_s must be > 0, got {self.max_pin_ttl_s}")
-        if not self.program_lead_cap_s >= 0:
-            raise ValueError(f"program_lead_cap_s must be >= 0 (0: unbounded), got {self.program_lead_cap_s}")
 
     @classmethod
     def baseline(cls) -> PlanConfig:
