@@ -123,10 +123,14 @@ class ReplicaSet:
                 "replicas", "Ray is not installed: pip install 'plait[scale]' (or --replica-backend local)"
             ) from None
         owner = None if ray.is_initialized() else _RayOwner.start(replica_config.ray_address)
-        gpus = ray.cluster_resources().get("GPU", 0)
+        # A GPU each while there are enough, else shares of them (small models); a CPU each likewise: a replica
+        # asking for more than the cluster has would wait for it forever.
+        resources = ray.cluster_resources()
+        gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 1)
         num_gpus = min(1.0, gpus / replica_config.replicas) if gpus and config.resolve_device().type == "cuda" else 0
+        num_cpus = min(1.0, cpus / replica_config.replicas)
         handles: list[ReplicaHandle] = [
-            RayReplica.start(config, i, num_gpus=num_gpus, num_cpus=1) for i in range(replica_config.replicas)
+            RayReplica.start(config, i, num_gpus=num_gpus, num_cpus=num_cpus) for i in range(replica_config.replicas)
         ]
         replica_set = cls(config, replica_config, handles)
         replica_set._ray_owner = owner
