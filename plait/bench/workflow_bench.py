@@ -105,6 +105,14 @@ def register(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--rate", type=float, default=None, help="arrivals per second (0: all at once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--sweep",
+        default=None,
+        metavar="FIELD=V1,V2,...",
+        help="run plait and the baseline at every value of rate (arrivals per second) or programs, and every seed of "
+        "--seeds; prints the ratio curve with its spread, writes JSON and a plot",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="--sweep: the seeds drawn at each value (default 0,1,2)")
+    parser.add_argument(
         "--profile",
         choices=["auto", "cpu", "gpu"],
         default="auto",
@@ -177,6 +185,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     config.kv_slots = config.kv_slots or suite.kv_slots
+    if args.sweep is not None:
+        from plait.bench.workflow_sweep import Sweep, run_sweep
+
+        try:
+            sweep = Sweep.parse(args.sweep, args.seeds)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if args.compare != "baseline" or len(args.modes) != 2:
+            print("error: --sweep runs plait and the baseline only: drop --compare none, other modes", file=sys.stderr)
+            return 2
+        return asyncio.run(run_sweep(args, config, sweep, options, args.suite))
     return asyncio.run(_run(args, config, suite, lambda: build_suite(args.suite, options), profile))
 
 
