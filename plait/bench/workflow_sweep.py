@@ -83,7 +83,7 @@ async def run_sweep(args: argparse.Namespace, config: Any, sweep: Sweep, base_op
     rows, curve = _curve(sweep, points)
     print_table(
         f"workflow suite {suite_name}: baseline / plait over {sweep.field} (median of {len(sweep.seeds)} seeds)",
-        [sweep.field, "mean JCT", "spread", "p95 JCT", "spread", "first wait p max (plait / baseline s)"],
+        [sweep.field, "mean JCT", "spread", "p95 JCT", "spread", "longest queue wait s (plait / baseline)"],
         rows,
     )
     ratios = [p["mean_jct_ratio"] for p in points if p["mean_jct_ratio"]]
