@@ -88,6 +88,12 @@ def test_bad_settings_name_the_field():
         assert raised.value.field == field
 
 
+def test_replicas_of_a_tensor_parallel_engine_are_refused():
+    with pytest.raises(InvalidRequestError) as raised:
+        ReplicaSet.start(EngineConfig(**TINY, tensor_parallel=2), ReplicaConfig(replicas=2, backend="local"))
+    assert raised.value.field == "tensor_parallel"
+
+
 def test_stats_merge_sums_counts_and_keeps_the_longest_waits():
     a = EngineStats(1, 2, 10, 100, 5.0, 1.0, 7, 3, 0, 4, longest_queue_wait_s=2.0, admission_stops={"fit": 1})
     b = EngineStats(3, 0, 30, 100, 1.0, 1.0, 1, 1, 1, 6, longest_queue_wait_s=0.5, admission_stops={"fit": 2})

@@ -114,6 +114,10 @@ class ReplicaSet:
         """Starts the replicas (Ray actors, or engines in this process) and waits until each has its model loaded."""
         config.validate()
         replica_config.validate()
+        if config.tensor_parallel > 1 and replica_config.replicas > 1:
+            raise InvalidRequestError(
+                "tensor_parallel", "replicas of a tensor-parallel engine are not available yet: give one of them"
+            )
         if replica_config.backend == "local":
             return cls(config, replica_config, [LocalReplica(config, i) for i in range(replica_config.replicas)])
         try:
