@@ -137,7 +137,10 @@ async def _tokens(replicas: Any, request: Any, on_delta: Any = None, stop: int |
 
 
 def _bytes_per_token(replicas: Any) -> int:
-    settings = replicas.effective_settings()
-    shape = replicas.model_config
-    element = 2 if settings["dtype"] in ("bfloat16", "float16") else 4
-    return 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * element
+    """A token's K and V over every layer, on one replica."""
+    import torch
+
+    from plait.cache import KVPool
+
+    shape, dtype = replicas.model_config, getattr(torch, replicas.effective_settings()["dtype"])
+    return KVPool.bytes_per_slot(shape.num_layers, shape.num_kv_heads, shape.head_dim, dtype)

@@ -83,9 +83,9 @@ def cap_prompts(
     if not too_long:
         return texts, False
     tail_budget = max_prompt_tokens // 4 - _NOTE_TOKENS
-    tails = {i: _newest_characters(texts[i], count_tokens, tail_budget) for i in too_long}
+    tails = {i: _characters_within(texts[i], count_tokens, tail_budget, newest=True) for i in too_long}
     longest = max((texts[i] for i in too_long), key=len)
-    head = _oldest_characters(longest, count_tokens, max_prompt_tokens - tail_budget)
+    head = _characters_within(longest, count_tokens, max_prompt_tokens - tail_budget, newest=False)
     while True:  # tokens may merge differently across the joint: shrink the head until every prompt fits
         capped = [text if i not in too_long else _drop_middle(text, head, tails[i]) for i, text in enumerate(texts)]
         if all(count_tokens(text) <= max_prompt_tokens for text in capped) or head <= 1:
@@ -99,24 +99,12 @@ def _drop_middle(text: str, head: int, tail: int) -> str:
     return f"{text[:head]}\n[... {start - head} characters omitted ...]\n{text[start:]}"
 
 
-def _oldest_characters(text: str, count_tokens: Callable[[str], int], budget: int) -> int:
-    """The most leading characters of ``text`` that fit in ``budget`` tokens."""
+def _characters_within(text: str, count_tokens: Callable[[str], int], budget: int, *, newest: bool) -> int:
+    """The most leading (or, with ``newest``, trailing) characters of ``text`` that fit in ``budget`` tokens."""
     low, high = 0, len(text)
     while low < high:
         middle = (low + high + 1) // 2
-        if count_tokens(text[:middle]) <= budget:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def _newest_characters(text: str, count_tokens: Callable[[str], int], budget: int) -> int:
-    """The most trailing characters of ``text`` that fit in ``budget`` tokens."""
-    low, high = 0, len(text)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if count_tokens(text[len(text) - middle :]) <= budget:
+        if count_tokens(text[len(text) - middle :] if newest else text[:middle]) <= budget:
             low = middle
         else:
             high = middle - 1

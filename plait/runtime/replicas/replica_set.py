@@ -54,6 +54,11 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.05  # how often the replicas' stats and cache events are read
 
 
+def _with_prompt_ids(request: GenerateRequest, prompt_ids: list[int]) -> GenerateRequest:
+    """``request`` with its prompt given as token ids (whatever form it had)."""
+    return replace(request, prompt=None, messages=None, prompt_pieces=None, prompt_token_ids=list(prompt_ids))
+
+
 @dataclass
 class _Call:
     """A call in flight: where it runs, and what its stream has sent so far."""
@@ -269,7 +274,8 @@ class ReplicaSet:
         index = await self._route(request.program_id, prompt_ids)
         call = _Call(index, request.program_id, list(prompt_ids))
         self._calls[request.request_id] = call
-        run = request
+        # The replica gets the ids tokenized here (the same tokenizer): the prompt is not tokenized twice.
+        run = request if request.prompt_token_ids else _with_prompt_ids(request, prompt_ids)
         open_samples = request.sampling.n
         continued = False  # run is a continuation: its deltas' prompt counts include the tokens sent
         paused_at: float | None = None
@@ -443,17 +449,13 @@ class ReplicaSet:
         )
         if can_continue and sent:
             resumed = replace(
-                request,
-                prompt=None,
-                messages=None,
-                prompt_pieces=None,
-                prompt_token_ids=call.prompt_ids + sent,
+                _with_prompt_ids(request, call.prompt_ids + sent),
                 sampling=replace(sampling, max_tokens=max(1, sampling.max_tokens - len(sent))),
                 request_id=run_id,
             )
             return resumed, True
         call.to_skip = {index: len(tokens) for index, tokens in call.sent.items()}
-        return replace(request, request_id=run_id), False
+        return replace(_with_prompt_ids(request, call.prompt_ids), request_id=run_id), False
 
     async def _copy_kv(self, source: int, target: int, token_ids: list[int], program_id: str | None) -> int:
         """Copies the KV of ``token_ids``'s longest prefix cached on ``source`` into ``target``'s cache."""
@@ -558,7 +560,7 @@ def merge_stats(stats: list[EngineStats]) -> EngineStats:
                 for key, amount in value.items():
                     total[key] = total.get(key, 0) + amount
             merged[f.name] = total
-        elif any(v is None for v in values) or f.type in ("float | None",):
+        elif "None" in str(f.type):  # a fitted value some replicas have not learned yet
             present = [v for v in values if v is not None]
             merged[f.name] = sum(present) / len(present) if present else None
         else:
