@@ -50,9 +50,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--attention-backend",
         default="auto",
-        choices=["auto", "torch", "triton"],
-        help="auto: triton on CUDA, torch elsewhere; torch: the reference (CPU and GPU); triton: paged Triton "
-        "kernels (GPU; CPU through TRITON_INTERPRET=1)",
+        choices=["auto", "torch", "cpu", "triton"],  # engine_config.ATTENTION_BACKENDS (torch stays unimported here)
+        help="auto: triton on CUDA, cpu elsewhere; torch: the reference (CPU and GPU); cpu: batched attention that "
+        "reads a shared prefix once (CPU serving); triton: paged Triton kernels (GPU; CPU through TRITON_INTERPRET=1)",
+    )
+    group.add_argument(
+        "--packed-weights",
+        default="auto",
+        choices=["auto", "off"],
+        help="auto: on the CPU, GGUF Q4_0/Q4_1/Q8_0 weights stay packed and run through torch's int4 weight-only "
+        "kernel (a fifth of float32's bytes); off: dequantize every weight to --dtype",
     )
     group.add_argument(
         "--fused-ops",
@@ -128,6 +135,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_running=args.max_running,
         attention_backend=args.attention_backend,
         fused_ops=args.fused_ops,
+        packed_weights=getattr(args, "packed_weights", "auto"),
         cuda_graphs=args.cuda_graphs,
         overlap=args.overlap,
         simulate=args.simulate,

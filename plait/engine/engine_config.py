@@ -13,6 +13,7 @@ from plait.engine.errors import InvalidRequestError
 
 DEFAULT_CPU_KV_SLOTS = 16384
 DEFAULT_MAX_CONTEXT = 32768
+ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
 @functools.cache
@@ -46,7 +47,9 @@ class EngineConfig:
     max_running: int = 256
     max_batch_tokens: int = 2048
     chunk_size: int = 512
-    attention_backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | triton
+    attention_backend: str = "auto"  # auto (triton on CUDA, cpu on the CPU) | torch | cpu | triton
+    # GGUF Q4_0/Q4_1/Q8_0 weights multiplied packed (packed_weights.py): auto (on the CPU) | off (dequantized to dtype)
+    packed_weights: str = "auto"
     fused_ops: str = "auto"  # Triton RMSNorm/RoPE/SiLU kernels: auto (with the triton backend on CUDA) | on | off
     overlap: str = "auto"  # the overlap loop (inflight.py): auto (on with CUDA) | on | off
     cuda_graphs: str = "auto"  # auto (on CUDA with a backend that supports them) | on | off
@@ -92,8 +95,11 @@ class EngineConfig:
 
     def resolve_attention_backend(self, device: torch.device) -> str:
         if self.attention_backend == "auto":
-            return "triton" if device.type == "cuda" else "torch"
+            return "triton" if device.type == "cuda" else "cpu"
         return self.attention_backend
+
+    def resolve_packed_weights(self, device: torch.device) -> bool:
+        return self.packed_weights == "auto" and device.type == "cpu" and self.tensor_parallel == 1
 
     def resolve_fused_ops(self, device: torch.device) -> bool:
         if self.fused_ops == "auto":
@@ -126,8 +132,12 @@ class EngineConfig:
             raise InvalidRequestError("prefix_cache", f"'{self.prefix_cache}': choose radix or none")
         if self.overlap not in ("auto", "on", "off"):
             raise InvalidRequestError("overlap", f"'{self.overlap}': choose auto, on or off")
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise InvalidRequestError("attention_backend", f"'{self.attention_backend}': choose auto, torch or triton")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise InvalidRequestError(
+                "attention_backend", f"'{self.attention_backend}': choose {', '.join(ATTENTION_BACKENDS)}"
+            )
+        if self.packed_weights not in ("auto", "off"):
+            raise InvalidRequestError("packed_weights", f"'{self.packed_weights}': choose auto or off")
         if self.fused_ops not in ("auto", "on", "off"):
             raise InvalidRequestError("fused_ops", f"'{self.fused_ops}': choose auto, on or off")
         if self.cuda_graphs not in ("auto", "on", "off"):

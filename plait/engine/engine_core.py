@@ -77,7 +77,10 @@ class EngineCore(RuntimeControls, Scoring):
             self.kv_pool = KVPool(1, self.kv_slots, 1, 1, self.dtype, self.device)
         else:
             ops = triton_ops() if config.resolve_fused_ops(self.device) else TORCH_OPS
-            self.model = build_model(source, self.max_context, self.device, self.dtype, config.seed, ops, tp=tp)
+            packed = config.resolve_packed_weights(self.device)
+            self.model = build_model(
+                source, self.max_context, self.device, self.dtype, config.seed, ops, tp=tp, packed=packed
+            )
             self.kv_slots = config.kv_slots or auto_kv_slots(config, local, self.device, self.dtype)
             self.kv_pool = KVPool(
                 mc.num_layers, self.kv_slots, local.num_kv_heads, mc.head_dim, self.dtype, self.device

@@ -7,7 +7,7 @@ Weights arrive in HF naming through ``load_weights`` (GGUF and safetensors loade
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from plait.engine.forward_batch import ForwardBatch
 from plait.engine.kv_store import KVStore
 from plait.engine.model_config import ModelConfig
 from plait.engine.model_ops import TORCH_OPS, ModelOps
+from plait.engine.packed_weights import BlockWeights, PackedLinearWeight, concat_blocks
 from plait.engine.rope import RotaryEmbedding
 from plait.engine.tensor_parallel import TensorParallel
 
@@ -27,7 +28,8 @@ def _empty(*shape: int, device: torch.device, dtype: torch.dtype) -> nn.Paramete
 
 
 class Linear(nn.Module):
-    """A linear layer whose weight is left uninitialised (weights are always loaded or filled afterwards)."""
+    """A linear layer whose weight is left uninitialised (weights are always loaded or filled afterwards). With
+    ``packed`` set (``pack_weights``), the packed weight is multiplied and the dense one is empty."""
 
     def __init__(
         self,
@@ -42,9 +44,18 @@ class Linear(nn.Module):
         self.weight = _empty(out_features, in_features, device=device, dtype=dtype)
         self.bias = _empty(out_features, device=device, dtype=dtype) if bias else None
         self.ops = ops
+        self.packed: PackedLinearWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            out = self.packed.matmul(x)
+            return out if self.bias is None else out + self.bias
         return self.ops.linear(x, self.weight, self.bias)
+
+    def pack(self, packed: PackedLinearWeight) -> None:
+        """Multiply by ``packed`` from now on and free the dense weight."""
+        self.packed = packed
+        self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)
 
 
 class RMSNorm(nn.Module):
@@ -191,6 +202,7 @@ class LlamaForCausalLM(nn.Module):
             if config.tie_word_embeddings
             else _empty(config.vocab_size, config.hidden_size, device=device, dtype=dtype)
         )
+        self.head_packed: PackedLinearWeight | None = None
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
@@ -206,7 +218,10 @@ class LlamaForCausalLM(nn.Module):
             hidden = self.norm(hidden)
         else:
             hidden, _ = self.norm.add_forward(hidden, residual)
-        logits = self.ops.linear(hidden, self.lm_head, None)
+        if self.head_packed is not None:
+            logits = self.head_packed.matmul(hidden)
+        else:
+            logits = self.ops.linear(hidden, self.lm_head, None)
         return self.tp.gather_vocab(logits, self.full_config.vocab_size).float()
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -256,6 +271,34 @@ class LlamaForCausalLM(nn.Module):
                 p + "post_attention_layernorm.weight": layer.post_attention_layernorm.weight,
             }
         return table
+
+    def pack_weights(self, blocks: Callable[[str], BlockWeights | None]) -> int:
+        """Keep the projections (and the head) whose checkpoint tensors ``blocks`` gives packed (``packed_weights.py``)
+        instead of dense; a fused projection is packed when all its parts are. Returns how many were packed. The
+        embedding stays dense (a lookup reads a few rows); a tied head is packed from the embedding's blocks."""
+        if self.tp.enabled:
+            raise ValueError("packed weights are not available with tensor parallelism")
+        packed = 0
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            for linear, parts in (
+                (layer.self_attn.qkv_proj, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                (layer.self_attn.o_proj, ("self_attn.o_proj",)),
+                (layer.mlp.gate_up_proj, ("mlp.gate_proj", "mlp.up_proj")),
+                (layer.mlp.down_proj, ("mlp.down_proj",)),
+            ):
+                found = [blocks(f"{p}{part}.weight") for part in parts]
+                fused = None if None in found else concat_blocks(found)
+                if fused is not None:
+                    linear.pack(PackedLinearWeight(fused))
+                    packed += 1
+        head = blocks("model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight")
+        if head is not None:
+            self.head_packed = PackedLinearWeight(head)
+            if not self.config.tie_word_embeddings:
+                self.lm_head = nn.Parameter(self.lm_head.new_empty(0), requires_grad=False)
+            packed += 1
+        return packed
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

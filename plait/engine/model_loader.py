@@ -61,12 +61,15 @@ def build_model(
     seed: int = 0,
     ops: ModelOps = TORCH_OPS,
     tp: TensorParallel | None = None,
+    packed: bool = False,
 ) -> LlamaForCausalLM:
     """Instantiate the model on ``device`` (its elementwise operations from ``ops``; ``tp``: this rank's part of
-    it) and fill its weights."""
+    it) and fill its weights; ``packed``: keep a GGUF's Q4_0/Q4_1/Q8_0 projections packed (``packed_weights.py``)."""
     model = LlamaForCausalLM(source.config, max_position, device, dtype, ops, tp=tp)
     if source.checkpoint is None:
         dummy_weights(model, seed)
     else:
         model.load_weights((name, t.to(device)) for name, t in source.checkpoint.weights(dtype))
+        if packed and isinstance(source.checkpoint, GGUFCheckpoint):
+            model.pack_weights(source.checkpoint.packed_blocks)
     return model.eval()

@@ -359,7 +359,7 @@ def test_create_backend_names_triton(kernels):
     pool = KVPool(1, 16, 2, 64, torch.float32, DEVICE)
     backend = create_backend("triton", pool, ReqToTokenPool(2, 16, DEVICE), 0.125)
     assert backend.name == "triton"
-    with pytest.raises(ValueError, match="torch, triton"):
+    with pytest.raises(ValueError, match="torch, cpu, triton"):
         create_backend("flash", pool, ReqToTokenPool(2, 16, DEVICE), 0.125)
 
 

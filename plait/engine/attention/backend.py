@@ -35,12 +35,17 @@ class AttentionBackend(Protocol):
 
 
 def create_backend(name: str, kv_pool: KVPool, req_to_token: ReqToTokenPool, scale: float) -> AttentionBackend:
-    """Build the backend called ``name``: ``torch`` (the reference) or ``triton`` (paged decode + extend kernels;
-    CUDA, or CPU through Triton's interpreter with ``TRITON_INTERPRET=1``)."""
+    """Build the backend called ``name``: ``torch`` (the reference), ``cpu`` (batched, shared-prefix-aware attention
+    for serving on the CPU) or ``triton`` (paged decode + extend kernels; CUDA, or CPU through Triton's interpreter
+    with ``TRITON_INTERPRET=1``)."""
     if name == "torch":
         from plait.engine.attention.torch_backend import TorchAttentionBackend
 
         return TorchAttentionBackend(kv_pool, req_to_token, scale)
+    if name == "cpu":
+        from plait.engine.attention.cpu_backend import CpuAttentionBackend
+
+        return CpuAttentionBackend(kv_pool, req_to_token, scale)
     if name == "triton":
         try:
             import triton  # noqa: F401
@@ -49,4 +54,4 @@ def create_backend(name: str, kv_pool: KVPool, req_to_token: ReqToTokenPool, sca
         from plait.engine.attention.triton_backend import TritonAttentionBackend
 
         return TritonAttentionBackend(kv_pool, req_to_token, scale)
-    raise ValueError(f"unknown attention backend '{name}'; available: torch, triton")
+    raise ValueError(f"unknown attention backend '{name}'; available: torch, cpu, triton")

@@ -17,6 +17,7 @@ import torch
 from plait.engine.errors import ModelLoadError, ModelNotFoundError
 from plait.engine.gguf_file import GGUFFile
 from plait.engine.model_config import ModelConfig, RopeScaling
+from plait.engine.packed_weights import PACKABLE_TYPES, BlockWeights, read_blocks
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -53,6 +54,7 @@ class GGUFCheckpoint:
             raise ModelLoadError(f"{self.path} is not a readable GGUF file: {error}") from None
         self.metadata = self.file.metadata
         self.config = self._read_config()
+        self._by_hf_name: dict[str | None, Any] | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
@@ -124,6 +126,28 @@ class GGUFCheckpoint:
             elif permute_qk and name.endswith(("k_proj.weight", "k_proj.bias")):
                 weight = unpermute_rotary(weight, self.config.num_kv_heads)
             yield name, weight.to(dtype)
+
+
+    def packed_blocks(self, hf_name: str) -> BlockWeights | None:
+        """The tensor called ``hf_name`` as integer codes and block scales (``packed_weights.py``), with Q/K rows
+        un-permuted as in ``weights``; None when it is absent or not of a packable type."""
+        if self._by_hf_name is None:
+            self._by_hf_name = {_hf_name(t.name): t for t in self.file.tensors}
+        tensor = self._by_hf_name.get(hf_name)
+        if tensor is None:
+            return None
+        import gguf
+
+        type_name = gguf.GGMLQuantizationType(tensor.type_id).name
+        if type_name not in PACKABLE_TYPES:
+            return None
+        blocks = read_blocks(self.file.tensor_array(tensor), type_name)
+        if self.get("general.architecture") in ("llama", "mistral"):
+            if hf_name.endswith("q_proj.weight"):
+                return blocks.permute_rows(lambda t: unpermute_rotary(t, self.config.num_heads))
+            if hf_name.endswith("k_proj.weight"):
+                return blocks.permute_rows(lambda t: unpermute_rotary(t, self.config.num_kv_heads))
+        return blocks
 
 
 def _hf_name(gguf_name: str) -> str | None:

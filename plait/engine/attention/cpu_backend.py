@@ -1,0 +1,224 @@
+"""Attention for serving on the CPU: every decode of a step in one batched computation, every extend in another.
+
+Rules:
+- Products run in the model's dtype (bfloat16 where the CPU multiplies it natively) on grouped queries, so each
+  KV head's keys are read once for the query heads that share it (GQA); scores and softmax are float32.
+- Decodes whose KV rows start with the same slots (a shared system prompt, one program's fan-out) attend to that
+  shared prefix once for the whole batch, as one matrix product over the prefix's keys, and to the rest of each
+  sequence separately; the two parts merge by their log-sum-exp, which is exact. Reading the shared keys once
+  instead of once per sequence is what makes concurrent agents with one system prompt cheap.
+- Extends (prefill chunks) are padded to the longest chunk and the longest context of the step and run as one
+  masked float32 ``scaled_dot_product_attention`` call (tiled, so a long context needs no score matrix): a query row
+  attends to its cached prefix and to its chunk up to itself.
+
+The reference backend (``torch_backend.py``) stays the checked definition; this one is tested against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from plait.cache import KVPool, ReqToTokenPool
+from plait.engine.forward_batch import ForwardBatch
+from plait.engine.host_copy import to_device
+
+# The shortest slot prefix shared by every decode of a step that is attended once for all of them.
+MIN_SHARED_PREFIX = 32
+
+
+@dataclass
+class _Keys:
+    """The KV rows of a group of sequences: slots ``[sequences, length]`` and where each query may attend:
+    ``mask`` ``[sequences, 1, queries, length]`` (True: attend) or the additive float32 ``bias`` of the same."""
+
+    slots: torch.Tensor
+    bias: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class _SharedPrefix:
+    """Decodes (``members``, indices into the step's decodes) whose KV rows all start with ``slots``."""
+
+    members: torch.Tensor
+    slots: torch.Tensor
+
+
+def _shared_prefixes(slots: torch.Tensor, lens: list[int]) -> list[_SharedPrefix]:
+    """The groups of decodes that start with the same KV slots, with the longest prefix each group shares (at least
+    ``MIN_SHARED_PREFIX`` slots, and never a member's current token). ``slots``: ``[decodes, max_len]``."""
+    if len(lens) < 2:
+        return []
+    first = slots[:, 0]
+    keys, counts = torch.unique(first, return_counts=True)
+    groups = []
+    for key in keys[counts > 1].tolist():
+        members = (first == key).nonzero().flatten()
+        limit = min(lens[i] for i in members.tolist()) - 1
+        if limit < MIN_SHARED_PREFIX:
+            continue
+        rows = slots[members, :limit]
+        length = int((rows == rows[:1]).all(dim=0).cumprod(0).sum())
+        if length >= MIN_SHARED_PREFIX:
+            groups.append(_SharedPrefix(members, rows[0, :length].clone()))
+    return groups
+
+
+@dataclass
+class CpuAttentionMeta:
+    decode: _Keys | None  # the decodes' own rows (after their group's shared prefix, where there is one)
+    shared: list[_SharedPrefix]
+    extend: _Keys | None
+    extend_rows: torch.Tensor | None  # [extend tokens] padded row of each extend token: sequence * max_new + i
+    max_new: int
+
+
+def _attend(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, with_lse: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Grouped-query attention. ``q``: ``[b, kv_heads, rows, dim]``, already scaled (rows: the query heads of each KV
+    head times the queries); ``keys``/``values``: ``[b, kv_heads, length, dim]``; ``bias`` (None: every key visible)
+    broadcastable to the scores. Returns the float32 output and, with ``with_lse``, each row's log-sum-exp."""
+    scores = torch.matmul(q, keys.transpose(-1, -2)).float()
+    if bias is not None:
+        scores += bias
+    if not with_lse:
+        return torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values).float(), None
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probs = torch.exp(scores - lse).to(values.dtype)
+    return torch.matmul(probs, values).float(), lse
+
+
+class CpuAttentionBackend:
+    name = "cpu"
+
+    def __init__(self, kv_pool: KVPool, req_to_token: ReqToTokenPool, scale: float) -> None:
+        self.kv_pool = kv_pool
+        self.req_to_token = req_to_token
+        self.scale = scale
+
+    # ---- per step ----------------------------------------------------------------------------------------------
+
+    def prepare(self, batch: ForwardBatch) -> CpuAttentionMeta:
+        table = self.req_to_token.table
+        decode = extend = extend_rows = None
+        shared: list[_SharedPrefix] = []
+        max_new = 0
+        if batch.num_decode:
+            decode, shared = self._prepare_decodes(batch, table)
+        if len(batch.layouts) > batch.num_decode:
+            extend, extend_rows, max_new = self._prepare_extends(batch, table)
+        return CpuAttentionMeta(decode, shared, extend, extend_rows, max_new)
+
+    @staticmethod
+    def _prepare_decodes(batch: ForwardBatch, table: torch.Tensor) -> tuple[_Keys, list[_SharedPrefix]]:
+        decodes = batch.layouts[: batch.num_decode]
+        device = table.device
+        lens_list = [d.prefix_len + 1 for d in decodes]
+        lens = to_device(lens_list, torch.int64, device)
+        rows = to_device([d.req_row for d in decodes], torch.int64, device)
+        max_len = max(lens_list)
+        slots = table[rows, :max_len]
+        shared = _shared_prefixes(slots, lens_list)
+        start = torch.zeros(len(decodes), dtype=torch.int64, device=device)
+        for prefix in shared:
+            start[prefix.members] = prefix.slots.numel()
+        # Each decode's own rows begin after its group's shared prefix; padding reads slot 0 and is masked out.
+        own_len = int((lens - start).max())
+        positions = start[:, None] + torch.arange(own_len, device=device)[None, :]
+        valid = positions < lens[:, None]
+        own = torch.where(valid, slots.gather(1, positions.clamp(max=max_len - 1)), 0)
+        if bool(valid.all()):
+            return _Keys(own), shared
+        bias = torch.zeros(valid.shape, dtype=torch.float32, device=device).masked_fill_(~valid, float("-inf"))
+        return _Keys(own, bias[:, None, None, :]), shared
+
+    @staticmethod
+    def _prepare_extends(batch: ForwardBatch, table: torch.Tensor) -> tuple[_Keys, torch.Tensor, int]:
+        extends = batch.layouts[batch.num_decode :]
+        device = table.device
+        max_new = max(e.new_len for e in extends)
+        max_total = max(e.prefix_len + e.new_len for e in extends)
+        prefix = to_device([e.prefix_len for e in extends], torch.int64, device)
+        new = to_device([e.new_len for e in extends], torch.int64, device)
+        rows = to_device([e.req_row for e in extends], torch.int64, device)
+        key_pos = torch.arange(max_total, device=device)
+        query = torch.arange(max_new, device=device)
+        total = prefix + new
+        # A query i of a chunk sees keys up to its own position prefix + i; rows past the chunk see key 0 only.
+        visible = key_pos[None, None, :] <= (prefix[:, None, None] + query[None, :, None])
+        visible &= key_pos[None, None, :] < total[:, None, None]
+        visible[:, :, 0] |= query[None, :] >= new[:, None]
+        slots = torch.where(key_pos[None, :] < total[:, None], table[rows, :max_total], 0)
+        token_rows = torch.cat([s * max_new + torch.arange(e.new_len, device=device) for s, e in enumerate(extends)])
+        return _Keys(slots, mask=visible[:, None, :, :]), token_rows, max_new
+
+    # ---- per layer ---------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: int,
+        batch: ForwardBatch,
+        kv_stored: bool = False,
+    ) -> torch.Tensor:
+        meta: CpuAttentionMeta = batch.attn_meta
+        if not kv_stored:
+            self.kv_pool.write(layer, batch.out_cache_loc, k, v)
+        k_pool, v_pool = self.kv_pool.k[layer], self.kv_pool.v[layer]
+        out = torch.empty_like(q)
+        n = batch.num_decode
+        if meta.decode is not None:
+            out[:n] = self._decode(q[:n], k_pool, v_pool, meta).to(out.dtype)
+        if meta.extend is not None:
+            out[n:] = self._extend(q[n:], k_pool, v_pool, meta).to(out.dtype)
+        return out
+
+    def _gather(self, pool: torch.Tensor, slots: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The rows of ``slots`` (``[..., length]``) as ``[..., kv_heads, length, dim]`` in ``dtype``: one gather
+        over (slot, head) rows in that order, so the result is contiguous and the products read it in place."""
+        kv_heads, dim = pool.shape[1:]
+        heads = torch.arange(kv_heads, device=slots.device)[:, None]
+        index = (slots.unsqueeze(-2) * kv_heads + heads).flatten()  # [..., kv_heads, length]
+        rows = pool.view(-1, dim).index_select(0, index)
+        return rows.view(*slots.shape[:-1], kv_heads, slots.shape[-1], dim).to(dtype)
+
+    def _decode(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: CpuAttentionMeta):
+        n, heads, dim = q.shape
+        kv_heads = k_pool.shape[1]
+        group = heads // kv_heads
+        grouped = (q * self.scale).view(n, kv_heads, group, dim)
+        keys = self._gather(k_pool, meta.decode.slots, q.dtype)  # [n, kv_heads, len, dim]
+        values = self._gather(v_pool, meta.decode.slots, q.dtype)
+        out, lse = _attend(grouped, keys, values, meta.decode.bias, with_lse=bool(meta.shared))
+        for prefix in meta.shared:
+            # The members' query heads against the shared keys at once: [kv_heads, members * group, dim] rows.
+            m = prefix.members.numel()
+            shared_k = self._gather(k_pool, prefix.slots, q.dtype)  # [kv_heads, shared, dim]
+            shared_v = self._gather(v_pool, prefix.slots, q.dtype)
+            rows = grouped[prefix.members].transpose(0, 1).reshape(kv_heads, m * group, dim)
+            common, common_lse = _attend(rows, shared_k, shared_v, None, with_lse=True)
+            common = common.view(kv_heads, m, group, dim).transpose(0, 1)
+            common_lse = common_lse.view(kv_heads, m, group, 1).transpose(0, 1)
+            own, own_lse = out[prefix.members], lse[prefix.members]
+            total = torch.logaddexp(own_lse, common_lse)
+            out[prefix.members] = own * torch.exp(own_lse - total) + common * torch.exp(common_lse - total)
+        return out.view(n, heads, dim)
+
+    def _extend(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: CpuAttentionMeta):
+        heads, dim = q.shape[1:]
+        sequences = meta.extend.slots.shape[0]
+        padded = q.new_zeros(sequences * meta.max_new, heads, dim, dtype=torch.float32)
+        padded[meta.extend_rows] = q.float()
+        query = padded.view(sequences, meta.max_new, heads, dim).transpose(1, 2)  # [seq, heads, max_new, dim]
+        keys = self._gather(k_pool, meta.extend.slots, torch.float32)  # [seq, kv_heads, total, dim]
+        values = self._gather(v_pool, meta.extend.slots, torch.float32)
+        out = F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=meta.extend.mask, scale=self.scale, enable_gqa=True
+        )
+        return out.transpose(1, 2).reshape(sequences * meta.max_new, heads, dim)[meta.extend_rows]
