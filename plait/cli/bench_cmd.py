@@ -14,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         grammar_bench,
         journal_bench,
         migration_bench,
+        peer_bench,
         replay_bench,
         replay_report_cmd,
         serve_load,
@@ -30,5 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     replay_report_cmd.register(benches)
     journal_bench.register(benches)
     migration_bench.register(benches)
+    peer_bench.register(benches)
     soak.register(benches)
     parser.set_defaults(handler=lambda args: parser.print_help() or 2)

@@ -57,9 +57,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--packed-weights",
         default="auto",
-        choices=["auto", "off"],
-        help="auto: on the CPU, GGUF Q4_0/Q4_1/Q8_0 weights stay packed and run through torch's int4 weight-only "
-        "kernel (a fifth of float32's bytes); off: dequantize every weight to --dtype",
+        choices=["auto", "on", "off"],
+        help="on the CPU, keep GGUF Q4_0/Q4_1/Q8_0 weights packed and multiply them with torch's int4 weight-only "
+        "kernel (a fifth of float32's bytes, bfloat16 activations); auto: unless --dtype float32 (the exact "
+        "dequantized path); off: dequantize every weight to --dtype",
     )
     group.add_argument(
         "--fused-ops",

@@ -48,7 +48,8 @@ class EngineConfig:
     max_batch_tokens: int = 2048
     chunk_size: int = 512
     attention_backend: str = "auto"  # auto (triton on CUDA, cpu on the CPU) | torch | cpu | triton
-    # GGUF Q4_0/Q4_1/Q8_0 weights multiplied packed (packed_weights.py): auto (on the CPU) | off (dequantized to dtype)
+    # GGUF Q4_0/Q4_1/Q8_0 weights multiplied packed (packed_weights.py) on the CPU: auto (unless dtype is float32,
+    # which asks for the exact dequantized path) | on | off (dequantized to dtype)
     packed_weights: str = "auto"
     fused_ops: str = "auto"  # Triton RMSNorm/RoPE/SiLU kernels: auto (with the triton backend on CUDA) | on | off
     overlap: str = "auto"  # the overlap loop (inflight.py): auto (on with CUDA) | on | off
@@ -99,7 +100,9 @@ class EngineConfig:
         return self.attention_backend
 
     def resolve_packed_weights(self, device: torch.device) -> bool:
-        return self.packed_weights == "auto" and device.type == "cpu" and self.tensor_parallel == 1
+        if device.type != "cpu" or self.tensor_parallel != 1 or self.packed_weights == "off":
+            return False
+        return self.packed_weights == "on" or self.dtype != "float32"
 
     def resolve_fused_ops(self, device: torch.device) -> bool:
         if self.fused_ops == "auto":
@@ -136,8 +139,8 @@ class EngineConfig:
             raise InvalidRequestError(
                 "attention_backend", f"'{self.attention_backend}': choose {', '.join(ATTENTION_BACKENDS)}"
             )
-        if self.packed_weights not in ("auto", "off"):
-            raise InvalidRequestError("packed_weights", f"'{self.packed_weights}': choose auto or off")
+        if self.packed_weights not in ("auto", "on", "off"):
+            raise InvalidRequestError("packed_weights", f"'{self.packed_weights}': choose auto, on or off")
         if self.fused_ops not in ("auto", "on", "off"):
             raise InvalidRequestError("fused_ops", f"'{self.fused_ops}': choose auto, on or off")
         if self.cuda_graphs not in ("auto", "on", "off"):

@@ -103,7 +103,7 @@ def test_a_packed_models_logits_stay_within_a_fraction_of_the_quantization_error
 
     exact, _ = logits("float.gguf", "off")
     dense, _ = logits("quant.gguf", "off")
-    packed, core = logits("quant.gguf", "auto")
+    packed, core = logits("quant.gguf", "on")
     model = core.model
     assert model.head_packed is not None and all(
         linear.packed is not None
@@ -114,13 +114,17 @@ def test_a_packed_models_logits_stay_within_a_fraction_of_the_quantization_error
 
 
 def test_the_default_model_runs_packed_on_the_cpu_and_dense_when_asked():
-    """The default model (Q4_1 layers, Q8_0 embedding) is packed by default on the CPU; ``packed_weights='off'``
-    dequantizes it; both answer a prompt with close logits (bfloat16 activations are the only difference)."""
+    """The default model (Q4_1 layers, Q8_0 embedding) is packed by default on the CPU; an explicit float32 dtype or
+    ``packed_weights='off'`` dequantizes it; packed and dense answer a prompt with close logits (bfloat16
+    activations in the products are the only difference)."""
     from plait.engine import EngineConfig, EngineCore
 
+    assert EngineConfig().resolve_packed_weights(torch.device("cpu"))
+    assert not EngineConfig(dtype="float32").resolve_packed_weights(torch.device("cpu"))
+    assert not EngineConfig(packed_weights="off").resolve_packed_weights(torch.device("cpu"))
     prompt = list(range(300, 340))
-    packed_core = EngineCore(EngineConfig(dtype="float32"))
-    dense_core = EngineCore(EngineConfig(dtype="float32", packed_weights="off"))
+    packed_core = EngineCore(EngineConfig(dtype="float32", packed_weights="on"))
+    dense_core = EngineCore(EngineConfig(dtype="float32"))
     assert packed_core.model.head_packed is not None and dense_core.model.head_packed is None
     packed, dense = packed_core.prompt_logits(prompt), dense_core.prompt_logits(prompt)
     assert _relative(packed, dense) <= 0.05

@@ -127,7 +127,6 @@ class GGUFCheckpoint:
                 weight = unpermute_rotary(weight, self.config.num_kv_heads)
             yield name, weight.to(dtype)
 
-
     def packed_blocks(self, hf_name: str) -> BlockWeights | None:
         """The tensor called ``hf_name`` as integer codes and block scales (``packed_weights.py``), with Q/K rows
         un-permuted as in ``weights``; None when it is absent or not of a packable type."""
