@@ -91,11 +91,12 @@ async def _run_workloads(args: argparse.Namespace, url: str, workloads: list[str
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
         await w.stream_chat(client, model, [{"role": "user", "content": "Hello."}], 8)  # warm-up
         for pass_index in range(args.passes):
+            tag = f"pass {pass_index + 1}"  # prompts of this pass only
             for workload in workloads:
                 if workload == "single":
-                    result = await w.run_single(client, model, count_tokens, args.single_requests, args.max_tokens)
+                    result = await w.run_single(client, model, count_tokens, args.single_requests, args.max_tokens, tag)
                 elif workload == "concurrent":
-                    result = await w.run_concurrent(client, model, count_tokens, args.streams, args.max_tokens)
+                    result = await w.run_concurrent(client, model, count_tokens, args.streams, args.max_tokens, tag)
                 else:
                     result = await w.run_agent(
                         client,
@@ -106,6 +107,7 @@ async def _run_workloads(args: argparse.Namespace, url: str, workloads: list[str
                         args.agent_max_tokens,
                         args.tool_s,
                         args.system_tokens,
+                        tag,
                     )
                 results.append({"pass": pass_index, **vars(result)})
     return results

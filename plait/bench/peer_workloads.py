@@ -7,7 +7,8 @@ requests, the same timing and the same token count for every server.
   the session's history, and a tool result that arrives ``tool_s`` after the previous reply. Mean session time.
 
 Tokens are counted by encoding the streamed text with the model's own tokenizer (``count_tokens``), so no server's
-own usage accounting (or lack of it) enters the comparison.
+own usage accounting (or lack of it) enters the comparison. Every pass sends prompts of its own (``tag``): a server
+that answers a repeated greedy request from a cache of results would otherwise be timed on the cache.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ TOOL_RESULTS = [
 ]
 
 
-def agent_system_prompt(target_tokens: int, count_tokens: Callable[[str], int]) -> str:
+def agent_system_prompt(target_tokens: int, count_tokens: Callable[[str], int], tag: str = "") -> str:
     """A tool-using agent's instructions, numbered rules repeated until the text holds ``target_tokens`` tokens."""
-    lines = ["You are a careful software agent working in a repository through tools (read, edit, run, search)."]
+    label = f" ({tag})" if tag else ""
+    lines = [
+        f"You are a careful software agent{label} working in a repository through tools (read, edit, run, search)."
+    ]
     index = 0
     while count_tokens("\n".join(lines)) < target_tokens:
         lines.append(f"Rule {index + 1}: {AGENT_RULES[index % len(AGENT_RULES)]}")
@@ -122,14 +126,24 @@ async def stream_chat(
     return result
 
 
+def _story(index: int, tag: str) -> str:
+    topic = TOPICS[index % len(TOPICS)]
+    label = f"[{tag}, request {index}] " if tag else ""
+    return label + STORY_PROMPTS[index % len(STORY_PROMPTS)].format(topic=topic)
+
+
 async def run_single(
-    client: httpx.AsyncClient, model: str, count_tokens: Callable[[str], int], requests: int, max_tokens: int
+    client: httpx.AsyncClient,
+    model: str,
+    count_tokens: Callable[[str], int],
+    requests: int,
+    max_tokens: int,
+    tag: str = "",
 ) -> WorkloadResult:
     """``requests`` completions one after another: the median decode tokens/s of one stream."""
     rates, tokens, failed = [], 0, 0
     for index in range(requests):
-        topic = TOPICS[index % len(TOPICS)]
-        prompt = STORY_PROMPTS[index % len(STORY_PROMPTS)].format(topic=topic)
+        prompt = _story(index, tag)
         result = await stream_chat(client, model, [{"role": "user", "content": prompt}], max_tokens)
         n = count_tokens(result.text) if result.ok else 0
         if not result.ok or n < 2 or result.last == result.first:
@@ -143,25 +157,17 @@ async def run_single(
 
 
 async def run_concurrent(
-    client: httpx.AsyncClient, model: str, count_tokens: Callable[[str], int], streams: int, max_tokens: int
+    client: httpx.AsyncClient,
+    model: str,
+    count_tokens: Callable[[str], int],
+    streams: int,
+    max_tokens: int,
+    tag: str = "",
 ) -> WorkloadResult:
     """``streams`` completions sent at once: all their tokens over the wave's wall time."""
     start = time.perf_counter()
     results = await asyncio.gather(
-        *(
-            stream_chat(
-                client,
-                model,
-                [
-                    {
-                        "role": "user",
-                        "content": STORY_PROMPTS[i % len(STORY_PROMPTS)].format(topic=TOPICS[i % len(TOPICS)]),
-                    }
-                ],
-                max_tokens,
-            )
-            for i in range(streams)
-        )
+        *(stream_chat(client, model, [{"role": "user", "content": _story(i, tag)}], max_tokens) for i in range(streams))
     )
     wall = time.perf_counter() - start
     tokens = sum(count_tokens(r.text) for r in results if r.ok)
@@ -205,9 +211,10 @@ async def run_agent(
     max_tokens: int,
     tool_s: float,
     system_tokens: int,
+    tag: str = "",
 ) -> WorkloadResult:
     """``sessions`` agent sessions at once: the mean session time."""
-    system = agent_system_prompt(system_tokens, count_tokens)
+    system = agent_system_prompt(system_tokens, count_tokens, tag)
     outcomes = await asyncio.gather(
         *(_agent_session(client, model, system, s, turns, max_tokens, tool_s) for s in range(sessions))
     )
