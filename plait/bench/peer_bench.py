@@ -81,7 +81,9 @@ def _servers(args: argparse.Namespace, gguf_path: Path, names: list[str]) -> tup
     return servers, notes
 
 
-async def _run_workloads(args: argparse.Namespace, url: str, workloads: list[str], count_tokens) -> list[dict]:
+async def _run_workloads(
+    args: argparse.Namespace, url: str, workloads: list[str], count_tokens, extras: dict[str, Any]
+) -> list[dict]:
     import httpx
 
     from plait.bench import peer_workloads as w
@@ -89,7 +91,8 @@ async def _run_workloads(args: argparse.Namespace, url: str, workloads: list[str
     results = []
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0)) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
-        await w.stream_chat(client, model, [{"role": "user", "content": "Hello."}], 8)  # warm-up
+        chat = w.Chat(client, model, extras)
+        await chat([{"role": "user", "content": "Hello."}], 8)  # warm-up
         for pass_index in range(args.passes):
             tag = f"pass {pass_index + 1}"  # prompts of this pass only
             for workload in workloads:
@@ -147,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 url = server.start()
                 progress.update(task, description=f"{server.name}: {', '.join(workloads)} x {args.passes}")
-                measured[server.name] = asyncio.run(_run_workloads(args, url, workloads, count_tokens))
+                extras = _exact_length_fields(server.name, tokenizer)
+                measured[server.name] = asyncio.run(_run_workloads(args, url, workloads, count_tokens, extras))
             except RuntimeError as error:
                 print(f"{server.name} failed: {error}", file=sys.stderr)
             finally:
@@ -161,6 +165,14 @@ def run(args: argparse.Namespace) -> int:
     output = write_json(args.output or default_output("peer"), {**payload, "results": measured})
     print(f"wrote {output}")
     return 0 if measured and all(r["failed"] == 0 for rs in measured.values() for r in rs) else 1
+
+
+def _exact_length_fields(peer: str, tokenizer) -> dict[str, Any]:
+    """Request fields that make ``peer`` generate ``max_tokens`` whatever its numerics pick (equal work for every
+    server): vLLM's and plait's ``ignore_eos``; llama.cpp ignores that field, so its stop tokens get a -100 bias."""
+    if peer == "llama.cpp":
+        return {"logit_bias": {str(i): -100 for i in sorted(tokenizer.stop_token_ids)}}
+    return {"ignore_eos": True}
 
 
 def _table(measured: dict[str, list[dict]], workloads: list[str]) -> tuple[list[list[Any]], dict]:

@@ -108,6 +108,7 @@ def llama_cpp_server(executable: str, gguf_path: Path, threads: int, slots: int)
     else:
         command = [executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--host", "127.0.0.1"]
         command += ["--port", "{port}", "--n_ctx", str(CONTEXT), "--n_threads", str(threads)]
+        command += ["--interrupt_requests", "False"]  # by default a new request cuts the running one short
     return PeerServer("llama.cpp", command)
 
 

@@ -90,13 +90,32 @@ class WorkloadResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Chat:
+    """One server's chat endpoint: ``client`` (its base URL), the model name it serves, and fields added to every
+    request (``extras``): how that server is told to generate exactly ``max_tokens``."""
+
+    client: httpx.AsyncClient
+    model: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def __call__(self, messages: list[dict[str, str]], max_tokens: int) -> StreamResult:
+        return await stream_chat(self.client, self.model, messages, max_tokens, self.extras)
+
+
 async def stream_chat(
-    client: httpx.AsyncClient, model: str, messages: list[dict[str, str]], max_tokens: int
+    client: httpx.AsyncClient,
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    extras: dict[str, Any] | None = None,
 ) -> StreamResult:
-    """POST one streamed chat completion (temperature 0) and time its content chunks."""
+    """POST one streamed chat completion (temperature 0, plus ``extras``) and time its content chunks."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+    body |= extras or {}
     result = StreamResult(ok=False, sent=time.perf_counter())
     pieces: list[str] = []
+    finished = False
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
@@ -110,6 +129,7 @@ async def stream_chat(
                     break
                 chunk = json.loads(data)
                 for choice in chunk.get("choices") or []:
+                    finished = finished or bool(choice.get("finish_reason"))
                     content = (choice.get("delta") or {}).get("content")
                     if content:
                         now = time.perf_counter()
@@ -120,9 +140,9 @@ async def stream_chat(
         result.error = f"{type(error).__name__}: {error}"
         return result
     result.text = "".join(pieces)
-    result.ok = result.first is not None
+    result.ok = result.first is not None and finished
     if not result.ok:
-        result.error = "the stream carried no content"
+        result.error = "the stream ended without a finish reason" if pieces else "the stream carried no content"
     return result
 
 
@@ -133,8 +153,7 @@ def _story(index: int, tag: str) -> str:
 
 
 async def run_single(
-    client: httpx.AsyncClient,
-    model: str,
+    chat: Chat,
     count_tokens: Callable[[str], int],
     requests: int,
     max_tokens: int,
@@ -142,9 +161,11 @@ async def run_single(
 ) -> WorkloadResult:
     """``requests`` completions one after another: the median decode tokens/s of one stream."""
     rates, tokens, failed = [], 0, 0
+    errors: list[str] = []
     for index in range(requests):
         prompt = _story(index, tag)
-        result = await stream_chat(client, model, [{"role": "user", "content": prompt}], max_tokens)
+        result = await chat([{"role": "user", "content": prompt}], max_tokens)
+        errors.append(result.error)
         n = count_tokens(result.text) if result.ok else 0
         if not result.ok or n < 2 or result.last == result.first:
             failed += 1
@@ -153,12 +174,12 @@ async def run_single(
         rates.append((n - 1) / (result.last - result.first))
     rates.sort()
     median = rates[len(rates) // 2] if rates else 0.0
-    return WorkloadResult("single", median, "decode tok/s", requests, failed, tokens, {"rates": rates})
+    details = {"rates": rates, "errors": sorted(set(e for e in errors if e))[:3]}
+    return WorkloadResult("single", median, "decode tok/s", requests, failed, tokens, details)
 
 
 async def run_concurrent(
-    client: httpx.AsyncClient,
-    model: str,
+    chat: Chat,
     count_tokens: Callable[[str], int],
     streams: int,
     max_tokens: int,
@@ -167,18 +188,19 @@ async def run_concurrent(
     """``streams`` completions sent at once: all their tokens over the wave's wall time."""
     start = time.perf_counter()
     results = await asyncio.gather(
-        *(stream_chat(client, model, [{"role": "user", "content": _story(i, tag)}], max_tokens) for i in range(streams))
+        *(chat([{"role": "user", "content": _story(i, tag)}], max_tokens) for i in range(streams))
     )
     wall = time.perf_counter() - start
     tokens = sum(count_tokens(r.text) for r in results if r.ok)
     ttfts = sorted(r.ttft_s for r in results if r.ttft_s is not None)
     details = {"wall_s": wall, "median_ttft_s": ttfts[len(ttfts) // 2] if ttfts else None}
+    details["errors"] = sorted({r.error for r in results if r.error})[:3]
     failed = sum(not r.ok for r in results)
     return WorkloadResult("concurrent", tokens / wall, "tok/s", streams, failed, tokens, details)
 
 
 async def _agent_session(
-    client: httpx.AsyncClient, model: str, system: str, session: int, turns: int, max_tokens: int, tool_s: float
+    chat: Chat, system: str, session: int, turns: int, max_tokens: int, tool_s: float
 ) -> tuple[float, int, list[StreamResult]]:
     """One session: ``turns`` calls, each after a tool result; its wall time, its failures and its replies."""
     topic = TOPICS[session % len(TOPICS)]
@@ -190,7 +212,7 @@ async def _agent_session(
     failed = 0
     replies = []
     for turn in range(turns):
-        reply = await stream_chat(client, model, messages, max_tokens)
+        reply = await chat(messages, max_tokens)
         replies.append(reply)
         if not reply.ok:
             failed += 1
@@ -203,8 +225,7 @@ async def _agent_session(
 
 
 async def run_agent(
-    client: httpx.AsyncClient,
-    model: str,
+    chat: Chat,
     count_tokens: Callable[[str], int],
     sessions: int,
     turns: int,
@@ -216,7 +237,7 @@ async def run_agent(
     """``sessions`` agent sessions at once: the mean session time."""
     system = agent_system_prompt(system_tokens, count_tokens, tag)
     outcomes = await asyncio.gather(
-        *(_agent_session(client, model, system, s, turns, max_tokens, tool_s) for s in range(sessions))
+        *(_agent_session(chat, system, s, turns, max_tokens, tool_s) for s in range(sessions))
     )
     times = [t for t, _, _ in outcomes]
     replies = [r for _, _, rs in outcomes for r in rs]
@@ -226,6 +247,7 @@ async def run_agent(
         "median_ttft_s": ttfts[len(ttfts) // 2] if ttfts else None,
         "system_prompt_tokens": count_tokens(system),
         "tool_s": tool_s,
+        "errors": sorted({r.error for r in replies if r.error})[:3],
     }
     tokens = sum(count_tokens(r.text) for r in replies if r.ok)
     failed = sum(f for _, f, _ in outcomes)

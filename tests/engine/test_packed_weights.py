@@ -11,7 +11,7 @@ import torch
 gguf = pytest.importorskip("gguf")
 
 from plait.engine.default_model import default_model_path  # noqa: E402
-from plait.engine.packed_weights import PackedLinearWeight, read_blocks  # noqa: E402
+from plait.engine.packed_weights import DENSE_MIN_ROWS, PackedLinearWeight, read_blocks  # noqa: E402
 
 TYPES = ["Q4_0", "Q4_1", "Q8_0"]
 
@@ -31,7 +31,7 @@ def test_blocks_decode_to_what_gguf_dequantizes(type_name):
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-@pytest.mark.parametrize("rows", [1, 5, 64])
+@pytest.mark.parametrize("rows", [1, 5, 64, DENSE_MIN_ROWS])
 def test_a_packed_product_is_within_a_fraction_of_the_quantization_error(type_name, rows):
     rng = np.random.default_rng(1)
     weights = rng.standard_normal((160, 256)).astype(np.float32)
@@ -44,6 +44,17 @@ def test_a_packed_product_is_within_a_fraction_of_the_quantization_error(type_na
     assert packed.dtype == torch.float32 and packed.shape == (rows, 160)
     # The kernel rounds its output to bfloat16 (0.2-0.3%): half of Q4's error, three quarters of Q8_0's (0.5%).
     assert _relative(packed, dense) <= (0.75 if type_name == "Q8_0" else 0.5) * _relative(dense, exact)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1"])
+def test_the_expanded_matrix_is_the_dequantized_one_in_bfloat16(type_name):
+    weights = np.random.default_rng(3).standard_normal((64, 96)).astype(np.float32)
+    blocks = read_blocks(gguf.quants.quantize(weights, gguf.GGMLQuantizationType[type_name]), type_name)
+    dense = PackedLinearWeight(blocks).dense()
+    assert dense.dtype == torch.bfloat16
+    expected = blocks.dequantize()
+    # bfloat16 rounding of the scale, the offset and their sum: a few units in the last place of the largest weight.
+    assert (dense.float() - expected).abs().max().item() <= 2**-6 * expected.abs().max().item()
 
 
 def _write_llama(path, weights: dict[str, np.ndarray], types: dict[str, str]) -> None:
