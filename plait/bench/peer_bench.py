@@ -97,13 +97,12 @@ async def _run_workloads(
             tag = f"pass {pass_index + 1}"  # prompts of this pass only
             for workload in workloads:
                 if workload == "single":
-                    result = await w.run_single(client, model, count_tokens, args.single_requests, args.max_tokens, tag)
+                    result = await w.run_single(chat, count_tokens, args.single_requests, args.max_tokens, tag)
                 elif workload == "concurrent":
-                    result = await w.run_concurrent(client, model, count_tokens, args.streams, args.max_tokens, tag)
+                    result = await w.run_concurrent(chat, count_tokens, args.streams, args.max_tokens, tag)
                 else:
                     result = await w.run_agent(
-                        client,
-                        model,
+                        chat,
                         count_tokens,
                         args.sessions,
                         args.turns,
