@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from plait.bench.serve_load_clients import TOPICS
+from plait.bench.serve_load_clients import TOPICS, sse_json
 
 STORY_PROMPTS = [
     "Write a long, detailed story about {topic}. Describe every scene.",
@@ -121,13 +121,7 @@ async def stream_chat(
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}: {(await response.aread())[:300]!r}"
                 return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
+            async for chunk in sse_json(response):
                 for choice in chunk.get("choices") or []:
                     finished = finished or bool(choice.get("finish_reason"))
                     content = (choice.get("delta") or {}).get("content")

@@ -119,6 +119,16 @@ async def _sse_lines(response: Any) -> Any:
         yield name, value.removeprefix(" ")
 
 
+async def sse_json(response: Any) -> Any:
+    """The JSON object of each ``data:`` line of an OpenAI-style stream, up to ``[DONE]``."""
+    async for name, value in _sse_lines(response):
+        if name != "data":
+            continue
+        if value == "[DONE]":
+            return
+        yield json.loads(value)
+
+
 async def run_chat(client: Any, index: int, max_tokens: int) -> ChatResult:
     start = time.perf_counter()
     result = ChatResult(ok=False)

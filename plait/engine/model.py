@@ -292,10 +292,11 @@ class LlamaForCausalLM(nn.Module):
                 if fused is not None:
                     linear.pack(PackedLinearWeight(fused))
                     packed += 1
-        head = blocks("model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight")
+        tied = self.config.tie_word_embeddings
+        head = blocks("model.embed_tokens.weight" if tied else "lm_head.weight")
         if head is not None:
-            self.head_packed = PackedLinearWeight(head)
-            if not self.config.tie_word_embeddings:
+            self.head_packed = PackedLinearWeight(head, shared_dense=self.embed_tokens.data if tied else None)
+            if not tied:
                 self.lm_head = nn.Parameter(self.lm_head.new_empty(0), requires_grad=False)
             packed += 1
         return packed

@@ -11,7 +11,12 @@ import torch
 gguf = pytest.importorskip("gguf")
 
 from plait.engine.default_model import default_model_path  # noqa: E402
-from plait.engine.packed_weights import DENSE_MIN_ROWS, PackedLinearWeight, read_blocks  # noqa: E402
+from plait.engine.packed_weights import (  # noqa: E402
+    DENSE_MIN_ROWS,
+    SHARED_DENSE_MIN_ROWS,
+    PackedLinearWeight,
+    read_blocks,
+)
 
 TYPES = ["Q4_0", "Q4_1", "Q8_0"]
 
@@ -55,6 +60,22 @@ def test_the_expanded_matrix_is_the_dequantized_one_in_bfloat16(type_name):
     expected = blocks.dequantize()
     # bfloat16 rounding of the scale, the offset and their sum: a few units in the last place of the largest weight.
     assert (dense.float() - expected).abs().max().item() <= 2**-6 * expected.abs().max().item()
+
+
+def test_a_head_with_a_dense_bfloat16_copy_multiplies_it_from_a_few_rows():
+    """The tied head's Q8_0 blocks beside the embedding the model holds anyway: one row takes the 4-bit terms,
+    SHARED_DENSE_MIN_ROWS rows the dense copy; both agree within bfloat16 rounding."""
+    weights = np.random.default_rng(4).standard_normal((96, 64)).astype(np.float32)
+    blocks = read_blocks(gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0), "Q8_0")
+    dense = blocks.dequantize().to(torch.bfloat16)
+    head = PackedLinearWeight(blocks, shared_dense=dense)
+    assert head.shared_dense is dense
+    assert PackedLinearWeight(blocks, shared_dense=dense.float()).shared_dense is None  # float32 would be slower
+    x = torch.randn(SHARED_DENSE_MIN_ROWS, 64)
+    many = head.matmul(x)
+    torch.testing.assert_close(many, torch.nn.functional.linear(x.bfloat16(), dense).float())
+    one = head.matmul(x[:1])
+    assert _relative(one, many[:1]) <= 1e-2
 
 
 def _write_llama(path, weights: dict[str, np.ndarray], types: dict[str, str]) -> None:
