@@ -14,10 +14,9 @@ What is committed before what (each arrow: the left side is durable before the r
   stored log is a prefix of what followers saw, and a resumed program's new events get larger ids (see ``boot``),
   so a follower resuming from ``Last-Event-ID`` misses nothing (it may see an event twice).
 
-Writes go to one writer thread in the order they are queued. It commits everything queued as one transaction (group
-commit: one fsync for all the writes queued while the previous transaction committed), so the cost of durability is
-per batch, not per node, and the event loop never waits on the disk. Each write runs in its own savepoint: a write
-that fails (a broken constraint) is rolled back alone and its waiter gets the error. SQLite runs in WAL mode with
+Writes go to one writer thread (``group_commit.py``) in the order they are queued; it commits everything queued as
+one transaction, so the cost of durability is per batch, not per node, and the event loop never waits on the disk; a
+write that fails (a broken constraint) is rolled back alone and its waiter gets the error. SQLite runs in WAL mode with
 ``synchronous=FULL``: a commit returns once the write-ahead log is on disk.
 
 One process uses a journal at a time (an exclusive ``flock`` on ``<path>.lock``, released by the OS however the
@@ -28,20 +27,17 @@ the freed pages are returned to the file system (incremental vacuum), so the fil
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import fcntl
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from plait.runtime.group_commit import GroupCommitWriter, Operation
 from plait.runtime.journal_rows import (
     PROGRAM_COLUMNS,
     EventRow,
@@ -110,9 +106,6 @@ class JournalError(RuntimeError):
     """The journal cannot be used: the message says why and what to do."""
 
 
-Operation = Callable[[sqlite3.Connection], None]
-
-
 class Journal:
     """A journal file, open for this process. A write is queued when it is called (writes commit in call order);
     those that return an awaitable resolve once durable and must be called in a running event loop (the one that
@@ -145,13 +138,16 @@ class Journal:
                 ) from None
             raise
         self._read_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[Operation | _WriterCall | None, _Waiter | None]] = queue.SimpleQueue()
         self._closed = False
         self._last_sweep = 0.0
-        self.transactions = 0  # write transactions committed by this process (each one fsync)
-        self.writes = 0  # writes they held (writes / transactions: how well commits are grouped)
-        self._thread = threading.Thread(target=self._write_loop, name="plait-journal", daemon=True)
-        self._thread.start()
+        self._writer = GroupCommitWriter(
+            self._db,
+            label=f"the journal {self.path}",
+            error_type=JournalError,
+            on_idle=self._maybe_sweep,
+            idle_s=sweep_interval_s,
+            thread_name="plait-journal",
+        )
 
     # ---- writes ----------------------------------------------------------------------------------------------------
 
@@ -251,114 +247,26 @@ class Journal:
         self._write(insert)
 
     def _commit(self, operation: Operation) -> Awaitable[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._put(operation, _Waiter(loop, future))
-        return future
+        return self._writer.commit(operation)
 
     def _write(self, operation: Operation) -> None:
-        self._put(operation, None)
-
-    def _put(self, operation: Operation, waiter: _Waiter | None) -> None:
-        if self._closed:
-            raise JournalError(f"the journal {self.path} is closed")
-        self._queue.put((operation, waiter))
+        self._writer.write(operation)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Block until everything queued so far is committed (from any thread but the event loop's, or in tests)."""
-        done = threading.Event()
-        self._put(lambda _db: None, _Waiter(None, None, done))
-        if not done.wait(timeout_s):
-            raise JournalError(f"the journal {self.path} did not commit within {timeout_s:g} s")
+        self._writer.flush(timeout_s)
 
-    # ---- the writer thread -----------------------------------------------------------------------------------------
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed by this process (each one fsync)."""
+        return self._writer.transactions
 
-    def _write_loop(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=self.sweep_interval_s)
-            except queue.Empty:
-                self._maybe_sweep()
-                continue
-            batch = [first]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            writes: list[tuple[Operation, _Waiter | None]] = []
-            for operation, waiter in batch:
-                if isinstance(operation, _WriterCall) or operation is None:
-                    self._commit_batch(writes)  # what was queued before it is committed first
-                    writes = []
-                    if operation is None:  # close(): everything queued before it is committed
-                        if waiter is not None:
-                            waiter.settle(None)
-                        return
-                    operation.run()
-                else:
-                    writes.append((operation, waiter))
-            self._commit_batch(writes)
-            self._maybe_sweep()
+    @property
+    def writes(self) -> int:
+        """Writes those transactions held (writes / transactions: how well commits are grouped)."""
+        return self._writer.writes
 
-    def _commit_batch(self, batch: list[tuple[Operation, _Waiter | None]]) -> None:
-        """Commit ``batch`` as one transaction and tell its waiters. Writes rarely fail, so the batch runs without
-        savepoints first; when one fails, the batch is rolled back and run again with a savepoint per write, so the
-        failed write alone is left out (and its waiter alone gets the error)."""
-        if not batch:
-            return
-        self.transactions += 1
-        self.writes += len(batch)
-        try:
-            results = self._run_batch(batch, isolated=False)
-        except _WriteFailed:
-            results = self._run_batch(batch, isolated=True)
-        except Exception as error:  # the transaction itself failed (disk full, I/O error): nothing is durable
-            results = [JournalError(f"the journal {self.path} could not commit: {error}")] * len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
-        for (_, waiter), result in zip(batch, results, strict=True):
-            if waiter is None:
-                if result is not None:
-                    logger.error("journal write failed: %s", result)
-            elif waiter.loop is None:
-                waiter.settle(result)
-            else:
-                by_loop.setdefault(waiter.loop, []).append((waiter.future, result))  # type: ignore[arg-type]
-        for loop, settled in by_loop.items():  # one wake-up of each waiting event loop per batch
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_resolve_all, settled)
-
-    def _run_batch(
-        self, batch: list[tuple[Operation, _Waiter | None]], *, isolated: bool
-    ) -> list[BaseException | None]:
-        """Run and commit the writes; each one's error (``isolated``) or ``_WriteFailed`` at the first error."""
-        db = self._db
-        results: list[BaseException | None] = []
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for operation, _ in batch:
-                if not isolated:
-                    try:
-                        operation(db)
-                    except Exception as error:  # find out which write, and keep the others: run it isolated
-                        raise _WriteFailed from error
-                    results.append(None)
-                    continue
-                db.execute("SAVEPOINT write")
-                try:
-                    operation(db)
-                except Exception as error:  # this write's failure: roll back this write only
-                    db.execute("ROLLBACK TO write")
-                    results.append(error)
-                else:
-                    results.append(None)
-                db.execute("RELEASE write")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.rollback()
-            raise
-        return results
+    # ---- retention (on the writer thread) ----------------------------------------------------------------------------
 
     def _maybe_sweep(self) -> None:
         if self.retain_finished_s is None or time.monotonic() - self._last_sweep < self.sweep_interval_s:
@@ -391,12 +299,7 @@ class Journal:
         if self.retain_finished_s is None:
             return 0
         cutoff = (time.time() if now is None else now) - self.retain_finished_s
-        call = _WriterCall(lambda: self._delete_finished_before(cutoff))
-        self._queue.put((call, None))
-        call.done.wait()
-        if isinstance(call.result, BaseException):
-            raise call.result
-        return call.result
+        return self._writer.call(lambda: self._delete_finished_before(cutoff))
 
     # ---- reads -----------------------------------------------------------------------------------------------------
 
@@ -476,11 +379,8 @@ class Journal:
         """Commit what is queued, stop the writer and release the file. Idempotent."""
         if self._closed:
             return
-        done = threading.Event()
-        self._queue.put((None, _Waiter(None, None, done)))
         self._closed = True
-        done.wait(30.0)
-        self._thread.join(30.0)
+        self._writer.close()
         with self._read_lock:
             self._reader.close()
         self._db.close()
@@ -515,57 +415,6 @@ class Journal:
             db.rollback()
             raise
         return boot
-
-
-@dataclass
-class _Waiter:
-    """Who waits for a write: an asyncio future on its loop, or a thread on an event."""
-
-    loop: asyncio.AbstractEventLoop | None
-    future: asyncio.Future[None] | None
-    event: threading.Event | None = None
-
-    def settle(self, error: BaseException | None) -> None:
-        if self.event is not None:
-            self.event.set()
-            return
-        assert self.loop is not None and self.future is not None
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(_resolve, self.future, error)
-
-
-@dataclass
-class _WriterCall:
-    """A function run on the writer thread outside any write transaction (a retention sweep)."""
-
-    function: Callable[[], Any]
-    result: Any = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        try:
-            self.result = self.function()
-        except Exception as error:
-            self.result = error
-        self.done.set()
-
-
-class _WriteFailed(Exception):
-    """A write of a batch run without savepoints failed: the batch runs again, one savepoint per write."""
-
-
-def _resolve_all(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
-    for future, error in settled:
-        _resolve(future, error)
-
-
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
