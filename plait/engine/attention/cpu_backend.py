@@ -29,12 +29,21 @@ from plait.engine.host_copy import to_device
 MIN_SHARED_PREFIX = 32
 
 
+def _head_major(slots: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Rows of a pool viewed as ``[slots * kv_heads, dim]`` for ``slots`` (``[..., length]``), ordered
+    ``[..., kv_heads, length]``: one ``index_select`` then yields the layout the products read, with no copy."""
+    heads = torch.arange(kv_heads, device=slots.device)[:, None]
+    return (slots.unsqueeze(-2) * kv_heads + heads).flatten()
+
+
 @dataclass
 class _Keys:
-    """The KV rows of a group of sequences: slots ``[sequences, length]`` and where each query may attend:
-    ``mask`` ``[sequences, 1, queries, length]`` (True: attend) or the additive float32 ``bias`` of the same."""
+    """The KV rows of a group of sequences: slots ``[sequences, length]``, their head-major pool rows (computed
+    once per step for every layer) and where each query may attend: ``mask`` ``[sequences, 1, queries, length]``
+    (True: attend) or the additive float32 ``bias`` of the same."""
 
     slots: torch.Tensor
+    rows: torch.Tensor
     bias: torch.Tensor | None = None
     mask: torch.Tensor | None = None
 
@@ -45,9 +54,10 @@ class _SharedPrefix:
 
     members: torch.Tensor
     slots: torch.Tensor
+    rows: torch.Tensor  # head-major pool rows of ``slots``
 
 
-def _shared_prefixes(slots: torch.Tensor, lens: list[int]) -> list[_SharedPrefix]:
+def _shared_prefixes(slots: torch.Tensor, lens: list[int], kv_heads: int) -> list[_SharedPrefix]:
     """The groups of decodes that start with the same KV slots, with the longest prefix each group shares (at least
     ``MIN_SHARED_PREFIX`` slots, and never a member's current token). ``slots``: ``[decodes, max_len]``."""
     if len(lens) < 2:
@@ -63,7 +73,8 @@ def _shared_prefixes(slots: torch.Tensor, lens: list[int]) -> list[_SharedPrefix
         rows = slots[members, :limit]
         length = int((rows == rows[:1]).all(dim=0).cumprod(0).sum())
         if length >= MIN_SHARED_PREFIX:
-            groups.append(_SharedPrefix(members, rows[0, :length].clone()))
+            prefix = rows[0, :length].clone()
+            groups.append(_SharedPrefix(members, prefix, _head_major(prefix, kv_heads)))
     return groups
 
 
@@ -107,14 +118,15 @@ class CpuAttentionBackend:
         decode = extend = extend_rows = None
         shared: list[_SharedPrefix] = []
         max_new = 0
+        kv_heads = self.kv_pool.k[0].shape[1]
         if batch.num_decode:
-            decode, shared = self._prepare_decodes(batch, table)
+            decode, shared = self._prepare_decodes(batch, table, kv_heads)
         if len(batch.layouts) > batch.num_decode:
-            extend, extend_rows, max_new = self._prepare_extends(batch, table)
+            extend, extend_rows, max_new = self._prepare_extends(batch, table, kv_heads)
         return CpuAttentionMeta(decode, shared, extend, extend_rows, max_new)
 
     @staticmethod
-    def _prepare_decodes(batch: ForwardBatch, table: torch.Tensor) -> tuple[_Keys, list[_SharedPrefix]]:
+    def _prepare_decodes(batch: ForwardBatch, table: torch.Tensor, kv_heads: int) -> tuple[_Keys, list[_SharedPrefix]]:
         decodes = batch.layouts[: batch.num_decode]
         device = table.device
         lens_list = [d.prefix_len + 1 for d in decodes]
@@ -122,7 +134,7 @@ class CpuAttentionBackend:
         rows = to_device([d.req_row for d in decodes], torch.int64, device)
         max_len = max(lens_list)
         slots = table[rows, :max_len]
-        shared = _shared_prefixes(slots, lens_list)
+        shared = _shared_prefixes(slots, lens_list, kv_heads)
         start = torch.zeros(len(decodes), dtype=torch.int64, device=device)
         for prefix in shared:
             start[prefix.members] = prefix.slots.numel()
@@ -132,12 +144,12 @@ class CpuAttentionBackend:
         valid = positions < lens[:, None]
         own = torch.where(valid, slots.gather(1, positions.clamp(max=max_len - 1)), 0)
         if bool(valid.all()):
-            return _Keys(own), shared
+            return _Keys(own, _head_major(own, kv_heads)), shared
         bias = torch.zeros(valid.shape, dtype=torch.float32, device=device).masked_fill_(~valid, float("-inf"))
-        return _Keys(own, bias[:, None, None, :]), shared
+        return _Keys(own, _head_major(own, kv_heads), bias[:, None, None, :]), shared
 
     @staticmethod
-    def _prepare_extends(batch: ForwardBatch, table: torch.Tensor) -> tuple[_Keys, torch.Tensor, int]:
+    def _prepare_extends(batch: ForwardBatch, table: torch.Tensor, kv_heads: int) -> tuple[_Keys, torch.Tensor, int]:
         extends = batch.layouts[batch.num_decode :]
         device = table.device
         max_new = max(e.new_len for e in extends)
@@ -154,7 +166,7 @@ class CpuAttentionBackend:
         visible[:, :, 0] |= query[None, :] >= new[:, None]
         slots = torch.where(key_pos[None, :] < total[:, None], table[rows, :max_total], 0)
         token_rows = torch.cat([s * max_new + torch.arange(e.new_len, device=device) for s, e in enumerate(extends)])
-        return _Keys(slots, mask=visible[:, None, :, :]), token_rows, max_new
+        return _Keys(slots, _head_major(slots, kv_heads), mask=visible[:, None, :, :]), token_rows, max_new
 
     # ---- per layer ---------------------------------------------------------------------------------------------
 
@@ -179,28 +191,26 @@ class CpuAttentionBackend:
             out[n:] = self._extend(q[n:], k_pool, v_pool, meta).to(out.dtype)
         return out
 
-    def _gather(self, pool: torch.Tensor, slots: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The rows of ``slots`` (``[..., length]``) as ``[..., kv_heads, length, dim]`` in ``dtype``: one gather
-        over (slot, head) rows in that order, so the result is contiguous and the products read it in place."""
+    @staticmethod
+    def _gather(pool: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The pool rows ``rows`` (``_head_major`` of ``slots``) as ``[..., kv_heads, length, dim]`` in ``dtype``."""
         kv_heads, dim = pool.shape[1:]
-        heads = torch.arange(kv_heads, device=slots.device)[:, None]
-        index = (slots.unsqueeze(-2) * kv_heads + heads).flatten()  # [..., kv_heads, length]
-        rows = pool.view(-1, dim).index_select(0, index)
-        return rows.view(*slots.shape[:-1], kv_heads, slots.shape[-1], dim).to(dtype)
+        gathered = pool.view(-1, dim).index_select(0, rows)
+        return gathered.view(*slots.shape[:-1], kv_heads, slots.shape[-1], dim).to(dtype)
 
     def _decode(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: CpuAttentionMeta):
         n, heads, dim = q.shape
         kv_heads = k_pool.shape[1]
         group = heads // kv_heads
         grouped = (q * self.scale).view(n, kv_heads, group, dim)
-        keys = self._gather(k_pool, meta.decode.slots, q.dtype)  # [n, kv_heads, len, dim]
-        values = self._gather(v_pool, meta.decode.slots, q.dtype)
+        keys = self._gather(k_pool, meta.decode.rows, meta.decode.slots, q.dtype)  # [n, kv_heads, len, dim]
+        values = self._gather(v_pool, meta.decode.rows, meta.decode.slots, q.dtype)
         out, lse = _attend(grouped, keys, values, meta.decode.bias, with_lse=bool(meta.shared))
         for prefix in meta.shared:
             # The members' query heads against the shared keys at once: [kv_heads, members * group, dim] rows.
             m = prefix.members.numel()
-            shared_k = self._gather(k_pool, prefix.slots, q.dtype)  # [kv_heads, shared, dim]
-            shared_v = self._gather(v_pool, prefix.slots, q.dtype)
+            shared_k = self._gather(k_pool, prefix.rows, prefix.slots, q.dtype)  # [kv_heads, shared, dim]
+            shared_v = self._gather(v_pool, prefix.rows, prefix.slots, q.dtype)
             rows = grouped[prefix.members].transpose(0, 1).reshape(kv_heads, m * group, dim)
             common, common_lse = _attend(rows, shared_k, shared_v, None, with_lse=True)
             common = common.view(kv_heads, m, group, dim).transpose(0, 1)
@@ -216,8 +226,8 @@ class CpuAttentionBackend:
         padded = q.new_zeros(sequences * meta.max_new, heads, dim, dtype=torch.float32)
         padded[meta.extend_rows] = q.float()
         query = padded.view(sequences, meta.max_new, heads, dim).transpose(1, 2)  # [seq, heads, max_new, dim]
-        keys = self._gather(k_pool, meta.extend.slots, torch.float32)  # [seq, kv_heads, total, dim]
-        values = self._gather(v_pool, meta.extend.slots, torch.float32)
+        keys = self._gather(k_pool, meta.extend.rows, meta.extend.slots, torch.float32)  # [seq, kv_heads, total, dim]
+        values = self._gather(v_pool, meta.extend.rows, meta.extend.slots, torch.float32)
         out = F.scaled_dot_product_attention(
             query, keys, values, attn_mask=meta.extend.mask, scale=self.scale, enable_gqa=True
         )
