@@ -104,9 +104,11 @@ def check_extend(prefix_lens: list[int], new_lens: list[int], group: int, head_d
     out = torch.empty_like(q)
     ints = lambda xs: torch.tensor(xs, dtype=torch.int32, device=DEVICE)  # noqa: E731
     rows = ints(list(range(len(totals))))
+    new_slots = torch.cat([table[i, p:t] for i, (p, t) in enumerate(zip(prefix_lens, totals, strict=True))])
     extend_attention(
-        q, k, v, table, rows, ints(prefix_lens), ints(new_lens), ints(starts), out, head_dim**-0.5, max(new_lens)
-    )
+        q, k[new_slots], v[new_slots], k, v, table, rows, ints(prefix_lens), ints(new_lens), ints(starts), out,
+        head_dim**-0.5, max(new_lens),
+    )  # fmt: skip
     errors = []
     for i in sample_rows(totals, limit=8):
         slots = table[i, : totals[i]]

@@ -1,5 +1,6 @@
 """Issue 44, acceptance 1: logits of the model split over N ranks against the whole model's, beside the bf16 noise
-floor measured the same way as the fast path's (the whole model against itself with the first layer's input-norm weights one ulp off).
+floor measured the same way as the fast path's (the whole model against itself with the first layer's input-norm
+weights one ulp off).
 
 Each size runs N processes (NCCL, one GPU each; ``--same-device`` puts every rank on cuda:0 and talks gloo, which
 checks the numerics on a one-GPU machine, not the speed). Every rank builds the model from the same dummy weights,

@@ -9,6 +9,9 @@
 #   variants MODEL BATCH CONTEXT NAME:FLAGS...: decode of one shape under engine_variants.py overrides, one run each
 #   pdl: kernel tests with PDL; decode at batch 1 (8B, 1B) and 64 (8B) with PDL on and off, and the 8B Q/K/V in the GEMV
 #   logits: triton vs torch logits with the P @ V product and the residual stream in float32 or bfloat16
+#   long [BEFORE]: issue 45's long-prompt table: kernel tests, extend variants (next to the kernel of BEFORE, a
+#          checkout of an earlier plait, when given), then 8B prefill of one 32k prompt, of 32k in 8k chunks, of
+#          4 x 2k and 8B decode at batch 1/64/256 with this tree and with BEFORE's (one run each)
 #   noise: the bf16 noise floor of the logits (the torch path against itself with one weight one ulp off), then the
 #          triton vs torch logits check
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels in .whl/ and the Llama-3 vocabulary
@@ -18,6 +21,27 @@ source "$(dirname "$0")/gpu_env.sh"
 strip() { grep -v "━" | grep -v "^\s*$"; }
 E="--weights dummy --attention-backend triton"
 case "${1:-check}" in
+long)
+  BEFORE=${2:-}
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/engine/test_triton_attention.py 2>&1 | tail -3 \
+    | tee "$OUT/gpu_tests.txt"
+  timeout 240 python3 bench/gpu/extend_variants.py ${BEFORE:+--previous "$BEFORE/plait/engine/kernels/extend_attention.py"} \
+    2>&1 | grep -v Warning | tee "$OUT/extend_variants.txt"
+  L="--model llama-3.1-8b $E --no-hf --gen-len 4"
+  for tree in ${BEFORE:+before} after; do
+    P=/tmp/site:$PWD; [ $tree = before ] && P=$(realpath "$BEFORE"):/tmp/site
+    PYTHONPATH=$P timeout 120 python3 -m plait bench engine $L --batch-sizes 1 --prompt-len 32768 --max-context 33280 \
+      --max-batch-tokens 32768 --chunk-size 32768 --output "$OUT/engine_8b_prefill_32k_$tree.json" 2>&1 | strip | tail -3
+    PYTHONPATH=$P timeout 120 python3 -m plait bench engine $L --batch-sizes 1 --prompt-len 32768 --max-context 33280 \
+      --max-batch-tokens 8192 --chunk-size 8192 --output "$OUT/engine_8b_prefill_32k_chunk8k_$tree.json" 2>&1 \
+      | strip | tail -3
+    PYTHONPATH=$P timeout 110 python3 -m plait bench engine $L --batch-sizes 4 --prompt-len 2048 \
+      --max-batch-tokens 8192 --chunk-size 2048 --output "$OUT/engine_8b_prefill_4x2k_$tree.json" 2>&1 | strip | tail -3
+    PYTHONPATH=$P timeout 150 python3 -m plait bench engine --model llama-3.1-8b $E --no-hf --batch-sizes 1,64,256 \
+      --prompt-len 1024 --gen-len 64 --max-batch-tokens 16384 --chunk-size 1024 \
+      --output "$OUT/engine_8b_decode_$tree.json" 2>&1 | strip | tail -5
+  done
+  ;;
 noise)
   timeout 200 python3 bench/gpu/triton_vs_torch_logits.py --noise-floor 2>&1 | tail -3 | tee "$OUT/logits_noise_floor.txt"
   timeout 240 python3 bench/gpu/triton_vs_torch_logits.py 2>&1 | tail -8 | tee "$OUT/logits_check.txt"

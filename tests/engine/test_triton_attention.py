@@ -135,26 +135,34 @@ def check_decode(kernels, lengths, group, head_dim, dtype, num_splits, rng) -> f
 
 
 def check_extend(kernels, prefix_lens, new_lens, group, head_dim, dtype, rng) -> float:
-    """Run the extend kernel on random inputs (after one decode-like token row, so starts are offset)."""
+    """Run the extend kernel on random inputs (after one decode-like token row, so starts are offset). The new
+    tokens' K/V are passed in their query rows and their pool slots are overwritten with NaN first: the kernel must
+    read only the cached prefixes through the table."""
     totals = [p + n for p, n in zip(prefix_lens, new_lens, strict=True)]
     k_pool, v_pool, table, rows = paged_cache(totals, NUM_KV_HEADS, head_dim, dtype, rng)
     lead = 1  # a row before the first extend, as a decode token would be
     starts = [lead + sum(new_lens[:i]) for i in range(len(new_lens))]
     q = torch.randn(lead + sum(new_lens), NUM_KV_HEADS * group, head_dim, device=DEVICE).to(dtype)
-    out = torch.full_like(q, float("nan"))
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.int32, device=DEVICE)  # noqa: E731
+    k_new = torch.full((q.shape[0], NUM_KV_HEADS, head_dim), float("nan"), device=DEVICE).to(dtype)
+    v_new = k_new.clone()
     scale = head_dim**-0.5
-    kernels.extend.extend_attention(
-        q, k_pool, v_pool, table, rows, as_tensor(prefix_lens), as_tensor(new_lens), as_tensor(starts), out, scale,
-        max(new_lens),
-    )  # fmt: skip
-    assert out[:lead].isnan().all(), "rows outside the extends must be left alone"
-    errors = []
+    refs = []
     for row, prefix, new, start in zip(rows.tolist(), prefix_lens, new_lens, starts, strict=True):
         slots = table[row, : prefix + new]
         positions = torch.arange(prefix, prefix + new, device=DEVICE)
-        ref = dense_reference(q[start : start + new], k_pool[slots], v_pool[slots], positions, scale)
-        errors.append(rel_err(out[start : start + new], ref))
+        refs.append(dense_reference(q[start : start + new], k_pool[slots], v_pool[slots], positions, scale))
+        k_new[start : start + new], v_new[start : start + new] = k_pool[slots[prefix:]], v_pool[slots[prefix:]]
+    for row, prefix, new in zip(rows.tolist(), prefix_lens, new_lens, strict=True):
+        k_pool[table[row, prefix : prefix + new]] = float("nan")
+        v_pool[table[row, prefix : prefix + new]] = float("nan")
+    out = torch.full_like(q, float("nan"))
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.int32, device=DEVICE)  # noqa: E731
+    kernels.extend.extend_attention(
+        q, k_new, v_new, k_pool, v_pool, table, rows, as_tensor(prefix_lens), as_tensor(new_lens), as_tensor(starts),
+        out, scale, max(new_lens),
+    )  # fmt: skip
+    assert out[:lead].isnan().all(), "rows outside the extends must be left alone"
+    errors = [rel_err(out[start : start + new], ref) for start, new, ref in zip(starts, new_lens, refs, strict=True)]
     return max(errors)
 
 

@@ -3,8 +3,9 @@
 ``prepare`` turns the step's layouts into device tensors once (one host-to-device copy) and picks the decode
 split count; every layer's ``forward`` then writes its new K/V into the pool (unless the model stored them with the
 rotation) and launches at most three kernels: decode stage 1 and 2 for the decode tokens (first in the batch) and one
-extend kernel for the prefill chunks. On
-a machine without CUDA the kernels run through Triton's interpreter (``TRITON_INTERPRET=1``; slow, for tests).
+extend kernel for the prefill chunks, which reads the chunks' own K/V from the step's projections and only the cached
+prefixes through the page table. On a machine without CUDA the kernels run through Triton's interpreter
+(``TRITON_INTERPRET=1``; slow, for tests).
 
 Decode CUDA graphs (cuda_graphs.py): ``graph_metadata(bs)`` gives metadata whose tensors are views of static
 buffers and whose split count depends only on ``bs`` and the table's width, and ``fill_graph_metadata`` writes a
@@ -120,7 +121,8 @@ class TritonAttentionBackend:
             decode_kernels.decode_attention(q, k_pool, v_pool, table, row, one, out, self.scale, splits)
             launches += 1
             splits *= 2
-        extend_kernels.extend_attention(q, k_pool, v_pool, table, row, row, one, row, out, self.scale, 1)
+        kv = torch.zeros(1, self.kv_pool.num_kv_heads, head_dim, dtype=dtype, device=device)
+        extend_kernels.extend_attention(q, kv, kv, k_pool, v_pool, table, row, row, one, row, out, self.scale, 1)
         return launches + 1
 
     # ---- decode CUDA graphs ------------------------------------------------------------------------------------
@@ -197,6 +199,8 @@ class TritonAttentionBackend:
         if meta.num_extend:
             extend_kernels.extend_attention(
                 q,
+                k,
+                v,
                 k_pool,
                 v_pool,
                 table,
