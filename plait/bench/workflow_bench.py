@@ -50,7 +50,7 @@ _PHASES = ("schedule", "prepare", "forward", "commit", "resolve", "readback_wait
 
 # The suites' names, here so that ``--help`` needs no import of the suites (and of torch); a test keeps them equal to
 # ``plait.bench.workflow_suites.SUITE_NAMES``.
-SUITE_CHOICES = ("multi-agent", "react", "text2sql", "map-reduce", "starvation")
+SUITE_CHOICES = ("multi-agent", "react", "text2sql", "map-reduce", "starvation", "bfcl")
 
 
 def register(benches: argparse._SubParsersAction) -> None:
@@ -275,6 +275,7 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
         error = next((r.first_error for r in results if r.first_error), None)
         if error:
             print(f"{name}: programs failed; the first error: {error}", file=sys.stderr)
+    checks_failed = _print_checks(suite.name, runs)
     journal_cost = _journal_cost(runs)
     if journal_cost:
         by_round = ", ".join(f"{r:.3f}" for r in journal_cost["mean_jct_by_round"])
@@ -310,7 +311,10 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
                 "metrics": metrics[name],  # medians over the rounds
                 "planner": results[0].planner,
                 "wall_s": results[0].wall_s,
-                "rounds": [{"metrics": r.metrics(), "planner": r.planner, "wall_s": r.wall_s} for r in results],
+                "rounds": [
+                    {"metrics": r.metrics(), "planner": r.planner, "wall_s": r.wall_s, "check": r.check}
+                    for r in results
+                ],
             }
             for name, results in runs.items()
         ],
@@ -322,7 +326,27 @@ async def _run(args: argparse.Namespace, config: Any, suite: Any, build: Any, pr
     print(f"wrote {write_json(output, payload)}")
     if kv_history is not None:
         _write_dashboard(output, args.trace, runs[modes[0].name][0], kv_history, suite.name)
-    return 0
+    return 1 if checks_failed else 0
+
+
+def _print_checks(suite: str, runs: dict[str, list[Any]]) -> bool:
+    """Print each round's check of the suite's programs (suites with a ``check``); True when a program failed it.
+    A program that did not finish in time is reported, not failed: the time limit is the run's, not the program's."""
+    failed = False
+    for name, results in runs.items():
+        for index, result in enumerate(results):
+            check = result.check
+            if check is None:
+                continue
+            line = f"{name}, round {index + 1}: {suite} check passed {check['passed']} of {check['programs']} programs"
+            if check["incomplete"]:
+                line += f" ({check['incomplete']} did not finish in time)"
+            print(line)
+            if check["failed"]:
+                failed = True
+                first = check["failures"][0]
+                print(f"{name}: {check['failed']} programs failed the check; the first: {first}", file=sys.stderr)
+    return failed
 
 
 def _write_dashboard(output: Path, trace: Path, run: Any, kv_history: Any, suite: str) -> None:

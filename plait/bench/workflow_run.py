@@ -54,6 +54,7 @@ class ModeResult:
     engine: dict[str, float]
     planner: dict[str, Any]
     timeline: Any = field(default=None, repr=False)
+    check: dict[str, Any] | None = None  # the suite's check of its programs after the run (``Suite.check``)
 
     @property
     def first_error(self) -> str | None:
@@ -76,6 +77,8 @@ class ModeResult:
             "longest_queue_wait_s": max((o.longest_queue_s for o in self.outcomes), default=0.0),
             **self.engine,
         }
+        if self.check is not None:
+            result["check_passed"], result["check_failed"] = self.check["passed"], self.check["failed"]
         for tag in sorted({o.tag for o in self.outcomes if o.tag}):
             tagged = [o.jct_s for o in self.outcomes if o.tag == tag and o.jct_s is not None]
             result[f"mean_jct_s[{tag}]"] = statistics.fmean(tagged) if tagged else None
@@ -157,6 +160,7 @@ async def run_mode(
     if journal is not None:
         journal.close()
     await wait_engine_idle(engine)
+    check = suite.check() if suite.check is not None else None
     results = [o if o is not None else ProgramOutcome("", "timeout", None, None, 0.0) for o in outcomes]
     for index, outcome in enumerate(results):
         if outcome.state == "cancelled":  # cancelled by the time limit
@@ -169,4 +173,5 @@ async def run_mode(
         engine_counters_delta(before, engine.stats()),
         executor.planner.stats(),
         executor.planner.timeline,
+        check,
     )

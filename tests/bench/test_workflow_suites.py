@@ -34,6 +34,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DATA_NEEDED = {
     "react": "../shared/data/traces/lmcache_agent",
     "text2sql": "../shared/data/text2sql/spider_dev",
+    "bfcl": "the bfcl-eval package (pip install --no-deps bfcl-eval) and ../shared/data/traces/lmcache_agent",
 }
 DEFAULT_COUNTS = {
     ("multi-agent", "cpu"): 24,
@@ -41,6 +42,7 @@ DEFAULT_COUNTS = {
     ("text2sql", "cpu"): 20,
     ("map-reduce", "cpu"): 10,
     ("starvation", "cpu"): 41,
+    ("bfcl", "cpu"): 8,
 }
 
 
@@ -78,7 +80,9 @@ def check_suite(suite: Suite) -> None:
         for node in workflow.tool_calls():
             assert node.tool in specs, f"{workflow.name}: {node.id} calls {node.tool!r}, not in suite.tools"
         for node in workflow.llm_calls():
-            assert node.constraints.ignore_eos and node.constraints.temperature == 0
+            # Every output's length is part of the workload: a fixed token count, or a grammar that admits one text.
+            assert node.constraints.ignore_eos or len(node.constraints.choices or ()) == 1
+            assert node.constraints.temperature == 0
             largest = max(largest, estimator.footprint_tokens(workflow, node))
         # Round trip through the wire format, validated against the tools' parameter schemas this time.
         again = to_workflow(decode_workflow(encode_workflow(workflow)), tools=specs)
@@ -95,7 +99,8 @@ def test_suite_builds_with_defaults(name: str, profile: str) -> None:
     assert suite.name == name and suite.parameters["profile"] == profile
     if profile == "cpu":
         assert len(suite.programs) == DEFAULT_COUNTS[(name, profile)]
-        assert all(node.constraints.max_tokens <= 32 for p in suite.programs for node in p.workflow.llm_calls())
+        free = [node for p in suite.programs for node in p.workflow.llm_calls() if not node.constraints.choices]
+        assert all(node.constraints.max_tokens <= 32 for node in free)
     else:  # GPU: more programs and longer prompts than CPU
         cpu = built(name, "cpu")
         assert len(suite.programs) >= 2 * len(cpu.programs)
@@ -134,7 +139,7 @@ def test_bad_options_and_names() -> None:
         build_suite("map-reduce", SuiteOptions(programs=0))
 
 
-@pytest.mark.parametrize("name", ["react", "text2sql"])
+@pytest.mark.parametrize("name", ["react", "text2sql", "bfcl"])
 def test_missing_shared_data_names_the_path(name: str, tmp_path: Path) -> None:
     with pytest.raises(SuiteDataMissing, match=str(tmp_path)):
         build_suite(name, SuiteOptions(data_dir=tmp_path))

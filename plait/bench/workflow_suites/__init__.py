@@ -1,6 +1,6 @@
 """Workload generators for ``plait bench workflow``: suites of agent programs with arrivals, deadlines and tools.
 
-Owns: the suites (multi-agent, react, text2sql, map-reduce, starvation), simulated tools, synthetic text and the
+Owns: the suites (multi-agent, react, text2sql, map-reduce, starvation, bfcl), simulated tools, synthetic text and the
 size/time estimates used to size them. May import: any plait layer (it is part of ``plait.bench``).
 """
 

@@ -7,6 +7,7 @@ a given ``SuiteOptions``: same seed, same prompts, same arrivals, same tool dura
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from plait.dag import Workflow
 from plait.runtime import Tool
 
 PROFILES = ("cpu", "gpu")
-SUITE_NAMES: tuple[str, ...] = ("multi-agent", "react", "text2sql", "map-reduce", "starvation")
+SUITE_NAMES: tuple[str, ...] = ("multi-agent", "react", "text2sql", "map-reduce", "starvation", "bfcl")
 # Suite name -> module under plait.bench.workflow_suites with a ``build(options) -> Suite`` function. Imported on
 # demand: the suite modules import this one for the dataclasses.
 _MODULES = {
@@ -24,6 +25,7 @@ _MODULES = {
     "text2sql": "text2sql",
     "map-reduce": "map_reduce",
     "starvation": "starvation",
+    "bfcl": "bfcl",
 }
 
 
@@ -68,8 +70,9 @@ class SuiteProgram:
 
 @dataclass
 class Suite:
-    """A built suite: programs sorted by arrival, the tools they call, the KV pool size it is designed for, and every
-    parameter that shaped it (written into the benchmark's JSON report)."""
+    """A built suite: programs sorted by arrival, the tools they call, the KV pool size it is designed for, every
+    parameter that shaped it (written into the benchmark's JSON report) and, for suites whose programs can be
+    checked, ``check``: called once after a run, it returns ``{"programs", "passed", "failed", ...}``."""
 
     name: str
     description: str
@@ -77,6 +80,7 @@ class Suite:
     tools: list[Tool]
     kv_slots: int
     parameters: dict[str, Any] = field(default_factory=dict)
+    check: Callable[[], dict[str, Any]] | None = None
 
 
 def build_suite(name: str, options: SuiteOptions) -> Suite:
