@@ -341,6 +341,8 @@ def _print_checks(suite: str, runs: dict[str, list[Any]]) -> bool:
             line = f"{name}, round {index + 1}: {suite} check passed {check['passed']} of {check['programs']} programs"
             if check["incomplete"]:
                 line += f" ({check['incomplete']} did not finish in time)"
+            if check.get("execution_accuracy") is not None:
+                line += f"; the vote picked the gold result in {check['execution_accuracy']:.0%}"
             print(line)
             if check["failed"]:
                 failed = True

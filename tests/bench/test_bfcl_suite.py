@@ -140,11 +140,8 @@ def test_the_suite_forces_each_turn_to_its_ground_truth_and_lists_the_tasks_func
 def test_both_modes_execute_every_program_exactly(bfcl):
     """End to end on the engine: plait and baseline runs of the two shortest of 12 programs (the tiny model's
     byte-level tokens must fit its 4k context), each checked by BFCL's checkers; the 10 not run are incomplete."""
-    from plait.bench.workflow_run import run_mode
     from plait.bench.workflow_suites.estimates import SizeEstimator
-    from plait.engine import Engine, EngineConfig
-    from plait.runtime.planning import PlanConfig
-    from tests.conftest import TINY
+    from tests.bench.suite_runs import run_both_modes
 
     def build():
         try:
@@ -157,14 +154,7 @@ def test_both_modes_execute_every_program_exactly(bfcl):
         )[:2]
         return suite
 
-    async def main(engine):
-        return [await run_mode(engine, build, mode, time_limit_s=120) for mode in (PlanConfig(), PlanConfig.baseline())]
-
-    engine = Engine(EngineConfig(**TINY))
-    try:
-        results = asyncio.run(main(engine))
-    finally:
-        engine.close()
+    results = run_both_modes(build)
     for result in results:
         assert result.metrics()["completed"] == 2, result.first_error
         assert (result.check["passed"], result.check["failed"], result.check["incomplete"]) == (2, 0, 10)

@@ -92,7 +92,7 @@ def totals(programs: Sequence[SuiteProgram], profile: str, kv_slots: int, estima
     costs = PROFILE_COSTS[profile]
     workflows = [program.workflow for program in programs]
     prompt_tokens = [estimator.prompt_tokens(workflow, node) for workflow in workflows for node in workflow.llm_calls()]
-    output_tokens = sum(node.constraints.max_tokens * node.n for wf in workflows for node in wf.llm_calls())
+    output_tokens = sum(estimator.output_tokens(node) for wf in workflows for node in wf.llm_calls())
     tool_seconds = [estimator.node_seconds(wf, node, costs) for wf in workflows for node in wf.tool_calls()]
     working_set = estimator.distinct_kv_tokens(workflows)
     return {

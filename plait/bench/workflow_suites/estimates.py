@@ -2,8 +2,9 @@
 
 Suites use them to size the KV pool (``kv_slots``) against the working set and to set deadlines from a program's
 unloaded time. They are estimates: token counts come from a word/punctuation count (synthetic text is ~1 token a
-word, see ``synthetic_text``), output lengths from ``max_tokens`` (suites force lengths with ``ignore_eos``), tool
-result lengths from the sim tools' ``result_words`` argument, and times from per-profile throughput figures.
+word, see ``synthetic_text``), output lengths from ``max_tokens`` (suites force lengths with ``ignore_eos``) or from
+the one text a call's grammar admits, tool result lengths from the tools' ``result_words`` argument, and times from
+per-profile throughput figures.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class SizeEstimator:
             return self.tokens(render_value(variable.value))
         node = workflow.nodes[variable.producer]
         if isinstance(node, LLMCall):
-            return node.constraints.max_tokens * node.n
+            return self.output_tokens(node)
         words = node.args.get("result_words") if isinstance(node.args, dict) else None
         if isinstance(words, int):
             return math.ceil(words * TOOL_TOKENS_PER_WORD)
@@ -125,13 +126,20 @@ class SizeEstimator:
             segments.append((("var", workflow.name, names), size))
         return segments
 
+    def output_tokens(self, node: LLMCall) -> int:
+        """Tokens one call generates over its samples: its forced text's when a grammar admits exactly one text,
+        else ``max_tokens`` (suites force lengths with ``ignore_eos``)."""
+        choices = node.constraints.choices
+        per_sample = self.tokens(choices[0]) if choices and len(choices) == 1 else node.constraints.max_tokens
+        return per_sample * node.n
+
     def prompt_tokens(self, workflow: Workflow, node: LLMCall) -> int:
         """Estimated prompt length of one call (slots filled with their estimated values)."""
         return sum(size for _, size in self.prompt_segments(workflow, node))
 
     def footprint_tokens(self, workflow: Workflow, node: LLMCall) -> int:
         """KV tokens one call holds at its end: prompt plus generated tokens."""
-        return self.prompt_tokens(workflow, node) + node.constraints.max_tokens * node.n
+        return self.prompt_tokens(workflow, node) + self.output_tokens(node)
 
     def node_seconds(
         self, workflow: Workflow, node: Node, costs: ProfileCosts, prefill_tokens: int | None = None
@@ -143,7 +151,8 @@ class SizeEstimator:
             return float(seconds) if isinstance(seconds, int | float) else 0.0
         if prefill_tokens is None:
             prefill_tokens = self.prompt_tokens(workflow, node)
-        return prefill_tokens / costs.prefill_tokens_per_s + node.constraints.max_tokens / costs.decode_tokens_per_s
+        decode_tokens = self.output_tokens(node) / node.n  # the samples decode side by side
+        return prefill_tokens / costs.prefill_tokens_per_s + decode_tokens / costs.decode_tokens_per_s
 
     def uncached_prompt_tokens(self, workflow: Workflow) -> dict[str, int]:
         """Per LLM call, the prompt tokens a program running alone must prefill: its calls run in dependency order
@@ -174,7 +183,6 @@ class SizeEstimator:
             for node in workflow.llm_calls()
         )
 
-    @staticmethod
-    def _output_segment(workflow: Workflow, node: LLMCall) -> tuple[Hashable, int]:
+    def _output_segment(self, workflow: Workflow, node: LLMCall) -> tuple[Hashable, int]:
         """A call's generated tokens, which follow its prompt in the KV cache."""
-        return ("var", workflow.name, (node.output,)), node.constraints.max_tokens * node.n
+        return ("var", workflow.name, (node.output,)), self.output_tokens(node)

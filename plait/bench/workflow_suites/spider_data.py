@@ -46,10 +46,15 @@ def load_questions(data_dir: Path) -> list[SpiderQuestion]:
     return [SpiderQuestion(row["db_id"], row["question"], row["query"]) for row in rows]  # type: ignore[union-attr]
 
 
+def load_table_entries(data_dir: Path) -> dict[str, dict]:
+    """Every database's ``tables.json`` entry, by ``db_id`` (what ``spider_db`` builds a database from)."""
+    entries = _read_json(data_dir / SPIDER_DIR / "tables.json")
+    return {entry["db_id"]: entry for entry in entries}  # type: ignore[union-attr]
+
+
 def load_schemas(data_dir: Path) -> dict[str, SpiderSchema]:
     """Every database's schema, by ``db_id``."""
-    entries = _read_json(data_dir / SPIDER_DIR / "tables.json")
-    return {entry["db_id"]: _schema(entry) for entry in entries}  # type: ignore[union-attr]
+    return {db_id: _schema(entry) for db_id, entry in load_table_entries(data_dir).items()}
 
 
 def _schema(entry: dict) -> SpiderSchema:
