@@ -2,6 +2,8 @@
 # Workflow suites on a GPU with the Llama-3.1-8B shape (dummy weights, forced output lengths, real Llama-3
 # vocabulary): plait vs baseline in one run each, then an ablation. Results and Chrome traces under $OUT.
 #   bash bench/scripts/gpu_workflows.sh compare|loaded|ablation [extra bench flags for loaded] | one SUITE FLAGS...
+#   bash bench/scripts/gpu_workflows.sh sweep SUITE RATES [SEEDS] [FLAGS...]: issue 41's sweep of one suite (plait and
+#     baseline at every rate and seed; the bfcl suite needs bfcl-eval's wheel in .whl/, ~2 MB)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -24,6 +26,10 @@ case "${1:-compare}" in
     ;;
   ablation)
     run "${2:-multi-agent}" --programs 32 --rate 0 --ablation
+    ;;
+  sweep)
+    # bash bench/scripts/gpu_workflows.sh sweep bfcl 0.5,1,2,4 0,1,2 --programs 48 --time-limit 90
+    run "$2" --sweep "rate=$3" --seeds "${4:-0,1,2}" "${@:5}"
     ;;
   one)
     # one suite with the given flags: bash bench/scripts/gpu_workflows.sh one react --programs 96 --rate 12
