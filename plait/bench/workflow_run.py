@@ -37,6 +37,7 @@ class ProgramOutcome:
     deadline_s: float | None
     longest_queue_s: float  # the longest any of its engine requests waited before admission
     error: str | None = None  # why a failed program failed
+    first_token_s: float | None = None  # arrival to the first token of its first LLM call (what a late arrival waits)
 
     @property
     def met_slo(self) -> bool | None:
@@ -64,6 +65,7 @@ class ModeResult:
     def metrics(self) -> dict[str, Any]:
         done = [o.jct_s for o in self.outcomes if o.state == "done" and o.jct_s is not None]
         slo = [o.met_slo for o in self.outcomes if o.met_slo is not None]
+        first_tokens = [o.first_token_s for o in self.outcomes if o.first_token_s is not None]
         result: dict[str, Any] = {
             "programs": len(self.outcomes),
             "completed": len(done),
@@ -75,6 +77,8 @@ class ModeResult:
             "programs_per_min": 60.0 * len(done) / self.wall_s if self.wall_s > 0 else 0.0,
             "slo_attainment": sum(slo) / len(slo) if slo else None,
             "longest_queue_wait_s": max((o.longest_queue_s for o in self.outcomes), default=0.0),
+            "p50_first_token_s": _percentile(first_tokens, 50),
+            "p99_first_token_s": _percentile(first_tokens, 99),
             **self.engine,
         }
         if self.check is not None:
@@ -102,6 +106,12 @@ async def _start_journaled(
 
 def _longest_queue(program: ProgramExecution) -> float:
     return max((r.queued_s or 0.0 for r in program.nodes.values()), default=0.0)
+
+
+def _first_token(program: ProgramExecution) -> float | None:
+    """Seconds from the program's arrival to the first token any of its LLM calls produced."""
+    firsts = [r.first_token_at for r in program.nodes.values() if r.kind == "llm" and r.first_token_at is not None]
+    return min(firsts) - program.record.created_at if firsts else None
 
 
 async def run_mode(
@@ -143,7 +153,9 @@ async def run_mode(
             else:
                 jct = None
             error = str(program.error) if program.error is not None and state == "failed" else None
-            outcomes[index] = ProgramOutcome(entry.tag, state, jct, entry.deadline_s, _longest_queue(program), error)
+            outcomes[index] = ProgramOutcome(
+                entry.tag, state, jct, entry.deadline_s, _longest_queue(program), error, _first_token(program)
+            )
             if journal is not None and program.state.finished:
                 await journal.finish(program.program_id, program.state.value, error=error)
             if on_program_done is not None:

@@ -83,13 +83,14 @@ async def run_sweep(args: argparse.Namespace, config: Any, sweep: Sweep, base_op
     rows, curve = _curve(sweep, points)
     print_table(
         f"workflow suite {suite_name}: baseline / plait over {sweep.field} (median of {len(sweep.seeds)} seeds)",
-        [sweep.field, "mean JCT", "spread", "p95 JCT", "spread", "longest queue wait s (plait / baseline)"],
+        [sweep.field, "mean JCT", "spread", "p95 JCT", "spread", "p99 first token s (plait / baseline)"],
         rows,
     )
     ratios = [p["mean_jct_ratio"] for p in points if p["mean_jct_ratio"]]
     geomean = statistics.geometric_mean(ratios) if ratios else None
     if geomean is not None:
         print(f"geometric mean of mean-JCT ratios over {len(ratios)} points: {geomean:.3f}")
+    checks_failed = _print_checks(suite_name, points)
     payload = {
         "bench": "workflow-sweep",
         "suite": suite_name,
@@ -104,7 +105,21 @@ async def run_sweep(args: argparse.Namespace, config: Any, sweep: Sweep, base_op
     output = args.output or default_output(f"workflow_sweep_{suite_name}")
     print(f"wrote {write_json(output, payload)}")
     print(f"plot: {_plot(output.with_suffix('.png'), sweep, curve, suite_name)}")
-    return 0
+    return 1 if checks_failed else 0
+
+
+def _print_checks(suite: str, points: list[dict[str, Any]]) -> bool:
+    """For a suite that checks its programs: the programs that passed over every point, per mode; True when one
+    failed its check."""
+    failed = False
+    for mode in ("plait", "baseline"):
+        counted = [p[mode] for p in points if "check_passed" in p[mode]]
+        if counted:
+            passed, wrong = sum(m["check_passed"] for m in counted), sum(m["check_failed"] for m in counted)
+            runs = sum(m["programs"] for m in counted)
+            print(f"{mode}: {suite} check passed {passed} of {runs} program runs, failed {wrong}")
+            failed = failed or wrong > 0
+    return failed
 
 
 def _point(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -136,7 +151,12 @@ def _curve(sweep: Sweep, points: list[dict[str, Any]]) -> tuple[list[list[Any]],
             max((p[mode].get("longest_queue_wait_s") or 0.0) for p in at) for mode in ("plait", "baseline")
         ]  # fmt: skip
         entry["longest_queue_wait_s"] = {"plait": waits[0], "baseline": waits[1]}
-        row.append(f"{waits[0]:.2f} / {waits[1]:.2f}")
+        # A late arrival's wait for its first token: the median over seeds of each mode's p99.
+        first = [
+            statistics.median(p[mode].get("p99_first_token_s") or 0.0 for p in at) for mode in ("plait", "baseline")
+        ]  # fmt: skip
+        entry["p99_first_token_s"] = {"plait": first[0], "baseline": first[1]}
+        row.append(f"{first[0]:.2f} / {first[1]:.2f}")
         rows.append(row)
         curve.append(entry)
     return rows, curve

@@ -4,6 +4,7 @@ curve with its spread in the table, the JSON and a plot; bad sweeps exit 2 namin
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ import plait.bench.workflow_run as workflow_run
 from plait.bench.workflow_sweep import Sweep
 from plait.cli import main as cli_main
 from tests.served_process import TINY_ARGS
+
+SPIDER = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "text2sql" / "spider_dev"
 
 
 def test_a_sweep_runs_both_modes_at_every_point_and_plots_the_curve(tmp_path, capsys, monkeypatch):
@@ -35,8 +38,11 @@ def test_a_sweep_runs_both_modes_at_every_point_and_plots_the_curve(tmp_path, ca
     for entry in payload["curve"]:
         assert entry["mean_jct_ratio_min"] <= entry["mean_jct_ratio"] <= entry["mean_jct_ratio_max"]
     assert output.with_suffix(".png").stat().st_size > 1000
+    for entry in payload["curve"]:
+        assert entry["p99_first_token_s"]["plait"] > 0 and entry["p99_first_token_s"]["baseline"] > 0
     out = capsys.readouterr().out
     assert "geometric mean of mean-JCT ratios over 4 points" in out and "median of 2 seeds" in out
+    assert "p99 first token s" in out and "check passed" not in out  # starvation has no check
 
 
 @pytest.mark.parametrize(
@@ -53,3 +59,22 @@ def test_a_sweep_needs_the_baseline(capsys):
     args = ["bench", "workflow", "--suite", "starvation", "--sweep", "rate=1", "--compare", "none", *TINY_ARGS]
     assert cli_main(args) == 2
     assert "--sweep runs plait and the baseline only" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SPIDER.is_dir(), reason=f"{SPIDER} not found (Spider 1.0 dev, the shared data)")
+def test_a_failed_program_check_makes_the_sweep_fail(tmp_path, capsys, monkeypatch):
+    """A suite that checks its programs (text2sql) reports the checks over the sweep; one failure exits 1."""
+    from plait.bench.workflow_suites import sql_executor
+
+    real_check = sql_executor.SqlWorld.check
+
+    def one_failure(world):
+        report = real_check(world)
+        return {**report, "passed": report["passed"] - 1, "failed": report["failed"] + 1}
+
+    monkeypatch.setattr(sql_executor.SqlWorld, "check", one_failure)
+    code = cli_main(["bench", "workflow", "--suite", "text2sql", "--sweep", "programs=1", "--seeds", "0",
+                     "--time-limit", "300", "--output", str(tmp_path / "sweep.json"), *TINY_ARGS])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "plait: text2sql check passed 0 of 1 program runs, failed 1" in out

@@ -58,6 +58,10 @@ def test_modes_run_the_same_programs_and_report_metrics(tiny_engine):
         assert metrics["slo_attainment"] == 1.0 and metrics["mean_jct_s"] > 0
         assert metrics["p95_jct_s"] >= metrics["p50_jct_s"] > 0 and "mean_jct_s[late]" in metrics
         assert 0.0 <= metrics["prefix_hit_rate"] <= 1.0
+        # Every program's first token came after it arrived and before it finished.
+        firsts = [o.first_token_s for o in result.outcomes]
+        assert all(0 < f < o.jct_s for f, o in zip(firsts, result.outcomes, strict=True))
+        assert metrics["p99_first_token_s"] >= metrics["p50_first_token_s"] > 0
     # Forced lengths: 2 calls of 6 tokens per program; plait may answer identical calls once (dedup).
     assert baseline.engine["generated_tokens"] == 4 * 2 * 6
     shared = plait_run.planner["dedup_shared"]

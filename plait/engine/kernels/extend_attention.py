@@ -77,6 +77,14 @@ def _fold(
 
 
 @triton.jit
+def _load_rows(ptrs, d_mask, EVEN_D: tl.constexpr):
+    """A whole tile of rows (no row mask): masked along the head dimension only when it is padded."""
+    if EVEN_D:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=d_mask[None, :], other=0.0)
+
+
+@triton.jit
 def _extend_kernel(
     q_ptr,
     k_new_ptr,
@@ -143,8 +151,8 @@ def _extend_kernel(
     full_end = prefix_len - prefix_len % BLOCK_N
     for block_start in range(0, full_end, BLOCK_N):
         slots = tl.load(table_row + block_start + offs_n).to(tl.int64)
-        k = tl.load(k_head + slots[:, None] * stride_ks, mask=d_mask[None, :], other=0.0)
-        v = tl.load(v_head + slots[:, None] * stride_vs, mask=d_mask[None, :], other=0.0)
+        k = _load_rows(k_head + slots[:, None] * stride_ks, d_mask, BLOCK_D == HEAD_DIM)
+        v = _load_rows(v_head + slots[:, None] * stride_vs, d_mask, BLOCK_D == HEAD_DIM)
         m_i, l_i, acc = _fold(q, k, v, m_i, l_i, acc, None, scale_log2, False, DOT_FP32, PRECISION, PV_FP32)
     if full_end < prefix_len:
         n_mask = full_end + offs_n < prefix_len
@@ -158,8 +166,8 @@ def _extend_kernel(
     k_ptrs = k_new_ptr + (token_start + offs_n[:, None]) * stride_knt + kv_head * stride_knh + offs_d[None, :]
     v_ptrs = v_new_ptr + (token_start + offs_n[:, None]) * stride_vnt + kv_head * stride_vnh + offs_d[None, :]
     for _ in tl.range(0, m_start, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        k = tl.load(k_ptrs, mask=d_mask[None, :], other=0.0)
-        v = tl.load(v_ptrs, mask=d_mask[None, :], other=0.0)
+        k = _load_rows(k_ptrs, d_mask, BLOCK_D == HEAD_DIM)
+        v = _load_rows(v_ptrs, d_mask, BLOCK_D == HEAD_DIM)
         m_i, l_i, acc = _fold(q, k, v, m_i, l_i, acc, None, scale_log2, False, DOT_FP32, PRECISION, PV_FP32)
         k_ptrs += BLOCK_N * stride_knt
         v_ptrs += BLOCK_N * stride_vnt
