@@ -23,6 +23,9 @@ class SequenceLayout:
     req_row: int  # row of req_to_token
     prefix_len: int  # tokens whose KV is already in the pool
     new_len: int  # tokens computed in this step
+    # ReqToTokenPool.epoch(req_row) when the step was planned: which holder of the row this is (a backend keeping
+    # per-sequence state across steps keys it by (req_row, row_epoch), never by the row alone)
+    row_epoch: int = 0
 
 
 @dataclass

@@ -88,7 +88,7 @@ class ModelRunner:
                 pending_rows.append(row_of[id(seq)])
             if item.samples:
                 sample_rows.append(len(input_ids) - 1)
-            layouts.append(SequenceLayout(seq.req_row, start, item.new_len))
+            layouts.append(SequenceLayout(seq.req_row, start, item.new_len, self.req_to_token.epoch(seq.req_row)))
         n = len(input_ids)
         slots = torch.cat([item.slots for item in batch.seqs])
         parts = [input_ids, positions, table_index, sample_rows, pending_at, pending_rows]

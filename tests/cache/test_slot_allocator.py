@@ -312,6 +312,16 @@ def test_req_to_token_freed_row_is_recycled() -> None:
     assert pool.alloc_row() == first
 
 
+def test_req_to_token_epoch_names_each_holder_of_a_row() -> None:
+    """A recycled row gets a new epoch, so (row, epoch) never names two holders."""
+    pool = ReqToTokenPool(max_requests=1, max_context=8)
+    row = pool.alloc_row()
+    assert row is not None
+    epoch = pool.epoch(row)
+    pool.free_row(row)
+    assert pool.alloc_row() == row and pool.epoch(row) == epoch + 1
+
+
 def test_req_to_token_write_then_read() -> None:
     pool = ReqToTokenPool(max_requests=2, max_context=8)
     row = pool.alloc_row()

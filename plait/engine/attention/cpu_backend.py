@@ -7,6 +7,10 @@ Rules:
   shared prefix once for the whole batch, as one matrix product over the prefix's keys, and to the rest of each
   sequence separately; the two parts merge by their log-sum-exp, which is exact. Reading the shared keys once
   instead of once per sequence is what makes concurrent agents with one system prompt cheap.
+- Each decode's own rows (after its group's shared prefix) come from the decode KV cache (``decode_kv_cache.py``),
+  which keeps them head-major from one step to the next and copies only the rows added since: a decode step copies
+  O(new tokens), not O(context). Decodes are attended in the cache's lane order and their outputs put back in the
+  step's order. Past the cache's memory bound a step gathers every row from the pool in every layer instead.
 - Extends (prefill chunks) are padded to the longest chunk and the longest context of the step and run as one
   masked float32 ``scaled_dot_product_attention`` call (tiled, so a long context needs no score matrix): a query row
   attends to its cached prefix and to its chunk up to itself.
@@ -16,17 +20,20 @@ The reference backend (``torch_backend.py``) stays the checked definition; this 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from plait.cache import KVPool, ReqToTokenPool
+from plait.engine.attention.decode_kv_cache import DecodeKVCache, DecodeKVPlan
 from plait.engine.forward_batch import ForwardBatch
 from plait.engine.host_copy import to_device
 
 # The shortest slot prefix shared by every decode of a step that is attended once for all of them.
 MIN_SHARED_PREFIX = 32
+# The decode KV cache holds at most this many token rows per KV pool slot (its headroom and padding included).
+DECODE_CACHE_ROWS_PER_SLOT = 2
 
 
 def _head_major(slots: torch.Tensor, kv_heads: int) -> torch.Tensor:
@@ -34,6 +41,12 @@ def _head_major(slots: torch.Tensor, kv_heads: int) -> torch.Tensor:
     ``[..., kv_heads, length]``: one ``index_select`` then yields the layout the products read, with no copy."""
     heads = torch.arange(kv_heads, device=slots.device)[:, None]
     return (slots.unsqueeze(-2) * kv_heads + heads).flatten()
+
+
+def _mask_bias(visible: torch.Tensor) -> torch.Tensor:
+    """The additive float32 bias ``[sequences, 1, 1, length]`` of ``visible`` ``[sequences, length]`` (True: attend)."""
+    bias = torch.zeros(visible.shape, dtype=torch.float32, device=visible.device)
+    return bias.masked_fill_(~visible, float("-inf"))[:, None, None, :]
 
 
 @dataclass
@@ -50,7 +63,8 @@ class _Keys:
 
 @dataclass
 class _SharedPrefix:
-    """Decodes (``members``, indices into the step's decodes) whose KV rows all start with ``slots``."""
+    """Decodes (``members``: their indices among the step's decodes, then their lanes) whose KV rows all start with
+    ``slots``."""
 
     members: torch.Tensor
     slots: torch.Tensor
@@ -79,8 +93,22 @@ def _shared_prefixes(slots: torch.Tensor, lens: list[int], kv_heads: int) -> lis
 
 
 @dataclass
+class _Decodes:
+    """The step's decodes, attended in lane order: ``order[lane]`` is the decode in each lane, ``lane_of`` the inverse
+    (both None: each decode is in the lane of its index). Their own rows (after their group's shared prefix, where
+    there is one) come from the decode cache (``plan``) or, without one, are gathered from the pool (``keys``);
+    ``bias`` ``[decodes, 1, 1, length]`` masks each lane's positions past its rows (None: there are none)."""
+
+    order: torch.Tensor | None
+    lane_of: torch.Tensor | None
+    bias: torch.Tensor | None
+    plan: DecodeKVPlan | None
+    keys: _Keys | None
+
+
+@dataclass
 class CpuAttentionMeta:
-    decode: _Keys | None  # the decodes' own rows (after their group's shared prefix, where there is one)
+    decode: _Decodes | None
     shared: list[_SharedPrefix]
     extend: _Keys | None
     extend_rows: torch.Tensor | None  # [extend tokens] padded row of each extend token: sequence * max_new + i
@@ -110,6 +138,7 @@ class CpuAttentionBackend:
         self.kv_pool = kv_pool
         self.req_to_token = req_to_token
         self.scale = scale
+        self.decode_cache = DecodeKVCache(kv_pool, DECODE_CACHE_ROWS_PER_SLOT * kv_pool.num_slots)
 
     # ---- per step ----------------------------------------------------------------------------------------------
 
@@ -121,12 +150,15 @@ class CpuAttentionBackend:
         kv_heads = self.kv_pool.k[0].shape[1]
         if batch.num_decode:
             decode, shared = self._prepare_decodes(batch, table, kv_heads)
+        else:
+            self.decode_cache.clear()  # no sequence decodes now: none keeps its rows
         if len(batch.layouts) > batch.num_decode:
             extend, extend_rows, max_new = self._prepare_extends(batch, table, kv_heads)
         return CpuAttentionMeta(decode, shared, extend, extend_rows, max_new)
 
-    @staticmethod
-    def _prepare_decodes(batch: ForwardBatch, table: torch.Tensor, kv_heads: int) -> tuple[_Keys, list[_SharedPrefix]]:
+    def _prepare_decodes(
+        self, batch: ForwardBatch, table: torch.Tensor, kv_heads: int
+    ) -> tuple[_Decodes, list[_SharedPrefix]]:
         decodes = batch.layouts[: batch.num_decode]
         device = table.device
         lens_list = [d.prefix_len + 1 for d in decodes]
@@ -143,10 +175,17 @@ class CpuAttentionBackend:
         positions = start[:, None] + torch.arange(own_len, device=device)[None, :]
         valid = positions < lens[:, None]
         own = torch.where(valid, slots.gather(1, positions.clamp(max=max_len - 1)), 0)
-        if bool(valid.all()):
-            return _Keys(own, _head_major(own, kv_heads)), shared
-        bias = torch.zeros(valid.shape, dtype=torch.float32, device=device).masked_fill_(~valid, float("-inf"))
-        return _Keys(own, _head_major(own, kv_heads), bias[:, None, None, :]), shared
+        keys = [(d.req_row, d.row_epoch, first) for d, first in zip(decodes, start.tolist(), strict=True)]
+        plan = self.decode_cache.plan(keys, own, (lens - start).tolist())
+        if plan is None:
+            bias = None if bool(valid.all()) else _mask_bias(valid)
+            return _Decodes(None, None, bias, None, _Keys(own, _head_major(own, kv_heads))), shared
+        held = torch.arange(plan.capacity, device=device)[None, :] < plan.lengths[:, None]
+        bias = _mask_bias(held)
+        if plan.in_order:
+            return _Decodes(None, None, bias, plan, None), shared
+        shared = [replace(prefix, members=plan.lane_of[prefix.members]) for prefix in shared]
+        return _Decodes(plan.order, plan.lane_of, bias, plan, None), shared
 
     @staticmethod
     def _prepare_extends(batch: ForwardBatch, table: torch.Tensor, kv_heads: int) -> tuple[_Keys, torch.Tensor, int]:
@@ -186,7 +225,7 @@ class CpuAttentionBackend:
         out = torch.empty_like(q)
         n = batch.num_decode
         if meta.decode is not None:
-            out[:n] = self._decode(q[:n], k_pool, v_pool, meta).to(out.dtype)
+            out[:n] = self._decode(q[:n], layer, k_pool, v_pool, meta).to(out.dtype)
         if meta.extend is not None:
             out[n:] = self._extend(q[n:], k_pool, v_pool, meta).to(out.dtype)
         return out
@@ -198,14 +237,24 @@ class CpuAttentionBackend:
         gathered = pool.view(-1, dim).index_select(0, rows)
         return gathered.view(*slots.shape[:-1], kv_heads, slots.shape[-1], dim).to(dtype)
 
-    def _decode(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: CpuAttentionMeta):
+    def _decode(
+        self, q: torch.Tensor, layer: int, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: CpuAttentionMeta
+    ) -> torch.Tensor:
         n, heads, dim = q.shape
         kv_heads = k_pool.shape[1]
         group = heads // kv_heads
+        decodes = meta.decode
+        assert decodes is not None
         grouped = (q * self.scale).view(n, kv_heads, group, dim)
-        keys = self._gather(k_pool, meta.decode.rows, meta.decode.slots, q.dtype)  # [n, kv_heads, len, dim]
-        values = self._gather(v_pool, meta.decode.rows, meta.decode.slots, q.dtype)
-        out, lse = _attend(grouped, keys, values, meta.decode.bias, with_lse=bool(meta.shared))
+        if decodes.order is not None:
+            grouped = grouped.index_select(0, decodes.order)  # lane order
+        if decodes.plan is not None:
+            keys, values = (t.to(q.dtype) for t in self.decode_cache.layer(layer, decodes.plan))
+        else:
+            assert decodes.keys is not None
+            keys = self._gather(k_pool, decodes.keys.rows, decodes.keys.slots, q.dtype)  # [n, kv_heads, len, dim]
+            values = self._gather(v_pool, decodes.keys.rows, decodes.keys.slots, q.dtype)
+        out, lse = _attend(grouped, keys, values, decodes.bias, with_lse=bool(meta.shared))
         for prefix in meta.shared:
             # The members' query heads against the shared keys at once: [kv_heads, members * group, dim] rows.
             m = prefix.members.numel()
@@ -218,6 +267,8 @@ class CpuAttentionBackend:
             own, own_lse = out[prefix.members], lse[prefix.members]
             total = torch.logaddexp(own_lse, common_lse)
             out[prefix.members] = own * torch.exp(own_lse - total) + common * torch.exp(common_lse - total)
+        if decodes.lane_of is not None:
+            out = out.index_select(0, decodes.lane_of)  # the step's order
         return out.view(n, heads, dim)
 
     def _extend(self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, meta: CpuAttentionMeta):
