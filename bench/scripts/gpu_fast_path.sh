@@ -12,6 +12,7 @@
 #   long [BEFORE]: issue 45's long-prompt table: kernel tests, extend variants (next to the kernel of BEFORE, a
 #          checkout of an earlier plait, when given), then 8B prefill of one 32k prompt, of 32k in 8k chunks, of
 #          4 x 2k and 8B decode at batch 1/64/256 with this tree and with BEFORE's (one run each)
+#   host1b: issue 45 item 2's profile of the host: cProfile of a 1B batch-64 decode run, the top functions by own time
 #   noise: the bf16 noise floor of the logits (the torch path against itself with one weight one ulp off), then the
 #          triton vs torch logits check
 # Run from the repository root with the wheels from ../shared/tools/gpu-wheels in .whl/ and the Llama-3 vocabulary
@@ -21,6 +22,13 @@ source "$(dirname "$0")/gpu_env.sh"
 strip() { grep -v "━" | grep -v "^\s*$"; }
 E="--weights dummy --attention-backend triton"
 case "${1:-check}" in
+host1b)
+  timeout 150 python3 -m cProfile -o "$OUT/host_1b_b64.prof" -m plait bench engine --model llama-3.2-1b $E --no-hf \
+    --no-roofline --batch-sizes 64 --prompt-len 512 --gen-len 512 --max-batch-tokens 16384 \
+    --output "$OUT/engine_1b_b64_profiled.json" 2>&1 | strip | tail -3
+  python3 -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(45)" \
+    "$OUT/host_1b_b64.prof" 2>&1 | grep -v "^$" | cut -c1-200 | tee "$OUT/host_1b_b64.txt" | head -60
+  ;;
 long)
   BEFORE=${2:-}
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/engine/test_triton_attention.py 2>&1 | tail -3 \
