@@ -340,7 +340,7 @@ def _print_checks(suite: str, runs: dict[str, list[Any]]) -> bool:
                 continue
             line = f"{name}, round {index + 1}: {suite} check passed {check['passed']} of {check['programs']} programs"
             if check["incomplete"]:
-                line += f" ({check['incomplete']} did not finish in time)"
+                line += f" ({check['incomplete']} did not finish in the time limit)"
             if check.get("execution_accuracy") is not None:
                 line += f"; the vote picked the gold result in {check['execution_accuracy']:.0%}"
             print(line)

@@ -8,6 +8,7 @@ their variables' values, so a copy is never reused across modes).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ class ProgramOutcome:
     deadline_s: float | None
     longest_queue_s: float  # the longest any of its engine requests waited before admission
     error: str | None = None  # why a failed program failed
-    first_token_s: float | None = None  # arrival to the first token of its first LLM call (what a late arrival waits)
+    first_token_s: float | None = None  # arrival to the first token of any of its LLM calls (a late arrival's wait)
 
     @property
     def met_slo(self) -> bool | None:
@@ -108,6 +109,16 @@ def _longest_queue(program: ProgramExecution) -> float:
     return max((r.queued_s or 0.0 for r in program.nodes.values()), default=0.0)
 
 
+def _checked(suite: Suite, outcomes: list[ProgramOutcome]) -> dict[str, Any] | None:
+    """The suite's check of its programs, where it has one. A program that failed (rather than ran out of time) did
+    not run all it had to: it counts as failing the check, not as incomplete."""
+    if suite.check is None:
+        return None
+    check = suite.check()
+    crashed = min(sum(o.state == "failed" for o in outcomes), check["incomplete"])
+    return {**check, "failed": check["failed"] + crashed, "incomplete": check["incomplete"] - crashed}
+
+
 def _first_token(program: ProgramExecution) -> float | None:
     """Seconds from the program's arrival to the first token any of its LLM calls produced."""
     firsts = [r.first_token_at for r in program.nodes.values() if r.kind == "llm" and r.first_token_at is not None]
@@ -172,11 +183,11 @@ async def run_mode(
     if journal is not None:
         journal.close()
     await wait_engine_idle(engine)
-    check = suite.check() if suite.check is not None else None
     results = [o if o is not None else ProgramOutcome("", "timeout", None, None, 0.0) for o in outcomes]
     for index, outcome in enumerate(results):
         if outcome.state == "cancelled":  # cancelled by the time limit
-            results[index] = ProgramOutcome(outcome.tag, "timeout", None, outcome.deadline_s, outcome.longest_queue_s)
+            results[index] = dataclasses.replace(outcome, state="timeout", jct_s=None)
+    check = _checked(suite, results)
     return ModeResult(
         config.name,
         config.to_dict(),

@@ -136,6 +136,11 @@ def _point(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def _curve(sweep: Sweep, points: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     rows, curve = [], []
     for value in sweep.values:
@@ -152,11 +157,9 @@ def _curve(sweep: Sweep, points: list[dict[str, Any]]) -> tuple[list[list[Any]],
         ]  # fmt: skip
         entry["longest_queue_wait_s"] = {"plait": waits[0], "baseline": waits[1]}
         # A late arrival's wait for its first token: the median over seeds of each mode's p99.
-        first = [
-            statistics.median(p[mode].get("p99_first_token_s") or 0.0 for p in at) for mode in ("plait", "baseline")
-        ]  # fmt: skip
+        first = [_median([p[mode].get("p99_first_token_s") for p in at]) for mode in ("plait", "baseline")]
         entry["p99_first_token_s"] = {"plait": first[0], "baseline": first[1]}
-        row.append(f"{first[0]:.2f} / {first[1]:.2f}")
+        row.append(" / ".join("-" if f is None else f"{f:.2f}" for f in first))
         rows.append(row)
         curve.append(entry)
     return rows, curve

@@ -43,6 +43,8 @@ def test_call_lists_parse_into_names_and_literal_arguments():
         ("[f(a=1)", "syntax"),
         ("[1, 2]", "function name"),
         ("f(a=b)", "literals"),
+        ("[f({[1]: 2})]", "literals"),  # an unhashable key: literal_eval raises TypeError
+        ("[f(a=1, a=2)]", "twice"),
     ],
 )
 def test_anything_but_literal_calls_of_a_name_is_refused(text, reason):
@@ -60,6 +62,16 @@ def bfcl():
     from plait.bench.workflow_suites import bfcl_data
 
     return bfcl_data
+
+
+def test_only_the_tool_classes_public_methods_can_be_called(bfcl):
+    from plait.bench.workflow_suites.bfcl_tools import new_instances, run_text
+
+    instances = new_instances(bfcl.load_tasks("base")[0])
+    for text in ("[__import__('os')]", "[_load_scenario({})]", "[__class__()]", "[eval('1')]"):
+        result = run_text(text, instances)
+        assert len(result) == 1 and result[0].startswith("Error during execution: no function named"), text
+    assert run_text("[pwd()]", instances) != run_text("[nope()]", instances)
 
 
 def run_turns(world: BfclWorld, key: str, turns: list[list[str]]) -> None:

@@ -54,16 +54,22 @@ def test_keys_are_distinct_and_foreign_keys_join(spider):
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
-        ("DELETE FROM singer", "readonly"),
+        ("DELETE FROM singer", "not authorized"),
         ("SELECT 1; SELECT 2", "one statement"),
         ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", "interrupted"),
         ("SELECT nope FROM singer", "no such column"),
+        ("PRAGMA query_only = OFF", "not authorized"),
+        ("ATTACH DATABASE '/tmp/plait-spider-attack.db' AS x", "not authorized"),
+        ("SELECT length(zeroblob(900000000))", "too big"),
     ],
 )
 def test_writes_several_statements_and_runaway_queries_are_refused(spider, sql, message):
     entries, _ = spider
+    databases = SpiderDatabases(entries)
     with pytest.raises(sqlite3.Error, match=message):
-        SpiderDatabases(entries).query("concert_singer", sql)
+        databases.query("concert_singer", sql)
+    assert databases.query("concert_singer", "SELECT count(*) FROM singer") == [(5,)]  # nothing changed
+    assert not Path("/tmp/plait-spider-attack.db").exists()
 
 
 def test_broken_variants_fail_and_wrong_variants_answer_differently(spider):

@@ -196,6 +196,20 @@ def test_extend_matches_dense_reference(kernels, group, head_dim, dtype):
     assert err <= TOLERANCE[dtype], f"prefixes {prefix_lens}, new {new_lens}: rel err {err:.2e}"
 
 
+def test_extend_with_a_padded_head_dim_and_other_tiles_matches_dense_reference(kernels, monkeypatch):
+    """Head dim 80 (tiles padded to 128: masked loads) and a tile configuration other than the default."""
+    rng = random.Random("extend-padded")
+    prefix_lens, new_lens = [0, 70, 33], [45, 17, 64]
+    err = check_extend(kernels, prefix_lens, new_lens, 2, 80, torch.float32, rng)
+    assert err <= TOLERANCE[torch.float32]
+    monkeypatch.setattr(kernels.extend, "block_config", lambda *_: {"BLOCK_M": 32, "BLOCK_N": 32})
+    err = check_extend(kernels, prefix_lens, new_lens, 4, 64, torch.float32, rng)
+    assert err <= TOLERANCE[torch.float32]
+    monkeypatch.setattr(kernels.extend, "block_config", lambda *_: {"BLOCK_M": 32, "BLOCK_N": 64})
+    with pytest.raises(ValueError, match="multiple of BLOCK_N"):
+        check_extend(kernels, prefix_lens, new_lens, 4, 64, torch.float32, rng)
+
+
 def test_num_kv_splits_is_bounded_and_follows_length(kernels):
     choose = kernels.decode.choose_num_kv_splits
     cuda = torch.device("cuda")

@@ -181,3 +181,17 @@ def test_the_bench_reports_each_modes_pin_decisions(capsys):
         "cold: pins taken 1, declined 0 by cost/benefit; no fitted prefill cost yet; eviction horizon of tool-waiting "
         "KV not learned yet (0 tokens lost per 0 token-s waited, decayed)",
     ]
+
+
+def test_a_program_that_failed_fails_its_suites_check():
+    """A program that crashed did not run all it had to: the check counts it as failed, not as cut by the time limit."""
+    from plait.bench.workflow_run import ProgramOutcome, _checked
+
+    suite = small_suite()
+    suite.check = lambda: {"programs": 4, "passed": 2, "failed": 0, "incomplete": 2, "failures": []}
+    outcomes = [ProgramOutcome("", "done", 1.0, None, 0.0), ProgramOutcome("", "failed", None, None, 0.0, "boom")]
+    outcomes += [ProgramOutcome("", "timeout", None, None, 0.0)] * 2
+    check = _checked(suite, outcomes)
+    assert (check["passed"], check["failed"], check["incomplete"]) == (2, 1, 1)
+    suite.check = None
+    assert _checked(suite, outcomes) is None

@@ -5,7 +5,8 @@ cpu profile lists each as a one-line signature so the small model's context hold
 LLM-tool loop: a call that writes the turn's function calls, the execution of those calls on the task's own
 instances of BFCL's tool classes (``bfcl_tools``: parsed, never ``eval``-ed), and a call that answers the user from
 the results. Each prompt repeats the previous one and appends the turn, so a program's KV is worth keeping across
-its tool calls, and programs with the same tool classes share the function list.
+its tool calls, and programs with the same tool classes share the function list (up to the first function a task
+leaves out).
 
 The call-writing outputs are forced to the turn's ground-truth calls (a grammar that admits exactly that text), so
 token counts and tool results are the real ones whatever the weights; answers have a fixed length. Tool latency is a

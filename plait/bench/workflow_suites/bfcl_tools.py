@@ -11,6 +11,8 @@ Rules:
   it already produced instead of applying its calls twice; a turn out of order is an error.
 - ``BfclWorld.check`` replays every program's ground truth on fresh instances and compares, after every turn with
   ground-truth calls, the program's state and results with BFCL's own ``state_checker`` and ``response_checker``.
+  It does not repeat BFCL's checks of empty responses and irrelevance turns: the suite forces every turn's calls, so
+  a turn's response is empty exactly when its ground truth is.
 """
 
 from __future__ import annotations
@@ -52,13 +54,16 @@ def parse_calls(text: str) -> list[ParsedCall]:
     for item in items:
         if not isinstance(item, ast.Call) or not isinstance(item.func, ast.Name):
             raise CallSyntaxError(f"not a call of a function name: {ast.unparse(item)}")
+        if any(kw.arg is None for kw in item.keywords):
+            raise CallSyntaxError(f"**kwargs are not accepted: {ast.unparse(item)}")
+        names = [kw.arg for kw in item.keywords]
+        if len(set(names)) != len(names):
+            raise CallSyntaxError(f"an argument is given twice: {ast.unparse(item)}")
         try:
             args = tuple(ast.literal_eval(arg) for arg in item.args)
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in item.keywords if kw.arg is not None}
-        except ValueError as exc:
+        except (ValueError, TypeError, RecursionError, MemoryError) as exc:  # TypeError: {[1]: 2} is unhashable
             raise CallSyntaxError(f"arguments of {item.func.id} must be literals: {ast.unparse(item)}") from exc
-        if any(kw.arg is None for kw in item.keywords):
-            raise CallSyntaxError(f"**kwargs are not accepted: {ast.unparse(item)}")
         calls.append(ParsedCall(item.func.id, args, kwargs))
     return calls
 
@@ -78,12 +83,13 @@ def new_instances(task: BfclTask) -> dict[str, Any]:
 
 
 def _methods(instances: dict[str, Any]) -> dict[str, Any]:
-    """Public method name -> bound method over every instance (a later class wins a shared name, as in BFCL)."""
+    """Public method name -> bound method over every instance (a later class wins a shared name, as in BFCL). Only
+    functions defined on the classes count: no attribute of an instance is evaluated or reachable."""
     methods = {}
     for instance in instances.values():
-        for name, method in inspect.getmembers(instance, inspect.ismethod):
+        for name, function in inspect.getmembers(type(instance), inspect.isfunction):
             if not name.startswith("_"):
-                methods[name] = method
+                methods[name] = function.__get__(instance)
     return methods
 
 

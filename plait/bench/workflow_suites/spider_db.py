@@ -10,9 +10,11 @@ Rules:
 - Values follow the declared type: numbers are small integers, times are ISO dates, booleans 0/1, text is
   ``<column> <n>`` (so ``WHERE name = '...'`` literals of the questions rarely match: results are small, often
   empty, as on any database that is not the question's).
-- ``run_query`` accepts one read-only statement (SQLite's own ``stmt.readonly`` check through ``PRAGMA
-  query_only``) and bounds its work (a progress handler aborts past ``MAX_VM_STEPS``); it returns the rows or
-  raises ``sqlite3.Error`` with SQLite's own message, which is what an agent revising its query sees.
+- ``run_query`` runs one statement that only reads: an authorizer admits reads, ``SELECT``, functions and recursive
+  CTEs and denies everything else (writes, ``PRAGMA``, ``ATTACH``), and ``PRAGMA query_only`` stands behind it. Its
+  work is bounded: a progress handler aborts past ``MAX_VM_STEPS`` and no string or blob may exceed
+  ``MAX_VALUE_BYTES``. It returns the rows or raises ``sqlite3.Error`` with SQLite's own message, which is what an
+  agent revising its query sees.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_VM_STEPS = 5_000_000  # SQLite virtual-machine steps one query may take (a cross join of small tables fits)
+MAX_VALUE_BYTES = 1 << 20  # the longest string or blob a query may build
+_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 _PROGRESS_PERIOD = 10_000
 SQL_TYPES = {"number": "INTEGER", "text": "TEXT", "time": "TEXT", "boolean": "INTEGER", "others": "TEXT"}
 
@@ -92,7 +96,14 @@ def create_database(entry: dict[str, Any], rows_per_table: int = 5) -> sqlite3.C
             db.executemany(f"INSERT INTO {_quote(tables[t])} ({names}) VALUES ({marks})", rows)
     db.commit()
     db.execute("PRAGMA query_only = ON")
+    db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    db.set_authorizer(_reads_only)
     return db
+
+
+def _reads_only(action: int, *_: object) -> int:
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
 
 
 def _parents_first(num_tables: int, columns: list[ColumnSpec], references: dict[int, int]) -> list[int]:

@@ -65,7 +65,8 @@ class SqlWorld:
         if entry is None:
             raise ValueError(f"unknown text2sql program {program!r}")
         await asyncio.sleep(max(0.0, float(seconds)))
-        error, rows = self.run(entry.db_id, sql)
+        # Off the event loop: a query is bounded, not free, and other programs' calls go on meanwhile.
+        error, rows = await asyncio.to_thread(self.run, entry.db_id, sql)
         entry.observed[call] = (sql, error, None if rows is None else result_key(rows))
         return outcome_text(error, rows)
 

@@ -57,8 +57,9 @@ def broken_variant(
 ) -> tuple[str, str]:
     """A variant SQLite refuses, and SQLite's error message for it."""
     candidates = broken_candidates(sql, tables, columns)
-    first = rng.randrange(len(candidates) - 1)  # the last (incomplete input) is the fallback
-    for text in candidates[first:] + candidates[:first]:
+    first = rng.randrange(len(candidates) - 1)
+    # From a random kind on; the last candidate (incomplete input, which always fails) is tried last.
+    for text in candidates[first:-1] + candidates[:first] + candidates[-1:]:
         try:
             run(text)
         except sqlite3.Error as exc:
