@@ -27,6 +27,7 @@ from plait.bench.workflow_suites.bfcl_tools import TOOL_NAME, BfclWorld, new_ins
 from plait.bench.workflow_suites.common import (
     arrival_times,
     forced_length,
+    forced_text,
     literal,
     pick,
     resolve_data_dir,
@@ -37,7 +38,7 @@ from plait.bench.workflow_suites.common import (
 from plait.bench.workflow_suites.estimates import TOOL_TOKENS_PER_WORD, SizeEstimator, approx_tokens
 from plait.bench.workflow_suites.suite import Suite, SuiteOptions, SuiteProgram
 from plait.dag import LLMCall, Node, ToolCall, Workflow, var_ref
-from plait.semantic_vars import GenConstraints, Template
+from plait.semantic_vars import Template
 
 NAME = "bfcl"
 CATEGORY = "base"
@@ -89,9 +90,7 @@ def bfcl_workflow(key: str, task: BfclTask, seconds: list[float], sizes: Sizes, 
     nodes: list[Node] = []
     for turn, (user, calls) in enumerate(zip(task.turns, task.ground_truth, strict=True)):
         history += f"User: {literal(user)}\nAssistant:"
-        forced = call_text(calls)
-        # Under the grammar every token adds at least one byte, so the byte count bounds the tokens it takes.
-        constraints = GenConstraints(max_tokens=len(forced.encode()) + 4, temperature=0.0, choices=[forced])
+        constraints = forced_text(call_text(calls))
         nodes.append(LLMCall(f"calls_{turn}", Template(head + history), f"calls_{turn}", constraints=constraints))
         args = {
             "program": key,

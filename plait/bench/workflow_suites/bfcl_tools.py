@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.bench.workflow_suites.bfcl_data import BfclTask, backend_config
+from plait.bench.workflow_suites.suite import CheckReport
 from plait.runtime import Tool
 
 TOOL_NAME = "bfcl_execute"
@@ -136,24 +137,6 @@ class ProgramRun:
     instances: dict[str, Any]
     results: list[list[str]] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class CheckReport:
-    programs: int
-    passed: int
-    incomplete: list[str]  # programs that did not run every turn (time limit, failure)
-    failures: list[dict[str, str]]  # {"program", "turn", "error"} for programs whose check failed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "programs": self.programs,
-            "passed": self.passed,
-            "failed": len(self.failures),
-            "incomplete": len(self.incomplete),
-            "failures": self.failures[:10],
-            "incomplete_programs": self.incomplete[:10],
-        }
 
 
 class BfclWorld:

@@ -28,6 +28,12 @@ def forced_length(tokens: int) -> GenConstraints:
     return GenConstraints(max_tokens=tokens, ignore_eos=True, temperature=0.0)
 
 
+def forced_text(text: str) -> GenConstraints:
+    """Greedy decoding under a grammar that admits exactly ``text``: the output is the workload's, whatever the
+    weights. Each token adds at least one byte, so the byte count bounds the tokens it takes."""
+    return GenConstraints(max_tokens=len(text.encode()) + 4, temperature=0.0, choices=[text])
+
+
 def literal(text: str) -> str:
     """``text`` escaped for use inside a template (a ``{{`` in data must not open a slot)."""
     return text.replace("{{", "\\{{")

@@ -16,6 +16,7 @@ from typing import Any
 
 from plait.bench.workflow_suites.spider_db import SpiderDatabases, format_result
 from plait.bench.workflow_suites.sql_variants import result_key
+from plait.bench.workflow_suites.suite import CheckReport
 from plait.runtime import Tool
 
 TOOL_NAME = "execute_sql"
@@ -95,12 +96,5 @@ class SqlWorld:
             else:
                 passed += 1
                 correct += program.voted_correct
-        return {
-            "programs": len(self.programs),
-            "passed": passed,
-            "failed": len(failures),
-            "incomplete": len(incomplete),
-            "failures": failures[:10],
-            "incomplete_programs": incomplete[:10],
-            "execution_accuracy": round(correct / passed, 3) if passed else None,
-        }
+        accuracy = round(correct / passed, 3) if passed else None
+        return CheckReport(len(self.programs), passed, incomplete, failures, {"execution_accuracy": accuracy}).to_dict()

@@ -69,6 +69,28 @@ class SuiteProgram:
 
 
 @dataclass
+class CheckReport:
+    """A suite's check of its programs after a run; ``to_dict`` is what ``Suite.check`` returns."""
+
+    programs: int
+    passed: int
+    incomplete: list[str]  # programs that did not run everything they had to (time limit, failure)
+    failures: list[dict[str, str]]  # {"program", "error", ...} for programs whose check failed
+    extra: dict[str, Any] = field(default_factory=dict)  # the suite's own numbers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "programs": self.programs,
+            "passed": self.passed,
+            "failed": len(self.failures),
+            "incomplete": len(self.incomplete),
+            "failures": self.failures[:10],
+            "incomplete_programs": self.incomplete[:10],
+            **self.extra,
+        }
+
+
+@dataclass
 class Suite:
     """A built suite: programs sorted by arrival, the tools they call, the KV pool size it is designed for, every
     parameter that shaped it (written into the benchmark's JSON report) and, for suites whose programs can be

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from plait.bench.workflow_suites.common import (
     arrival_times,
     forced_length,
+    forced_text,
     literal,
     pick,
     resolve_data_dir,
@@ -43,7 +44,7 @@ from plait.bench.workflow_suites.sql_variants import broken_variant, result_key,
 from plait.bench.workflow_suites.suite import Suite, SuiteOptions, SuiteProgram
 from plait.bench.workflow_suites.synthetic_text import synthetic_text
 from plait.dag import LLMCall, Node, ToolCall, Workflow, var_ref
-from plait.semantic_vars import GenConstraints, Template
+from plait.semantic_vars import Template
 
 NAME = "text2sql"
 STYLES = (
@@ -99,12 +100,6 @@ def suite_prompts(options: SuiteOptions, sizes: Sizes, examples: list[SpiderQues
     )
 
 
-def forced(text: str) -> GenConstraints:
-    """Greedy decoding under a grammar that admits exactly ``text`` (each token adds at least one byte, so the byte
-    count bounds the tokens it takes)."""
-    return GenConstraints(max_tokens=len(text.encode()) + 4, temperature=0.0, choices=[text])
-
-
 @dataclass(frozen=True)
 class Execution:
     """One execute_sql call of a program's plan: the forced SQL, the latency, what it returns."""
@@ -141,7 +136,7 @@ def sql_workflow(
         for r, execution in enumerate(executions):
             node_id = f"candidate_{k}" if r == 0 else f"revise_{k}_{r}"
             sql, result = f"sql_{k}_{r}", f"result_{k}_{r}"
-            nodes.append(LLMCall(node_id, Template(text), sql, constraints=forced(" " + execution.sql)))
+            nodes.append(LLMCall(node_id, Template(text), sql, constraints=forced_text(" " + execution.sql)))
             args = {
                 "program": name,
                 "call": f"{k}/{r}",
@@ -159,7 +154,7 @@ def sql_workflow(
         "Their results:\n{{results}}\nThe best candidate is number:"
     )
     bindings: dict[str, str | list[str]] = {"finals": finals, "results": results}
-    nodes.append(LLMCall("vote", vote, "answer", bindings=bindings, constraints=forced(f" {winner + 1}")))
+    nodes.append(LLMCall("vote", vote, "answer", bindings=bindings, constraints=forced_text(f" {winner + 1}")))
     return Workflow.build(nodes, inputs={"question": item.question}, outputs=["answer"], name=name)
 
 
